@@ -1,0 +1,1 @@
+//! Offline disk image surgery: GPT, ext4 via debugfs, qemu-img. (Being implemented.)

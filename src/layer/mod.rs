@@ -1,0 +1,118 @@
+//! The layer: every file, directory and symlink a build adds to the root filesystem,
+//! with owner, mode and content fixed up front. It is pure data; [`crate::disk`]
+//! writes it into the image and [`crate::output`] lists it in the manifest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Where a file's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Generated or embedded content.
+    Bytes(Vec<u8>),
+    /// A file on the build host (a verified download in the cache, or a file
+    /// extracted from one into the build's temp dir).
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub enum Kind {
+    Dir,
+    File(Content),
+    Symlink(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Permission bits only (e.g. 0o755); the file type comes from `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Entries keyed by absolute path; a BTreeMap so iteration order (and with it the
+/// debugfs command stream and the manifest) is deterministic.
+#[derive(Debug, Clone, Default)]
+pub struct Layer {
+    /// mtime given to everything written (the recipe's source_date_epoch).
+    pub mtime: u64,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Layer {
+    pub fn new(mtime: u64) -> Self {
+        Self { mtime, entries: BTreeMap::new() }
+    }
+
+    /// Add (or replace) a root-owned file; missing parents become 0755 root dirs.
+    pub fn file(&mut self, path: &str, content: Content, mode: u32) {
+        self.insert(path, Entry { kind: Kind::File(content), mode, uid: 0, gid: 0 });
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) {
+        self.insert(path, Entry { kind: Kind::Dir, mode, uid: 0, gid: 0 });
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        self.insert(path, Entry { kind: Kind::Symlink(target.to_string()), mode: 0o777, uid: 0, gid: 0 });
+    }
+
+    /// Add an entry with explicit ownership.
+    pub fn insert(&mut self, path: &str, entry: Entry) {
+        let path = normalize(path);
+        let mut parent = path.as_str();
+        while let Some(i) = parent.rfind('/') {
+            parent = &parent[..i];
+            if parent.is_empty() {
+                break;
+            }
+            self.entries.entry(parent.to_string()).or_insert(Entry {
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            });
+        }
+        self.entries.insert(path, entry);
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(&normalize(path))
+    }
+
+    /// Entries in path order (parents before children).
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+fn normalize(p: &str) -> String {
+    let trimmed = p.trim_end_matches('/');
+    if trimmed.starts_with('/') {
+        trimmed.to_string()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parents_are_created_in_order() {
+        let mut l = Layer::new(0);
+        l.file("/etc/a/b/c.conf", Content::Bytes(b"x".to_vec()), 0o644);
+        let paths: Vec<_> = l.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["/etc", "/etc/a", "/etc/a/b", "/etc/a/b/c.conf"]);
+    }
+}

@@ -1,0 +1,428 @@
+//! The recipe: what goes into an image, pinned by digest. YAML, unknown fields
+//! rejected, every error names the file, the field path and the line.
+//!
+//! A recipe is *data*: URL templates, digests, the roles that need an artifact and
+//! where its files land. [`crate::plan`] resolves it for one role and arch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use include_dir::{include_dir, Dir};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256 as Sha256Hasher};
+
+use crate::exit::{Classify, Code};
+
+/// Recipes shipped inside the binary; the first is the default.
+static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
+
+/// Name of the recipe used when no `--recipe` is given.
+pub const DEFAULT_RECIPE: &str = "ubuntu-24.04-k8s-v1.30.3";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{origin}: {path}{line}: {msg}", line = fmt_line(*.line))]
+    Invalid { origin: String, path: String, line: Option<usize>, msg: String },
+    #[error("no embedded recipe named {0:?} (see `imgbuild recipe list`)")]
+    UnknownEmbedded(String),
+    #[error("reading recipe {path}")]
+    Io { path: String, source: std::io::Error },
+}
+
+fn fmt_line(l: Option<usize>) -> String {
+    l.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+impl Classify for RecipeError {
+    fn code(&self) -> Code {
+        match self {
+            RecipeError::Io { .. } => Code::Runtime,
+            _ => Code::Input,
+        }
+    }
+}
+
+/// Node role. The string forms are the CLI and YAML spellings.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    ControlPlane,
+    Worker,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::ControlPlane, Role::Worker];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ControlPlane => "control-plane",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// CPU architecture, in Debian/Go spelling (what upstream URLs use).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A lowercase hex SHA-256 digest; validated when parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Sha256(String);
+
+impl Sha256 {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!("{s:?} is not a sha256 digest (64 lowercase hex characters)"))
+        }
+    }
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(hex::encode(Sha256Hasher::digest(bytes)))
+    }
+    pub fn from_hasher(h: Sha256Hasher) -> Self {
+        Self(hex::encode(h.finalize()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Sha256 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Sha256::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Digest per arch, keyed by the arch's name (string keys keep error paths readable).
+pub type PerArch = BTreeMap<String, Sha256>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseFormat {
+    Qcow2,
+    Raw,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub kubernetes_version: String,
+    pub arches: Vec<Arch>,
+    /// mtime of every file the layer writes (reproducibility).
+    pub source_date_epoch: u64,
+    /// Default virtual disk size of the output (e.g. "8G"); `--disk-size` overrides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<String>,
+    pub base: Base,
+    pub artifacts: Vec<Artifact>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Base {
+    pub name: String,
+    pub version: String,
+    pub format: BaseFormat,
+    #[serde(default = "default_root_label")]
+    pub root_label: String,
+    pub urls: Vec<String>,
+    pub sha256: PerArch,
+}
+
+fn default_root_label() -> String {
+    "cloudimg-rootfs".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    pub name: String,
+    pub version: String,
+    pub roles: Vec<Role>,
+    pub urls: Vec<String>,
+    pub sha256: PerArch,
+    pub install: Vec<Install>,
+}
+
+/// Where an artifact's bytes land in the image. Without `from` the downloaded file
+/// itself is installed; with `from`, the artifact is a tarball and `from` names a
+/// member (`bin/containerd`) or a glob over one directory level (`bin/*`, `*`), in
+/// which case `to` is a directory and ends with `/`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Install {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    /// Octal permission bits, default "0755" (these are executables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl Install {
+    pub fn mode_bits(&self) -> u32 {
+        self.mode.as_deref().and_then(|m| u32::from_str_radix(m, 8).ok()).unwrap_or(0o755)
+    }
+}
+
+/// A parsed, validated recipe with where it came from and its digest.
+#[derive(Debug, Clone)]
+pub struct LoadedRecipe {
+    pub recipe: Recipe,
+    /// `embedded:NAME` or the file path.
+    pub origin: String,
+    /// sha256 of the recipe text: part of every build's identity.
+    pub digest: Sha256,
+    pub text: String,
+}
+
+/// Template variables allowed in URL and install templates.
+const TEMPLATE_VARS: [&str; 3] = ["version", "arch", "name"];
+
+/// Expand `{version}`, `{arch}` and `{name}`.
+pub fn expand(template: &str, name: &str, version: &str, arch: Arch) -> String {
+    template.replace("{version}", version).replace("{arch}", arch.as_str()).replace("{name}", name)
+}
+
+fn unknown_var(template: &str) -> Option<String> {
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        let after = &rest[i + 1..];
+        let Some(j) = after.find('}') else { return Some(after.to_string()) };
+        let var = &after[..j];
+        if !TEMPLATE_VARS.contains(&var) {
+            return Some(var.to_string());
+        }
+        rest = &after[j + 1..];
+    }
+    None
+}
+
+/// The names of the recipes embedded in the binary.
+pub fn embedded_names() -> Vec<String> {
+    let mut v: Vec<String> = EMBEDDED
+        .files()
+        .filter_map(|f| f.path().to_str())
+        .filter_map(|p| p.strip_suffix(".yaml"))
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Load an embedded recipe by name.
+pub fn load_embedded(name: &str) -> Result<LoadedRecipe, RecipeError> {
+    let file = EMBEDDED
+        .get_file(format!("{name}.yaml"))
+        .ok_or_else(|| RecipeError::UnknownEmbedded(name.to_string()))?;
+    let text = file.contents_utf8().unwrap_or_default();
+    parse(text, &format!("embedded:{name}"))
+}
+
+/// Load `--recipe F`, or the default embedded recipe when `None`.
+pub fn load(path: Option<&Path>) -> Result<LoadedRecipe, RecipeError> {
+    match path {
+        None => load_embedded(DEFAULT_RECIPE),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|source| RecipeError::Io { path: p.display().to_string(), source })?;
+            parse(&text, &p.display().to_string())
+        }
+    }
+}
+
+/// Parse and validate recipe text. `origin` is only used in messages.
+pub fn parse(text: &str, origin: &str) -> Result<LoadedRecipe, RecipeError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    let recipe: Recipe = match serde_path_to_error::deserialize(de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            // serde_yaml appends "at line L column C"; the line is reported separately.
+            let msg = inner.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg);
+            // serde_yaml prefixes its own path; ours is more precise.
+            let msg = match msg.split_once(": ") {
+                Some((p, m)) if !p.contains(' ') => m,
+                _ => msg,
+            }
+            .to_string();
+            let path = if path == "." { "<document>".to_string() } else { path };
+            return Err(RecipeError::Invalid { origin: origin.into(), path, line, msg });
+        }
+    };
+    validate(&recipe).map_err(|(path, msg)| {
+        let lines = crate::yamlpos::lines(text);
+        let line = crate::yamlpos::line_of(&lines, &path);
+        RecipeError::Invalid { origin: origin.into(), path, line, msg }
+    })?;
+    Ok(LoadedRecipe {
+        recipe,
+        origin: origin.to_string(),
+        digest: Sha256::of(text.as_bytes()),
+        text: text.to_string(),
+    })
+}
+
+/// Semantic checks serde cannot express. Errors are (field path, message).
+fn validate(r: &Recipe) -> Result<(), (String, String)> {
+    let err = |p: String, m: String| Err((p, m));
+    if r.name.is_empty()
+        || !r.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+    {
+        return err("name".into(), format!("{:?} must be non-empty [a-z0-9.-_]", r.name));
+    }
+    if r.arches.is_empty() {
+        return err("arches".into(), "at least one arch is required".into());
+    }
+    let check_urls = |p: &str, urls: &[String]| -> Result<(), (String, String)> {
+        if urls.is_empty() {
+            return Err((format!("{p}.urls"), "at least one URL is required".into()));
+        }
+        for (i, u) in urls.iter().enumerate() {
+            if !(u.starts_with("https://") || u.starts_with("http://") || u.starts_with("file://")) {
+                return Err((format!("{p}.urls[{i}]"), format!("{u:?} is not an http(s) or file URL")));
+            }
+            if let Some(v) = unknown_var(u) {
+                return Err((
+                    format!("{p}.urls[{i}]"),
+                    format!("unknown template variable {{{v}}} (known: version, arch, name)"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let check_arches = |p: &str, sha: &PerArch| -> Result<(), (String, String)> {
+        for k in sha.keys() {
+            if !["amd64", "arm64"].contains(&k.as_str()) {
+                return Err((format!("{p}.sha256.{k}"), format!("unknown arch {k:?} (known: amd64, arm64)")));
+            }
+        }
+        for a in &r.arches {
+            if !sha.contains_key(a.as_str()) {
+                return Err((format!("{p}.sha256"), format!("missing sha256 for arch {a}")));
+            }
+        }
+        Ok(())
+    };
+    check_urls("base", &r.base.urls)?;
+    check_arches("base", &r.base.sha256)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, a) in r.artifacts.iter().enumerate() {
+        let p = format!("artifacts[{i}]");
+        if a.name.is_empty() || a.name.contains('/') {
+            return err(format!("{p}.name"), format!("{:?} is not a valid artifact name", a.name));
+        }
+        if !seen.insert(a.name.as_str()) {
+            return err(format!("{p}.name"), format!("duplicate artifact {:?}", a.name));
+        }
+        if a.roles.is_empty() {
+            return err(format!("{p}.roles"), "at least one role is required".into());
+        }
+        check_urls(&p, &a.urls)?;
+        check_arches(&p, &a.sha256)?;
+        if a.install.is_empty() {
+            return err(format!("{p}.install"), "at least one install entry is required".into());
+        }
+        for (j, ins) in a.install.iter().enumerate() {
+            let q = format!("{p}.install[{j}]");
+            if !ins.to.starts_with('/') || ins.to.contains("..") {
+                return err(format!("{q}.to"), format!("{:?} must be an absolute path without ..", ins.to));
+            }
+            let glob = ins.from.as_deref().is_some_and(|f| f.contains('*'));
+            if glob && !ins.to.ends_with('/') {
+                return err(format!("{q}.to"), "a glob `from` needs a directory `to` ending in /".into());
+            }
+            if let Some(m) = &ins.mode {
+                if u32::from_str_radix(m, 8).map_or(true, |b| b > 0o7777) {
+                    return err(format!("{q}.mode"), format!("{m:?} is not an octal mode"));
+                }
+            }
+            for t in ins.from.iter().chain(std::iter::once(&ins.to)) {
+                if let Some(v) = unknown_var(t) {
+                    return err(q.clone(), format!("unknown template variable {{{v}}}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_recipe_parses() {
+        let r = load(None).unwrap();
+        assert_eq!(r.recipe.name, DEFAULT_RECIPE);
+        assert_eq!(r.recipe.kubernetes_version, "v1.30.3");
+        assert!(embedded_names().contains(&DEFAULT_RECIPE.to_string()));
+    }
+
+    #[test]
+    fn bad_sha_reports_path_and_line() {
+        let text = load(None)
+            .unwrap()
+            .text
+            .replace("bb78c2a27027278ee644d523f583ed7fdba48b4fbf31e3cfb0e309b6457dda69", "bb78c2");
+        let line = text.lines().position(|l| l.contains("amd64: bb78c2")).unwrap() + 1;
+        let e = parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("artifacts[0].sha256.amd64"), "{e}");
+        assert!(e.contains(&format!("(line {line})")), "{e}");
+    }
+
+    #[test]
+    fn missing_arch_reports_path_and_line() {
+        let text = load(None)
+            .unwrap()
+            .text
+            .replace("      arm64: 6590f2447c87346aac29e2ab42fe4f29873f9bf154ee878f00da4c81bfdb8ea2\n", "");
+        let e = parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("artifacts[0].sha256") && e.contains("arm64"), "{e}");
+        assert!(e.contains("(line "), "{e}");
+    }
+}
