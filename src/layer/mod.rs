@@ -116,3 +116,15 @@ mod tests {
         assert_eq!(paths, ["/etc", "/etc/a", "/etc/a/b", "/etc/a/b/c.conf"]);
     }
 }
+
+/// Compose the whole layer for `plan`: the artifacts' files (from the verified
+/// blobs in `downloads`, keyed by artifact name), the embedded static files of
+/// `image-files/`, hardening, and `/etc/imgbuild/{manifest.json,release}`.
+/// `workdir` is a build-private temp dir for extracted archive members.
+pub fn compose(
+    _plan: &crate::plan::Plan,
+    _downloads: &BTreeMap<String, PathBuf>,
+    _workdir: &std::path::Path,
+) -> anyhow::Result<Layer> {
+    anyhow::bail!("layer composition: not implemented yet")
+}

@@ -1,0 +1,60 @@
+//! The build manifest: written beside the image (`<stem>.manifest.json`) and into it
+//! (`/etc/imgbuild/manifest.json`, without the fields only known after the image is
+//! written). `imgbuild inspect` reads the in-image copy and re-verifies `files`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub imgbuild_version: String,
+    pub recipe: String,
+    pub recipe_digest: String,
+    pub role: String,
+    pub arch: String,
+    pub kubernetes_version: String,
+    /// sha256 over everything that determines the image (recipe digest, role, arch,
+    /// imgbuild version, every download digest): same value, same image.
+    pub inputs_digest: String,
+    pub base: Download,
+    pub artifacts: Vec<Download>,
+    /// Every entry the layer adds, in path order.
+    pub files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    pub name: String,
+    pub version: String,
+    pub urls: Vec<String>,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub kind: FileKind,
+    /// Octal permission bits, e.g. "0755".
+    pub mode: String,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// Where the manifest sits inside the image.
+pub const IN_IMAGE_PATH: &str = "/etc/imgbuild/manifest.json";
