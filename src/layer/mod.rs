@@ -104,6 +104,18 @@ fn normalize(p: &str) -> String {
     }
 }
 
+/// Compose the whole layer for `plan`: the artifacts' files (from the verified
+/// blobs in `downloads`, keyed by artifact name), the embedded static files of
+/// `image-files/`, hardening, and `/etc/imgbuild/{manifest.json,release}`.
+/// `workdir` is a build-private temp dir for extracted archive members.
+pub fn compose(
+    _plan: &crate::plan::Plan,
+    _downloads: &BTreeMap<String, PathBuf>,
+    _workdir: &std::path::Path,
+) -> anyhow::Result<Layer> {
+    anyhow::bail!("layer composition: not implemented yet")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,16 +127,4 @@ mod tests {
         let paths: Vec<_> = l.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["/etc", "/etc/a", "/etc/a/b", "/etc/a/b/c.conf"]);
     }
-}
-
-/// Compose the whole layer for `plan`: the artifacts' files (from the verified
-/// blobs in `downloads`, keyed by artifact name), the embedded static files of
-/// `image-files/`, hardening, and `/etc/imgbuild/{manifest.json,release}`.
-/// `workdir` is a build-private temp dir for extracted archive members.
-pub fn compose(
-    _plan: &crate::plan::Plan,
-    _downloads: &BTreeMap<String, PathBuf>,
-    _workdir: &std::path::Path,
-) -> anyhow::Result<Layer> {
-    anyhow::bail!("layer composition: not implemented yet")
 }
