@@ -42,3 +42,29 @@ pub struct FetchArgs {
 pub fn run(_a: &FetchArgs, _g: &Global) -> Result<()> {
     anyhow::bail!("imgbuild fetch: not implemented yet")
 }
+
+/// A URL prefix rewrite (`--mirror FROM=TO`, or `IMGBUILD_MIRROR="FROM=TO FROM=TO"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub from: String,
+    pub to: String,
+}
+
+/// How to fetch, independent of the CLI.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    pub offline: bool,
+    pub mirrors: Vec<Mirror>,
+    pub jobs: usize,
+    pub quiet: bool,
+}
+
+/// Ensure every item is in the cache, verified; returns the blob paths in `items`
+/// order. API used by `imgbuild build`.
+pub fn fetch_items(
+    _items: &[&crate::plan::Item],
+    _cache: &crate::cache::Cache,
+    _opts: &FetchOptions,
+) -> Result<Vec<PathBuf>> {
+    anyhow::bail!("fetch: not implemented yet")
+}

@@ -1,0 +1,200 @@
+//! A real HTTP/1.1 server on 127.0.0.1 for tests: serves in-memory or on-disk files
+//! under upstream-shaped paths, honours `Range`, logs every request, and can be told
+//! to misbehave per path (status codes, a connection cut mid-body).
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub enum Body {
+    Bytes(Arc<Vec<u8>>),
+    File(PathBuf),
+}
+
+/// What the server does for one request to a path; consumed in order, then `Serve`.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Status(u16),
+    /// Send headers for the full body, then only `n` bytes, then close.
+    CutAfter(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub path: String,
+    pub range: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    files: HashMap<String, Body>,
+    faults: HashMap<String, VecDeque<Fault>>,
+    log: Vec<Logged>,
+}
+
+pub struct Server {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    let _ = handle(conn, &st);
+                });
+            }
+        });
+        Server { port, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base(), path)
+    }
+
+    pub fn add_bytes(&self, path: &str, bytes: Vec<u8>) {
+        self.state.lock().unwrap().files.insert(path.to_string(), Body::Bytes(Arc::new(bytes)));
+    }
+
+    pub fn add_file(&self, path: &str, file: PathBuf) {
+        self.state.lock().unwrap().files.insert(path.to_string(), Body::File(file));
+    }
+
+    pub fn fault(&self, path: &str, faults: Vec<Fault>) {
+        self.state.lock().unwrap().faults.insert(path.to_string(), faults.into());
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// Requests for `path` that got a 2xx answer.
+    pub fn hits(&self, path: &str) -> usize {
+        self.log().iter().filter(|l| l.path == path && (200..300).contains(&l.status)).count()
+    }
+}
+
+fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let mut range = None;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("range") {
+                    range = Some(v.trim().to_string());
+                }
+            }
+        }
+        let (body, fault) = {
+            let mut s = st.lock().unwrap();
+            let fault = s.faults.get_mut(&path).and_then(|q| q.pop_front());
+            (s.files.get(&path).cloned(), fault)
+        };
+        let record = |status: u16| {
+            st.lock().unwrap().log.push(Logged { path: path.clone(), range: range.clone(), status });
+        };
+        if let Some(Fault::Status(code)) = fault {
+            record(code);
+            write!(conn, "HTTP/1.1 {code} Test\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        }
+        let Some(body) = body else {
+            record(404);
+            write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        };
+        let len = match &body {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File(p) => std::fs::metadata(p)?.len(),
+        };
+        let start = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split('-').next())
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|s| *s < len);
+        let (status, from) = match start {
+            Some(s) => (206, s),
+            None => (200, 0),
+        };
+        record(status);
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n",
+            if status == 206 { "Partial Content" } else { "OK" },
+            len - from
+        );
+        if status == 206 {
+            head.push_str(&format!("Content-Range: bytes {from}-{}/{len}\r\n", len - 1));
+        }
+        head.push_str("\r\n");
+        conn.write_all(head.as_bytes())?;
+        if method == "HEAD" {
+            continue;
+        }
+        let limit = match fault {
+            Some(Fault::CutAfter(n)) => Some(n),
+            _ => None,
+        };
+        let mut sent = 0u64;
+        let mut send = |chunk: &[u8], conn: &mut TcpStream| -> std::io::Result<bool> {
+            let take = match limit {
+                Some(n) => (n.saturating_sub(sent)).min(chunk.len() as u64) as usize,
+                None => chunk.len(),
+            };
+            conn.write_all(&chunk[..take])?;
+            sent += take as u64;
+            Ok(limit.is_none_or(|n| sent < n))
+        };
+        match &body {
+            Body::Bytes(b) => {
+                send(&b[from as usize..], &mut conn)?;
+            }
+            Body::File(p) => {
+                let mut f = std::fs::File::open(p)?;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(from))?;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    let n = f.read(&mut buf)?;
+                    if n == 0 || !send(&buf[..n], &mut conn)? {
+                        break;
+                    }
+                }
+            }
+        }
+        if limit.is_some() {
+            // Simulate a dropped connection.
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
