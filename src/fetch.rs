@@ -78,7 +78,7 @@ pub struct FetchArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("--offline: not in the cache {cache}: {}", .missing.join(", "))]
+    #[error("--offline: {} artifact(s) not in the cache {cache}:{}", .missing.len(), fmt_list(.missing))]
     Offline { cache: String, missing: Vec<String> },
     #[error("{name} {version}: every URL failed:{}", fmt_outcomes(.outcomes))]
     AllUrlsFailed { name: String, version: String, outcomes: Vec<(String, String)> },
@@ -106,6 +106,13 @@ pub enum FetchError {
 fn fmt_outcomes(o: &[(String, String)]) -> String {
     o.iter().fold(String::new(), |mut s, (url, what)| {
         let _ = write!(s, "\n  {url}: {what}");
+        s
+    })
+}
+
+fn fmt_list(v: &[String]) -> String {
+    v.iter().fold(String::new(), |mut s, m| {
+        let _ = write!(s, "\n  {m}");
         s
     })
 }
@@ -511,6 +518,12 @@ async fn fetch_url(
         let backoff = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_CAP);
         let wait = retry_after.map_or(backoff, |r| r.min(BACKOFF_CAP).max(backoff));
         failures += 1;
+        ctx.progress.line(&format!(
+            "{} {}: {what}; retry {failures}/{RETRIES} in {:.1} s",
+            item.name,
+            item.version,
+            wait.as_secs_f64()
+        ));
         tokio::time::sleep(wait).await;
     }
 }
@@ -534,10 +547,17 @@ async fn attempt(
     }
     let resp = match req.send().await {
         Ok(r) => r,
-        Err(e) if e.is_builder() => {
-            return Ok((part, Err(Attempt::Next(format!("invalid URL: {}", chain(&e))))));
+        Err(e) => {
+            // The URL is in the outcome list already; reqwest would repeat it.
+            let builder = e.is_builder();
+            let what = chain(&e.without_url());
+            // A name that does not resolve will not start resolving in a few
+            // seconds (curl does not retry it either); a refused or reset connection may.
+            if builder || what.contains("dns error") {
+                return Ok((part, Err(Attempt::Next(what))));
+            }
+            return Ok((part, Err(transient(what))));
         }
-        Err(e) => return Ok((part, Err(transient(chain(&e))))),
     };
     let status = resp.status();
     match status {
