@@ -475,8 +475,13 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
             }
         }
     }
-    // The partial file stays: a later run resumes it.
+    // A non-empty partial file stays: a later run resumes it. An empty one is clutter.
     task.abandon();
+    if part.len == 0 {
+        drop(part);
+        let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+        blocking(&item, "removing an empty partial download", move || cache.discard(&sha, &lock)).await?;
+    }
     Err(FetchError::AllUrlsFailed { name: item.name.clone(), version: item.version.clone(), outcomes })
 }
 
