@@ -114,7 +114,9 @@ fn both_roles_have_the_node_stack() {
         for (key, v) in [
             ("kernel.kptr_restrict", "1"),
             ("kernel.dmesg_restrict", "1"),
-            ("net.ipv4.conf.all.rp_filter", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "2"),
+            ("net.ipv4.conf.en*.rp_filter", "2"),
             ("net.ipv4.conf.all.accept_redirects", "0"),
             ("net.ipv4.conf.all.send_redirects", "0"),
             ("net.ipv4.conf.all.accept_source_route", "0"),
