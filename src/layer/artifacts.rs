@@ -92,7 +92,7 @@ fn extract(
     workdir: &Path,
 ) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
     let bad = |msg: String| LayerError::Archive { artifact: item.name.clone(), msg };
-    let io = |e: std::io::Error| bad(format!("reading {}: {e}", blob.display()));
+    let io = |e: std::io::Error| LayerError::Io { path: blob.to_path_buf(), source: e };
     let gz = is_gzip(blob).map_err(io)?;
     let file = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(io)?);
     let reader: Box<dyn Read> =
