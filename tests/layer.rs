@@ -537,3 +537,18 @@ fn bench_compose_and_seal_realistic_sizes() {
         t_all.as_secs_f64()
     );
 }
+
+#[test]
+fn a_reused_workdir_is_cleaned_per_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = layer_fixture::plan(Role::Worker);
+    let dl = layer_fixture::downloads(&plan, tmp.path());
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    let l = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    assert_eq!(bytes(&l, "/usr/local/bin/ctr"), stub("bin/ctr"));
+    // Only what the second run extracted is there.
+    let n = std::fs::read_dir(work.join("artifact-containerd")).unwrap().count();
+    assert_eq!(n, layer_fixture::CONTAINERD.iter().filter(|m| !m.ends_with('/')).count());
+}
