@@ -160,6 +160,7 @@ pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Pat
     tree::install(&mut layer, plan.role);
     // Masked units and the per-role nftables firewall.
     hardening::install(&mut layer, plan.role);
+    // Other modules add their content below, one line each (e.g. `crate::chart::install(&mut layer, plan)?;`).
     Ok(layer)
 }
 
