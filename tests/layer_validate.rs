@@ -190,6 +190,10 @@ fn nft_accepts_both_firewalls_and_the_documented_narrowing() {
         assert!(example.contains("flush set inet imgbuild cluster_v4"), "{example}");
         let inc = root.join("etc/nftables.d");
         std::fs::write(inc.join("10-cluster.nft"), &example).unwrap();
+        // What the cluster module renders for first boot.
+        let nets = ["10.20.0.0/16", "10.244.0.0/16", "fd00:10::/64"].map(String::from);
+        let rendered = imgbuild::layer::firewall::cluster_networks_nft(&nets).unwrap();
+        std::fs::write(inc.join("11-cluster-rendered.nft"), &rendered).unwrap();
         std::fs::write(
             inc.join("20-extra.nft"),
             "add rule inet imgbuild input tcp dport 9100 ip saddr 10.20.0.5 accept\n",
