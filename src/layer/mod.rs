@@ -155,6 +155,7 @@ fn normalize(p: &str) -> String {
 /// outlive the layer (entries point into it).
 ///
 /// Each step adds its part; later steps replace earlier entries of the same path.
+/// Other modules hook in after the hardening step, one line each.
 pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Path) -> anyhow::Result<Layer> {
     let mut layer = Layer::new(plan.source_date_epoch);
     // Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm).
@@ -163,7 +164,6 @@ pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Pat
     tree::install(&mut layer, plan.role);
     // Masked units and the per-role nftables firewall.
     hardening::install(&mut layer, plan.role);
-    // Other modules add their content below, one line each (e.g. `crate::chart::install(&mut layer, plan)?;`).
     Ok(layer)
 }
 
