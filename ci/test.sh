@@ -14,12 +14,12 @@ deps=(
   "genisoimage genisoimage"
   "xorriso xorriso"
   "shellcheck shellcheck"
-  "nft nftables"
-  "sshd openssh-server"
-  "systemd-analyze systemd"
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "nft nftables"
+  "sshd openssh-server"
+  "systemd-analyze systemd"
 )
 missing=()
 for d in "${deps[@]}"; do
