@@ -37,6 +37,28 @@ pub struct Plan {
     pub root_label: String,
     pub base: Item,
     pub artifacts: Vec<Item>,
+    /// Helm add-ons in install order; empty except for control planes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<AddonItem>,
+}
+
+/// A recipe add-on resolved for a control plane: which chart file in the image to
+/// install, where, with which values.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddonItem {
+    /// The artifact (chart) name and version.
+    pub name: String,
+    pub version: String,
+    pub release: String,
+    pub namespace: String,
+    pub order: u32,
+    pub cni: bool,
+    /// Path of the chart .tgz in the image (the artifact's install target).
+    pub chart: String,
+    /// The chart file's pinned digest.
+    pub sha256: Sha256,
+    pub values: serde_json::Value,
+    pub images: Vec<String>,
 }
 
 impl Plan {
@@ -85,6 +107,27 @@ impl Plan {
                     .collect(),
             });
         }
+        let mut addons = Vec::new();
+        if role == Role::ControlPlane {
+            for ad in &r.addons {
+                // Validation guarantees the artifact exists with exactly one install step.
+                let Some(item) = artifacts.iter().find(|i| i.name == ad.artifact) else { continue };
+                let Some(step) = item.install.first() else { continue };
+                addons.push(AddonItem {
+                    name: item.name.clone(),
+                    version: item.version.clone(),
+                    release: ad.release.clone(),
+                    namespace: ad.namespace.clone(),
+                    order: ad.order,
+                    cni: ad.cni,
+                    chart: step.to.clone(),
+                    sha256: item.sha256.clone(),
+                    values: ad.values.clone(),
+                    images: ad.images.clone(),
+                });
+            }
+            addons.sort_by_key(|a| a.order);
+        }
         Ok(Plan {
             recipe: r.name.clone(),
             recipe_digest: lr.digest.clone(),
@@ -95,6 +138,7 @@ impl Plan {
             root_label: b.root_label.clone(),
             base,
             artifacts,
+            addons,
         })
     }
 
