@@ -437,13 +437,19 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
         if art.roles != [Role::ControlPlane] {
             return Err((
                 format!("{p}.artifact"),
-                format!("artifact {:?} must have roles [control-plane] (add-ons are control-plane only)", art.name),
+                format!(
+                    "artifact {:?} must have roles [control-plane] (add-ons are control-plane only)",
+                    art.name
+                ),
             ));
         }
         if art.install.len() != 1 || art.install[0].from.is_some() || !art.install[0].to.ends_with(".tgz") {
             return Err((
                 format!("{p}.artifact"),
-                format!("artifact {:?} must install the chart file itself to one path ending in .tgz", art.name),
+                format!(
+                    "artifact {:?} must install the chart file itself to one path ending in .tgz",
+                    art.name
+                ),
             ));
         }
         if !dns_label(&a.release, 53) || RESERVED_RELEASES.contains(&a.release.as_str()) {

@@ -64,7 +64,8 @@ pub fn add_to_layer(plan: &Plan, layer: &mut Layer) -> Result<(), ChartError> {
                 origin: format!("recipe {}", plan.recipe),
                 msg: format!("values of add-on {}: {e}", a.release),
             })?;
-            let text = format!("# Helm values for {} {} (from recipe {}).\n{yaml}", a.name, a.version, plan.recipe);
+            let text =
+                format!("# Helm values for {} {} (from recipe {}).\n{yaml}", a.name, a.version, plan.recipe);
             layer.file(&path, Content::Bytes(text.into_bytes()), 0o644);
         }
     }

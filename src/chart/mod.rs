@@ -73,7 +73,8 @@ pub fn run(c: &ChartCmd, g: &Global) -> Result<()> {
 pub fn write_package(p: &Packaged, dir: &std::path::Path) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(p.file_name());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", dir.display()))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", dir.display()))?;
     tmp.write_all(&p.bytes).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {

@@ -70,14 +70,18 @@ fn walk(
     let dir = root.join(rel);
     let io = |p: &Path, source| ChartError::Io { path: p.display().to_string(), source };
     if depth > MAX_DEPTH {
-        return Err(invalid(&dir.display().to_string(), "directories nested too deeply (symlink loop?)".into()));
+        return Err(invalid(
+            &dir.display().to_string(),
+            "directories nested too deeply (symlink loop?)".into(),
+        ));
     }
     let mut names = Vec::new();
     for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
         let e = e.map_err(|e| io(&dir, e))?;
-        let name = e.file_name().into_string().map_err(|n| {
-            invalid(&dir.display().to_string(), format!("file name {n:?} is not UTF-8"))
-        })?;
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| invalid(&dir.display().to_string(), format!("file name {n:?} is not UTF-8")))?;
         names.push(name);
     }
     names.sort();
@@ -148,8 +152,8 @@ pub fn package_files(
     let chart_yaml = files
         .get("Chart.yaml")
         .ok_or_else(|| invalid(origin, "no Chart.yaml: not a chart directory".into()))?;
-    let meta: ChartMeta = serde_yaml::from_slice(chart_yaml)
-        .map_err(|e| invalid(origin, format!("Chart.yaml: {e}")))?;
+    let meta: ChartMeta =
+        serde_yaml::from_slice(chart_yaml).map_err(|e| invalid(origin, format!("Chart.yaml: {e}")))?;
     if meta.api_version.as_deref() != Some("v2") && meta.api_version.as_deref() != Some("v1") {
         return Err(invalid(origin, "Chart.yaml: apiVersion must be v2 (or v1)".into()));
     }
@@ -217,7 +221,8 @@ mod tests {
 
     #[test]
     fn archive_is_sorted_fixed_and_prefixed() {
-        let p = package_files("t", chart(&[("values.yaml", "a: 1\n"), ("templates/x.yaml", "")]), 42).unwrap();
+        let p =
+            package_files("t", chart(&[("values.yaml", "a: 1\n"), ("templates/x.yaml", "")]), 42).unwrap();
         assert_eq!(p.file_name(), "demo-1.2.3.tgz");
         // gzip header: magic, deflate, no flags (no name), mtime 0.
         assert_eq!(&p.bytes[..8], &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
@@ -252,6 +257,8 @@ mod tests {
         let e = package_files("t", m, 0).unwrap_err();
         assert!(e.to_string().contains("SemVer"), "{e}");
         assert!(package_files("t", BTreeMap::new(), 0).unwrap_err().to_string().contains("Chart.yaml"));
-        assert!(is_semver("0.1.0") && is_semver("1.0.0-rc.1+b7") && !is_semver("01.0.0") && !is_semver("1.0"));
+        assert!(
+            is_semver("0.1.0") && is_semver("1.0.0-rc.1+b7") && !is_semver("01.0.0") && !is_semver("1.0")
+        );
     }
 }
