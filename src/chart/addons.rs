@@ -55,8 +55,8 @@ pub fn add_to_layer(plan: &Plan, layer: &mut Layer) -> Result<(), ChartError> {
     if plan.role != Role::ControlPlane {
         return Ok(());
     }
-    let index = index(plan)?;
-    let backend = super::package_backend(layer.mtime)?;
+    let backend = super::package_backend(plan.source_date_epoch)?;
+    let index = index(plan, &backend)?;
     layer.file(&format!("{ADDONS_DIR}/{}", backend.file_name()), Content::Bytes(backend.bytes), 0o644);
     for a in &plan.addons {
         if let Some(path) = values_path(a) {
@@ -83,8 +83,9 @@ fn values_path(a: &crate::plan::AddonItem) -> Option<String> {
     (!empty).then(|| format!("{ADDONS_DIR}/{}-values.yaml", a.release))
 }
 
-/// The installer's steps for `plan`: the recipe add-ons in order, then the backend.
-pub fn index(plan: &Plan) -> Result<Vec<IndexEntry>, ChartError> {
+/// The installer's steps for `plan`: the recipe add-ons in order, then `backend`
+/// (the embedded chart packaged for this build, see [`super::package_backend`]).
+pub fn index(plan: &Plan, backend: &super::Packaged) -> Result<Vec<IndexEntry>, ChartError> {
     let mut out: Vec<IndexEntry> = plan
         .addons
         .iter()
@@ -102,8 +103,6 @@ pub fn index(plan: &Plan) -> Result<Vec<IndexEntry>, ChartError> {
             images: a.images.clone(),
         })
         .collect();
-    // The digest is of the bytes this build embeds: mtime-dependent, hence computed.
-    let backend = super::package_backend(plan.source_date_epoch)?;
     let image = backend_image();
     out.push(IndexEntry {
         order: BACKEND_ORDER,
