@@ -169,4 +169,27 @@ mod tests {
         let etcd = cp.artifacts.iter().find(|a| a.name == "etcd").unwrap();
         assert_eq!(etcd.install[0].from.as_deref(), Some("etcd-v3.5.12-linux-arm64/etcdctl"));
     }
+
+    #[test]
+    fn addons_resolve_for_control_planes_only() {
+        let r = crate::recipe::load(None).unwrap();
+        let cp = Plan::resolve(&r, Role::ControlPlane, Arch::Amd64).unwrap();
+        let a: Vec<_> = cp.addons.iter().map(|a| (a.release.as_str(), a.chart.as_str())).collect();
+        assert_eq!(
+            a,
+            [
+                ("cilium", "/usr/share/imgbuild/addons/cilium-1.16.1.tgz"),
+                ("metrics-server", "/usr/share/imgbuild/addons/metrics-server-3.12.2.tgz"),
+                ("ingress-nginx", "/usr/share/imgbuild/addons/ingress-nginx-4.11.5.tgz"),
+            ]
+        );
+        assert!(cp.addons[0].cni && !cp.addons[1].cni);
+        assert_eq!(
+            cp.addons[2].sha256.as_str(),
+            "7035b6656a07f85792d0d8e103b9bff84510db0e81d11db4e322709b07783ffa"
+        );
+        let w = Plan::resolve(&r, Role::Worker, Arch::Arm64).unwrap();
+        assert!(w.addons.is_empty());
+        assert!(!w.artifacts.iter().any(|a| a.name == "cilium" || a.name == "ingress-nginx"));
+    }
 }

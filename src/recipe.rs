@@ -416,8 +416,9 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
     validate_addons(r)
 }
 
-/// Release names the installer reserves for itself.
-pub const RESERVED_RELEASES: [&str; 1] = ["backend"];
+/// Release names the installer reserves: the backend's, and `values` because the
+/// backend's user values file is /etc/imgbuild/addons/values.yaml.
+pub const RESERVED_RELEASES: [&str; 2] = ["backend", "values"];
 
 fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
     let dns_label = |s: &str, max: usize| {
@@ -455,7 +456,10 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
         if !dns_label(&a.release, 53) || RESERVED_RELEASES.contains(&a.release.as_str()) {
             return Err((
                 format!("{p}.release"),
-                format!("{:?} must be a DNS label of at most 53 characters, not backend", a.release),
+                format!(
+                    "{:?} must be a DNS label of at most 53 characters, not backend or values",
+                    a.release
+                ),
             ));
         }
         if !releases.insert(a.release.as_str()) {
@@ -515,5 +519,32 @@ mod tests {
         let e = parse(&text, "t.yaml").unwrap_err().to_string();
         assert!(e.contains("artifacts[0].sha256") && e.contains("arm64"), "{e}");
         assert!(e.contains("(line "), "{e}");
+    }
+
+    fn addon_err(from: &str, to: &str) -> String {
+        let text = load(None).unwrap().text;
+        assert!(text.contains(from), "{from}");
+        parse(&text.replacen(from, to, 1), "t.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn addons_are_validated_with_paths() {
+        let r = load(None).unwrap().recipe;
+        let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
+        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx"]);
+        let e = addon_err("  - artifact: metrics-server", "  - artifact: nope");
+        assert!(e.contains("addons[1].artifact") && e.contains("(line "), "{e}");
+        let e = addon_err("    release: ingress-nginx", "    release: backend");
+        assert!(e.contains("addons[2].release"), "{e}");
+        let e = addon_err("    order: 20", "    order: 10");
+        assert!(e.contains("addons[1].order") && e.contains("duplicate"), "{e}");
+        let e = addon_err("  - artifact: cilium", "  - artifact: kubelet");
+        assert!(e.contains("control-plane"), "{e}");
+        let e = addon_err("  - artifact: cilium", "  - artifact: helm");
+        assert!(e.contains(".tgz"), "{e}");
+        let e = addon_err("    namespace: ingress-nginx", "    namespace: Ingress_Nginx");
+        assert!(e.contains("addons[2].namespace"), "{e}");
+        let e = addon_err("    order: 10", "    order: 10\n    colour: red");
+        assert!(e.contains("unknown field"), "{e}");
     }
 }
