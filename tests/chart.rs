@@ -726,3 +726,12 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
     }
     assert!(w.get("/usr/local/bin/helm").is_none());
 }
+
+#[test]
+fn embedded_backend_chart_packages_like_the_directory() {
+    // include_dir copy vs. files on disk: same files, same .helmignore, same bytes.
+    let embedded = imgbuild::chart::package_backend(1_724_198_400).unwrap();
+    let on_disk = imgbuild::chart::package_dir(&chart_dir(), 1_724_198_400).unwrap();
+    assert_eq!((embedded.name.as_str(), embedded.version.as_str()), ("backend", "0.1.0"));
+    assert!(embedded.bytes == on_disk.bytes, "embedded chart is stale: rebuild (cargo clean -p imgbuild)");
+}
