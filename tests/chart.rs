@@ -735,3 +735,94 @@ fn embedded_backend_chart_packages_like_the_directory() {
     assert_eq!((embedded.name.as_str(), embedded.version.as_str()), ("backend", "0.1.0"));
     assert!(embedded.bytes == on_disk.bytes, "embedded chart is stale: rebuild (cargo clean -p imgbuild)");
 }
+
+/// The approver's go-template and jsonpath, evaluated by a real kubectl offline
+/// (`label --local` renders an object without a server).
+#[test]
+fn approver_templates_work_with_real_kubectl() {
+    let kubectl = match std::env::var_os("IMGBUILD_TEST_KUBECTL") {
+        Some(k) => PathBuf::from(k),
+        None => match tool("kubectl") {
+            Some(k) => k,
+            None => return,
+        },
+    };
+    let script =
+        std::fs::read_to_string(cp_files().join("usr/libexec/imgbuild/kubelet-csr-approver")).unwrap();
+    let var = |name: &str| -> String {
+        let line = script.lines().find(|l| l.starts_with(&format!("{name}='"))).unwrap();
+        line[name.len() + 2..line.len() - 1].to_string()
+    };
+    let list = var("list_tmpl");
+    // The list template is `{{range .items}}BODY{{end}}`; apply BODY to single objects.
+    let body = list.strip_prefix("{{range .items}}").and_then(|b| b.strip_suffix("{{end}}")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let render = |yaml: &str, out: &str| -> String {
+        let f = tmp.path().join("obj.yaml");
+        std::fs::write(&f, yaml).unwrap();
+        text(&run(Command::new(&kubectl).args(["label", "--local", "-f"]).arg(&f).args(["x=y", "-o", out])))
+    };
+    let csr = |signer: &str, status: &str| {
+        format!(
+            "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata:\n  name: csr-1\n\
+             spec:\n  signerName: {signer}\n  username: system:node:n1\n  groups: [system:nodes, system:authenticated]\n\
+             \x20 usages: [digital signature, server auth]\n  request: UkVR\n{status}"
+        )
+    };
+    let tmpl = format!("go-template={body}");
+    assert_eq!(
+        render(&csr("kubernetes.io/kubelet-serving", "status: {}\n"), &tmpl),
+        "csr-1|system:node:n1|system:nodes,system:authenticated,|digital signature,server auth,|UkVR\n"
+    );
+    assert_eq!(
+        render(&csr("kubernetes.io/kubelet-serving", ""), &tmpl).lines().count(),
+        1,
+        "no status at all is pending too"
+    );
+    let approved = "status:\n  conditions: [{type: Approved, status: \"True\"}]\n";
+    assert_eq!(render(&csr("kubernetes.io/kubelet-serving", approved), &tmpl), "");
+    assert_eq!(render(&csr("kubernetes.io/kube-apiserver-client-kubelet", "status: {}\n"), &tmpl), "");
+    let node = "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\nstatus:\n  addresses:\n\
+                \x20 - {type: InternalIP, address: 10.0.0.5}\n  - {type: Hostname, address: n1}\n";
+    assert_eq!(render(node, &format!("jsonpath={}", var("addr_tmpl"))), "InternalIP=10.0.0.5\nHostname=n1\n");
+}
+
+/// The installer's helm invocations parse with a real helm: pointed at a closed port,
+/// helm must fail on the unreachable cluster, not on a flag.
+#[test]
+fn installer_helm_flags_are_accepted_by_real_helm() {
+    let Some(helm) = tool("helm") else { return };
+    let inst = Installer::new();
+    // Only the kubectl stand-in stays: the real helm goes first on PATH.
+    std::fs::remove_file(inst.stub.join("bin/helm")).unwrap();
+    std::os::unix::fs::symlink(&helm, inst.stub.join("bin/helm")).unwrap();
+    let kc = inst.stub.join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\n\
+         contexts:\n- name: c\n  context: {cluster: c, user: u}\nusers:\n- name: u\n  user: {token: x}\n\
+         current-context: c\n",
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .arg(cp_files().join("usr/libexec/imgbuild/addons-install"))
+        .env(
+            "PATH",
+            format!("{}:{}", inst.stub.join("bin").display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("IMGBUILD_ROOT", &inst.root)
+        .env("IMGBUILD_ADDONS_BACKOFF", "0")
+        .env("IMGBUILD_ADDONS_ATTEMPTS", "1")
+        .env("KUBECONFIG", &kc)
+        .env("HELM_CACHE_HOME", inst.stub.join("helm-cache"))
+        .env("HELM_CONFIG_HOME", inst.stub.join("helm-config"))
+        .env("HELM_DATA_HOME", inst.stub.join("helm-data"))
+        .env("STUB_LOG", inst.stub.join("calls"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Kubernetes cluster unreachable"), "{err}");
+    assert!(!err.contains("unknown flag") && !err.contains("unknown shorthand"), "{err}");
+    assert!(text(&out).contains("cilium: failed after 1 attempts"), "{}", text(&out));
+}
