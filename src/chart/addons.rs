@@ -10,6 +10,16 @@
 //! tools): `order name release namespace cni chart baked-values user-values`.
 //! `baked-values` is `-` when the image bakes none; `user-values` is read only if it
 //! exists (written by user-data, may hold secrets, never baked in).
+//!
+//! What the cluster side provides (`imgbuild cluster` / `imgbuild cloud-init`):
+//! - kubelets run with `serverTLSBootstrap: true` (KubeletConfiguration), so their serving
+//!   certificates are signed by the cluster CA once `imgbuild-kubelet-csr-approver`
+//!   (started by a path unit when `/etc/kubernetes/admin.conf` appears) approves them;
+//! - on the first control plane, user-data writes [`BACKEND_USER_VALUES`] (mode 0600; the
+//!   backend chart's values from the cluster spec's `addons` section) and, optionally,
+//!   `<USER_VALUES_DIR>/<release>.yaml` overrides for an add-on;
+//! - its bootstrap script runs `systemctl start --no-block` [`INSTALLER_UNIT`] after a
+//!   successful `kubeadm init`.
 
 use serde::Serialize;
 
@@ -18,6 +28,8 @@ use crate::layer::{Content, Layer};
 use crate::plan::Plan;
 use crate::recipe::Role;
 
+/// The installer unit (not enabled in the image; started by the init path).
+pub const INSTALLER_UNIT: &str = "imgbuild-addons.service";
 /// Where charts, values and the index live in the image.
 pub const ADDONS_DIR: &str = "/usr/share/imgbuild/addons";
 /// Per-cluster values delivered by user-data (the cluster spec's `addons` section).
