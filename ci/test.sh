@@ -17,6 +17,10 @@ deps=(
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "isoinfo genisoimage"
+  "mtype mtools"
+  "blkid util-linux"
+  "cloud-init cloud-init"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -36,6 +40,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+
+# cluster/cloud-init tests: Python jsonschema + PyYAML cross-check the cloud-init schema
+if ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
+  echo "ci/test.sh: installing Python jsonschema + pyyaml" >&2
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install -q jsonschema pyyaml 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages jsonschema pyyaml
+  else
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-jsonschema python3-yaml >/dev/null
+  fi
+  python3 -c 'import jsonschema, yaml'
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

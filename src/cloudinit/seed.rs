@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::render::Rendered;
 use super::{CloudInitError, SeedKind};
-use crate::cluster::pki::write_private;
+use crate::cluster::pki::write_private_with;
 use crate::tools::{self, Tool};
 
 pub const GENISOIMAGE: Tool = Tool {
@@ -50,7 +50,7 @@ fn write_node(out: &Path, r: &Rendered, kind: SeedKind, iso: Option<&Path>) -> R
         .map_err(io(format!("chmod {}", dir.display())))?;
     let map = |e: crate::cluster::ClusterError| CloudInitError::Seed(e.to_string());
     for (name, body) in names(r) {
-        write_private(&dir.join(name), body.as_bytes()).map_err(map)?;
+        write_private_with(&dir.join(name), body.as_bytes(), false).map_err(map)?;
     }
     if r.network_config.is_none() {
         // a stale one from an earlier render would give the node a wrong address
@@ -58,7 +58,7 @@ fn write_node(out: &Path, r: &Rendered, kind: SeedKind, iso: Option<&Path>) -> R
     }
     match kind {
         SeedKind::None => {}
-        SeedKind::Vfat => write_private(&dir.join("seed.img"), &vfat(r)?).map_err(map)?,
+        SeedKind::Vfat => write_private_with(&dir.join("seed.img"), &vfat(r)?, false).map_err(map)?,
         SeedKind::Iso => {
             let tool = iso.ok_or_else(|| CloudInitError::Seed("no ISO tool".into()))?;
             iso_image(tool, &dir, r)?
@@ -101,7 +101,9 @@ fn iso_image(tool: &Path, dir: &Path, r: &Rendered) -> Result<(), CloudInitError
 /// A FAT12 image labelled CIDATA holding the node's files. Deterministic: fixed
 /// volume id (from the node name) and the DOS epoch as every timestamp.
 pub fn vfat(r: &Rendered) -> Result<Vec<u8>, CloudInitError> {
-    let size = 512 * 1024;
+    // room for the files plus FAT overhead, in 64 KiB steps (128 KiB at least)
+    let content: usize = names(r).iter().map(|(_, b)| b.len().div_ceil(4096) * 4096).sum();
+    let size = (content + 64 * 1024).div_ceil(64 * 1024).max(2) * 64 * 1024;
     let mut disk = Cursor::new(vec![0u8; size]);
     let id = Sha256::digest(r.node.as_bytes());
     let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);
