@@ -60,8 +60,8 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         Some(sz) => Some(disk::size::parse(sz)?),
         None => None,
     };
-    let cache = crate::cache::Cache::open(s.cache_dir.as_deref()).context("opening the download cache")?;
-    let opts = fetch_options(s, g.quiet)?;
+    let cache = crate::fetch::open_cache(s)?;
+    let opts = crate::fetch::FetchOptions::from_args(s, g)?;
     let items: Vec<&crate::plan::Item> = plan.downloads().collect();
     let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
     let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
@@ -91,7 +91,7 @@ pub fn default_composer(
     let mut layer = crate::layer::compose(plan, dl, work)?;
     // Extra layer steps (e.g. packages resolved against the base's dpkg status,
     // read through `_base.read_file`) go here, before the seal.
-    seal(&mut layer, plan)?;
+    crate::layer::seal(&mut layer, plan)?;
     Ok(layer)
 }
 
@@ -205,91 +205,4 @@ fn manifest_bytes(layer: &Layer) -> Result<Vec<u8>> {
         Some(Kind::File(Content::Path(p))) => Ok(std::fs::read(p)?),
         _ => anyhow::bail!("the layer has no {}", crate::manifest::IN_IMAGE_PATH),
     }
-}
-
-/// Fetch options from the shared source arguments (`--mirror FROM=TO`, `--offline`).
-// TODO(merge): use the fetch module's own conversion once it exists.
-fn fetch_options(s: &crate::fetch::SourceArgs, quiet: bool) -> Result<crate::fetch::FetchOptions> {
-    let mut mirrors = Vec::new();
-    for m in &s.mirrors {
-        let (from, to) = m
-            .split_once('=')
-            .ok_or_else(|| crate::exit::Classified::input(format!("--mirror {m:?}: expected FROM=TO")))?;
-        mirrors.push(crate::fetch::Mirror { from: from.into(), to: to.into() });
-    }
-    Ok(crate::fetch::FetchOptions { offline: s.offline, mirrors, jobs: s.jobs.max(1), quiet })
-}
-
-/// Add /etc/imgbuild/release and /etc/imgbuild/manifest.json (last, listing every
-/// other entry). Shim until the layer module provides `layer::seal`.
-// TODO(merge): replace with crate::layer::seal.
-pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<()> {
-    use crate::manifest::{Download, FileEntry, FileKind, Manifest};
-    let dl = |i: &crate::plan::Item| Download {
-        name: i.name.clone(),
-        version: i.version.clone(),
-        urls: i.urls.clone(),
-        sha256: i.sha256.to_string(),
-    };
-    let mut inputs =
-        format!("{}\n{}\n{}\n{}\n", plan.recipe_digest, plan.role, plan.arch, env!("CARGO_PKG_VERSION"));
-    for i in plan.downloads() {
-        inputs.push_str(&format!("{} {}\n", i.name, i.sha256));
-    }
-    let inputs_digest = crate::recipe::Sha256::of(inputs.as_bytes()).to_string();
-    let release = format!(
-        "NAME={}\nVERSION={}\nKUBERNETES_VERSION={}\nROLE={}\nARCH={}\nINPUTS_DIGEST={}\n",
-        plan.recipe,
-        env!("CARGO_PKG_VERSION"),
-        plan.kubernetes_version,
-        plan.role,
-        plan.arch,
-        inputs_digest
-    );
-    layer.file("/etc/imgbuild/release", Content::Bytes(release.into_bytes()), 0o644);
-    let mut files = Vec::new();
-    for (path, e) in layer.iter() {
-        if path == crate::manifest::IN_IMAGE_PATH {
-            continue;
-        }
-        let (kind, sha256, size, target) = match &e.kind {
-            Kind::Dir => (FileKind::Dir, None, None, None),
-            Kind::Symlink(t) => (FileKind::Symlink, None, None, Some(t.clone())),
-            Kind::File(Content::Bytes(b)) => {
-                (FileKind::File, Some(crate::recipe::Sha256::of(b).to_string()), Some(b.len() as u64), None)
-            }
-            Kind::File(Content::Path(p)) => (
-                FileKind::File,
-                Some(crate::output::sha256_file(p)?),
-                Some(std::fs::metadata(p)?.len()),
-                None,
-            ),
-        };
-        files.push(FileEntry {
-            path: path.clone(),
-            kind,
-            mode: format!("{:04o}", e.mode),
-            uid: e.uid,
-            gid: e.gid,
-            sha256,
-            size,
-            target,
-        });
-    }
-    let m = Manifest {
-        imgbuild_version: env!("CARGO_PKG_VERSION").into(),
-        recipe: plan.recipe.clone(),
-        recipe_digest: plan.recipe_digest.to_string(),
-        role: plan.role.to_string(),
-        arch: plan.arch.to_string(),
-        kubernetes_version: plan.kubernetes_version.clone(),
-        inputs_digest,
-        base: dl(&plan.base),
-        artifacts: plan.artifacts.iter().map(dl).collect(),
-        files,
-    };
-    let mut json = serde_json::to_vec_pretty(&m)?;
-    json.push(b'\n');
-    layer.file(crate::manifest::IN_IMAGE_PATH, Content::Bytes(json), 0o644);
-    Ok(())
 }

@@ -72,6 +72,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, Classified, crate::recipe::RecipeError, crate::tools::ToolError,);
     classify_as!(e, crate::fetch::FetchError);
     classify_as!(e, crate::disk::DiskError);
+    classify_as!(e, crate::layer::LayerError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

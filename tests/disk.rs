@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::fixture::{self, sh, Fixture};
-use imgbuild::build::{build, seal, Job};
+use imgbuild::build::{build, Job};
 use imgbuild::disk::{OutFormat, RootFs};
 use imgbuild::layer::{Content, Entry, Kind, Layer};
 use imgbuild::plan::Plan;
@@ -64,7 +64,7 @@ fn hand_layer(
         "/var/lib/kubelet/owned",
         Entry { kind: Kind::File(Content::Bytes(b"x".to_vec())), mode: 0o640, uid: 1000, gid: 1000 },
     );
-    seal(&mut l, plan)?;
+    imgbuild::layer::seal(&mut l, plan)?;
     Ok(l)
 }
 

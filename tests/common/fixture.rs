@@ -424,7 +424,19 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
         serve(name, arts[name].clone(), &a["urls"], a["version"].as_str().unwrap());
     }
     let recipe = make_recipe(dir.path(), &blobs);
-    let mirrors = vec![format!("https://={}/", server.base())];
+    // One prefix rewrite per upstream host: https://HOST/ → http://127.0.0.1:PORT/HOST/.
+    let mut hosts: Vec<String> = blobs
+        .values()
+        .map(|b| b.url_path.trim_start_matches('/').split('/').next().unwrap().to_string())
+        .collect();
+    hosts.extend(
+        base_paths_of(&recipe_v)
+            .iter()
+            .map(|p| p.trim_start_matches('/').split('/').next().unwrap().to_string()),
+    );
+    hosts.sort();
+    hosts.dedup();
+    let mirrors = hosts.iter().map(|h| format!("https://{h}/={}/{h}/", server.base())).collect();
     let cache = dir.path().join("cache");
     Fixture { dir, server, recipe, base, blobs, mirrors, cache }
 }
@@ -439,4 +451,48 @@ pub fn build(fx: &Fixture, role: &str, extra: &[&str]) -> Output {
         c.arg("--output").arg(fx.dir.path().join("out"));
     }
     c.output().expect("running imgbuild")
+}
+
+impl Fixture {
+    /// Serve `file` as the base image instead (at every base URL) and write a recipe
+    /// pinning its digest; returns that recipe's path.
+    pub fn recipe_with_base(&self, file: &Path) -> PathBuf {
+        let mut blobs = self.blobs.clone();
+        let sha = sha256_file(file);
+        blobs.get_mut("base").unwrap().sha256 = sha.clone();
+        // The content-addressed cache keys by digest, so a new digest means a new URL
+        // fetch: serve the new file at every base path.
+        for p in base_paths(self) {
+            self.server.add_file(&p, file.to_path_buf());
+        }
+        let dir = self.dir.path().join(format!("recipe-{}", &sha[..12]));
+        std::fs::create_dir_all(&dir).unwrap();
+        make_recipe(&dir, &blobs)
+    }
+}
+
+fn base_paths(_fx: &Fixture) -> Vec<String> {
+    let src = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml"),
+    )
+    .unwrap();
+    let v: serde_yaml::Value = serde_yaml::from_str(&src).unwrap();
+    base_paths_of(&v)
+}
+
+fn base_paths_of(v: &serde_yaml::Value) -> Vec<String> {
+    let version = v["base"]["version"].as_str().unwrap();
+    v["base"]["urls"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            u.as_str()
+                .unwrap()
+                .replace("{version}", version)
+                .replace("{arch}", "amd64")
+                .trim_start_matches("https:/")
+                .to_string()
+        })
+        .collect()
 }
