@@ -441,12 +441,17 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
     Fixture { dir, server, recipe, base, blobs, mirrors, cache }
 }
 
-/// Run `imgbuild build --role ROLE` against the fixture with `extra` arguments,
-/// output into a fresh dir under the fixture (returned as the `out` dir via
-/// `--output` when `extra` has none).
+/// Run `imgbuild build --role ROLE` against the fixture (its recipe, cache and
+/// mirrors) with `extra` arguments. `--recipe` in `extra` replaces the fixture's
+/// recipe; without `--output` in `extra` the output goes to `<fixture>/out`.
 pub fn build(fx: &Fixture, role: &str, extra: &[&str]) -> Output {
     let mut c = super::bin();
-    c.env("PATH", path_with_sbin()).arg("build").args(["--role", role]).args(fx.source_args()).args(extra);
+    let mut source = fx.source_args();
+    if extra.contains(&"--recipe") {
+        // The caller's recipe replaces the fixture's.
+        source.drain(..2);
+    }
+    c.env("PATH", path_with_sbin()).arg("build").args(["--role", role]).args(source).args(extra);
     if !extra.contains(&"--output") {
         c.arg("--output").arg(fx.dir.path().join("out"));
     }
