@@ -21,15 +21,18 @@ pub const GENISOIMAGE: Tool = Tool {
 pub const XORRISO: Tool =
     Tool { name: "xorriso", hint: "sudo apt-get install -y xorriso (or use --seed vfat)" };
 
-/// The ISO tool to use: genisoimage, else xorriso.
+/// The ISO tool to use: xorriso (byte-reproducible with fixed dates), else genisoimage.
 pub fn iso_tool() -> Result<PathBuf, CloudInitError> {
-    tools::find(&GENISOIMAGE).or_else(|_| tools::find(&XORRISO)).map_err(|_| {
+    tools::find(&XORRISO).or_else(|_| tools::find(&GENISOIMAGE)).map_err(|_| {
         CloudInitError::Seed(format!(
             "--seed iso needs genisoimage or xorriso on PATH; install one: {} (or use --seed vfat)",
-            "sudo apt-get install -y genisoimage"
+            "sudo apt-get install -y xorriso"
         ))
     })
 }
+
+/// Timestamp of everything inside an ISO seed (2024-01-01T00:00:00Z).
+const SEED_EPOCH: u64 = 1_704_067_200;
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> CloudInitError {
     move |e| CloudInitError::Io(what, e)
@@ -56,6 +59,12 @@ fn write_node(out: &Path, r: &Rendered, kind: SeedKind, iso: Option<&Path>) -> R
         // a stale one from an earlier render would give the node a wrong address
         let _ = fs::remove_file(dir.join("network-config"));
     }
+    // a seed of another kind from an earlier render would be stale
+    for (k, f) in [(SeedKind::Iso, "seed.iso"), (SeedKind::Vfat, "seed.img")] {
+        if k != kind {
+            let _ = fs::remove_file(dir.join(f));
+        }
+    }
     match kind {
         SeedKind::None => {}
         SeedKind::Vfat => write_private_with(&dir.join("seed.img"), &vfat(r)?, false).map_err(map)?,
@@ -78,12 +87,13 @@ fn iso_image(tool: &Path, dir: &Path, r: &Rendered) -> Result<(), CloudInitError
     let is_xorriso = tool.file_name().is_some_and(|n| n.to_string_lossy().starts_with("xorriso"));
     let mut cmd = Command::new(tool);
     if is_xorriso {
-        cmd.args(["-as", "mkisofs"]);
+        // SOURCE_DATE_EPOCH fixes the volume dates, --set_all_file_dates the files':
+        // the same input gives the same ISO. genisoimage has no such switch.
+        cmd.args(["-as", "mkisofs", "--set_all_file_dates", &format!("={SEED_EPOCH}")]);
+        cmd.env("SOURCE_DATE_EPOCH", SEED_EPOCH.to_string());
     }
     cmd.arg("-quiet").arg("-output").arg(tmp.path()).args(["-volid", "cidata", "-joliet", "-rock"]);
     cmd.args(&files).current_dir(dir);
-    // fixed timestamps where the tool honours it (xorriso)
-    cmd.env("SOURCE_DATE_EPOCH", "0");
     let o = cmd.output().map_err(io(format!("running {}", tool.display())))?;
     if !o.status.success() {
         return Err(CloudInitError::Seed(format!(
