@@ -17,6 +17,10 @@ deps=(
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "gpg gnupg"
+  "gpg-agent gnupg"
+  "dpkg-deb dpkg"
+  "xz xz-utils"
 )
 missing=()
 for d in "${deps[@]}"; do

@@ -16,5 +16,6 @@ pub struct BuildArgs {
 }
 
 pub fn run(_a: &BuildArgs, _g: &Global) -> Result<()> {
+    let _debs = crate::apt::lock::build_check(&_a.source)?; // apt (issue 6): .deb downloads from <recipe>.lock
     anyhow::bail!("imgbuild build: not implemented yet")
 }

@@ -342,3 +342,11 @@ pub fn install_locked(
     }
     Ok(got)
 }
+
+/// `build`'s entry point: load the recipe and plan of `src`, and return the locked .deb
+/// downloads (refusing a missing or stale lock before any download starts).
+pub fn build_check(src: &crate::fetch::SourceArgs) -> anyhow::Result<Option<BuildDebs>> {
+    let lr = recipe::load(src.recipe.as_deref())?;
+    let plan = Plan::resolve(&lr, src.role, src.arch)?;
+    Ok(build_items(&lr, src.recipe.as_deref(), &plan)?)
+}
