@@ -168,12 +168,14 @@ exit 0
 const BASE_STATUS: &str = "Package: basepkg
 Status: install ok installed
 Priority: required
+Maintainer: Test <t@test.invalid>
 Architecture: amd64
 Version: 2.1-1
 Description: in the base image
 
 Package: zlast
 Status: install ok installed
+Maintainer: Test <t@test.invalid>
 Architecture: all
 Version: 1
 Description: sorts after the new packages
@@ -484,7 +486,8 @@ fn install_into_writes_files_and_a_consistent_dpkg_database() {
     let names: Vec<_> = stanzas.iter().map(|s| s.get("Package").unwrap()).collect();
     assert_eq!(names, ["alty", "basepkg", "libdep", "tool", "zlast"]);
     apt::install::check_status(&stanzas).unwrap();
-    assert!(status.contains("\n\nPackage: basepkg\nStatus: install ok installed\nPriority: required\n"));
+    assert!(status
+        .contains("\n\nPackage: basepkg\nStatus: install ok installed\nPriority: required\nMaintainer:"));
     let tool_st = &stanzas[3];
     assert_eq!(tool_st.get("Status"), Some("install ok installed"));
     assert_eq!(tool_st.get("Version"), Some("1.0-1"));
@@ -522,6 +525,14 @@ fn install_into_writes_files_and_a_consistent_dpkg_database() {
         text_of(&layer, "/var/lib/dpkg/alternatives/alty"),
         "auto\n/usr/sbin/alty\nalty-save\n/usr/sbin/alty-save\n\n/usr/sbin/alty-legacy\n10\n/usr/sbin/alty-legacy-save\n\n"
     );
+    let (db, l1, l2) =
+        real_update_alternatives(&["/usr/sbin/alty-legacy", "/usr/sbin/alty-legacy-save"], None);
+    assert_eq!(
+        text_of(&layer, "/var/lib/dpkg/alternatives/alty"),
+        db,
+        "same database as update-alternatives"
+    );
+    assert_eq!((link("/usr/sbin/alty"), link("/etc/alternatives/alty")), (l1, l2));
     // libdep ships a library with an ldconfig trigger: the first-boot unit is enabled.
     assert!(got.ldconfig_unit);
     assert!(text_of(&layer, apt::install::LDCONFIG_UNIT).contains("Before=sysinit.target kubelet.service"));
@@ -538,8 +549,9 @@ fn install_into_writes_files_and_a_consistent_dpkg_database() {
     dpkg_check(&layer);
 }
 
-/// Write the layer into a directory and ask dpkg about it (`--root`, no root needed).
-fn dpkg_check(layer: &Layer) {
+/// Write the layer into a directory (modes included) as a stand-in root file system.
+fn materialise(layer: &Layer) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     for (p, e) in layer.iter() {
         let dest = root.path().join(p.trim_start_matches('/'));
@@ -551,6 +563,7 @@ fn dpkg_check(layer: &Layer) {
                     Content::Bytes(b) => std::fs::write(&dest, b).unwrap(),
                     Content::Path(s) => drop(std::fs::copy(s, &dest).unwrap()),
                 }
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(e.mode)).unwrap();
             }
             Kind::Symlink(t) => {
                 std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
@@ -558,34 +571,92 @@ fn dpkg_check(layer: &Layer) {
             }
         }
     }
-    for d in ["var/lib/dpkg/updates", "var/lib/dpkg/triggers"] {
-        std::fs::create_dir_all(root.path().join(d)).unwrap();
-    }
+    // What every dpkg-managed base image has (multiarch database layout).
+    std::fs::create_dir_all(root.path().join("var/lib/dpkg/updates")).unwrap();
+    std::fs::write(root.path().join("var/lib/dpkg/info/format"), "1\n").unwrap();
+    root
+}
+
+/// Ask the real dpkg about the materialised layer (`--root`/`--admindir`, no root needed).
+fn dpkg_check(layer: &Layer) {
+    let root = materialise(layer);
     let admin = root.path().join("var/lib/dpkg");
     let q = run(Command::new("dpkg-query").arg(format!("--admindir={}", admin.display())).args([
         "-W",
         "-f",
         "${Package} ${Version} ${db:Status-Abbrev}\n",
     ]));
+    assert!(q.stderr.is_empty(), "dpkg-query: {}", stderr(&q));
     let q = String::from_utf8_lossy(&q.stdout).to_string();
     assert!(
         q.contains("tool 1.0-1 ii") && q.contains("libdep 1.2-1 ii") && q.contains("basepkg 2.1-1 ii"),
         "{q}"
     );
-    let l =
-        run(Command::new("dpkg-query").arg(format!("--admindir={}", admin.display())).args(["-L", "tool"]));
-    assert!(String::from_utf8_lossy(&l.stdout).contains("/usr/bin/tool"));
+    let l = run(Command::new("dpkg-query")
+        .arg(format!("--admindir={}", admin.display()))
+        .args(["-L", "tool", "libdep"]));
+    let l = String::from_utf8_lossy(&l.stdout).to_string();
+    assert!(l.contains("/usr/bin/tool\n") && l.contains("/usr/lib/x86_64-linux-gnu/libdep.so.1"), "{l}");
     let v = Command::new("dpkg")
         .arg(format!("--root={}", root.path().display()))
         .args(["--verify", "tool", "libdep", "alty"])
         .output()
         .unwrap();
     assert!(
-        v.status.success() && v.stdout.is_empty(),
+        v.status.success() && v.stdout.is_empty() && v.stderr.is_empty(),
         "dpkg --verify: {}{}",
         String::from_utf8_lossy(&v.stdout),
         stderr(&v)
     );
+    // A changed file is noticed, so the check above is not vacuous.
+    std::fs::write(root.path().join("usr/bin/tool"), "changed").unwrap();
+    let v = Command::new("dpkg")
+        .arg(format!("--root={}", root.path().display()))
+        .args(["--verify", "tool"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).contains("/usr/bin/tool"), "{}", stderr(&v));
+}
+
+/// Run the real update-alternatives on a scratch root holding `files` (and an optional
+/// existing database), and return its database file and the link targets.
+fn real_update_alternatives(files: &[&str], existing: Option<&str>) -> (String, String, String) {
+    let r = tempfile::tempdir().unwrap();
+    for f in files {
+        let p = r.path().join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, "x").unwrap();
+    }
+    for d in ["etc/alternatives", "var/lib/dpkg/alternatives"] {
+        std::fs::create_dir_all(r.path().join(d)).unwrap();
+    }
+    if let Some(db) = existing {
+        std::fs::write(r.path().join("var/lib/dpkg/alternatives/alty"), db).unwrap();
+        std::os::unix::fs::symlink("/etc/alternatives/alty", r.path().join("usr/sbin/alty")).unwrap();
+        std::os::unix::fs::symlink("/usr/sbin/alty-nft", r.path().join("etc/alternatives/alty")).unwrap();
+    }
+    let mut c = Command::new("update-alternatives");
+    c.arg("--root").arg(r.path()).args([
+        "--quiet",
+        "--install",
+        "/usr/sbin/alty",
+        "alty",
+        "/usr/sbin/alty-legacy",
+        "10",
+    ]);
+    c.args(["--slave", "/usr/sbin/alty-save", "alty-save", "/usr/sbin/alty-legacy-save"]);
+    run(&mut c);
+    let db = std::fs::read_to_string(r.path().join("var/lib/dpkg/alternatives/alty")).unwrap();
+    let l1 = std::fs::read_link(r.path().join("usr/sbin/alty")).unwrap().display().to_string();
+    let l2 = std::fs::read_link(r.path().join("etc/alternatives/alty")).unwrap().display().to_string();
+    (db, l1, l2)
+}
+
+fn link_of(layer: &Layer, p: &str) -> String {
+    match &layer.get(p).unwrap_or_else(|| panic!("{p}")).kind {
+        Kind::Symlink(t) => t.clone(),
+        k => panic!("{p}: {k:?}"),
+    }
 }
 
 #[test]
@@ -605,22 +676,25 @@ fn install_merges_with_an_existing_alternative_of_the_base() {
     let Some(f) = fixture() else { return };
     let work = tempfile::tempdir().unwrap();
     let mut layer = Layer::new(0);
-    let existing = "auto\n/usr/sbin/alty\nalty-save\n/usr/sbin/alty-save\n\n/usr/sbin/alty-nft\n20\n/usr/sbin/alty-nft-save\n\n";
+    let existing =
+        "auto\n/usr/sbin/alty\nalty-save\n/usr/sbin/alty-save\n\n/usr/sbin/alty-nft\n20\n/usr/sbin/alty-nft-save\n\n";
     let base = |p: &str| -> Result<Option<Vec<u8>>, AptError> {
         Ok((p == "/var/lib/dpkg/alternatives/alty").then(|| existing.as_bytes().to_vec()))
     };
     apt::install_into(&mut layer, &[f.debs["alty"].clone()], BASE_STATUS, &base, work.path()).unwrap();
     let db = text_of(&layer, "/var/lib/dpkg/alternatives/alty");
-    assert_eq!(
-        db,
-        format!(
-            "{}/usr/sbin/alty-legacy\n10\n/usr/sbin/alty-legacy-save\n\n",
-            existing.trim_end_matches('\n').to_string() + "\n"
-        )
-    );
-    // The base's higher-priority choice stays selected.
-    assert!(
-        matches!(&layer.get("/etc/alternatives/alty").unwrap().kind, Kind::Symlink(t) if t == "/usr/sbin/alty-nft")
-    );
+    assert!(db.contains("/usr/sbin/alty-legacy\n10\n") && db.contains("/usr/sbin/alty-nft\n20\n"), "{db}");
+    // The base's higher-priority choice stays selected, as update-alternatives decides.
+    let files = [
+        "/usr/sbin/alty-legacy",
+        "/usr/sbin/alty-legacy-save",
+        "/usr/sbin/alty-nft",
+        "/usr/sbin/alty-nft-save",
+    ];
+    let (real_db, l1, l2) = real_update_alternatives(&files, Some(existing));
+    assert_eq!(db, real_db);
+    assert_eq!(link_of(&layer, "/etc/alternatives/alty"), l2);
+    assert_eq!(link_of(&layer, "/usr/sbin/alty"), l1);
+    assert_eq!(l2, "/usr/sbin/alty-nft");
     assert!(layer.get("/usr/sbin/alty-legacy").is_some());
 }

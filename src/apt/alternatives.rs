@@ -88,9 +88,21 @@ impl AltDb {
             None => self.choices.push(c),
         }
         self.link = a.link.clone();
+        self.sort();
     }
 
-    /// Highest priority; the first one on a tie, as update-alternatives does.
+    /// update-alternatives keeps slaves sorted by name and choices by path.
+    fn sort(&mut self) {
+        let mut order: Vec<usize> = (0..self.slaves.len()).collect();
+        order.sort_by(|&i, &j| self.slaves[i].0.cmp(&self.slaves[j].0));
+        self.slaves = order.iter().map(|&i| self.slaves[i].clone()).collect();
+        for c in &mut self.choices {
+            c.slaves = order.iter().map(|&i| c.slaves.get(i).cloned().unwrap_or_default()).collect();
+        }
+        self.choices.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+
+    /// Highest priority; on a tie the first by path, as update-alternatives does.
     pub fn best(&self) -> Option<&Choice> {
         self.choices.iter().fold(None, |b: Option<&Choice>, c| match b {
             Some(b) if b.priority >= c.priority => Some(b),
@@ -157,6 +169,7 @@ mod tests {
         back.add(&inst("/usr/sbin/ebtables-legacy", 10, "/usr/sbin/ebtables-legacy-save"));
         assert_eq!(back.best().unwrap().path, "/usr/sbin/ebtables-nft");
         assert_eq!(back.choices.len(), 2);
+        assert_eq!(back.choices[0].path, "/usr/sbin/ebtables-legacy");
         let links = back.links("ebtables");
         assert_eq!(
             links[1],
