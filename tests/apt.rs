@@ -698,3 +698,74 @@ fn install_merges_with_an_existing_alternative_of_the_base() {
     assert_eq!(l2, "/usr/sbin/alty-nft");
     assert!(layer.get("/usr/sbin/alty-legacy").is_some());
 }
+
+/// `lock` without --base-status reads /var/lib/dpkg/status from the verified base image in
+/// the cache: a qcow2 with a GPT whose ext4 partition is labelled like the recipe says.
+#[test]
+fn lock_reads_the_base_status_from_the_cached_base_image() {
+    let Some(f) = fixture() else { return };
+    for t in ["sgdisk", "mkfs.ext4", "qemu-img", "debugfs"] {
+        let found =
+            Command::new("sh").args(["-c", &format!("PATH=$PATH:/sbin:/usr/sbin command -v {t}")]).output();
+        if !found.is_ok_and(|o| o.status.success()) {
+            assert!(std::env::var_os("CI").is_none(), "CI lacks {t}");
+            eprintln!("note: skipping, {t} missing");
+            return;
+        }
+    }
+    let r = recipe(f, "fromimage", "/repo", "good.asc", &["tool"]);
+    let d = r.parent().unwrap();
+    let rootdir = d.join("rootfs");
+    std::fs::create_dir_all(rootdir.join("var/lib/dpkg")).unwrap();
+    // The base has libdep as well this time: only tool is needed.
+    let status = format!(
+        "{BASE_STATUS}\nPackage: libdep\nStatus: install ok installed\nMaintainer: T <t@t>\n\
+         Architecture: amd64\nMulti-Arch: same\nVersion: 1.5\nDescription: x\n"
+    );
+    std::fs::write(rootdir.join("var/lib/dpkg/status"), status).unwrap();
+    let raw = d.join("disk.raw");
+    let sh = |c: &str| run(Command::new("sh").args(["-c", &format!("PATH=$PATH:/sbin:/usr/sbin; {c}")]));
+    // mkfs first: mke2fs clears the start of the device, GPT included.
+    sh(&format!(
+        "truncate -s 24M {1} && mkfs.ext4 -q -F -L cloudimg-rootfs -d {0} -E offset=1048576 {1} 20M",
+        rootdir.display(),
+        raw.display()
+    ));
+    sh(&format!("sgdisk -n 1:2048:43007 -c 1:root {}", raw.display()));
+    let qcow = d.join("disk.qcow2");
+    sh(&format!("qemu-img convert -f raw -O qcow2 {} {}", raw.display(), qcow.display()));
+    let bytes = std::fs::read(&qcow).unwrap();
+    let digest = sha256(&bytes);
+    let cache = d.join("cache");
+    std::fs::create_dir_all(cache.join("sha256")).unwrap();
+    std::fs::write(cache.join("sha256").join(&digest), &bytes).unwrap();
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("format: raw", "format: qcow2")
+        .replace(&"0".repeat(64), &digest);
+    std::fs::write(&r, text).unwrap();
+
+    let out = common::bin()
+        .args(["--quiet", "lock", "--recipe"])
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a = &lock_file(&r).arches["amd64"];
+    let names: Vec<_> = a.packages.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["tool"]);
+    assert_eq!(a.base_sha256.as_str(), digest);
+
+    // Without the base in the cache: an input error that says what to do.
+    let out = common::bin()
+        .args(["--quiet", "lock", "--recipe"])
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(d.join("empty-cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("imgbuild fetch"), "{}", stderr(&out));
+}
