@@ -20,6 +20,7 @@ pub mod layer;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod recipe;
 pub mod tools;
 pub mod yamlpos;

@@ -15,8 +15,76 @@ use super::scripts::{self, Effects};
 use super::{io, AptError};
 use crate::layer::{Content, Entry, Kind, Layer};
 
-/// Reads a file of the base image by absolute path (`None` when it does not exist).
-pub type BaseFile<'a> = &'a dyn Fn(&str) -> Result<Option<Vec<u8>>, AptError>;
+/// Read access to the base image's root filesystem.
+pub trait BaseImage {
+    /// A file's bytes, `None` when it does not exist.
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AptError>;
+    /// Of `paths`, those that are symlinks, with their targets.
+    fn symlinks(&self, paths: &[&str]) -> Result<BTreeMap<String, String>, AptError>;
+}
+
+/// A closure serving files (and no symlinks) is a base image too (tests, lock).
+impl<F: Fn(&str) -> Result<Option<Vec<u8>>, AptError>> BaseImage for F {
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AptError> {
+        self(path)
+    }
+    fn symlinks(&self, _: &[&str]) -> Result<BTreeMap<String, String>, AptError> {
+        Ok(BTreeMap::new())
+    }
+}
+
+impl BaseImage for crate::disk::RootFs {
+    fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, AptError> {
+        crate::disk::RootFs::read_file(self, path)
+            .map_err(|e| AptError::Format { what: format!("base image {path}"), msg: e.to_string() })
+    }
+    fn symlinks(&self, paths: &[&str]) -> Result<BTreeMap<String, String>, AptError> {
+        let err =
+            |e: crate::disk::DiskError| AptError::Format { what: "base image".into(), msg: e.to_string() };
+        let mut out = BTreeMap::new();
+        for (p, e) in self.stat_many(paths).map_err(err)? {
+            if e.mode & 0o170000 == 0o120000 {
+                if let Some(t) = self.read_link(&p).map_err(err)? {
+                    out.insert(p, t);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Top-level directories that a merged-/usr image has as symlinks into /usr. dpkg
+/// writes through them; so must the layer (a directory entry there would clobber the
+/// symlink), while the `.list` keeps the package's own path.
+const USRMERGE: [&str; 6] = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+struct PathMap(Vec<(String, String)>);
+
+impl PathMap {
+    fn new(base: &dyn BaseImage) -> Result<PathMap, AptError> {
+        let mut v = Vec::new();
+        for (link, target) in base.symlinks(&USRMERGE)? {
+            let abs = if target.starts_with('/') { target.clone() } else { format!("/{target}") };
+            // Only the usual `usr/X` links; anything else is left alone.
+            if abs.starts_with("/usr/") && !abs.contains("..") {
+                v.push((link, abs));
+            }
+        }
+        Ok(PathMap(v))
+    }
+
+    fn real(&self, path: &str) -> String {
+        for (link, target) in &self.0 {
+            if path == link {
+                return target.clone();
+            }
+            if let Some(rest) = path.strip_prefix(link.as_str()).filter(|r| r.starts_with('/')) {
+                return format!("{target}{rest}");
+            }
+        }
+        path.to_string()
+    }
+}
 
 /// What was installed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -53,15 +121,17 @@ WantedBy=sysinit.target
 ";
 
 /// Install `debs` (verified .deb files) into `layer` on top of a base image whose
-/// `/var/lib/dpkg/status` is `base_status`. `base_file` reads other base files
-/// (existing `/var/lib/dpkg/alternatives/<name>`). `workdir` is build-private.
+/// `/var/lib/dpkg/status` is `base_status`. `base` is read for existing
+/// `/var/lib/dpkg/alternatives/<name>` and the merged-/usr symlinks. `workdir` is
+/// build-private.
 pub fn install_into(
     layer: &mut Layer,
     debs: &[PathBuf],
     base_status: &str,
-    base_file: BaseFile<'_>,
+    base: &dyn BaseImage,
     workdir: &Path,
 ) -> Result<Installed, AptError> {
+    let map = PathMap::new(base)?;
     let mut parsed = Vec::new();
     for p in debs {
         let bytes = std::fs::read(p).map_err(io(p.display().to_string()))?;
@@ -111,12 +181,12 @@ pub fn install_into(
             if e.path == "/" {
                 continue;
             }
+            let real = map.real(&e.path);
             let kind = match &e.kind {
                 DataKind::Dir => {
                     // Existing directories keep what the base or the layer gave them.
-                    if layer.get(&e.path).is_none() {
-                        layer
-                            .insert(&e.path, Entry { kind: Kind::Dir, mode: e.mode, uid: e.uid, gid: e.gid });
+                    if layer.get(&real).is_none() {
+                        layer.insert(&real, Entry { kind: Kind::Dir, mode: e.mode, uid: e.uid, gid: e.gid });
                     }
                     continue;
                 }
@@ -133,7 +203,7 @@ pub fn install_into(
                     Kind::File(content(b, &stage, &e.path)?)
                 }
             };
-            layer.insert(&e.path, Entry { kind, mode: e.mode, uid: e.uid, gid: e.gid });
+            layer.insert(&real, Entry { kind, mode: e.mode, uid: e.uid, gid: e.gid });
         }
 
         // Conffiles with their md5, for the status stanza and `dpkg --verify`.
@@ -198,7 +268,7 @@ pub fn install_into(
     check_status(&status)?;
     layer.file("/var/lib/dpkg/status", Content::Bytes(control::to_text(&status).into_bytes()), 0o644);
 
-    out.alternatives = apply_alternatives(layer, &alts, base_file)?;
+    out.alternatives = apply_alternatives(layer, &alts, base, &map)?;
     if need_ldconfig {
         layer.file(LDCONFIG_UNIT, Content::Bytes(LDCONFIG_UNIT_TEXT.as_bytes().to_vec()), 0o644);
         layer.symlink("/etc/systemd/system/sysinit.target.wants/imgbuild-ldconfig.service", LDCONFIG_UNIT);
@@ -268,13 +338,14 @@ pub fn check_status(status: &[Stanza]) -> Result<(), AptError> {
 fn apply_alternatives(
     layer: &mut Layer,
     alts: &[scripts::AltInstall],
-    base_file: BaseFile<'_>,
+    base: &dyn BaseImage,
+    map: &PathMap,
 ) -> Result<Vec<String>, AptError> {
     let mut dbs: BTreeMap<String, AltDb> = BTreeMap::new();
     for a in alts {
         if !dbs.contains_key(&a.name) {
             let path = format!("/var/lib/dpkg/alternatives/{}", a.name);
-            let db = match base_file(&path)? {
+            let db = match base.read_file(&path)? {
                 Some(b) => AltDb::parse(&String::from_utf8_lossy(&b))
                     .map_err(|msg| AptError::Format { what: format!("base {path}"), msg })?,
                 None => AltDb::new(&a.link),
@@ -295,7 +366,7 @@ fn apply_alternatives(
         }
         for (link, alt_name, target) in db.links(name) {
             let via = format!("/etc/alternatives/{alt_name}");
-            layer.symlink(&link, &via);
+            layer.symlink(&map.real(&link), &via);
             layer.symlink(&via, &target);
         }
     }

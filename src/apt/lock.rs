@@ -320,7 +320,7 @@ pub fn install_locked(
     debs: &BuildDebs,
     paths: &[PathBuf],
     base_status: &str,
-    base_file: super::install::BaseFile<'_>,
+    base: &dyn super::install::BaseImage,
     workdir: &Path,
 ) -> Result<super::Installed, AptError> {
     if paths.len() != debs.lock.packages.len() {
@@ -330,7 +330,7 @@ pub fn install_locked(
             debs.lock.packages.len()
         )));
     }
-    let got = super::install_into(layer, paths, base_status, base_file, workdir)?;
+    let got = super::install_into(layer, paths, base_status, base, workdir)?;
     let mut want: Vec<(String, String)> =
         debs.lock.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
     want.sort();
