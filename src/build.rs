@@ -60,10 +60,10 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         Some(sz) => Some(disk::size::parse(sz)?),
         None => None,
     };
-    // apt (issue 6): the .deb files of <recipe>.lock (refuses a missing/stale lock first).
-    let debs = crate::apt::build_items(&lr, s.recipe.as_deref(), &plan)?;
     let cache = crate::fetch::open_cache(s)?;
     let opts = crate::fetch::FetchOptions::from_args(s, g)?;
+    // apt (issue 6): the .deb files of <recipe>.lock (a stale lock is refused first).
+    let debs = crate::apt::for_build(&lr, s, &plan, &cache, &opts)?;
     let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
     items.extend(debs.iter().flat_map(|d| d.items.iter())); // apt (issue 6)
     let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;

@@ -223,7 +223,7 @@ fn fixture() -> Option<&'static Fixture> {
                 name: "basepkg",
                 version: "2.1-1",
                 extra: "",
-                files: &[("/usr/bin/basepkg", 0o755, "base\n")],
+                files: &[("/usr/bin/basepkg", 0o755, "base\n"), ("/sbin/basepkg-tool", 0o755, "old path\n")],
                 links: &[],
                 control_files: &[],
                 compress: "xz",
@@ -421,12 +421,12 @@ fn missing_package_is_an_input_error_naming_it() {
 }
 
 #[test]
-fn build_refuses_a_missing_or_stale_lock() {
+fn build_refuses_a_missing_lock_offline_and_a_stale_lock() {
     let Some(f) = fixture() else { return };
     let r = recipe(f, "stale", "/repo", "good.asc", &["tool"]);
     let build = || {
         common::bin()
-            .args(["--quiet", "build", "--recipe"])
+            .args(["--quiet", "build", "--offline", "--recipe"])
             .arg(&r)
             .arg("--cache-dir")
             .arg(r.parent().unwrap().join("cache"))
@@ -435,17 +435,116 @@ fn build_refuses_a_missing_or_stale_lock() {
             .output()
             .unwrap()
     };
+    // Offline, packages cannot be resolved without a lock.
     let out = build();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("imgbuild lock"), "{}", stderr(&out));
     assert!(lock(f, &r).status.success());
-    // With a fresh lock the build gets past the lock check (whatever comes after).
-    assert!(!stderr(&build()).contains("imgbuild lock"));
+    // With a fresh lock the build gets past the lock check (and stops at the empty cache).
+    let out = build();
+    assert!(!stderr(&out).contains("imgbuild lock"), "{}", stderr(&out));
     let text = std::fs::read_to_string(&r).unwrap().replace("    - tool\n", "    - tool\n    - alty\n");
     std::fs::write(&r, text).unwrap();
     let out = build();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("stale") && stderr(&out).contains("imgbuild lock"), "{}", stderr(&out));
+}
+
+/// The whole path: `imgbuild build` of the noble-shaped fixture image with packages from
+/// the signed test repository, first resolved live (no lock), then from the lock; the
+/// image is then read offline.
+#[test]
+fn build_installs_the_packages_into_the_image() {
+    let Some(f) = fixture() else { return };
+    let fx = common::fixture::noble_fixture();
+    let d = fx.dir.path().join("with-packages");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(f.dir.path().join("good.asc"), d.join("key.asc")).unwrap();
+    let text = std::fs::read_to_string(&fx.recipe).unwrap();
+    let r = d.join("recipe.yaml");
+    std::fs::write(
+        &r,
+        format!(
+            "{text}packages:\n  archive:\n    amd64: {}\n    arm64: {}\n  suites: [test]\n  key_file: key.asc\n  \
+             install: [tool, alty]\n",
+            f.server.url("/repo"),
+            f.server.url("/repo"),
+        ),
+    )
+    .unwrap();
+    let recipe_arg = r.display().to_string();
+    let out1 = d.join("out1");
+    let b = common::fixture::build(
+        &fx,
+        "worker",
+        &["--recipe", &recipe_arg, "--output", &out1.display().to_string()],
+    );
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert!(stderr(&b).contains("no lock file"), "{}", stderr(&b));
+    let image1 = String::from_utf8_lossy(&b.stdout).trim().to_string();
+
+    // Lock (the base is in the cache now), then build from the lock: same image.
+    let l = common::bin()
+        .args(["--quiet", "lock", "--arch", "amd64", "--recipe"])
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(&fx.cache)
+        .env("PATH", common::fixture::path_with_sbin())
+        .output()
+        .unwrap();
+    assert!(l.status.success(), "{}", stderr(&l));
+    let names: Vec<_> = lock_file(&r).arches["amd64"].packages.iter().map(|p| p.name.clone()).collect();
+    // basepkg is not in this base image: the dependency is installed.
+    assert_eq!(names, ["alty", "basepkg", "libdep", "tool"]);
+    let out2 = d.join("out2");
+    let b = common::fixture::build(
+        &fx,
+        "worker",
+        &["--recipe", &recipe_arg, "--output", &out2.display().to_string()],
+    );
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert!(!stderr(&b).contains("no lock file"), "{}", stderr(&b));
+    let image2 = String::from_utf8_lossy(&b.stdout).trim().to_string();
+    assert_eq!(
+        sha256(&std::fs::read(&image1).unwrap()),
+        sha256(&std::fs::read(&image2).unwrap()),
+        "live resolution and the lock give the same image"
+    );
+
+    // Read the image offline.
+    let raw = d.join("image.raw");
+    run(Command::new("qemu-img").args(["convert", "-O", "raw", &image2]).arg(&raw));
+    let part = common::fixture::read_parts(&raw).into_iter().find(|p| p.number == 1).unwrap();
+    let spec = format!("{}?offset={}", raw.display(), part.offset);
+    let cat = |p: &str| {
+        let o = run(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
+            "-R",
+            &format!("cat {p}"),
+            &spec,
+        ]));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let status = cat("/var/lib/dpkg/status");
+    let stanzas = control::parse(&status, "status").unwrap();
+    apt::install::check_status(&stanzas).unwrap();
+    let names: Vec<_> = stanzas.iter().map(|s| s.get("Package").unwrap()).collect();
+    assert_eq!(
+        names,
+        ["alty", "base-files", "basepkg", "iptables", "libc6", "libdep", "openssh-server", "tool"]
+    );
+    assert!(status.contains("Package: tool\nStatus: install ok installed\n"), "{status}");
+    assert!(cat("/var/lib/dpkg/info/tool.list").lines().any(|l| l == "/usr/bin/tool"));
+    assert!(cat("/var/lib/dpkg/info/libdep:amd64.list").contains("/usr/lib/x86_64-linux-gnu/libdep.so.1"));
+    assert_eq!(cat("/usr/bin/tool"), "#!/bin/sh\necho tool\n");
+    assert_eq!(cat("/etc/tool.conf"), "setting = 1\n");
+    let stat = run(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
+        "-R",
+        "stat /etc/alternatives/alty",
+        &spec,
+    ]));
+    assert!(String::from_utf8_lossy(&stat.stdout).contains("Fast link dest: \"/usr/sbin/alty-legacy\""));
+    // The image manifest lists the packages' files too (the seal comes last).
+    assert!(cat("/etc/imgbuild/manifest.json").contains("/usr/bin/tool"));
 }
 
 fn text_of(layer: &Layer, path: &str) -> String {
@@ -768,4 +867,34 @@ fn lock_reads_the_base_status_from_the_cached_base_image() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("imgbuild fetch"), "{}", stderr(&out));
+}
+
+/// A merged-/usr base: /sbin and /lib are symlinks into /usr.
+struct UsrMerged;
+
+impl apt::BaseImage for UsrMerged {
+    fn read_file(&self, _: &str) -> Result<Option<Vec<u8>>, AptError> {
+        Ok(None)
+    }
+    fn symlinks(&self, paths: &[&str]) -> Result<BTreeMap<String, String>, AptError> {
+        let have = [("/sbin", "usr/sbin"), ("/lib", "usr/lib"), ("/bin", "usr/bin")];
+        Ok(have
+            .iter()
+            .filter(|(p, _)| paths.contains(p))
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect())
+    }
+}
+
+#[test]
+fn files_under_merged_usr_symlinks_go_through_them() {
+    let Some(f) = fixture() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let mut layer = Layer::new(0);
+    apt::install_into(&mut layer, &[f.debs["basepkg"].clone()], BASE_STATUS, &UsrMerged, work.path())
+        .unwrap();
+    // dpkg writes through the /sbin symlink; the .list keeps the package's path.
+    assert!(matches!(layer.get("/usr/sbin/basepkg-tool").map(|e| &e.kind), Some(Kind::File(_))));
+    assert!(layer.get("/sbin").is_none() && layer.get("/sbin/basepkg-tool").is_none());
+    assert!(text_of(&layer, "/var/lib/dpkg/info/basepkg.list").lines().any(|l| l == "/sbin/basepkg-tool"));
 }

@@ -299,6 +299,11 @@ pub fn build_items(
     if al.base_sha256 != plan.base.sha256 {
         return Err(stale("the recipe's base image changed since it was written".into()));
     }
+    Ok(Some(debs_of(al.clone())))
+}
+
+/// One plan download per locked .deb.
+pub fn debs_of(al: ArchLock) -> BuildDebs {
     let items = al
         .packages
         .iter()
@@ -310,7 +315,7 @@ pub fn build_items(
             install: Vec::new(),
         })
         .collect();
-    Ok(Some(BuildDebs { lock: al.clone(), items }))
+    BuildDebs { lock: al, items }
 }
 
 /// Install the locked .debs (`paths` in `debs.items` order, verified downloads) into the
@@ -341,12 +346,4 @@ pub fn install_locked(
         });
     }
     Ok(got)
-}
-
-/// `build`'s entry point: load the recipe and plan of `src`, and return the locked .deb
-/// downloads (refusing a missing or stale lock before any download starts).
-pub fn build_check(src: &crate::fetch::SourceArgs) -> anyhow::Result<Option<BuildDebs>> {
-    let lr = recipe::load(src.recipe.as_deref())?;
-    let plan = Plan::resolve(&lr, src.role, src.arch)?;
-    Ok(build_items(&lr, src.recipe.as_deref(), &plan)?)
 }

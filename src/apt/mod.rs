@@ -13,6 +13,7 @@
 
 pub mod alternatives;
 pub mod base;
+pub mod build;
 pub mod control;
 pub mod deb;
 pub mod index;
@@ -25,6 +26,7 @@ pub mod resolve;
 pub mod scripts;
 pub mod version;
 
+pub use build::{composer, for_build};
 pub use install::{install_into, BaseImage, Installed};
 pub use lock::{build_items, install_locked, run_lock, BuildDebs, LockArgs, LockFile};
 
@@ -195,40 +197,5 @@ mod tests {
         let text = crate::recipe::load(None).unwrap().text.replace("    - socat=", "    - conntrack=");
         let e = crate::recipe::parse(&text, "t.yaml").unwrap_err().to_string();
         assert!(e.contains("packages.install[1]") && e.contains("duplicate"), "{e}");
-    }
-}
-
-/// The layer step of `build` for a recipe with `packages:`: the layer module's
-/// composition, then the locked .debs (`paths`, verified downloads in `debs.items`
-/// order) installed on top of the base's dpkg database, then the seal (last, so the
-/// manifest lists the packages' files too).
-pub fn composer<'a>(
-    debs: Option<&'a BuildDebs>,
-    paths: &'a [std::path::PathBuf],
-    quiet: bool,
-) -> impl Fn(
-    &crate::plan::Plan,
-    &std::collections::BTreeMap<String, std::path::PathBuf>,
-    &std::path::Path,
-    &crate::disk::RootFs,
-) -> anyhow::Result<crate::layer::Layer>
-       + 'a {
-    move |plan, dl, work, base| {
-        let mut layer = crate::layer::compose(plan, dl, work)?;
-        if let Some(d) = debs {
-            let status = BaseImage::read_file(base, base::STATUS)?.ok_or_else(|| AptError::Format {
-                what: "base image".into(),
-                msg: format!("has no {}", base::STATUS),
-            })?;
-            let status = String::from_utf8(status)
-                .map_err(|_| AptError::Format { what: base::STATUS.into(), msg: "not UTF-8".into() })?;
-            let got = install_locked(&mut layer, d, paths, &status, base, work)?;
-            if !quiet {
-                let names: Vec<_> = got.packages.iter().map(|(n, v)| format!("{n} {v}")).collect();
-                eprintln!("apt: installed {}", names.join(", "));
-            }
-        }
-        crate::layer::seal(&mut layer, plan)?;
-        Ok(layer)
     }
 }

@@ -7,27 +7,20 @@ use std::time::Duration;
 use super::AptError;
 use crate::fetch::Mirror;
 
-/// Parse `FROM=TO` rewrites (the `--mirror` flags, then `$IMGBUILD_MIRROR`, space separated).
+/// Parse `FROM=TO` rewrites (the `--mirror` flags, then `$IMGBUILD_MIRROR`), as fetch does.
 pub fn parse_mirrors(flags: &[String]) -> Result<Vec<Mirror>, AptError> {
     let env = std::env::var("IMGBUILD_MIRROR").unwrap_or_default();
-    let mut out = Vec::new();
-    for m in flags.iter().map(String::as_str).chain(env.split_whitespace()) {
-        let Some((from, to)) = m.split_once('=').filter(|(f, t)| !f.is_empty() && !t.is_empty()) else {
-            return Err(AptError::Input(format!("--mirror {m:?}: expected FROM=TO")));
-        };
-        out.push(Mirror { from: from.to_string(), to: to.to_string() });
-    }
-    Ok(out)
+    flags
+        .iter()
+        .map(String::as_str)
+        .chain(env.split_whitespace())
+        .map(|m| Mirror::parse(m).map_err(|e| AptError::Input(e.to_string())))
+        .collect()
 }
 
-/// Apply the first matching prefix rewrite.
+/// The same rewrite as fetch's (longest matching prefix).
 pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
-    for m in mirrors {
-        if let Some(rest) = url.strip_prefix(&m.from) {
-            return format!("{}{rest}", m.to);
-        }
-    }
-    url.to_string()
+    crate::fetch::rewrite(url, mirrors)
 }
 
 /// Outcome of a GET: the body, or "not there" (404/410/missing file), which callers
@@ -86,7 +79,7 @@ mod tests {
 
     #[test]
     fn mirror_rewrite() {
-        let m = vec![Mirror { from: "http://archive.ubuntu.com/ubuntu".into(), to: "http://m/u".into() }];
+        let m = parse_mirrors(&["http://archive.ubuntu.com/ubuntu=http://m/u".into()]).unwrap();
         assert_eq!(rewrite("http://archive.ubuntu.com/ubuntu/dists/x", &m), "http://m/u/dists/x");
         assert_eq!(rewrite("http://other/x", &m), "http://other/x");
         assert!(parse_mirrors(&["nope".into()]).is_err());
