@@ -62,6 +62,10 @@ impl Gpg {
     /// Generate an RSA signing key; returns its fingerprint.
     fn gen(&self, uid: &str) -> String {
         run(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "sign", "never"]));
+        self.fpr(uid)
+    }
+    /// Fingerprint of the primary key of `uid`.
+    fn fpr(&self, uid: &str) -> String {
         let out = run(self.cmd().args(["--with-colons", "--list-keys", uid]));
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         text.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_string()).unwrap()
@@ -195,6 +199,11 @@ fn fixture() -> Option<&'static Fixture> {
         std::fs::write(dir.path().join("good.asc"), gpg.export(&good)).unwrap();
         std::fs::write(dir.path().join("other.asc"), gpg.export(&other)).unwrap();
         std::fs::write(dir.path().join("good.fpr"), &good).unwrap();
+        // Archive keys usually sign with a subkey (Debian's do): certify-only primary.
+        run(gpg.cmd().args(["--quick-gen-key", "subkey signer <sub@test.invalid>", "rsa2048", "cert", "never"]));
+        let sub_primary = gpg.fpr("subkey signer <sub@test.invalid>");
+        run(gpg.cmd().args(["--quick-add-key", &sub_primary, "rsa2048", "sign", "never"]));
+        std::fs::write(dir.path().join("sub.asc"), gpg.export(&sub_primary)).unwrap();
 
         let pkgs = [
             Pkg {
@@ -269,7 +278,7 @@ fn fixture() -> Option<&'static Fixture> {
             let pool = format!("pool/main/{}/{}", &p.name[..1], deb.file_name().unwrap().to_str().unwrap());
             index.push_str(&String::from_utf8(fields).unwrap());
             index.push_str(&format!("Filename: {pool}\nSize: {}\nSHA256: {}\n\n", bytes.len(), sha256(&bytes)));
-            for prefix in ["/repo", "/tampered"] {
+            for prefix in ["/repo", "/tampered", "/subkey"] {
                 server.add_file(&format!("{prefix}/{pool}"), deb.clone());
             }
             debs.insert(p.name.to_string(), deb);
@@ -288,6 +297,9 @@ fn fixture() -> Option<&'static Fixture> {
             xz.len()
         );
         let inrelease = gpg.clearsign(&good, &release, dir.path());
+        let by_subkey = gpg.clearsign(&sub_primary, &release, dir.path());
+        server.add_bytes("/subkey/dists/test/InRelease", by_subkey);
+        server.add_bytes("/subkey/dists/test/main/binary-amd64/Packages.xz", xz.clone());
         let dists = "dists/test";
         server.add_bytes(&format!("/repo/{dists}/InRelease"), inrelease.clone());
         server.add_bytes(&format!("/repo/{dists}/main/binary-amd64/Packages.xz"), xz.clone());
@@ -372,6 +384,17 @@ fn good_signature_resolves_minus_base_and_writes_a_deterministic_lock() {
     let first = std::fs::read(&lock_path).unwrap();
     assert!(lock(f, &r).status.success());
     assert_eq!(std::fs::read(&lock_path).unwrap(), first);
+}
+
+#[test]
+fn signature_by_a_signing_subkey_of_the_key_is_good() {
+    let Some(f) = fixture() else { return };
+    let r = recipe(f, "subkey", "/subkey", "sub.asc", &["tool"]);
+    let out = lock(f, &r);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The same InRelease does not verify with an unrelated key.
+    let r = recipe(f, "subkey-other", "/subkey", "good.asc", &["tool"]);
+    assert_eq!(lock(f, &r).status.code(), Some(3));
 }
 
 #[test]
@@ -897,4 +920,38 @@ fn files_under_merged_usr_symlinks_go_through_them() {
     assert!(matches!(layer.get("/usr/sbin/basepkg-tool").map(|e| &e.kind), Some(Kind::File(_))));
     assert!(layer.get("/sbin").is_none() && layer.get("/sbin/basepkg-tool").is_none());
     assert!(text_of(&layer, "/var/lib/dpkg/info/basepkg.list").lines().any(|l| l == "/sbin/basepkg-tool"));
+}
+
+/// The first-boot ldconfig unit passes `systemd-analyze verify` (fake root with the
+/// host's unit library and a stub ldconfig, as validators need).
+#[test]
+fn ldconfig_unit_passes_systemd_analyze_verify() {
+    let Some(f) = fixture() else { return };
+    let found = Command::new("sh").args(["-c", "command -v systemd-analyze"]).output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        assert!(std::env::var_os("CI").is_none(), "CI lacks systemd-analyze");
+        eprintln!("note: skipping, systemd-analyze missing");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let mut layer = Layer::new(0);
+    let got =
+        apt::install_into(&mut layer, &[f.debs["libdep"].clone()], BASE_STATUS, &base_file, work.path())
+            .unwrap();
+    assert!(got.ldconfig_unit);
+    let root = materialise(&layer);
+    let r = root.path();
+    std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    run(Command::new("cp").args(["-a", "/usr/lib/systemd/system"]).arg(r.join("usr/lib/systemd/")));
+    std::fs::create_dir_all(r.join("sbin")).unwrap();
+    std::fs::write(r.join("sbin/ldconfig"), "#!/bin/sh\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(r.join("sbin/ldconfig"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg(format!("--root={}", r.display()))
+        .args(["verify", "--man=no", "imgbuild-ldconfig.service"])
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success() && all.trim().is_empty(), "{all}");
 }

@@ -200,6 +200,13 @@ pub fn decompress_bytes(name: &str, raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// Parse a (decompressed, verified) Packages index for `arch`; `root` is the archive URL.
+pub fn parse_text(text: &str, root: &str, url: &str, arch: &str) -> Result<Vec<Entry>, AptError> {
+    let mut out = Vec::new();
+    parse_into(text, root, url, arch, &mut out)?;
+    Ok(out)
+}
+
 fn parse_into(text: &str, root: &str, url: &str, arch: &str, out: &mut Vec<Entry>) -> Result<(), AptError> {
     let fmt = |msg: String| AptError::Format { what: url.to_string(), msg };
     for st in control::parse(text, url).map_err(fmt)? {

@@ -36,8 +36,21 @@ pub struct TrustedKey {
 /// Parse an armored public key and check its self-signatures.
 pub fn parse_key(armored: &str, origin: &str) -> Result<TrustedKey, AptError> {
     let bad = |msg: String| AptError::Key { origin: origin.to_string(), msg };
-    let (key, _) = SignedPublicKey::from_string(armored).map_err(|e| bad(e.to_string()))?;
+    let (mut key, _) = SignedPublicKey::from_string(armored).map_err(|e| bad(e.to_string()))?;
+    // Keyserver exports carry certifications by other keys, which cannot be checked
+    // (and grant nothing here): keep only the key's own signatures, then verify them all.
+    let (id, fp) = (key.key_id(), key.fingerprint());
+    let own = |s: &pgp::packet::Signature| s.issuer().contains(&&id) || s.issuer_fingerprint().contains(&&fp);
+    for u in &mut key.details.users {
+        u.signatures.retain(own);
+    }
+    for u in &mut key.details.user_attributes {
+        u.signatures.retain(own);
+    }
     key.verify().map_err(|e| bad(format!("self-signature does not verify: {e}")))?;
+    if key.details.users.iter().all(|u| u.signatures.is_empty()) {
+        return Err(bad("no self-signed user id".into()));
+    }
     let fingerprint = key.fingerprint().to_string().to_ascii_uppercase();
     Ok(TrustedKey { key, fingerprint })
 }
@@ -84,8 +97,17 @@ pub fn verify(text: &str, key: &TrustedKey, url: &str) -> Result<Release, AptErr
     let mut ok = msg.verify(&key.key).is_ok();
     if !ok {
         for sub in &key.key.public_subkeys {
-            let signing = sub.signatures.iter().any(|s| s.key_flags().sign());
-            if signing && sub.verify(&key.key).is_ok() && msg.verify(&sub.key).is_ok() {
+            // A signing subkey counts when one of its binding signatures verifies, with the
+            // subkey's back-signature (rpgp's own check insists on every binding, and real
+            // archive keys carry old ones that do not).
+            let primary = &key.key.primary_key;
+            let bound = sub.signatures.iter().any(|b| {
+                b.key_flags().sign()
+                    && b.verify_subkey_binding(primary, &sub.key).is_ok()
+                    && b.embedded_signature()
+                        .is_some_and(|e| e.verify_primary_key_binding(&sub.key, primary).is_ok())
+            });
+            if bound && msg.verify(&sub.key).is_ok() {
                 ok = true;
                 break;
             }
