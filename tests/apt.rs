@@ -444,6 +444,20 @@ fn missing_package_is_an_input_error_naming_it() {
 }
 
 #[test]
+fn lock_refuses_a_package_whose_scripts_cannot_be_reproduced() {
+    let Some(f) = fixture() else { return };
+    let r = recipe(f, "badscript", "/repo", "good.asc", &["badscript"]);
+    let out = lock(f, &r);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("badscript") && stderr(&out).contains("adduser --system bad"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!PathBuf::from(format!("{}.lock", r.display())).exists());
+}
+
+#[test]
 fn build_refuses_a_missing_lock_offline_and_a_stale_lock() {
     let Some(f) = fixture() else { return };
     let r = recipe(f, "stale", "/repo", "good.asc", &["tool"]);
@@ -519,11 +533,12 @@ fn build_installs_the_packages_into_the_image() {
     let names: Vec<_> = lock_file(&r).arches["amd64"].packages.iter().map(|p| p.name.clone()).collect();
     // basepkg is not in this base image: the dependency is installed.
     assert_eq!(names, ["alty", "basepkg", "libdep", "tool"]);
+    // Lock downloaded the .debs: with the lock, the build works offline.
     let out2 = d.join("out2");
     let b = common::fixture::build(
         &fx,
         "worker",
-        &["--recipe", &recipe_arg, "--output", &out2.display().to_string()],
+        &["--offline", "--recipe", &recipe_arg, "--output", &out2.display().to_string()],
     );
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(!stderr(&b).contains("no lock file"), "{}", stderr(&b));

@@ -282,6 +282,28 @@ fn same_arch(s: &Stanza, arch: &str) -> bool {
     s.get("Multi-Arch") != Some("same") || s.get("Architecture") == Some(arch)
 }
 
+/// Check that a .deb can be installed without running its scripts (what `install_into`
+/// would refuse), e.g. at lock time.
+pub fn check_installable(bytes: &[u8], what: &str) -> Result<(), AptError> {
+    let d = deb::read(bytes).map_err(|msg| AptError::Format { what: what.to_string(), msg })?;
+    let pkg =
+        format!("{} {}", d.control.get("Package").unwrap_or("?"), d.control.get("Version").unwrap_or("?"));
+    effects(&d).map_err(|msg| AptError::Refused { pkg: pkg.clone(), msg })?;
+    if let Some(t) = d.control_files.get("triggers") {
+        for l in
+            String::from_utf8_lossy(t).lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            if !l.starts_with("activate") {
+                return Err(AptError::Refused {
+                    pkg,
+                    msg: format!("declares trigger {l:?}, which cannot be processed"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The effects of the install-time scripts; `config` (debconf) is never supported.
 fn effects(d: &deb::Deb) -> Result<Effects, String> {
     if d.control_files.contains_key("config") {

@@ -147,6 +147,17 @@ pub fn run_lock(a: &LockArgs, g: &Global) -> anyhow::Result<()> {
             None => super::base::status_from_cache(&lr, arch, &cache)?,
         };
         let al = lock_arch(&lr, p, arch, &key, &status, &mirrors, Some(&cache), g.quiet)?;
+        // Download the .debs now: the cache then serves `build --offline`, and a package
+        // whose maintainer scripts cannot be reproduced is refused before it is locked.
+        let debs = debs_of(al.clone());
+        let items: Vec<&Item> = debs.items.iter().collect();
+        let opts =
+            crate::fetch::FetchOptions { offline: false, mirrors: mirrors.clone(), jobs: 4, quiet: g.quiet };
+        let paths = crate::fetch::fetch_items(&items, &cache, &opts)?;
+        for (path, d) in paths.iter().zip(&al.packages) {
+            let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
+            super::install::check_installable(&bytes, &d.url)?;
+        }
         if !g.quiet {
             eprintln!(
                 "apt: {arch}: {} package(s) to install{}",
