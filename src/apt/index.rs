@@ -25,16 +25,10 @@ pub struct Entry {
     pub url: String,
     pub size: u64,
     pub sha256: Sha256,
+    /// Pre-Depends then Depends.
     pub depends: Vec<Group>,
     /// `Provides` entries; a versioned one is `name (= v)`.
     pub provides: Vec<Alt>,
-}
-
-impl Entry {
-    /// Pre-Depends and Depends, in that order.
-    pub fn relations(&self) -> &[Group] {
-        &self.depends
-    }
 }
 
 /// Where the indexes came from (recorded in the lock for review).

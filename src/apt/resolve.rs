@@ -104,7 +104,7 @@ pub fn resolve<'a>(
                 match (&r.version, have.is_empty()) {
                     (_, true) => "not found in the archive's Packages indexes".into(),
                     (Some(v), false) => format!("version {v} not in the archive (has: {})", have.join(", ")),
-                    (None, false) => unreachable_msg(),
+                    (None, false) => "no candidate".into(),
                 },
             ));
         };
@@ -165,10 +165,6 @@ pub fn resolve<'a>(
     }
     let install = chosen.into_values().collect();
     Ok(Resolution { install, already })
-}
-
-fn unreachable_msg() -> String {
-    "no candidate".into()
 }
 
 fn chosen_satisfies(chosen: &BTreeMap<String, (&Entry, bool)>, alt: &Alt) -> bool {
