@@ -44,6 +44,20 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# --- disk: SPDX validator for the build's SBOM (PyPI spdx-tools, in its own venv) ---
+if ! command -v pyspdxtools >/dev/null 2>&1; then
+  spdx_venv="${IMGBUILD_SPDX_VENV:-$HOME/.cache/imgbuild-ci/spdx-venv}"
+  if [ ! -x "$spdx_venv/bin/pyspdxtools" ]; then
+    echo "ci/test.sh: installing spdx-tools into $spdx_venv" >&2
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+    fi
+    python3 -m venv "$spdx_venv" && "$spdx_venv/bin/pip" install -q spdx-tools==0.8.3
+  fi
+  export PATH="$PATH:$spdx_venv/bin"
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
