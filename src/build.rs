@@ -62,9 +62,13 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
     };
     let cache = crate::fetch::open_cache(s)?;
     let opts = crate::fetch::FetchOptions::from_args(s, g)?;
-    let items: Vec<&crate::plan::Item> = plan.downloads().collect();
+    // apt (issue 6): the .deb files of <recipe>.lock (a stale lock is refused first).
+    let debs = crate::apt::for_build(&lr, s, &plan, &cache, &opts)?;
+    let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
+    items.extend(debs.iter().flat_map(|d| d.items.iter())); // apt (issue 6)
     let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
     let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
+    let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len())); // apt (issue 6)
     let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
     let job = Job {
         plan: &plan,
@@ -75,7 +79,8 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         disk_size,
         quiet: g.quiet,
     };
-    let out = build(&job, &default_composer)?;
+    let composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
+    let out = build(&job, &composer)?;
     println!("{}", out.image.display());
     Ok(())
 }

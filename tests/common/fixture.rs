@@ -378,6 +378,8 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
     let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     v["base"]["sha256"]["amd64"] = blobs["base"].sha256.clone().into();
+    // apt (issue 6): Ubuntu packages need the archive; tests/apt.rs adds its own repository.
+    v.as_mapping_mut().unwrap().remove("packages");
     for a in v["artifacts"].as_sequence_mut().unwrap() {
         let name = a["name"].as_str().unwrap().to_string();
         a["sha256"]["amd64"] = blobs[&name].sha256.clone().into();
