@@ -52,6 +52,8 @@ pub struct Job<'a> {
 pub type Composer<'c> = dyn Fn(&Plan, &BTreeMap<String, PathBuf>, &Path, &RootFs) -> Result<Layer> + 'c;
 
 pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
+    // Before fetch starts its threads, so they all leave the signals to the guard.
+    disk::interrupt::guard();
     tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
     let s = &a.source;
     let lr = crate::recipe::load(s.recipe.as_deref())?;
@@ -80,7 +82,7 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         quiet: g.quiet,
     };
     let composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
-    let out = build(&job, &composer)?;
+    let out = build(&job, &composer).inspect_err(|_| disk::interrupt::park_if_interrupted())?;
     println!("{}", out.image.display());
     Ok(())
 }
@@ -104,7 +106,6 @@ pub fn default_composer(
 /// succeeded; the temp dir (inside `output_dir`, so the final renames stay on one
 /// filesystem) is removed either way.
 pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
-    let plan = job.plan;
     let t0 = std::time::Instant::now();
     let say = |m: &str| {
         if !job.quiet {
@@ -117,6 +118,23 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         .prefix(".imgbuild-")
         .tempdir_in(&job.output_dir)
         .with_context(|| format!("creating a temp dir in {}", job.output_dir.display()))?;
+    let work = tmp.path();
+    disk::interrupt::register(work.to_path_buf());
+    let r = build_in(job, compose, &tmp, &say);
+    disk::interrupt::forget(work);
+    let out = r?;
+    tmp.close().context("removing the build's temp dir")?;
+    say("done");
+    Ok(out)
+}
+
+fn build_in(
+    job: &Job,
+    compose: &Composer,
+    tmp: &tempfile::TempDir,
+    say: &dyn Fn(&str),
+) -> Result<crate::output::Outputs> {
+    let plan = job.plan;
     let work = tmp.path();
 
     let fmt = disk::detect(&job.base)?;
@@ -168,8 +186,6 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         &manifest,
         plan.source_date_epoch,
     )?;
-    tmp.close().context("removing the build's temp dir")?;
-    say("done");
     Ok(out)
 }
 

@@ -139,6 +139,12 @@ fn both_roles_write_every_layer_file_and_keep_other_partitions() {
             );
         }
         assert!(range(&raw, 0, 2048 * 512) == range(&fx.base.raw, 0, 2048 * 512), "GPT changed");
+        let len = std::fs::metadata(&raw).unwrap().len();
+        assert_eq!(len, std::fs::metadata(&fx.base.raw).unwrap().len());
+        assert!(
+            range(&raw, len - 34 * 512, 34 * 512) == range(&fx.base.raw, len - 34 * 512, 34 * 512),
+            "backup GPT changed"
+        );
         let root = fx.base.part(1);
         let spec = format!("{}?offset={}", raw.display(), root.offset);
         sh(Command::new("e2fsck").arg("-fn").arg(&spec));
