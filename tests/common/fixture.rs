@@ -370,6 +370,15 @@ pub fn make_artifacts(dir: &Path) -> BTreeMap<String, PathBuf> {
         ),
     );
     m.insert("helm".into(), tarball(&d, "helm.tgz", &[("linux-amd64/helm", script("helm"))]));
+    // Add-on Helm charts (control plane): minimal charts shaped like the real packages.
+    for (name, version) in [("cilium", "1.16.1"), ("metrics-server", "3.12.2"), ("ingress-nginx", "4.11.5")] {
+        let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n");
+        let member = format!("{name}/Chart.yaml");
+        m.insert(
+            name.into(),
+            tarball(&d, &format!("{name}-{version}.tgz"), &[(member.as_str(), chart.into_bytes())]),
+        );
+    }
     m
 }
 
