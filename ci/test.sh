@@ -17,6 +17,8 @@ deps=(
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "gpg gnupg"
+  "gpg-agent gnupg"
 )
 missing=()
 for d in "${deps[@]}"; do

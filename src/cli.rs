@@ -55,6 +55,10 @@ pub enum Cmd {
     /// Helm chart tooling
     #[command(subcommand)]
     Chart(crate::chart::ChartCmd),
+    /// Verify the base image's signed SHA256SUMS (Ubuntu key) and check or write the recipe digest
+    BaseDigest(crate::verify::BaseDigestArgs),
+    /// Verify a cosign keyless signature (.sig + .cert) over a file, offline
+    VerifyBlob(crate::verify::VerifyBlobArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +114,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(c) => crate::cluster::run(&c, g),
         Cmd::CloudInit(a) => crate::cloudinit::run(&a, g),
         Cmd::Chart(c) => crate::chart::run(&c, g),
+        Cmd::BaseDigest(a) => crate::verify::run_base_digest(&a, g),
+        Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
     }
 }
 

@@ -21,4 +21,5 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 pub mod tools;
+pub mod verify;
 pub mod yamlpos;
