@@ -17,6 +17,9 @@ deps=(
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "nft nftables"
+  "sshd openssh-server"
+  "systemd-analyze systemd"
   "gpg gnupg"
   "gpg-agent gnupg"
 )

@@ -19,6 +19,7 @@ pub mod layer;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod recipe;
 pub mod tools;
 pub mod verify;
