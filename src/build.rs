@@ -28,6 +28,9 @@ pub struct BuildArgs {
     /// automatically when the layer does not fit)
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
+    /// Build twice in separate temp dirs and fail (exit 3) unless the outputs are identical
+    #[arg(long)]
+    pub check_reproducible: bool,
 }
 
 /// Everything a build needs once the downloads are verified.
@@ -75,7 +78,11 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         disk_size,
         quiet: g.quiet,
     };
-    let out = build(&job, &default_composer)?;
+    let out = if a.check_reproducible {
+        crate::verify::repro::check_reproducible(&job, &default_composer)?
+    } else {
+        build(&job, &default_composer)?
+    };
     println!("{}", out.image.display());
     Ok(())
 }

@@ -59,6 +59,8 @@ pub enum Cmd {
     BaseDigest(crate::verify::BaseDigestArgs),
     /// Verify a cosign keyless signature (.sig + .cert) over a file, offline
     VerifyBlob(crate::verify::VerifyBlobArgs),
+    /// Verify a built image: checksum sidecar, in-image manifest (every file), sidecar manifest
+    Verify(crate::verify::VerifyImageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +118,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Chart(c) => crate::chart::run(&c, g),
         Cmd::BaseDigest(a) => crate::verify::run_base_digest(&a, g),
         Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
+        Cmd::Verify(a) => crate::verify::run_verify_image(&a, g),
     }
 }
 
