@@ -61,6 +61,8 @@ pub enum Cmd {
     VerifyBlob(crate::verify::VerifyBlobArgs),
     /// Verify a built image: checksum sidecar, in-image manifest (every file), sidecar manifest
     Verify(crate::verify::VerifyImageArgs),
+    /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
+    Lint(crate::lint::LintArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +121,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::BaseDigest(a) => crate::verify::run_base_digest(&a, g),
         Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
         Cmd::Verify(a) => crate::verify::run_verify_image(&a, g),
+        Cmd::Lint(a) => crate::lint::run(&a, g),
     }
 }
 

@@ -16,6 +16,7 @@ pub mod exit;
 pub mod fetch;
 pub mod inspect;
 pub mod layer;
+pub mod lint;
 pub mod manifest;
 pub mod output;
 pub mod plan;
