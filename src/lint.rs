@@ -13,8 +13,8 @@
 //! - `paths`: every absolute path or systemd unit user-data's commands use exists in
 //!   the role's image (`--image`), unless user-data writes it itself;
 //! - `version`: each image's Kubernetes version equals the cluster's.
-//!
-//! Not covered: rendering the embedded Helm chart with the add-on values.
+//! - `chart`: the embedded backend chart renders (`helm template`) with the add-on
+//!   values the first control plane's user-data writes (a warning when helm is absent).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -347,6 +347,63 @@ fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: O
     }
 }
 
+/// The first directory on PATH holding an executable `name`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// `helm template` of the embedded backend chart with the deployed values.
+fn check_chart(c: &mut Ctx, node: &str, file: &str, values: Option<&str>) -> Result<()> {
+    let Some(values) = values else {
+        c.error(
+            "chart",
+            Some(node),
+            file,
+            None,
+            format!("add-ons are enabled but user-data writes no {}", paths::ADDON_VALUES),
+        );
+        return Ok(());
+    };
+    let Some(helm) = on_path("helm") else {
+        c.warn(
+            "chart",
+            Some(node),
+            file,
+            "helm not found on PATH: the backend chart was not rendered".into(),
+        );
+        return Ok(());
+    };
+    let chart = crate::chart::package_backend(0)?;
+    let tmp = tempfile::tempdir()?;
+    let tgz = tmp.path().join(chart.file_name());
+    std::fs::write(&tgz, &chart.bytes)?;
+    let vf = tmp.path().join("values.yaml");
+    std::fs::write(&vf, values)?;
+    let out = std::process::Command::new(&helm)
+        .env("HELM_CACHE_HOME", tmp.path().join("cache"))
+        .env("HELM_CONFIG_HOME", tmp.path().join("config"))
+        .env("HELM_DATA_HOME", tmp.path().join("data"))
+        .args(["template", "imgbuild-lint"])
+        .arg(&tgz)
+        .arg("-f")
+        .arg(&vf)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running {}: {e}", helm.display()))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).take(8).collect();
+        c.error(
+            "chart",
+            Some(node),
+            file,
+            None,
+            format!("helm template {} with {}: {}", chart.file_name(), paths::ADDON_VALUES, msg.join(" | ")),
+        );
+    }
+    Ok(())
+}
+
 /// Absolute paths and systemd units that user-data's commands use.
 fn referenced(doc: &serde_json::Value) -> (Vec<String>, Vec<String>) {
     let mut paths = Vec::new();
@@ -447,6 +504,9 @@ pub fn lint(a: &LintArgs) -> Result<Report> {
         Some(s) => Some(render::Renderer::new(&l, s)?),
         None => None,
     };
+    let first_cp = l.first_control_plane().name.clone();
+    // (user-data file, values text) of the first control plane, for the chart check.
+    let mut addon_values: Option<(String, Option<String>)> = None;
     for (i, n) in l.spec.nodes.iter().enumerate() {
         let node = Some(n.name.as_str());
         let path = rendered_dir.join(&n.name).join("user-data");
@@ -504,6 +564,10 @@ pub fn lint(a: &LintArgs) -> Result<Report> {
                 Some((p, content))
             })
             .collect();
+        if n.name == first_cp {
+            let v = written.iter().find(|(p, _)| p == paths::ADDON_VALUES).map(|(_, c)| c.clone());
+            addon_values = Some((file.clone(), v));
+        }
         let image = by_role.get(n.role.as_str()).copied();
         match written.iter().find(|(p, _)| p == paths::KUBEADM) {
             Some((_, k)) => {
@@ -547,6 +611,11 @@ pub fn lint(a: &LintArgs) -> Result<Report> {
                     format!("unit {u} is not in the {} image {imf}", n.role.as_str()),
                 );
             }
+        }
+    }
+    if l.spec.addons.as_ref().is_some_and(|a| a.enabled) {
+        if let Some((file, values)) = addon_values {
+            check_chart(&mut c, &first_cp, &file, values.as_deref())?;
         }
     }
     let findings = c.findings;

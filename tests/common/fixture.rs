@@ -370,6 +370,11 @@ pub fn make_artifacts(dir: &Path) -> BTreeMap<String, PathBuf> {
         ),
     );
     m.insert("helm".into(), tarball(&d, "helm.tgz", &[("linux-amd64/helm", script("helm"))]));
+    // Add-on chart stand-ins (installed verbatim as .tgz files).
+    for n in ["cilium", "metrics-server", "ingress-nginx"] {
+        let member = format!("{n}/Chart.yaml");
+        m.insert(n.into(), tarball(&d, &format!("{n}.tgz"), &[(member.as_str(), script(n))]));
+    }
     m
 }
 
