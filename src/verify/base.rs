@@ -57,13 +57,23 @@ pub struct SignedDigest {
 }
 
 /// Find `file`'s digest in a `sha256sum`-format list (`HEX  name` or `HEX *name`).
+/// A name listed twice with different digests is ambiguous: no answer.
 pub fn find_in_sums(sums: &str, file: &str) -> Option<Sha256> {
-    sums.lines().find_map(|l| {
-        let (h, name) = l.split_once(char::is_whitespace)?;
+    let mut found: Option<Sha256> = None;
+    for l in sums.lines() {
+        let Some((h, name)) = l.split_once(char::is_whitespace) else { continue };
         let name = name.trim_start();
         let name = name.strip_prefix('*').unwrap_or(name);
-        (name == file).then(|| Sha256::parse(h).ok()).flatten()
-    })
+        if name != file {
+            continue;
+        }
+        let sha = Sha256::parse(h).ok()?;
+        match &found {
+            Some(prev) if prev.as_str() != sha.as_str() => return None,
+            _ => found = Some(sha),
+        }
+    }
+    found
 }
 
 /// Download, verify and look up the signed digest of the base image for `arch`: the
@@ -252,6 +262,8 @@ mod tests {
         assert_eq!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-amd64.img").unwrap().as_str(), a);
         assert_eq!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-arm64.img").unwrap().as_str(), b);
         assert!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-amd64.img.manifest").is_none());
+        let twice = format!("{s}{b} *ubuntu-24.04-server-cloudimg-amd64.img\n");
+        assert!(find_in_sums(&twice, "ubuntu-24.04-server-cloudimg-amd64.img").is_none());
     }
 
     #[test]
