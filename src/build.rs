@@ -31,6 +31,10 @@ pub struct BuildArgs {
     /// Build twice in separate temp dirs and fail (exit 3) unless the outputs are identical
     #[arg(long)]
     pub check_reproducible: bool,
+    /// Verify the cosign signatures of dl.k8s.io downloads against this Fulcio trust root
+    /// (PEM) and record them in the manifest
+    #[arg(long, value_name = "FILE.pem")]
+    pub cosign_trust_root: Option<PathBuf>,
 }
 
 /// Everything a build needs once the downloads are verified.
@@ -69,6 +73,16 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
     let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
     let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
     let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
+    let signatures = match &a.cosign_trust_root {
+        Some(p) => crate::verify::cosign::verify_build(&plan, &downloads, &opts.mirrors, p, g.quiet)?,
+        None => Vec::new(),
+    };
+    let composer =
+        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
+            let mut l = default_composer(plan, dl, work, root)?;
+            crate::verify::cosign::record_in_layer(&mut l, &signatures)?;
+            Ok(l)
+        };
     let job = Job {
         plan: &plan,
         base: base.clone(),
@@ -79,9 +93,9 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         quiet: g.quiet,
     };
     let out = if a.check_reproducible {
-        crate::verify::repro::check_reproducible(&job, &default_composer)?
+        crate::verify::repro::check_reproducible(&job, &composer)?
     } else {
-        build(&job, &default_composer)?
+        build(&job, &composer)?
     };
     println!("{}", out.image.display());
     Ok(())

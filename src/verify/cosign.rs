@@ -102,6 +102,9 @@ impl TrustRoot {
 /// A verified signature, as it would be recorded in the build manifest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SignatureRecord {
+    /// The recipe artifact the signature covers (empty for `verify-blob`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
     /// Always "cosign-keyless".
     pub kind: String,
     pub file_sha256: String,
@@ -298,6 +301,7 @@ pub fn verify_blob(
     pk.verify(blob, &sig).map_err(|_| fail("signature does not verify over the file".into()))?;
 
     Ok(SignatureRecord {
+        artifact: String::new(),
         kind: "cosign-keyless".into(),
         file_sha256: sha256_hex(blob),
         identity: policy.identity.clone(),
@@ -327,6 +331,73 @@ pub fn verify_published(
     };
     let (sig, cert) = (get(".sig")?, get(".cert")?);
     verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::rewrite(url, mirrors))
+}
+
+/// Hosts whose files carry cosign `.sig`/`.cert` next to them.
+pub const SIGNED_HOSTS: &[&str] = &["https://dl.k8s.io/"];
+
+/// Verify the published signature of every plan artifact downloaded from a signing host
+/// (its first such URL), over the verified blob in the cache. In plan order.
+pub fn verify_plan_artifacts(
+    plan: &crate::plan::Plan,
+    downloads: &std::collections::BTreeMap<String, PathBuf>,
+    mirrors: &[crate::fetch::Mirror],
+    trust: &TrustRoot,
+    policy: &Policy,
+    quiet: bool,
+) -> Result<Vec<SignatureRecord>, VerifyError> {
+    let mut out = Vec::new();
+    for a in &plan.artifacts {
+        let Some(url) = a.urls.iter().find(|u| SIGNED_HOSTS.iter().any(|h| u.starts_with(h))) else {
+            continue;
+        };
+        let Some(blob) = downloads.get(&a.name) else {
+            return Err(VerifyError::Input(format!("no download for artifact {}", a.name)));
+        };
+        let bytes = std::fs::read(blob)
+            .map_err(|source| VerifyError::Io { what: blob.display().to_string(), source })?;
+        if !quiet {
+            eprintln!("cosign: verifying {} ({})", a.name, policy.identity);
+        }
+        let mut r = verify_published(url, &bytes, mirrors, trust, policy, None)?;
+        if r.file_sha256 != a.sha256.as_str() {
+            return Err(VerifyError::integrity(url, "signed file is not the pinned download"));
+        }
+        r.artifact = a.name.clone();
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// `build --cosign-trust-root`: the Kubernetes release policy over the plan's downloads.
+pub fn verify_build(
+    plan: &crate::plan::Plan,
+    downloads: &std::collections::BTreeMap<String, PathBuf>,
+    mirrors: &[crate::fetch::Mirror],
+    trust_root: &std::path::Path,
+    quiet: bool,
+) -> Result<Vec<SignatureRecord>, VerifyError> {
+    let pem = std::fs::read(trust_root)
+        .map_err(|source| VerifyError::Io { what: trust_root.display().to_string(), source })?;
+    let trust = TrustRoot::from_pem(&pem, &trust_root.display().to_string())?;
+    verify_plan_artifacts(plan, downloads, mirrors, &trust, &Policy::kubernetes_release(), quiet)
+}
+
+/// Put `records` into the sealed layer's manifest (the `files` list excludes the
+/// manifest itself, so nothing else changes).
+pub fn record_in_layer(layer: &mut crate::layer::Layer, records: &[SignatureRecord]) -> Result<()> {
+    use crate::layer::{Content, Kind};
+    if records.is_empty() {
+        return Ok(());
+    }
+    let path = crate::manifest::IN_IMAGE_PATH;
+    let Some(Kind::File(Content::Bytes(b))) = layer.get(path).map(|e| &e.kind) else {
+        anyhow::bail!("the layer has no sealed manifest at {path}");
+    };
+    let mut m: crate::manifest::Manifest = serde_json::from_slice(b)?;
+    m.signatures = records.to_vec();
+    layer.file(path, Content::Bytes(crate::layer::seal::to_json(&m)), 0o644);
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
