@@ -20,11 +20,15 @@ deps=(
   "nft nftables"
   "sshd openssh-server"
   "systemd-analyze systemd"
-  "gpg gnupg"
-  "gpg-agent gnupg"
   "pip3 python3-pip"
   "npm npm"
   "unzip unzip"
+  "isoinfo genisoimage"
+  "mtype mtools"
+  "blkid util-linux"
+  "cloud-init cloud-init"
+  "gpg gnupg"
+  "gpg-agent gnupg"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -72,9 +76,18 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   # Debian 12's pip refuses system-wide installs without this (PEP 668).
   pip3 install --quiet --break-system-packages kubernetes-validate 2>/dev/null ||
     pip3 install --quiet kubernetes-validate
-fi
 export PATH="$PATH:$HOME/.local/bin"
 # --- end chart tests ---
+# cluster/cloud-init tests: Python jsonschema + PyYAML cross-check the cloud-init schema
+if ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
+  echo "ci/test.sh: installing Python jsonschema + pyyaml" >&2
+  if python3 -m pip --version >/dev/null 2>&1; then
+    python3 -m pip install -q jsonschema pyyaml 2>/dev/null ||
+      python3 -m pip install -q --break-system-packages jsonschema pyyaml
+  else
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-jsonschema python3-yaml >/dev/null
+  fi
+  python3 -c 'import jsonschema, yaml'
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

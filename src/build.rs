@@ -121,9 +121,10 @@ pub fn default_composer(
 /// filesystem) is removed either way.
 pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
     let plan = job.plan;
+    let t0 = std::time::Instant::now();
     let say = |m: &str| {
         if !job.quiet {
-            eprintln!("{m}");
+            eprintln!("[{:6.2}s] {m}", t0.elapsed().as_secs_f64());
         }
     };
     std::fs::create_dir_all(&job.output_dir)
@@ -146,13 +147,22 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         root.available() >> 20
     ));
 
+    // e2fsprogs fsyncs the image whenever it closes it: write the fresh working copy
+    // back to disk now, while the layer is composed, instead of inside debugfs.
+    let flusher = std::fs::File::open(&raw).map(|f| std::thread::spawn(move || f.sync_data()));
     let layer_dir = work.join("layer");
     std::fs::create_dir_all(&layer_dir)?;
-    let layer = compose(plan, &job.downloads, &layer_dir, &root)?;
+    let layer = compose(plan, &job.downloads, &layer_dir, &root);
+    if let Ok(t) = flusher {
+        let _ = t.join();
+    }
+    let layer = layer?;
+    say(&format!("composed the layer: {} entries", layer.len()));
 
     fit(job, &mut root, &layer, work, &say)?;
     say(&format!("writing {} layer entries with debugfs", layer.len()));
     root.write_layer(&layer, work)?;
+    say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
 
     let [img_name, ..] = crate::output::names(&plan.stem(), job.format.as_str());
@@ -164,6 +174,7 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
     disk::qemu::convert_out(&raw, job.format, &staged, seed["inputs_digest"].as_str().unwrap_or(""))?;
     // Free the working copy before the sidecars: it can be several GiB.
     let _ = std::fs::remove_file(&raw);
+    say("hashing the image, writing the manifest, checksum and SBOM");
     let out = crate::output::publish(
         work,
         &staged,
@@ -174,6 +185,7 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         plan.source_date_epoch,
     )?;
     tmp.close().context("removing the build's temp dir")?;
+    say("done");
     Ok(out)
 }
 

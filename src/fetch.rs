@@ -332,6 +332,8 @@ struct Partial {
     /// Some bytes were appended to a non-empty file (a resume): a mismatch may then
     /// come from stale bytes, which earns one clean retry.
     resumed: bool,
+    /// Bytes before this offset have been handed to the kernel for writeback.
+    flushed: u64,
 }
 
 impl Partial {
@@ -350,13 +352,17 @@ impl Partial {
             len += n as u64;
         }
         file.seek(SeekFrom::Start(len))?;
-        Ok(Partial { file, hasher, len, resumed: false })
+        Ok(Partial { file, hasher, len, resumed: false, flushed: len })
     }
 
     fn append(&mut self, b: &[u8]) -> std::io::Result<()> {
         self.hasher.update(b);
         self.file.write_all(b)?;
         self.len += b.len() as u64;
+        if self.len - self.flushed >= WRITEBACK_EVERY {
+            start_writeback(&self.file, self.flushed, self.len - self.flushed);
+            self.flushed = self.len;
+        }
         Ok(())
     }
 
@@ -366,6 +372,7 @@ impl Partial {
         self.hasher = Hasher::new();
         self.len = 0;
         self.resumed = false;
+        self.flushed = 0;
         Ok(())
     }
 
@@ -373,6 +380,26 @@ impl Partial {
         Sha256::from_hasher(self.hasher.clone())
     }
 }
+
+/// Start writing back dirty pages every this many bytes, so the fsync before the
+/// blob is published waits for the tail only, not for the whole file.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Ask the kernel to start (not wait for) writeback of a range: disk and network
+/// then work at the same time, as with RocksDB's `bytes_per_sync`. Best effort.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+    // SAFETY: plain syscall on a file descriptor we own for the duration of the call;
+    // no memory is passed.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 /// How one URL ended.
 enum UrlEnd {
@@ -475,8 +502,13 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
             }
         }
     }
-    // The partial file stays: a later run resumes it.
+    // A non-empty partial file stays: a later run resumes it. An empty one is clutter.
     task.abandon();
+    if part.len == 0 {
+        drop(part);
+        let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+        blocking(&item, "removing an empty partial download", move || cache.discard(&sha, &lock)).await?;
+    }
     Err(FetchError::AllUrlsFailed { name: item.name.clone(), version: item.version.clone(), outcomes })
 }
 

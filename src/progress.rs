@@ -58,7 +58,7 @@ impl Progress {
             }
             _ => None,
         };
-        Task { bar, quiet: matches!(self.mode, Mode::Quiet) }
+        Task { bar, quiet: matches!(self.mode, Mode::Quiet), mode: self.mode.clone() }
     }
 
     /// A one-off message line (above the bars on a terminal).
@@ -78,6 +78,7 @@ impl Progress {
 pub struct Task {
     bar: Option<ProgressBar>,
     quiet: bool,
+    mode: Mode,
 }
 
 impl Task {
@@ -106,7 +107,14 @@ impl Task {
     /// Finish: the bar is replaced by `msg` (terminal) or `msg` is printed (plain).
     pub fn finish(self, msg: &str) {
         match &self.bar {
-            Some(b) => b.finish_with_message(msg.to_string()),
+            // The line goes above the bars and the bar goes away, so once all tasks
+            // are done the terminal holds plain lines and the cursor is at a line start.
+            Some(b) => {
+                if let Mode::Bars(m) = &self.mode {
+                    let _ = m.println(msg);
+                }
+                b.finish_and_clear();
+            }
             None if !self.quiet => eprintln!("{msg}"),
             None => {}
         }

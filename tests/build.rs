@@ -105,6 +105,18 @@ fn two_builds_give_the_same_sha256_and_a_flipped_byte_fails_inspect() {
         std::fs::read(b.join(format!("{name}.sha256"))).unwrap()
     );
 
+    // Human-readable inspect of the intact image: the manifest, every file verified.
+    let ins = common::bin()
+        .env("PATH", fixture::path_with_sbin())
+        .arg("inspect")
+        .arg(a.join(name))
+        .output()
+        .unwrap();
+    assert!(ins.status.success(), "{}", stderr(&ins));
+    let text = String::from_utf8_lossy(&ins.stdout);
+    assert!(text.contains("recipe      ubuntu-24.04-k8s-v1.30.3"), "{text}");
+    assert!(text.contains("/usr/local/bin/kubelet") && text.contains("verified"), "{text}");
+
     // Flip one byte inside kubelet's data block in a raw copy: inspect must fail (3).
     let raw = to_raw(&a.join(name));
     let off = fx.base.part(1).offset;

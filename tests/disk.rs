@@ -181,11 +181,20 @@ fn both_roles_write_every_layer_file_and_keep_other_partitions() {
 fn two_builds_are_bit_identical_in_every_format() {
     let fx = fixture::noble_fixture();
     let p = plan(&fx, Role::Worker);
-    for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk] {
+    for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk, OutFormat::Vhdx] {
         let a = build(&job(&fx, &p, &format!("a-{fmt}"), fmt), &hand_layer).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let b = build(&job(&fx, &p, &format!("b-{fmt}"), fmt), &hand_layer).unwrap();
         assert_eq!(a.image_sha256, b.image_sha256, "{fmt} differs between builds");
+        if fmt != OutFormat::Raw {
+            let check = sh(Command::new("qemu-img").args(["check", "-f", fmt.as_str()]).arg(&a.image));
+            assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"), "{check:?}");
+        }
+        // Same guest content as the qcow2 build, whatever the container format.
+        let q = build(&job(&fx, &p, &format!("q-{fmt}"), OutFormat::Qcow2), &hand_layer).unwrap();
+        let cmp =
+            sh(Command::new("qemu-img").args(["compare", "-F", fmt.as_str()]).arg(&q.image).arg(&a.image));
+        assert!(String::from_utf8_lossy(&cmp.stdout).contains("Images are identical"));
         assert_eq!(std::fs::read(&a.sbom).unwrap(), std::fs::read(&b.sbom).unwrap());
         assert_eq!(std::fs::read(&a.manifest).unwrap(), std::fs::read(&b.manifest).unwrap());
     }

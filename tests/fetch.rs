@@ -262,8 +262,9 @@ fn gone_then_not_found_everywhere_names_every_url() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("{}: HTTP 410", f.server.url(&base.paths[0]))), "{err}");
     assert!(err.contains(&format!("{}: HTTP 404", f.server.url(&base.paths[1]))), "{err}");
-    // The other artifacts were still fetched.
+    // The other artifacts were still fetched; no empty partial file is left behind.
     assert_eq!(files(&f.cache(), "sha256").len(), f.arts.len() - 1);
+    assert!(files(&f.cache(), "partial").is_empty());
 }
 
 #[test]

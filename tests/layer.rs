@@ -114,7 +114,9 @@ fn both_roles_have_the_node_stack() {
         for (key, v) in [
             ("kernel.kptr_restrict", "1"),
             ("kernel.dmesg_restrict", "1"),
-            ("net.ipv4.conf.all.rp_filter", "2"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "2"),
+            ("net.ipv4.conf.en*.rp_filter", "2"),
             ("net.ipv4.conf.all.accept_redirects", "0"),
             ("net.ipv4.conf.all.send_redirects", "0"),
             ("net.ipv4.conf.all.accept_source_route", "0"),
@@ -444,4 +446,109 @@ fn layer_api_for_hooks() {
     l.file("/usr/libexec/imgbuild/x.sh", Content::Bytes(b"b".to_vec()), 0o755);
     assert_eq!(bytes(&l, "/usr/libexec/imgbuild/x.sh"), b"b");
     assert!(matches!(l.get("/usr/libexec").unwrap().kind, Kind::Dir));
+}
+
+/// Benchmark (run with `cargo test --release --test layer -- --ignored --nocapture`):
+/// compose + seal from blobs of the real artifacts' sizes (incompressible data, the
+/// worst case for hashing and the easiest for inflating).
+#[test]
+#[ignore]
+fn bench_compose_and_seal_realistic_sizes() {
+    use std::io::Write;
+    const MB: usize = 1 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = layer_fixture::plan(Role::ControlPlane);
+    // A cheap deterministic PRNG: test data only.
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut rand = |n: usize| {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        v.truncate(n);
+        v
+    };
+    let mut tgz = |members: &[(&str, usize)]| {
+        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(gz);
+        for (name, size) in members {
+            let data = rand(*size);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            b.append_data(&mut h, name, data.as_slice()).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    };
+    let cni: Vec<(String, usize)> = (0..20).map(|i| (format!("./plugin{i}"), 4 * MB)).collect();
+    let cni_ref: Vec<(&str, usize)> = cni.iter().map(|(n, s)| (n.as_str(), *s)).collect();
+    let blobs: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "containerd",
+            tgz(&[
+                ("bin/containerd", 50 * MB),
+                ("bin/containerd-shim-runc-v2", 12 * MB),
+                ("bin/ctr", 25 * MB),
+            ]),
+        ),
+        ("cni-plugins", tgz(&cni_ref)),
+        ("crictl", tgz(&[("crictl", 40 * MB)])),
+        (
+            "etcd",
+            tgz(&[
+                ("etcd-v3.5.12-linux-amd64/etcdctl", 22 * MB),
+                ("etcd-v3.5.12-linux-amd64/etcdutl", 20 * MB),
+            ]),
+        ),
+        ("helm", tgz(&[("linux-amd64/helm", 50 * MB)])),
+    ];
+    let mut dl = std::collections::BTreeMap::new();
+    for a in &plan.artifacts {
+        let bytes = match blobs.iter().find(|(n, _)| *n == a.name) {
+            Some((_, b)) => b.clone(),
+            None => rand(match a.name.as_str() {
+                "kubelet" => 100 * MB,
+                "runc" => 10 * MB,
+                _ => 50 * MB,
+            }),
+        };
+        let p = tmp.path().join(&a.name);
+        std::fs::File::create(&p).unwrap().write_all(&bytes).unwrap();
+        dl.insert(a.name.clone(), p);
+    }
+    let total: u64 = dl.values().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let t = std::time::Instant::now();
+    let mut l = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    let t_compose = t.elapsed();
+    let m = imgbuild::layer::seal(&mut l, &plan).unwrap();
+    let t_all = t.elapsed();
+    let hashed: u64 = m.files.iter().filter_map(|f| f.size).sum();
+    eprintln!(
+        "bench: {} MiB of blobs, {} MiB of layer files: compose {:.2} s, seal {:.2} s, total {:.2} s",
+        total >> 20,
+        hashed >> 20,
+        t_compose.as_secs_f64(),
+        (t_all - t_compose).as_secs_f64(),
+        t_all.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_reused_workdir_is_cleaned_per_artifact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = layer_fixture::plan(Role::Worker);
+    let dl = layer_fixture::downloads(&plan, tmp.path());
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    let l = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    assert_eq!(bytes(&l, "/usr/local/bin/ctr"), stub("bin/ctr"));
+    // Only what the second run extracted is there.
+    let n = std::fs::read_dir(work.join("artifact-containerd")).unwrap().count();
+    assert_eq!(n, layer_fixture::CONTAINERD.iter().filter(|m| !m.ends_with('/')).count());
 }

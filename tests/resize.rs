@@ -81,6 +81,9 @@ fn recipe_disk_size_is_the_default_and_bad_sizes_are_refused() {
     std::fs::write(&recipe, serde_yaml::to_string(&v).unwrap()).unwrap();
     let (image, _) = build_ok(&fx, "sized", &["--recipe", recipe.to_str().unwrap()]);
     assert_grown(&fx, &image, 1 << 30);
+    // Growing is reproducible too (resize2fs runs with the pinned clock).
+    let (again, _) = build_ok(&fx, "sized-again", &["--recipe", recipe.to_str().unwrap()]);
+    assert_eq!(fixture::sha256_file(&image), fixture::sha256_file(&again));
 
     for (size, msg) in [("8X", "invalid disk size"), ("100M", "smaller than the base image")] {
         let out = fx.dir.path().join("bad");

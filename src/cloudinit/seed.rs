@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::render::Rendered;
 use super::{CloudInitError, SeedKind};
-use crate::cluster::pki::write_private;
+use crate::cluster::pki::write_private_with;
 use crate::tools::{self, Tool};
 
 pub const GENISOIMAGE: Tool = Tool {
@@ -21,15 +21,18 @@ pub const GENISOIMAGE: Tool = Tool {
 pub const XORRISO: Tool =
     Tool { name: "xorriso", hint: "sudo apt-get install -y xorriso (or use --seed vfat)" };
 
-/// The ISO tool to use: genisoimage, else xorriso.
+/// The ISO tool to use: xorriso (byte-reproducible with fixed dates), else genisoimage.
 pub fn iso_tool() -> Result<PathBuf, CloudInitError> {
-    tools::find(&GENISOIMAGE).or_else(|_| tools::find(&XORRISO)).map_err(|_| {
+    tools::find(&XORRISO).or_else(|_| tools::find(&GENISOIMAGE)).map_err(|_| {
         CloudInitError::Seed(format!(
             "--seed iso needs genisoimage or xorriso on PATH; install one: {} (or use --seed vfat)",
-            "sudo apt-get install -y genisoimage"
+            "sudo apt-get install -y xorriso"
         ))
     })
 }
+
+/// Timestamp of everything inside an ISO seed (2024-01-01T00:00:00Z).
+const SEED_EPOCH: u64 = 1_704_067_200;
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> CloudInitError {
     move |e| CloudInitError::Io(what, e)
@@ -50,15 +53,21 @@ fn write_node(out: &Path, r: &Rendered, kind: SeedKind, iso: Option<&Path>) -> R
         .map_err(io(format!("chmod {}", dir.display())))?;
     let map = |e: crate::cluster::ClusterError| CloudInitError::Seed(e.to_string());
     for (name, body) in names(r) {
-        write_private(&dir.join(name), body.as_bytes()).map_err(map)?;
+        write_private_with(&dir.join(name), body.as_bytes(), false).map_err(map)?;
     }
     if r.network_config.is_none() {
         // a stale one from an earlier render would give the node a wrong address
         let _ = fs::remove_file(dir.join("network-config"));
     }
+    // a seed of another kind from an earlier render would be stale
+    for (k, f) in [(SeedKind::Iso, "seed.iso"), (SeedKind::Vfat, "seed.img")] {
+        if k != kind {
+            let _ = fs::remove_file(dir.join(f));
+        }
+    }
     match kind {
         SeedKind::None => {}
-        SeedKind::Vfat => write_private(&dir.join("seed.img"), &vfat(r)?).map_err(map)?,
+        SeedKind::Vfat => write_private_with(&dir.join("seed.img"), &vfat(r)?, false).map_err(map)?,
         SeedKind::Iso => {
             let tool = iso.ok_or_else(|| CloudInitError::Seed("no ISO tool".into()))?;
             iso_image(tool, &dir, r)?
@@ -78,12 +87,13 @@ fn iso_image(tool: &Path, dir: &Path, r: &Rendered) -> Result<(), CloudInitError
     let is_xorriso = tool.file_name().is_some_and(|n| n.to_string_lossy().starts_with("xorriso"));
     let mut cmd = Command::new(tool);
     if is_xorriso {
-        cmd.args(["-as", "mkisofs"]);
+        // SOURCE_DATE_EPOCH fixes the volume dates, --set_all_file_dates the files':
+        // the same input gives the same ISO. genisoimage has no such switch.
+        cmd.args(["-as", "mkisofs", "--set_all_file_dates", &format!("={SEED_EPOCH}")]);
+        cmd.env("SOURCE_DATE_EPOCH", SEED_EPOCH.to_string());
     }
     cmd.arg("-quiet").arg("-output").arg(tmp.path()).args(["-volid", "cidata", "-joliet", "-rock"]);
     cmd.args(&files).current_dir(dir);
-    // fixed timestamps where the tool honours it (xorriso)
-    cmd.env("SOURCE_DATE_EPOCH", "0");
     let o = cmd.output().map_err(io(format!("running {}", tool.display())))?;
     if !o.status.success() {
         return Err(CloudInitError::Seed(format!(
@@ -101,7 +111,9 @@ fn iso_image(tool: &Path, dir: &Path, r: &Rendered) -> Result<(), CloudInitError
 /// A FAT12 image labelled CIDATA holding the node's files. Deterministic: fixed
 /// volume id (from the node name) and the DOS epoch as every timestamp.
 pub fn vfat(r: &Rendered) -> Result<Vec<u8>, CloudInitError> {
-    let size = 512 * 1024;
+    // room for the files plus FAT overhead, in 64 KiB steps (128 KiB at least)
+    let content: usize = names(r).iter().map(|(_, b)| b.len().div_ceil(4096) * 4096).sum();
+    let size = (content + 64 * 1024).div_ceil(64 * 1024).max(2) * 64 * 1024;
     let mut disk = Cursor::new(vec![0u8; size]);
     let id = Sha256::digest(r.node.as_bytes());
     let volume_id = u32::from_le_bytes([id[0], id[1], id[2], id[3]]);

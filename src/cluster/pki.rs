@@ -346,8 +346,15 @@ impl Secrets {
     }
 }
 
-/// Atomically write a 0600 file (temp file in the same directory, then rename).
+/// Atomically and durably write a 0600 file (temp file in the same directory,
+/// fsync, rename).
 pub fn write_private(path: &Path, body: &[u8]) -> Result<(), ClusterError> {
+    write_private_with(path, body, true)
+}
+
+/// Like [`write_private`]; `durable: false` skips the fsync, for outputs that
+/// are cheap to regenerate (thousands of seeds would otherwise wait on the disk).
+pub fn write_private_with(path: &Path, body: &[u8], durable: bool) -> Result<(), ClusterError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp-")
@@ -355,7 +362,9 @@ pub fn write_private(path: &Path, body: &[u8]) -> Result<(), ClusterError> {
         .tempfile_in(dir)
         .map_err(|e| ClusterError::Io(format!("creating a temp file in {}", dir.display()), e))?;
     tmp.write_all(body).map_err(|e| ClusterError::Io(format!("writing {}", path.display()), e))?;
-    tmp.as_file().sync_all().map_err(|e| ClusterError::Io(format!("syncing {}", path.display()), e))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(|e| ClusterError::Io(format!("syncing {}", path.display()), e))?;
+    }
     tmp.persist(path).map_err(|e| ClusterError::Io(format!("renaming to {}", path.display()), e.error))?;
     Ok(())
 }

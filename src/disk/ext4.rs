@@ -17,6 +17,7 @@ pub struct Superblock {
 }
 
 const MAGIC: u16 = 0xEF53;
+const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_EXTENTS: u32 = 0x40;
 const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_FLEX_BG: u32 = 0x200;
@@ -58,6 +59,12 @@ impl Superblock {
         } else {
             "ext2/ext3"
         }
+    }
+
+    /// The journal holds transactions not yet replayed (the filesystem was not
+    /// cleanly unmounted): writing around them would lose or corrupt data.
+    pub fn needs_recovery(&self) -> bool {
+        self.incompat & INCOMPAT_RECOVER != 0
     }
 
     pub fn free_bytes(&self) -> u64 {

@@ -54,6 +54,18 @@ pub fn detect(path: &Path) -> Result<BaseFormat, DiskError> {
 
 fn classify(head: &[u8]) -> Result<BaseFormat, String> {
     if head.starts_with(b"QFI\xfb") {
+        // A backing file or an external data file would make qemu-img read other
+        // host files into the image: a base must be self-contained.
+        let u64at =
+            |o: usize| head.get(o..o + 8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()));
+        if u64at(8).unwrap_or(0) != 0 {
+            return Err(" (qcow2 with a backing file; a base image must be self-contained)".into());
+        }
+        let version =
+            head.get(4..8).map(|b| u32::from_be_bytes(b.try_into().unwrap_or_default())).unwrap_or(0);
+        if version >= 3 && u64at(72).unwrap_or(0) & 0b100 != 0 {
+            return Err(" (qcow2 with an external data file; a base image must be self-contained)".into());
+        }
         return Ok(BaseFormat::Qcow2);
     }
     if let Some((_, _, name)) = FOREIGN.iter().find(|(m, at, _)| head.get(*at..*at + m.len()) == Some(*m)) {
@@ -78,6 +90,10 @@ mod tests {
         assert_eq!(classify(b"QFI\xfb\0\0\0\x03"), Ok(BaseFormat::Qcow2));
         assert!(classify(b"vhdxfile....").unwrap_err().contains("vhdx"));
         assert!(classify(&[0u8; 512]).is_err());
+        let mut backed = vec![0u8; 512];
+        backed[..8].copy_from_slice(b"QFI\xfb\0\0\0\x03");
+        backed[15] = 0x70;
+        assert!(classify(&backed).unwrap_err().contains("backing file"));
         assert!(classify(b"").is_err());
     }
 }

@@ -97,31 +97,47 @@ pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result
             dst.as_os_str(),
         ],
     )?;
-    if fmt == OutFormat::Vmdk {
-        fix_vmdk_cid(dst, seed)?;
+    match fmt {
+        OutFormat::Vmdk => fix_vmdk_cid(dst, seed)?,
+        OutFormat::Vhdx => fix_vhdx_ids(dst, seed)?,
+        OutFormat::Qcow2 | OutFormat::Raw => {}
     }
     Ok(())
 }
 
-/// qemu-img writes a random content ID (`CID=xxxxxxxx`) into the embedded VMDK
-/// descriptor; replace it with one derived from `seed` (same length, so nothing moves).
+/// qemu-img writes a random content ID (`CID=xxxxxxxx`, unpadded hex) into the
+/// embedded VMDK descriptor; rewrite the descriptor with one derived from `seed`,
+/// zero-padded to the descriptor area so nothing else moves.
 fn fix_vmdk_cid(path: &Path, seed: &str) -> Result<(), DiskError> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(DiskError::io(format!("opening {}", path.display())))?;
-    // The descriptor sits at sector 1 of a monolithicSparse file, well within 64 KiB.
-    let mut head = vec![0u8; 65536];
-    let n = f.read(&mut head).map_err(DiskError::io("reading vmdk header"))?;
-    let head = &head[..n];
-    let Some(at) = head.windows(4).position(|w| w == b"CID=") else {
-        return Err(DiskError::Corrupt { path: path.display().to_string(), msg: "vmdk without CID".into() });
-    };
-    let cid = crate::recipe::Sha256::of(seed.as_bytes());
-    f.seek(SeekFrom::Start((at + 4) as u64)).map_err(DiskError::io("seeking vmdk"))?;
-    f.write_all(&cid.as_str().as_bytes()[..8]).map_err(DiskError::io("writing vmdk CID"))?;
+    use std::os::unix::fs::FileExt;
+    let corrupt = |msg: &str| DiskError::Corrupt { path: path.display().to_string(), msg: msg.into() };
+    let io = |c: &str| DiskError::io(format!("{c} {}", path.display()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io("opening"))?;
+    let mut hdr = [0u8; 512];
+    f.read_exact_at(&mut hdr, 0).map_err(io("reading VMDK header of"))?;
+    if &hdr[..4] != b"KDMV" {
+        return Err(corrupt("VMDK header signature missing"));
+    }
+    let u64at = |o: usize| u64::from_le_bytes(hdr[o..o + 8].try_into().unwrap_or_default());
+    let (off, len) = (u64at(28) * 512, u64at(36) * 512);
+    if off == 0 || len == 0 || len > 1 << 20 {
+        return Err(corrupt("VMDK without an embedded descriptor"));
+    }
+    let mut desc = vec![0u8; len as usize];
+    f.read_exact_at(&mut desc, off).map_err(io("reading VMDK descriptor of"))?;
+    let end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
+    let text = String::from_utf8_lossy(&desc[..end]).into_owned();
+    let cid = &crate::recipe::Sha256::of(seed.as_bytes()).to_string()[..8];
+    let fixed: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with("CID=") { format!("CID={cid}") } else { l.to_string() })
+        .collect();
+    let mut out = (fixed.join("\n") + "\n").into_bytes();
+    if out.len() > desc.len() {
+        return Err(corrupt("VMDK descriptor grew past its area"));
+    }
+    out.resize(desc.len(), 0);
+    f.write_all_at(&out, off).map_err(io("writing VMDK descriptor of"))?;
     Ok(())
 }
 
@@ -136,4 +152,136 @@ pub fn virtual_size(path: &Path, fmt: &str) -> Result<u64, DiskError> {
     v["virtual-size"]
         .as_u64()
         .ok_or_else(|| DiskError::Tool { tool: "qemu-img", msg: "info without virtual-size".into() })
+}
+
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// A GUID-sized identifier derived from `seed` and `what`.
+fn derived_id(seed: &str, what: &str) -> [u8; 16] {
+    let d = crate::recipe::Sha256::of(format!("{seed}\n{what}").as_bytes());
+    let mut id = [0u8; 16];
+    if let Ok(b) = hex::decode(&d.as_str()[..32]) {
+        id.copy_from_slice(&b);
+    }
+    // RFC 4122 version 4 / variant bits, so the value still looks like a UUID.
+    id[7] = (id[7] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// qemu-img gives every VHDX random GUIDs: the two headers' FileWriteGuid and
+/// DataWriteGuid, the log entries written while creating it, and the virtual disk
+/// id (Page 83 metadata). Replace them with values derived from `seed` (headers:
+/// checksums recomputed; the log is inactive, LogGuid being zero, so it is cleared).
+fn fix_vhdx_ids(path: &Path, seed: &str) -> Result<(), DiskError> {
+    use std::os::unix::fs::FileExt;
+    let corrupt = |msg: &str| DiskError::Corrupt { path: path.display().to_string(), msg: msg.into() };
+    let io = |c: &str| DiskError::io(format!("{c} {}", path.display()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io("opening"))?;
+    let mut log: Option<(u64, u64)> = None;
+    let mut heads = Vec::new();
+    for at in [64 * 1024u64, 128 * 1024] {
+        let mut h = vec![0u8; 4096];
+        f.read_exact_at(&mut h, at).map_err(io("reading VHDX header of"))?;
+        if &h[..4] != b"head" {
+            return Err(corrupt("VHDX header signature missing"));
+        }
+        heads.push((at, h));
+    }
+    // Sequence numbers start at a random value too; keep their order (the higher
+    // one marks the current header) but make them 1 and 2.
+    let current = if u64::from_le_bytes(heads[0].1[8..16].try_into().unwrap_or_default())
+        >= u64::from_le_bytes(heads[1].1[8..16].try_into().unwrap_or_default())
+    {
+        0
+    } else {
+        1
+    };
+    for (i, (at, mut h)) in heads.into_iter().enumerate() {
+        let seq: u64 = if i == current { 2 } else { 1 };
+        h[8..16].copy_from_slice(&seq.to_le_bytes());
+        if h[48..64].iter().any(|&b| b != 0) {
+            return Err(corrupt("VHDX has an active log"));
+        }
+        h[16..32].copy_from_slice(&derived_id(seed, "vhdx FileWriteGuid"));
+        h[32..48].copy_from_slice(&derived_id(seed, "vhdx DataWriteGuid"));
+        h[4..8].copy_from_slice(&[0; 4]);
+        let crc = CRC32C.checksum(&h);
+        h[4..8].copy_from_slice(&crc.to_le_bytes());
+        f.write_all_at(&h, at).map_err(io("writing VHDX header of"))?;
+        let len = u32::from_le_bytes([h[68], h[69], h[70], h[71]]) as u64;
+        let off = u64::from_le_bytes(h[72..80].try_into().unwrap_or_default());
+        log = Some((off, len));
+    }
+    if let Some((off, len)) = log.filter(|&(o, l)| o >= 1 << 20 && l <= 64 << 20) {
+        f.write_all_at(&vec![0u8; len as usize], off).map_err(io("clearing the VHDX log of"))?;
+    }
+    // Region table → metadata region → Page 83 item (the virtual disk id).
+    const METADATA_REGION: [u8; 16] =
+        [0x06, 0xA2, 0x7C, 0x8B, 0x90, 0x47, 0x9A, 0x4B, 0xB8, 0xFE, 0x57, 0x5F, 0x05, 0x0F, 0x88, 0x6E];
+    const PAGE83: [u8; 16] =
+        [0xAB, 0x12, 0xCA, 0xBE, 0xE6, 0xB2, 0x23, 0x45, 0x93, 0xEF, 0xC3, 0x09, 0xE0, 0x00, 0xC7, 0x46];
+    let mut rt = vec![0u8; 64 * 1024];
+    f.read_exact_at(&mut rt, 192 * 1024).map_err(io("reading VHDX region table of"))?;
+    if &rt[..4] != b"regi" {
+        return Err(corrupt("VHDX region table signature missing"));
+    }
+    let n = u32::from_le_bytes([rt[8], rt[9], rt[10], rt[11]]).min(2047) as usize;
+    let meta = (0..n).map(|i| &rt[16 + i * 32..48 + i * 32]).find(|e| e[..16] == METADATA_REGION);
+    let Some(meta) = meta else { return Err(corrupt("VHDX without a metadata region")) };
+    let moff = u64::from_le_bytes(meta[16..24].try_into().unwrap_or_default());
+    let mut mt = vec![0u8; 64 * 1024];
+    f.read_exact_at(&mut mt, moff).map_err(io("reading VHDX metadata table of"))?;
+    if &mt[..8] != b"metadata" {
+        return Err(corrupt("VHDX metadata table signature missing"));
+    }
+    let n = u16::from_le_bytes([mt[10], mt[11]]).min(2047) as usize;
+    for e in (0..n).map(|i| &mt[32 + i * 32..64 + i * 32]) {
+        if e[..16] == PAGE83 {
+            let item = u32::from_le_bytes([e[16], e[17], e[18], e[19]]) as u64;
+            f.write_all_at(&derived_id(seed, "vhdx Page83"), moff + item)
+                .map_err(io("writing VHDX disk id of"))?;
+        }
+    }
+    f.sync_all().map_err(io("syncing"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// qemu-img's random identifiers are replaced: two conversions of the same raw
+    /// bytes are identical in every format, and qemu-img still accepts them.
+    #[test]
+    fn conversions_are_reproducible() {
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("in.raw");
+        let mut bytes = vec![0u8; 8 << 20];
+        bytes[510] = 0x55;
+        bytes[511] = 0xaa;
+        bytes[3 << 20..(3 << 20) + 5].copy_from_slice(b"hello");
+        std::fs::write(&raw, &bytes).unwrap();
+        for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk, OutFormat::Vhdx] {
+            let a = d.path().join(format!("a.{fmt}"));
+            let b = d.path().join(format!("b.{fmt}"));
+            convert_out(&raw, fmt, &a, "seed").unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            // Same file name: VMDK descriptors name their extent file.
+            std::fs::rename(&a, d.path().join("keep")).unwrap();
+            convert_out(&raw, fmt, &a, "seed").unwrap();
+            std::fs::rename(&a, &b).unwrap();
+            std::fs::rename(d.path().join("keep"), &a).unwrap();
+            let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+            let diff: Vec<usize> = (0..x.len().min(y.len())).filter(|&i| x[i] != y[i]).take(8).collect();
+            assert!(x == y, "{fmt}: differs at {diff:?}");
+            let out = std::process::Command::new("qemu-img")
+                .args(["compare", "-f", "raw", "-F", fmt.as_str()])
+                .arg(&raw)
+                .arg(&a)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{fmt}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+    }
 }

@@ -133,6 +133,14 @@ impl RootFs {
     /// Write every entry of `layer` (see [`write_script`]). `workdir` holds the
     /// temp files for generated content.
     pub fn write_layer(&mut self, layer: &Layer, workdir: &Path) -> Result<(), DiskError> {
+        if self.sb.needs_recovery() {
+            return Err(DiskError::Corrupt {
+                path: self.image.display().to_string(),
+                msg: "the root filesystem's journal needs recovery (not cleanly unmounted); \
+                      refusing to write into it"
+                    .into(),
+            });
+        }
         let dirs: Vec<&str> = std::iter::once("/")
             .chain(layer.iter().filter(|(_, e)| matches!(e.kind, Kind::Dir)).map(|(p, _)| p.as_str()))
             .collect();

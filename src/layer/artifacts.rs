@@ -27,7 +27,8 @@ pub(super) fn install(
         let blob = downloads.get(&item.name).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
         let files = files_of(item, blob, workdir)?;
         for (to, path, mode) in files {
-            if let Some(prev) = owners.insert(to.clone(), item.name.clone()) {
+            // (Within one artifact a later archive member of the same name wins, as in tar.)
+            if let Some(prev) = owners.insert(to.clone(), item.name.clone()).filter(|p| *p != item.name) {
                 return Err(LayerError::Conflict { path: to, first: prev, second: item.name.clone() });
             }
             layer.file(&to, Content::Path(path), mode);
@@ -92,7 +93,7 @@ fn extract(
     workdir: &Path,
 ) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
     let bad = |msg: String| LayerError::Archive { artifact: item.name.clone(), msg };
-    let io = |e: std::io::Error| bad(format!("reading {}: {e}", blob.display()));
+    let io = |e: std::io::Error| LayerError::Io { path: blob.to_path_buf(), source: e };
     let gz = is_gzip(blob).map_err(io)?;
     let file = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(io)?);
     let reader: Box<dyn Read> =
@@ -100,6 +101,10 @@ fn extract(
     let mut archive = tar::Archive::new(reader);
 
     let dir = workdir.join(format!("artifact-{}", item.name));
+    // Start empty: a reused workdir must not mix in files of an earlier run.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| LayerError::Io { path: dir.clone(), source: e })?;
+    }
     std::fs::create_dir_all(&dir).map_err(|e| LayerError::Io { path: dir.clone(), source: e })?;
 
     let mut out = Vec::new();

@@ -193,9 +193,67 @@ include "{INCLUDE_DIR}/*.nft"
     )
 }
 
+/// One network in CIDR form, checked (an address and a prefix length that fits it),
+/// so nothing but an address can reach the generated nftables text.
+fn cidr(s: &str) -> Result<(bool, String), super::LayerError> {
+    let bad = || super::LayerError::BadNetwork(s.to_string());
+    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(bad());
+    }
+    Ok((ip.is_ipv4(), format!("{ip}/{len}")))
+}
+
+/// A first-boot file for [`INCLUDE_DIR`] (e.g. `/etc/nftables.d/10-cluster.nft`)
+/// that *replaces* the default cluster sets with `networks` (CIDRs, IPv4 and IPv6
+/// mixed): node network(s), pod and service CIDRs. A family without entries gets an
+/// empty set, i.e. no cluster-only port is reachable over it. Load it with
+/// `systemctl reload imgbuild-firewall`.
+pub fn cluster_networks_nft(networks: &[String]) -> Result<String, super::LayerError> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for n in networks {
+        let (is4, c) = cidr(n.trim())?;
+        if is4 {
+            v4.push(c)
+        } else {
+            v6.push(c)
+        }
+    }
+    let mut s =
+        String::from("# The cluster's networks (written at first boot; replaces the image's defaults).\n");
+    for (set, elems) in [("cluster_v4", v4), ("cluster_v6", v6)] {
+        s.push_str(&format!("flush set inet imgbuild {set}\n"));
+        if !elems.is_empty() {
+            s.push_str(&format!("add element inet imgbuild {set} {{ {} }}\n", elems.join(", ")));
+        }
+    }
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_networks_are_checked() {
+        let ok =
+            cluster_networks_nft(&["10.20.0.0/16".into(), " fd00:10::/64".into(), "10.244.0.0/16".into()])
+                .unwrap();
+        assert!(
+            ok.contains("add element inet imgbuild cluster_v4 { 10.20.0.0/16, 10.244.0.0/16 }\n"),
+            "{ok}"
+        );
+        assert!(ok.contains("add element inet imgbuild cluster_v6 { fd00:10::/64 }\n"), "{ok}");
+        let v4only = cluster_networks_nft(&["192.168.1.0/24".into()]).unwrap();
+        assert!(v4only.contains("flush set inet imgbuild cluster_v6\n") && !v4only.contains("cluster_v6 {"));
+        for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "10.0.0.0/8 } ; flush ruleset", "x/8", ""] {
+            assert!(cluster_networks_nft(&[bad.to_string()]).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn roles_follow_the_port_matrix() {

@@ -30,6 +30,8 @@ pub enum LayerError {
     MissingMember { artifact: String, member: String, blob: PathBuf, some_members: String },
     #[error("{path} is installed by both artifact {first:?} and artifact {second:?}")]
     Conflict { path: String, first: String, second: String },
+    #[error("{0:?} is not a network in CIDR form (address/prefix-length)")]
+    BadNetwork(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -38,9 +40,10 @@ impl Classify for LayerError {
     fn code(&self) -> Code {
         match self {
             // The recipe names a member or layout the verified archive does not have.
-            LayerError::Archive { .. } | LayerError::MissingMember { .. } | LayerError::Conflict { .. } => {
-                Code::Input
-            }
+            LayerError::Archive { .. }
+            | LayerError::MissingMember { .. }
+            | LayerError::Conflict { .. }
+            | LayerError::BadNetwork(_) => Code::Input,
             LayerError::MissingDownload(_) | LayerError::Io { .. } => Code::Runtime,
         }
     }
@@ -152,6 +155,7 @@ fn normalize(p: &str) -> String {
 /// outlive the layer (entries point into it).
 ///
 /// Each step adds its part; later steps replace earlier entries of the same path.
+/// Other modules hook in after the hardening step, one line each.
 pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Path) -> anyhow::Result<Layer> {
     let mut layer = Layer::new(plan.source_date_epoch);
     // Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm).

@@ -34,6 +34,8 @@ fn walk(d: &'static Dir<'static>, top: &str, out: &mut Vec<(String, &'static [u8
     for e in d.entries() {
         match e {
             DirEntry::Dir(sub) => walk(sub, top, out),
+            // Placeholders that keep empty directories in git are not image content.
+            DirEntry::File(f) if f.path().file_name().is_some_and(|n| n == ".gitkeep") => {}
             DirEntry::File(f) => {
                 let rel = f.path().strip_prefix(top).unwrap_or(f.path());
                 out.push((format!("/{}", rel.to_string_lossy()), f.contents()));
