@@ -29,6 +29,8 @@ deps=(
   "cloud-init cloud-init"
   "gpg gnupg"
   "gpg-agent gnupg"
+  "dpkg-deb dpkg"
+  "xz xz-utils"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -76,6 +78,7 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   # Debian 12's pip refuses system-wide installs without this (PEP 668).
   pip3 install --quiet --break-system-packages kubernetes-validate 2>/dev/null ||
     pip3 install --quiet kubernetes-validate
+fi
 export PATH="$PATH:$HOME/.local/bin"
 # --- end chart tests ---
 # cluster/cloud-init tests: Python jsonschema + PyYAML cross-check the cloud-init schema
@@ -88,6 +91,20 @@ if ! python3 -c 'import jsonschema, yaml' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-jsonschema python3-yaml >/dev/null
   fi
   python3 -c 'import jsonschema, yaml'
+fi
+# --- disk: SPDX validator for the build's SBOM (PyPI spdx-tools, in its own venv) ---
+if ! command -v pyspdxtools >/dev/null 2>&1; then
+  spdx_venv="${IMGBUILD_SPDX_VENV:-$HOME/.cache/imgbuild-ci/spdx-venv}"
+  if [ ! -x "$spdx_venv/bin/pyspdxtools" ]; then
+    echo "ci/test.sh: installing spdx-tools into $spdx_venv" >&2
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+    fi
+    python3 -m venv "$spdx_venv" && "$spdx_venv/bin/pip" install -q spdx-tools==0.8.3
+  fi
+  export PATH="$PATH:$spdx_venv/bin"
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -59,6 +59,8 @@ pub struct Job<'a> {
 pub type Composer<'c> = dyn Fn(&Plan, &BTreeMap<String, PathBuf>, &Path, &RootFs) -> Result<Layer> + 'c;
 
 pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
+    // Before fetch starts its threads, so they all leave the signals to the guard.
+    disk::interrupt::guard();
     tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
     let s = &a.source;
     let lr = crate::recipe::load(s.recipe.as_deref())?;
@@ -69,20 +71,18 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
     };
     let cache = crate::fetch::open_cache(s)?;
     let opts = crate::fetch::FetchOptions::from_args(s, g)?;
-    let items: Vec<&crate::plan::Item> = plan.downloads().collect();
+    // apt (issue 6): the .deb files of <recipe>.lock (a stale lock is refused first).
+    let debs = crate::apt::for_build(&lr, s, &plan, &cache, &opts)?;
+    let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
+    items.extend(debs.iter().flat_map(|d| d.items.iter())); // apt (issue 6)
     let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
     let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
+    let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len())); // apt (issue 6)
     let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
     let signatures = match &a.cosign_trust_root {
         Some(p) => crate::verify::cosign::verify_build(&plan, &downloads, &opts.mirrors, p, g.quiet)?,
         None => Vec::new(),
     };
-    let composer =
-        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
-            let mut l = default_composer(plan, dl, work, root)?;
-            crate::verify::cosign::record_in_layer(&mut l, &signatures)?;
-            Ok(l)
-        };
     let job = Job {
         plan: &plan,
         base: base.clone(),
@@ -92,11 +92,20 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         disk_size,
         quiet: g.quiet,
     };
+    let apt_composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
+                                                                                // verify (issue 9): the cosign records go into the sealed manifest.
+    let composer =
+        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
+            let mut l = apt_composer(plan, dl, work, root)?;
+            crate::verify::cosign::record_in_layer(&mut l, &signatures)?;
+            Ok(l)
+        };
     let out = if a.check_reproducible {
-        crate::verify::repro::check_reproducible(&job, &composer)?
+        crate::verify::repro::check_reproducible(&job, &composer)
     } else {
-        build(&job, &composer)?
-    };
+        build(&job, &composer)
+    }
+    .inspect_err(|_| disk::interrupt::park_if_interrupted())?;
     println!("{}", out.image.display());
     Ok(())
 }
@@ -120,7 +129,6 @@ pub fn default_composer(
 /// succeeded; the temp dir (inside `output_dir`, so the final renames stay on one
 /// filesystem) is removed either way.
 pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
-    let plan = job.plan;
     let t0 = std::time::Instant::now();
     let say = |m: &str| {
         if !job.quiet {
@@ -133,6 +141,23 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         .prefix(".imgbuild-")
         .tempdir_in(&job.output_dir)
         .with_context(|| format!("creating a temp dir in {}", job.output_dir.display()))?;
+    let work = tmp.path();
+    disk::interrupt::register(work.to_path_buf());
+    let r = build_in(job, compose, &tmp, &say);
+    disk::interrupt::forget(work);
+    let out = r?;
+    tmp.close().context("removing the build's temp dir")?;
+    say("done");
+    Ok(out)
+}
+
+fn build_in(
+    job: &Job,
+    compose: &Composer,
+    tmp: &tempfile::TempDir,
+    say: &dyn Fn(&str),
+) -> Result<crate::output::Outputs> {
+    let plan = job.plan;
     let work = tmp.path();
 
     let fmt = disk::detect(&job.base)?;
@@ -184,8 +209,6 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
         &manifest,
         plan.source_date_epoch,
     )?;
-    tmp.close().context("removing the build's temp dir")?;
-    say("done");
     Ok(out)
 }
 

@@ -55,6 +55,8 @@ pub enum Cmd {
     /// Helm chart tooling
     #[command(subcommand)]
     Chart(crate::chart::ChartCmd),
+    /// Resolve the recipe's Ubuntu packages against the signed archive into <recipe>.lock
+    Lock(crate::apt::LockArgs),
     /// Verify the base image's signed SHA256SUMS (Ubuntu key) and check or write the recipe digest
     BaseDigest(crate::verify::BaseDigestArgs),
     /// Verify a cosign keyless signature (.sig + .cert) over a file, offline
@@ -118,6 +120,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(c) => crate::cluster::run(&c, g),
         Cmd::CloudInit(a) => crate::cloudinit::run(&a, g),
         Cmd::Chart(c) => crate::chart::run(&c, g),
+        Cmd::Lock(a) => crate::apt::run_lock(&a, g),
         Cmd::BaseDigest(a) => crate::verify::run_base_digest(&a, g),
         Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
         Cmd::Verify(a) => crate::verify::run_verify_image(&a, g),

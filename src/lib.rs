@@ -5,6 +5,7 @@
 //! [`recipe`] → [`plan`] → [`fetch`] (into the [`cache`]) → [`layer`] → [`disk`] → [`output`].
 //! Of `imgbuild cluster` / `imgbuild cloud-init`: [`cluster`] → [`cloudinit`].
 
+pub mod apt;
 pub mod build;
 pub mod cache;
 pub mod chart;

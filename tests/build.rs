@@ -209,3 +209,57 @@ fn missing_tools_name_their_package() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("`qemu-img`") && stderr(&o).contains("qemu-utils"), "{}", stderr(&o));
 }
+
+#[test]
+fn an_interrupted_build_removes_its_temp_dir() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("interrupted");
+    std::fs::create_dir_all(&out).unwrap();
+    let child = common::bin()
+        .env("PATH", fixture::path_with_sbin())
+        .args(["build", "--role", "control-plane", "--output", out.to_str().unwrap()])
+        .args(fx.source_args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the working copy exists, then interrupt.
+    let start = std::time::Instant::now();
+    let raw = loop {
+        let found = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".imgbuild-"))
+            .map(|d| d.join("disk.raw"))
+            .filter(|r| r.exists());
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(start.elapsed().as_secs() < 120, "the build never created its working copy");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let pid = child.id().to_string();
+    sh(Command::new("kill").args(["-INT", &pid]));
+    let o = child.wait_with_output().unwrap();
+    if o.status.success() {
+        // The build won the race; nothing to check but that it left only outputs.
+        assert!(!raw.exists());
+    } else {
+        assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+        assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+        let left: Vec<_> = walk(&out);
+        assert!(left.is_empty(), "temp files left behind: {left:?}");
+    }
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(d).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            v.extend(walk(&p));
+        }
+        v.push(p);
+    }
+    v
+}

@@ -139,6 +139,12 @@ fn both_roles_write_every_layer_file_and_keep_other_partitions() {
             );
         }
         assert!(range(&raw, 0, 2048 * 512) == range(&fx.base.raw, 0, 2048 * 512), "GPT changed");
+        let len = std::fs::metadata(&raw).unwrap().len();
+        assert_eq!(len, std::fs::metadata(&fx.base.raw).unwrap().len());
+        assert!(
+            range(&raw, len - 34 * 512, 34 * 512) == range(&fx.base.raw, len - 34 * 512, 34 * 512),
+            "backup GPT changed"
+        );
         let root = fx.base.part(1);
         let spec = format!("{}?offset={}", raw.display(), root.offset);
         sh(Command::new("e2fsck").arg("-fn").arg(&spec));
@@ -220,4 +226,18 @@ fn sbom_lists_base_and_artifacts_with_digests() {
     }
     let img = pkgs.iter().find(|x| x["SPDXID"] == "SPDXRef-Image").unwrap();
     assert_eq!(img["checksums"][0]["checksumValue"], out.image_sha256.as_str());
+
+    // The reference validator (PyPI spdx-tools, installed by ci/test.sh).
+    match Command::new("pyspdxtools").arg("--infile").arg(&out.sbom).output() {
+        Ok(o) => assert!(
+            o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("invalid"),
+            "pyspdxtools: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("note: pyspdxtools not installed (pip install spdx-tools); SPDX validation skipped")
+        }
+        Err(e) => panic!("pyspdxtools is required in CI: {e}"),
+    }
 }

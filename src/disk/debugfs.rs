@@ -78,7 +78,7 @@ impl Debugfs {
         let mut f = tempfile::NamedTempFile::new().map_err(DiskError::io("creating debugfs command file"))?;
         std::io::Write::write_all(&mut f, script.as_bytes())
             .map_err(DiskError::io("writing debugfs commands"))?;
-        let mut c = Command::new(&self.exe);
+        let mut c = super::interrupt::command(&self.exe);
         if writable {
             c.arg("-w");
         }
@@ -117,7 +117,7 @@ impl Debugfs {
 
     /// One read-only request (`-R`), returning stdout and the error lines.
     fn request(&self, req: &str) -> Result<(Vec<u8>, Vec<String>), DiskError> {
-        let mut c = Command::new(&self.exe);
+        let mut c = super::interrupt::command(&self.exe);
         c.arg("-R").arg(req).arg(&self.spec);
         let out = self.exec(c, None)?;
         Ok((out.stdout, error_lines(&out.stderr)))
@@ -159,7 +159,7 @@ impl Debugfs {
             check_path(d)?;
             script.push_str(&format!("ls -p {d}\n"));
         }
-        let mut c = Command::new(&self.exe);
+        let mut c = super::interrupt::command(&self.exe);
         let mut f = tempfile::NamedTempFile::new().map_err(DiskError::io("creating debugfs command file"))?;
         std::io::Write::write_all(&mut f, script.as_bytes())
             .map_err(DiskError::io("writing debugfs commands"))?;

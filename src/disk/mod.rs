@@ -11,6 +11,7 @@ pub mod debugfs;
 pub mod ext4;
 pub mod format;
 pub mod gpt;
+pub mod interrupt;
 pub mod qemu;
 pub mod resize;
 pub mod rootfs;

@@ -2,7 +2,6 @@
 //! the same raw bytes always give the same output bytes.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::{BaseFormat, DiskError};
 use crate::tools::{self, Tool};
@@ -48,7 +47,7 @@ impl std::fmt::Display for OutFormat {
 /// Run a tool found through [`tools::find`], failing with its stderr.
 pub(crate) fn run(tool: &Tool, args: &[&std::ffi::OsStr]) -> Result<std::process::Output, DiskError> {
     let exe = tools::find(tool).map_err(|e| DiskError::Tool { tool: tool.name, msg: e.to_string() })?;
-    let out = Command::new(exe)
+    let out = super::interrupt::command(exe)
         .args(args)
         .env("LC_ALL", "C")
         .output()

@@ -42,7 +42,7 @@ pub fn grow(root: &mut RootFs, new_len: u64, workdir: &Path, now: u64) -> Result
     // -f: skip resize2fs's own "run e2fsck first" gate; the build checked the
     // filesystem with e2fsck -fn (read-only, so nothing changes) just before.
     fsck_spec(&part_file.to_string_lossy())?;
-    let out = std::process::Command::new(exe)
+    let out = super::interrupt::command(exe)
         .arg("-f")
         .arg(&part_file)
         .env("LC_ALL", "C")

@@ -167,7 +167,7 @@ impl RootFs {
 pub fn fsck_spec(spec: &str) -> Result<(), DiskError> {
     let exe =
         tools::find(&tools::E2FSCK).map_err(|e| DiskError::Tool { tool: "e2fsck", msg: e.to_string() })?;
-    let out = std::process::Command::new(exe)
+    let out = super::interrupt::command(exe)
         .args(["-fn", spec])
         .env("LC_ALL", "C")
         .output()

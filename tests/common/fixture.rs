@@ -370,10 +370,14 @@ pub fn make_artifacts(dir: &Path) -> BTreeMap<String, PathBuf> {
         ),
     );
     m.insert("helm".into(), tarball(&d, "helm.tgz", &[("linux-amd64/helm", script("helm"))]));
-    // Add-on chart stand-ins (installed verbatim as .tgz files).
-    for n in ["cilium", "metrics-server", "ingress-nginx"] {
-        let member = format!("{n}/Chart.yaml");
-        m.insert(n.into(), tarball(&d, &format!("{n}.tgz"), &[(member.as_str(), script(n))]));
+    // Add-on Helm charts (control plane): minimal charts shaped like the real packages.
+    for (name, version) in [("cilium", "1.16.1"), ("metrics-server", "3.12.2"), ("ingress-nginx", "4.11.5")] {
+        let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n");
+        let member = format!("{name}/Chart.yaml");
+        m.insert(
+            name.into(),
+            tarball(&d, &format!("{name}-{version}.tgz"), &[(member.as_str(), chart.into_bytes())]),
+        );
     }
     m
 }
@@ -383,6 +387,8 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
     let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     v["base"]["sha256"]["amd64"] = blobs["base"].sha256.clone().into();
+    // apt (issue 6): Ubuntu packages need the archive; tests/apt.rs adds its own repository.
+    v.as_mapping_mut().unwrap().remove("packages");
     for a in v["artifacts"].as_sequence_mut().unwrap() {
         let name = a["name"].as_str().unwrap().to_string();
         a["sha256"]["amd64"] = blobs[&name].sha256.clone().into();
