@@ -284,7 +284,10 @@ pub fn verify_blob(
     }
     for got in [v1.as_ref(), v2.as_ref()].into_iter().flatten() {
         if *got != policy.issuer {
-            return Err(fail(format!("certificate OIDC issuer {got} is not the expected {}", policy.issuer)));
+            return Err(fail(format!(
+                "certificate OIDC issuer {got:?} is not the expected {:?}",
+                policy.issuer
+            )));
         }
     }
 
