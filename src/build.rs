@@ -28,6 +28,13 @@ pub struct BuildArgs {
     /// automatically when the layer does not fit)
     #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<String>,
+    /// Build twice in separate temp dirs and fail (exit 3) unless the outputs are identical
+    #[arg(long)]
+    pub check_reproducible: bool,
+    /// Verify the cosign signatures of dl.k8s.io downloads against this Fulcio trust root
+    /// (PEM) and record them in the manifest
+    #[arg(long, value_name = "FILE.pem")]
+    pub cosign_trust_root: Option<PathBuf>,
 }
 
 /// Everything a build needs once the downloads are verified.
@@ -72,6 +79,10 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
     let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
     let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len())); // apt (issue 6)
     let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
+    let signatures = match &a.cosign_trust_root {
+        Some(p) => crate::verify::cosign::verify_build(&plan, &downloads, &opts.mirrors, p, g.quiet)?,
+        None => Vec::new(),
+    };
     let job = Job {
         plan: &plan,
         base: base.clone(),
@@ -81,8 +92,20 @@ pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
         disk_size,
         quiet: g.quiet,
     };
-    let composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
-    let out = build(&job, &composer).inspect_err(|_| disk::interrupt::park_if_interrupted())?;
+    let apt_composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
+                                                                                // verify (issue 9): the cosign records go into the sealed manifest.
+    let composer =
+        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
+            let mut l = apt_composer(plan, dl, work, root)?;
+            crate::verify::cosign::record_in_layer(&mut l, &signatures)?;
+            Ok(l)
+        };
+    let out = if a.check_reproducible {
+        crate::verify::repro::check_reproducible(&job, &composer)
+    } else {
+        build(&job, &composer)
+    }
+    .inspect_err(|_| disk::interrupt::park_if_interrupted())?;
     println!("{}", out.image.display());
     Ok(())
 }

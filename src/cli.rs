@@ -57,6 +57,14 @@ pub enum Cmd {
     Chart(crate::chart::ChartCmd),
     /// Resolve the recipe's Ubuntu packages against the signed archive into <recipe>.lock
     Lock(crate::apt::LockArgs),
+    /// Verify the base image's signed SHA256SUMS (Ubuntu key) and check or write the recipe digest
+    BaseDigest(crate::verify::BaseDigestArgs),
+    /// Verify a cosign keyless signature (.sig + .cert) over a file, offline
+    VerifyBlob(crate::verify::VerifyBlobArgs),
+    /// Verify a built image: checksum sidecar, in-image manifest (every file), sidecar manifest
+    Verify(crate::verify::VerifyImageArgs),
+    /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
+    Lint(crate::lint::LintArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +121,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::CloudInit(a) => crate::cloudinit::run(&a, g),
         Cmd::Chart(c) => crate::chart::run(&c, g),
         Cmd::Lock(a) => crate::apt::run_lock(&a, g),
+        Cmd::BaseDigest(a) => crate::verify::run_base_digest(&a, g),
+        Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
+        Cmd::Verify(a) => crate::verify::run_verify_image(&a, g),
+        Cmd::Lint(a) => crate::lint::run(&a, g),
     }
 }
 

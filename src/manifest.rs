@@ -20,6 +20,9 @@ pub struct Manifest {
     pub artifacts: Vec<Download>,
     /// Every entry the layer adds, in path order.
     pub files: Vec<FileEntry>,
+    /// Verified cosign signatures of downloads (`build --cosign-trust-root`), in plan order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<crate::verify::cosign::SignatureRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

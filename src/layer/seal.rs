@@ -163,6 +163,7 @@ pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<Manifest, LayerError> {
         base: download(&plan.base),
         artifacts: plan.artifacts.iter().map(download).collect(),
         files,
+        signatures: Vec::new(),
     };
     layer.file(manifest::IN_IMAGE_PATH, Content::Bytes(to_json(&m)), 0o644);
     Ok(m)

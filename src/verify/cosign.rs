@@ -1,0 +1,495 @@
+//! Cosign keyless blob signatures, verified offline: the form dl.k8s.io publishes next
+//! to each binary (`<file>.sig`: base64 ECDSA signature; `<file>.cert`: base64 of the
+//! PEM Fulcio certificate).
+//!
+//! Checks, all required: the certificate chains to a self-signed root of the trust root
+//! (Fulcio root + intermediates); each CA was valid while the leaf was; the leaf is a
+//! code-signing certificate whose SAN is exactly the expected identity and whose Fulcio
+//! OIDC-issuer extension(s) (1.3.6.1.4.1.57264.1.1 raw, .1.8 DER UTF8String) are exactly
+//! the expected issuer; and the ECDSA P-256/SHA-256 signature verifies over the file.
+//!
+//! Not checked, because it needs the network or data not available offline: the Rekor
+//! transparency-log entry (which is also what gives cosign a trusted signing time). The
+//! leaf lives ~10 minutes, so without a signing time (`signed_at`) its window is only
+//! checked for consistency with its issuers, never against the clock.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use base64::Engine;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::{FromDer, GeneralName};
+
+use super::net::{self, Got};
+use super::VerifyError;
+use crate::cli::Global;
+
+/// Identity that signs files on dl.k8s.io (keys-and-packages.md §3: binaries are signed
+/// by krel-staging; krel-trust signs container images only).
+pub const K8S_RELEASE_IDENTITY: &str = "krel-staging@k8s-releng-prod.iam.gserviceaccount.com";
+/// OIDC issuer of that identity.
+pub const K8S_RELEASE_ISSUER: &str = "https://accounts.google.com";
+
+/// The production Sigstore Fulcio trust root (root + intermediate, PEM).
+///
+/// MISSING: the real Fulcio certificates are not in the project's reference material
+/// (shared/reference has no Sigstore trust root), and a trust anchor must never be
+/// typed from memory. Until one is added from a verified source (sigstore/root-signing
+/// `targets/trusted_root.json`), callers must pass one explicitly (`--trust-root`);
+/// verification without one fails closed.
+pub const EMBEDDED_FULCIO_TRUST_ROOT: Option<&str> = None;
+
+const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
+const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
+const OID_EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const OID_P256: &str = "1.2.840.10045.3.1.7";
+const MAX_CHAIN: usize = 5;
+
+/// What the certificate must say.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub identity: String,
+    pub issuer: String,
+}
+
+impl Policy {
+    /// The Kubernetes release policy for dl.k8s.io files.
+    pub fn kubernetes_release() -> Policy {
+        Policy { identity: K8S_RELEASE_IDENTITY.into(), issuer: K8S_RELEASE_ISSUER.into() }
+    }
+}
+
+/// Trusted CA certificates (DER): self-signed roots are anchors, others intermediates.
+#[derive(Debug, Clone)]
+pub struct TrustRoot {
+    certs: Vec<Vec<u8>>,
+}
+
+impl TrustRoot {
+    /// Parse a PEM bundle; every block must be a CA certificate.
+    pub fn from_pem(pem: &[u8], origin: &str) -> Result<TrustRoot, VerifyError> {
+        let bad = |msg: String| VerifyError::TrustAnchor { origin: origin.to_string(), msg };
+        let mut certs = Vec::new();
+        for p in x509_parser::pem::Pem::iter_from_buffer(pem) {
+            let p = p.map_err(|e| bad(format!("bad PEM: {e}")))?;
+            let c = p.parse_x509().map_err(|e| bad(format!("bad certificate: {e}")))?;
+            if !c.is_ca() {
+                return Err(bad(format!("{} is not a CA certificate", c.subject())));
+            }
+            certs.push(p.contents);
+        }
+        if certs.is_empty() {
+            return Err(bad("no certificate in the trust root".into()));
+        }
+        Ok(TrustRoot { certs })
+    }
+
+    /// The embedded production root, which this build does not have (see
+    /// [`EMBEDDED_FULCIO_TRUST_ROOT`]).
+    pub fn embedded() -> Result<TrustRoot, VerifyError> {
+        match EMBEDDED_FULCIO_TRUST_ROOT {
+            Some(pem) => TrustRoot::from_pem(pem.as_bytes(), "embedded Fulcio trust root"),
+            None => Err(VerifyError::Input(
+                "no Sigstore Fulcio trust root is embedded in this build (it was not available from a \
+                 verified source); pass --trust-root FILE.pem"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// A verified signature, as it would be recorded in the build manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SignatureRecord {
+    /// The recipe artifact the signature covers (empty for `verify-blob`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
+    /// Always "cosign-keyless".
+    pub kind: String,
+    pub file_sha256: String,
+    pub identity: String,
+    pub issuer: String,
+    /// sha256 of the leaf certificate (DER).
+    pub certificate_sha256: String,
+    /// sha256 of the trust anchor (DER) the chain ended in.
+    pub root_sha256: String,
+    /// Leaf validity window, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+/// Decode a `.cert` file: PEM, or base64 of PEM (dl.k8s.io), or base64 of DER.
+pub fn decode_certificate(data: &[u8]) -> Result<Vec<u8>, String> {
+    let pem_der = |b: &[u8]| -> Result<Vec<u8>, String> {
+        let (_, p) = x509_parser::pem::parse_x509_pem(b).map_err(|e| format!("bad PEM: {e}"))?;
+        Ok(p.contents)
+    };
+    let t = data.trim_ascii();
+    if t.starts_with(b"-----BEGIN") {
+        return pem_der(t);
+    }
+    let raw = b64(t).map_err(|e| format!("neither PEM nor base64: {e}"))?;
+    if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
+        pem_der(raw.trim_ascii())
+    } else {
+        Ok(raw)
+    }
+}
+
+/// Decode a `.sig` file: base64 of the DER ECDSA signature (or the raw DER).
+pub fn decode_signature(data: &[u8]) -> Result<Vec<u8>, String> {
+    let t = data.trim_ascii();
+    if t.first() == Some(&0x30) && !t.iter().all(|b| b.is_ascii_graphic()) {
+        return Ok(t.to_vec());
+    }
+    b64(t).map_err(|e| format!("not base64: {e}"))
+}
+
+fn b64(t: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
+    let clean: Vec<u8> = t.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD.decode(clean)
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    crate::recipe::Sha256::of(b).as_str().to_string()
+}
+
+fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, VerifyError> {
+    let (rest, c) = X509Certificate::from_der(der)
+        .map_err(|e| VerifyError::integrity(what, format!("bad certificate: {e}")))?;
+    if !rest.is_empty() {
+        return Err(VerifyError::integrity(what, "trailing bytes after the certificate"));
+    }
+    Ok(c)
+}
+
+/// The Fulcio OIDC-issuer values: (.1.1 raw string, .1.8 DER UTF8String).
+fn oidc_issuers(c: &X509Certificate<'_>) -> Result<(Option<String>, Option<String>), String> {
+    let mut v1 = None;
+    let mut v2 = None;
+    for e in c.extensions() {
+        let oid = e.oid.to_id_string();
+        if oid == OID_ISSUER_V1 {
+            v1 = Some(
+                String::from_utf8(e.value.to_vec()).map_err(|_| "issuer extension (.1.1) is not UTF-8")?,
+            );
+        } else if oid == OID_ISSUER_V2 {
+            // DER UTF8String: tag 0x0c, then a definite length.
+            let (_, any) = x509_parser::der_parser::parse_der(e.value)
+                .map_err(|_| "issuer extension (.1.8) is not DER".to_string())?;
+            let s = any.as_str().map_err(|_| "issuer extension (.1.8) is not a UTF8String".to_string())?;
+            v2 = Some(s.to_string());
+        }
+    }
+    Ok((v1, v2))
+}
+
+/// Verify a cosign keyless signature over `blob`. `signed_at` (Unix seconds), when
+/// known from a trusted source, must fall inside the leaf's validity.
+pub fn verify_blob(
+    blob: &[u8],
+    signature: &[u8],
+    certificate: &[u8],
+    trust: &TrustRoot,
+    policy: &Policy,
+    signed_at: Option<i64>,
+    what: &str,
+) -> Result<SignatureRecord, VerifyError> {
+    let fail = |msg: String| VerifyError::integrity(what, msg);
+    let leaf_der = decode_certificate(certificate).map_err(|e| fail(format!("certificate: {e}")))?;
+    let sig = decode_signature(signature).map_err(|e| fail(format!("signature: {e}")))?;
+    let leaf = parse_cert(&leaf_der, what)?;
+
+    // 1. Chain to a self-signed anchor in the trust root.
+    let trusted: Vec<X509Certificate<'_>> =
+        trust.certs.iter().map(|d| parse_cert(d, "trust root")).collect::<Result<_, _>>()?;
+    let (lnb, lna) = (leaf.validity().not_before.timestamp(), leaf.validity().not_after.timestamp());
+    if lnb >= lna {
+        return Err(fail("certificate validity window is empty".into()));
+    }
+    let mut cur = &leaf;
+    let mut anchor = None;
+    for _ in 0..MAX_CHAIN {
+        let issuer = trusted.iter().enumerate().find(|(_, ca)| {
+            ca.subject().as_raw() == cur.issuer().as_raw()
+                && cur.verify_signature(Some(ca.public_key())).is_ok()
+        });
+        let Some((i, ca)) = issuer else {
+            return Err(fail(format!(
+                "certificate issued by {} does not chain to the trust root",
+                cur.issuer()
+            )));
+        };
+        if !ca.is_ca() {
+            return Err(fail(format!("{} is not a CA", ca.subject())));
+        }
+        if let Ok(Some(ku)) = ca.key_usage() {
+            if !ku.value.key_cert_sign() {
+                return Err(fail(format!("{} may not sign certificates", ca.subject())));
+            }
+        }
+        // The CA must have been valid for the whole time the leaf was.
+        let v = ca.validity();
+        if v.not_before.timestamp() > lnb || v.not_after.timestamp() < lna {
+            return Err(fail(format!("{} was not valid during the certificate's lifetime", ca.subject())));
+        }
+        if ca.subject().as_raw() == ca.issuer().as_raw() && ca.verify_signature(None).is_ok() {
+            anchor = Some(i);
+            break;
+        }
+        cur = ca;
+    }
+    let Some(anchor) = anchor else {
+        return Err(fail("certificate chain does not end in a self-signed root of the trust root".into()));
+    };
+    if leaf.is_ca() {
+        return Err(fail("the signing certificate is a CA certificate".into()));
+    }
+    if let Some(t) = signed_at {
+        if t < lnb || t > lna {
+            return Err(fail(format!("signing time {t} is outside the certificate's validity {lnb}..{lna}")));
+        }
+    }
+
+    // 2. Code signing, identity, issuer.
+    match leaf.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.code_signing => {}
+        _ => return Err(fail("certificate is not for code signing (extendedKeyUsage)".into())),
+    }
+    let san = leaf.subject_alternative_name().map_err(|e| fail(format!("bad subjectAltName: {e}")))?;
+    let names: Vec<String> = san
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::RFC822Name(e) => Some(e.to_string()),
+                    GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !names.contains(&policy.identity) {
+        return Err(fail(format!(
+            "certificate identity {} is not the expected {}",
+            if names.is_empty() { "(none)".to_string() } else { names.join(", ") },
+            policy.identity
+        )));
+    }
+    let (v1, v2) = oidc_issuers(&leaf).map_err(fail)?;
+    if v1.is_none() && v2.is_none() {
+        return Err(fail("certificate has no OIDC issuer extension".into()));
+    }
+    for got in [v1.as_ref(), v2.as_ref()].into_iter().flatten() {
+        if *got != policy.issuer {
+            return Err(fail(format!(
+                "certificate OIDC issuer {got:?} is not the expected {:?}",
+                policy.issuer
+            )));
+        }
+    }
+
+    // 3. The signature over the file.
+    let spki = leaf.public_key();
+    let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok()).map(|o| o.to_id_string());
+    if spki.algorithm.algorithm.to_id_string() != OID_EC_PUBLIC_KEY || curve.as_deref() != Some(OID_P256) {
+        return Err(fail("certificate key is not ECDSA P-256".into()));
+    }
+    let pk = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        spki.subject_public_key.data.as_ref(),
+    );
+    pk.verify(blob, &sig).map_err(|_| fail("signature does not verify over the file".into()))?;
+
+    Ok(SignatureRecord {
+        artifact: String::new(),
+        kind: "cosign-keyless".into(),
+        file_sha256: sha256_hex(blob),
+        identity: policy.identity.clone(),
+        issuer: policy.issuer.clone(),
+        certificate_sha256: sha256_hex(&leaf_der),
+        root_sha256: sha256_hex(&trust.certs[anchor]),
+        not_before: lnb,
+        not_after: lna,
+    })
+}
+
+/// Download `<url>.sig` and `<url>.cert` (mirrors applied) and verify them over `blob`.
+pub fn verify_published(
+    url: &str,
+    blob: &[u8],
+    mirrors: &[crate::fetch::Mirror],
+    trust: &TrustRoot,
+    policy: &Policy,
+    signed_at: Option<i64>,
+) -> Result<SignatureRecord, VerifyError> {
+    let get = |suffix: &str| -> Result<Vec<u8>, VerifyError> {
+        let u = format!("{url}{suffix}");
+        match net::get(&u, mirrors)? {
+            Got::Body(b) => Ok(b),
+            Got::NotFound => Err(VerifyError::integrity(net::rewrite(&u, mirrors), "no signature published")),
+        }
+    };
+    let (sig, cert) = (get(".sig")?, get(".cert")?);
+    verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::rewrite(url, mirrors))
+}
+
+/// Hosts whose files carry cosign `.sig`/`.cert` next to them.
+pub const SIGNED_HOSTS: &[&str] = &["https://dl.k8s.io/"];
+
+/// Verify the published signature of every plan artifact downloaded from a signing host
+/// (its first such URL), over the verified blob in the cache. In plan order.
+pub fn verify_plan_artifacts(
+    plan: &crate::plan::Plan,
+    downloads: &std::collections::BTreeMap<String, PathBuf>,
+    mirrors: &[crate::fetch::Mirror],
+    trust: &TrustRoot,
+    policy: &Policy,
+    quiet: bool,
+) -> Result<Vec<SignatureRecord>, VerifyError> {
+    let mut out = Vec::new();
+    for a in &plan.artifacts {
+        let Some(url) = a.urls.iter().find(|u| SIGNED_HOSTS.iter().any(|h| u.starts_with(h))) else {
+            continue;
+        };
+        let Some(blob) = downloads.get(&a.name) else {
+            return Err(VerifyError::Input(format!("no download for artifact {}", a.name)));
+        };
+        let bytes = std::fs::read(blob)
+            .map_err(|source| VerifyError::Io { what: blob.display().to_string(), source })?;
+        if !quiet {
+            eprintln!("cosign: verifying {} ({})", a.name, policy.identity);
+        }
+        let mut r = verify_published(url, &bytes, mirrors, trust, policy, None)?;
+        if r.file_sha256 != a.sha256.as_str() {
+            return Err(VerifyError::integrity(url, "signed file is not the pinned download"));
+        }
+        r.artifact = a.name.clone();
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// `build --cosign-trust-root`: the Kubernetes release policy over the plan's downloads.
+pub fn verify_build(
+    plan: &crate::plan::Plan,
+    downloads: &std::collections::BTreeMap<String, PathBuf>,
+    mirrors: &[crate::fetch::Mirror],
+    trust_root: &std::path::Path,
+    quiet: bool,
+) -> Result<Vec<SignatureRecord>, VerifyError> {
+    let pem = std::fs::read(trust_root)
+        .map_err(|source| VerifyError::Io { what: trust_root.display().to_string(), source })?;
+    let trust = TrustRoot::from_pem(&pem, &trust_root.display().to_string())?;
+    verify_plan_artifacts(plan, downloads, mirrors, &trust, &Policy::kubernetes_release(), quiet)
+}
+
+/// Put `records` into the sealed layer's manifest (the `files` list excludes the
+/// manifest itself, so nothing else changes).
+pub fn record_in_layer(layer: &mut crate::layer::Layer, records: &[SignatureRecord]) -> Result<()> {
+    use crate::layer::{Content, Kind};
+    if records.is_empty() {
+        return Ok(());
+    }
+    let path = crate::manifest::IN_IMAGE_PATH;
+    let Some(Kind::File(Content::Bytes(b))) = layer.get(path).map(|e| &e.kind) else {
+        anyhow::bail!("the layer has no sealed manifest at {path}");
+    };
+    let mut m: crate::manifest::Manifest = serde_json::from_slice(b)?;
+    m.signatures = records.to_vec();
+    layer.file(path, Content::Bytes(crate::layer::seal::to_json(&m)), 0o644);
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyBlobArgs {
+    /// The file whose signature is checked
+    pub file: PathBuf,
+    /// Signature file (default: FILE.sig)
+    #[arg(long)]
+    pub signature: Option<PathBuf>,
+    /// Certificate file (default: FILE.cert)
+    #[arg(long)]
+    pub certificate: Option<PathBuf>,
+    /// Fetch URL.sig and URL.cert instead of reading local files
+    #[arg(long, conflicts_with_all = ["signature", "certificate"])]
+    pub url: Option<String>,
+    /// Rewrite a URL prefix: FROM=TO (repeatable)
+    #[arg(long = "mirror", value_name = "FROM=TO")]
+    pub mirrors: Vec<String>,
+    /// PEM bundle of Fulcio root + intermediate certificates (none is embedded yet)
+    #[arg(long, value_name = "FILE.pem")]
+    pub trust_root: Option<PathBuf>,
+    /// Expected certificate identity (SAN email or URI)
+    #[arg(long, default_value = K8S_RELEASE_IDENTITY)]
+    pub certificate_identity: String,
+    /// Expected OIDC issuer
+    #[arg(long, default_value = K8S_RELEASE_ISSUER)]
+    pub certificate_oidc_issuer: String,
+    /// Trusted signing time (Unix seconds); must lie in the certificate's validity
+    #[arg(long)]
+    pub signed_at: Option<i64>,
+}
+
+pub fn run_verify_blob(a: &VerifyBlobArgs, g: &Global) -> Result<()> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| VerifyError::Io { what: p.display().to_string(), source })
+    };
+    let trust = match &a.trust_root {
+        Some(p) => TrustRoot::from_pem(&read(p)?, &p.display().to_string())?,
+        None => TrustRoot::embedded()?,
+    };
+    let policy =
+        Policy { identity: a.certificate_identity.clone(), issuer: a.certificate_oidc_issuer.clone() };
+    let blob = read(&a.file)?;
+    let rec = match &a.url {
+        Some(url) => {
+            let mirrors = net::parse_mirrors(&a.mirrors)?;
+            verify_published(url, &blob, &mirrors, &trust, &policy, a.signed_at)?
+        }
+        None => {
+            let with = |ext: &str| {
+                let mut p = a.file.clone().into_os_string();
+                p.push(ext);
+                PathBuf::from(p)
+            };
+            let sig = read(&a.signature.clone().unwrap_or_else(|| with(".sig")))?;
+            let cert = read(&a.certificate.clone().unwrap_or_else(|| with(".cert")))?;
+            verify_blob(&blob, &sig, &cert, &trust, &policy, a.signed_at, &a.file.display().to_string())?
+        }
+    };
+    if !g.quiet {
+        eprintln!("verify-blob: {}: good signature by {} ({})", a.file.display(), rec.identity, rec.issuer);
+    }
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &rec)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_defaults_are_the_binaries_identity() {
+        let p = Policy::kubernetes_release();
+        assert_eq!(p.identity, "krel-staging@k8s-releng-prod.iam.gserviceaccount.com");
+        assert_eq!(p.issuer, "https://accounts.google.com");
+    }
+
+    #[test]
+    fn missing_embedded_root_fails_closed() {
+        assert!(EMBEDDED_FULCIO_TRUST_ROOT.is_none());
+        assert!(matches!(TrustRoot::embedded(), Err(VerifyError::Input(_))));
+    }
+
+    #[test]
+    fn undecodable_inputs_are_errors() {
+        assert!(decode_certificate(b"%%% not base64").is_err());
+        assert!(decode_signature(b"%%%").is_err());
+        assert!(TrustRoot::from_pem(b"", "t").is_err());
+    }
+}

@@ -1,0 +1,241 @@
+//! `imgbuild verify IMAGE` and `imgbuild build --check-reproducible` on the
+//! noble-shaped fixture base (real debugfs, e2fsck, qemu-img), served over loopback.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::fixture::{self, Fixture};
+use imgbuild::build::Job;
+use imgbuild::disk::{OutFormat, RootFs};
+use imgbuild::layer::{Content, Layer};
+use imgbuild::plan::Plan;
+use imgbuild::recipe::{Arch, Role};
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn verify(image: &Path) -> Output {
+    common::bin()
+        .env("PATH", fixture::path_with_sbin())
+        .args(["verify", "--json"])
+        .arg(image)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn reproducible_build_then_verify_and_tampering() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap(), "--check-reproducible"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("both builds are identical"), "{}", text(&o));
+    let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let stem = "ubuntu-24.04-k8s-v1.30.3-worker-amd64";
+    assert_eq!(image, out.join(format!("{stem}.qcow2")));
+    // Exactly the four outputs of a normal build, no temp dirs left behind.
+    let mut names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            format!("{stem}.manifest.json"),
+            format!("{stem}.qcow2"),
+            format!("{stem}.qcow2.sha256"),
+            format!("{stem}.spdx.json")
+        ]
+    );
+
+    let o = verify(&image);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["role"], "worker");
+    assert_eq!(r["sha256"], fixture::sha256_file(&image));
+    assert!(r["files_verified"].as_u64().unwrap() > 10, "{r}");
+
+    // A copy with a changed sidecar manifest: exit 3.
+    let t = fx.dir.path().join("t");
+    std::fs::create_dir(&t).unwrap();
+    for n in &names {
+        std::fs::copy(out.join(n), t.join(n)).unwrap();
+    }
+    let timg = t.join(format!("{stem}.qcow2"));
+    let man = t.join(format!("{stem}.manifest.json"));
+    let orig = std::fs::read_to_string(&man).unwrap();
+    let mut m: serde_json::Value = serde_json::from_str(&orig).unwrap();
+    m["kubernetes_version"] = "v1.30.4".into();
+    std::fs::write(&man, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let o = verify(&timg);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("differs from the manifest inside the image"), "{}", text(&o));
+    std::fs::write(&man, &orig).unwrap();
+
+    // Image bytes changed after the checksum was written: exit 3.
+    let mut img = std::fs::read(&timg).unwrap();
+    let last = img.len() - 1;
+    img[last] ^= 0xff;
+    std::fs::write(&timg, &img).unwrap();
+    let o = verify(&timg);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("does not match"), "{}", text(&o));
+
+    // No checksum sidecar: nothing to verify against, exit 3.
+    std::fs::copy(&image, &timg).unwrap();
+    std::fs::remove_file(t.join(format!("{stem}.qcow2.sha256"))).unwrap();
+    let o = verify(&timg);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+}
+
+/// A test Fulcio-like chain (rcgen) and Fulcio-style leaves for the release identity.
+struct TestFulcio {
+    root: rcgen::Certificate,
+    inter: rcgen::Certificate,
+    inter_key: rcgen::KeyPair,
+}
+
+impl TestFulcio {
+    fn new() -> TestFulcio {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+            p.not_before = rcgen::date_time_ymd(2021, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+            p
+        };
+        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let root = ca("test-sigstore").self_signed(&root_key).unwrap();
+        let inter_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let inter = ca("test-sigstore-intermediate").signed_by(&inter_key, &root, &root_key).unwrap();
+        TestFulcio { root, inter, inter_key }
+    }
+
+    fn trust_pem(&self) -> String {
+        format!("{}{}", self.inter.pem(), self.root.pem())
+    }
+
+    /// (`.sig`, `.cert`) as dl.k8s.io publishes them, signing `blob`.
+    fn sign(&self, blob: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        use base64::Engine;
+        use rcgen::{CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let id = imgbuild::verify::cosign::K8S_RELEASE_IDENTITY;
+        p.subject_alt_names = vec![SanType::Rfc822Name(id.try_into().unwrap())];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+        let iss = imgbuild::verify::cosign::K8S_RELEASE_ISSUER;
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 1], iss.into()));
+        p.not_before = rcgen::date_time_ymd(2024, 7, 16);
+        p.not_after = p.not_before + std::time::Duration::from_secs(600);
+        let cert = p.signed_by(&key, &self.inter, &self.inter_key).unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        let sig = kp.sign(&rng, blob).unwrap();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b).into_bytes();
+        (b64(sig.as_ref()), b64(cert.pem().as_bytes()))
+    }
+}
+
+#[test]
+fn cosign_signatures_are_verified_at_build_and_recorded() {
+    let fx = fixture::noble_fixture();
+    let ca = TestFulcio::new();
+    let trust = fx.dir.path().join("fulcio.pem");
+    std::fs::write(&trust, ca.trust_pem()).unwrap();
+    let signed = ["kubeadm", "kubelet", "kubectl"];
+    for n in signed {
+        let b = &fx.blobs[n];
+        let (sig, cert) = ca.sign(&std::fs::read(&b.path).unwrap());
+        fx.server.add_bytes(&format!("{}.sig", b.url_path), sig);
+        fx.server.add_bytes(&format!("{}.cert", b.url_path), cert);
+    }
+    let out = fx.dir.path().join("out");
+    let o = fixture::build(
+        &fx,
+        "worker",
+        &["--output", out.to_str().unwrap(), "--cosign-trust-root", trust.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let o = verify(&image);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["signed_artifacts"], serde_json::json!(["kubeadm", "kubelet", "kubectl"]));
+    let side = out.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.manifest.json");
+    let m: imgbuild::manifest::Manifest = serde_json::from_slice(&std::fs::read(side).unwrap()).unwrap();
+    assert_eq!(m.signatures.len(), 3);
+    for s in &m.signatures {
+        let a = m.artifacts.iter().find(|a| a.name == s.artifact).unwrap();
+        assert_eq!(s.file_sha256, a.sha256);
+        assert_eq!(s.identity, "krel-staging@k8s-releng-prod.iam.gserviceaccount.com");
+    }
+
+    // kubelet's signature is over other bytes: the build stops with exit 3, no image.
+    let (sig, cert) = ca.sign(b"not the kubelet");
+    let kubelet = &fx.blobs["kubelet"].url_path;
+    fx.server.add_bytes(&format!("{kubelet}.sig"), sig);
+    fx.server.add_bytes(&format!("{kubelet}.cert"), cert);
+    let out2 = fx.dir.path().join("out2");
+    let o = fixture::build(
+        &fx,
+        "worker",
+        &["--output", out2.to_str().unwrap(), "--cosign-trust-root", trust.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("kubelet"), "{}", text(&o));
+    assert!(!out2.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2").exists());
+}
+
+/// A layer step that is not deterministic (a fresh value on every run).
+fn unstable(
+    plan: &Plan,
+    dl: &BTreeMap<String, PathBuf>,
+    work: &Path,
+    root: &RootFs,
+) -> anyhow::Result<Layer> {
+    let mut l = imgbuild::build::default_composer(plan, dl, work, root)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+    l.file("/etc/imgbuild/build-stamp", Content::Bytes(nanos.to_string().into_bytes()), 0o644);
+    Ok(l)
+}
+
+#[test]
+fn a_non_deterministic_build_is_caught() {
+    let fx: Fixture = fixture::noble_fixture();
+    let r = imgbuild::recipe::load(Some(&fx.recipe)).unwrap();
+    let plan = Plan::resolve(&r, Role::Worker, Arch::Amd64).unwrap();
+    let out = fx.dir.path().join("out");
+    let job = Job {
+        plan: &plan,
+        base: fx.base.qcow2.clone(),
+        downloads: fx.downloads(),
+        output_dir: out.clone(),
+        format: OutFormat::Raw,
+        disk_size: None,
+        quiet: true,
+    };
+    let e = imgbuild::verify::repro::check_reproducible(&job, &unstable).unwrap_err();
+    assert_eq!(imgbuild::exit::code_for(&e), imgbuild::exit::Code::Integrity, "{e:#}");
+    assert!(format!("{e:#}").contains("two builds differ: image:"), "{e:#}");
+    // Nothing published on failure, and both temp dirs are gone.
+    let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+}
