@@ -72,17 +72,25 @@ tar -czf "$art/cni-plugins" -C "$art/t/cni" .
 tar -czf "$art/crictl" -C "$art/t/crictl" crictl
 tar -czf "$art/etcd" -C "$art/t/etcd" etcd-v3.5.12-linux-amd64
 tar -czf "$art/helm" -C "$art/t/helm" linux-amd64
+# Add-on charts (control plane only, but the recipe pins them for every role).
+for n in cilium metrics-server ingress-nginx; do
+  mkdir -p "$art/t/$n/$n" && printf 'apiVersion: v2\nname: %s\nversion: 0.0.0\n' "$n" >"$art/t/$n/$n/Chart.yaml"
+  tar -czf "$art/$n" -C "$art/t/$n" "$n"
+done
 # The recipe lists the base, then the artifacts in this order; each has one amd64 line.
 digests=()
-for f in "$base" "$art"/{kubeadm,kubelet,kubectl,containerd,runc,cni-plugins,crictl,etcd,helm}; do
+for f in "$base" "$art"/{kubeadm,kubelet,kubectl,containerd,runc,cni-plugins,crictl,etcd,helm,cilium,metrics-server,ingress-nginx}; do
   d=$(sha256sum "$f" | cut -d' ' -f1)
   digests+=("$d")
   [ -f "$cache/sha256/$d" ] || cp "$f" "$cache/sha256/$d"
 done
 recipe=$work/recipe.yaml
 awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
+  /^packages:/ { skip = 1 } /^[a-z_]+:/ && !/^packages:/ { skip = 0 }
+  skip { next }
   /^ *amd64: [0-9a-f]+$/ { i++; sub(/[0-9a-f]+$/, d[i]) } { print }' \
   image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml >"$recipe"
+# (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file.)
 
 # --- the runs ------------------------------------------------------------------
 role=${BENCH_ROLE:-worker}
