@@ -44,7 +44,7 @@ def bootstrap_json(bootdir):
 
 
 def reason_of(doc):
-    for k in ("reason", "error", "message", "detail"):
+    for k in ("last_error", "reason", "error", "message"):
         if isinstance(doc.get(k), str) and doc[k]:
             return doc[k]
     return ""
@@ -55,7 +55,7 @@ def cmd_bootstrap(bootdir):
     if doc is None:
         print("state=<no /run/imgbuild/bootstrap.json>")
         return 1
-    print(f"state={doc.get('state', '')}")
+    print(f"state={doc.get('phase') or doc.get('state', '')}")
     print(f"reason={reason_of(doc)}")
     print("json=" + json.dumps(doc, sort_keys=True))
     return 0

@@ -67,6 +67,27 @@ def tarball(members, script):
     return out.getvalue()
 
 
+def chart(art):
+    """A minimal, valid Helm chart package named like the artifact."""
+    n, v = art["name"], str(art.get("version", "0.0.0"))
+    files = {
+        f"{n}/Chart.yaml": f"apiVersion: v2\nname: {n}\nversion: {v}\ndescription: imgbuild boot-test stand-in\n",
+        f"{n}/values.yaml": "{}\n",
+        f"{n}/templates/NOTES.txt": "imgbuild boot-test stand-in chart\n",
+    }
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(files):
+            b = files[path].encode()
+            ti = tarfile.TarInfo(path)
+            ti.size, ti.mode, ti.mtime = len(b), 0o644, MTIME
+            tar.addfile(ti, io.BytesIO(b))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=MTIME, filename="") as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue()
+
+
 def members_for(art):
     out = []
     for ins in art.get("install", []):
@@ -126,7 +147,12 @@ def main():
     b["sha256"] = {ARCH: sha256_file(base)}
 
     known = {"name", "description", "kubernetes_version", "arches", "source_date_epoch", "disk_size"}
-    known |= {"base", "artifacts"}
+    known |= {"base", "artifacts", "addons"}
+    if "packages" in test:
+        # Ubuntu .debs come from a signed archive (InRelease checked against Ubuntu's key):
+        # a local mirror cannot stand in for it, and Ubuntu's archive is unreachable here.
+        del test["packages"]
+        print("make-mirror: test recipe drops `packages:` (signed Ubuntu archive; no stand-in)")
     for key in test:
         if key not in known:
             sys.exit(f"make-mirror: recipe section {key!r} has no test stand-in yet; extend {__file__}")
@@ -134,10 +160,13 @@ def main():
     for art in test.get("artifacts", []):
         members = members_for(art)
         url0 = render(art["urls"][0], art)
+        is_tar = url0.endswith(".tar.gz") or url0.endswith(".tgz")
         if members:
-            if not (url0.endswith(".tar.gz") or url0.endswith(".tgz")):
+            if not is_tar:
                 sys.exit(f"make-mirror: {art['name']}: members from a non-tarball {url0!r}")
             data = tarball(members, script)
+        elif is_tar:
+            data = chart(art)  # a tarball installed as a file: a Helm chart package
         else:
             data = script
         hosts += place(www, art["urls"], art, data=data)
