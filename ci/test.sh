@@ -17,6 +17,13 @@ deps=(
   "qemu-img qemu-utils"
   "curl curl"
   "openssl openssl"
+  "nft nftables"
+  "sshd openssh-server"
+  "systemd-analyze systemd"
+  "gpg gnupg"
+  "gpg-agent gnupg"
+  "dpkg-deb dpkg"
+  "xz xz-utils"
 )
 missing=()
 for d in "${deps[@]}"; do

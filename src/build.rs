@@ -1,10 +1,17 @@
-//! `imgbuild build`: plan → fetch → layer → disk → output. (Being implemented.)
+//! `imgbuild build`: recipe → plan → fetch (cache) → raw working copy → root fs
+//! found by label → layer composed and sealed → grown if needed → written with
+//! debugfs → e2fsck → converted → published with its sidecars.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::Global;
+use crate::disk::{self, OutFormat, RootFs};
+use crate::layer::{Content, Kind, Layer};
+use crate::plan::Plan;
+use crate::tools;
 
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
@@ -13,8 +20,194 @@ pub struct BuildArgs {
     /// Output directory
     #[arg(long, default_value = "out")]
     pub output: PathBuf,
+    /// Image format
+    #[arg(long, value_enum, default_value_t = OutFormat::Qcow2)]
+    pub format: OutFormat,
+    /// Grow the virtual disk (and the root partition and filesystem) to SIZE, e.g. 8G
+    /// (default: the recipe's disk_size, else the base image's size, grown
+    /// automatically when the layer does not fit)
+    #[arg(long, value_name = "SIZE")]
+    pub disk_size: Option<String>,
 }
 
-pub fn run(_a: &BuildArgs, _g: &Global) -> Result<()> {
-    anyhow::bail!("imgbuild build: not implemented yet")
+/// Everything a build needs once the downloads are verified.
+#[derive(Debug, Clone)]
+pub struct Job<'a> {
+    pub plan: &'a Plan,
+    /// The verified base image blob.
+    pub base: PathBuf,
+    /// Verified artifact blobs by artifact name.
+    pub downloads: BTreeMap<String, PathBuf>,
+    pub output_dir: PathBuf,
+    pub format: OutFormat,
+    /// Requested virtual disk size in bytes (`--disk-size` or the recipe's); `None`
+    /// keeps the base size and grows only when the layer does not fit.
+    pub disk_size: Option<u64>,
+    pub quiet: bool,
+}
+
+/// Produces the sealed layer. Gets the plan, the downloads, a private work dir and
+/// the base root filesystem (read-only use: e.g. `/var/lib/dpkg/status`). This is
+/// where extra layer steps hook in.
+pub type Composer<'c> = dyn Fn(&Plan, &BTreeMap<String, PathBuf>, &Path, &RootFs) -> Result<Layer> + 'c;
+
+pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
+    tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
+    let s = &a.source;
+    let lr = crate::recipe::load(s.recipe.as_deref())?;
+    let plan = Plan::resolve(&lr, s.role, s.arch)?;
+    let disk_size = match a.disk_size.as_deref().or(lr.recipe.disk_size.as_deref()) {
+        Some(sz) => Some(disk::size::parse(sz)?),
+        None => None,
+    };
+    let cache = crate::fetch::open_cache(s)?;
+    let opts = crate::fetch::FetchOptions::from_args(s, g)?;
+    // apt (issue 6): the .deb files of <recipe>.lock (a stale lock is refused first).
+    let debs = crate::apt::for_build(&lr, s, &plan, &cache, &opts)?;
+    let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
+    items.extend(debs.iter().flat_map(|d| d.items.iter())); // apt (issue 6)
+    let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
+    let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
+    let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len())); // apt (issue 6)
+    let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
+    let job = Job {
+        plan: &plan,
+        base: base.clone(),
+        downloads,
+        output_dir: a.output.clone(),
+        format: a.format,
+        disk_size,
+        quiet: g.quiet,
+    };
+    let composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
+    let out = build(&job, &composer)?;
+    println!("{}", out.image.display());
+    Ok(())
+}
+
+/// The layer of a normal build: the layer module's composition, then the seal
+/// (`/etc/imgbuild/manifest.json` and `release`) last.
+pub fn default_composer(
+    plan: &Plan,
+    dl: &BTreeMap<String, PathBuf>,
+    work: &Path,
+    _base: &RootFs,
+) -> Result<Layer> {
+    let mut layer = crate::layer::compose(plan, dl, work)?;
+    // Extra layer steps (e.g. packages resolved against the base's dpkg status,
+    // read through `_base.read_file`) go here, before the seal.
+    crate::layer::seal(&mut layer, plan)?;
+    Ok(layer)
+}
+
+/// Run the disk half of a build. Nothing appears in `output_dir` unless everything
+/// succeeded; the temp dir (inside `output_dir`, so the final renames stay on one
+/// filesystem) is removed either way.
+pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
+    let plan = job.plan;
+    let say = |m: &str| {
+        if !job.quiet {
+            eprintln!("{m}");
+        }
+    };
+    std::fs::create_dir_all(&job.output_dir)
+        .with_context(|| format!("creating output dir {}", job.output_dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".imgbuild-")
+        .tempdir_in(&job.output_dir)
+        .with_context(|| format!("creating a temp dir in {}", job.output_dir.display()))?;
+    let work = tmp.path();
+
+    let fmt = disk::detect(&job.base)?;
+    let raw = work.join("disk.raw");
+    say(&format!("converting base ({}) to a raw working copy", fmt.qemu_name()));
+    disk::qemu::to_raw(&job.base, fmt, &raw)?;
+    let mut root = RootFs::locate(&raw, &plan.root_label)?;
+    say(&format!(
+        "root filesystem: partition {} labelled {:?}, {} MiB free",
+        root.partition().number,
+        plan.root_label,
+        root.available() >> 20
+    ));
+
+    let layer_dir = work.join("layer");
+    std::fs::create_dir_all(&layer_dir)?;
+    let layer = compose(plan, &job.downloads, &layer_dir, &root)?;
+
+    fit(job, &mut root, &layer, work, &say)?;
+    say(&format!("writing {} layer entries with debugfs", layer.len()));
+    root.write_layer(&layer, work)?;
+    root.fsck()?;
+
+    let [img_name, ..] = crate::output::names(&plan.stem(), job.format.as_str());
+    let staged = work.join(&img_name);
+    let manifest = manifest_bytes(&layer)?;
+    let seed: serde_json::Value =
+        serde_json::from_slice(&manifest).context("parsing the layer's manifest")?;
+    say(&format!("converting to {}", job.format));
+    disk::qemu::convert_out(&raw, job.format, &staged, seed["inputs_digest"].as_str().unwrap_or(""))?;
+    // Free the working copy before the sidecars: it can be several GiB.
+    let _ = std::fs::remove_file(&raw);
+    let out = crate::output::publish(
+        work,
+        &staged,
+        &job.output_dir,
+        &plan.stem(),
+        job.format.as_str(),
+        &manifest,
+        plan.source_date_epoch,
+    )?;
+    tmp.close().context("removing the build's temp dir")?;
+    Ok(out)
+}
+
+/// Make sure the layer fits: grow to the requested size, or (no size requested)
+/// grow automatically with headroom; fail naming --disk-size otherwise.
+fn fit(job: &Job, root: &mut RootFs, layer: &Layer, work: &Path, say: &dyn Fn(&str)) -> Result<()> {
+    let need = disk::rootfs::layer_bytes(layer, root.superblock().block_size)?;
+    let cur = std::fs::metadata(root.image())?.len();
+    let sde = job.plan.source_date_epoch;
+    match job.disk_size {
+        Some(want) if want < cur => {
+            return Err(disk::DiskError::Shrink { requested: disk::size::human(want), current: cur }.into())
+        }
+        Some(want) if want > cur => {
+            say(&format!("growing the disk to {}", disk::size::human(want)));
+            disk::resize::grow(root, want, work, sde)?;
+        }
+        Some(_) => {}
+        None if need > root.available() => {
+            let headroom = (need / 4).max(256 << 20);
+            let want = (cur + need - root.available() + headroom).div_ceil(1 << 20) << 20;
+            say(&format!(
+                "the layer needs {} MiB but the root filesystem has {} MiB free: growing the disk to {} \
+                 (set --disk-size to choose)",
+                need >> 20,
+                root.available() >> 20,
+                disk::size::human(want)
+            ));
+            disk::resize::grow(root, want, work, sde)?;
+        }
+        None => {}
+    }
+    if need > root.available() {
+        let short = need - root.available();
+        let suggest = disk::size::human((cur + short + (256 << 20)).div_ceil(1 << 30) << 30);
+        return Err(disk::DiskError::NoSpace {
+            need_mib: need.div_ceil(1 << 20),
+            free_mib: root.available() >> 20,
+            suggest,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The manifest the layer carries at /etc/imgbuild/manifest.json.
+fn manifest_bytes(layer: &Layer) -> Result<Vec<u8>> {
+    match layer.get(crate::manifest::IN_IMAGE_PATH).map(|e| &e.kind) {
+        Some(Kind::File(Content::Bytes(b))) => Ok(b.clone()),
+        Some(Kind::File(Content::Path(p))) => Ok(std::fs::read(p)?),
+        _ => anyhow::bail!("the layer has no {}", crate::manifest::IN_IMAGE_PATH),
+    }
 }

@@ -55,6 +55,8 @@ pub enum Cmd {
     /// Helm chart tooling
     #[command(subcommand)]
     Chart(crate::chart::ChartCmd),
+    /// Resolve the recipe's Ubuntu packages against the signed archive into <recipe>.lock
+    Lock(crate::apt::LockArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +112,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Cluster(c) => crate::cluster::run(&c, g),
         Cmd::CloudInit(a) => crate::cloudinit::run(&a, g),
         Cmd::Chart(c) => crate::chart::run(&c, g),
+        Cmd::Lock(a) => crate::apt::run_lock(&a, g),
     }
 }
 

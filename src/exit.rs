@@ -70,6 +70,10 @@ macro_rules! classify_as {
 fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     // Every module that defines an error enum adds it here.
     classify_as!(e, Classified, crate::recipe::RecipeError, crate::tools::ToolError,);
+    classify_as!(e, crate::fetch::FetchError);
+    classify_as!(e, crate::disk::DiskError);
+    classify_as!(e, crate::layer::LayerError);
+    classify_as!(e, crate::apt::AptError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

@@ -1,11 +1,48 @@
-//! Verified, concurrent downloads into the [`crate::cache`]. (Being implemented.)
+//! Verified, concurrent downloads into the [`crate::cache`].
+//!
+//! Each artifact is streamed into `partial/<sha256>` in the cache while it is hashed,
+//! and renamed to `sha256/<sha256>` only when the digest matches. URLs are tried in
+//! order: 404/410 (and other non-transient answers) move on to the next URL; transient
+//! failures (connect/reset/timeout, 408, 429, 5xx) are retried with capped exponential
+//! backoff like `curl --retry`, resuming with `Range` from what is already on disk.
+//! A per-digest file lock lets several processes share one cache: the second waits,
+//! then finds the blob. Callers see a synchronous API ([`fetch_items`]).
 
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
+use reqwest::StatusCode;
+use sha2::{Digest, Sha256 as Hasher};
+use tokio::sync::{mpsc, Semaphore};
 
+use crate::cache::Cache;
 use crate::cli::Global;
-use crate::recipe::{Arch, Role};
+use crate::exit::{Classify, Code};
+use crate::plan::{Item, Plan};
+use crate::progress::{human_bytes, Progress, Task};
+use crate::recipe::{Arch, Role, Sha256};
+
+/// Write/hash granularity: large enough that per-chunk overhead vanishes.
+const BUF: usize = 256 * 1024;
+/// Retries per URL after the first attempt (`curl --retry 5`).
+const RETRIES: u32 = 5;
+/// Backoff before retry n (0-based): `BASE * 2^n`, at most `CAP`. Small base keeps
+/// tests fast; the cap bounds the worst case per URL to about 10 s.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(4);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// No byte for this long on an open connection counts as a transient failure.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Environment variable with space-separated `FROM=TO` mirrors (after `--mirror`s).
+pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
 
 /// Where artifacts come from: shared by `fetch` and `build`.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,7 +62,7 @@ pub struct SourceArgs {
     /// Never touch the network; fail naming what the cache lacks
     #[arg(long)]
     pub offline: bool,
-    /// Rewrite a URL prefix: FROM=TO (repeatable)
+    /// Rewrite a URL prefix: FROM=TO (repeatable; also $IMGBUILD_MIRROR="FROM=TO ...")
     #[arg(long = "mirror", value_name = "FROM=TO")]
     pub mirrors: Vec<String>,
     /// Concurrent downloads
@@ -39,8 +76,96 @@ pub struct FetchArgs {
     pub source: SourceArgs,
 }
 
-pub fn run(_a: &FetchArgs, _g: &Global) -> Result<()> {
-    anyhow::bail!("imgbuild fetch: not implemented yet")
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("--offline: {} artifact(s) not in the cache {cache}:{}", .missing.len(), fmt_list(.missing))]
+    Offline { cache: String, missing: Vec<String> },
+    #[error("{name} {version}: every URL failed:{}", fmt_outcomes(.outcomes))]
+    AllUrlsFailed { name: String, version: String, outcomes: Vec<(String, String)> },
+    #[error(
+        "{name} {version}: digest mismatch for {url}: expected sha256 {expected}, got sha256 {actual} \
+         (nothing was kept in the cache)"
+    )]
+    Mismatch { name: String, version: String, url: String, expected: Sha256, actual: Sha256 },
+    #[error("invalid mirror {0:?}: expected FROM=TO with http://, https:// or file:// URL prefixes")]
+    BadMirror(String),
+    #[error("--jobs must be at least 1")]
+    BadJobs,
+    #[error("{name} {version}: {what}")]
+    Io {
+        name: String,
+        version: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} downloads failed:{}", .0.len(), fmt_several(.0))]
+    Several(Vec<FetchError>),
+}
+
+fn fmt_outcomes(o: &[(String, String)]) -> String {
+    o.iter().fold(String::new(), |mut s, (url, what)| {
+        let _ = write!(s, "\n  {url}: {what}");
+        s
+    })
+}
+
+fn fmt_list(v: &[String]) -> String {
+    v.iter().fold(String::new(), |mut s, m| {
+        let _ = write!(s, "\n  {m}");
+        s
+    })
+}
+
+fn fmt_several(v: &[FetchError]) -> String {
+    v.iter().fold(String::new(), |mut s, e| {
+        let _ = write!(s, "\n- {}", e.to_string().replace('\n', "\n  "));
+        s
+    })
+}
+
+impl Classify for FetchError {
+    fn code(&self) -> Code {
+        match self {
+            FetchError::Mismatch { .. } => Code::Integrity,
+            FetchError::BadMirror(_) | FetchError::BadJobs => Code::Input,
+            FetchError::Offline { .. } | FetchError::AllUrlsFailed { .. } | FetchError::Io { .. } => {
+                Code::Runtime
+            }
+            // An integrity failure anywhere outranks the rest: it must not hide behind a 1.
+            FetchError::Several(v) => {
+                if v.iter().any(|e| e.code() == Code::Integrity) {
+                    Code::Integrity
+                } else {
+                    Code::Runtime
+                }
+            }
+        }
+    }
+}
+
+/// `imgbuild fetch`: resolve the plan, fetch everything, print one line per artifact.
+pub fn run(a: &FetchArgs, g: &Global) -> Result<()> {
+    let opts = FetchOptions::from_args(&a.source, g)?;
+    let lr = crate::recipe::load(a.source.recipe.as_deref())?;
+    let plan = Plan::resolve(&lr, a.source.role, a.source.arch)?;
+    let cache = open_cache(&a.source)?;
+    let items: Vec<&Item> = plan.downloads().collect();
+    let paths = fetch_items(&items, &cache, &opts)?;
+    let mut out = std::io::stdout().lock();
+    for (item, path) in items.iter().zip(&paths) {
+        writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
+    }
+    Ok(())
+}
+
+/// The cache named by `--cache-dir`, else `$IMGBUILD_CACHE_DIR`, else the XDG default.
+pub fn open_cache(a: &SourceArgs) -> Result<Cache> {
+    let c = Cache::open(a.cache_dir.as_deref());
+    c.with_context(|| match &a.cache_dir {
+        Some(d) => format!("opening cache directory {}", d.display()),
+        None => "opening the cache directory ($IMGBUILD_CACHE_DIR or ~/.cache/imgbuild)".into(),
+    })
 }
 
 /// A URL prefix rewrite (`--mirror FROM=TO`, or `IMGBUILD_MIRROR="FROM=TO FROM=TO"`).
@@ -50,21 +175,581 @@ pub struct Mirror {
     pub to: String,
 }
 
+impl Mirror {
+    /// Parse `FROM=TO`; both sides must be URL prefixes.
+    pub fn parse(s: &str) -> Result<Mirror, FetchError> {
+        let bad = || FetchError::BadMirror(s.to_string());
+        let (from, to) = s.split_once('=').ok_or_else(bad)?;
+        let is_url = |u: &str| {
+            ["http://", "https://", "file://"].iter().any(|p| u.len() > p.len() && u.starts_with(p))
+        };
+        if !is_url(from) || !is_url(to) {
+            return Err(bad());
+        }
+        Ok(Mirror { from: from.to_string(), to: to.to_string() })
+    }
+}
+
+/// Rewrite `url` by the mirror with the longest matching `from` (the first on a tie).
+pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
+    let mut best: Option<&Mirror> = None;
+    for m in mirrors {
+        if url.starts_with(&m.from) && best.is_none_or(|b| m.from.len() > b.from.len()) {
+            best = Some(m);
+        }
+    }
+    match best {
+        Some(m) => format!("{}{}", m.to, &url[m.from.len()..]),
+        None => url.to_string(),
+    }
+}
+
 /// How to fetch, independent of the CLI.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     pub offline: bool,
     pub mirrors: Vec<Mirror>,
+    /// Concurrent downloads; 0 means the default (4).
     pub jobs: usize,
     pub quiet: bool,
 }
 
+impl FetchOptions {
+    /// From the CLI: `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
+    pub fn from_args(a: &SourceArgs, g: &Global) -> Result<FetchOptions, FetchError> {
+        if a.jobs == 0 {
+            return Err(FetchError::BadJobs);
+        }
+        let env = std::env::var(MIRROR_ENV).unwrap_or_default();
+        let mirrors = a
+            .mirrors
+            .iter()
+            .map(String::as_str)
+            .chain(env.split_whitespace())
+            .map(Mirror::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FetchOptions { offline: a.offline, mirrors, jobs: a.jobs, quiet: g.quiet })
+    }
+}
+
 /// Ensure every item is in the cache, verified; returns the blob paths in `items`
-/// order. API used by `imgbuild build`.
-pub fn fetch_items(
-    _items: &[&crate::plan::Item],
-    _cache: &crate::cache::Cache,
-    _opts: &FetchOptions,
+/// order. API used by `imgbuild build`. Blocks; runs its own tokio runtime.
+pub fn fetch_items(items: &[&Item], cache: &Cache, opts: &FetchOptions) -> Result<Vec<PathBuf>> {
+    let items: Vec<Item> = items
+        .iter()
+        .map(|i| Item { urls: i.urls.iter().map(|u| rewrite(u, &opts.mirrors)).collect(), ..(*i).clone() })
+        .collect();
+    let progress = Progress::new(opts.quiet);
+    if opts.offline {
+        return offline(&items, cache, &progress).map_err(Into::into);
+    }
+    // A runtime cannot be started from inside another one; a caller that is itself
+    // async gets a plain thread.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let (c, o) = (cache.clone(), opts.clone());
+        return std::thread::scope(|s| {
+            s.spawn(move || fetch_all(items, c, &o, progress))
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("fetch thread panicked")))
+        });
+    }
+    fetch_all(items, cache.clone(), opts, progress)
+}
+
+fn offline(items: &[Item], cache: &Cache, progress: &Progress) -> Result<Vec<PathBuf>, FetchError> {
+    let mut paths = Vec::new();
+    let mut missing = Vec::new();
+    for i in items {
+        match cache.lookup(&i.sha256) {
+            Some(p) => {
+                progress.line(&format!("cached {} {}", i.name, i.version));
+                paths.push(p);
+            }
+            None => missing.push(format!("{} {} (sha256 {})", i.name, i.version, i.sha256)),
+        }
+    }
+    if missing.is_empty() {
+        Ok(paths)
+    } else {
+        Err(FetchError::Offline { cache: cache.root().display().to_string(), missing })
+    }
+}
+
+struct Ctx {
+    client: reqwest::Client,
+    cache: Cache,
+    progress: Progress,
+    jobs: Semaphore,
+}
+
+fn fetch_all(
+    items: Vec<Item>,
+    cache: Cache,
+    opts: &FetchOptions,
+    progress: Progress,
 ) -> Result<Vec<PathBuf>> {
-    anyhow::bail!("fetch: not implemented yet")
+    let jobs = if opts.jobs == 0 { 4 } else { opts.jobs };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the download runtime")?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("creating the HTTP client")?;
+    let ctx = Arc::new(Ctx { client, cache, progress, jobs: Semaphore::new(jobs) });
+    let results = rt.block_on(async {
+        let handles: Vec<_> = items.into_iter().map(|i| tokio::spawn(fetch_one(ctx.clone(), i))).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await);
+        }
+        out
+    });
+    let mut paths = Vec::new();
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(Ok(p)) => paths.push(p),
+            Ok(Err(e)) => errors.push(e),
+            Err(join) => anyhow::bail!("download task failed: {join}"),
+        }
+    }
+    match errors.len() {
+        0 => Ok(paths),
+        1 => Err(errors.remove(0).into()),
+        _ => Err(FetchError::Several(errors).into()),
+    }
+}
+
+/// An unfinished download on disk: the file, the hash of its bytes so far, its length.
+struct Partial {
+    file: File,
+    hasher: Hasher,
+    len: u64,
+    /// Some bytes were appended to a non-empty file (a resume): a mismatch may then
+    /// come from stale bytes, which earns one clean retry.
+    resumed: bool,
+}
+
+impl Partial {
+    /// Open (or create) the partial file and hash what it already holds.
+    fn open(path: &std::path::Path) -> std::io::Result<Partial> {
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let mut hasher = Hasher::new();
+        let mut buf = vec![0u8; BUF];
+        let mut len = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        file.seek(SeekFrom::Start(len))?;
+        Ok(Partial { file, hasher, len, resumed: false })
+    }
+
+    fn append(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.hasher.update(b);
+        self.file.write_all(b)?;
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    fn reset(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.hasher = Hasher::new();
+        self.len = 0;
+        self.resumed = false;
+        Ok(())
+    }
+
+    fn digest(&self) -> Sha256 {
+        Sha256::from_hasher(self.hasher.clone())
+    }
+}
+
+/// How one URL ended.
+enum UrlEnd {
+    /// The body is complete on disk (not yet verified).
+    Done,
+    /// Give up on this URL, with the outcome for the error message.
+    Next(String),
+}
+
+/// What went wrong in one attempt.
+enum Attempt {
+    /// Retry the same URL (after a backoff).
+    Transient { what: String, retry_after: Option<Duration>, progressed: bool },
+    /// Do not retry this URL.
+    Next(String),
+}
+
+async fn blocking<T: Send + 'static>(
+    item: &Item,
+    what: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, FetchError> {
+    let io = |source| FetchError::Io {
+        name: item.name.clone(),
+        version: item.version.clone(),
+        what: what.to_string(),
+        source,
+    };
+    tokio::task::spawn_blocking(f).await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)
+}
+
+async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
+    let label = format!("{} {}", item.name, item.version);
+    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+        ctx.progress.line(&format!("cached {label}"));
+        return Ok(p);
+    }
+    let _permit = ctx.jobs.acquire().await.map_err(|e| FetchError::Io {
+        name: item.name.clone(),
+        version: item.version.clone(),
+        what: "waiting for a download slot".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+    let lock = blocking(&item, "locking the cache entry", move || cache.lock(&sha)).await?;
+    // Another process may have published the blob while we waited for the lock.
+    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+        ctx.progress.line(&format!("cached {label}"));
+        return Ok(p);
+    }
+    let start = Instant::now();
+    let path = ctx.cache.partial_path(&item.sha256);
+    let mut part = blocking(&item, "opening the partial download", move || Partial::open(&path)).await?;
+    let task = ctx.progress.task(&label, None);
+    let mut outcomes = Vec::new();
+    let mut restarted = false;
+    let mut u = 0;
+    while u < item.urls.len() {
+        let url = &item.urls[u];
+        let (p, end) = fetch_url(&ctx, &item, url, part, &task).await?;
+        part = p;
+        match end {
+            UrlEnd::Next(what) => {
+                outcomes.push((url.clone(), what));
+                u += 1;
+            }
+            UrlEnd::Done => {
+                let actual = part.digest();
+                if actual == item.sha256 {
+                    let size = part.len;
+                    drop(part);
+                    let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+                    let blob = blocking(&item, "publishing the verified download", move || {
+                        cache.commit(&sha, &lock)
+                    })
+                    .await?;
+                    let secs = start.elapsed().as_secs_f64();
+                    task.finish(&format!("fetched {label} ({}, {secs:.1} s)", human_bytes(size)));
+                    return Ok(blob);
+                }
+                if part.resumed && !restarted {
+                    // Stale partial bytes (an earlier run, another mirror): start over once.
+                    restarted = true;
+                    ctx.progress.line(&format!("{label}: digest mismatch after resuming; downloading again"));
+                    part.reset().map_err(|e| io_err(&item, "truncating the partial download", e))?;
+                    continue;
+                }
+                drop(part);
+                let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+                blocking(&item, "removing the mismatching download", move || cache.discard(&sha, &lock))
+                    .await?;
+                task.abandon();
+                return Err(FetchError::Mismatch {
+                    name: item.name.clone(),
+                    version: item.version.clone(),
+                    url: url.clone(),
+                    expected: item.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+    }
+    // The partial file stays: a later run resumes it.
+    task.abandon();
+    Err(FetchError::AllUrlsFailed { name: item.name.clone(), version: item.version.clone(), outcomes })
+}
+
+fn io_err(item: &Item, what: &str, source: std::io::Error) -> FetchError {
+    FetchError::Io { name: item.name.clone(), version: item.version.clone(), what: what.to_string(), source }
+}
+
+/// Try one URL (with retries) until the body is complete on disk or the URL is given
+/// up. `part` moves through blocking writer tasks, so it is passed by value.
+async fn fetch_url(
+    ctx: &Ctx,
+    item: &Item,
+    url: &str,
+    mut part: Partial,
+    task: &Task,
+) -> Result<(Partial, UrlEnd), FetchError> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return copy_file(item, rest, part, task).await;
+    }
+    let mut failures = 0u32;
+    loop {
+        let (p, result) = attempt(ctx, item, url, part, task).await?;
+        part = p;
+        let (what, retry_after) = match result {
+            Ok(()) => return Ok((part, UrlEnd::Done)),
+            Err(Attempt::Next(what)) => return Ok((part, UrlEnd::Next(what))),
+            Err(Attempt::Transient { what, retry_after, progressed }) => {
+                // Bytes arrived: the server works, the connection does not. Keep going
+                // as long as each attempt makes progress (curl resets its count too).
+                if progressed {
+                    failures = 0;
+                }
+                (what, retry_after)
+            }
+        };
+        if failures >= RETRIES {
+            return Ok((part, UrlEnd::Next(format!("{what} (gave up after {RETRIES} retries)"))));
+        }
+        let backoff = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_CAP);
+        let wait = retry_after.map_or(backoff, |r| r.min(BACKOFF_CAP).max(backoff));
+        failures += 1;
+        ctx.progress.line(&format!(
+            "{} {}: {what}; retry {failures}/{RETRIES} in {:.1} s",
+            item.name,
+            item.version,
+            wait.as_secs_f64()
+        ));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// One HTTP request, its body streamed (hashed and written) into `part`. The outer
+/// `Result` is fatal (local I/O); the inner one says what to do with this URL.
+async fn attempt(
+    ctx: &Ctx,
+    item: &Item,
+    url: &str,
+    mut part: Partial,
+    task: &Task,
+) -> Result<(Partial, Result<(), Attempt>), FetchError> {
+    let transient = |what: String| Attempt::Transient { what, retry_after: None, progressed: false };
+    let truncate =
+        |part: &mut Partial| part.reset().map_err(|e| io_err(item, "truncating the partial download", e));
+    let offset = part.len;
+    let mut req = ctx.client.get(url);
+    if offset > 0 {
+        req = req.header(RANGE, format!("bytes={offset}-"));
+    }
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            // The URL is in the outcome list already; reqwest would repeat it.
+            let builder = e.is_builder();
+            let what = chain(&e.without_url());
+            // A name that does not resolve will not start resolving in a few
+            // seconds (curl does not retry it either); a refused or reset connection may.
+            if builder || what.contains("dns error") {
+                return Ok((part, Err(Attempt::Next(what))));
+            }
+            return Ok((part, Err(transient(what))));
+        }
+    };
+    let status = resp.status();
+    match status {
+        StatusCode::OK if offset > 0 => truncate(&mut part)?,
+        StatusCode::OK => {}
+        StatusCode::PARTIAL_CONTENT if offset > 0 && content_range_start(&resp) == Some(offset) => {
+            part.resumed = true;
+        }
+        StatusCode::PARTIAL_CONTENT => {
+            truncate(&mut part)?;
+            return Ok((part, Err(transient("HTTP 206 for an unexpected range".into()))));
+        }
+        StatusCode::RANGE_NOT_SATISFIABLE if offset > 0 => {
+            // The partial file may already be complete (a run died before the rename).
+            if part.digest() == item.sha256 {
+                return Ok((part, Ok(())));
+            }
+            truncate(&mut part)?;
+            return Ok((part, Err(transient("HTTP 416 for the resume range".into()))));
+        }
+        s if s == StatusCode::REQUEST_TIMEOUT
+            || s == StatusCode::TOO_MANY_REQUESTS
+            || s.is_server_error() =>
+        {
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let what = format!("HTTP {s}");
+            return Ok((part, Err(Attempt::Transient { what, retry_after, progressed: false })));
+        }
+        s => return Ok((part, Err(Attempt::Next(format!("HTTP {s}"))))),
+    }
+    if let Some(len) = resp.content_length() {
+        task.set_total(part.len + len);
+    }
+    task.set_position(part.len);
+    stream_body(item, resp, part, task).await
+}
+
+fn content_range_start(resp: &reqwest::Response) -> Option<u64> {
+    let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// Stream the body: the network side fills 256 KiB buffers, a blocking writer hashes
+/// and writes them, so network, hashing and disk overlap.
+async fn stream_body(
+    item: &Item,
+    resp: reqwest::Response,
+    mut part: Partial,
+    task: &Task,
+) -> Result<(Partial, Result<(), Attempt>), FetchError> {
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut res = Ok(());
+        while let Some(buf) = rx.blocking_recv() {
+            if let Err(e) = part.append(&buf) {
+                res = Err(e);
+                break;
+            }
+        }
+        (part, res)
+    });
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::with_capacity(BUF);
+    let mut received = 0u64;
+    let mut net_err = None;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                received += c.len() as u64;
+                task.inc(c.len() as u64);
+                buf.extend_from_slice(&c);
+                if buf.len() >= BUF {
+                    let full = std::mem::replace(&mut buf, Vec::with_capacity(BUF));
+                    if tx.send(full).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
+                }
+            }
+            Err(e) => {
+                net_err = Some(e);
+                break;
+            }
+        }
+    }
+    if !buf.is_empty() {
+        let _ = tx.send(buf).await;
+    }
+    drop(tx);
+    let (part, res) =
+        writer.await.map_err(|e| io_err(item, "writing the download", std::io::Error::other(e)))?;
+    res.map_err(|e| io_err(item, "writing the partial download in the cache", e))?;
+    let end = match net_err {
+        None => Ok(()),
+        Some(e) => Err(Attempt::Transient {
+            what: format!("connection lost after {received} bytes: {}", chain(&e)),
+            retry_after: None,
+            progressed: received > 0,
+        }),
+    };
+    Ok((part, end))
+}
+
+/// A `file://` source (an air-gapped mirror): copy it, hashing, from the start.
+async fn copy_file(
+    item: &Item,
+    path: &str,
+    mut part: Partial,
+    task: &Task,
+) -> Result<(Partial, UrlEnd), FetchError> {
+    let src = PathBuf::from(path);
+    // Outer io::Result: our cache file failed (fatal); inner: the source failed (next URL).
+    let joined = tokio::task::spawn_blocking(move || {
+        let res = (|| -> std::io::Result<Result<u64, std::io::Error>> {
+            let mut f = match File::open(&src) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e)),
+            };
+            part.reset()?;
+            let mut buf = vec![0u8; BUF];
+            loop {
+                let n = match f.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if n == 0 {
+                    return Ok(Ok(part.len));
+                }
+                part.append(&buf[..n])?;
+            }
+        })();
+        (part, res)
+    })
+    .await;
+    let (part, res) =
+        joined.map_err(|e| io_err(item, "copying a file:// source", std::io::Error::other(e)))?;
+    match res.map_err(|e| io_err(item, "writing the partial download in the cache", e))? {
+        Ok(len) => {
+            task.set_total(len);
+            task.set_position(len);
+            Ok((part, UrlEnd::Done))
+        }
+        Err(e) => Ok((part, UrlEnd::Next(e.to_string()))),
+    }
+}
+
+/// An error with its sources: reqwest hides the interesting part (refused, reset) there.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            let _ = write!(s, ": {m}");
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_parse_and_rewrite() {
+        let m = |s| Mirror::parse(s).unwrap();
+        let ms =
+            vec![m("https://dl.k8s.io=http://127.0.0.1:1/k8s"), m("https://dl.k8s.io/release=file:///srv")];
+        assert_eq!(rewrite("https://dl.k8s.io/release/v1/x", &ms), "file:///srv/v1/x");
+        assert_eq!(rewrite("https://dl.k8s.io/other", &ms), "http://127.0.0.1:1/k8s/other");
+        assert_eq!(rewrite("https://get.helm.sh/h", &ms), "https://get.helm.sh/h");
+        for bad in ["nope", "https://a", "=http://b", "https://a=", "ftp://a=http://b", "https://a=b"] {
+            assert!(matches!(Mirror::parse(bad), Err(FetchError::BadMirror(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integrity_outranks_other_failures() {
+        let mismatch = FetchError::Mismatch {
+            name: "a".into(),
+            version: "1".into(),
+            url: "u".into(),
+            expected: Sha256::of(b"a"),
+            actual: Sha256::of(b"b"),
+        };
+        let failed = FetchError::AllUrlsFailed { name: "b".into(), version: "1".into(), outcomes: vec![] };
+        assert_eq!(FetchError::Several(vec![failed, mismatch]).code(), Code::Integrity);
+    }
 }

@@ -5,6 +5,7 @@
 //! [`recipe`] → [`plan`] → [`fetch`] (into the [`cache`]) → [`layer`] → [`disk`] → [`output`].
 //! Of `imgbuild cluster` / `imgbuild cloud-init`: [`cluster`] → [`cloudinit`].
 
+pub mod apt;
 pub mod build;
 pub mod cache;
 pub mod chart;
@@ -19,6 +20,7 @@ pub mod layer;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod progress;
 pub mod recipe;
 pub mod tools;
 pub mod yamlpos;

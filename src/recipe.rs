@@ -156,6 +156,38 @@ pub struct Recipe {
     pub disk_size: Option<String>,
     pub base: Base,
     pub artifacts: Vec<Artifact>,
+    /// Ubuntu packages installed offline from a signed archive (see [`crate::apt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packages: Option<Packages>,
+}
+
+/// `packages:`: Ubuntu packages resolved against a signed archive index and pinned in
+/// `<recipe>.lock` by `imgbuild lock`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// Archive root per arch (amd64 lives under `ubuntu`, arm64 under `ubuntu-ports`),
+    /// e.g. `https://snapshot.ubuntu.com/ubuntu/20240821T000000Z`.
+    pub archive: BTreeMap<String, String>,
+    /// Suites (`noble`, `noble-updates`…), searched together; the highest version wins.
+    pub suites: Vec<String>,
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Name of a key embedded in the binary (`ubuntu-archive-2018`)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// …or an armored public key file, relative to the recipe file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Fingerprint the signing key must have (hex, spaces allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Package names, optionally pinned: `conntrack` or `conntrack=1:1.4.8-1ubuntu1`.
+    pub install: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -348,6 +380,9 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         }
         Ok(())
     };
+    if let Some(p) = &r.packages {
+        crate::apt::validate_recipe(r, p)?; // apt (issue 6)
+    }
     check_urls("base", &r.base.urls)?;
     check_arches("base", &r.base.sha256)?;
     let mut seen = std::collections::BTreeSet::new();

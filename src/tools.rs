@@ -33,7 +33,9 @@ pub const QEMU_IMG: Tool = Tool { name: "qemu-img", hint: "sudo apt-get install 
 /// are not on an ordinary user's PATH on Debian).
 pub fn find(tool: &Tool) -> Result<PathBuf, ToolError> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let extra = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
+    // IMGBUILD_SBIN_DIRS replaces the sbin fallback (tests use it to hide tools).
+    let sbin = std::env::var_os("IMGBUILD_SBIN_DIRS").unwrap_or_else(|| "/usr/sbin:/sbin".into());
+    let extra: Vec<PathBuf> = std::env::split_paths(&sbin).collect();
     std::env::split_paths(&path)
         .chain(extra)
         .map(|d| d.join(tool.name))

@@ -1,1 +1,98 @@
-//! Offline disk image surgery: GPT, ext4 via debugfs, qemu-img. (Being implemented.)
+//! Offline disk image surgery, rootless: no VM, no mount, no loop device.
+//!
+//! A verified base image (qcow2 or raw, told apart by magic bytes) is converted to a
+//! sparse raw working copy ([`qemu`]); its GPT is read with the `gpt` crate ([`gpt`]);
+//! the root partition is the one whose ext4 superblock carries the recipe's root label
+//! ([`ext4`]), never a partition number; files are written into it with batched
+//! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
+//! offline ([`resize`]); `qemu-img convert` produces the requested output format.
+
+pub mod debugfs;
+pub mod ext4;
+pub mod format;
+pub mod gpt;
+pub mod qemu;
+pub mod resize;
+pub mod rootfs;
+pub mod size;
+pub mod sparse;
+
+pub use format::{detect, BaseFormat};
+pub use qemu::OutFormat;
+pub use rootfs::RootFs;
+
+use crate::exit::{Classify, Code};
+
+/// Everything that can go wrong in disk surgery. Input errors (exit 2) are about the
+/// base image or the requested size; the rest are runtime failures (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("{path}: base image is neither qcow2 nor raw{detail}")]
+    BadFormat { path: String, detail: String },
+    #[error("{path}: no GPT partition table: {msg}")]
+    NoGpt { path: String, msg: String },
+    #[error("{path}: no partition has a filesystem labelled {label:?} (found: {found})")]
+    NoRoot { path: String, label: String, found: String },
+    #[error("{path}: the partition labelled {label:?} (partition {part}) holds {fs}, not ext4")]
+    RootNotExt4 { path: String, label: String, part: u32, fs: String },
+    #[error(
+        "not enough free space in the root filesystem: the layer needs {need_mib} MiB, \
+         {free_mib} MiB are free; pass a larger --disk-size (e.g. --disk-size {suggest})"
+    )]
+    NoSpace { need_mib: u64, free_mib: u64, suggest: String },
+    #[error("invalid disk size {0:?}: {1}")]
+    BadSize(String, String),
+    #[error(
+        "--disk-size {requested} is smaller than the base image's disk ({current} bytes); disks only grow"
+    )]
+    Shrink { requested: String, current: u64 },
+    #[error("{tool} failed: {msg}")]
+    Tool { tool: &'static str, msg: String },
+    #[error("debugfs reported errors writing the layer:\n{0}")]
+    Debugfs(String),
+    #[error("layer path {0:?} cannot be written with debugfs (whitespace, quotes or control characters)")]
+    BadPath(String),
+    #[error("{path} exists in the base image as a {existing}; the layer wants a {wanted} there")]
+    TypeClash { path: String, existing: String, wanted: String },
+    #[error("e2fsck found problems in the root filesystem after writing:\n{0}")]
+    Fsck(String),
+    #[error("{path}: {msg}")]
+    Corrupt { path: String, msg: String },
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DiskError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DiskError {
+        let context = context.into();
+        move |source| DiskError::Io { context, source }
+    }
+}
+
+impl Classify for DiskError {
+    fn code(&self) -> Code {
+        match self {
+            DiskError::BadFormat { .. }
+            | DiskError::NoGpt { .. }
+            | DiskError::NoRoot { .. }
+            | DiskError::RootNotExt4 { .. }
+            | DiskError::NoSpace { .. }
+            | DiskError::BadSize(..)
+            | DiskError::Shrink { .. }
+            | DiskError::BadPath(_)
+            | DiskError::TypeClash { .. } => Code::Input,
+            DiskError::Tool { .. }
+            | DiskError::Debugfs(_)
+            | DiskError::Fsck(_)
+            | DiskError::Corrupt { .. }
+            | DiskError::Io { .. } => Code::Runtime,
+        }
+    }
+}
+
+/// Sector size of every image imgbuild handles (cloud images use 512-byte LBAs).
+pub const SECTOR: u64 = 512;

@@ -3,7 +3,48 @@
 //! writes it into the image and [`crate::output`] lists it in the manifest.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use crate::exit::{Classify, Code};
+use crate::plan::Plan;
+
+mod artifacts;
+pub mod firewall;
+pub mod hardening;
+pub mod seal;
+pub mod tree;
+
+pub use seal::{inputs_digest, RELEASE_PATH};
+
+/// Why a layer could not be composed.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerError {
+    #[error("artifact {0:?} was not downloaded (no verified blob for it)")]
+    MissingDownload(String),
+    #[error("artifact {artifact}: {msg}")]
+    Archive { artifact: String, msg: String },
+    #[error(
+        "artifact {artifact}: archive {} has no member matching {member:?} (its first members: {some_members})",
+        blob.display()
+    )]
+    MissingMember { artifact: String, member: String, blob: PathBuf, some_members: String },
+    #[error("{path} is installed by both artifact {first:?} and artifact {second:?}")]
+    Conflict { path: String, first: String, second: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl Classify for LayerError {
+    fn code(&self) -> Code {
+        match self {
+            // The recipe names a member or layout the verified archive does not have.
+            LayerError::Archive { .. } | LayerError::MissingMember { .. } | LayerError::Conflict { .. } => {
+                Code::Input
+            }
+            LayerError::MissingDownload(_) | LayerError::Io { .. } => Code::Runtime,
+        }
+    }
+}
 
 /// Where a file's bytes come from.
 #[derive(Debug, Clone)]
@@ -106,14 +147,27 @@ fn normalize(p: &str) -> String {
 
 /// Compose the whole layer for `plan`: the artifacts' files (from the verified
 /// blobs in `downloads`, keyed by artifact name), the embedded static files of
-/// `image-files/`, hardening, and `/etc/imgbuild/{manifest.json,release}`.
-/// `workdir` is a build-private temp dir for extracted archive members.
-pub fn compose(
-    _plan: &crate::plan::Plan,
-    _downloads: &BTreeMap<String, PathBuf>,
-    _workdir: &std::path::Path,
-) -> anyhow::Result<Layer> {
-    anyhow::bail!("layer composition: not implemented yet")
+/// `image-files/`, and hardening. [`seal`] then adds `/etc/imgbuild/{release,manifest.json}`.
+/// `workdir` is a build-private temp dir for extracted archive members; it must
+/// outlive the layer (entries point into it).
+///
+/// Each step adds its part; later steps replace earlier entries of the same path.
+pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Path) -> anyhow::Result<Layer> {
+    let mut layer = Layer::new(plan.source_date_epoch);
+    // Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm).
+    artifacts::install(&mut layer, plan, downloads, workdir)?;
+    // image-files/{common,<role>}: units, containerd/crictl config, sysctl, sshd, journald, apt.
+    tree::install(&mut layer, plan.role);
+    // Masked units and the per-role nftables firewall.
+    hardening::install(&mut layer, plan.role);
+    Ok(layer)
+}
+
+/// Add `/etc/imgbuild/release` and `/etc/imgbuild/manifest.json` to a composed
+/// layer and return the manifest (also written beside the image). Call last:
+/// the manifest lists every entry present at this point.
+pub fn seal(layer: &mut Layer, plan: &Plan) -> anyhow::Result<crate::manifest::Manifest> {
+    Ok(seal::seal(layer, plan)?)
 }
 
 #[cfg(test)]

@@ -21,6 +21,9 @@ pub enum Fault {
     Status(u16),
     /// Send headers for the full body, then only `n` bytes, then close.
     CutAfter(u64),
+    /// Wait this long before answering, then serve normally (keeps a download in
+    /// flight, e.g. so that two clients overlap).
+    Delay(std::time::Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -123,6 +126,9 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         let record = |status: u16| {
             st.lock().unwrap().log.push(Logged { path: path.clone(), range: range.clone(), status });
         };
+        if let Some(Fault::Delay(d)) = fault {
+            std::thread::sleep(d);
+        }
         if let Some(Fault::Status(code)) = fault {
             record(code);
             write!(conn, "HTTP/1.1 {code} Test\r\nContent-Length: 0\r\n\r\n")?;

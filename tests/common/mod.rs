@@ -1,6 +1,7 @@
 //! Shared test support. Each integration test file does `mod common;`.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod http;
 
 /// The imgbuild binary under test.

@@ -1,0 +1,331 @@
+//! The root filesystem of a raw disk: found by its ext4 label, read and written
+//! with debugfs, checked with `e2fsck -fn`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::debugfs::{check_path, Debugfs, DirEntry};
+use super::ext4::{self, Probe, Superblock};
+use super::gpt::{self, Partition};
+use super::DiskError;
+use crate::layer::{Content, Kind, Layer};
+use crate::tools;
+
+/// The root partition of a raw disk image.
+#[derive(Debug, Clone)]
+pub struct RootFs {
+    image: PathBuf,
+    part: Partition,
+    sb: Superblock,
+    dfs: Debugfs,
+}
+
+impl RootFs {
+    /// Find the partition whose ext4 filesystem is labelled `label` (by the
+    /// superblock, never by partition number).
+    pub fn locate(image: &Path, label: &str) -> Result<RootFs, DiskError> {
+        let parts = gpt::read(image)?;
+        let mut f =
+            std::fs::File::open(image).map_err(DiskError::io(format!("opening {}", image.display())))?;
+        let mut found = Vec::new();
+        for p in parts {
+            let probe = ext4::probe(&mut f, p.offset()).map_err(DiskError::io("reading a partition"))?;
+            match probe {
+                Probe::Ext(sb) if sb.label == label => {
+                    if !sb.is_ext4() {
+                        return Err(DiskError::RootNotExt4 {
+                            path: image.display().to_string(),
+                            label: label.into(),
+                            part: p.number,
+                            fs: sb.flavour().into(),
+                        });
+                    }
+                    let dfs = Debugfs::new(image, p.offset())?;
+                    return Ok(RootFs { image: image.to_path_buf(), part: p, sb, dfs });
+                }
+                Probe::Other(fs, l)
+                    if l == label || (fs == "xfs" && label.starts_with(&l) && !l.is_empty()) =>
+                {
+                    return Err(DiskError::RootNotExt4 {
+                        path: image.display().to_string(),
+                        label: label.into(),
+                        part: p.number,
+                        fs: fs.into(),
+                    });
+                }
+                other => found.push(format!("{}: {}", p.number, other.label().unwrap_or("no label"))),
+            }
+        }
+        Err(DiskError::NoRoot {
+            path: image.display().to_string(),
+            label: label.into(),
+            found: if found.is_empty() { "no partitions".into() } else { found.join(", ") },
+        })
+    }
+
+    pub fn image(&self) -> &Path {
+        &self.image
+    }
+    pub fn partition(&self) -> &Partition {
+        &self.part
+    }
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+    /// Byte offset of the filesystem in the image.
+    pub fn offset(&self) -> u64 {
+        self.part.offset()
+    }
+    /// `image?offset=BYTES` for e2fsprogs tools.
+    pub fn spec(&self) -> &str {
+        self.dfs.spec()
+    }
+
+    /// Re-read the superblock (after writing or resizing).
+    pub fn refresh(&mut self) -> Result<(), DiskError> {
+        let label = self.sb.label.clone();
+        *self = RootFs::locate(&self.image, &label)?;
+        Ok(())
+    }
+
+    /// A file of the root filesystem, `None` if it does not exist. This is how
+    /// steps before composing read the base (e.g. `/var/lib/dpkg/status`).
+    pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, DiskError> {
+        self.dfs.cat(path)
+    }
+
+    /// A symlink's target, `None` if the path does not exist.
+    pub fn read_link(&self, path: &str) -> Result<Option<String>, DiskError> {
+        self.dfs.readlink(path)
+    }
+
+    /// The entries of each directory (absent when the directory does not exist).
+    pub fn list(&self, dirs: &[&str]) -> Result<BTreeMap<String, Vec<DirEntry>>, DiskError> {
+        self.dfs.list(dirs)
+    }
+
+    /// Metadata of each path (absent when it does not exist), from its parent's listing.
+    pub fn stat_many(&self, paths: &[&str]) -> Result<BTreeMap<String, DirEntry>, DiskError> {
+        let parents: BTreeSet<&str> = paths.iter().map(|p| parent(p)).collect();
+        let listing = self.list(&parents.into_iter().collect::<Vec<_>>())?;
+        let mut out = BTreeMap::new();
+        for (dir, entries) in listing {
+            for e in entries {
+                out.insert(join(&dir, &e.name), e);
+            }
+        }
+        let wanted: BTreeSet<&str> = paths.iter().copied().collect();
+        out.retain(|k, _| wanted.contains(k.as_str()));
+        Ok(out)
+    }
+
+    /// Bytes the filesystem can still give to new files (free minus root-reserved).
+    pub fn available(&self) -> u64 {
+        self.sb.free_blocks.saturating_sub(self.sb.reserved_blocks).saturating_mul(self.sb.block_size)
+    }
+
+    /// `e2fsck -fn`: read-only full check; any problem fails.
+    pub fn fsck(&self) -> Result<(), DiskError> {
+        fsck_spec(self.spec())
+    }
+
+    /// Write every entry of `layer` (see [`write_script`]). `workdir` holds the
+    /// temp files for generated content.
+    pub fn write_layer(&mut self, layer: &Layer, workdir: &Path) -> Result<(), DiskError> {
+        let dirs: Vec<&str> = std::iter::once("/")
+            .chain(layer.iter().filter(|(_, e)| matches!(e.kind, Kind::Dir)).map(|(p, _)| p.as_str()))
+            .collect();
+        let listing = self.list(&dirs)?;
+        let mut existing = BTreeMap::new();
+        for (dir, entries) in &listing {
+            for e in entries {
+                existing.insert(join(dir, &e.name), e.clone());
+            }
+        }
+        let src = workdir.join("layer-src");
+        std::fs::create_dir_all(&src).map_err(DiskError::io(format!("creating {}", src.display())))?;
+        let script = write_script(layer, &existing, &src)?;
+        let mut c_script = String::new();
+        // Relative source names (0, 1, …) keep host paths out of the command parser.
+        let _ = writeln!(c_script, "set_current_time @{}", layer.mtime);
+        c_script.push_str(&script);
+        self.dfs.batch(&c_script, true, Some(layer.mtime), Some(&src))?;
+        self.refresh()
+    }
+}
+
+/// `e2fsck -fn SPEC` (SPEC may be `image?offset=BYTES`).
+pub fn fsck_spec(spec: &str) -> Result<(), DiskError> {
+    let exe =
+        tools::find(&tools::E2FSCK).map_err(|e| DiskError::Tool { tool: "e2fsck", msg: e.to_string() })?;
+    let out = std::process::Command::new(exe)
+        .args(["-fn", spec])
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| DiskError::Tool { tool: "e2fsck", msg: format!("cannot run: {e}") })?;
+    if !out.status.success() {
+        return Err(DiskError::Fsck(format!(
+            "{}{}(exit {})",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            out.status.code().unwrap_or(-1)
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes the layer will take in a filesystem with `block` sized blocks: every file
+/// rounded up to blocks, a block per new directory and symlink, plus 2 % for extent
+/// and directory growth.
+pub fn layer_bytes(layer: &Layer, block: u64) -> Result<u64, DiskError> {
+    let mut total = 0u64;
+    for (path, e) in layer.iter() {
+        total += match &e.kind {
+            Kind::Dir | Kind::Symlink(_) => block,
+            Kind::File(Content::Bytes(b)) => (b.len() as u64).div_ceil(block) * block,
+            Kind::File(Content::Path(p)) => {
+                let len = std::fs::metadata(p)
+                    .map_err(DiskError::io(format!("{path}: reading {}", p.display())))?
+                    .len();
+                len.div_ceil(block) * block
+            }
+        };
+    }
+    Ok(total + total / 50)
+}
+
+/// The debugfs commands for `layer`, given what already exists. Generated content
+/// is written to `src/<n>`; host files are linked there, so commands name sources
+/// by number relative to `src`.
+fn write_script(
+    layer: &Layer,
+    existing: &BTreeMap<String, DirEntry>,
+    src: &Path,
+) -> Result<String, DiskError> {
+    let t = layer.mtime;
+    let mut s = String::new();
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let times = |s: &mut String, p: &str| {
+        for f in ["atime", "mtime", "ctime", "crtime"] {
+            let _ = writeln!(s, "sif {p} {f} @{t}");
+        }
+    };
+    let owner = |s: &mut String, p: &str, uid: u32, gid: u32| {
+        let _ = writeln!(s, "sif {p} uid {uid}\nsif {p} gid {gid}");
+    };
+    let clash = |p: &str, have: &DirEntry, want: &str| DiskError::TypeClash {
+        path: p.to_string(),
+        existing: have.kind().into(),
+        wanted: want.into(),
+    };
+    for (n, (path, e)) in layer.iter().enumerate() {
+        if path == "/" {
+            continue;
+        }
+        check_path(path)?;
+        let have = existing.get(path.as_str());
+        match &e.kind {
+            Kind::Dir => {
+                match have {
+                    Some(h) if !h.is_dir() => return Err(clash(path, h, "directory")),
+                    Some(_) => {
+                        // Existing directories keep the base's mode and owner unless the
+                        // layer asks for something other than the default root 0755.
+                        if (e.mode, e.uid, e.gid) != (0o755, 0, 0) {
+                            let _ = writeln!(s, "sif {path} mode 0{:o}", 0o040000 | (e.mode & 0o7777));
+                            owner(&mut s, path, e.uid, e.gid);
+                        }
+                        continue;
+                    }
+                    None => {
+                        let _ = writeln!(s, "mkdir {path}");
+                        let _ = writeln!(s, "sif {path} mode 0{:o}", 0o040000 | (e.mode & 0o7777));
+                        owner(&mut s, path, e.uid, e.gid);
+                        touched.insert(path.clone());
+                    }
+                }
+            }
+            Kind::File(content) => {
+                if let Some(h) = have {
+                    if h.is_dir() {
+                        return Err(clash(path, h, "file"));
+                    }
+                    let _ = writeln!(s, "rm {path}");
+                }
+                let name = n.to_string();
+                let dst = src.join(&name);
+                match content {
+                    Content::Bytes(b) => std::fs::write(&dst, b),
+                    Content::Path(p) => {
+                        let abs = std::fs::canonicalize(p)
+                            .map_err(DiskError::io(format!("{path}: source {}", p.display())))?;
+                        std::os::unix::fs::symlink(abs, &dst)
+                    }
+                }
+                .map_err(DiskError::io(format!("staging {path}")))?;
+                let _ = writeln!(s, "write {name} {path}");
+                let _ = writeln!(s, "sif {path} mode 0{:o}", 0o100000 | (e.mode & 0o7777));
+                owner(&mut s, path, e.uid, e.gid);
+            }
+            Kind::Symlink(target) => {
+                check_path(target)?;
+                if let Some(h) = have {
+                    if h.is_dir() {
+                        return Err(clash(path, h, "symlink"));
+                    }
+                    let _ = writeln!(s, "rm {path}");
+                }
+                let _ = writeln!(s, "symlink {path} {target}");
+                owner(&mut s, path, e.uid, e.gid);
+            }
+        }
+        times(&mut s, path);
+        touched.insert(parent(path).to_string());
+    }
+    // Directories whose entries changed got debugfs's clock; pin them explicitly too.
+    for d in touched {
+        times(&mut s, &d);
+    }
+    Ok(s)
+}
+
+fn parent(p: &str) -> &str {
+    match p.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &p[..i],
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn script_replaces_files_and_keeps_existing_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let mut l = Layer::new(100);
+        l.file("/etc/a.conf", Content::Bytes(b"x".to_vec()), 0o640);
+        l.symlink("/etc/b", "/etc/a.conf");
+        let mut ex = BTreeMap::new();
+        let de = |name: &str, mode| DirEntry { name: name.into(), inode: 1, mode, uid: 0, gid: 0, size: 0 };
+        ex.insert("/etc".to_string(), de("etc", 0o040755));
+        ex.insert("/etc/a.conf".to_string(), de("a.conf", 0o100644));
+        let s = write_script(&l, &ex, d.path()).unwrap();
+        assert!(!s.contains("mkdir /etc\n"));
+        assert!(s.contains("rm /etc/a.conf\nwrite 1 /etc/a.conf\nsif /etc/a.conf mode 0100640\n"));
+        assert!(s.contains("symlink /etc/b /etc/a.conf\n"));
+        assert!(s.contains("sif /etc mtime @100\n"));
+        assert_eq!(std::fs::read(d.path().join("1")).unwrap(), b"x");
+        ex.insert("/etc/b".to_string(), de("b", 0o040755));
+        assert!(matches!(write_script(&l, &ex, d.path()), Err(DiskError::TypeClash { .. })));
+    }
+}

@@ -1,0 +1,191 @@
+//! The recipe's install steps: a downloaded file installed as is, or members of a
+//! (gzipped) tarball extracted into the build's workdir and installed from there.
+//!
+//! Archive member names are only ever *compared*, never used as host paths: each
+//! extracted file gets a fresh name inside `workdir`, so `..`, absolute names and
+//! symlink tricks in an archive cannot write outside it. Archives that contain such
+//! names are refused anyway: no upstream release tarball has them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use super::{Content, Layer, LayerError};
+use crate::plan::{InstallStep, Item, Plan};
+
+/// Install every artifact of `plan` from its verified blob in `downloads`.
+pub(super) fn install(
+    layer: &mut Layer,
+    plan: &Plan,
+    downloads: &BTreeMap<String, PathBuf>,
+    workdir: &Path,
+) -> Result<(), LayerError> {
+    // Which artifact installed a path first: two artifacts claiming one path is a recipe bug.
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for item in &plan.artifacts {
+        let blob = downloads.get(&item.name).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
+        let files = files_of(item, blob, workdir)?;
+        for (to, path, mode) in files {
+            if let Some(prev) = owners.insert(to.clone(), item.name.clone()) {
+                return Err(LayerError::Conflict { path: to, first: prev, second: item.name.clone() });
+            }
+            layer.file(&to, Content::Path(path), mode);
+        }
+    }
+    Ok(())
+}
+
+/// (path in image, file on host, mode) for each file `item` installs.
+fn files_of(item: &Item, blob: &Path, workdir: &Path) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
+    let mut out = Vec::new();
+    let archived: Vec<&InstallStep> = item.install.iter().filter(|s| s.from.is_some()).collect();
+    for step in item.install.iter().filter(|s| s.from.is_none()) {
+        out.push((step.to.clone(), blob.to_path_buf(), step.mode));
+    }
+    if !archived.is_empty() {
+        out.extend(extract(item, &archived, blob, workdir)?);
+    }
+    Ok(out)
+}
+
+/// Strip `./` prefixes so `./bridge` (CNI plugins) and `bridge` compare equal.
+fn member_name(p: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str().ok_or("member name is not UTF-8")?.to_string()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("member {:?} contains `..`", p.display())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("member {:?} is an absolute path", p.display()))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// Does member `name` match `pattern`: an exact member name, or `dir/*` / `*`
+/// (every file directly in that directory, not below it).
+fn matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => {
+            let prefix = prefix.trim_start_matches("./");
+            name.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+        }
+        None => name == pattern.trim_start_matches("./"),
+    }
+}
+
+fn is_gzip(blob: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let mut f = File::open(blob)?;
+    let n = f.read(&mut magic)?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+/// Extract the members the `steps` name in one pass over the archive.
+fn extract(
+    item: &Item,
+    steps: &[&InstallStep],
+    blob: &Path,
+    workdir: &Path,
+) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
+    let bad = |msg: String| LayerError::Archive { artifact: item.name.clone(), msg };
+    let io = |e: std::io::Error| bad(format!("reading {}: {e}", blob.display()));
+    let gz = is_gzip(blob).map_err(io)?;
+    let file = BufReader::with_capacity(256 * 1024, File::open(blob).map_err(io)?);
+    let reader: Box<dyn Read> =
+        if gz { Box::new(flate2::read::GzDecoder::new(file)) } else { Box::new(file) };
+    let mut archive = tar::Archive::new(reader);
+
+    let dir = workdir.join(format!("artifact-{}", item.name));
+    std::fs::create_dir_all(&dir).map_err(|e| LayerError::Io { path: dir.clone(), source: e })?;
+
+    let mut out = Vec::new();
+    let mut hits = vec![0usize; steps.len()];
+    let mut seen = Vec::new();
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar{} archive: {e}", if gz { ".gz" } else { "" })))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| bad(format!("corrupt archive: {e}")))?;
+        let raw = entry.path().map_err(|e| bad(format!("bad member name: {e}")))?.into_owned();
+        let name = member_name(&raw).map_err(&bad)?;
+        let kind = entry.header().entry_type();
+        if seen.len() < 20 {
+            seen.push(name.clone());
+        }
+        let wanted: Vec<usize> = (0..steps.len())
+            .filter(|&i| !name.is_empty() && matches(steps[i].from.as_deref().unwrap_or_default(), &name))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let explicit = wanted.iter().any(|&i| !steps[i].from.as_deref().unwrap_or_default().ends_with('*'));
+        if !kind.is_file() {
+            // A glob installs files only; an explicitly named member must be one.
+            if explicit {
+                return Err(bad(format!("member {name:?} is not a regular file ({kind:?})")));
+            }
+            continue;
+        }
+        let base = name.rsplit('/').next().unwrap_or(&name).to_string();
+        // A fresh, member-independent name: nothing in the archive picks host paths.
+        let host = dir.join(format!("{:04}-{base}", out.len()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&host)
+            .map_err(|e| LayerError::Io { path: host.clone(), source: e })?;
+        std::io::copy(&mut entry, &mut f).map_err(|e| bad(format!("extracting {name:?}: {e}")))?;
+        for i in wanted {
+            let step = steps[i];
+            let to = if step.from.as_deref().unwrap_or_default().ends_with('*') {
+                format!("{}/{base}", step.to.trim_end_matches('/'))
+            } else {
+                step.to.clone()
+            };
+            hits[i] += 1;
+            out.push((to, host.clone(), step.mode));
+        }
+    }
+    for (i, step) in steps.iter().enumerate() {
+        if hits[i] == 0 {
+            let from = step.from.clone().unwrap_or_default();
+            return Err(LayerError::MissingMember {
+                artifact: item.name.clone(),
+                member: from,
+                blob: blob.to_path_buf(),
+                some_members: seen.join(", "),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_one_level_only() {
+        assert!(matches("bin/*", "bin/containerd"));
+        assert!(!matches("bin/*", "bin/sub/x"));
+        assert!(!matches("bin/*", "bin/"));
+        assert!(matches("*", "bridge"));
+        assert!(!matches("*", "dir/bridge"));
+        assert!(matches("crictl", "crictl"));
+        assert!(matches("./crictl", "crictl"));
+        assert!(!matches("crictl", "crictl2"));
+    }
+
+    #[test]
+    fn member_names_are_normalised_and_checked() {
+        assert_eq!(member_name(Path::new("./bridge")).unwrap(), "bridge");
+        assert_eq!(member_name(Path::new("./")).unwrap(), "");
+        assert!(member_name(Path::new("../etc/passwd")).unwrap_err().contains(".."));
+        assert!(member_name(Path::new("a/../../x")).is_err());
+        assert!(member_name(Path::new("/etc/passwd")).unwrap_err().contains("absolute"));
+    }
+}

@@ -1,0 +1,199 @@
+//! `imgbuild build` end to end over loopback HTTP from the noble-shaped fixture, and
+//! its error paths.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixture::{self, sh, BaseSpec};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn to_raw(img: &Path) -> PathBuf {
+    let raw = img.with_extension("check.raw");
+    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
+    raw
+}
+
+fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, off).unwrap();
+    b
+}
+
+fn debugfs(spec: &str, req: &str) -> String {
+    String::from_utf8_lossy(&sh(Command::new("debugfs").arg("-R").arg(req).arg(spec)).stdout).into_owned()
+}
+
+#[test]
+fn both_roles_build_over_http_and_verify() {
+    let fx = fixture::noble_fixture();
+    for role in ["worker", "control-plane"] {
+        let out_dir = fx.dir.path().join(format!("out-{role}"));
+        let o = fixture::build(&fx, role, &["--output", out_dir.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        assert_eq!(image, out_dir.join(format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64.qcow2")));
+        let check = sh(Command::new("qemu-img").arg("check").arg(&image));
+        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+
+        // inspect re-verifies every file and prints the manifest.
+        let ins = common::bin()
+            .env("PATH", fixture::path_with_sbin())
+            .args(["inspect", "--json"])
+            .arg(&image)
+            .output()
+            .unwrap();
+        assert!(ins.status.success(), "{}", stderr(&ins));
+        let m: imgbuild::manifest::Manifest = serde_json::from_slice(&ins.stdout).unwrap();
+        let side: imgbuild::manifest::Manifest = serde_json::from_slice(
+            &std::fs::read(out_dir.join(format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64.manifest.json")))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(m, side);
+        assert_eq!(m.role, role);
+
+        let raw = to_raw(&image);
+        for part in [14, 15, 16] {
+            let p = fx.base.part(part);
+            assert!(
+                range(&raw, p.offset, p.len) == range(&fx.base.raw, p.offset, p.len),
+                "partition {part} changed"
+            );
+        }
+        let spec = format!("{}?offset={}", raw.display(), fx.base.part(1).offset);
+        sh(Command::new("e2fsck").arg("-fn").arg(&spec));
+        // Every enablement symlink resolves to a unit file in the image.
+        let wants: Vec<_> = m.files.iter().filter(|f| f.path.contains(".wants/")).collect();
+        assert!(wants.iter().any(|f| f.path.ends_with("/kubelet.service")), "kubelet not enabled");
+        assert!(wants.iter().any(|f| f.path.ends_with("/containerd.service")), "containerd not enabled");
+        for w in wants {
+            let target = w.target.as_deref().unwrap();
+            let st = debugfs(&spec, &format!("stat {target}"));
+            assert!(st.contains("Type: regular"), "{} -> {target} does not resolve: {st}", w.path);
+        }
+        // Files: owner/mode/content straight from debugfs for a sample beyond inspect.
+        let st = debugfs(&spec, "stat /usr/local/bin/kubelet");
+        assert!(st.contains("Mode:  0755") && st.contains("User:     0"), "{st}");
+        assert_eq!(
+            debugfs(&spec, "cat /usr/local/bin/kubelet").as_bytes(),
+            std::fs::read(&fx.blobs["kubelet"].path).unwrap()
+        );
+        assert_eq!(debugfs(&spec, "cat /etc/os-release"), fixture::OS_RELEASE);
+        std::fs::remove_file(&raw).unwrap();
+    }
+}
+
+#[test]
+fn two_builds_give_the_same_sha256_and_a_flipped_byte_fails_inspect() {
+    let fx = fixture::noble_fixture();
+    let a = fx.dir.path().join("a");
+    let b = fx.dir.path().join("b");
+    for d in [&a, &b] {
+        let o = fixture::build(&fx, "worker", &["--output", d.to_str().unwrap()]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let name = "ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2";
+    assert_eq!(fixture::sha256_file(&a.join(name)), fixture::sha256_file(&b.join(name)));
+    assert_eq!(
+        std::fs::read(a.join(format!("{name}.sha256"))).unwrap(),
+        std::fs::read(b.join(format!("{name}.sha256"))).unwrap()
+    );
+
+    // Flip one byte inside kubelet's data block in a raw copy: inspect must fail (3).
+    let raw = to_raw(&a.join(name));
+    let off = fx.base.part(1).offset;
+    let spec = format!("{}?offset={off}", raw.display());
+    let blk: u64 = debugfs(&spec, "bmap /usr/local/bin/kubelet 0").trim().parse().unwrap();
+    let at = off + blk * 4096 + 3;
+    let mut byte = range(&raw, at, 1);
+    byte[0] ^= 0xff;
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(&raw).unwrap().write_all_at(&byte, at).unwrap();
+    let ins = common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&raw).output().unwrap();
+    assert_eq!(ins.status.code(), Some(3), "{}", stderr(&ins));
+    assert!(stderr(&ins).contains("/usr/local/bin/kubelet: sha256"), "{}", stderr(&ins));
+}
+
+#[test]
+fn base_that_is_neither_qcow2_nor_raw_is_refused() {
+    let fx = fixture::noble_fixture();
+    let vmdk = fx.dir.path().join("base.vmdk");
+    sh(Command::new("qemu-img").args(["convert", "-O", "vmdk"]).arg(&fx.base.raw).arg(&vmdk));
+    let recipe = fx.recipe_with_base(&vmdk);
+    let out = fx.dir.path().join("out");
+    let o = common::bin()
+        .env("PATH", fixture::path_with_sbin())
+        .args(["build", "--recipe", recipe.to_str().unwrap(), "--cache-dir", fx.cache.to_str().unwrap()])
+        .args(fx.mirrors.iter().flat_map(|m| ["--mirror", m.as_str()]))
+        .args(["--output", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("base image is neither qcow2 nor raw"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
+    // inspect refuses the same way.
+    let ins =
+        common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&vmdk).output().unwrap();
+    assert_eq!(ins.status.code(), Some(2));
+    assert!(stderr(&ins).contains("neither qcow2 nor raw"));
+}
+
+#[test]
+fn base_without_cloudimg_rootfs_or_with_ext2_root_is_refused() {
+    for (spec, msg) in [
+        (
+            BaseSpec { root_label: "something-else".into(), ..Default::default() },
+            "no partition has a filesystem labelled \"cloudimg-rootfs\"",
+        ),
+        (BaseSpec { root_fs: "ext2".into(), ..Default::default() }, "holds ext2/ext3, not ext4"),
+    ] {
+        let fx = fixture::fixture_with(&spec);
+        let out = fx.dir.path().join("out");
+        // An older output must survive a failed build.
+        std::fs::create_dir_all(&out).unwrap();
+        let old = out.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2");
+        std::fs::write(&old, b"older build").unwrap();
+        let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&old).unwrap(), b"older build");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "temp files left behind");
+    }
+}
+
+#[test]
+fn missing_tools_name_their_package() {
+    let fx = fixture::noble_fixture();
+    let empty = tempfile::tempdir().unwrap();
+    let run = |path: &Path| {
+        common::bin()
+            .env("PATH", path)
+            .env("IMGBUILD_SBIN_DIRS", empty.path())
+            .arg("build")
+            .args(fx.source_args())
+            .output()
+            .unwrap()
+    };
+    let o = run(empty.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`debugfs`") && stderr(&o).contains("e2fsprogs"), "{}", stderr(&o));
+    // e2fsprogs present, qemu-img missing.
+    let some = tempfile::tempdir().unwrap();
+    for t in ["debugfs", "e2fsck", "resize2fs"] {
+        let real = ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(t))
+            .find(|p| p.exists())
+            .unwrap();
+        std::os::unix::fs::symlink(real, some.path().join(t)).unwrap();
+    }
+    let o = run(some.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("`qemu-img`") && stderr(&o).contains("qemu-utils"), "{}", stderr(&o));
+}

@@ -1,0 +1,214 @@
+//! The disk half of `imgbuild build` at library level: a hand-built layer (the
+//! stand-in artifacts installed as the recipe says, a unit and its enablement
+//! symlink) written into the noble-shaped fixture base.
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fixture::{self, sh, Fixture};
+use imgbuild::build::{build, Job};
+use imgbuild::disk::{OutFormat, RootFs};
+use imgbuild::layer::{Content, Entry, Kind, Layer};
+use imgbuild::plan::Plan;
+use imgbuild::recipe::{Arch, Role};
+
+const UNIT: &str = "[Unit]\nDescription=containerd\n[Service]\nExecStart=/usr/local/bin/containerd\n\
+[Install]\nWantedBy=multi-user.target\n";
+const WANTS: &str = "/etc/systemd/system/multi-user.target.wants/containerd.service";
+
+/// Install every artifact the plan lists (tarball members extracted with tar), plus
+/// a unit, its enablement symlink, a config replacing a base file and a non-root
+/// owned file; then seal.
+fn hand_layer(
+    plan: &Plan,
+    dl: &BTreeMap<String, PathBuf>,
+    work: &Path,
+    _root: &RootFs,
+) -> anyhow::Result<Layer> {
+    let mut l = Layer::new(plan.source_date_epoch);
+    for a in &plan.artifacts {
+        let blob = &dl[&a.name];
+        let x = work.join(&a.name);
+        if a.install.iter().any(|i| i.from.is_some()) {
+            std::fs::create_dir_all(&x)?;
+            sh(Command::new("tar").arg("-xzf").arg(blob).arg("-C").arg(&x));
+        }
+        for i in &a.install {
+            match i.from.as_deref() {
+                None => l.file(&i.to, Content::Path(blob.clone()), i.mode),
+                Some(from) if from.ends_with('*') => {
+                    let dir = x.join(from.trim_end_matches('*'));
+                    let mut names: Vec<_> =
+                        std::fs::read_dir(&dir)?.map(|e| e.unwrap().file_name()).collect();
+                    names.sort();
+                    for n in names {
+                        let to = format!("{}{}", i.to, n.to_string_lossy());
+                        l.file(&to, Content::Path(dir.join(&n)), i.mode);
+                    }
+                }
+                Some(from) => l.file(&i.to, Content::Path(x.join(from)), i.mode),
+            }
+        }
+    }
+    l.file("/etc/systemd/system/containerd.service", Content::Bytes(UNIT.into()), 0o644);
+    l.symlink(WANTS, "/etc/systemd/system/containerd.service");
+    l.file("/etc/hostname", Content::Bytes(b"node\n".to_vec()), 0o644);
+    l.file(
+        "/etc/ssh/sshd_config.d/60-imgbuild.conf",
+        Content::Bytes(b"PasswordAuthentication no\n".to_vec()),
+        0o600,
+    );
+    l.insert(
+        "/var/lib/kubelet/owned",
+        Entry { kind: Kind::File(Content::Bytes(b"x".to_vec())), mode: 0o640, uid: 1000, gid: 1000 },
+    );
+    imgbuild::layer::seal(&mut l, plan)?;
+    Ok(l)
+}
+
+fn plan(fx: &Fixture, role: Role) -> Plan {
+    let r = imgbuild::recipe::load(Some(&fx.recipe)).unwrap();
+    Plan::resolve(&r, role, Arch::Amd64).unwrap()
+}
+
+fn job<'a>(fx: &Fixture, plan: &'a Plan, out: &str, format: OutFormat) -> Job<'a> {
+    Job {
+        plan,
+        base: fx.base.qcow2.clone(),
+        downloads: fx.downloads(),
+        output_dir: fx.dir.path().join(out),
+        format,
+        disk_size: None,
+        quiet: true,
+    }
+}
+
+fn debugfs(spec: &str, req: &str) -> String {
+    let out = sh(Command::new("debugfs").arg("-R").arg(req).arg(spec));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn to_raw(img: &Path, dir: &Path) -> PathBuf {
+    let raw = dir.join(format!("{}.raw", img.file_name().unwrap().to_string_lossy()));
+    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
+    raw
+}
+
+fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, off).unwrap();
+    b
+}
+
+#[test]
+fn both_roles_write_every_layer_file_and_keep_other_partitions() {
+    let fx = fixture::noble_fixture();
+    for role in [Role::Worker, Role::ControlPlane] {
+        let p = plan(&fx, role);
+        let out = build(&job(&fx, &p, &format!("out-{role}"), OutFormat::Qcow2), &hand_layer).unwrap();
+        let names: Vec<String> = std::fs::read_dir(out.image.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let stem = format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64");
+        for want in [
+            format!("{stem}.qcow2"),
+            format!("{stem}.manifest.json"),
+            format!("{stem}.qcow2.sha256"),
+            format!("{stem}.spdx.json"),
+        ] {
+            assert!(names.contains(&want), "{want} missing in {names:?}");
+        }
+        assert_eq!(names.len(), 4, "temp files left behind: {names:?}");
+        let check = sh(Command::new("qemu-img").arg("check").arg(&out.image));
+        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+        let sum = std::fs::read_to_string(&out.checksum).unwrap();
+        assert_eq!(sum, format!("{}  {stem}.qcow2\n", fixture::sha256_file(&out.image)));
+
+        let raw = to_raw(&out.image, fx.dir.path());
+        // Every partition but root is byte-identical to the base, and so is the GPT.
+        for part in [14, 15, 16] {
+            let pp = fx.base.part(part);
+            assert!(
+                range(&raw, pp.offset, pp.len) == range(&fx.base.raw, pp.offset, pp.len),
+                "partition {part} changed"
+            );
+        }
+        assert!(range(&raw, 0, 2048 * 512) == range(&fx.base.raw, 0, 2048 * 512), "GPT changed");
+        let root = fx.base.part(1);
+        let spec = format!("{}?offset={}", raw.display(), root.offset);
+        sh(Command::new("e2fsck").arg("-fn").arg(&spec));
+
+        // Every manifest entry matches the filesystem (content, mode, owner, target).
+        let m: imgbuild::manifest::Manifest =
+            serde_json::from_slice(&std::fs::read(&out.manifest).unwrap()).unwrap();
+        let inspected = imgbuild::inspect::inspect(&raw, "cloudimg-rootfs").unwrap();
+        assert_eq!(inspected, m);
+        let has = |p: &str| m.files.iter().any(|f| f.path == p);
+        assert!(
+            has("/usr/local/bin/kubelet") && has("/opt/cni/bin/bridge") && has("/usr/local/bin/containerd")
+        );
+        assert_eq!(has("/usr/local/bin/helm"), role == Role::ControlPlane);
+        assert_eq!(has("/usr/local/bin/etcdctl"), role == Role::ControlPlane);
+
+        // Independent look with debugfs: owner, mode, content, symlink resolution.
+        let st = debugfs(&spec, "stat /var/lib/kubelet/owned");
+        assert!(
+            st.contains("Mode:  0640") && st.contains("User:  1000") && st.contains("Group:  1000"),
+            "{st}"
+        );
+        let st = debugfs(&spec, "stat /usr/local/bin/kubelet");
+        assert!(st.contains("Mode:  0755") && st.contains("User:     0"), "{st}");
+        assert!(st.contains("mtime: 0x66c52e00"), "mtime is source_date_epoch: {st}");
+        let kubelet = debugfs(&spec, "cat /usr/local/bin/kubelet");
+        assert_eq!(kubelet.as_bytes(), std::fs::read(&fx.blobs["kubelet"].path).unwrap());
+        assert_eq!(debugfs(&spec, "cat /etc/hostname"), "node\n");
+        let link = debugfs(&spec, &format!("stat {WANTS}"));
+        assert!(link.contains("Fast link dest: \"/etc/systemd/system/containerd.service\""), "{link}");
+        assert_eq!(debugfs(&spec, &format!("cat {WANTS}")), "", "debugfs cat of a fast link prints nothing");
+        assert_eq!(debugfs(&spec, "cat /etc/systemd/system/containerd.service"), UNIT, "link target exists");
+        // The base's own files are still there.
+        assert_eq!(debugfs(&spec, "cat /etc/os-release"), fixture::OS_RELEASE);
+        std::fs::remove_file(&raw).unwrap();
+    }
+}
+
+#[test]
+fn two_builds_are_bit_identical_in_every_format() {
+    let fx = fixture::noble_fixture();
+    let p = plan(&fx, Role::Worker);
+    for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk] {
+        let a = build(&job(&fx, &p, &format!("a-{fmt}"), fmt), &hand_layer).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let b = build(&job(&fx, &p, &format!("b-{fmt}"), fmt), &hand_layer).unwrap();
+        assert_eq!(a.image_sha256, b.image_sha256, "{fmt} differs between builds");
+        assert_eq!(std::fs::read(&a.sbom).unwrap(), std::fs::read(&b.sbom).unwrap());
+        assert_eq!(std::fs::read(&a.manifest).unwrap(), std::fs::read(&b.manifest).unwrap());
+    }
+}
+
+#[test]
+fn sbom_lists_base_and_artifacts_with_digests() {
+    let fx = fixture::noble_fixture();
+    let p = plan(&fx, Role::ControlPlane);
+    let out = build(&job(&fx, &p, "sbom", OutFormat::Qcow2), &hand_layer).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out.sbom).unwrap()).unwrap();
+    assert_eq!(v["spdxVersion"], "SPDX-2.3");
+    assert_eq!(v["creationInfo"]["created"], "2024-08-21T00:00:00Z");
+    let pkgs = v["packages"].as_array().unwrap();
+    for item in p.downloads() {
+        let pkg = pkgs
+            .iter()
+            .find(|x| x["name"] == item.name.as_str())
+            .unwrap_or_else(|| panic!("{} missing", item.name));
+        assert_eq!(pkg["checksums"][0]["checksumValue"], item.sha256.as_str());
+        assert_eq!(pkg["versionInfo"], item.version.as_str());
+        assert_eq!(pkg["downloadLocation"], item.urls[0].as_str());
+    }
+    let img = pkgs.iter().find(|x| x["SPDXID"] == "SPDXRef-Image").unwrap();
+    assert_eq!(img["checksums"][0]["checksumValue"], out.image_sha256.as_str());
+}
