@@ -1,0 +1,839 @@
+//! `imgbuild cloud-init`: golden files for a 3-control-plane, 2-worker cluster,
+//! schema checks (in Rust at render time, here again with Python jsonschema and
+//! Debian's cloud-init), hostile inputs, seeds, secrets hygiene, and the baked
+//! bootstrap script driven by a kubeadm stub.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SEED: &str = "imgbuild-golden-test";
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGoldenGoldenGoldenGoldenGoldenGoldenGold3n golden@test";
+const NODES: [&str; 5] = ["demo-cp-1", "demo-cp-2", "demo-cp-3", "demo-worker-1", "demo-worker-2"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(args: &[&str]) -> Output {
+    common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, SEED).args(args).output().unwrap()
+}
+
+fn ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `cluster init` of the golden cluster into `dir`.
+fn golden_cluster(dir: &Path) -> PathBuf {
+    let key = dir.join("id.pub");
+    fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
+    let d = dir.join("c");
+    let o = run(&[
+        "cluster",
+        "init",
+        "--name",
+        "demo",
+        "--endpoint",
+        "10.0.0.10:6443",
+        "--node-cidr",
+        "10.0.0.0/24",
+        "--vip-interface",
+        "ens3",
+        "--ssh-key",
+        key.to_str().unwrap(),
+        "--dir",
+        d.to_str().unwrap(),
+    ]);
+    ok(&o);
+    d.join("cluster.yaml")
+}
+
+fn render(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut a = vec!["cloud-init", "--cluster", cluster.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+fn yaml(text: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+/// path -> (permissions, content) of a user-data's write_files.
+fn write_files(user_data: &str) -> BTreeMap<String, (String, String)> {
+    let v = yaml(user_data);
+    v["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                (f["permissions"].as_str().unwrap().to_string(), f["content"].as_str().unwrap().to_string()),
+            )
+        })
+        .collect()
+}
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+}
+
+/// A tool the test needs: required in CI, else skipped with a note.
+fn need(cmd: &str, why: &str) -> bool {
+    if have(cmd) {
+        return true;
+    }
+    assert!(!in_ci(), "{cmd} is required in CI ({why}); ci/test.sh installs it");
+    eprintln!("note: skipping {why}: {cmd} not installed");
+    false
+}
+
+/// Compare with (or, with IMGBUILD_UPDATE_GOLDEN=1, rewrite) tests/golden/cluster/REL.
+fn golden(rel: &str, actual: &[u8]) {
+    let p = root().join("tests/golden/cluster").join(rel);
+    if std::env::var_os("IMGBUILD_UPDATE_GOLDEN").is_some() {
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, actual).unwrap();
+        return;
+    }
+    let want =
+        fs::read(&p).unwrap_or_else(|e| panic!("{}: {e} (run with IMGBUILD_UPDATE_GOLDEN=1)", p.display()));
+    assert!(
+        want == actual,
+        "{rel} differs from the golden file {}:\n--- actual ---\n{}",
+        p.display(),
+        String::from_utf8_lossy(actual)
+    );
+}
+
+#[test]
+fn golden_files_for_three_control_planes_and_two_workers() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let dir = c.parent().unwrap();
+    golden("cluster.yaml", &fs::read(&c).unwrap());
+    for f in imgbuild::cluster::pki::FILES {
+        golden(&format!("secrets/{f}"), &fs::read(dir.join("secrets").join(f)).unwrap());
+    }
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--all", "--seed", "none"]));
+    let mut n = 0;
+    for node in NODES {
+        for f in ["user-data", "meta-data", "network-config"] {
+            golden(&format!("nodes/{node}/{f}"), &fs::read(out.join(node).join(f)).unwrap());
+            n += 1;
+        }
+    }
+    assert_eq!(n, 15);
+    let o = run(&["cluster", "kubeconfig", "--cluster", c.to_str().unwrap()]);
+    ok(&o);
+    golden("kubeconfig", &o.stdout);
+    // a second render is byte-identical
+    let out2 = t.path().join("out2");
+    ok(&render(&c, &out2, &["--all", "--seed", "none"]));
+    for node in NODES {
+        assert_eq!(
+            fs::read(out.join(node).join("user-data")).unwrap(),
+            fs::read(out2.join(node).join("user-data")).unwrap()
+        );
+    }
+}
+
+#[test]
+fn roles_get_the_right_data_and_kubeadm_kinds() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--all", "--seed", "none"]));
+    let secrets = c.parent().unwrap().join("secrets");
+    let ca_key = fs::read_to_string(secrets.join("ca.key")).unwrap();
+    let token = fs::read_to_string(secrets.join("bootstrap-token")).unwrap().trim().to_string();
+    let kinds = |text: &str| -> Vec<(String, String)> {
+        serde_yaml::Deserializer::from_str(text)
+            .map(|d| {
+                let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
+                (v["apiVersion"].as_str().unwrap().to_string(), v["kind"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    for node in NODES {
+        let ud = fs::read_to_string(out.join(node).join("user-data")).unwrap();
+        assert!(ud.starts_with("#cloud-config\n"));
+        let v = yaml(&ud);
+        assert_eq!(v["hostname"].as_str(), Some(node));
+        assert_eq!(v["runcmd"][0], yaml("[systemctl, start, --no-block, imgbuild-bootstrap.service]"));
+        assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(SSH_KEY));
+        let files = write_files(&ud);
+        let (mode, kubeadm) = &files["/etc/imgbuild/kubeadm.yaml"];
+        assert_eq!(mode, "0600");
+        let env = &files["/etc/imgbuild/bootstrap.env"].1;
+        let meta = yaml(&fs::read_to_string(out.join(node).join("meta-data")).unwrap());
+        assert_eq!(meta["local-hostname"].as_str(), Some(node));
+        assert_eq!(meta["instance-id"].as_str(), Some(format!("demo-{node}").as_str()));
+        let net = yaml(&fs::read_to_string(out.join(node).join("network-config")).unwrap());
+        assert_eq!(net["version"].as_u64(), Some(2));
+        match node {
+            "demo-cp-1" => {
+                assert!(env.contains("IMGBUILD_ROLE=init\n"), "{env}");
+                assert_eq!(
+                    kinds(kubeadm),
+                    [
+                        ("kubeadm.k8s.io/v1beta3", "InitConfiguration"),
+                        ("kubeadm.k8s.io/v1beta3", "ClusterConfiguration"),
+                        ("kubelet.config.k8s.io/v1beta1", "KubeletConfiguration"),
+                        ("kubeproxy.config.k8s.io/v1alpha1", "KubeProxyConfiguration"),
+                    ]
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                );
+                let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(kubeadm)
+                    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+                    .collect();
+                assert_eq!(docs[0]["bootstrapTokens"][0]["token"].as_str(), Some(token.as_str()));
+                assert_eq!(docs[0]["localAPIEndpoint"]["advertiseAddress"].as_str(), Some("10.0.0.11"));
+                let cc = &docs[1];
+                assert_eq!(cc["controlPlaneEndpoint"].as_str(), Some("10.0.0.10:6443"));
+                assert_eq!(cc["kubernetesVersion"].as_str(), Some("v1.30.3"));
+                assert_eq!(cc["networking"]["podSubnet"].as_str(), Some("10.244.0.0/16"));
+                assert_eq!(cc["networking"]["serviceSubnet"].as_str(), Some("10.96.0.0/12"));
+                let args = &cc["apiServer"]["extraArgs"];
+                assert_eq!(
+                    args["encryption-provider-config"].as_str(),
+                    Some("/etc/kubernetes/encryption/config.yaml")
+                );
+                assert_eq!(args["audit-policy-file"].as_str(), Some("/etc/kubernetes/audit/policy.yaml"));
+                assert!(args["audit-log-path"].as_str().is_some());
+                let k = &docs[2];
+                assert_eq!(k["authentication"]["anonymous"]["enabled"].as_bool(), Some(false));
+                assert_eq!(k["authentication"]["webhook"]["enabled"].as_bool(), Some(true));
+                assert_eq!(k["authorization"]["mode"].as_str(), Some("Webhook"));
+                assert_eq!(k["readOnlyPort"].as_u64(), Some(0));
+                for b in
+                    ["protectKernelDefaults", "rotateCertificates", "serverTLSBootstrap", "seccompDefault"]
+                {
+                    assert_eq!(k[b].as_bool(), Some(true), "{b}");
+                }
+                assert_eq!(k["cgroupDriver"].as_str(), Some("systemd"));
+                // kube-vip: super-admin.conf during init, admin.conf afterwards
+                let init = yaml(&files["/etc/imgbuild/kube-vip/init.yaml"].1);
+                let steady = yaml(&files["/etc/imgbuild/kube-vip/kube-vip.yaml"].1);
+                assert_eq!(
+                    init["spec"]["volumes"][0]["hostPath"]["path"].as_str(),
+                    Some("/etc/kubernetes/super-admin.conf")
+                );
+                assert_eq!(
+                    steady["spec"]["volumes"][0]["hostPath"]["path"].as_str(),
+                    Some("/etc/kubernetes/admin.conf")
+                );
+                assert_eq!(
+                    steady["spec"]["containers"][0]["image"].as_str(),
+                    Some("ghcr.io/kube-vip/kube-vip:v0.8.0")
+                );
+                let envs = steady["spec"]["containers"][0]["env"].as_sequence().unwrap();
+                let get = |k: &str| {
+                    envs.iter().find(|e| e["name"].as_str() == Some(k)).unwrap()["value"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                };
+                assert_eq!(get("address"), "10.0.0.10");
+                assert_eq!(get("vip_interface"), "ens3");
+                assert_eq!(get("vip_arp"), "true");
+                let values = &files["/etc/imgbuild/addons/values.yaml"];
+                assert_eq!(values.0, "0600");
+                assert_eq!(
+                    yaml(&values.1)["image"]["repository"].as_str(),
+                    Some("ghcr.io/stefanprodan/podinfo")
+                );
+                let enc = yaml(&files["/etc/kubernetes/encryption/config.yaml"].1);
+                assert_eq!(enc["kind"].as_str(), Some("EncryptionConfiguration"));
+                let key =
+                    enc["resources"][0]["providers"][0]["secretbox"]["keys"][0]["secret"].as_str().unwrap();
+                assert_eq!(key, fs::read_to_string(secrets.join("encryption-key")).unwrap().trim());
+                assert_eq!(
+                    yaml(&files["/etc/kubernetes/audit/policy.yaml"].1)["kind"].as_str(),
+                    Some("Policy")
+                );
+            }
+            _ => {
+                assert_eq!(
+                    kinds(kubeadm),
+                    [("kubeadm.k8s.io/v1beta3".to_string(), "JoinConfiguration".to_string())]
+                );
+                let j = yaml(kubeadm);
+                let bt = &j["discovery"]["bootstrapToken"];
+                assert_eq!(bt["token"].as_str(), Some(token.as_str()));
+                assert_eq!(bt["apiServerEndpoint"].as_str(), Some("10.0.0.10:6443"));
+                assert!(!files.contains_key("/etc/imgbuild/addons/values.yaml"));
+                assert!(!files.contains_key("/etc/imgbuild/kube-vip/init.yaml"));
+                if node.contains("cp") {
+                    assert!(env.contains("IMGBUILD_ROLE=join-control-plane\n"));
+                    assert!(j["controlPlane"]["localAPIEndpoint"].is_mapping());
+                    assert_eq!(files["/etc/imgbuild/pki/ca.key"], ("0600".to_string(), ca_key.clone()));
+                    for f in [
+                        "sa.key",
+                        "sa.pub",
+                        "front-proxy-ca.crt",
+                        "front-proxy-ca.key",
+                        "etcd/ca.crt",
+                        "etcd/ca.key",
+                    ] {
+                        assert!(files.contains_key(&format!("/etc/imgbuild/pki/{f}")), "{f}");
+                    }
+                } else {
+                    assert!(env.contains("IMGBUILD_ROLE=join-worker\n"));
+                    assert!(j.get("controlPlane").is_none());
+                    // workers never receive CA keys (or any private key)
+                    assert!(!ud.contains("PRIVATE KEY"), "{node} got a private key");
+                    assert!(!files.keys().any(|p| p.contains("/pki/")));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn discovery_hash_matches_openssl() {
+    if !need("openssl", "the discovery hash cross-check") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let ca = c.parent().unwrap().join("secrets/ca.crt");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -pubkey -noout -in '{}' | openssl pkey -pubin -outform der | sha256sum",
+            ca.display()
+        ))
+        .output()
+        .unwrap();
+    ok(&o);
+    let want = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string();
+    assert_eq!(want.len(), 64);
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--node", "demo-worker-1", "--seed", "none"]));
+    let ud = fs::read_to_string(out.join("demo-worker-1/user-data")).unwrap();
+    let j = yaml(&write_files(&ud)["/etc/imgbuild/kubeadm.yaml"].1);
+    assert_eq!(
+        j["discovery"]["bootstrapToken"]["caCertHashes"][0].as_str(),
+        Some(format!("sha256:{want}").as_str())
+    );
+    // only the requested node was rendered
+    assert!(!out.join("demo-cp-1").exists());
+}
+
+const PY_SCHEMA: &str = r##"
+import sys, json, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+cls = jsonschema.validators.validator_for(schema)
+cls.check_schema(schema)
+v, rc = cls(schema), 0
+for f in sys.argv[2:]:
+    text = open(f, encoding="utf-8").read()
+    assert text.startswith("#cloud-config\n"), f
+    for e in v.iter_errors(yaml.safe_load(text)):
+        print(f, "/".join(map(str, e.absolute_path)), e.message); rc = 1
+sys.exit(rc)
+"##;
+
+fn python_has_jsonschema() -> bool {
+    Command::new("python3").args(["-c", "import jsonschema, yaml"]).output().is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn every_user_data_passes_the_schema_in_python_and_cloud_init_22_4() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--all", "--seed", "none"]));
+    let files: Vec<String> =
+        NODES.iter().map(|n| out.join(n).join("user-data").display().to_string()).collect();
+    let schema = root().join("cloud-init/schema/schema-cloud-config-v1.json");
+    if python_has_jsonschema() {
+        let o = Command::new("python3").arg("-c").arg(PY_SCHEMA).arg(&schema).args(&files).output().unwrap();
+        ok(&o);
+    } else {
+        assert!(!in_ci(), "python3 with jsonschema+pyyaml is required in CI (ci/test.sh pip-installs them)");
+        eprintln!("note: skipping the Python jsonschema cross-check: pip install jsonschema pyyaml");
+    }
+    if need("cloud-init", "the cloud-init 22.4 schema check") {
+        for f in &files {
+            let o = Command::new("cloud-init").args(["schema", "--config-file", f]).output().unwrap();
+            ok(&o);
+        }
+    }
+}
+
+#[test]
+fn hostile_values_round_trip_byte_exact_or_are_rejected() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let nasty = "postgres://u:p@h/db?x=1 # not a comment\n---\nkey: value\n\"quoted\" 'single' {{ jinja }} {% raw %} \
+                 é漢字🚀 \u{85}\u{2028}\t\\ end";
+    let key_nasty = "ssh-ed25519 AAAA # x: y \"q\" 'r' {{ z }} --- é";
+    let mut spec = fs::read_to_string(&c).unwrap();
+    // written with the same quoting the templates use (raw NEL/LS would fold in YAML)
+    let quoted = imgbuild::cloudinit::yaml::quote(nasty);
+    spec = spec.replace(
+        "    # secret:\n",
+        &format!("    secret:\n      values:\n        DATABASE_URL: {quoted}\n        \"weird: key #\": \"{{{{x}}}}\"\n"),
+    );
+    spec = spec.replace(
+        &format!("  - \"{SSH_KEY}\""),
+        &format!("  - {}", imgbuild::cloudinit::yaml::quote(key_nasty)),
+    );
+    fs::write(&c, &spec).unwrap();
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--all", "--seed", "none"]));
+    let ud = fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap();
+    let v = yaml(&ud);
+    assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(key_nasty));
+    let values = yaml(&write_files(&ud)["/etc/imgbuild/addons/values.yaml"].1);
+    assert_eq!(values["secret"]["values"]["DATABASE_URL"].as_str(), Some(nasty));
+    assert_eq!(values["secret"]["values"]["weird: key #"].as_str(), Some("{{x}}"));
+    // and with PyYAML, which is what cloud-init uses
+    if python_has_jsonschema() {
+        let py = "import sys, yaml, json\nd = yaml.safe_load(open(sys.argv[1], encoding='utf-8'))\n\
+                  f = [w for w in d['write_files'] if w['path'] == '/etc/imgbuild/addons/values.yaml'][0]\n\
+                  v = yaml.safe_load(f['content'])\n\
+                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['values']['DATABASE_URL']]))";
+        let o =
+            Command::new("python3").arg("-c").arg(py).arg(out.join("demo-cp-1/user-data")).output().unwrap();
+        ok(&o);
+        let got: Vec<String> = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(got, [key_nasty, nasty]);
+    }
+
+    // names and values that cannot be made safe are refused with exit 2
+    let base = fs::read_to_string(&c).unwrap();
+    for (from, to) in [
+        ("name: \"demo-worker-2\"", "name: \"w2\\nhostname: evil\""),
+        ("name: \"demo-worker-2\"", "name: \"w2: x\""),
+        ("name: \"demo-worker-2\"", "name: \"w#2\""),
+        ("name: \"demo-worker-2\"", "name: \"{{w2}}\""),
+        ("name: \"demo-worker-2\"", "name: \"---\""),
+        ("name: \"demo-worker-2\"", "name: \"wörker\""),
+        ("name: \"demo-worker-2\"", "name: \"w'2\""),
+        ("name: \"demo\"", "name: \"demo\\n- x\""),
+        ("endpoint: \"10.0.0.10:6443\"", "endpoint: \"10.0.0.10:6443\\n#\""),
+        ("interface: \"ens3\"", "interface: \"ens3\\\"\""),
+    ] {
+        let bad = base.replacen(from, to, 1);
+        assert_ne!(bad, base, "{from}");
+        fs::write(&c, &bad).unwrap();
+        let o = render(&c, &t.path().join("bad"), &["--all", "--seed", "none"]);
+        assert_eq!(o.status.code(), Some(2), "{to}: {}", stderr(&o));
+        assert!(stderr(&o).contains("cluster.yaml:"), "{}", stderr(&o));
+    }
+    let bad_key = base.replace(
+        &format!("  - {}", imgbuild::cloudinit::yaml::quote(key_nasty)),
+        "  - \"ssh-ed25519 AAAA\\nruncmd: [reboot]\"",
+    );
+    fs::write(&c, &bad_key).unwrap();
+    let o = render(&c, &t.path().join("bad"), &["--all"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("ssh_authorized_keys[0]"), "{}", stderr(&o));
+}
+
+#[test]
+fn user_data_size_limits() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let base = fs::read_to_string(&c).unwrap();
+    let with = |n: usize| base.replace("    # secret:\n", &format!("    blob: \"{}\"\n", "x".repeat(n)));
+    fs::write(&c, with(10_000)).unwrap();
+    let o = render(&c, &t.path().join("o1"), &["--node", "demo-cp-1", "--seed", "none"]);
+    ok(&o);
+    assert!(stderr(&o).contains("warning:") && stderr(&o).contains("over 16 KiB"), "{}", stderr(&o));
+    fs::write(&c, with(70_000)).unwrap();
+    let o = render(&c, &t.path().join("o2"), &["--node", "demo-cp-1", "--seed", "none"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("64 KiB"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cluster.yaml:"), "{}", stderr(&o));
+    assert!(!t.path().join("o2/demo-cp-1/user-data").exists());
+    // workers do not carry the add-on values, so they stay small
+    let o = render(&c, &t.path().join("o3"), &["--node", "demo-worker-1", "--seed", "none"]);
+    ok(&o);
+}
+
+#[test]
+fn files_are_private_and_secrets_never_printed() {
+    let t = tempfile::tempdir().unwrap();
+    let key = t.path().join("id.pub");
+    fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
+    let d = t.path().join("c");
+    // real randomness here: no test seed
+    let o = common::bin()
+        .args(["cluster", "init", "--name", "prod", "--endpoint", "10.1.0.10", "--node-cidr", "10.1.0.0/24"])
+        .args(["--external-lb", "--ssh-key", key.to_str().unwrap(), "--dir", d.to_str().unwrap()])
+        .output()
+        .unwrap();
+    ok(&o);
+    let mut printed = o.stdout.clone();
+    printed.extend(&o.stderr);
+    let c = d.join("cluster.yaml");
+    let out = t.path().join("out");
+    let o = common::bin()
+        .args(["cloud-init", "--cluster", c.to_str().unwrap(), "--all", "--seed", "vfat", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(&o);
+    printed.extend(&o.stdout);
+    printed.extend(&o.stderr);
+    let printed = String::from_utf8_lossy(&printed).into_owned();
+    let secrets = imgbuild::cluster::pki::Secrets::load(&d.join("secrets")).unwrap();
+    for s in secrets.values() {
+        let s = s.trim();
+        assert!(!printed.contains(s), "a secret was printed");
+        // also no PEM body line of a key
+        for line in s.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!printed.contains(line), "a key line was printed");
+        }
+    }
+    assert!(!printed.contains("PREDICTABLE"), "test seed leaked into a real run");
+    assert_eq!(fs::metadata(&c).unwrap().permissions().mode() & 0o777, 0o600);
+    for node in ["prod-cp-1", "prod-cp-2", "prod-cp-3", "prod-worker-1", "prod-worker-2"] {
+        let nd = out.join(node);
+        assert_eq!(fs::metadata(&nd).unwrap().permissions().mode() & 0o777, 0o700);
+        for f in ["user-data", "meta-data", "network-config", "seed.img"] {
+            assert_eq!(fs::metadata(nd.join(f)).unwrap().permissions().mode() & 0o777, 0o600, "{node}/{f}");
+        }
+    }
+    // external-lb: no kube-vip anywhere
+    let ud = fs::read_to_string(out.join("prod-cp-1/user-data")).unwrap();
+    assert!(!ud.contains("kube-vip"));
+}
+
+#[test]
+fn nocloud_seeds_iso_and_vfat() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "vfat"]));
+    let nd = out.join("demo-cp-2");
+    let img = nd.join("seed.img");
+    // byte-identical on a re-render
+    let first = fs::read(&img).unwrap();
+    ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "vfat"]));
+    assert_eq!(first, fs::read(&img).unwrap());
+    if need("blkid", "the seed label check") {
+        let o = Command::new("blkid").arg("-p").arg(&img).output().unwrap();
+        let s = String::from_utf8_lossy(&o.stdout);
+        assert!(s.contains("LABEL=\"CIDATA\"") && s.contains("TYPE=\"vfat\""), "{s}");
+    }
+    if need("mtype", "reading the vfat seed") {
+        for f in ["user-data", "meta-data", "network-config"] {
+            let o = Command::new("mtype").arg("-i").arg(&img).arg(format!("::{f}")).output().unwrap();
+            ok(&o);
+            assert_eq!(o.stdout, fs::read(nd.join(f)).unwrap(), "{f}");
+        }
+    }
+    if need("genisoimage", "the ISO seed") && need("isoinfo", "reading the ISO seed") {
+        ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "iso"]));
+        let iso = nd.join("seed.iso");
+        assert_eq!(fs::metadata(&iso).unwrap().permissions().mode() & 0o777, 0o600);
+        let o = Command::new("isoinfo").arg("-d").arg("-i").arg(&iso).output().unwrap();
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Volume id: cidata"));
+        for f in ["user-data", "meta-data", "network-config"] {
+            let o = Command::new("isoinfo")
+                .args(["-R", "-x", &format!("/{f}"), "-i"])
+                .arg(&iso)
+                .output()
+                .unwrap();
+            ok(&o);
+            assert_eq!(o.stdout, fs::read(nd.join(f)).unwrap(), "{f}");
+        }
+    }
+}
+
+#[test]
+fn unknown_node_and_missing_selection() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let o = render(&c, &t.path().join("o"), &["--node", "nope", "--seed", "none"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("demo-cp-1"), "{}", stderr(&o));
+    let o = render(&c, &t.path().join("o"), &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = render(&c, &t.path().join("o"), &["--all", "--node", "demo-cp-1"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+// ---------------------------------------------------------------------------
+// The baked bootstrap script, driven by stubs in a temporary root.
+
+const SCRIPT: &str = "image-files/common/usr/libexec/imgbuild/bootstrap";
+
+struct Node {
+    _t: tempfile::TempDir,
+    root: PathBuf,
+    bin: PathBuf,
+    calls: PathBuf,
+}
+
+/// Materialise a node's write_files under a temp root, with stub kubeadm and systemctl.
+fn node_root(user_data: &str, kubeadm_rc: &str) -> Node {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    for (path, (mode, content)) in write_files(user_data) {
+        let p = root.join(path.trim_start_matches('/'));
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(u32::from_str_radix(&mode, 8).unwrap())).unwrap();
+    }
+    let bin = t.path().join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let calls = t.path().join("calls");
+    // the kubeadm stub records its arguments; exit codes come from a file, one per call
+    let stub = format!(
+        "#!/bin/sh\necho \"kubeadm $*\" >> '{calls}'\necho \"stub kubeadm output for $1\"\n\
+         rcs='{rcs}'\nif [ \"$1\" = reset ]; then exit 0; fi\n\
+         n=$(grep -c '^kubeadm \\(init\\|join\\)' '{calls}')\n\
+         rc=$(printf '%s\\n' $rcs | sed -n \"${{n}}p\")\n\
+         if [ \"${{rc:-0}}\" != 0 ]; then echo 'error execution phase preflight: couldn'\"'\"'t validate the identity of the API Server' >&2; fi\n\
+         exit \"${{rc:-0}}\"\n",
+        calls = calls.display(),
+        rcs = kubeadm_rc
+    );
+    fs::write(bin.join("kubeadm"), stub).unwrap();
+    fs::write(bin.join("systemctl"), format!("#!/bin/sh\necho \"systemctl $*\" >> '{}'\n", calls.display()))
+        .unwrap();
+    for s in ["kubeadm", "systemctl"] {
+        fs::set_permissions(bin.join(s), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    Node { _t: t, root, bin, calls }
+}
+
+impl Node {
+    fn run(&self, extra: &[(&str, &str)]) -> Output {
+        let mut c = Command::new("bash");
+        c.arg(root().join(SCRIPT))
+            .env("IMGBUILD_ROOT", &self.root)
+            .env("PATH", format!("{}:{}", self.bin.display(), std::env::var("PATH").unwrap_or_default()))
+            .env("IMGBUILD_BACKOFF_INITIAL", "0")
+            .env("IMGBUILD_BACKOFF_MAX", "0");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    }
+    fn calls(&self) -> Vec<String> {
+        fs::read_to_string(&self.calls).unwrap_or_default().lines().map(String::from).collect()
+    }
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&fs::read_to_string(self.root.join("run/imgbuild/bootstrap.json")).unwrap())
+            .unwrap()
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+fn rendered_user_data(node: &str) -> (tempfile::TempDir, String) {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let out = t.path().join("out");
+    ok(&render(&c, &out, &["--all", "--seed", "none"]));
+    let ud = fs::read_to_string(out.join(node).join("user-data")).unwrap();
+    (t, ud)
+}
+
+#[test]
+fn bootstrap_first_control_plane_init_then_idempotent() {
+    let (_t, ud) = rendered_user_data("demo-cp-1");
+    let n = node_root(&ud, "0");
+    fs::create_dir_all(n.p("etc/systemd/system")).unwrap();
+    fs::write(n.p("etc/systemd/system/imgbuild-addons.service"), "[Service]\n").unwrap();
+    let o = n.run(&[]);
+    ok(&o);
+    let cfg = n.p("etc/imgbuild/kubeadm.yaml");
+    assert_eq!(
+        n.calls(),
+        [
+            format!(
+                "kubeadm init --config {} --skip-token-print --skip-certificate-key-print",
+                cfg.display()
+            ),
+            "systemctl start --no-block imgbuild-addons.service".to_string(),
+        ]
+    );
+    let console = String::from_utf8_lossy(&o.stdout);
+    for phase in ["phase start", "phase kubeadm-init: attempt 1", "phase done", "phase addons"] {
+        assert!(console.contains(phase), "{console}");
+    }
+    assert_eq!(fs::read_to_string(n.p("run/cluster-api/bootstrap-success.complete")).unwrap(), "success\n");
+    let s = n.status();
+    assert_eq!(s["phase"], "done");
+    assert_eq!(s["role"], "init");
+    assert_eq!(s["node"], "demo-cp-1");
+    assert_eq!(s["attempts"], 1);
+    assert_eq!(s["last_error"], "");
+    // PKI pre-placed where kubeadm looks, keys 0600; staging copies gone
+    for (f, mode) in [("ca.key", 0o600), ("ca.crt", 0o644), ("etcd/ca.key", 0o600), ("sa.pub", 0o644)] {
+        let m = fs::metadata(n.p(&format!("etc/kubernetes/pki/{f}"))).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, mode, "{f}");
+    }
+    assert!(!n.p("etc/imgbuild/pki").exists());
+    // kube-vip switched to admin.conf after init
+    let vip = fs::read_to_string(n.p("etc/kubernetes/manifests/kube-vip.yaml")).unwrap();
+    assert!(vip.contains("path: \"/etc/kubernetes/admin.conf\""), "{vip}");
+    assert!(n.p("var/lib/imgbuild/bootstrap.done").exists());
+    // kubeadm's output goes to a private log, not to the console
+    assert!(!console.contains("stub kubeadm output"));
+    assert_eq!(
+        fs::metadata(n.p("var/log/imgbuild/kubeadm.log")).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // reboot: /run is empty again, kubeadm must not run again
+    fs::remove_dir_all(n.p("run")).unwrap();
+    let o = n.run(&[]);
+    ok(&o);
+    let calls = n.calls();
+    assert_eq!(calls.iter().filter(|c| c.starts_with("kubeadm")).count(), 1, "{calls:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already bootstrapped"));
+    assert!(n.p("run/cluster-api/bootstrap-success.complete").exists());
+    assert_eq!(n.status()["phase"], "done");
+}
+
+#[test]
+fn bootstrap_kube_vip_uses_super_admin_during_init() {
+    let (_t, ud) = rendered_user_data("demo-cp-1");
+    // a kubeadm stub that captures the manifest kube-vip runs with during init
+    let n = node_root(&ud, "0");
+    let capture = n.root.join("vip-during-init");
+    let stub = format!(
+        "#!/bin/sh\necho \"kubeadm $*\" >> '{}'\ncp '{}' '{}'\n",
+        n.calls.display(),
+        n.p("etc/kubernetes/manifests/kube-vip.yaml").display(),
+        capture.display()
+    );
+    fs::write(n.bin.join("kubeadm"), stub).unwrap();
+    ok(&n.run(&[]));
+    let during = fs::read_to_string(capture).unwrap();
+    assert!(during.contains("path: \"/etc/kubernetes/super-admin.conf\""), "{during}");
+}
+
+#[test]
+fn bootstrap_worker_join_retries_with_backoff() {
+    let (_t, ud) = rendered_user_data("demo-worker-1");
+    let n = node_root(&ud, "1 1 0");
+    let o = n.run(&[]);
+    ok(&o);
+    let cfg = n.p("etc/imgbuild/kubeadm.yaml").display().to_string();
+    let join = format!("kubeadm join --config {cfg}");
+    assert_eq!(
+        n.calls(),
+        [join.clone(), "kubeadm reset -f".into(), join.clone(), "kubeadm reset -f".into(), join]
+    );
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(console.contains("phase retry-wait: attempt 1 failed"), "{console}");
+    assert!(console.contains("phase kubeadm-join: attempt 3"), "{console}");
+    let s = n.status();
+    assert_eq!(s["phase"], "done");
+    assert_eq!(s["attempts"], 3);
+    assert_eq!(s["role"], "join-worker");
+    // a worker never has CA keys on disk
+    assert!(!n.p("etc/kubernetes/pki/ca.key").exists());
+    assert!(n.p("run/cluster-api/bootstrap-success.complete").exists());
+}
+
+#[test]
+fn bootstrap_gives_up_after_budget_and_reports() {
+    let (_t, ud) = rendered_user_data("demo-cp-2");
+    let n = node_root(&ud, "1 1 1 1 1 1 1 1 1 1");
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "3")]);
+    assert_eq!(o.status.code(), Some(1));
+    let s = n.status();
+    assert_eq!(s["phase"], "failed");
+    assert_eq!(s["attempts"], 3);
+    assert_eq!(s["role"], "join-control-plane");
+    assert!(s["last_error"].as_str().unwrap().contains("couldn't validate the identity"), "{s}");
+    assert!(!n.p("run/cluster-api/bootstrap-success.complete").exists());
+    assert!(!n.p("var/lib/imgbuild/bootstrap.done").exists());
+    // PKI is re-placed before every attempt (kubeadm reset empties it)
+    assert!(n.p("etc/kubernetes/pki/front-proxy-ca.key").exists());
+    // the time budget also stops it: 1 s budget, 2 s backoff
+    let n2 = node_root(&ud, "1 1 1 1");
+    let o = n2.run(&[
+        ("IMGBUILD_RETRY_BUDGET_SECONDS", "1"),
+        ("IMGBUILD_BACKOFF_INITIAL", "2"),
+        ("IMGBUILD_BACKOFF_MAX", "2"),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(n2.status()["attempts"], 1);
+    // the control plane joined by config: kubeadm refuses --control-plane next to --config
+    let j = yaml(&fs::read_to_string(n.p("etc/imgbuild/kubeadm.yaml")).unwrap());
+    assert!(j["controlPlane"].is_mapping());
+}
+
+#[test]
+fn bootstrap_rejects_code_in_its_data_file() {
+    let (_t, ud) = rendered_user_data("demo-worker-2");
+    let n = node_root(&ud, "0");
+    let env = n.p("etc/imgbuild/bootstrap.env");
+    let text = fs::read_to_string(&env).unwrap();
+    fs::write(&env, text.replace("IMGBUILD_CLUSTER=demo", "IMGBUILD_CLUSTER=$(touch /tmp/pwned)")).unwrap();
+    let o = n.run(&[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(n.calls().is_empty());
+    assert_eq!(n.status()["phase"], "failed");
+}
+
+#[test]
+fn shellcheck_and_systemd_analyze_verify() {
+    let script = root().join(SCRIPT);
+    if need("shellcheck", "shellcheck of the bootstrap script") {
+        let o = Command::new("shellcheck").args(["-S", "style", "-f", "gcc"]).arg(&script).output().unwrap();
+        ok(&o);
+    }
+    if !need("systemd-analyze", "systemd-analyze verify of the bootstrap unit") {
+        return;
+    }
+    // fake root: the host's unit library plus our files (ExecStart must exist)
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+    fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
+    fs::create_dir_all(r.join("usr/libexec/imgbuild")).unwrap();
+    let cp =
+        Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(r.join("usr/lib/systemd/")).status();
+    assert!(cp.unwrap().success());
+    fs::copy(&script, r.join("usr/libexec/imgbuild/bootstrap")).unwrap();
+    let unit = "imgbuild-bootstrap.service";
+    fs::copy(
+        root().join("image-files/common/etc/systemd/system").join(unit),
+        r.join("etc/systemd/system").join(unit),
+    )
+    .unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(format!("--root={}", r.display()))
+        .arg(unit)
+        .output()
+        .unwrap();
+    ok(&o);
+    // non-fatal problems exit 0 but print: treat any output as failure
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    assert!(all.trim().is_empty(), "{all}");
+}
