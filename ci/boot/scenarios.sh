@@ -68,7 +68,12 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
   done
 
   "$bin" cluster init --name boottest --endpoint "$endpoint" --control-planes 3 --workers 2 \
-    --dir "$work/cluster"
+    --external-lb --dir "$work/cluster"
+  # A short retry budget (the spec's own knob): the late join needs ~15 s of retries,
+  # the broken seed must give up within a boot instead of after 30 minutes.
+  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 60/' "$work/cluster/cluster.yaml"
+  grep -q '^  retry_budget_seconds: 60' "$work/cluster/cluster.yaml" \
+    || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
   "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
   "$py" -c '
