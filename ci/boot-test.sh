@@ -11,6 +11,7 @@
 #      BOOT_TEST_WORK        keep everything in this dir (default: temp dir, removed on success)
 #      BOOT_TEST_JOBS        boots in parallel [2]       BOOT_TEST_TIMEOUT  seconds per boot [900]
 #      BOOT_TEST_ACCEL       force kvm|tcg               BOOT_TEST_MEM      MiB per VM [1024]
+#      BOOT_TEST_REUSE       with BOOT_TEST_WORK: reuse the images/seeds prepared by an earlier run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -136,9 +137,13 @@ make_seed() {
 read_disk() {
   local dir=$1 name=$2 disk=$3
   qemu-img convert -f qcow2 -O raw "$disk" "$dir/$name.raw"
-  rm -rf "$dir/$name.disk"
-  disk_rdump "$dir/$name.raw" cloudimg-rootfs /var/lib/imgbuild-test "$dir/$name.disk" \
+  rm -rf "$dir/$name.disk" "$dir/$name.rdump"
+  # rdump copies the directory itself into the destination.
+  disk_rdump "$dir/$name.raw" cloudimg-rootfs /var/lib/imgbuild-test "$dir/$name.rdump" \
+    && [ -d "$dir/$name.rdump/imgbuild-test" ] \
     || { echo "no /var/lib/imgbuild-test on the disk after $name" >"$dir/boot-error"; return 1; }
+  mv "$dir/$name.rdump/imgbuild-test" "$dir/$name.disk"
+  rm -rf "$dir/$name.rdump" "$dir/$name.raw"
 }
 
 # ---------------------------------------------------------------- scenario runner
@@ -155,17 +160,29 @@ run_scenario() {
   echo "$(($(date +%s) - ts))" >"$dir/seconds"
 }
 
-if ! prepare >"$work/prepare.log" 2>&1; then
+if [ -n "${BOOT_TEST_REUSE:-}" ] && [ -s "$work/nodes" ]; then
+  say "BOOT_TEST_REUSE: reusing images, cluster and seeds in $work"
+elif ! prepare >"$work/prepare.log" 2>&1; then
   cat "$work/prepare.log" >&2
   die "preparing images and seeds failed (log above)"
 fi
 
+# At most $jobs boots at a time (they are CPU-bound); the mirror server is a job too,
+# so count the scenario PIDs only.
+pids=()
 for s in "${scenarios[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+  while :; do
+    running=()
+    for p in ${pids[@]+"${pids[@]}"}; do kill -0 "$p" 2>/dev/null && running+=("$p"); done
+    pids=(${running[@]+"${running[@]}"})
+    [ ${#pids[@]} -lt "$jobs" ] && break
+    sleep 2
+  done
   say "scenario $s: starting"
   run_scenario "$s" &
+  pids+=($!)
 done
-wait || true
+for p in ${pids[@]+"${pids[@]}"}; do wait "$p" || true; done
 
 fail=0
 echo

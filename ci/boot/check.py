@@ -62,6 +62,8 @@ def cmd_bootstrap(bootdir):
 
 
 def conf_lines(path):
+    if not os.path.isfile(path):  # e.g. 99-sysctl.conf -> ../sysctl.conf, not copied
+        return
     for line in read(path).splitlines():
         line = line.strip()
         if line and not line.startswith(("#", ";")):
@@ -116,7 +118,7 @@ def check_nft(imagedir, bootdir):
     conf = os.path.join(imagedir, "etc/nftables.conf")
     if not os.path.exists(conf):
         return 0
-    tables = re.findall(r"^\s*table\s+(\w+)\s+([\w-]+)", read(conf), re.M)
+    tables = sorted(set(re.findall(r"^\s*table\s+(\w+)\s+([\w-]+)", read(conf), re.M)))
     live = read(os.path.join(bootdir, "nft-ruleset.txt"))
     for fam, name in tables:
         if re.search(rf"^table {fam} {name} \{{", live, re.M):
