@@ -178,8 +178,10 @@ scenario_worker() {
   [ "$n1" = "$n2" ] && echo "ok   second boot: kubeadm not run again ($n2 call(s) in total)" \
     || { echo "FAIL second boot ran kubeadm again ($n1 -> $n2 calls)"; bad=1; }
   local r1 r2
-  r1=$(grep -c 'Running module runcmd' "$dir/boot1.disk/boot-1/cloud-init.log" || true)
-  r2=$(grep -c 'Running module runcmd' "$dir/boot2.disk/boot-2/cloud-init.log" || true)
+  # cloud-init writes the runcmd semaphore only when runcmd really runs (its log says
+  # "Running module runcmd" on every boot, then "already ran").
+  r1=$(grep -c 'sem/config_runcmd - wb' "$dir/boot1.disk/boot-1/cloud-init.log" || true)
+  r2=$(grep -c 'sem/config_runcmd - wb' "$dir/boot2.disk/boot-2/cloud-init.log" || true)
   [ "$r1" = "$r2" ] && echo "ok   second boot: runcmd not run again" \
     || { echo "FAIL second boot ran runcmd again"; bad=1; }
   [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
