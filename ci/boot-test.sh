@@ -89,6 +89,10 @@ say "accelerator: $accel"
 boot_vm() {
   local dir=$1 name=$2 disk=$3 seed=$4 kdir=$5 extra=$6 rc ts
   local cpu=()
+  # Emulated and possibly on a busy host: udev can take longer than systemd's default
+  # 90 s to announce /dev/disk/by-label/BOOT, which fails local-fs.target (seen under
+  # load). A longer default job timeout (devices included) keeps that from flaking.
+  local slow="systemd.default_timeout_start_sec=900"
   [ "$accel" = kvm ] && cpu=(-cpu host)
   ts=$(date +%s)
   set +e
@@ -96,7 +100,7 @@ boot_vm() {
     -L /usr/lib/ipxe/qemu -accel "$accel" "${cpu[@]}" -m "$mem" -smp 1 \
     -display none -monitor none -no-reboot \
     -kernel "$kdir/vmlinuz" -initrd "$kdir/initrd.img" \
-    -append "root=LABEL=cloudimg-rootfs ro console=ttyS0 panic=-1 $extra" \
+    -append "root=LABEL=cloudimg-rootfs ro console=ttyS0 panic=-1 $slow $extra" \
     -drive "file=$disk,format=qcow2,if=virtio,cache=unsafe" \
     -drive "file=$seed,format=raw,if=virtio,readonly=on" \
     -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \

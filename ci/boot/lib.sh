@@ -88,10 +88,14 @@ setup_qemu() {
       return 1
     fi
     # shellcheck disable=SC2086 # a word list
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $QEMU_LIBS >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $QEMU_LIBS >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends $QEMU_LIBS >/dev/null; } || return 1
     rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
+    # (apt-get download as root warns that _apt cannot write here; harmless)
     (cd "$dir.tmp" && apt-get download -qq qemu-system-x86 qemu-system-common 2>/dev/null \
-      && for d in qemu-system-*.deb; do dpkg -x "$d" Q; done && rm -f qemu-system-*.deb)
+      && for d in qemu-system-*.deb; do dpkg -x "$d" Q; done && rm -f qemu-system-*.deb) || return 1
+    [ -x "$dir.tmp/Q/usr/bin/qemu-system-x86_64" ] || return 1
     rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   QEMU="$dir/Q/usr/bin/qemu-system-x86_64"
