@@ -69,10 +69,10 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
 
   "$bin" cluster init --name boottest --endpoint "$endpoint" --control-planes 3 --workers 2 \
     --external-lb --dir "$work/cluster"
-  # A short retry budget (the spec's own knob): the late join needs ~15 s of retries,
-  # the broken seed must give up within a boot instead of after 30 minutes.
-  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 60/' "$work/cluster/cluster.yaml"
-  grep -q '^  retry_budget_seconds: 60' "$work/cluster/cluster.yaml" \
+  # A short retry budget (the spec's own knob): the late join needs ~1 min of retries
+  # under TCG, the broken seed must give up within a boot instead of after 30 minutes.
+  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 180/' "$work/cluster/cluster.yaml"
+  grep -q '^  retry_budget_seconds: 180' "$work/cluster/cluster.yaml" \
     || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
   "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
@@ -167,7 +167,7 @@ scenario_worker() {
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
-  [ $bad = 0 ] || return 1
+  [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
   boot_node "$dir" worker "$node" boot2
@@ -232,6 +232,12 @@ scenario_late_join() { # the control plane is "late": the first 2 joins fail
   assert_node_done "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 3 $(join_expectations) || bad=1
+  # All three attempts in ONE bootstrap run (its own retry loop, not a restart of the unit).
+  local a
+  a=$(check bootstrap "$dir/boot1.disk/boot-1" | sed -n 's/^json=//p' \
+    | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("attempts"))')
+  [ "$a" = 3 ] && echo "ok   bootstrap.json: attempts 3 (retried within one run)" \
+    || { echo "FAIL bootstrap.json: attempts '$a', expected 3 within one bootstrap run"; bad=1; }
   return $bad
 }
 
