@@ -31,7 +31,9 @@ jobs=${BOOT_TEST_JOBS:-2}
 boot_timeout=${BOOT_TEST_TIMEOUT:-900}
 mem=${BOOT_TEST_MEM:-1024}
 
-all_scenarios=(worker cp-init cp-join late-join broken-seed)
+# Longest first (worker boots twice, broken-seed spends its retry budget), so two slots
+# finish together.
+all_scenarios=(worker broken-seed cp-init cp-join late-join)
 if [ $# -gt 0 ]; then scenarios=("$@"); else scenarios=("${all_scenarios[@]}"); fi
 for s in "${scenarios[@]}"; do
   case $s in worker | cp-init | cp-join | late-join | broken-seed | base) ;; *) die "unknown scenario $s" ;; esac
