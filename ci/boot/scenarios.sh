@@ -71,8 +71,8 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     --external-lb --dir "$work/cluster"
   # A short retry budget (the spec's own knob): the late join needs ~1 min of retries
   # under TCG, the broken seed must give up within a boot instead of after 30 minutes.
-  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 180/' "$work/cluster/cluster.yaml"
-  grep -q '^  retry_budget_seconds: 180' "$work/cluster/cluster.yaml" \
+  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 120/' "$work/cluster/cluster.yaml"
+  grep -q '^  retry_budget_seconds: 120' "$work/cluster/cluster.yaml" \
     || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
   "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
