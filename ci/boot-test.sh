@@ -211,7 +211,9 @@ for s in "${scenarios[@]}"; do
   [ "$r" = PASS ] && grep -q '^SKIP' "$dir/log" 2>/dev/null && sed -n 's/^SKIP/  '"$s"': SKIP/p' "$dir/log"
   if [ "$r" != PASS ]; then
     echo "---- $s: $r"
-    tail -n 40 "$dir/log"
+    grep -a '^FAIL' "$dir/log" || true
+    echo "(last lines of $dir/log:)"
+    tail -n 15 "$dir/log"
     [ -f "$dir/boot-error" ] && cat "$dir/boot-error"
   fi
 done
