@@ -109,3 +109,14 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# --- boot tests (issue 7): the slow tier, once everything above passed ---
+# Boots every role image in QEMU (TCG when KVM does not work) and asserts offline on the
+# disks; installs its own Debian packages (mmdebstrap, QEMU 7.2 unpacked next to qemu-utils
+# 10) and caches the Debian-made test base in $IMGBUILD_TEST_CACHE (~/.cache/imgbuild-test).
+if [ -n "${IMGBUILD_SKIP_BOOT_TESTS:-}" ] && [ -z "${CI:-}" ]; then
+  echo "ci/test.sh: IMGBUILD_SKIP_BOOT_TESTS set: boot tests skipped (they always run in CI)" >&2
+else
+  ci/boot-test.sh
+fi
+# --- end boot tests ---

@@ -96,7 +96,7 @@ fn both_roles_have_the_node_stack() {
         // Kernel modules and sysctls.
         let m = text(&l, "/etc/modules-load.d/k8s.conf");
         assert!(m.lines().any(|x| x == "overlay") && m.lines().any(|x| x == "br_netfilter"));
-        let k = sysctls(&text(&l, "/etc/sysctl.d/90-imgbuild-kubernetes.conf"));
+        let k = sysctls(&text(&l, "/etc/sysctl.d/99-zz-imgbuild-kubernetes.conf"));
         for (key, v) in [
             ("net.ipv4.ip_forward", "1"),
             ("net.bridge.bridge-nf-call-iptables", "1"),
@@ -110,7 +110,7 @@ fn both_roles_have_the_node_stack() {
         ] {
             assert_eq!(k.get(key).map(String::as_str), Some(v), "{key}");
         }
-        let h = sysctls(&text(&l, "/etc/sysctl.d/91-imgbuild-hardening.conf"));
+        let h = sysctls(&text(&l, "/etc/sysctl.d/99-zz-imgbuild-hardening.conf"));
         for (key, v) in [
             ("kernel.kptr_restrict", "1"),
             ("kernel.dmesg_restrict", "1"),
@@ -186,6 +186,29 @@ fn sysctls(text: &str) -> std::collections::BTreeMap<String, String> {
             (k.trim().to_string(), v.trim().to_string())
         })
         .collect()
+}
+
+/// systemd-sysctl applies /etc/sysctl.d and /usr/lib/sysctl.d files in one order by file
+/// name: ours must come after the distribution's (procps' 99-protect-links.conf reset
+/// fs.protected_fifos to 1 in the boot test) and before a CNI's 99-zzz-* override.
+#[test]
+fn sysctl_files_sort_after_the_distribution_and_before_cni_overrides() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, l) = compose(Role::Worker, tmp.path());
+    let ours: Vec<&String> = l
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.starts_with("/etc/sysctl.d/") && p.ends_with(".conf"))
+        .collect();
+    assert!(!ours.is_empty());
+    for p in ours {
+        let name = p.rsplit('/').next().unwrap();
+        for distro in ["50-default.conf", "99-protect-links.conf", "99-sysctl.conf", "99-cloudimg-ipv6.conf"]
+        {
+            assert!(name > distro, "{name} must sort after {distro}");
+        }
+        assert!(name < "99-zzz-override_cilium.conf", "{name} must sort before Cilium's override");
+    }
 }
 
 #[test]

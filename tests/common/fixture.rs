@@ -429,10 +429,16 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
     };
     let b = &recipe_v["base"];
     serve("base", base.qcow2.clone(), &b["urls"], b["version"].as_str().unwrap());
-    let arts = make_artifacts(dir.path());
+    let mut arts = make_artifacts(dir.path());
     for a in recipe_v["artifacts"].as_sequence().unwrap() {
         let name = a["name"].as_str().unwrap();
-        serve(name, arts[name].clone(), &a["urls"], a["version"].as_str().unwrap());
+        let version = a["version"].as_str().unwrap();
+        // Add-on charts (issue 5's artifacts): a minimal chart package per name.
+        let path = arts.entry(name.to_string()).or_insert_with(|| {
+            let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n").into_bytes();
+            tarball(dir.path(), &format!("{name}.tgz"), &[(&format!("{name}/Chart.yaml"), chart)])
+        });
+        serve(name, path.clone(), &a["urls"], version);
     }
     let recipe = make_recipe(dir.path(), &blobs);
     // One prefix rewrite per upstream host: https://HOST/ → http://127.0.0.1:PORT/HOST/.

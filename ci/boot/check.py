@@ -1,0 +1,248 @@
+#!/usr/bin/python3
+"""Offline assertions of the boot tests on what a VM left on its disk.
+
+  check.py bootstrap BOOTDIR                   -> prints state and reason of bootstrap.json
+  check.py hardening IMAGEDIR BOOTDIR          -> image's hardening config vs the live values
+  check.py kubeadm RECDIR SUBCMD [--control-plane|--no-control-plane] [--expect STR]...
+                                              -> the last successful kubeadm SUBCMD call got STR
+
+Each prints one line per check ("ok ..." / "FAIL ...") and exits 1 if any failed.
+BOOTDIR is /var/lib/imgbuild-test/boot-N as read from the disk; IMAGEDIR holds the
+role image's /etc as built (read offline from the image before it ever booted).
+"""
+import fnmatch
+import glob
+import json
+import os
+import re
+import sys
+
+failed = 0
+
+
+def ok(msg):
+    print(f"ok   {msg}")
+
+
+def fail(msg):
+    global failed
+    failed = 1
+    print(f"FAIL {msg}")
+
+
+def read(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def bootstrap_json(bootdir):
+    p = os.path.join(bootdir, "run-imgbuild", "bootstrap.json")
+    if not os.path.exists(p):
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def reason_of(doc):
+    for k in ("last_error", "reason", "error", "message"):
+        if isinstance(doc.get(k), str) and doc[k]:
+            return doc[k]
+    return ""
+
+
+def cmd_bootstrap(bootdir):
+    doc = bootstrap_json(bootdir)
+    if doc is None:
+        print("state=<no /run/imgbuild/bootstrap.json>")
+        return 1
+    print(f"state={doc.get('phase') or doc.get('state', '')}")
+    print(f"reason={reason_of(doc)}")
+    print("json=" + json.dumps(doc, sort_keys=True))
+    return 0
+
+
+def conf_lines(path):
+    if not os.path.isfile(path):  # e.g. 99-sysctl.conf -> ../sysctl.conf, not copied
+        return
+    for line in read(path).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", ";")):
+            yield line
+
+
+def check_sysctl(imagedir, bootdir):
+    files = sorted(glob.glob(os.path.join(imagedir, "etc/sysctl.d/*.conf")))
+    live = {}
+    for line in read(os.path.join(bootdir, "sysctl.txt")).splitlines():
+        k, _, v = line.partition(" = ")
+        live[k.strip()] = " ".join(v.split())
+    n = 0
+    for f in files:
+        for line in conf_lines(f):
+            key, _, want = line.partition("=")
+            key, want = key.strip().lstrip("-").replace("/", "."), " ".join(want.split())
+            keys = [k for k in live if fnmatch.fnmatchcase(k, key)] if "*" in key else [key]
+            if "*" in key and not keys:
+                ok(f"sysctl {key}: no such interface in the VM (nothing to check)")
+                continue
+            for k in keys:
+                n += 1
+                got = live.get(k)
+                if got == want:
+                    ok(f"sysctl {k} = {want} ({os.path.basename(f)})")
+                else:
+                    fail(f"sysctl {k}: image sets {want!r} ({os.path.basename(f)}), live value {got!r}")
+    return n
+
+
+def check_modules(imagedir, bootdir):
+    loaded = {line.split()[0] for line in read(os.path.join(bootdir, "modules.txt")).splitlines() if line}
+    builtin = set()
+    for p in glob.glob(os.path.join(imagedir, "modules.builtin")):
+        builtin = {os.path.basename(x).removesuffix(".ko").replace("-", "_") for x in read(p).split()}
+    n = 0
+    for f in sorted(glob.glob(os.path.join(imagedir, "etc/modules-load.d/*.conf"))):
+        for mod in conf_lines(f):
+            n += 1
+            m = mod.replace("-", "_")
+            if m in loaded:
+                ok(f"module {m} loaded ({os.path.basename(f)})")
+            elif m in builtin:
+                ok(f"module {m} built in ({os.path.basename(f)})")
+            else:
+                fail(f"module {m} ({os.path.basename(f)}) is not loaded")
+    return n
+
+
+def check_nft(imagedir, bootdir):
+    conf = os.path.join(imagedir, "etc/nftables.conf")
+    if not os.path.exists(conf):
+        return 0
+    tables = sorted(set(re.findall(r"^\s*table\s+(\w+)\s+([\w-]+)", read(conf), re.M)))
+    live = read(os.path.join(bootdir, "nft-ruleset.txt"))
+    for fam, name in tables:
+        if re.search(rf"^table {fam} {name} \{{", live, re.M):
+            chains = len(re.findall(r"^\s*chain ", live, re.M))
+            ok(f"nftables table {fam} {name} loaded ({chains} chains live)")
+        else:
+            fail(f"nftables table {fam} {name} from /etc/nftables.conf is not loaded")
+    return len(tables)
+
+
+def check_sshd(imagedir, bootdir):
+    live = {}
+    for line in read(os.path.join(bootdir, "sshd-T.txt")).splitlines():
+        k, _, v = line.partition(" ")
+        live.setdefault(k.lower(), []).append(v.strip().lower())
+    if not live:
+        fail("sshd -T printed nothing: " + read(os.path.join(bootdir, "sshd-T.txt"))[:300])
+        return 1
+    n = 0
+    for f in sorted(glob.glob(os.path.join(imagedir, "etc/ssh/sshd_config.d/*imgbuild*.conf"))):
+        for line in conf_lines(f):
+            if line.lower().startswith("match "):
+                break
+            k, _, v = line.partition(" ")
+            k, v = k.lower(), " ".join(v.split()).lower()
+            n += 1
+            if v in live.get(k, []):
+                ok(f"sshd {k} {v} ({os.path.basename(f)})")
+            else:
+                fail(f"sshd {k}: image sets {v!r} ({os.path.basename(f)}), sshd -T says {live.get(k)}")
+    return n
+
+
+def cmd_hardening(imagedir, bootdir):
+    counts = {
+        "sysctl": check_sysctl(imagedir, bootdir),
+        "modules": check_modules(imagedir, bootdir),
+        "nftables": check_nft(imagedir, bootdir),
+        "sshd": check_sshd(imagedir, bootdir),
+    }
+    for what, n in counts.items():
+        if n == 0:
+            print(f"SKIP hardening/{what}: the image configures nothing to check (layer's hardening not in it)")
+    return failed
+
+
+def kubeadm_calls(recdir):
+    calls = []
+    for d in glob.glob(os.path.join(recdir, "kubeadm.*")):
+        if not os.path.isdir(d):
+            continue
+        n = int(d.rsplit(".", 1)[1])
+        args = read(os.path.join(d, "args")).splitlines()
+        result = read(os.path.join(d, "result")).strip() if os.path.exists(os.path.join(d, "result")) else ""
+        calls.append((n, d, args, result))
+    return sorted(calls)
+
+
+def cmd_kubeadm(recdir, sub, opts):
+    calls = kubeadm_calls(recdir)
+    print("kubeadm calls: " + "; ".join(f"#{n} {' '.join(a[:2])} -> {r or '?'}" for n, _, a, r in calls))
+    mine = [c for c in calls if c[2] and c[2][0] == sub]
+    good = [c for c in mine if c[3] == "ok"]
+    if not good:
+        fail(f"no successful `kubeadm {sub}` call")
+        return 1
+    n, d, args, _ = good[-1]
+    ok(f"kubeadm {sub} succeeded (call #{n}, {len(mine)} attempt(s))")
+    text = "\n".join(args)
+    for f in sorted(os.listdir(d)):
+        if f not in ("args", "result", "uptime", "etc-kubernetes.sha256"):
+            text += "\n" + read(os.path.join(d, f))
+    i = 0
+    while i < len(opts):
+        o = opts[i]
+        if o == "--control-plane":
+            (ok if "--control-plane" in args or re.search(r"^\s*controlPlane:", text, re.M) else fail)(
+                f"kubeadm {sub} is a control-plane join"
+            )
+        elif o == "--no-control-plane":
+            (fail if "--control-plane" in args or re.search(r"^\s*controlPlane:", text, re.M) else ok)(
+                f"kubeadm {sub} is not a control-plane join"
+            )
+        elif o == "--attempts":
+            i += 1
+            want = int(opts[i])
+            (ok if len(mine) == want else fail)(f"kubeadm {sub}: {len(mine)} attempt(s), expected {want}")
+        elif o == "--pki":
+            i += 1
+            listing = read(os.path.join(d, "etc-kubernetes.sha256"))
+            for item in opts[i].split(","):
+                name, _, digest = item.partition("=")
+                line = next((x for x in listing.splitlines() if x.endswith(" ./" + name)), None)
+                if line is None:
+                    fail(f"/etc/kubernetes/{name} not in place when kubeadm {sub} ran")
+                elif digest and not line.startswith(digest):
+                    fail(f"/etc/kubernetes/{name} differs from the cluster's secret")
+                else:
+                    ok(f"/etc/kubernetes/{name} pre-placed before kubeadm {sub}")
+        elif o == "--expect":
+            i += 1
+            label, _, s = opts[i].partition("=")
+            (ok if s in text else fail)(f"kubeadm {sub} was given the {label}")
+        elif o == "--expect-kind":
+            i += 1
+            (ok if re.search(rf"^kind:\s*{opts[i]}\s*$", text, re.M) else fail)(
+                f"kubeadm {sub} config holds kind {opts[i]}"
+            )
+        i += 1
+    return failed
+
+
+def main():
+    a = sys.argv[1:]
+    if not a:
+        sys.exit(__doc__)
+    if a[0] == "bootstrap":
+        sys.exit(cmd_bootstrap(a[1]))
+    if a[0] == "hardening":
+        sys.exit(cmd_hardening(a[1], a[2]))
+    if a[0] == "kubeadm":
+        sys.exit(cmd_kubeadm(a[1], a[2], a[3:]))
+    sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+# shellcheck shell=bash
+# Scenarios of ci/boot-test.sh (sourced; uses its globals: repo work base_dir accel ...).
+# shellcheck disable=SC2154 # those globals
+
+py=/usr/bin/python3
+check() { "$py" "$repo/ci/boot/check.py" "$@"; }
+endpoint=10.0.2.15:6443 # slirp gives every VM this address; nothing leaves the VM
+
+# Everything the product makes, once for all scenarios: role images from the test
+# mirror (the ordinary `imgbuild build --recipe --mirror` path), the cluster and seeds.
+prepare() {
+  local need_cp=0 need_worker=0 s role out img port
+  for s in "${scenarios[@]}"; do
+    case $s in cp-*) need_cp=1 ;; worker | late-join | broken-seed) need_worker=1 ;; esac
+  done
+  [ $((need_cp + need_worker)) -gt 0 ] || return 0
+
+  cargo build --quiet --bin imgbuild
+  bin="$repo/target/debug/imgbuild"
+
+  "$py" ci/boot/make-mirror.py image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml "$base_dir/base.qcow2" \
+    ci/boot/stub/standin "$work/mirror"
+  # Loopback only; the port is picked by the kernel and written to a file.
+  "$py" -c '
+import functools, http.server, sys
+h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+h.log_message = lambda *a: None
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), h)
+open(sys.argv[2] + ".tmp", "w").write(str(s.server_port))
+__import__("os").rename(sys.argv[2] + ".tmp", sys.argv[2])
+s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
+  # shellcheck disable=SC2034 # read by the EXIT trap of boot-test.sh
+  server_pid=$! # killed by boot-test.sh's EXIT trap
+  for _ in $(seq 100); do [ -s "$work/mirror/port" ] && break; sleep 0.1; done
+  port=$(cat "$work/mirror/port")
+  mirror_args=()
+  while read -r h; do
+    mirror_args+=(--mirror "$h=http://127.0.0.1:$port/${h#*://}")
+  done <"$work/mirror/hosts.txt"
+
+  for role in control-plane worker; do
+    if [ "$role" = control-plane ] && [ $need_cp = 0 ]; then continue; fi
+    if [ "$role" = worker ] && [ $need_worker = 0 ]; then continue; fi
+    out="$work/images/$role"
+    local tb
+    tb=$(date +%s)
+    "$bin" build --recipe "$work/mirror/test-recipe.yaml" --role "$role" --arch amd64 \
+      --cache-dir "$work/imgcache" "${mirror_args[@]}" --output "$out"
+    echo "image $role: built in $(($(date +%s) - tb))s" >>"$work/times"
+    img=$(find "$out" -maxdepth 2 -name '*.qcow2' | sort | head -n1)
+    [ -n "$img" ] || { echo "imgbuild build wrote no .qcow2 into $out"; ls -lR "$out"; return 1; }
+    ln -sf "$img" "$work/images/$role.qcow2"
+    # What the image configures, read offline before any boot (the hardening oracle).
+    qemu-img convert -f qcow2 -O raw "$img" "$work/images/$role.raw"
+    extract_kernel "$work/images/$role.raw" "$work/images/$role-kernel" >"$work/images/$role.kver"
+    mkdir -p "$work/images/$role.etc/etc"
+    for d in /etc/sysctl.d /etc/modules-load.d /etc/ssh/sshd_config.d; do
+      disk_rdump "$work/images/$role.raw" cloudimg-rootfs "$d" "$work/images/$role.etc$(dirname "$d")" || true
+    done
+    disk_cat "$work/images/$role.raw" cloudimg-rootfs /etc/nftables.conf >"$work/images/$role.etc/etc/nftables.conf" \
+      2>/dev/null || rm -f "$work/images/$role.etc/etc/nftables.conf"
+    disk_cat "$work/images/$role.raw" cloudimg-rootfs "/lib/modules/$(cat "$work/images/$role.kver")/modules.builtin" \
+      >"$work/images/$role.etc/modules.builtin" 2>/dev/null || true
+    if disk_exists "$work/images/$role.raw" cloudimg-rootfs /etc/systemd/system/imgbuild-addons.service; then
+      touch "$work/images/$role.has-addons"
+    fi
+    rm -f "$work/images/$role.raw"
+  done
+
+  "$bin" cluster init --name boottest --endpoint "$endpoint" --control-planes 3 --workers 2 \
+    --external-lb --dir "$work/cluster"
+  # A short retry budget (the spec's own knob): the late join needs ~1 min of retries
+  # under TCG, the broken seed must give up within a boot instead of after 30 minutes.
+  sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 120/' "$work/cluster/cluster.yaml"
+  grep -q '^  retry_budget_seconds: 120' "$work/cluster/cluster.yaml" \
+    || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
+  "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
+  # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
+  "$py" -c '
+import sys, yaml
+spec = yaml.safe_load(open(sys.argv[1]))
+for n in spec["nodes"]:
+    print(n["role"], n["name"])' "$work/cluster/cluster.yaml" >"$work/nodes"
+  # What a join must carry, computed here independently of imgbuild.
+  tr -d '\n' <"$work/cluster/secrets/bootstrap-token" >"$work/expect-token"
+  echo "sha256:$(openssl x509 -in "$work/cluster/secrets/ca.crt" -pubkey -noout \
+    | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)" >"$work/expect-ca-hash"
+}
+
+node_name() { awk -v r="$1" '$1 == r {print $2}' "$work/nodes" | sed -n "${2}p"; }
+
+# A fresh disk for a scenario: a qcow2 overlay over the role image (never modified).
+new_disk() {
+  qemu-img create -q -f qcow2 -F qcow2 -b "$(readlink -f "$work/images/$2.qcow2")" "$1/disk.qcow2"
+}
+
+# Common first-boot assertions: cloud-init finished, bootstrap done, sentinel there.
+assert_node_done() {
+  local dir=$1 boot=$2 b="$1/$2.disk/boot-1" bad=0 state
+  grep -q 'Cloud-init v\. .* finished at' "$dir/$boot.serial.log" && echo "ok   serial: cloud-init finished" \
+    || { echo "FAIL serial: no 'Cloud-init ... finished' line"; bad=1; }
+  grep -q '^status: done' "$b/cloud-init-status.txt" && echo "ok   cloud-init status: done" \
+    || { echo "FAIL cloud-init status: $(head -n1 "$b/cloud-init-status.txt")"; bad=1; }
+  state=$(check bootstrap "$b" | sed -n 's/^state=//p')
+  if [ "$state" = "done" ]; then
+    echo "ok   /run/imgbuild/bootstrap.json: state done"
+  else
+    echo "FAIL /run/imgbuild/bootstrap.json: state '${state}' ($(check bootstrap "$b" | sed -n 's/^reason=//p'))"
+    bad=1
+  fi
+  [ -e "$b/sentinel" ] && echo "ok   /run/cluster-api/bootstrap-success.complete present" \
+    || { echo "FAIL sentinel /run/cluster-api/bootstrap-success.complete missing"; bad=1; }
+  grep -q 'IMGBUILD-TEST: boot 1: bootstrap=done sentinel=yes' "$dir/$boot.serial.log" \
+    && echo "ok   serial: bootstrap=done sentinel=yes" || { echo "FAIL serial: no bootstrap=done sentinel=yes"; bad=1; }
+  if [ -s "$b/failed-units.txt" ]; then
+    echo "FAIL failed units: $(tr '\n' ' ' <"$b/failed-units.txt")"
+    bad=1
+  else
+    echo "ok   no failed units"
+  fi
+  return $bad
+}
+
+join_expectations() {
+  echo --expect "token=$(cat "$work/expect-token")" --expect "endpoint=$endpoint" \
+    --expect "CA hash=$(cat "$work/expect-ca-hash")"
+}
+
+pki_expectations() {
+  local s="$work/cluster/secrets"
+  _dg() { sha256sum "$s/$1" | cut -d' ' -f1; }
+  echo "pki/ca.crt=$(_dg ca.crt),pki/ca.key=$(_dg ca.key),pki/sa.key=$(_dg sa.key),pki/sa.pub=$(_dg sa.pub),pki/front-proxy-ca.crt=$(_dg front-proxy-ca.crt),pki/front-proxy-ca.key=$(_dg front-proxy-ca.key),pki/etcd/ca.crt=$(_dg etcd-ca.crt),pki/etcd/ca.key=$(_dg etcd-ca.key)"
+}
+
+boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
+  local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
+  [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
+  [ -f "$dir/disk.qcow2" ] || new_disk "$dir" "$role"
+  [ -f "$dir/seed.iso" ] || make_seed "$dir" "$work/seeds/$node"
+  echo "booting $node ($role) as $name, accel $accel"
+  boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" \
+    || { cat "$dir/boot-error"; return 1; }
+  read_disk "$dir" "$name" "$dir/disk.qcow2" || { cat "$dir/boot-error"; return 1; }
+}
+
+# ------------------------------------------------------------------ scenarios
+
+scenario_base() { # harness self-check: the bare base boots, runs the seed, powers off
+  local dir=$1
+  mkdir -p "$dir/src"
+  printf '#cloud-config\n{}\n' >"$dir/src/user-data"
+  printf 'instance-id: base-selfcheck\nlocal-hostname: base\n' >"$dir/src/meta-data"
+  make_seed "$dir" "$dir/src"
+  cp "$base_dir/base.qcow2" "$dir/base.qcow2"
+  boot_vm "$dir" boot1 "$dir/base.qcow2" "$dir/seed.iso" "$work/base-kernel" "" || { cat "$dir/boot-error"; return 1; }
+  read_disk "$dir" boot1 "$dir/base.qcow2" || { cat "$dir/boot-error"; return 1; }
+  grep -q '^status: done' "$dir/boot1.disk/boot-1/cloud-init-status.txt"
+  grep -q 'Cloud-init v\. .* finished at' "$dir/boot1.disk/boot-1/cloud-init-output.log"
+  echo "ok   base boots, cloud-init done, hook captured and powered off"
+}
+
+scenario_worker() {
+  local dir=$1 node bad=0 n1 n2
+  node=$(node_name worker 1)
+  boot_node "$dir" worker "$node" boot1
+  assert_node_done "$dir" boot1 || bad=1
+  # shellcheck disable=SC2046 # word list
+  check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
+  check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
+  [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
+
+  echo "--- second boot of the same disk"
+  boot_node "$dir" worker "$node" boot2
+  n1=$(cat "$dir/boot1.disk/kubeadm.count")
+  n2=$(cat "$dir/boot2.disk/kubeadm.count")
+  [ -d "$dir/boot2.disk/boot-2" ] && echo "ok   second boot reached the capture hook" \
+    || { echo "FAIL no boot-2 capture"; bad=1; }
+  [ "$n1" = "$n2" ] && echo "ok   second boot: kubeadm not run again ($n2 call(s) in total)" \
+    || { echo "FAIL second boot ran kubeadm again ($n1 -> $n2 calls)"; bad=1; }
+  local r1 r2
+  # cloud-init writes the runcmd semaphore only when runcmd really runs (its log says
+  # "Running module runcmd" on every boot, then "already ran").
+  r1=$(grep -c 'sem/config_runcmd - wb' "$dir/boot1.disk/boot-1/cloud-init.log" || true)
+  r2=$(grep -c 'sem/config_runcmd - wb' "$dir/boot2.disk/boot-2/cloud-init.log" || true)
+  [ "$r1" = "$r2" ] && echo "ok   second boot: runcmd not run again" \
+    || { echo "FAIL second boot ran runcmd again"; bad=1; }
+  [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
+    || { echo "FAIL second boot failed units: $(cat "$dir/boot2.disk/boot-2/failed-units.txt")"; bad=1; }
+  return $bad
+}
+
+scenario_cp_init() {
+  local dir=$1 node bad=0 t_init t_add
+  node=$(node_name control-plane 1)
+  boot_node "$dir" control-plane "$node" boot1
+  assert_node_done "$dir" boot1 || bad=1
+  # shellcheck disable=SC2046 # word list
+  check kubeadm "$dir/boot1.disk" init --attempts 1 --expect-kind InitConfiguration \
+    --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
+    --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
+  if [ -e "$work/images/control-plane.has-addons" ]; then
+    t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
+    t_add=$(awk '$2 == "helm" || $2 == "kubectl" {print $1; exit}' "$dir/boot1.disk/calls.log")
+    if grep -q 'imgbuild-addons' "$dir/boot1.disk/boot-1/journal-imgbuild.txt" && [ -n "$t_add" ] \
+      && awk -v a="$t_add" -v i="$t_init" 'BEGIN {exit !(a > i)}'; then
+      echo "ok   add-on installer started after kubeadm init (init at ${t_init}s, first helm/kubectl at ${t_add}s)"
+    else
+      echo "FAIL add-on installer: not started after init (init ${t_init}s, helm/kubectl ${t_add:-never})"
+      bad=1
+    fi
+  else
+    echo "SKIP add-on installer: imgbuild-addons.service is not in the control-plane image (chart issue not landed)"
+  fi
+  return $bad
+}
+
+scenario_cp_join() {
+  local dir=$1 node bad=0
+  node=$(node_name control-plane 2)
+  boot_node "$dir" control-plane "$node" boot1
+  assert_node_done "$dir" boot1 || bad=1
+  # shellcheck disable=SC2046 # word list
+  check kubeadm "$dir/boot1.disk" join --control-plane --attempts 1 $(join_expectations) \
+    --pki "$(pki_expectations)" || bad=1
+  return $bad
+}
+
+scenario_late_join() { # the control plane is "late": the first 2 joins fail
+  local dir=$1 node bad=0
+  node=$(node_name worker 2)
+  boot_node "$dir" worker "$node" boot1 "imgbuild_test.join_failures=2"
+  assert_node_done "$dir" boot1 || bad=1
+  # shellcheck disable=SC2046 # word list
+  check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 3 $(join_expectations) || bad=1
+  # All three attempts in ONE bootstrap run (its own retry loop, not a restart of the unit).
+  local a
+  a=$(check bootstrap "$dir/boot1.disk/boot-1" | sed -n 's/^json=//p' \
+    | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("attempts"))')
+  [ "$a" = 3 ] && echo "ok   bootstrap.json: attempts 3 (retried within one run)" \
+    || { echo "FAIL bootstrap.json: attempts '$a', expected 3 within one bootstrap run"; bad=1; }
+  return $bad
+}
+
+scenario_broken_seed() { # a wrong token format must fail the node, readably
+  local dir=$1 node state reason
+  node=$(node_name worker 1)
+  mkdir -p "$dir/src"
+  cp "$work/seeds/$node/"* "$dir/src/"
+  "$py" "$repo/ci/boot/break-seed.py" "$dir/src/user-data" "$(cat "$work/expect-token")"
+  make_seed "$dir" "$dir/src"
+  boot_node "$dir" worker "$node" boot1
+  if assert_node_done "$dir" boot1; then
+    echo "FAIL the node with a broken token reported success: the assertions cannot fail"
+    return 1
+  fi
+  echo "ok   (expected) the node assertions above failed"
+  state=$(check bootstrap "$dir/boot1.disk/boot-1" | sed -n 's/^state=//p')
+  reason=$(check bootstrap "$dir/boot1.disk/boot-1" | sed -n 's/^reason=//p')
+  [ "$state" = failed ] || [ "$state" = error ] || { echo "FAIL bootstrap.json state '$state', expected failed"; return 1; }
+  [ -n "$reason" ] || { echo "FAIL bootstrap.json gives no reason"; return 1; }
+  echo "ok   bootstrap.json: state $state, reason: $reason"
+  grep -qi 'token' <<<"$reason" || { echo "FAIL the reason does not name the token"; return 1; }
+  echo "ok   the reason names the token"
+}
