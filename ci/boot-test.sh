@@ -191,6 +191,8 @@ done
 for p in ${pids[@]+"${pids[@]}"}; do wait "$p" || true; done
 
 fail=0
+npass=0
+nfail=0
 echo
 printf '%-12s %-6s %8s  %s\n' scenario result seconds "boots (seconds each)"
 for s in "${scenarios[@]}"; do
@@ -199,9 +201,12 @@ for s in "${scenarios[@]}"; do
   printf '%-12s %-6s %8s  %s\n' "$s" "$r" "$(cat "$dir/seconds" 2>/dev/null || echo '?')" \
     "$(tr '\n' ' ' <"$dir/boot-times" 2>/dev/null || true)"
   case $r in
-  PASS) ;;
+  PASS) npass=$((npass + 1)) ;;
   SKIP*) ;;
-  *) fail=1 ;;
+  *)
+    fail=1
+    nfail=$((nfail + 1))
+    ;;
   esac
 done
 echo
@@ -223,4 +228,6 @@ if [ "$fail" = 0 ] && [ -z "${BOOT_TEST_WORK:-}" ]; then
 else
   say "kept $work"
 fi
+# The plain summary line CI reads (scenarios, not individual assertions).
+echo "boot-scenarios: $npass passed, $nfail failed"
 exit "$fail"
