@@ -208,6 +208,30 @@ scenario_cp_init() {
       echo "FAIL add-on installer: not started after init (init ${t_init}s, helm/kubectl ${t_add:-never})"
       bad=1
     fi
+    # The helm stand-in records each call: the releases must be installed CNI first, the
+    # backend last (calls.log: UPTIME helm upgrade --install RELEASE ...).
+    local order want="cilium metrics-server ingress-nginx backend"
+    order=$(awk '$2 == "helm" && $3 == "upgrade" {print $5}' "$dir/boot1.disk/calls.log" | tr '\n' ' ')
+    if [ "${order% }" = "$want" ]; then
+      echo "ok   add-on installer order: $want"
+    else
+      echo "FAIL add-on installer order: '${order% }', want '$want'"
+      bad=1
+    fi
+
+    echo "--- second boot of the same disk"
+    boot_node "$dir" control-plane "$node" boot2
+    local u1 u2 k1 k2
+    u1=$(grep -c ' helm upgrade ' "$dir/boot1.disk/calls.log" || true)
+    u2=$(grep -c ' helm upgrade ' "$dir/boot2.disk/calls.log" || true)
+    k1=$(cat "$dir/boot1.disk/kubeadm.count")
+    k2=$(cat "$dir/boot2.disk/kubeadm.count")
+    [ -d "$dir/boot2.disk/boot-2" ] && echo "ok   second boot reached the capture hook" \
+      || { echo "FAIL no boot-2 capture"; bad=1; }
+    [ "$u1" = "$u2" ] && echo "ok   second boot: no add-on step repeated ($u2 helm upgrade call(s) in total)" \
+      || { echo "FAIL second boot repeated add-on steps ($u1 -> $u2 helm upgrade calls)"; bad=1; }
+    [ "$k1" = "$k2" ] && echo "ok   second boot: kubeadm init not run again" \
+      || { echo "FAIL second boot ran kubeadm again ($k1 -> $k2 calls)"; bad=1; }
   else
     echo "SKIP add-on installer: imgbuild-addons.service is not in the control-plane image (chart issue not landed)"
   fi
