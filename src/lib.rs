@@ -23,6 +23,7 @@ pub mod output;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod smallget;
 pub mod tools;
 pub mod verify;
 pub mod yamlpos;
