@@ -266,6 +266,7 @@ fn finish_overlay(
     let [img_name, ..] = crate::output::names(&plan.stem(), job.format.as_str());
     let staged = work.join(&img_name);
     let written = ov.write_qcow2(&staged);
+    say("image written");
     let checked = fsck.join().map_err(|_| anyhow::anyhow!("the e2fsck thread panicked"))?;
     checked?;
     let sha = written?;
