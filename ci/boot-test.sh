@@ -41,7 +41,7 @@ done
 
 # ---------------------------------------------------------------- dependencies
 deps=(
-  "mmdebstrap mmdebstrap" "sgdisk gdisk" "sfdisk fdisk" "mkfs.vfat dosfstools" "mmd mtools"
+  "mmdebstrap mmdebstrap" "sgdisk gdisk" "gpg gnupg" "gpg-agent gnupg" "dpkg-deb dpkg" "sfdisk fdisk" "mkfs.vfat dosfstools" "mmd mtools"
   "genisoimage genisoimage" "debugfs e2fsprogs" "qemu-img qemu-utils"
 )
 missing=()
