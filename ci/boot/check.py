@@ -235,15 +235,21 @@ def cmd_kubeadm(recdir, sub, opts):
     return failed
 
 
-# The program each package must list (dpkg -L) and that must run in the VM; the guest's
-# capture (ci/boot/guest/vendor-data) runs `<name>.version` for these.
+# The program each package must list (dpkg -L; /sbin and /usr/sbin are one directory on
+# merged-/usr) and that must run in the VM: the guest's capture
+# (ci/boot/guest/vendor-data) records `<program>.version`, its version query.
 BINARIES = {
     "conntrack": "/usr/sbin/conntrack",
     "socat": "/usr/bin/socat",
-    "ebtables": "/usr/sbin/ebtables-legacy",
+    "ebtables": "/usr/sbin/ebtables-legacy",  # /usr/sbin/ebtables is an alternative
     "ethtool": "/usr/sbin/ethtool",
     "ipset": "/usr/sbin/ipset",
 }
+
+
+def usr_merged(path):
+    short = path[4:] if path.startswith("/usr/") else path
+    return {short, "/usr" + short}
 
 
 def captured(pk, name):
@@ -297,18 +303,22 @@ def cmd_packages(bootdir, lock_path, base_path, archive_path):
         want = BINARIES.get(name)
         if rc != 0 or not files:
             fail(f"dpkg -L {name}: exit {rc}, {len(files)} path(s)")
-        elif want and want not in files:
+        elif want and not usr_merged(want) & set(files):
             fail(f"dpkg -L {name}: {len(files)} paths, but not {want}")
         else:
-            ok(f"dpkg -L {name}: {len(files)} paths" + (f", {want} among them" if want else ""))
+            listed = sorted(usr_merged(want) & set(files))[0] if want else ""
+            ok(f"dpkg -L {name}: {len(files)} paths" + (f", {listed} among them" if want else ""))
         if want:
-            rc, text = captured(pk, f"{name}.version") or (-1, "<not captured>")
+            prog = os.path.basename(want)
+            rc, text = captured(pk, f"{prog}.version") or (-1, "<not captured>")
             first = (text.strip().splitlines() or [""])[0]
-            (ok if rc == 0 else fail)(f"{name} runs in the VM (its version query exits {rc}): {first!r}")
-        # The ld.so cache must know its shared libraries (imgbuild-ldconfig.service at boot).
+            (ok if rc == 0 else fail)(f"{prog} runs in the VM (its version query exits {rc}): {first!r}")
+        # The ld.so cache must know the shared libraries it installs into the linker's
+        # directories (imgbuild-ldconfig.service at boot; private dirs use an RPATH).
         cache = read(os.path.join(pk, "ldconfig-p"))
-        for lib in sorted({os.path.basename(x) for x in files if re.search(r"/lib/.*\.so\.[0-9]+$", x)}):
-            (ok if f"\t{lib} " in cache or f" {lib} " in cache else fail)(f"ld.so cache lists {lib} ({name})")
+        libdir = r"^(/usr)?/lib/(x86_64-linux-gnu/)?[^/]+\.so\.[0-9]+$"
+        for lib in sorted({os.path.basename(x) for x in files if re.search(libdir, x)}):
+            (ok if f"\t{lib} " in cache else fail)(f"ld.so cache lists {lib} ({name})")
     # The archive's packages the base already has: in the index, but not installed again.
     for name in sorted(archive):
         if name in locked or name not in base:
@@ -327,6 +337,9 @@ def cmd_packages(bootdir, lock_path, base_path, archive_path):
         (ok if rc == 0 and val else fail)(
             f"update-alternatives --query ebtables: exit {rc}, value {val[1] if val else None}"
         )
+        rc, text = captured(pk, "ebtables.version") or (-1, "<not captured>")
+        first = (text.strip().splitlines() or [""])[0]
+        (ok if rc == 0 else fail)(f"ebtables (the alternative) runs in the VM: exit {rc}: {first!r}")
     return failed
 
 

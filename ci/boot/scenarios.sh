@@ -145,8 +145,9 @@ pki_expectations() {
   echo "pki/ca.crt=$(_dg ca.crt),pki/ca.key=$(_dg ca.key),pki/sa.key=$(_dg sa.key),pki/sa.pub=$(_dg sa.pub),pki/front-proxy-ca.crt=$(_dg front-proxy-ca.crt),pki/front-proxy-ca.key=$(_dg front-proxy-ca.key),pki/etcd/ca.crt=$(_dg etcd-ca.crt),pki/etcd/ca.key=$(_dg etcd-ca.key)"
 }
 
-# The recipe's packages on the booted node: dpkg -s/--verify/-L, each program runs, the
-# dependency the base lacks installed, those it has left alone, dpkg and apt consistent.
+# The recipe's packages on the booted node (captured when booted with
+# imgbuild_test.packages=1): dpkg -s/--verify/-L, each program runs, the dependency the
+# base lacks installed, those it has left alone, dpkg and apt consistent.
 check_packages() {
   check packages "$1" "$work/mirror/test-recipe.yaml.lock" "$base_dir/packages.txt" "$work/archive-versions"
 }
@@ -181,7 +182,7 @@ scenario_base() { # harness self-check: the bare base boots, runs the seed, powe
 scenario_worker() {
   local dir=$1 node bad=0 n1 n2
   node=$(node_name worker 1)
-  boot_node "$dir" worker "$node" boot1
+  boot_node "$dir" worker "$node" boot1 imgbuild_test.packages=1
   assert_node_done "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
@@ -212,7 +213,7 @@ scenario_worker() {
 scenario_cp_init() {
   local dir=$1 node bad=0 t_init t_add
   node=$(node_name control-plane 1)
-  boot_node "$dir" control-plane "$node" boot1
+  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1
   assert_node_done "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" init --attempts 1 --expect-kind InitConfiguration \
