@@ -22,15 +22,18 @@ import re
 import sys
 
 failed = 0
+counts = {"ok": 0, "FAIL": 0}
 
 
 def ok(msg):
+    counts["ok"] += 1
     print(f"ok   {msg}")
 
 
 def fail(msg):
     global failed
     failed = 1
+    counts["FAIL"] += 1
     print(f"FAIL {msg}")
 
 
@@ -340,6 +343,9 @@ def cmd_packages(bootdir, lock_path, base_path, archive_path):
         rc, text = captured(pk, "ebtables.version") or (-1, "<not captured>")
         first = (text.strip().splitlines() or [""])[0]
         (ok if rc == 0 else fail)(f"ebtables (the alternative) runs in the VM: exit {rc}: {first!r}")
+    # One line for the boot test's summary.
+    inst = ", ".join(f"{n} {p['version']}" for n, p in sorted(locked.items()))
+    print(f"packages: {counts['ok']} ok, {counts['FAIL']} failed; locked and checked: {inst}")
     return failed
 
 
