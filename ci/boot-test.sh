@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Proof by boot (issue 7): build role images with imgbuild from a Debian-made,
-# noble-shaped test base and stand-in Kubernetes binaries served by a local mirror,
+# noble-shaped test base and stand-in Kubernetes binaries served by a local mirror (the
+# recipe's packages: real Debian .debs from a signed test apt archive, via imgbuild lock),
 # generate a cluster and its NoCloud seeds with imgbuild, boot every scenario in QEMU
 # (KVM when it really works, else TCG), then read each disk offline and assert.
 #
 # Usage: ci/boot-test.sh [SCENARIO...]     (default: all but "base")
 #   scenarios: worker (+ second boot of the same disk), cp-init, cp-join, late-join,
 #              broken-seed, base (boots the bare test base: harness self-check)
-# Env: IMGBUILD_TEST_CACHE   cache dir (base image, QEMU) [~/.cache/imgbuild-test]
+# Env: IMGBUILD_TEST_CACHE   cache dir (base image, test apt archive, QEMU) [~/.cache/imgbuild-test]
 #      BOOT_TEST_WORK        keep everything in this dir (default: temp dir, removed on success)
 #      BOOT_TEST_JOBS        boots in parallel [2]       BOOT_TEST_TIMEOUT  seconds per boot [900]
 #      BOOT_TEST_ACCEL       force kvm|tcg               BOOT_TEST_MEM      MiB per VM [1024]
@@ -41,7 +42,7 @@ done
 
 # ---------------------------------------------------------------- dependencies
 deps=(
-  "mmdebstrap mmdebstrap" "sgdisk gdisk" "sfdisk fdisk" "mkfs.vfat dosfstools" "mmd mtools"
+  "mmdebstrap mmdebstrap" "sgdisk gdisk" "gpg gnupg" "gpg-agent gnupg" "dpkg-deb dpkg" "sfdisk fdisk" "mkfs.vfat dosfstools" "mmd mtools"
   "genisoimage genisoimage" "debugfs e2fsprogs" "qemu-img qemu-utils"
 )
 missing=()
@@ -214,6 +215,7 @@ for s in "${scenarios[@]}"; do
   dir="$work/scenario-$s"
   r=$(head -n1 "$dir/result" 2>/dev/null || echo FAIL)
   [ "$r" = PASS ] && grep -q '^SKIP' "$dir/log" 2>/dev/null && sed -n 's/^SKIP/  '"$s"': SKIP/p' "$dir/log"
+  sed -n 's/^packages:/  '"$s"': packages:/p' "$dir/log" 2>/dev/null || true
   if [ "$r" != PASS ]; then
     echo "---- $s: $r"
     grep -a '^FAIL' "$dir/log" || true

@@ -5,10 +5,14 @@
   check.py hardening IMAGEDIR BOOTDIR          -> image's hardening config vs the live values
   check.py kubeadm RECDIR SUBCMD [--control-plane|--no-control-plane] [--expect STR]...
                                               -> the last successful kubeadm SUBCMD call got STR
+  check.py packages BOOTDIR LOCK BASE_PACKAGES ARCHIVE_VERSIONS
+                                              -> the locked packages are installed and work
 
 Each prints one line per check ("ok ..." / "FAIL ...") and exits 1 if any failed.
 BOOTDIR is /var/lib/imgbuild-test/boot-N as read from the disk; IMAGEDIR holds the
-role image's /etc as built (read offline from the image before it ever booted).
+role image's /etc as built (read offline from the image before it ever booted). For
+`packages`: LOCK is the test recipe's lock (`imgbuild lock`), BASE_PACKAGES the test
+base's `dpkg-query -W` list, ARCHIVE_VERSIONS the test archive's name=version list.
 """
 import fnmatch
 import glob
@@ -18,15 +22,18 @@ import re
 import sys
 
 failed = 0
+counts = {"ok": 0, "FAIL": 0}
 
 
 def ok(msg):
+    counts["ok"] += 1
     print(f"ok   {msg}")
 
 
 def fail(msg):
     global failed
     failed = 1
+    counts["FAIL"] += 1
     print(f"FAIL {msg}")
 
 
@@ -231,6 +238,117 @@ def cmd_kubeadm(recdir, sub, opts):
     return failed
 
 
+# The program each package must list (dpkg -L; /sbin and /usr/sbin are one directory on
+# merged-/usr) and that must run in the VM: the guest's capture
+# (ci/boot/guest/vendor-data) records `<program>.version`, its version query.
+BINARIES = {
+    "conntrack": "/usr/sbin/conntrack",
+    "socat": "/usr/bin/socat",
+    "ebtables": "/usr/sbin/ebtables-legacy",  # /usr/sbin/ebtables is an alternative
+    "ethtool": "/usr/sbin/ethtool",
+    "ipset": "/usr/sbin/ipset",
+}
+
+
+def usr_merged(path):
+    short = path[4:] if path.startswith("/usr/") else path
+    return {short, "/usr" + short}
+
+
+def captured(pk, name):
+    """(exit code, output) of a command the guest recorded, or None."""
+    if not os.path.exists(os.path.join(pk, name + ".rc")):
+        return None
+    return int(read(os.path.join(pk, name + ".rc")).strip() or -1), read(os.path.join(pk, name))
+
+
+def cmd_packages(bootdir, lock_path, base_path, archive_path):
+    pk = os.path.join(bootdir, "packages")
+    if not os.path.isdir(pk):
+        fail(f"no package capture in {bootdir} (guest hook did not run it)")
+        return 1
+    with open(lock_path) as f:
+        lock = json.load(f)["arches"]["amd64"]
+    locked = {p["name"]: p for p in lock["packages"]}
+    base = dict(line.split()[:2] for line in read(base_path).splitlines() if line.strip())
+    archive = dict(line.strip().split("=", 1) for line in read(archive_path).splitlines() if line.strip())
+    live = {}
+    for line in read(os.path.join(pk, "dpkg-query.txt")).splitlines():
+        f = line.split("\t")
+        if len(f) == 3:
+            live[f[0]] = (f[1], f[2])
+    if not locked:
+        fail("the lock installs no package")
+    for name, p in sorted(locked.items()):
+        kind = "requested" if p["requested"] else "dependency"
+        if not p["requested"]:
+            (fail if name in base else ok)(
+                f"{name}: dependency missing from the base, installed from the archive"
+                if name not in base
+                else f"{name}: dependency the base has ({base[name]}) was installed again"
+            )
+        got = captured(pk, f"{name}.status")
+        if got is None:
+            fail(f"{name} ({kind}): not captured in the VM (add it to ci/boot/guest/vendor-data)")
+            continue
+        rc, text = got
+        m = re.search(r"^Version: (.*)$", text, re.M)
+        if rc == 0 and re.search(r"^Status: install ok installed$", text, re.M) and m and m[1] == p["version"]:
+            ok(f"dpkg -s {name}: install ok installed, {m[1]} ({kind}, as locked)")
+        else:
+            fail(f"dpkg -s {name} (exit {rc}), locked {p['version']}: {text.strip()[:300]!r}")
+        rc, text = captured(pk, f"{name}.verify") or (-1, "<not captured>")
+        (ok if rc == 0 and not text.strip() else fail)(
+            f"dpkg --verify {name}: " + ("clean" if rc == 0 and not text.strip() else f"exit {rc}: {text.strip()[:300]!r}")
+        )
+        rc, text = captured(pk, f"{name}.list") or (-1, "")
+        files = text.splitlines()
+        want = BINARIES.get(name)
+        if rc != 0 or not files:
+            fail(f"dpkg -L {name}: exit {rc}, {len(files)} path(s)")
+        elif want and not usr_merged(want) & set(files):
+            fail(f"dpkg -L {name}: {len(files)} paths, but not {want}")
+        else:
+            listed = sorted(usr_merged(want) & set(files))[0] if want else ""
+            ok(f"dpkg -L {name}: {len(files)} paths" + (f", {listed} among them" if want else ""))
+        if want:
+            prog = os.path.basename(want)
+            rc, text = captured(pk, f"{prog}.version") or (-1, "<not captured>")
+            first = (text.strip().splitlines() or [""])[0]
+            (ok if rc == 0 else fail)(f"{prog} runs in the VM (its version query exits {rc}): {first!r}")
+        # The ld.so cache must know the shared libraries it installs into the linker's
+        # directories (imgbuild-ldconfig.service at boot; private dirs use an RPATH).
+        cache = read(os.path.join(pk, "ldconfig-p"))
+        libdir = r"^(/usr)?/lib/(x86_64-linux-gnu/)?[^/]+\.so\.[0-9]+$"
+        for lib in sorted({os.path.basename(x) for x in files if re.search(libdir, x)}):
+            (ok if f"\t{lib} " in cache else fail)(f"ld.so cache lists {lib} ({name})")
+    # The archive's packages the base already has: in the index, but not installed again.
+    for name in sorted(archive):
+        if name in locked or name not in base:
+            continue
+        lv = live.get(name, ("?", "?"))[0]
+        (ok if lv == base[name] else fail)(
+            f"{name}: in the archive and the base: not in the lock, dpkg keeps the base's {base[name]} (live {lv})"
+        )
+    rc, text = captured(pk, "dpkg-audit") or (-1, "<not captured>")
+    (ok if rc == 0 and not text.strip() else fail)(f"dpkg --audit: exit {rc} {text.strip()[:300]!r}")
+    rc, text = captured(pk, "apt-get-check") or (-1, "<not captured>")
+    (ok if rc == 0 else fail)(f"apt-get check: exit {rc} {text.strip().splitlines()[-1:]!r}")
+    if "ebtables" in locked:
+        rc, text = captured(pk, "alternatives-ebtables") or (-1, "<not captured>")
+        val = re.search(r"^Value: (.*)$", text, re.M)
+        (ok if rc == 0 and val else fail)(
+            f"update-alternatives --query ebtables: exit {rc}, value {val[1] if val else None}"
+        )
+        rc, text = captured(pk, "ebtables.version") or (-1, "<not captured>")
+        first = (text.strip().splitlines() or [""])[0]
+        (ok if rc == 0 else fail)(f"ebtables (the alternative) runs in the VM: exit {rc}: {first!r}")
+    # One line for the boot test's summary.
+    inst = ", ".join(f"{n} {p['version']}" for n, p in sorted(locked.items()))
+    print(f"packages: {counts['ok']} ok, {counts['FAIL']} failed; locked and checked: {inst}")
+    return failed
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -239,6 +357,8 @@ def main():
         sys.exit(cmd_bootstrap(a[1]))
     if a[0] == "hardening":
         sys.exit(cmd_hardening(a[1], a[2]))
+    if a[0] == "packages":
+        sys.exit(cmd_packages(*a[1:5]))
     if a[0] == "kubeadm":
         sys.exit(cmd_kubeadm(a[1], a[2], a[3:]))
     sys.exit(__doc__)

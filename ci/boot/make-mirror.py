@@ -10,8 +10,14 @@ noble-shaped test base; every Kubernetes binary is the multi-call stand-in scrip
 recipe's install entries expect). The product then takes its ordinary path:
 `imgbuild build --recipe <out>/test-recipe.yaml --mirror ...`.
 
-Usage: make-mirror.py RECIPE BASE_QCOW2 STANDIN OUT
-Writes OUT/www/..., OUT/test-recipe.yaml, OUT/hosts.txt (one https://host per line).
+The recipe's `packages:` section is kept and pointed at the signed TEST apt archive of
+ci/boot/make-archive.py (ARCHIVE_DIR: real Debian 12 .debs, its own test key): the same
+package names, each pinned to the archive's version, plus the archive's TEST-ONLY
+extra requests (EXTRA_REQUESTS below), served under ARCHIVE_URL's layout.
+
+Usage: make-mirror.py RECIPE BASE_QCOW2 STANDIN ARCHIVE_DIR OUT
+Writes OUT/www/..., OUT/test-recipe.yaml (+ OUT/boot-archive-key.asc), OUT/hosts.txt
+(one https://host per line).
 """
 import copy
 import fnmatch
@@ -33,6 +39,12 @@ GLOB_MEMBERS = {
     "cni-plugins": ["bridge", "host-local", "loopback", "portmap"],
 }
 MTIME = 1724198400  # fixed, so the tarballs (and their digests) are reproducible
+# Where the test recipe says its packages come from (a name that cannot resolve: only the
+# --mirror rewrite to the loopback server reaches it).
+ARCHIVE_URL = "http://archive.imgbuild-test.invalid/debian"
+# Requested in the test recipe on top of the default recipe's packages: ipset depends on
+# libipset13, which the boot base lacks (see ci/boot/archive-packages.txt).
+EXTRA_REQUESTS = ["ipset"]
 
 
 def render(t, art):
@@ -126,10 +138,44 @@ def place(www, urls, art, data=None, link_to=None):
     return hosts
 
 
+def packages(p, archive, www, out):
+    """Point `packages:` at the signed test archive; keep the package names."""
+    with open(os.path.join(archive, "versions")) as f:
+        versions = dict(line.strip().split("=", 1) for line in f if line.strip())
+    names = [s.split("=", 1)[0].strip() for s in p["install"]] + EXTRA_REQUESTS
+    missing = [n for n in names if n not in versions]
+    if missing:
+        sys.exit(f"make-mirror: the test archive lacks {missing}; add them to ci/boot/archive-packages.txt")
+    with open(os.path.join(archive, "fingerprint")) as f:
+        fpr = f.read().strip()
+    with open(os.path.join(archive, "key.asc")) as f:
+        key = f.read()
+    with open(os.path.join(out, "boot-archive-key.asc"), "w") as f:
+        f.write(key)
+    p.clear()
+    p.update(
+        {
+            "archive": {ARCH: ARCHIVE_URL},
+            "suites": ["bookworm"],
+            "components": ["main"],
+            "key_file": "boot-archive-key.asc",
+            "fingerprint": fpr,
+            "install": [f"{n}={versions[n]}" for n in names],
+        }
+    )
+    s = urlsplit(ARCHIVE_URL)
+    dest = os.path.join(www, s.netloc, s.path.lstrip("/"))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if os.path.lexists(dest):
+        os.unlink(dest)
+    os.symlink(os.path.abspath(os.path.join(archive, "www")), dest)
+    return [f"{s.scheme}://{s.netloc}"]
+
+
 def main():
-    if len(sys.argv) != 5:
+    if len(sys.argv) != 6:
         sys.exit(__doc__)
-    recipe_path, base, standin, out = sys.argv[1:]
+    recipe_path, base, standin, archive, out = sys.argv[1:]
     with open(recipe_path) as f:
         recipe = yaml.safe_load(f)
     with open(standin, "rb") as f:
@@ -147,12 +193,9 @@ def main():
     b["sha256"] = {ARCH: sha256_file(base)}
 
     known = {"name", "description", "kubernetes_version", "arches", "source_date_epoch", "disk_size"}
-    known |= {"base", "artifacts", "addons"}
+    known |= {"base", "artifacts", "addons", "packages"}
     if "packages" in test:
-        # Ubuntu .debs come from a signed archive (InRelease checked against Ubuntu's key):
-        # a local mirror cannot stand in for it, and Ubuntu's archive is unreachable here.
-        del test["packages"]
-        print("make-mirror: test recipe drops `packages:` (signed Ubuntu archive; no stand-in)")
+        hosts += packages(test["packages"], archive, www, out)
     for key in test:
         if key not in known:
             sys.exit(f"make-mirror: recipe section {key!r} has no test stand-in yet; extend {__file__}")

@@ -18,8 +18,11 @@ prepare() {
   cargo build --quiet --bin imgbuild
   bin="$repo/target/debug/imgbuild"
 
+  # The signed test apt archive (real Debian .debs, own key; cached like the base).
+  archive_dir=$("$py" ci/boot/make-archive.py)
   "$py" ci/boot/make-mirror.py image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml "$base_dir/base.qcow2" \
-    ci/boot/stub/standin "$work/mirror"
+    ci/boot/stub/standin "$archive_dir" "$work/mirror"
+  cp "$archive_dir/versions" "$work/archive-versions"
   # Loopback only; the port is picked by the kernel and written to a file.
   "$py" -c '
 import functools, http.server, sys
@@ -38,6 +41,16 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     mirror_args+=(--mirror "$h=http://127.0.0.1:$port/${h#*://}")
   done <"$work/mirror/hosts.txt"
 
+  # The recipe's packages the ordinary way: the verified base into the cache (its dpkg
+  # status is what the resolver subtracts), then `imgbuild lock` against the signed
+  # archive; both role builds install exactly the locked set.
+  local tl
+  tl=$(date +%s)
+  "$bin" fetch --recipe "$work/mirror/test-recipe.yaml" --arch amd64 --cache-dir "$work/imgcache" \
+    "${mirror_args[@]}"
+  "$bin" lock --recipe "$work/mirror/test-recipe.yaml" --arch amd64 --cache-dir "$work/imgcache" \
+    "${mirror_args[@]}"
+  echo "fetch + lock: $(($(date +%s) - tl))s" >>"$work/times"
   for role in control-plane worker; do
     if [ "$role" = control-plane ] && [ $need_cp = 0 ]; then continue; fi
     if [ "$role" = worker ] && [ $need_worker = 0 ]; then continue; fi
@@ -132,6 +145,13 @@ pki_expectations() {
   echo "pki/ca.crt=$(_dg ca.crt),pki/ca.key=$(_dg ca.key),pki/sa.key=$(_dg sa.key),pki/sa.pub=$(_dg sa.pub),pki/front-proxy-ca.crt=$(_dg front-proxy-ca.crt),pki/front-proxy-ca.key=$(_dg front-proxy-ca.key),pki/etcd/ca.crt=$(_dg etcd-ca.crt),pki/etcd/ca.key=$(_dg etcd-ca.key)"
 }
 
+# The recipe's packages on the booted node (captured when booted with
+# imgbuild_test.packages=1): dpkg -s/--verify/-L, each program runs, the dependency the
+# base lacks installed, those it has left alone, dpkg and apt consistent.
+check_packages() {
+  check packages "$1" "$work/mirror/test-recipe.yaml.lock" "$base_dir/packages.txt" "$work/archive-versions"
+}
+
 boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
   local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
@@ -162,11 +182,12 @@ scenario_base() { # harness self-check: the bare base boots, runs the seed, powe
 scenario_worker() {
   local dir=$1 node bad=0 n1 n2
   node=$(node_name worker 1)
-  boot_node "$dir" worker "$node" boot1
+  boot_node "$dir" worker "$node" boot1 imgbuild_test.packages=1
   assert_node_done "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
+  check_packages "$dir/boot1.disk/boot-1" || bad=1
   [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
@@ -192,12 +213,13 @@ scenario_worker() {
 scenario_cp_init() {
   local dir=$1 node bad=0 t_init t_add
   node=$(node_name control-plane 1)
-  boot_node "$dir" control-plane "$node" boot1
+  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1
   assert_node_done "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" init --attempts 1 --expect-kind InitConfiguration \
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
     --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
+  check_packages "$dir/boot1.disk/boot-1" || bad=1
   if [ -e "$work/images/control-plane.has-addons" ]; then
     t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
     t_add=$(awk '$2 == "helm" || $2 == "kubectl" {print $1; exit}' "$dir/boot1.disk/calls.log")
