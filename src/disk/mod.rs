@@ -5,11 +5,13 @@
 //! the root partition is the one whose ext4 superblock carries the recipe's root label
 //! ([`ext4`]), never a partition number; files are written into it with batched
 //! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
-//! offline ([`resize`]); `qemu-img convert` produces the requested output format.
+//! offline ([`resize`]); `qemu-img convert` produces the requested output format
+//! ([`formats`] adds the fixed vhd footer and the OVA package).
 
 pub mod debugfs;
 pub mod ext4;
 pub mod format;
+pub mod formats;
 pub mod gpt;
 pub mod interrupt;
 pub mod qemu;
