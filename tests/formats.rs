@@ -198,6 +198,9 @@ fn every_format_builds_reproducibly_and_qemu_img_reads_it() {
         let m: imgbuild::manifest::Manifest = serde_json::from_slice(&ins.stdout).unwrap();
         assert_eq!(m.role, "worker", "{format}");
     }
+    // verify: the checksum sidecar, the in-image manifest and the sidecar manifest.
+    let v = common::bin().env("PATH", fixture::path_with_sbin()).arg("verify").arg(ova).output().unwrap();
+    assert!(v.status.success(), "verify ova: {}", stderr(&v));
 }
 
 /// A base whose size is not a whole MiB: `--format vhd` grows the disk (and its GPT)
@@ -228,4 +231,21 @@ fn vhd_of_an_unaligned_base_is_rounded_up_to_a_mib() {
     sh(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "raw"]).arg(&vhd).arg(&raw));
     let v = sh(Command::new("sgdisk").arg("-v").arg(&raw));
     assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{v:?}");
+}
+
+/// inspect on a tar that is not an OVA (no .ovf first) is refused as bad input.
+#[test]
+fn inspect_refuses_a_tar_that_is_not_an_ova() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.ova");
+    let mut t = tar::Builder::new(std::fs::File::create(&p).unwrap());
+    let mut h = tar::Header::new_ustar();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    t.append_data(&mut h, "disk.vmdk", &b"abc"[..]).unwrap();
+    t.into_inner().unwrap();
+    let o = common::bin().arg("inspect").arg(&p).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not an OVA"), "{}", stderr(&o));
 }

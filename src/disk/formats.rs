@@ -317,8 +317,7 @@ fn convert_to_raw(src: &Path, fmt: &str, dst: &Path) -> Result<(), DiskError> {
 
 /// Copy the single `.vmdk` out of an OVA (a tar whose first member is an `.ovf`).
 fn extract_ova_disk(ova: &Path, tmp: &Path) -> Result<PathBuf, DiskError> {
-    let bad =
-        |msg: &str| DiskError::BadFormat { path: ova.display().to_string(), detail: format!(" ({msg})") };
+    let bad = |msg: &str| DiskError::BadImage { path: ova.display().to_string(), msg: msg.into() };
     let f = std::fs::File::open(ova).map_err(io("opening", ova))?;
     let mut ar = tar::Archive::new(std::io::BufReader::new(f));
     let mut first = true;
@@ -327,7 +326,7 @@ fn extract_ova_disk(ova: &Path, tmp: &Path) -> Result<PathBuf, DiskError> {
         let mut e = e.map_err(io("reading", ova))?;
         let name = e.path().map_err(io("reading", ova))?.to_string_lossy().into_owned();
         if first && !name.ends_with(".ovf") {
-            return Err(bad("a tar whose first member is not an .ovf descriptor"));
+            return Err(bad("not an OVA: a tar whose first member is not an .ovf descriptor"));
         }
         first = false;
         if name.ends_with(".vmdk") {

@@ -61,6 +61,9 @@ pub enum DiskError {
     Fsck(String),
     #[error("{path}: {msg}")]
     Corrupt { path: String, msg: String },
+    /// An image given to `inspect`/`verify` that is not what its format promises.
+    #[error("{path}: {msg}")]
+    BadImage { path: String, msg: String },
     #[error("{context}")]
     Io {
         context: String,
@@ -87,7 +90,8 @@ impl Classify for DiskError {
             | DiskError::BadSize(..)
             | DiskError::Shrink { .. }
             | DiskError::BadPath(_)
-            | DiskError::TypeClash { .. } => Code::Input,
+            | DiskError::TypeClash { .. }
+            | DiskError::BadImage { .. } => Code::Input,
             DiskError::Tool { .. }
             | DiskError::Debugfs(_)
             | DiskError::Fsck(_)
