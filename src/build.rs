@@ -161,6 +161,38 @@ fn build_in(
 ) -> Result<crate::output::Outputs> {
     let plan = job.plan;
     let work = tmp.path();
+    let layer_dir = work.join("layer");
+    std::fs::create_dir_all(&layer_dir)?;
+
+    // The fast path (see disk::overlay) when it applies; a layer composed there is
+    // kept if the build has to grow the disk after all.
+    let mut composed = None;
+    if job.format == OutFormat::Qcow2 {
+        let copy = work.join("root.partition");
+        match disk::overlay::prepare(&job.base, &plan.root_label, job.disk_size, &copy)? {
+            Ok(ov) => {
+                say(&format!(
+                    "root filesystem: partition {} labelled {:?}, {} MiB free; base read in place, \
+                     {} MiB of metadata copied",
+                    ov.root.partition().number,
+                    plan.root_label,
+                    ov.root.available() >> 20,
+                    (ov.stats.blocks_copied * ov.stats.block_size) >> 20
+                ));
+                let layer = compose(plan, &job.downloads, &layer_dir, &ov.root)?;
+                say(&format!("composed the layer: {} entries", layer.len()));
+                let need = disk::rootfs::layer_bytes(&layer, ov.root.superblock().block_size)?;
+                if need <= ov.root.available() {
+                    return finish_overlay(job, ov, &layer, work, say);
+                }
+                say("the layer does not fit: taking the raw working copy to grow the disk");
+                drop(ov);
+                let _ = std::fs::remove_file(&copy);
+                composed = Some(layer);
+            }
+            Err(why) => say(&format!("raw working copy path ({why})")),
+        }
+    }
 
     let fmt = disk::detect(&job.base)?;
     let raw = work.join("disk.raw");
@@ -174,17 +206,21 @@ fn build_in(
         root.available() >> 20
     ));
 
-    // e2fsprogs fsyncs the image whenever it closes it: write the fresh working copy
-    // back to disk now, while the layer is composed, instead of inside debugfs.
-    let flusher = std::fs::File::open(&raw).map(|f| std::thread::spawn(move || f.sync_data()));
-    let layer_dir = work.join("layer");
-    std::fs::create_dir_all(&layer_dir)?;
-    let layer = compose(plan, &job.downloads, &layer_dir, &root);
-    if let Ok(t) = flusher {
-        let _ = t.join();
-    }
-    let layer = layer?;
-    say(&format!("composed the layer: {} entries", layer.len()));
+    let layer = match composed {
+        Some(l) => l,
+        None => {
+            // e2fsprogs fsyncs the image whenever it closes it: write the fresh working
+            // copy back to disk now, while the layer is composed, instead of inside debugfs.
+            let flusher = std::fs::File::open(&raw).map(|f| std::thread::spawn(move || f.sync_data()));
+            let layer = compose(plan, &job.downloads, &layer_dir, &root);
+            if let Ok(t) = flusher {
+                let _ = t.join();
+            }
+            let layer = layer?;
+            say(&format!("composed the layer: {} entries", layer.len()));
+            layer
+        }
+    };
 
     fit(job, &mut root, &layer, work, &say)?;
     // formats: Azure wants a VHD's virtual size in whole MiB.
@@ -227,6 +263,41 @@ fn build_in(
         plan.source_date_epoch,
     )?;
     Ok(out)
+}
+
+/// The rest of the fast path: write the layer into the metadata copy, then stream
+/// the output qcow2 (hashed as it is written) while e2fsck checks the copy.
+fn finish_overlay(
+    job: &Job,
+    mut ov: disk::overlay::Overlay,
+    layer: &Layer,
+    work: &Path,
+    say: &dyn Fn(&str),
+) -> Result<crate::output::Outputs> {
+    let plan = job.plan;
+    say(&format!("writing {} layer entries with debugfs", layer.len()));
+    ov.root.write_layer(layer, work)?;
+    let spec = ov.root.spec().to_string();
+    say("streaming the qcow2 image while e2fsck -fn checks the root filesystem");
+    let fsck = std::thread::spawn(move || disk::rootfs::fsck_spec(&spec));
+    let [img_name, ..] = crate::output::names(&plan.stem(), job.format.as_str());
+    let staged = work.join(&img_name);
+    let written = ov.write_qcow2(&staged);
+    let checked = fsck.join().map_err(|_| anyhow::anyhow!("the e2fsck thread panicked"))?;
+    checked?;
+    let sha = written?;
+    let manifest = manifest_bytes(layer)?;
+    say("writing the manifest, checksum and SBOM");
+    crate::output::publish_hashed(
+        work,
+        &staged,
+        &sha,
+        &job.output_dir,
+        &plan.stem(),
+        job.format.as_str(),
+        &manifest,
+        plan.source_date_epoch,
+    )
 }
 
 /// Make sure the layer fits: grow to the requested size, or (no size requested)

@@ -43,9 +43,25 @@ pub fn publish(
     manifest_json: &[u8],
     source_date_epoch: u64,
 ) -> Result<Outputs> {
+    let sha = sha256_file(staged_image)?;
+    publish_hashed(staging, staged_image, &sha, out_dir, stem, format, manifest_json, source_date_epoch)
+}
+
+/// [`publish`] for an image whose sha256 was computed while it was written.
+#[allow(clippy::too_many_arguments)]
+pub fn publish_hashed(
+    staging: &Path,
+    staged_image: &Path,
+    image_sha256: &str,
+    out_dir: &Path,
+    stem: &str,
+    format: &str,
+    manifest_json: &[u8],
+    source_date_epoch: u64,
+) -> Result<Outputs> {
     let manifest: Manifest = serde_json::from_slice(manifest_json).context("parsing the layer's manifest")?;
     let [img_name, man_name, sum_name, sbom_name] = names(stem, format);
-    let image_sha256 = sha256_file(staged_image)?;
+    let image_sha256 = image_sha256.to_string();
     let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
         let p = staging.join(name);
         std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;

@@ -136,6 +136,21 @@ impl Debugfs {
         Ok(Some(out))
     }
 
+    /// The data blocks of a file (`blocks PATH`), `None` when the path does not exist.
+    pub fn blocks(&self, path: &str) -> Result<Option<Vec<u64>>, DiskError> {
+        check_path(path)?;
+        let (out, errs) = self.request(&format!("blocks {path}"))?;
+        if errs.iter().any(|e| e.contains("File not found")) {
+            return Ok(None);
+        }
+        if !errs.is_empty() {
+            return Err(DiskError::Debugfs(errs.join("\n")));
+        }
+        let text = String::from_utf8_lossy(&out);
+        let bad = |w: &str| DiskError::Debugfs(format!("blocks {path}: unexpected output {w:?}"));
+        text.split_whitespace().map(|w| w.parse().map_err(|_| bad(w))).collect::<Result<_, _>>().map(Some)
+    }
+
     /// A symlink's target.
     pub fn readlink(&self, path: &str) -> Result<Option<String>, DiskError> {
         check_path(path)?;

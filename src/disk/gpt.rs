@@ -38,8 +38,21 @@ pub fn read(path: &Path) -> Result<Vec<Partition>, DiskError> {
         .logical_block_size(::gpt::disk::LogicalBlockSize::Lb512)
         .open(path)
         .map_err(|e| DiskError::NoGpt { path: path.display().to_string(), msg: e.to_string() })?;
-    Ok(disk
-        .partitions()
+    Ok(used(&disk))
+}
+
+/// The same, from a guest-disk view (e.g. of a qcow2 image).
+pub fn read_from<D: ::gpt::DiskDevice>(dev: D, name: &Path) -> Result<Vec<Partition>, DiskError> {
+    let disk = ::gpt::GptConfig::new()
+        .writable(false)
+        .logical_block_size(::gpt::disk::LogicalBlockSize::Lb512)
+        .open_from_device(dev)
+        .map_err(|e| DiskError::NoGpt { path: name.display().to_string(), msg: e.to_string() })?;
+    Ok(used(&disk))
+}
+
+fn used<D: ::gpt::DiskDevice>(disk: &::gpt::GptDisk<D>) -> Vec<Partition> {
+    disk.partitions()
         .iter()
         .filter(|(_, p)| p.is_used())
         .map(|(&number, p)| Partition {
@@ -48,7 +61,7 @@ pub fn read(path: &Path) -> Result<Vec<Partition>, DiskError> {
             last_lba: p.last_lba,
             name: p.name.clone(),
         })
-        .collect())
+        .collect()
 }
 
 const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);

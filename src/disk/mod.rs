@@ -10,10 +10,13 @@
 
 pub mod debugfs;
 pub mod ext4;
+pub mod ext4meta;
 pub mod format;
 pub mod formats;
 pub mod gpt;
 pub mod interrupt;
+pub mod overlay;
+pub mod qcow2;
 pub mod qemu;
 pub mod resize;
 pub mod rootfs;

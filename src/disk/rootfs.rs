@@ -12,13 +12,24 @@ use super::DiskError;
 use crate::layer::{Content, Kind, Layer};
 use crate::tools;
 
-/// The root partition of a raw disk image.
+/// The root partition of a raw disk image, or (the build's fast path, see
+/// [`super::overlay`]) a metadata-only copy of the partition in a file of its own.
 #[derive(Debug, Clone)]
 pub struct RootFs {
     image: PathBuf,
     part: Partition,
     sb: Superblock,
     dfs: Debugfs,
+    /// Set for a metadata-only copy: where regular files' data is read from.
+    backing: Option<std::sync::Arc<Backing>>,
+}
+
+/// The base a metadata-only copy was made from: file data is faulted in from here.
+#[derive(Debug)]
+pub struct Backing {
+    pub base: super::qcow2::Reader,
+    /// Byte offset of the partition in the base's guest disk.
+    pub offset: u64,
 }
 
 impl RootFs {
@@ -42,7 +53,7 @@ impl RootFs {
                         });
                     }
                     let dfs = Debugfs::new(image, p.offset())?;
-                    return Ok(RootFs { image: image.to_path_buf(), part: p, sb, dfs });
+                    return Ok(RootFs { image: image.to_path_buf(), part: p, sb, dfs, backing: None });
                 }
                 Probe::Other(fs, l)
                     if l == label || (fs == "xfs" && label.starts_with(&l) && !l.is_empty()) =>
@@ -64,6 +75,49 @@ impl RootFs {
         })
     }
 
+    /// A metadata-only copy of partition `part` at `file` (offset 0); reads of
+    /// regular files fault their data in from `backing` first.
+    pub fn on_partition_copy(file: &Path, part: Partition, backing: Backing) -> Result<RootFs, DiskError> {
+        let mut f =
+            std::fs::File::open(file).map_err(DiskError::io(format!("opening {}", file.display())))?;
+        let sb = match ext4::probe(&mut f, 0).map_err(DiskError::io("reading the partition copy"))? {
+            Probe::Ext(sb) => sb,
+            _ => {
+                return Err(DiskError::Corrupt {
+                    path: file.display().to_string(),
+                    msg: "the metadata copy has no ext4 superblock".into(),
+                })
+            }
+        };
+        let dfs = Debugfs::new(file, 0)?;
+        Ok(RootFs { image: file.to_path_buf(), part, sb, dfs, backing: Some(std::sync::Arc::new(backing)) })
+    }
+
+    /// True for a metadata-only partition copy (offset 0 in its own file).
+    pub fn is_partition_copy(&self) -> bool {
+        self.backing.is_some()
+    }
+
+    /// Copy the data blocks of `path` from the backing base into the copy.
+    fn fault_in(&self, path: &str) -> Result<(), DiskError> {
+        let Some(b) = &self.backing else { return Ok(()) };
+        let Some(blocks) = self.dfs.blocks(path)? else { return Ok(()) };
+        let bs = self.sb.block_size;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.image)
+            .map_err(DiskError::io(format!("opening {}", self.image.display())))?;
+        let mut buf = vec![0u8; bs as usize];
+        for blk in blocks {
+            b.base
+                .read_at(&mut buf, b.offset + blk * bs)
+                .map_err(DiskError::io(format!("reading block {blk} of {path} from the base")))?;
+            std::os::unix::fs::FileExt::write_all_at(&f, &buf, blk * bs)
+                .map_err(DiskError::io("writing the partition copy"))?;
+        }
+        Ok(())
+    }
+
     pub fn image(&self) -> &Path {
         &self.image
     }
@@ -75,6 +129,9 @@ impl RootFs {
     }
     /// Byte offset of the filesystem in the image.
     pub fn offset(&self) -> u64 {
+        if self.backing.is_some() {
+            return 0;
+        }
         self.part.offset()
     }
     /// `image?offset=BYTES` for e2fsprogs tools.
@@ -84,6 +141,14 @@ impl RootFs {
 
     /// Re-read the superblock (after writing or resizing).
     pub fn refresh(&mut self) -> Result<(), DiskError> {
+        if self.backing.is_some() {
+            let mut f = std::fs::File::open(&self.image)
+                .map_err(DiskError::io(format!("opening {}", self.image.display())))?;
+            if let Probe::Ext(sb) = ext4::probe(&mut f, 0).map_err(DiskError::io("reading the superblock"))? {
+                self.sb = sb;
+            }
+            return Ok(());
+        }
         let label = self.sb.label.clone();
         *self = RootFs::locate(&self.image, &label)?;
         Ok(())
@@ -92,6 +157,7 @@ impl RootFs {
     /// A file of the root filesystem, `None` if it does not exist. This is how
     /// steps before composing read the base (e.g. `/var/lib/dpkg/status`).
     pub fn read_file(&self, path: &str) -> Result<Option<Vec<u8>>, DiskError> {
+        self.fault_in(path)?;
         self.dfs.cat(path)
     }
 

@@ -22,6 +22,23 @@ pub fn copy_range(src: &File, src_off: u64, dst: &File, dst_off: u64, len: u64) 
     Ok(())
 }
 
+/// The data extents `(offset, len)` of `f` (everything that is not a hole).
+pub fn data_extents(f: &File) -> std::io::Result<Vec<(u64, u64)>> {
+    let end = f.metadata()?.len();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < end {
+        let Some(data) = seek(f, pos, libc::SEEK_DATA)? else { break };
+        if data >= end {
+            break;
+        }
+        let hole = seek(f, data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        out.push((data, hole - data));
+        pos = hole;
+    }
+    Ok(out)
+}
+
 /// lseek with SEEK_DATA/SEEK_HOLE; `None` when there is no more data (ENXIO).
 fn seek(f: &File, off: u64, whence: i32) -> std::io::Result<Option<u64>> {
     let off = i64::try_from(off).map_err(|_| std::io::Error::other("offset too large"))?;

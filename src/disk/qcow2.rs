@@ -1,0 +1,555 @@
+//! qcow2 without qemu-img, for the build's fast path: a reader for verified base
+//! images (guest reads and the cluster allocation map) and a writer that streams a
+//! fresh image in one pass while another thread hashes it. With these a build touches
+//! each byte of the base once instead of three times (base → raw, raw → qcow2, hash).
+//!
+//! Only the subset qemu-img and cloud-image pipelines produce is read: version 2 or 3,
+//! no backing file, no encryption, no external data file, no extended L2 entries,
+//! no internal snapshots needed (they are ignored: the active L1 table is what the
+//! guest sees). Deflate- and zstd-compressed clusters (Ubuntu's images are compressed)
+//! are read. Anything else is reported as [`Unsupported`] so the caller can fall back
+//! to qemu-img. The writer emits version 3, 64 KiB clusters, 16-bit refcounts, every
+//! cluster referenced once: what `qemu-img check` calls clean.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Why a qcow2 image is outside the subset this module reads.
+#[derive(Debug)]
+pub struct Unsupported(pub String);
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a guest cluster's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loc {
+    /// Reads as zeros (unallocated without a backing file, or the zero flag).
+    Zero,
+    /// Uncompressed, at this host offset.
+    Data(u64),
+    /// Compressed, `len` bytes at this host offset.
+    Compressed { off: u64, len: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    Deflate,
+    Zstd,
+}
+
+const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+
+/// A qcow2 image opened for reading.
+#[derive(Debug)]
+pub struct Reader {
+    file: File,
+    cluster_bits: u32,
+    size: u64,
+    codec: Codec,
+    /// L2 tables of the active L1 table, loaded up front (8 bytes per 64 KiB of guest).
+    l2: Vec<Option<Vec<u64>>>,
+    /// The last decompressed cluster: guest reads smaller than a cluster come in runs.
+    last: Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+fn be32(b: &[u8], o: usize) -> u32 {
+    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn be64(b: &[u8], o: usize) -> u64 {
+    (be32(b, o) as u64) << 32 | be32(b, o + 4) as u64
+}
+
+impl Reader {
+    /// Open `path`. `Ok(Err(..))`: a valid image outside the supported subset.
+    pub fn open(path: &Path) -> std::io::Result<Result<Reader, Unsupported>> {
+        let file = File::open(path)?;
+        let mut h = vec![0u8; 112];
+        let n = file.read_at(&mut h, 0)?;
+        let no = |m: &str| Ok(Err(Unsupported(m.to_string())));
+        if n < 72 || &h[..4] != b"QFI\xfb" {
+            return no("not a qcow2 image");
+        }
+        let version = be32(&h, 4);
+        if !(2..=3).contains(&version) {
+            return no(&format!("qcow2 version {version}"));
+        }
+        if be64(&h, 8) != 0 {
+            return no("has a backing file");
+        }
+        let cluster_bits = be32(&h, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return no(&format!("cluster_bits {cluster_bits}"));
+        }
+        if be32(&h, 32) != 0 {
+            return no("encrypted");
+        }
+        let mut codec = Codec::Deflate;
+        if version == 3 {
+            let incompat = be64(&h, 72);
+            // Bit 0 (dirty) only means refcounts may be stale; L1/L2 are still right.
+            if incompat & !0b1001 != 0 {
+                return no(&format!("incompatible features {incompat:#x}"));
+            }
+            if incompat & 0b1000 != 0 {
+                let header_len = be32(&h, 100);
+                codec = match (header_len > 104).then(|| h[104]) {
+                    Some(0) | None => Codec::Deflate,
+                    Some(1) => Codec::Zstd,
+                    Some(t) => return no(&format!("compression type {t}")),
+                };
+            }
+        }
+        let size = be64(&h, 24);
+        let l1_size = be32(&h, 36) as u64;
+        let l1_off = be64(&h, 40);
+        let cs = 1u64 << cluster_bits;
+        let per_l2 = cs / 8;
+        if l1_size < size.div_ceil(cs * per_l2) || l1_size > (1 << 25) {
+            return no("L1 table too small for the virtual size");
+        }
+        let mut raw = vec![0u8; l1_size as usize * 8];
+        file.read_exact_at(&mut raw, l1_off)?;
+        let mut l2 = Vec::with_capacity(l1_size as usize);
+        let mut table = vec![0u8; cs as usize];
+        for i in 0..l1_size as usize {
+            let off = be64(&raw, i * 8) & L2_OFFSET_MASK;
+            if off == 0 {
+                l2.push(None);
+                continue;
+            }
+            file.read_exact_at(&mut table, off)?;
+            l2.push(Some((0..per_l2 as usize).map(|j| be64(&table, j * 8)).collect()));
+        }
+        Ok(Ok(Reader { file, cluster_bits, size, codec, l2, last: Mutex::new(None) }))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_bits
+    }
+
+    /// Where guest cluster `g` is.
+    pub fn loc(&self, g: u64) -> Loc {
+        let per_l2 = self.cluster_size() / 8;
+        let Some(Some(t)) = self.l2.get((g / per_l2) as usize) else { return Loc::Zero };
+        let e = t[(g % per_l2) as usize];
+        if e & (1 << 62) != 0 {
+            // Compressed: offset in the low x bits, then the count of extra sectors.
+            let x = 62 - (self.cluster_bits - 8);
+            let off = e & ((1 << x) - 1);
+            let sectors = (e >> x) & ((1 << (self.cluster_bits - 8)) - 1);
+            let len = ((sectors + 1) * 512 - (off & 511)) as usize;
+            return Loc::Compressed { off, len };
+        }
+        let off = e & L2_OFFSET_MASK;
+        if e & 1 != 0 || off == 0 {
+            Loc::Zero
+        } else {
+            Loc::Data(off)
+        }
+    }
+
+    /// Fill `buf` (one whole cluster) with compressed cluster `g`.
+    fn decompress(&self, g: u64, off: u64, len: usize, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut cache = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cg, data)) = cache.as_ref() {
+            if *cg == g {
+                buf.copy_from_slice(data);
+                return Ok(());
+            }
+        }
+        let mut src = vec![0u8; len];
+        // The descriptor may round the length past the end of the file.
+        let n = read_upto(&self.file, &mut src, off)?;
+        src.truncate(n);
+        let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        match self.codec {
+            Codec::Deflate => {
+                let mut d = flate2::Decompress::new(false);
+                d.decompress(&src, buf, flate2::FlushDecompress::Finish)
+                    .map_err(|e| bad(format!("compressed cluster {g}: {e}")))?;
+                if d.total_out() != buf.len() as u64 {
+                    return Err(bad(format!("compressed cluster {g} is short")));
+                }
+            }
+            Codec::Zstd => {
+                let mut d = ruzstd::decoding::StreamingDecoder::new(&src[..])
+                    .map_err(|e| bad(format!("compressed cluster {g}: {e}")))?;
+                d.read_exact(buf).map_err(|e| bad(format!("compressed cluster {g}: {e}")))?;
+            }
+        }
+        *cache = Some((g, buf.to_vec()));
+        Ok(())
+    }
+
+    /// Read guest bytes at `off` (past the end reads zeros).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        let cs = self.cluster_size();
+        let mut done = 0usize;
+        let mut scratch = Vec::new();
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let g = pos / cs;
+            let within = (pos % cs) as usize;
+            let n = (cs as usize - within).min(buf.len() - done);
+            let out = &mut buf[done..done + n];
+            match self.loc(g) {
+                Loc::Zero => out.fill(0),
+                Loc::Data(h) => self.file.read_exact_at(out, h + within as u64)?,
+                Loc::Compressed { off: h, len } => {
+                    scratch.resize(cs as usize, 0);
+                    self.decompress(g, h, len, &mut scratch)?;
+                    out.copy_from_slice(&scratch[within..within + n]);
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Read `n` whole guest clusters starting at `g` into `buf`, coalescing
+    /// host-contiguous uncompressed clusters into one read.
+    pub fn read_clusters(&self, g: u64, n: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let cs = self.cluster_size() as usize;
+        let mut i = 0u64;
+        while i < n {
+            let at = i as usize * cs;
+            match self.loc(g + i) {
+                Loc::Data(h) => {
+                    let mut run = 1u64;
+                    while i + run < n && self.loc(g + i + run) == Loc::Data(h + run * cs as u64) {
+                        run += 1;
+                    }
+                    self.file.read_exact_at(&mut buf[at..at + run as usize * cs], h)?;
+                    i += run;
+                }
+                Loc::Zero => {
+                    buf[at..at + cs].fill(0);
+                    i += 1;
+                }
+                Loc::Compressed { off, len } => {
+                    self.decompress(g + i, off, len, &mut buf[at..at + cs])?;
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_upto(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read_at(&mut buf[n..], off + n as u64)? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// A guest-disk view over a [`Reader`] for crates that want `Read + Seek` (the GPT).
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    pub r: &'a Reader,
+    pub pos: u64,
+}
+
+impl Read for Cursor<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.r.size().saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        self.r.read_at(&mut buf[..n], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Cursor<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let p = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.r.size().checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = p.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad seek"))?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for Cursor<'_> {
+    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, "read-only"))
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The writer's cluster size (qemu-img's default).
+pub const OUT_CLUSTER_BITS: u32 = 16;
+const OUT_CS: u64 = 1 << OUT_CLUSTER_BITS;
+/// Guest clusters filled and written per chunk.
+const CHUNK_CLUSTERS: u64 = 64;
+
+/// Write a qcow2 image of virtual `size` whose allocated guest clusters are
+/// `clusters` (sorted, unique, 64 KiB each); `fill(first, n, buf)` supplies the bytes
+/// of `n` consecutive guest clusters. Everything but the data is computed up front, so
+/// the file is written front to back, once, and hashed on a second thread as it goes.
+/// Returns the file's sha256 (hex). The file is fsynced.
+pub fn write<F>(out: &Path, size: u64, clusters: &[u64], mut fill: F) -> std::io::Result<String>
+where
+    F: FnMut(u64, u64, &mut [u8]) -> std::io::Result<()>,
+{
+    let meta = layout(size, clusters);
+    let mut f = File::create(out)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(3);
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let hasher = std::thread::spawn(move || {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for b in rx {
+            h.update(&b);
+            let _ = back_tx.send(b);
+        }
+        hex::encode(h.finalize())
+    });
+    let send = |b: Vec<u8>| -> std::io::Result<()> {
+        tx.send(b).map_err(|_| std::io::Error::other("hash thread stopped"))
+    };
+    let res = (|| -> std::io::Result<()> {
+        f.write_all(&meta)?;
+        send(meta)?;
+        let mut i = 0usize;
+        while i < clusters.len() {
+            // A chunk: consecutive guest clusters, at most CHUNK_CLUSTERS.
+            let first = clusters[i];
+            let mut n = 1u64;
+            while i + (n as usize) < clusters.len()
+                && n < CHUNK_CLUSTERS
+                && clusters[i + n as usize] == first + n
+            {
+                n += 1;
+            }
+            let mut buf = back_rx.try_recv().unwrap_or_default();
+            buf.resize((n * OUT_CS) as usize, 0);
+            fill(first, n, &mut buf)?;
+            f.write_all(&buf)?;
+            send(buf)?;
+            i += n as usize;
+        }
+        f.sync_data()
+    })();
+    drop(tx);
+    let digest = hasher.join().map_err(|_| std::io::Error::other("hash thread panicked"))?;
+    res?;
+    Ok(digest)
+}
+
+/// Header, refcount table and blocks, L1 and L2 tables for [`write`]: host cluster 0
+/// is the header, then the refcount table, refcount blocks, L1, the L2 tables in
+/// guest order, then the data clusters in guest order.
+fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
+    let cs = OUT_CS;
+    let per_l2 = cs / 8;
+    let per_rb = cs * 8 / 16;
+    let l1_size = size.div_ceil(cs * per_l2).max(1);
+    let l1_clusters = (l1_size * 8).div_ceil(cs);
+    let mut l2_used: Vec<u64> = clusters.iter().map(|g| g / per_l2).collect();
+    l2_used.dedup();
+    let fixed = 1 + l1_clusters + l2_used.len() as u64 + clusters.len() as u64;
+    // Refcount blocks cover every host cluster, themselves and the table included.
+    let (mut rt, mut rb) = (1u64, 1u64);
+    loop {
+        let total = fixed + rt + rb;
+        let (nrb, nrt) = (total.div_ceil(per_rb), (total.div_ceil(per_rb) * 8).div_ceil(cs));
+        if (nrb, nrt) == (rb, rt) {
+            break;
+        }
+        (rb, rt) = (nrb, nrt);
+    }
+    let rt_at = 1;
+    let rb_at = rt_at + rt;
+    let l1_at = rb_at + rb;
+    let l2_at = l1_at + l1_clusters;
+    let data_at = l2_at + l2_used.len() as u64;
+    let total = data_at + clusters.len() as u64;
+    let mut m = vec![0u8; (data_at * cs) as usize];
+    let put64 =
+        |m: &mut [u8], o: u64, v: u64| m[o as usize..o as usize + 8].copy_from_slice(&v.to_be_bytes());
+    let put32 =
+        |m: &mut [u8], o: u64, v: u32| m[o as usize..o as usize + 4].copy_from_slice(&v.to_be_bytes());
+    m[..4].copy_from_slice(b"QFI\xfb");
+    put32(&mut m, 4, 3);
+    put32(&mut m, 20, OUT_CLUSTER_BITS);
+    put64(&mut m, 24, size);
+    put32(&mut m, 36, l1_size as u32);
+    put64(&mut m, 40, l1_at * cs);
+    put64(&mut m, 48, rt_at * cs);
+    put32(&mut m, 56, rt as u32);
+    put32(&mut m, 96, 4); // refcount_order: 16-bit refcounts
+    put32(&mut m, 100, 112); // header length; the extension area after it ends at once
+    for i in 0..rb {
+        put64(&mut m, rt_at * cs + i * 8, (rb_at + i) * cs);
+    }
+    for c in 0..total {
+        let o = rb_at * cs + c * 2;
+        m[o as usize..o as usize + 2].copy_from_slice(&1u16.to_be_bytes());
+    }
+    const COPIED: u64 = 1 << 63;
+    for (k, &t) in l2_used.iter().enumerate() {
+        put64(&mut m, l1_at * cs + t * 8, ((l2_at + k as u64) * cs) | COPIED);
+    }
+    let mut k = 0usize;
+    for (d, &g) in clusters.iter().enumerate() {
+        while l2_used[k] != g / per_l2 {
+            k += 1;
+        }
+        let o = (l2_at + k as u64) * cs + (g % per_l2) * 8;
+        put64(&mut m, o, ((data_at + d as u64) * cs) | COPIED);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn have_qemu_img() -> bool {
+        Command::new("qemu-img").arg("--version").output().is_ok()
+    }
+
+    /// Written images pass `qemu-img check`, read back equal through qemu-img and
+    /// through [`Reader`], and hash to what the writer reported.
+    #[test]
+    fn writer_output_is_clean_and_reads_back() {
+        if !have_qemu_img() {
+            eprintln!("qemu-img missing; skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let size = (3 << 30) + 12345 * 512; // not a multiple of the L2 span
+        let clusters: Vec<u64> = vec![0, 1, 2, 70, 8191, 8192, 8193, 40000, (size - 1) / OUT_CS];
+        let pattern = |g: u64, buf: &mut [u8]| {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = (g as u8).wrapping_mul(31).wrapping_add((i / 512) as u8);
+            }
+        };
+        let out = d.path().join("o.qcow2");
+        let digest = write(&out, size, &clusters, |first, n, buf| {
+            for i in 0..n {
+                pattern(first + i, &mut buf[(i * OUT_CS) as usize..((i + 1) * OUT_CS) as usize]);
+            }
+            Ok(())
+        })
+        .unwrap();
+        let check = Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&out).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+        let bytes = std::fs::read(&out).unwrap();
+        use sha2::Digest;
+        assert_eq!(digest, hex::encode(sha2::Sha256::digest(&bytes)));
+
+        let raw = d.path().join("o.raw");
+        let st =
+            Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&out).arg(&raw).status().unwrap();
+        assert!(st.success());
+        let r = Reader::open(&out).unwrap().unwrap();
+        assert_eq!(r.size(), size);
+        let rawf = File::open(&raw).unwrap();
+        let mut want = vec![0u8; OUT_CS as usize];
+        let mut got = vec![0u8; OUT_CS as usize];
+        for g in [0u64, 1, 3, 70, 71, 8191, 8192, 8193, 40000, (size - 1) / OUT_CS] {
+            let n = (size - g * OUT_CS).min(OUT_CS) as usize;
+            rawf.read_exact_at(&mut want[..n], g * OUT_CS).unwrap();
+            r.read_at(&mut got[..n], g * OUT_CS).unwrap();
+            assert_eq!(want[..n], got[..n], "cluster {g}");
+            if clusters.contains(&g) {
+                let mut p = vec![0u8; OUT_CS as usize];
+                pattern(g, &mut p);
+                assert_eq!(p[..n], got[..n]);
+            } else {
+                assert!(got[..n].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    /// Compressed base images (what cloud images are) read the same as qemu-img
+    /// reads them, for both compression types.
+    #[test]
+    fn reads_compressed_images() {
+        if !have_qemu_img() {
+            eprintln!("qemu-img missing; skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let raw = d.path().join("in.raw");
+        let mut data = vec![0u8; 8 << 20];
+        for (i, b) in data.iter_mut().enumerate() {
+            // Compressible text with some variation, a zero hole in the middle.
+            if !(3 << 20..4 << 20).contains(&i) {
+                *b = b"kubelet containerd "[(i * 7 + i / 4096) % 19];
+            }
+        }
+        std::fs::write(&raw, &data).unwrap();
+        for ct in ["zlib", "zstd"] {
+            let q = d.path().join(format!("{ct}.qcow2"));
+            let st = Command::new("qemu-img")
+                .args(["convert", "-c", "-O", "qcow2", "-o"])
+                .arg(format!("compression_type={ct}"))
+                .arg(&raw)
+                .arg(&q)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let r = Reader::open(&q).unwrap().unwrap();
+            assert!(matches!(r.loc(0), Loc::Compressed { .. }), "{ct}");
+            let mut got = vec![1u8; data.len()];
+            r.read_at(&mut got, 0).unwrap();
+            assert!(got == data, "{ct}");
+            let mut two = vec![0u8; 2 * r.cluster_size() as usize];
+            r.read_clusters(5, 2, &mut two).unwrap();
+            let cs = r.cluster_size() as usize;
+            assert!(two[..] == data[5 * cs..7 * cs]);
+        }
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_read() {
+        if !have_qemu_img() {
+            eprintln!("qemu-img missing; skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("b.qcow2");
+        let top = d.path().join("t.qcow2");
+        assert!(Command::new("qemu-img")
+            .args(["create", "-f", "qcow2"])
+            .arg(&base)
+            .arg("1M")
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("qemu-img")
+            .args(["create", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&top)
+            .status()
+            .unwrap()
+            .success());
+        let e = Reader::open(&top).unwrap().unwrap_err();
+        assert!(e.0.contains("backing"), "{e}");
+        std::fs::write(d.path().join("x"), b"not an image at all").unwrap();
+        assert!(Reader::open(&d.path().join("x")).unwrap().is_err());
+    }
+}
