@@ -20,7 +20,9 @@ pub struct BuildArgs {
     /// Output directory
     #[arg(long, default_value = "out")]
     pub output: PathBuf,
-    /// Image format
+    /// Image format: qcow2 (KVM, libvirt, OpenStack, Proxmox), raw, vmdk (streamOptimized:
+    /// vSphere), vhdx (Hyper-V), vhd (fixed, whole MiB: Azure), ova (OVF + vmdk: vSphere and
+    /// VirtualBox import)
     #[arg(long, value_enum, default_value_t = OutFormat::Qcow2)]
     pub format: OutFormat,
     /// Grow the virtual disk (and the root partition and filesystem) to SIZE, e.g. 8G
@@ -221,6 +223,16 @@ fn build_in(
     };
 
     fit(job, &mut root, &layer, work, &say)?;
+    // formats: Azure wants a VHD's virtual size in whole MiB.
+    let cur = std::fs::metadata(root.image())?.len();
+    if job.format == OutFormat::Vhd && cur % disk::formats::VHD_ALIGN != 0 {
+        let want = cur.div_ceil(disk::formats::VHD_ALIGN) * disk::formats::VHD_ALIGN;
+        say(&format!(
+            "growing the disk to {} (a VHD must be a whole number of MiB)",
+            disk::size::human(want)
+        ));
+        disk::resize::grow(&mut root, want, work, plan.source_date_epoch)?;
+    }
     say(&format!("writing {} layer entries with debugfs", layer.len()));
     root.write_layer(&layer, work)?;
     say("checking the root filesystem with e2fsck -fn");
@@ -232,7 +244,12 @@ fn build_in(
     let seed: serde_json::Value =
         serde_json::from_slice(&manifest).context("parsing the layer's manifest")?;
     say(&format!("converting to {}", job.format));
-    disk::qemu::convert_out(&raw, job.format, &staged, seed["inputs_digest"].as_str().unwrap_or(""))?;
+    let stamp = disk::formats::Stamp {
+        seed: seed["inputs_digest"].as_str().unwrap_or(""),
+        source_date_epoch: plan.source_date_epoch,
+        name: &plan.stem(),
+    };
+    disk::formats::write(&raw, job.format, &staged, &stamp)?;
     // Free the working copy before the sidecars: it can be several GiB.
     let _ = std::fs::remove_file(&raw);
     say("hashing the image, writing the manifest, checksum and SBOM");

@@ -14,7 +14,7 @@ use crate::manifest::{FileKind, Manifest, IN_IMAGE_PATH};
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// qcow2 or raw image
+    /// Image built by imgbuild: qcow2, raw, vmdk, vhdx, vhd or ova
     pub image: PathBuf,
     /// Print JSON
     #[arg(long)]
@@ -56,9 +56,8 @@ pub fn run(a: &InspectArgs, _g: &Global) -> Result<()> {
 
 /// Read and verify the manifest of the image at `image`.
 pub fn inspect(image: &Path, root_label: &str) -> Result<Manifest> {
-    let fmt = disk::detect(image)?;
-    // A qcow2 needs a raw view for debugfs: a sparse temp copy beside the image when
-    // that directory is writable, else in the system temp dir.
+    // A qcow2 (or vmdk, vhdx, vhd, ova) needs a raw view for debugfs: a sparse temp
+    // copy beside the image when that directory is writable, else in the system temp dir.
     let tmp = image
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -66,13 +65,16 @@ pub fn inspect(image: &Path, root_label: &str) -> Result<Manifest> {
         .map(Ok)
         .unwrap_or_else(tempfile::tempdir)
         .context("creating a temp dir")?;
-    let raw = match fmt {
-        disk::BaseFormat::Raw => image.to_path_buf(),
-        disk::BaseFormat::Qcow2 => {
-            let r = tmp.path().join("image.raw");
-            disk::qemu::to_raw(image, fmt, &r)?;
-            r
-        }
+    let raw = match disk::formats::raw_view(image, tmp.path())? {
+        Some(r) => r,
+        None => match disk::detect(image)? {
+            disk::BaseFormat::Raw => image.to_path_buf(),
+            fmt @ disk::BaseFormat::Qcow2 => {
+                let r = tmp.path().join("image.raw");
+                disk::qemu::to_raw(image, fmt, &r)?;
+                r
+            }
+        },
     };
     let root = RootFs::locate(&raw, root_label)?;
     let bytes = root.read_file(IN_IMAGE_PATH)?.ok_or_else(|| {

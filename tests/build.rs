@@ -149,11 +149,17 @@ fn base_that_is_neither_qcow2_nor_raw_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("base image is neither qcow2 nor raw"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
-    // inspect refuses the same way.
+    // inspect reads vmdk (an output format), but this one was not built by imgbuild.
     let ins =
         common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&vmdk).output().unwrap();
     assert_eq!(ins.status.code(), Some(2));
-    assert!(stderr(&ins).contains("neither qcow2 nor raw"));
+    assert!(stderr(&ins).contains("not built by imgbuild"), "{}", stderr(&ins));
+    // A format inspect does not read (vdi) is refused by its magic bytes.
+    let vdi = fx.dir.path().join("base.vdi");
+    sh(Command::new("qemu-img").args(["convert", "-O", "vdi"]).arg(&fx.base.raw).arg(&vdi));
+    let ins = common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&vdi).output().unwrap();
+    assert_eq!(ins.status.code(), Some(2));
+    assert!(stderr(&ins).contains("neither qcow2 nor raw"), "{}", stderr(&ins));
 }
 
 #[test]

@@ -5,12 +5,14 @@
 //! the root partition is the one whose ext4 superblock carries the recipe's root label
 //! ([`ext4`]), never a partition number; files are written into it with batched
 //! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
-//! offline ([`resize`]); `qemu-img convert` produces the requested output format.
+//! offline ([`resize`]); `qemu-img convert` produces the requested output format
+//! ([`formats`] adds the fixed vhd footer and the OVA package).
 
 pub mod debugfs;
 pub mod ext4;
 pub mod ext4meta;
 pub mod format;
+pub mod formats;
 pub mod gpt;
 pub mod interrupt;
 pub mod overlay;
@@ -62,6 +64,9 @@ pub enum DiskError {
     Fsck(String),
     #[error("{path}: {msg}")]
     Corrupt { path: String, msg: String },
+    /// An image given to `inspect`/`verify` that is not what its format promises.
+    #[error("{path}: {msg}")]
+    BadImage { path: String, msg: String },
     #[error("{context}")]
     Io {
         context: String,
@@ -88,7 +93,8 @@ impl Classify for DiskError {
             | DiskError::BadSize(..)
             | DiskError::Shrink { .. }
             | DiskError::BadPath(_)
-            | DiskError::TypeClash { .. } => Code::Input,
+            | DiskError::TypeClash { .. }
+            | DiskError::BadImage { .. } => Code::Input,
             DiskError::Tool { .. }
             | DiskError::Debugfs(_)
             | DiskError::Fsck(_)

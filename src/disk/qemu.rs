@@ -14,6 +14,8 @@ pub enum OutFormat {
     Raw,
     Vmdk,
     Vhdx,
+    Vhd,
+    Ova,
 }
 
 impl OutFormat {
@@ -23,17 +25,26 @@ impl OutFormat {
             OutFormat::Raw => "raw",
             OutFormat::Vmdk => "vmdk",
             OutFormat::Vhdx => "vhdx",
+            OutFormat::Vhd => "vhd",
+            OutFormat::Ova => "ova",
         }
     }
 
-    /// Creation options spelled out (rather than qemu-img's defaults, which may change
-    /// between versions): no compression, fixed cluster size, no preallocation.
-    fn options(self) -> &'static str {
+    /// qemu-img's format name and creation options, spelled out (rather than qemu-img's
+    /// defaults, which may change between versions): no compression for qcow2, fixed
+    /// cluster size, no preallocation. vmdk is streamOptimized (what vSphere imports)
+    /// on an LSI Logic adapter (what the OVA's descriptor declares); vhd is fixed with
+    /// the exact size (Azure). `None`: not a qemu-img format (OVA, see [`super::formats`]).
+    pub fn qemu(self) -> Option<(&'static str, &'static str)> {
         match self {
-            OutFormat::Qcow2 => "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off",
-            OutFormat::Raw => "preallocation=off",
-            OutFormat::Vmdk => "subformat=monolithicSparse",
-            OutFormat::Vhdx => "subformat=dynamic,block_size=33554432",
+            OutFormat::Qcow2 => {
+                Some(("qcow2", "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off"))
+            }
+            OutFormat::Raw => Some(("raw", "preallocation=off")),
+            OutFormat::Vmdk => Some(("vmdk", "subformat=streamOptimized,adapter_type=lsilogic")),
+            OutFormat::Vhdx => Some(("vhdx", "subformat=dynamic,block_size=33554432")),
+            OutFormat::Vhd => Some(("vpc", "subformat=fixed,force_size=on")),
+            OutFormat::Ova => None,
         }
     }
 }
@@ -80,8 +91,12 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
 
 /// Convert the finished raw image to `fmt` at `dst`. `seed` (the build's inputs
 /// digest) replaces the random identifiers some formats carry, so same inputs give
-/// the same bytes.
+/// the same bytes. vhd's footer and OVA need more than the seed: builds go through
+/// [`super::formats::write`], which calls this for the plain qemu-img formats.
 pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result<(), DiskError> {
+    let Some((name, options)) = fmt.qemu() else {
+        return Err(DiskError::Tool { tool: "qemu-img", msg: format!("{fmt} is not a qemu-img format") });
+    };
     run(
         &tools::QEMU_IMG,
         &[
@@ -89,9 +104,9 @@ pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result
             "-f".as_ref(),
             "raw".as_ref(),
             "-O".as_ref(),
-            fmt.as_str().as_ref(),
+            name.as_ref(),
             "-o".as_ref(),
-            fmt.options().as_ref(),
+            options.as_ref(),
             raw.as_os_str(),
             dst.as_os_str(),
         ],
@@ -99,7 +114,7 @@ pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result
     match fmt {
         OutFormat::Vmdk => fix_vmdk_cid(dst, seed)?,
         OutFormat::Vhdx => fix_vhdx_ids(dst, seed)?,
-        OutFormat::Qcow2 | OutFormat::Raw => {}
+        OutFormat::Qcow2 | OutFormat::Raw | OutFormat::Vhd | OutFormat::Ova => {}
     }
     Ok(())
 }
@@ -156,7 +171,7 @@ pub fn virtual_size(path: &Path, fmt: &str) -> Result<u64, DiskError> {
 const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// A GUID-sized identifier derived from `seed` and `what`.
-fn derived_id(seed: &str, what: &str) -> [u8; 16] {
+pub(crate) fn derived_id(seed: &str, what: &str) -> [u8; 16] {
     let d = crate::recipe::Sha256::of(format!("{seed}\n{what}").as_bytes());
     let mut id = [0u8; 16];
     if let Ok(b) = hex::decode(&d.as_str()[..32]) {
@@ -275,7 +290,7 @@ mod tests {
             let diff: Vec<usize> = (0..x.len().min(y.len())).filter(|&i| x[i] != y[i]).take(8).collect();
             assert!(x == y, "{fmt}: differs at {diff:?}");
             let out = std::process::Command::new("qemu-img")
-                .args(["compare", "-f", "raw", "-F", fmt.as_str()])
+                .args(["compare", "-f", "raw", "-F", fmt.qemu().unwrap().0])
                 .arg(&raw)
                 .arg(&a)
                 .output()
