@@ -348,6 +348,7 @@ pub async fn file_stream(
 /// `imgbuild upload`: verify, upload, print the target's id on stdout.
 pub fn run(a: &UploadArgs, g: &Global) -> Result<()> {
     let progress = Progress::new(g.quiet);
+    preflight(a)?;
     let img = ImageInfo::from_image(&a.image, &progress)?;
     progress.line(&format!("uploading {} as {} to {}", img.path.display(), img.name, a.target.as_str()));
     let outcome = dispatch(a, &img, &progress)?;
@@ -364,6 +365,16 @@ pub fn run(a: &UploadArgs, g: &Global) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{id}")?;
     Ok(())
+}
+
+/// Target checks that need neither the network nor the image's digest (usage errors first).
+fn preflight(a: &UploadArgs) -> Result<()> {
+    let ext = a.image.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    match a.target {
+        Target::Proxmox => Ok(proxmox::preflight(&ext, &a.proxmox)?),
+        // INTEGRATOR: glance and libvirt may add theirs here.
+        Target::Glance | Target::Libvirt => Ok(()),
+    }
 }
 
 fn dispatch(a: &UploadArgs, img: &ImageInfo, progress: &Progress) -> Result<Outcome> {

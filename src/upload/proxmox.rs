@@ -181,16 +181,37 @@ impl Classify for ProxmoxError {
     }
 }
 
+/// Options, token, pin and format checks that need no network, so a usage error shows
+/// before a multi-GB image is hashed. [`upload`] runs them again.
+pub fn preflight(format: &str, args: &ProxmoxArgs) -> Result<(), ProxmoxError> {
+    Checked::new(format, args).map(|_| ())
+}
+
+struct Checked<'a> {
+    url: &'a str,
+    node: &'a str,
+    storage: &'a str,
+    token: Token,
+    pin: Option<[u8; 32]>,
+}
+
+impl<'a> Checked<'a> {
+    fn new(format: &str, args: &'a ProxmoxArgs) -> Result<Checked<'a>, ProxmoxError> {
+        let url = args.pve_url.as_deref().ok_or(ProxmoxError::MissingOption("--pve-url"))?;
+        let node = args.pve_node.as_deref().ok_or(ProxmoxError::MissingOption("--pve-node"))?;
+        let storage = args.pve_storage.as_deref().ok_or(ProxmoxError::MissingOption("--pve-storage"))?;
+        if !IMPORT_FORMATS.contains(&format) {
+            return Err(ProxmoxError::UnsupportedFormat { format: format.to_string() });
+        }
+        let token = Token::from_args(args.pve_token.as_deref())?;
+        let pin = args.pve_fingerprint.as_deref().map(parse_fingerprint).transpose()?;
+        Ok(Checked { url, node, storage, token, pin })
+    }
+}
+
 /// Upload `img` into the storage's import content; with `--pve-template`, make a VM template.
 pub fn upload(img: &ImageInfo, args: &ProxmoxArgs, progress: &Progress) -> Result<Outcome, ProxmoxError> {
-    let url = args.pve_url.as_deref().ok_or(ProxmoxError::MissingOption("--pve-url"))?;
-    let node = args.pve_node.as_deref().ok_or(ProxmoxError::MissingOption("--pve-node"))?;
-    let storage = args.pve_storage.as_deref().ok_or(ProxmoxError::MissingOption("--pve-storage"))?;
-    if !IMPORT_FORMATS.contains(&img.format.as_str()) {
-        return Err(ProxmoxError::UnsupportedFormat { format: img.format.clone() });
-    }
-    let token = Token::from_args(args.pve_token.as_deref())?;
-    let pin = args.pve_fingerprint.as_deref().map(parse_fingerprint).transpose()?;
+    let Checked { url, node, storage, token, pin } = Checked::new(&img.format, args)?;
     let api = Api::new(url, token, pin)?;
 
     api.check_storage(node, storage)?;
@@ -781,13 +802,12 @@ fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'stat
         if c.downcast_ref::<T>().is_some() {
             return true;
         }
-        // rustls errors reach reqwest wrapped in io::Error, whose `source` skips the payload.
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<T>().is_some()) {
-                return true;
-            }
-        }
-        cur = c.source();
+        // io::Error's `source` skips its payload (rustls errors arrive as io::Error inside
+        // io::Error), so descend into the payload instead.
+        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => c.source(),
+        };
     }
     false
 }
