@@ -67,6 +67,9 @@ struct State {
     cut_uploads: u32,
     /// Flip a byte of the next upload's data, as a corrupted transfer would.
     corrupt: bool,
+    /// Don't keep uploads: hash the file part while reading and record (length, sha256).
+    sink: bool,
+    sunk: Option<(usize, String)>,
     seq: u32,
 }
 
@@ -254,6 +257,16 @@ fn serve(conn: Conn, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             let _ = tcp.shutdown(std::net::Shutdown::Both);
             return Ok(());
         }
+        if is_upload && st.lock().unwrap().sink {
+            let sunk = sink_file_part(&mut conn, &req, len)?;
+            let mut s = st.lock().unwrap();
+            s.sunk = Some(sunk);
+            s.log.push(req);
+            let upid = new_task(&mut s, "imgcopy", "", "OK", None);
+            drop(s);
+            respond(&mut conn, 200, "OK", &serde_json::json!({ "data": upid }))?;
+            continue;
+        }
         let mut body = vec![0u8; len];
         conn.read_exact(&mut body)?;
         req.body = body;
@@ -261,6 +274,50 @@ fn serve(conn: Conn, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         let (code, reason, json) = route(&req, st);
         respond(&mut conn, code, &reason, &json)?;
     }
+}
+
+/// Read a multipart upload of `len` bytes without keeping it: the file part (last, under
+/// `filename`) is hashed as it streams by. Returns its length and sha256.
+fn sink_file_part(conn: &mut BufReader<Conn>, req: &Req, len: usize) -> std::io::Result<(usize, String)> {
+    let bad = |m: &str| std::io::Error::other(m.to_string());
+    let boundary = req
+        .content_type
+        .as_deref()
+        .and_then(|c| c.strip_prefix("multipart/form-data; boundary="))
+        .ok_or_else(|| bad("not multipart"))?
+        .to_string();
+    let mut head = vec![0u8; len.min(64 * 1024)];
+    conn.read_exact(&mut head)?;
+    let needle = b"name=\"filename\"";
+    let at = head.windows(needle.len()).position(|w| w == needle).ok_or_else(|| bad("no file part"))?;
+    let start =
+        at + head[at..].windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("part head"))? + 4;
+    let trailer = format!("\r\n--{boundary}--\r\n").into_bytes();
+    let flen = len - start - trailer.len();
+    let mut h = Sha256::new();
+    let mut rest = Vec::new();
+    let mut take = |chunk: &[u8], pos: usize, h: &mut Sha256| {
+        // `pos` is the body offset of chunk[0].
+        let lo = start.saturating_sub(pos).min(chunk.len());
+        let hi = (start + flen).saturating_sub(pos).min(chunk.len());
+        h.update(&chunk[lo..hi]);
+        rest.extend_from_slice(&chunk[hi..]);
+    };
+    take(&head, 0, &mut h);
+    let mut pos = head.len();
+    let mut buf = vec![0u8; 1 << 20];
+    while pos < len {
+        let n = conn.read(&mut buf[..(len - pos).min(1 << 20)])?;
+        if n == 0 {
+            return Err(bad("short body"));
+        }
+        take(&buf[..n], pos, &mut h);
+        pos += n;
+    }
+    if rest != trailer {
+        return Err(bad("bad trailer"));
+    }
+    Ok((flen, hex::encode(h.finalize())))
 }
 
 fn ok(data: serde_json::Value) -> (u16, String, serde_json::Value) {
@@ -912,4 +969,46 @@ fn a_checksum_mismatch_reported_by_pve_exits_3() {
     assert!(stderr(&out).contains("checksum mismatch"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
     assert!(!pve.state.lock().unwrap().files.contains_key(&format!("local:import/{}", img.file)));
+}
+
+#[test]
+fn a_large_image_is_streamed_not_buffered() {
+    // 256 MiB: peak RSS of the imgbuild process must stay far below the image size.
+    const SIZE: usize = 256 << 20;
+    let img = image();
+    let dir = img.path.parent().unwrap();
+    let raw = dir.join("k8s-v1.30-worker-amd64.raw");
+    let mut h = Sha256::new();
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&raw).unwrap());
+        let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+        for _ in 0..SIZE >> 20 {
+            f.write_all(&block).unwrap();
+            h.update(&block);
+        }
+    }
+    let sha = hex::encode(h.finalize());
+    std::fs::write(
+        dir.join("k8s-v1.30-worker-amd64.raw.sha256"),
+        format!("{sha}  k8s-v1.30-worker-amd64.raw\n"),
+    )
+    .unwrap();
+    let pve = Pve::start();
+    pve.state.lock().unwrap().sink = true;
+    let t = std::time::Instant::now();
+    let out = upload(&pve, &raw, Some(&pve.fingerprint), Some(&good_token()), &[]);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sunk = pve.state.lock().unwrap().sunk.clone();
+    assert_eq!(sunk, Some((SIZE, sha)), "the file part differs from the image");
+    // Largest resident set of any child of this test process so far (other tests' children are small).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
+    let max_rss_mib = ru.ru_maxrss as f64 / 1024.0;
+    eprintln!(
+        "streamed {} MiB in {secs:.1} s (hash + TLS upload); peak child RSS {max_rss_mib:.0} MiB",
+        SIZE >> 20
+    );
+    assert!(max_rss_mib < 96.0, "peak RSS {max_rss_mib:.0} MiB: the image is being buffered");
+    std::fs::remove_file(&raw).unwrap();
 }
