@@ -70,6 +70,8 @@ struct State {
     /// Don't keep uploads: hash the file part while reading and record (length, sha256).
     sink: bool,
     sunk: Option<(usize, String)>,
+    /// GETs to answer with 503 before serving normally.
+    unavailable_gets: u32,
     seq: u32,
 }
 
@@ -271,6 +273,15 @@ fn serve(conn: Conn, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         conn.read_exact(&mut body)?;
         req.body = body;
         st.lock().unwrap().log.push(req.clone());
+        if req.method == "GET" && {
+            let mut s = st.lock().unwrap();
+            let fail = s.unavailable_gets > 0;
+            s.unavailable_gets = s.unavailable_gets.saturating_sub(1);
+            fail
+        } {
+            respond(&mut conn, 503, "Service Unavailable", &serde_json::json!({"data": null}))?;
+            continue;
+        }
         let (code, reason, json) = route(&req, st);
         respond(&mut conn, code, &reason, &json)?;
     }
@@ -849,6 +860,19 @@ fn unknown_storage_and_storage_without_import_exit_2() {
     let e = stderr(&no_import);
     assert!(e.contains("pvesm set backup --content backup,iso,import") && e.contains("8.2"), "{e}");
     assert!(pve.log().iter().all(|r| !r.path.ends_with("/upload")));
+}
+
+#[test]
+fn idempotent_gets_are_retried_on_5xx() {
+    let pve = Pve::start();
+    pve.state.lock().unwrap().unavailable_gets = 2;
+    let img = image();
+    let out = upload(&pve, &img.path, Some(&pve.fingerprint), Some(&good_token()), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seq = pve.sequence();
+    let status = format!("GET /nodes/{NODE}/storage/local/status");
+    assert_eq!(seq[..3], [status.clone(), status.clone(), status]);
+    assert_eq!(seq.iter().filter(|r| r.ends_with("/upload")).count(), 1);
 }
 
 #[test]

@@ -422,6 +422,13 @@ impl Api {
         }
         let http =
             b.build().map_err(|e| ProxmoxError::Net { what: "HTTP client".into(), detail: chain(&e) })?;
+        // block_on inside a caller's runtime would panic; this API is blocking by contract.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(ProxmoxError::Net {
+                what: "proxmox::upload".into(),
+                detail: "called from inside a tokio runtime; call it from a blocking thread".into(),
+            });
+        }
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
             ProxmoxError::Net { what: "starting the HTTP runtime".into(), detail: e.to_string() }
         })?;
