@@ -717,17 +717,17 @@ fn uploads_streamed_multipart_polls_the_task_and_makes_a_template() {
     let polls = |u: &str| vec![format!("GET /nodes/{NODE}/tasks/{u}/status"); TASK_POLLS as usize + 1];
     let mut want = vec![
         format!("GET /nodes/{NODE}/storage/local/status"),
+        "GET /cluster/resources".into(),
         format!("GET /nodes/{NODE}/storage/local/content"),
         format!("POST /nodes/{NODE}/storage/local/upload"),
     ];
     want.extend(polls(up));
-    want.push("GET /cluster/resources".into());
     want.push(format!("POST /nodes/{NODE}/qemu"));
     want.extend(polls(create));
     want.push(format!("POST /nodes/{NODE}/qemu/9000/template"));
     want.extend(polls(tpl));
     assert_eq!(pve.sequence(), want);
-    assert_eq!(log[1].query, "content=import");
+    assert_eq!(log[2].query, "content=import");
     assert_eq!(log.iter().find(|r| r.path.ends_with("/cluster/resources")).unwrap().query, "type=vm");
     for r in &log {
         assert_eq!(
@@ -739,7 +739,7 @@ fn uploads_streamed_multipart_polls_the_task_and_makes_a_template() {
     }
 
     // The multipart body: plain fields first, the file part last under `filename`.
-    let up_req = &log[2];
+    let up_req = &log[3];
     assert!(!up_req.chunked);
     assert_eq!(up_req.content_length, Some(up_req.body.len()));
     let parts = multipart(up_req).expect("a multipart/form-data body");
@@ -798,8 +798,8 @@ fn uploads_streamed_multipart_polls_the_task_and_makes_a_template() {
         pve.sequence(),
         [
             format!("GET /nodes/{NODE}/storage/local/status"),
-            format!("GET /nodes/{NODE}/storage/local/content"),
             "GET /cluster/resources".to_string(),
+            format!("GET /nodes/{NODE}/storage/local/content"),
         ]
     );
 }
@@ -860,6 +860,26 @@ fn unknown_storage_and_storage_without_import_exit_2() {
     let e = stderr(&no_import);
     assert!(e.contains("pvesm set backup --content backup,iso,import") && e.contains("8.2"), "{e}");
     assert!(pve.log().iter().all(|r| !r.path.ends_with("/upload")));
+}
+
+#[test]
+fn a_vmid_held_by_another_guest_exits_2_before_anything_is_sent() {
+    let pve = Pve::start();
+    pve.state.lock().unwrap().vms.insert(9001, ("db-1".into(), false, vec![]));
+    let img = image();
+    let out = upload(
+        &pve,
+        &img.path,
+        Some(&pve.fingerprint),
+        Some(&good_token()),
+        &["--pve-template", "9001", "--pve-bridge", "none"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("VMID 9001 is already used by VM \"db-1\""), "{}", stderr(&out));
+    assert!(!pve.sequence().iter().any(|r| r.starts_with("POST /nodes/pve1/qemu")), "{:?}", pve.sequence());
+    // Checked before anything is sent.
+    assert!(out.stdout.is_empty());
+    assert!(!pve.sequence().iter().any(|r| r.ends_with("/upload")), "{:?}", pve.sequence());
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //!
 //! API calls (PVE API reference, `/api2/json`), in order:
 //! 1. `GET /nodes/{node}/storage/{storage}/status`: the storage exists and has `import` content;
+//!    with `--pve-template`, `GET /cluster/resources?type=vm`: the VMID is free or already this
+//!    image's template;
 //! 2. `GET /nodes/{node}/storage/{storage}/content?content=import`: the stable name already
 //!    there with the image's size is a no-op (the name carries 12 hex digits of the sha256);
 //! 3. `POST /nodes/{node}/storage/{storage}/upload`: multipart `content`, `checksum-algorithm`,
@@ -11,8 +13,8 @@
 //!    under the field name `filename` and with a Content-Length (no chunked encoding). The body is
 //!    streamed from disk. The answer is a task UPID;
 //! 4. `GET /nodes/{upid node}/tasks/{upid}/status` until `status=stopped`, `exitstatus=OK`;
-//! 5. with `--pve-template`: `GET /cluster/resources?type=vm`, `POST /nodes/{node}/qemu`
-//!    (task), `POST /nodes/{node}/qemu/{vmid}/template` (task on PVE 8, null before).
+//! 5. with `--pve-template`: `POST /nodes/{node}/qemu` (task), then
+//!    `POST /nodes/{node}/qemu/{vmid}/template` (task on PVE 8, null before).
 //!
 //! PVE's upload cannot resume: an upload that fails mid-stream is started again from byte 0.
 
@@ -215,6 +217,11 @@ pub fn upload(img: &ImageInfo, args: &ProxmoxArgs, progress: &Progress) -> Resul
     let api = Api::new(url, token, pin)?;
 
     api.check_storage(node, storage)?;
+    // A VMID held by another guest is found before anything is sent.
+    let make_template = match args.pve_template {
+        Some(vmid) => api.template_needed(img, vmid, progress)?.then_some(vmid),
+        None => None,
+    };
     let file = format!("{}.{}", img.name, img.format);
     let volid = format!("{storage}:import/{file}");
     let outcome = match api.find_import(node, storage, &volid)? {
@@ -230,7 +237,7 @@ pub fn upload(img: &ImageInfo, args: &ProxmoxArgs, progress: &Progress) -> Resul
             Outcome::Uploaded { id: volid.clone() }
         }
     };
-    if let Some(vmid) = args.pve_template {
+    if let Some(vmid) = make_template {
         let vm_storage = args.pve_vm_storage.as_deref().unwrap_or(storage);
         api.template(img, args, node, vm_storage, &volid, vmid, progress)?;
     }
@@ -725,6 +732,26 @@ impl Api {
         }
     }
 
+    /// Whether VMID still has to be made into the template: false when it already is a
+    /// template of this image; an error when another guest holds it.
+    fn template_needed(&self, img: &ImageInfo, vmid: u32, progress: &Progress) -> Result<bool, ProxmoxError> {
+        let vms = self.get("/cluster/resources", &[("type", "vm")])?;
+        let existing = vms
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v.get("vmid").and_then(Value::as_u64) == Some(u64::from(vmid)));
+        let Some(v) = existing else { return Ok(true) };
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        let is_template = v.get("template").and_then(Value::as_u64) == Some(1);
+        if name == img.name && is_template {
+            progress.line(&format!("template {vmid} ({name}) already present"));
+            return Ok(false);
+        }
+        let kind = if is_template { "template" } else { "VM" };
+        Err(ProxmoxError::VmidTaken { vmid, what: format!("{kind} {name:?}") })
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn template(
         &self,
@@ -736,22 +763,6 @@ impl Api {
         vmid: u32,
         progress: &Progress,
     ) -> Result<(), ProxmoxError> {
-        let vms = self.get("/cluster/resources", &[("type", "vm")])?;
-        let existing = vms
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v.get("vmid").and_then(Value::as_u64) == Some(u64::from(vmid)));
-        if let Some(v) = existing {
-            let name = v.get("name").and_then(Value::as_str).unwrap_or("");
-            let is_template = v.get("template").and_then(Value::as_u64) == Some(1);
-            if name == img.name && is_template {
-                progress.line(&format!("template {vmid} ({name}) already present"));
-                return Ok(());
-            }
-            let kind = if is_template { "template" } else { "VM" };
-            return Err(ProxmoxError::VmidTaken { vmid, what: format!("{kind} {name:?}") });
-        }
         let mut description = format!("imgbuild image {}\n", img.name);
         for (k, v) in img.metadata() {
             let _ = writeln!(description, "{k}: {v}");
