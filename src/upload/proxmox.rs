@@ -362,6 +362,14 @@ fn seg(s: &str) -> String {
     out
 }
 
+/// PVE VM names are DNS names: the stable name with anything else turned into `-`.
+fn vm_name(name: &str) -> String {
+    let s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' }).collect();
+    let labels: Vec<&str> = s.split('.').map(|l| l.trim_matches('-')).filter(|l| !l.is_empty()).collect();
+    labels.join(".")
+}
+
 /// The node a task runs on: `UPID:<node>:<pid>:...`.
 fn upid_node(upid: &str) -> Option<&str> {
     let mut parts = upid.split(':');
@@ -744,7 +752,7 @@ impl Api {
         let Some(v) = existing else { return Ok(true) };
         let name = v.get("name").and_then(Value::as_str).unwrap_or("");
         let is_template = v.get("template").and_then(Value::as_u64) == Some(1);
-        if name == img.name && is_template {
+        if name == vm_name(&img.name) && is_template {
             progress.line(&format!("template {vmid} ({name}) already present"));
             return Ok(false);
         }
@@ -769,7 +777,7 @@ impl Api {
         }
         let mut form: Vec<(&str, String)> = vec![
             ("vmid", vmid.to_string()),
-            ("name", img.name.clone()),
+            ("name", vm_name(&img.name)),
             ("description", description),
             ("ostype", "l26".into()),
             ("memory", args.pve_memory.to_string()),
@@ -844,6 +852,16 @@ mod tests {
         assert_eq!(parse_fingerprint(&hex::encode(&d)).ok().map(|b| b.to_vec()), Some(d));
         assert!(parse_fingerprint("SHA256:00:01").is_err());
         assert!(parse_fingerprint("zz").is_err());
+    }
+
+    #[test]
+    fn vm_names_are_dns_names() {
+        assert_eq!(
+            vm_name("ubuntu-24.04-k8s-v1.30.3-worker-amd64-7afb9cbe3fc1"),
+            "ubuntu-24.04-k8s-v1.30.3-worker-amd64-7afb9cbe3fc1"
+        );
+        assert_eq!(vm_name("my_recipe-worker-amd64-0123456789ab"), "my-recipe-worker-amd64-0123456789ab");
+        assert_eq!(vm_name("-a..b_"), "a.b");
     }
 
     #[test]
