@@ -327,23 +327,17 @@ impl Virsh {
         let stderr = drain_stderr(&mut child);
         let mut hash = Sha256::new();
         let fed = feed(&mut child, &mut src, len, &mut hash, &mut inc);
-        if let Err(changed) = &fed {
-            if changed.is_some() {
-                // Abort the stream instead of letting virsh finish a short volume.
-                let _ = child.kill();
-            }
+        if let Err(Some(detail)) = fed {
+            // Abort the stream rather than let virsh finish a short volume (the caller deletes it).
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LibvirtError::Changed { path: src_path.clone(), detail });
         }
         let status = child.wait();
         let err = stderr.join().unwrap_or_default();
-        match fed {
-            Err(Some(detail)) => {
-                return Err(LibvirtError::Changed { path: src_path.clone(), detail });
-            }
-            Err(None) | Ok(()) => {}
-        }
         match status {
             Ok(s) if s.success() && fed.is_ok() => Ok(hex::encode(hash.finalize())),
-            Ok(_) => Err(self.error("vol-upload", &err)),
+            Ok(s) => Err(self.error("vol-upload", &with_status(&err, s))),
             Err(source) => Err(LibvirtError::Io { what: "waiting for", path: self.bin.clone(), source }),
         }
     }
@@ -398,9 +392,9 @@ impl Virsh {
         }
         match status {
             Ok(s) if s.success() => {}
-            Ok(_) => {
+            Ok(s) => {
                 task.abandon();
-                return Err(self.error("vol-download", &err));
+                return Err(self.error("vol-download", &with_status(&err, s)));
             }
             Err(source) => {
                 task.abandon();
@@ -473,6 +467,19 @@ fn feed(
         Err(e) => Err(Some(format!("reading it failed: {e}"))),
     }
     // Dropping stdin ends the stream.
+}
+
+/// virsh's stderr, or how it ended when it said nothing (killed by a signal).
+fn with_status(stderr: &str, status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if !stderr.trim().is_empty() {
+        return stderr.to_string();
+    }
+    match status.signal() {
+        Some(libc::SIGPIPE) => "virsh died of SIGPIPE: the connection to the daemon broke".into(),
+        Some(sig) => format!("virsh was killed by signal {sig}"),
+        None => format!("virsh exited with {status} and no message"),
+    }
 }
 
 /// `Key:   value` from virsh's info tables.
