@@ -296,6 +296,25 @@ fn upload_is_byte_exact_and_reupload_is_a_noop() {
     let got = libvirt::upload(&img.info, &d.args(POOL), &Progress::plain(true)).expect("upload");
     assert_eq!(got, Outcome::AlreadyPresent { id: in_pool.display().to_string() });
 
+    // Corrupt the stored volume (same size): the marker still vouches for it, so a plain
+    // re-upload trusts it; --libvirt-verify notices and replaces it.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&in_pool).expect("open volume");
+        f.write_all_at(b"corrupted", original.len() as u64 / 2).expect("corrupt");
+    }
+    let trusting = upload_cli(&img.path, &["--libvirt-uri", &d.uri, "--pool", POOL]);
+    assert!(text(&trusting.stderr).contains("already present"), "{}", text(&trusting.stderr));
+    let fixed = upload_cli(&img.path, &["--libvirt-uri", &d.uri, "--pool", POOL, "--libvirt-verify"]);
+    assert!(fixed.status.success(), "{}", text(&fixed.stderr));
+    let err = text(&fixed.stderr);
+    assert!(
+        err.contains(&format!("replacing volume {vol} in pool {POOL}: its content does not match")),
+        "{err}"
+    );
+    assert!(err.contains("uploaded ") && err.contains(&format!("verified {vol}")), "{err}");
+    assert!(std::fs::read(&in_pool).expect("read volume") == original, "not repaired");
+
     // A different image (another digest) becomes a second volume beside the first.
     let other = image(7);
     let o = upload_cli(&other.path, &["--libvirt-uri", &d.uri, "--pool", POOL, "--libvirt-verify", "-q"]);

@@ -26,7 +26,8 @@
 //!    of exactly the bytes sent, compared with the verified digest (exit 3 when the file
 //!    changed since). A failed upload deletes the partial volume; when even that fails
 //!    (the daemon died), step 3 of the next run replaces it.
-//! 6. Optional `--libvirt-verify`: `vol-download` the volume back and hash it.
+//! 6. Optional `--libvirt-verify`: `vol-download` the volume back and hash it: after an
+//!    upload (mismatch: exit 3, volume deleted) and for a present volume (mismatch: replaced).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ pub enum LibvirtError {
         "libvirt cannot take a {0} image as a volume (an OVA is an archive); build --format qcow2 or raw"
     )]
     UnsupportedFormat(String),
+    #[error("{0} is empty")]
+    Empty(PathBuf),
     #[error("{0:?} is not usable as a libvirt volume name (expected letters, digits, '.', '_', '-')")]
     BadName(String),
     #[error("virsh {cmd} failed at {uri}: {detail}")]
@@ -88,8 +91,8 @@ pub enum LibvirtError {
     #[error("{path} changed while uploading: {detail}; the partial volume was discarded")]
     Changed { path: PathBuf, detail: String },
     #[error(
-        "volume {vol} in pool {pool:?} hashes to {actual}, expected {expected} (--libvirt-verify); \
-         delete it with: virsh -c '{uri}' vol-delete --pool {pool} {vol}"
+        "volume {vol} in pool {pool:?} at {uri} hashes to {actual} after the upload, expected {expected} \
+         (--libvirt-verify); the volume was deleted"
     )]
     VerifyMismatch { vol: String, pool: String, uri: String, expected: String, actual: String },
 }
@@ -104,6 +107,7 @@ impl Classify for LibvirtError {
             LibvirtError::PoolNotFound { .. }
             | LibvirtError::PoolNotRunning { .. }
             | LibvirtError::UnsupportedFormat(_)
+            | LibvirtError::Empty(_)
             | LibvirtError::BadName(_) => Code::Input,
             LibvirtError::Changed { .. } | LibvirtError::VerifyMismatch { .. } => Code::Integrity,
         }
@@ -114,6 +118,10 @@ impl Classify for LibvirtError {
 pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Result<Outcome, LibvirtError> {
     if img.format == "ova" {
         return Err(LibvirtError::UnsupportedFormat(img.format.clone()));
+    }
+    if img.size == 0 {
+        // `--length 0` would mean "to the end" to libvirt; an empty image is no image.
+        return Err(LibvirtError::Empty(img.path.clone()));
     }
     let vol = format!("{}.{}", img.name, img.format);
     let marker = format!("{vol}.sha256");
@@ -133,21 +141,20 @@ pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Resul
         let marker_ok = v.read_marker(pool, &marker)?.as_deref() == Some(marker_line.as_str());
         // Block devices (LVM, disks) round sizes up to their extent; files are exact.
         let size_ok = if info.is_file { info.physical == img.size } else { info.physical >= img.size };
-        if marker_ok && size_ok {
-            let id = v.vol_path(pool, &vol)?;
-            if args.libvirt_verify {
-                v.verify(pool, &vol, img, progress)?;
+        let why = if !marker_ok {
+            "incomplete (no matching completion marker)"
+        } else if !size_ok {
+            "its size does not match the image"
+        } else if !args.libvirt_verify {
+            return Ok(Outcome::AlreadyPresent { id: v.vol_path(pool, &vol)? });
+        } else {
+            match v.verify(pool, &vol, img, progress) {
+                Ok(()) => return Ok(Outcome::AlreadyPresent { id: v.vol_path(pool, &vol)? }),
+                Err(LibvirtError::VerifyMismatch { .. }) => "its content does not match (--libvirt-verify)",
+                Err(e) => return Err(e),
             }
-            return Ok(Outcome::AlreadyPresent { id });
-        }
-        progress.line(&format!(
-            "replacing volume {vol} in pool {pool}: {}",
-            if marker_ok {
-                "its size does not match the image"
-            } else {
-                "incomplete (no matching completion marker)"
-            }
-        ));
+        };
+        progress.line(&format!("replacing volume {vol} in pool {pool}: {why}"));
     }
     // The marker goes first: a marker must never vouch for a volume being rewritten.
     v.delete_if_exists(pool, &marker)?;
@@ -181,7 +188,11 @@ pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Resul
         start.elapsed().as_secs_f64()
     ));
     if args.libvirt_verify {
-        v.verify(pool, &vol, img, progress)?;
+        if let Err(e) = v.verify(pool, &vol, img, progress) {
+            // Never leave a volume behind that is known (or could not be shown) to be right.
+            let _ = v.delete_if_exists(pool, &vol);
+            return Err(e);
+        }
     }
     v.create(pool, &marker, marker_line.len() as u64)?;
     if let Err(e) = v.stream_upload(
