@@ -115,6 +115,14 @@ impl Daemon {
         if let Some((uid, gid)) = self.user {
             c.uid(uid).gid(gid);
         }
+        // SAFETY: prctl is async-signal-safe. Runs after the uid change (which would clear it):
+        // if the test process dies without unwinding, the kernel kills the daemon too.
+        unsafe {
+            c.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         self.child = Some(c.spawn().expect("starting libvirtd"));
         let t0 = Instant::now();
         loop {
