@@ -31,6 +31,8 @@ deps=(
   "gpg-agent gnupg"
   "dpkg-deb dpkg"
   "xz xz-utils"
+  "virsh libvirt-clients"
+  "libvirtd libvirt-daemon"
 )
 missing=()
 for d in "${deps[@]}"; do

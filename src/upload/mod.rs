@@ -40,7 +40,8 @@ pub enum Outcome {
 // ---- end of the shared part ----
 
 pub mod proxmox;
-// INTEGRATOR: add `pub mod glance;` and `pub mod libvirt;` here (see `dispatch` below).
+pub mod glance;
+pub mod libvirt;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -92,9 +93,10 @@ pub struct UploadArgs {
     pub image: PathBuf,
     #[command(flatten)]
     pub proxmox: proxmox::ProxmoxArgs,
-    // INTEGRATOR: flatten the other targets' options here:
-    //   #[command(flatten)] pub glance: glance::GlanceArgs,
-    //   #[command(flatten)] pub libvirt: libvirt::LibvirtArgs,
+    #[command(flatten)]
+    pub glance: glance::GlanceArgs,
+    #[command(flatten)]
+    pub libvirt: libvirt::LibvirtArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,7 +374,6 @@ fn preflight(a: &UploadArgs) -> Result<()> {
     let ext = a.image.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
     match a.target {
         Target::Proxmox => Ok(proxmox::preflight(&ext, &a.proxmox)?),
-        // INTEGRATOR: glance and libvirt may add theirs here.
         Target::Glance | Target::Libvirt => Ok(()),
     }
 }
@@ -380,11 +381,8 @@ fn preflight(a: &UploadArgs) -> Result<()> {
 fn dispatch(a: &UploadArgs, img: &ImageInfo, progress: &Progress) -> Result<Outcome> {
     match a.target {
         Target::Proxmox => Ok(proxmox::upload(img, &a.proxmox, progress)?),
-        // INTEGRATOR: replace these two arms with
-        //   Target::Glance => Ok(glance::upload(img, &a.glance, progress)?),
-        //   Target::Libvirt => Ok(libvirt::upload(img, &a.libvirt, progress)?),
-        Target::Glance => Err(UploadError::TargetUnavailable("glance").into()),
-        Target::Libvirt => Err(UploadError::TargetUnavailable("libvirt").into()),
+        Target::Glance => Ok(glance::upload(img, &a.glance, progress)?),
+        Target::Libvirt => Ok(libvirt::upload(img, &a.libvirt, progress)?),
     }
 }
 
