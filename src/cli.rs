@@ -65,6 +65,8 @@ pub enum Cmd {
     Verify(crate::verify::VerifyImageArgs),
     /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
     Lint(crate::lint::LintArgs),
+    /// Upload a built image to libvirt, OpenStack Glance or Proxmox VE
+    Upload(crate::upload::UploadArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +127,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::VerifyBlob(a) => crate::verify::run_verify_blob(&a, g),
         Cmd::Verify(a) => crate::verify::run_verify_image(&a, g),
         Cmd::Lint(a) => crate::lint::run(&a, g),
+        Cmd::Upload(a) => crate::upload::run(&a, g),
     }
 }
 

@@ -77,6 +77,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::cluster::ClusterError, crate::cloudinit::CloudInitError);
     classify_as!(e, crate::apt::AptError);
     classify_as!(e, crate::verify::VerifyError, crate::lint::LintFailed);
+    classify_as!(e, crate::upload::glance::GlanceError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

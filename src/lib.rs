@@ -25,5 +25,6 @@ pub mod progress;
 pub mod recipe;
 pub mod smallget;
 pub mod tools;
+pub mod upload;
 pub mod verify;
 pub mod yamlpos;
