@@ -269,6 +269,8 @@ struct Faults {
     cut_put_after: Option<usize>,
     /// Report a wrong os_hash_value on image GETs.
     corrupt_hash: bool,
+    /// Report this status on image GETs.
+    force_status: Option<String>,
 }
 
 struct Front {
@@ -416,10 +418,17 @@ fn serve(
         let resp = read_response(&mut BufReader::new(up))?;
         let mut out = resp.body.clone();
         let is_show = method == "GET" && path.starts_with("/v2/images/") && !path.ends_with("/file");
-        if is_show && faults.lock().unwrap().corrupt_hash {
+        let (corrupt, force) = {
+            let f = faults.lock().unwrap();
+            (f.corrupt_hash, f.force_status.clone())
+        };
+        if is_show && (corrupt || force.is_some()) {
             if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
-                if v["os_hash_value"].is_string() {
+                if corrupt && v["os_hash_value"].is_string() {
                     v["os_hash_value"] = json!("0".repeat(128));
+                }
+                if let Some(st) = force {
+                    v["status"] = json!(st);
                 }
                 out = v.to_string().into_bytes();
             }
@@ -681,6 +690,59 @@ fn real_glance_upload_verify_noop_retry_and_mismatch() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(ids.len(), 2, "only the two good images stay in the store: {ids:?}");
+
+    // 5. Glance kills the image: exit 1, the image is deleted.
+    let img4 = make_image(tmp.path(), 4, 1);
+    front.faults.lock().unwrap().force_status = Some("killed".into());
+    let mut c = upload_cmd(&img4, &home);
+    with_env_password(&mut c, &front, PASSWORD);
+    let (code, _, stderr) = run(c);
+    front.faults.lock().unwrap().force_status = None;
+    assert_eq!(code, 1, "stderr: {stderr}");
+    assert!(stderr.contains("went to status `killed`"), "{stderr}");
+    let listed = http_json(glance.port, "GET", &format!("/v2/images?name={}", img4.name), None).unwrap();
+    assert_eq!(listed["images"], json!([]));
+
+    // 6. Never active within --glance-wait: exit 1. The image (really active in Glance) stays, and
+    // the next run finds it by name and accepts it only after comparing Glance's hash with ours.
+    let img5 = make_image(tmp.path(), 5, 1);
+    front.faults.lock().unwrap().force_status = Some("saving".into());
+    let mut c = upload_cmd(&img5, &home);
+    with_env_password(&mut c, &front, PASSWORD);
+    c.args(["--glance-wait", "1"]);
+    let (code, _, stderr) = run(c);
+    front.faults.lock().unwrap().force_status = None;
+    assert_eq!(code, 1, "stderr: {stderr}");
+    assert!(stderr.contains("still `saving` after 1 s"), "{stderr}");
+    let mut c = upload_cmd(&img5, &home);
+    with_env_password(&mut c, &front, PASSWORD);
+    let (code, stdout5, stderr) = run(c);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stderr.contains("comparing digests") && stderr.contains("already present"), "{stderr}");
+    assert!(std::fs::read(glance.store.join(stdout5.trim())).unwrap() == img5.bytes);
+
+    // 7. A `queued` image of ours left by an interrupted run (created here straight at glance-api)
+    // takes the data: no POST, the PUT goes to that image.
+    let img6 = make_image(tmp.path(), 6, 1);
+    let leftover = http_json(
+        glance.port,
+        "POST",
+        "/v2/images",
+        Some(&json!({"name": img6.name, "disk_format": "qcow2", "container_format": "bare",
+                     "imgbuild_sha256": img6.sha256})),
+    )
+    .unwrap();
+    let lid = leftover["id"].as_str().unwrap().to_string();
+    let before = front.glance_calls().len();
+    let mut c = upload_cmd(&img6, &home);
+    with_env_password(&mut c, &front, PASSWORD);
+    let (code, stdout, stderr) = run(c);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(stdout.trim(), lid);
+    let calls = &front.glance_calls()[before..];
+    assert!(!calls.iter().any(|(m, _)| m == "POST"), "{calls:?}");
+    assert!(calls.contains(&("PUT".to_string(), format!("/v2/images/{lid}/file"))), "{calls:?}");
+    assert!(std::fs::read(glance.store.join(&lid)).unwrap() == img6.bytes);
 }
 
 #[test]

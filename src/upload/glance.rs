@@ -691,14 +691,16 @@ fn hash_file(path: &Path) -> Result<Digests, GlanceError> {
     Ok(h.finish().0)
 }
 
-/// Does this listed image hold exactly our bytes? (`imgbuild_sha256` first: no hashing needed.)
-fn same_image(img: &Value, ours: &ImageInfo, digests: Option<&Digests>) -> bool {
-    if img["imgbuild_sha256"].as_str() == Some(ours.sha256.as_str()) {
-        return true;
+/// Does this listed image hold exactly our bytes? Glance's own hash (and size) decide, as in the
+/// post-upload verification; the `imgbuild_sha256` property is trusted only when Glance reports no
+/// checksum at all, so an image left unverified (a timed-out or crashed run) is never taken on
+/// the property alone.
+fn same_image(img: &Value, ours: &ImageInfo, digests: &Digests) -> bool {
+    match verify("", img, digests, &ours.sha256) {
+        Ok(()) => true,
+        Err(GlanceError::NoChecksum { .. }) => img["imgbuild_sha256"].as_str() == Some(ours.sha256.as_str()),
+        Err(_) => false,
     }
-    let Some(d) = digests else { return false };
-    (img["os_hash_algo"] == "sha512" && img["os_hash_value"].as_str() == Some(d.sha512.as_str()))
-        || img["checksum"].as_str() == Some(d.md5.as_str())
 }
 
 /// Compare what Glance computed with what we sent: `os_hash_*` when present (sha512 by default;
@@ -915,11 +917,14 @@ async fn run(
         .await?;
     let listed: Vec<Value> = listed["images"].as_array().cloned().unwrap_or_default();
     let active: Vec<&Value> = listed.iter().filter(|i| i["status"] == "active").collect();
-    let mut digests = None;
-    if active.iter().any(|i| !same_image(i, img, None)) {
-        digests = Some(hash_file(&img.path)?);
-    }
-    if let Some(found) = active.iter().find(|i| same_image(i, img, digests.as_ref())) {
+    // Only a name match costs a local hashing pass (the name carries 48 bits of the sha256).
+    let digests = if active.is_empty() {
+        None
+    } else {
+        progress.line(&format!("glance: {} image(s) named {}; comparing digests", active.len(), img.name));
+        Some(hash_file(&img.path)?)
+    };
+    if let Some(found) = digests.as_ref().and_then(|d| active.iter().find(|i| same_image(i, img, d))) {
         let id = found["id"].as_str().unwrap_or_default().to_string();
         return Ok(Outcome::AlreadyPresent { id });
     }
