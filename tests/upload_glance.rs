@@ -271,6 +271,8 @@ struct Faults {
     corrupt_hash: bool,
     /// Report this status on image GETs.
     force_status: Option<String>,
+    /// Answer every `/v2` request with 401 (a token Glance does not accept).
+    glance_401: bool,
 }
 
 struct Front {
@@ -408,6 +410,10 @@ fn serve(
             continue;
         }
         log.lock().unwrap().push(entry);
+        if faults.lock().unwrap().glance_401 {
+            respond(&mut conn, "401 Unauthorized", &[], b"")?;
+            continue;
+        }
         let Some(gp) = glance_port else {
             respond(&mut conn, "404 Not Found", &[], b"")?;
             continue;
@@ -762,6 +768,19 @@ fn wrong_password_exits_1_naming_the_source_without_the_secret() {
     assert!(stderr.contains("HTTP 401"), "{stderr}");
     assert!(!stderr.contains(bad) && !stdout.contains(bad), "the password leaked: {stderr}");
     assert!(front.glance_calls().is_empty());
+
+    // Keystone accepts, Glance rejects the token: also exit 1 naming the source.
+    front.faults.lock().unwrap().glance_401 = true;
+    let mut c = upload_cmd(&img, tmp.path());
+    with_env_password(&mut c, &front, PASSWORD);
+    let (code, _, stderr) = run(c);
+    front.faults.lock().unwrap().glance_401 = false;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("Glance rejected the token") && stderr.contains("environment variables"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD) && !stderr.contains(TOKEN), "{stderr}");
 
     // Same through clouds.yaml in ./ (first in the search order): names the file and the cloud.
     std::fs::write(

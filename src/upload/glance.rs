@@ -578,6 +578,8 @@ struct Api<'a> {
     client: &'a reqwest::Client,
     base: String,
     token: Option<String>,
+    /// The credential source, named when Glance rejects the token.
+    source: String,
 }
 
 impl Api<'_> {
@@ -598,6 +600,13 @@ impl Api<'_> {
             .text()
             .await
             .map_err(|e| GlanceError::Transport { what: what.to_string(), msg: chain(&e) })?;
+        if status == 401 {
+            return Err(GlanceError::Auth {
+                source_desc: self.source.clone(),
+                status,
+                detail: format!(" (Glance rejected the token on {what})"),
+            });
+        }
         if !(200..300).contains(&status) {
             return Err(GlanceError::Http { what: what.to_string(), status, body: short(&text) });
         }
@@ -906,7 +915,7 @@ async fn run(
     let http = client(creds)?;
     let (token, base) = authenticate(&http, creds, args.glance_endpoint.as_deref()).await?;
     progress.line(&format!("glance: {base} (credentials from {})", creds.source));
-    let api = Api { client: &http, base, token };
+    let api = Api { client: &http, base, token, source: creds.source.clone() };
 
     // Idempotency: the name carries the digest prefix; the digest itself decides.
     let listed = api
@@ -1114,6 +1123,67 @@ mod tests {
         assert!(matches!(verify("i", &none, &d, "cc"), Err(GlanceError::NoChecksum { .. })));
         let size = json!({"size": 4, "checksum": "bb"});
         assert_eq!(verify("i", &size, &d, "cc").unwrap_err().code(), Code::Integrity);
+    }
+
+    #[test]
+    fn appcred_by_name_names_its_user() {
+        let env = env_of(&[
+            ("OS_AUTH_URL", "https://ks"),
+            ("OS_AUTH_TYPE", "v3applicationcredential"),
+            ("OS_APPLICATION_CREDENTIAL_NAME", "uploader"),
+            ("OS_APPLICATION_CREDENTIAL_SECRET", "xyz"),
+            ("OS_USERNAME", "bob"),
+            ("OS_USER_DOMAIN_ID", "d1"),
+        ]);
+        let b = auth_body(&from_env(&env).unwrap().method);
+        assert_eq!(
+            b["auth"]["identity"]["application_credential"],
+            json!({"name": "uploader", "secret": "xyz", "user": {"name": "bob", "domain": {"id": "d1"}}})
+        );
+        let e = from_env(&env_of(&[
+            ("OS_AUTH_URL", "https://ks"),
+            ("OS_AUTH_TYPE", "v3applicationcredential"),
+            ("OS_APPLICATION_CREDENTIAL_NAME", "uploader"),
+            ("OS_APPLICATION_CREDENTIAL_SECRET", "xyz"),
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code(), Code::Input);
+    }
+
+    #[test]
+    fn clouds_yaml_search_order() {
+        let env = env_of(&[("HOME", "/h"), ("XDG_CONFIG_HOME", "/x")]);
+        let dirs = config_dirs(&env);
+        assert_eq!(dirs, [PathBuf::from("."), "/x/openstack".into(), "/etc/openstack".into()]);
+        let env = env_of(&[("HOME", "/h")]);
+        assert_eq!(config_dirs(&env)[1], PathBuf::from("/h/.config/openstack"));
+        let env = env_of(&[("OS_CLIENT_CONFIG_FILE", "/c/my.yaml")]);
+        assert_eq!(find_file(&env, "OS_CLIENT_CONFIG_FILE", "clouds.yaml"), Some("/c/my.yaml".into()));
+    }
+
+    #[test]
+    fn existing_image_needs_glances_hash_unless_it_has_none() {
+        let d = Digests { sha512: "aa".into(), md5: "bb".into(), size: 3 };
+        let ours = ImageInfo {
+            path: "x.qcow2".into(),
+            format: "qcow2".into(),
+            size: 3,
+            sha256: "cc".into(),
+            name: "n".into(),
+            recipe: "r".into(),
+            role: "worker".into(),
+            arch: "amd64".into(),
+            k8s_version: "v1.30.3".into(),
+            imgbuild_version: "0.1.0".into(),
+        };
+        let good = json!({"size": 3, "os_hash_algo": "sha512", "os_hash_value": "aa"});
+        assert!(same_image(&good, &ours, &d));
+        let labelled_but_bad =
+            json!({"size": 3, "os_hash_algo": "sha512", "os_hash_value": "ff", "imgbuild_sha256": "cc"});
+        assert!(!same_image(&labelled_but_bad, &ours, &d));
+        assert!(same_image(&json!({"imgbuild_sha256": "cc"}), &ours, &d));
+        assert!(!same_image(&json!({"imgbuild_sha256": "dd"}), &ours, &d));
+        assert_eq!(glance_arch("arm64"), "aarch64");
     }
 
     #[test]
