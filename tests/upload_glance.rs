@@ -749,6 +749,15 @@ fn real_glance_upload_verify_noop_retry_and_mismatch() {
     assert!(!calls.iter().any(|(m, _)| m == "POST"), "{calls:?}");
     assert!(calls.contains(&("PUT".to_string(), format!("/v2/images/{lid}/file"))), "{calls:?}");
     assert!(std::fs::read(glance.store.join(&lid)).unwrap() == img6.bytes);
+
+    // 8. OS_AUTH_TYPE=none: straight at the noauth glance-api (`/v2/` suffix tolerated), no Keystone.
+    let img7 = make_image(tmp.path(), 9, 1);
+    let mut c = upload_cmd(&img7, &home);
+    c.env("OS_AUTH_TYPE", "none")
+        .args(["--glance-endpoint", &format!("http://127.0.0.1:{}/v2/", glance.port)]);
+    let (code, stdout, stderr) = run(c);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(std::fs::read(glance.store.join(stdout.trim())).unwrap() == img7.bytes);
 }
 
 #[test]
