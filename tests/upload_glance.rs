@@ -265,8 +265,9 @@ struct Logged {
 
 #[derive(Default)]
 struct Faults {
-    /// Cut the next PUT after this many body bytes (one-shot).
-    cut_put_after: Option<usize>,
+    /// Cut the next `cuts_left` PUTs after this many body bytes.
+    cut_put_after: usize,
+    cuts_left: usize,
     /// Report a wrong os_hash_value on image GETs.
     corrupt_hash: bool,
     /// Report this status on image GETs.
@@ -369,7 +370,13 @@ fn serve(
         let path = parts.next().unwrap_or("").to_string();
         let chunked = req.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
         let len = req.header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        let cut = if method == "PUT" { faults.lock().unwrap().cut_put_after.take() } else { None };
+        let cut = {
+            let mut f = faults.lock().unwrap();
+            (method == "PUT" && f.cuts_left > 0).then(|| {
+                f.cuts_left -= 1;
+                f.cut_put_after
+            })
+        };
         let mut entry = Logged {
             method: method.clone(),
             path: path.clone(),
@@ -667,7 +674,10 @@ fn real_glance_upload_verify_noop_retry_and_mismatch() {
 
     // 3. An upload cut after 1 MiB: the image is back to `queued`, the PUT is repeated from the start.
     let img2 = make_image(tmp.path(), 2, 3);
-    front.faults.lock().unwrap().cut_put_after = Some(1 << 20);
+    {
+        let mut f = front.faults.lock().unwrap();
+        (f.cut_put_after, f.cuts_left) = (1 << 20, 1);
+    }
     let before = front.glance_calls().len();
     let mut c = upload_cmd(&img2, &home);
     with_env_password(&mut c, &front, PASSWORD);
@@ -679,6 +689,25 @@ fn real_glance_upload_verify_noop_retry_and_mismatch() {
     assert_eq!(calls.iter().filter(|(m, _)| m == "PUT").count(), 2, "{calls:?}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(std::fs::read(glance.store.join(&id2)).unwrap() == img2.bytes);
+
+    // 3b. Cut three times: the queued image has had its PUTs; it is deleted and created anew.
+    let img2b = make_image(tmp.path(), 12, 2);
+    {
+        let mut f = front.faults.lock().unwrap();
+        (f.cut_put_after, f.cuts_left) = (1 << 20, 3);
+    }
+    let before = front.glance_calls().len();
+    let mut c = upload_cmd(&img2b, &home);
+    with_env_password(&mut c, &front, PASSWORD);
+    let (code, stdout, stderr) = run(c);
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let calls = &front.glance_calls()[before..];
+    let count = |m: &str| calls.iter().filter(|(x, _)| x == m).count();
+    assert_eq!((count("POST"), count("PUT"), count("DELETE")), (2, 4, 1), "{calls:?}");
+    let listed = http_json(glance.port, "GET", &format!("/v2/images?name={}", img2b.name), None).unwrap();
+    assert_eq!(listed["images"].as_array().unwrap().len(), 1, "the abandoned image is deleted");
+    assert_eq!(listed["images"][0]["id"], stdout.trim());
+    assert!(std::fs::read(glance.store.join(stdout.trim())).unwrap() == img2b.bytes);
 
     // 4. Glance reports a different sha512: exit 3, and the bad image is deleted.
     let img3 = make_image(tmp.path(), 3, 1);
@@ -695,7 +724,7 @@ fn real_glance_upload_verify_noop_retry_and_mismatch() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(ids.len(), 2, "only the two good images stay in the store: {ids:?}");
+    assert_eq!(ids.len(), 3, "only the three good images stay in the store: {ids:?}");
 
     // 5. Glance kills the image: exit 1, the image is deleted.
     let img4 = make_image(tmp.path(), 4, 1);
