@@ -108,6 +108,21 @@ if ! command -v pyspdxtools >/dev/null 2>&1; then
   export PATH="$PATH:$spdx_venv/bin"
 fi
 
+# --- upload/glance: a real glance-api for tests/upload_glance.rs (Debian's python3-glance, the
+# library only: no service is installed or started; the test runs glance-api itself, noauth, with
+# sqlite and the file store in a temp dir). ~40 MB of .debs, about a minute. ---
+if ! /usr/bin/python3 -c 'import glance.cmd.api, glance.cmd.manage' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "ci/test.sh: installing python3-glance" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-glance >/dev/null
+  else
+    echo "ci/test.sh: missing python3-glance; run: sudo apt-get install -y --no-install-recommends python3-glance" >&2
+    exit 1
+  fi
+fi
+# --- end upload/glance ---
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets

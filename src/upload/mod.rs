@@ -39,9 +39,9 @@ pub enum Outcome {
 }
 // ---- end of the shared part ----
 
-pub mod proxmox;
 pub mod glance;
 pub mod libvirt;
+pub mod proxmox;
 
 use std::collections::BTreeMap;
 use std::fs::File;
