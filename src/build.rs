@@ -164,13 +164,11 @@ fn build_in(
     let layer_dir = work.join("layer");
     std::fs::create_dir_all(&layer_dir)?;
 
-    // The fast path (see disk::overlay) when it applies; a layer composed there is
-    // kept if the build has to grow the disk after all.
-    let mut composed = None;
+    // The fast path (see disk::overlay) when it applies.
     if job.format == OutFormat::Qcow2 {
         let copy = work.join("root.partition");
-        match disk::overlay::prepare(&job.base, &plan.root_label, job.disk_size, &copy)? {
-            Ok(ov) => {
+        match disk::overlay::prepare(&job.base, &plan.root_label, &copy)? {
+            Ok(mut ov) => {
                 say(&format!(
                     "root filesystem: partition {} labelled {:?}, {} MiB free; base read in place, \
                      {} MiB of metadata copied",
@@ -182,13 +180,12 @@ fn build_in(
                 let layer = compose(plan, &job.downloads, &layer_dir, &ov.root)?;
                 say(&format!("composed the layer: {} entries", layer.len()));
                 let need = disk::rootfs::layer_bytes(&layer, ov.root.superblock().block_size)?;
-                if need <= ov.root.available() {
-                    return finish_overlay(job, ov, &layer, work, say);
+                if let Some((want, msg)) = target_size(job, ov.disk_size(), need, ov.root.available())? {
+                    say(&msg);
+                    ov.grow(want, work, plan.source_date_epoch)?;
                 }
-                say("the layer does not fit: taking the raw working copy to grow the disk");
-                drop(ov);
-                let _ = std::fs::remove_file(&copy);
-                composed = Some(layer);
+                check_space(ov.disk_size(), need, ov.root.available())?;
+                return finish_overlay(job, ov, &layer, work, say);
             }
             Err(why) => say(&format!("raw working copy path ({why})")),
         }
@@ -206,21 +203,15 @@ fn build_in(
         root.available() >> 20
     ));
 
-    let layer = match composed {
-        Some(l) => l,
-        None => {
-            // e2fsprogs fsyncs the image whenever it closes it: write the fresh working
-            // copy back to disk now, while the layer is composed, instead of inside debugfs.
-            let flusher = std::fs::File::open(&raw).map(|f| std::thread::spawn(move || f.sync_data()));
-            let layer = compose(plan, &job.downloads, &layer_dir, &root);
-            if let Ok(t) = flusher {
-                let _ = t.join();
-            }
-            let layer = layer?;
-            say(&format!("composed the layer: {} entries", layer.len()));
-            layer
-        }
-    };
+    // e2fsprogs fsyncs the image whenever it closes it: write the fresh working
+    // copy back to disk now, while the layer is composed, instead of inside debugfs.
+    let flusher = std::fs::File::open(&raw).map(|f| std::thread::spawn(move || f.sync_data()));
+    let layer = compose(plan, &job.downloads, &layer_dir, &root);
+    if let Ok(t) = flusher {
+        let _ = t.join();
+    }
+    let layer = layer?;
+    say(&format!("composed the layer: {} entries", layer.len()));
 
     fit(job, &mut root, &layer, work, &say)?;
     // formats: Azure wants a VHD's virtual size in whole MiB.
@@ -306,36 +297,47 @@ fn finish_overlay(
 fn fit(job: &Job, root: &mut RootFs, layer: &Layer, work: &Path, say: &dyn Fn(&str)) -> Result<()> {
     let need = disk::rootfs::layer_bytes(layer, root.superblock().block_size)?;
     let cur = std::fs::metadata(root.image())?.len();
-    let sde = job.plan.source_date_epoch;
-    match job.disk_size {
+    if let Some((want, msg)) = target_size(job, cur, need, root.available())? {
+        say(&msg);
+        disk::resize::grow(root, want, work, job.plan.source_date_epoch)?;
+    }
+    check_space(std::fs::metadata(root.image())?.len(), need, root.available())
+}
+
+/// The disk size to grow to (with what to say), if any: the requested size, or
+/// (none requested) enough for a layer of `need` bytes plus headroom when the
+/// `avail` bytes of the root filesystem are too few. Disks never shrink.
+fn target_size(job: &Job, cur: u64, need: u64, avail: u64) -> Result<Option<(u64, String)>> {
+    Ok(match job.disk_size {
         Some(want) if want < cur => {
             return Err(disk::DiskError::Shrink { requested: disk::size::human(want), current: cur }.into())
         }
-        Some(want) if want > cur => {
-            say(&format!("growing the disk to {}", disk::size::human(want)));
-            disk::resize::grow(root, want, work, sde)?;
-        }
-        Some(_) => {}
-        None if need > root.available() => {
+        Some(want) if want > cur => Some((want, format!("growing the disk to {}", disk::size::human(want)))),
+        Some(_) => None,
+        None if need > avail => {
             let headroom = (need / 4).max(256 << 20);
-            let want = (cur + need - root.available() + headroom).div_ceil(1 << 20) << 20;
-            say(&format!(
+            let want = (cur + need - avail + headroom).div_ceil(1 << 20) << 20;
+            let msg = format!(
                 "the layer needs {} MiB but the root filesystem has {} MiB free: growing the disk to {} \
                  (set --disk-size to choose)",
                 need >> 20,
-                root.available() >> 20,
+                avail >> 20,
                 disk::size::human(want)
-            ));
-            disk::resize::grow(root, want, work, sde)?;
+            );
+            Some((want, msg))
         }
-        None => {}
-    }
-    if need > root.available() {
-        let short = need - root.available();
+        None => None,
+    })
+}
+
+/// Fail naming --disk-size when the layer does not fit.
+fn check_space(cur: u64, need: u64, avail: u64) -> Result<()> {
+    if need > avail {
+        let short = need - avail;
         let suggest = disk::size::human((cur + short + (256 << 20)).div_ceil(1 << 30) << 30);
         return Err(disk::DiskError::NoSpace {
             need_mib: need.div_ceil(1 << 20),
-            free_mib: root.available() >> 20,
+            free_mib: avail >> 20,
             suggest,
         }
         .into());

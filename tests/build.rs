@@ -272,8 +272,8 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 
 /// The fast path (base qcow2 read in place, only the root filesystem's metadata in the
 /// working copy, output streamed once) writes the same disk, byte for byte, as the raw
-/// working copy path (`--format raw` takes it), also from compressed bases with
-/// another cluster size, as Ubuntu's images are.
+/// working copy path (`--format raw` takes it), also when the disk is grown, and from
+/// compressed bases with another cluster size, as Ubuntu's images are.
 #[test]
 fn fast_path_and_raw_working_copy_write_the_same_disk() {
     let fx = fixture::noble_fixture();
@@ -283,12 +283,15 @@ fn fast_path_and_raw_working_copy_write_the_same_disk() {
         .arg(&fx.base.raw)
         .arg(&zstd));
     // The plain base first: recipe_with_base serves the other base at the same URLs.
-    for name in ["plain", "zstd"] {
+    for name in ["plain", "grown", "zstd"] {
         let zstd_recipe = (name == "zstd").then(|| fx.recipe_with_base(&zstd));
         let recipe = zstd_recipe.as_deref().and_then(|p| p.to_str());
         let build = |format: &str| {
             let out = fx.dir.path().join(format!("{name}-{format}"));
             let mut args = vec!["--output", out.to_str().unwrap(), "--format", format];
+            if name == "grown" {
+                args.extend(["--disk-size", "1G"]);
+            }
             if let Some(r) = recipe {
                 args.extend(["--recipe", r]);
             }

@@ -5,9 +5,12 @@
 //! root partition, hashed as it is written ([`super::qcow2::write`]). Each byte of the
 //! base is read once and written once, which is what `qemu-img convert` alone costs.
 //!
-//! Used when the base is a qcow2 this crate reads, the output is qcow2 and the disk
-//! keeps its size; anything else (growing the disk moves filesystem blocks, other
-//! output formats) takes the raw working copy path.
+//! Growing the disk works here too, as on the raw path: the GPT regions are copied into
+//! a sparse shadow of the disk and grown there ([`super::gpt::grow`]), the partition
+//! copy is grown with resize2fs, and both are laid over the base.
+//!
+//! Used when the base is a qcow2 this crate reads and the output is qcow2; other
+//! output formats take the raw working copy path.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -26,31 +29,28 @@ pub struct Overlay {
     work: PathBuf,
     part: Partition,
     base: PathBuf,
+    /// Virtual disk size of the output.
+    size: u64,
+    /// The grown GPT regions (a sparse file of the disk's new size), once grown.
+    gpt: Option<PathBuf>,
     /// What the metadata copy holds.
     pub stats: super::ext4meta::Stats,
 }
+
+/// A file laid over the guest disk at an offset, with its data extents.
+type Over = (File, u64, Vec<(u64, u64)>);
 
 /// Why the fast path does not apply (the caller takes the raw working copy path).
 pub type NotApplicable = String;
 
 /// Open `base` (a qcow2), find the partition whose ext4 label is `label`, and copy
-/// its metadata into `work`. `want_size`: the requested virtual disk size, if any.
-pub fn prepare(
-    base: &Path,
-    label: &str,
-    want_size: Option<u64>,
-    work: &Path,
-) -> Result<Result<Overlay, NotApplicable>, DiskError> {
+/// its metadata into `work`.
+pub fn prepare(base: &Path, label: &str, work: &Path) -> Result<Result<Overlay, NotApplicable>, DiskError> {
     let io = |what: &str| DiskError::io(format!("{what} {}", base.display()));
     let reader = match Reader::open(base).map_err(io("reading"))? {
         Ok(r) => r,
         Err(u) => return Ok(Err(format!("base qcow2 not read in place: {u}"))),
     };
-    if let Some(w) = want_size {
-        if w != reader.size() {
-            return Ok(Err("the disk is resized".into()));
-        }
-    }
     let parts = match gpt::read_from(qcow2::Cursor { r: &reader, pos: 0 }, base) {
         Ok(p) => p,
         Err(e) => return Ok(Err(e.to_string())),
@@ -80,11 +80,61 @@ pub fn prepare(
         }
     };
     drop(f);
+    let size = reader.size();
     let root = RootFs::on_partition_copy(work, part.clone(), Backing { base: reader, offset: off })?;
-    Ok(Ok(Overlay { root, work: work.to_path_buf(), part, base: base.to_path_buf(), stats }))
+    Ok(Ok(Overlay { root, work: work.to_path_buf(), part, base: base.to_path_buf(), size, gpt: None, stats }))
 }
 
 impl Overlay {
+    /// The virtual disk size of the output.
+    pub fn disk_size(&self) -> u64 {
+        self.size
+    }
+
+    /// Grow the disk to `new_len`: the GPT (in a shadow file under `workdir`) and the
+    /// root partition (last on disk) with its filesystem, as the raw path does.
+    pub fn grow(&mut self, new_len: u64, workdir: &Path, now: u64) -> Result<(), DiskError> {
+        if new_len <= self.size {
+            return Ok(());
+        }
+        let Some(b) = self.root.backing() else {
+            return Err(DiskError::Corrupt { path: self.work.display().to_string(), msg: "no base".into() });
+        };
+        let shadow = workdir.join("gpt.shadow");
+        let io = |c: &str| DiskError::io(format!("{c} {}", shadow.display()));
+        {
+            let f = File::create(&shadow).map_err(io("creating"))?;
+            f.set_len(self.size).map_err(io("sizing"))?;
+            // The protective MBR, primary GPT and backup GPT live in the first and last
+            // 64 KiB (128 entries of 128 bytes = 32 sectors each side).
+            let span = (64 << 10).min(self.size);
+            let mut buf = vec![0u8; span as usize];
+            for at in [0, self.size - span] {
+                b.base.read_at(&mut buf, at).map_err(io("reading the base's GPT for"))?;
+                f.write_all_at(&buf, at).map_err(io("writing"))?;
+            }
+        }
+        let grown = gpt::grow(&shadow, new_len, self.part.number)?;
+        if grown.first_lba != self.part.first_lba {
+            return Err(DiskError::Corrupt {
+                path: self.base.display().to_string(),
+                msg: "root moved".into(),
+            });
+        }
+        {
+            let f = std::fs::OpenOptions::new().write(true).open(&self.work).map_err(io("opening"))?;
+            f.set_len(grown.len()).map_err(io("growing the partition copy for"))?;
+        }
+        super::rootfs::fsck_spec(&self.work.to_string_lossy())?;
+        super::resize::resize2fs(&self.work, now)?;
+        self.root.set_partition(grown.clone());
+        self.root.refresh()?;
+        self.part = grown;
+        self.size = new_len;
+        self.gpt = Some(shadow);
+        Ok(())
+    }
+
     /// Stream the output qcow2 to `out`: the base with the copy's data extents over
     /// the root partition. Returns its sha256.
     pub fn write_qcow2(self, out: &Path) -> Result<String, DiskError> {
@@ -96,43 +146,61 @@ impl Overlay {
         };
         let work = File::open(&self.work).map_err(io(format!("opening {}", self.work.display())))?;
         let off = self.part.offset();
-        let ext: Vec<(u64, u64)> = super::sparse::data_extents(&work)
-            .map_err(io("mapping the partition copy".into()))?
-            .into_iter()
-            .map(|(o, l)| (o + off, l))
-            .collect();
+        // Layers over the base, later ones win: the grown GPT regions, then the
+        // partition copy (the old backup GPT lies inside the grown partition).
+        let mut layers: Vec<Over> = Vec::new();
+        if let Some(g) = &self.gpt {
+            let f = File::open(g).map_err(io(format!("opening {}", g.display())))?;
+            let ext = super::sparse::data_extents(&f).map_err(io("mapping the GPT shadow".into()))?;
+            layers.push((f, 0, ext));
+        }
+        let ext = super::sparse::data_extents(&work).map_err(io("mapping the partition copy".into()))?;
+        layers.push((work, off, ext));
+        // Every guest range some layer writes, sorted, for the allocation map.
+        let mut ext: Vec<(u64, u64)> =
+            layers.iter().flat_map(|(_, o, e)| e.iter().map(move |&(s, l)| (s + o, l))).collect();
+        ext.sort_unstable();
         let cs = 1u64 << qcow2::OUT_CLUSTER_BITS;
         let bcs = base.cluster_size();
-        let n = base.size().div_ceil(cs);
+        let n = self.size.div_ceil(cs);
+        let base_clusters = base.size().div_ceil(bcs);
         let mut clusters = Vec::new();
         let mut e = 0usize;
+        let mut reach = 0u64; // end of the furthest-reaching extent seen so far
         for g in 0..n {
             let (lo, hi) = (g * cs, (g + 1) * cs);
-            let from_base = (lo / bcs..hi.div_ceil(bcs)).any(|b| base.loc(b) != qcow2::Loc::Zero);
-            while e < ext.len() && ext[e].0 + ext[e].1 <= lo {
+            let from_base =
+                (lo / bcs..hi.div_ceil(bcs).min(base_clusters)).any(|b| base.loc(b) != qcow2::Loc::Zero);
+            while e < ext.len() && ext[e].0 < hi {
+                reach = reach.max(ext[e].0 + ext[e].1);
                 e += 1;
             }
-            let from_work = e < ext.len() && ext[e].0 < hi;
-            if from_base || from_work {
+            let from_layer = reach > lo;
+            if from_base || from_layer {
                 clusters.push(g);
             }
         }
-        let mut e = 0usize;
-        let sha = qcow2::write(out, base.size(), &clusters, |first, n, buf| {
+        let mut next = vec![0usize; layers.len()];
+        let sha = qcow2::write(out, self.size, &clusters, |first, n, buf| {
             let (lo, hi) = (first * cs, (first + n) * cs);
-            if bcs == cs {
+            if lo >= base.size() {
+                buf.fill(0);
+            } else if bcs == cs {
                 base.read_clusters(first, n, buf)?;
             } else {
                 base.read_at(buf, lo)?;
             }
-            while e < ext.len() && ext[e].0 + ext[e].1 <= lo {
-                e += 1;
-            }
-            let mut k = e;
-            while k < ext.len() && ext[k].0 < hi {
-                let (s, t) = (ext[k].0.max(lo), (ext[k].0 + ext[k].1).min(hi));
-                work.read_exact_at(&mut buf[(s - lo) as usize..(t - lo) as usize], s - off)?;
-                k += 1;
+            for (li, (f, o, ext)) in layers.iter().enumerate() {
+                let e = &mut next[li];
+                while *e < ext.len() && ext[*e].0 + ext[*e].1 + o <= lo {
+                    *e += 1;
+                }
+                let mut k = *e;
+                while k < ext.len() && ext[k].0 + o < hi {
+                    let (s, t) = ((ext[k].0 + o).max(lo), (ext[k].0 + ext[k].1 + o).min(hi));
+                    f.read_exact_at(&mut buf[(s - lo) as usize..(t - lo) as usize], s - o)?;
+                    k += 1;
+                }
             }
             Ok(())
         })

@@ -37,24 +37,10 @@ pub fn grow(root: &mut RootFs, new_len: u64, workdir: &Path, now: u64) -> Result
             std::fs::OpenOptions::new().write(true).open(&part_file).map_err(io("opening partition file"))?;
         pf.set_len(grown.len()).map_err(io("growing partition file"))?;
     }
-    let exe = tools::find(&tools::RESIZE2FS)
-        .map_err(|e| DiskError::Tool { tool: "resize2fs", msg: e.to_string() })?;
     // -f: skip resize2fs's own "run e2fsck first" gate; the build checked the
     // filesystem with e2fsck -fn (read-only, so nothing changes) just before.
     fsck_spec(&part_file.to_string_lossy())?;
-    let out = super::interrupt::command(exe)
-        .arg("-f")
-        .arg(&part_file)
-        .env("LC_ALL", "C")
-        .env("E2FSPROGS_FAKE_TIME", now.to_string())
-        .output()
-        .map_err(|e| DiskError::Tool { tool: "resize2fs", msg: format!("cannot run: {e}") })?;
-    if !out.status.success() {
-        return Err(DiskError::Tool {
-            tool: "resize2fs",
-            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    resize2fs(&part_file, now)?;
     {
         let disk =
             std::fs::OpenOptions::new().read(true).write(true).open(&image).map_err(io("opening disk"))?;
@@ -69,6 +55,26 @@ pub fn grow(root: &mut RootFs, new_len: u64, workdir: &Path, now: u64) -> Result
         return Err(DiskError::Corrupt {
             path: image.display().to_string(),
             msg: "partition did not grow".into(),
+        });
+    }
+    Ok(())
+}
+
+/// `resize2fs -f FILE` (the filesystem fills the file), superblock times pinned to `now`.
+pub fn resize2fs(file: &Path, now: u64) -> Result<(), DiskError> {
+    let exe = tools::find(&tools::RESIZE2FS)
+        .map_err(|e| DiskError::Tool { tool: "resize2fs", msg: e.to_string() })?;
+    let out = super::interrupt::command(exe)
+        .arg("-f")
+        .arg(file)
+        .env("LC_ALL", "C")
+        .env("E2FSPROGS_FAKE_TIME", now.to_string())
+        .output()
+        .map_err(|e| DiskError::Tool { tool: "resize2fs", msg: format!("cannot run: {e}") })?;
+    if !out.status.success() {
+        return Err(DiskError::Tool {
+            tool: "resize2fs",
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
     Ok(())

@@ -93,6 +93,16 @@ impl RootFs {
         Ok(RootFs { image: file.to_path_buf(), part, sb, dfs, backing: Some(std::sync::Arc::new(backing)) })
     }
 
+    /// The base a metadata-only copy reads file data from.
+    pub fn backing(&self) -> Option<&Backing> {
+        self.backing.as_deref()
+    }
+
+    /// After the partition copy was grown: the partition's new extent.
+    pub(crate) fn set_partition(&mut self, p: Partition) {
+        self.part = p;
+    }
+
     /// True for a metadata-only partition copy (offset 0 in its own file).
     pub fn is_partition_copy(&self) -> bool {
         self.backing.is_some()
