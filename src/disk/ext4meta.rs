@@ -325,3 +325,86 @@ fn indirect(fs: &Fs, ino: u64, b: u64, depth: usize, data: bool, w: &mut Wanted)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn tool(name: &str) -> Option<String> {
+        ["/usr/sbin", "/sbin", "/usr/bin"]
+            .iter()
+            .map(|d| format!("{d}/{name}"))
+            .find(|p| std::path::Path::new(p).exists())
+    }
+
+    /// For several ext4 feature sets (1 KiB blocks, no flex_bg, quota and orphan file,
+    /// block-mapped ext3-style files, a big directory and a slow symlink), the metadata
+    /// copy alone gets the same `e2fsck -fn` verdict as the whole filesystem and is a
+    /// small part of it.
+    #[test]
+    fn metadata_copy_checks_like_the_whole_filesystem() {
+        let (Some(mke2fs), Some(e2fsck)) = (tool("mke2fs"), tool("e2fsck")) else {
+            eprintln!("e2fsprogs missing; skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("usr/share/big")).unwrap();
+        for i in 0..600 {
+            std::fs::write(
+                tree.join(format!("usr/share/big/file-with-a-long-name-{i:04}")),
+                vec![b'x'; i * 37],
+            )
+            .unwrap();
+        }
+        std::fs::write(tree.join("usr/share/blob"), vec![0x5au8; 3 << 20]).unwrap();
+        let long = "a/".repeat(40) + "target";
+        std::os::unix::fs::symlink(&long, tree.join("slow-link")).unwrap();
+        std::os::unix::fs::symlink("short", tree.join("fast-link")).unwrap();
+        let cases: &[(&str, &[&str])] = &[
+            ("default", &["-t", "ext4"]),
+            ("1k-blocks", &["-t", "ext4", "-b", "1024"]),
+            ("no-flex-bg", &["-t", "ext4", "-O", "^flex_bg"]),
+            ("quota-orphan", &["-t", "ext4", "-O", "quota,orphan_file"]),
+            ("ext3-style", &["-t", "ext3"]),
+            ("no-journal", &["-t", "ext4", "-O", "^has_journal"]),
+        ];
+        for (name, opts) in cases {
+            let img = d.path().join(format!("{name}.img"));
+            let _ = std::fs::remove_file(&img);
+            let o = Command::new(&mke2fs)
+                .args(["-q", "-F", "-L", "t", "-d"])
+                .arg(&tree)
+                .args(*opts)
+                .arg(&img)
+                .arg("64M")
+                .output()
+                .unwrap();
+            if !o.status.success() {
+                // e.g. orphan_file needs e2fsprogs >= 1.47
+                eprintln!("{name}: mke2fs refused ({}); skipped", String::from_utf8_lossy(&o.stderr).trim());
+                continue;
+            }
+            let src = File::open(&img).unwrap();
+            let copy = d.path().join(format!("{name}.copy"));
+            let out = File::create(&copy).unwrap();
+            out.set_len(src.metadata().unwrap().len()).unwrap();
+            let read = |buf: &mut [u8], at: u64| src.read_exact_at(buf, at);
+            let stats = super::copy(&read, &out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(stats.inodes_in_use > 600, "{name}: {stats:?}");
+            // e2fsck says the same of the copy as of the whole filesystem (clean, except
+            // that `mke2fs -d` leaves quota usage stale, which e2fsck reports in both).
+            let fsck = |p: &std::path::Path| Command::new(&e2fsck).args(["-fn"]).arg(p).output().unwrap();
+            let (a, b) = (fsck(&img), fsck(&copy));
+            assert_eq!(a.stdout, b.stdout, "{name}: {}", String::from_utf8_lossy(&b.stdout));
+            assert_eq!(a.status.code(), b.status.code(), "{name}");
+            if !name.starts_with("quota") {
+                assert!(b.status.success(), "{name}: {}", String::from_utf8_lossy(&b.stdout));
+            }
+            // The 3 MiB blob's data is not part of the copy.
+            let copied = stats.blocks_copied * stats.block_size;
+            assert!(copied < 3 << 20, "{name}: copied {copied} bytes");
+        }
+    }
+}
