@@ -86,6 +86,14 @@ pub fn prepare(base: &Path, label: &str, work: &Path) -> Result<Result<Overlay, 
 }
 
 impl Overlay {
+    /// The base the partition copy was made from (its reader, opened once in [`prepare`]).
+    fn backing(&self) -> Result<&Backing, DiskError> {
+        self.root.backing().ok_or_else(|| DiskError::Corrupt {
+            path: self.work.display().to_string(),
+            msg: "the partition copy has no base".into(),
+        })
+    }
+
     /// The virtual disk size of the output.
     pub fn disk_size(&self) -> u64 {
         self.size
@@ -97,9 +105,7 @@ impl Overlay {
         if new_len <= self.size {
             return Ok(());
         }
-        let Some(b) = self.root.backing() else {
-            return Err(DiskError::Corrupt { path: self.work.display().to_string(), msg: "no base".into() });
-        };
+        let b = self.backing()?;
         let shadow = workdir.join("gpt.shadow");
         let io = |c: &str| DiskError::io(format!("{c} {}", shadow.display()));
         {
@@ -139,11 +145,7 @@ impl Overlay {
     /// the root partition. Returns its sha256.
     pub fn write_qcow2(self, out: &Path) -> Result<String, DiskError> {
         let io = |what: String| DiskError::io(what);
-        // The reader moved into the RootFs; a second handle keeps this simple.
-        let base = match Reader::open(&self.base).map_err(io(format!("reading {}", self.base.display())))? {
-            Ok(r) => r,
-            Err(u) => return Err(DiskError::Corrupt { path: self.base.display().to_string(), msg: u.0 }),
-        };
+        let base = &self.backing()?.base;
         let work = File::open(&self.work).map_err(io(format!("opening {}", self.work.display())))?;
         let off = self.part.offset();
         // Layers over the base, later ones win: the grown GPT regions, then the
