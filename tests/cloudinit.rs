@@ -54,6 +54,12 @@ fn golden_cluster(dir: &Path) -> PathBuf {
         "10.0.0.0/24",
         "--vip-interface",
         "ens3",
+        "--dns",
+        "10.0.0.2,10.0.0.3",
+        "--dns-search",
+        "demo.internal",
+        "--ntp",
+        "10.0.0.4,ntp.demo.internal",
         "--ssh-key",
         key.to_str().unwrap(),
         "--dir",
@@ -188,9 +194,33 @@ fn roles_get_the_right_data_and_kubeadm_kinds() {
         let env = &files["/etc/imgbuild/bootstrap.env"].1;
         let meta = yaml(&fs::read_to_string(out.join(node).join("meta-data")).unwrap());
         assert_eq!(meta["local-hostname"].as_str(), Some(node));
-        assert_eq!(meta["instance-id"].as_str(), Some(format!("demo-{node}").as_str()));
+        // node names already carry the cluster's: not doubled
+        assert_eq!(meta["instance-id"].as_str(), Some(node));
         let net = yaml(&fs::read_to_string(out.join(node).join("network-config")).unwrap());
         assert_eq!(net["version"].as_u64(), Some(2));
+        // the address on the one NIC named by --interface (--vip-interface), with the resolvers
+        let eths = net["ethernets"].as_mapping().unwrap();
+        assert_eq!(eths.len(), 1, "{net:?}");
+        let e = &net["ethernets"]["ens3"];
+        assert_eq!(
+            e["addresses"][0].as_str().unwrap(),
+            format!("10.0.0.{}/24", 11 + NODES.iter().position(|x| *x == node).unwrap())
+        );
+        assert_eq!(e["nameservers"], yaml("{addresses: [10.0.0.2, 10.0.0.3], search: [demo.internal]}"));
+        assert_eq!(e["routes"], yaml("[{to: 0.0.0.0/0, via: 10.0.0.1}]"));
+        // time through cloud-init's ntp module, with the client noble ships
+        assert_eq!(
+            v["ntp"],
+            yaml("{enabled: true, ntp_client: systemd-timesyncd, servers: [10.0.0.4, ntp.demo.internal]}")
+        );
+        // the firewall's data: the node network, pods, services, the VIP
+        let nets = &files["/etc/imgbuild/cluster-networks"];
+        assert_eq!(nets.0, "0644");
+        let lines: Vec<&str> = nets.1.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            ["node 10.0.0.0/24", "pod 10.244.0.0/16", "service 10.96.0.0/12", "endpoint 10.0.0.10/32"]
+        );
         match node {
             "demo-cp-1" => {
                 assert!(env.contains("IMGBUILD_ROLE=init\n"), "{env}");
@@ -484,6 +514,7 @@ fn files_are_private_and_secrets_never_printed() {
     // real randomness here: no test seed
     let o = common::bin()
         .args(["cluster", "init", "--name", "prod", "--endpoint", "10.1.0.10", "--node-cidr", "10.1.0.0/24"])
+        .args(["--interface", "ens3", "--dns", "10.1.0.2"])
         .args(["--external-lb", "--ssh-key", key.to_str().unwrap(), "--dir", d.to_str().unwrap()])
         .output()
         .unwrap();
@@ -847,4 +878,138 @@ fn shellcheck_and_systemd_analyze_verify() {
     // non-fatal problems exit 0 but print: treat any output as failure
     let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
     assert!(all.trim().is_empty(), "{all}");
+}
+
+/// Replace the golden cluster's spec with `spec` (same secrets) and render `node`.
+fn render_spec(t: &Path, spec: &str, node: &str) -> (Output, PathBuf) {
+    let c = golden_cluster(t);
+    fs::write(&c, spec).unwrap();
+    let out = t.join("out");
+    (render(&c, &out, &["--node", node, "--seed", "none"]), out.join(node))
+}
+
+/// A VM with a private NIC (named by MAC, static) and a public one (DHCP); a node on a
+/// public /32 whose router is on-link. The network-config goes through what a noble
+/// node runs: cloud-init's renderer (netplan output) and `netplan generate`, whose
+/// systemd-networkd files must put the address on exactly the named NIC.
+#[test]
+fn the_static_address_lands_on_one_named_nic_through_cloud_init_and_netplan() {
+    if !need("cloud-init", "cloud-init's network renderer") || !need("netplan", "netplan generate") {
+        return;
+    }
+    let spec = "name: demo
+endpoint: 10.0.0.10:6443
+ha: {mode: external-lb}
+networking: {pod_cidr: 10.244.0.0/16, service_cidr: 10.96.0.0/12, dhcp_interfaces: [eth0]}
+dns: {nameservers: [10.0.0.2], search: [demo.internal]}
+nodes:
+  - {name: demo-cp-1, role: control-plane, address: 10.0.0.11/24, gateway: 10.0.0.1, interface: \"52:54:00:12:34:11\"}
+  - {name: demo-worker-1, role: worker, address: 203.0.113.7/32, gateway: 172.31.1.1, interface: ens10, dhcp_interfaces: []}
+";
+    for (node, want_match, want_dhcp) in [
+        ("demo-cp-1", "MACAddress=52:54:00:12:34:11", Some("Name=eth0")),
+        ("demo-worker-1", "Name=ens10", None),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let (o, dir) = render_spec(t.path(), spec, node);
+        ok(&o);
+        let root = t.path().join("root");
+        let o = Command::new("cloud-init")
+            .args([
+                "devel",
+                "net-convert",
+                "--kind",
+                "yaml",
+                "--distro",
+                "ubuntu",
+                "--output-kind",
+                "netplan",
+            ])
+            .arg("--network-data")
+            .arg(dir.join("network-config"))
+            .arg("--directory")
+            .arg(&root)
+            .output()
+            .unwrap();
+        ok(&o);
+        let o = Command::new("netplan").arg("generate").arg("--root-dir").arg(&root).output().unwrap();
+        ok(&o);
+        let mut networks = BTreeMap::new();
+        for e in fs::read_dir(root.join("run/systemd/network")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "network") {
+                networks.insert(
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    fs::read_to_string(&p).unwrap(),
+                );
+            }
+        }
+        let with_address: Vec<&String> = networks.values().filter(|t| t.contains("\nAddress=")).collect();
+        assert_eq!(with_address.len(), 1, "{node}: {networks:#?}");
+        let st = with_address[0];
+        // netplan matches a MAC as the NIC's permanent address
+        let m = st.split("\n\n").next().unwrap();
+        assert!(m.starts_with("[Match]\n") && m.lines().any(|l| l.ends_with(want_match)), "{node}: {st}");
+        assert!(!networks.values().any(|t| t.contains("Name=e*")), "{networks:#?}");
+        assert!(st.contains("DNS=10.0.0.2\n") && st.contains("Domains=demo.internal\n"), "{st}");
+        match want_dhcp {
+            Some(m) => {
+                let d: Vec<&String> = networks.values().filter(|t| t.contains("DHCP=ipv4")).collect();
+                assert_eq!(d.len(), 1, "{networks:#?}");
+                assert!(d[0].contains(m) && !d[0].contains("Address="), "{}", d[0]);
+                assert!(st.contains("Address=10.0.0.11/24\n") && st.contains("Gateway=10.0.0.1\n"), "{st}");
+            }
+            None => {
+                assert_eq!(networks.len(), 1, "{networks:#?}");
+                // a /32 reaches its router only with the route declared on-link
+                assert!(st.contains("Address=203.0.113.7/32\n"), "{st}");
+                assert!(st.contains("Gateway=172.31.1.1\n") && st.contains("GatewayOnLink=true"), "{st}");
+            }
+        }
+    }
+}
+
+/// Static addressing without nameservers, or with a NIC pattern, is refused by
+/// `cloud-init` and by `lint` (exit 2, the field and its line).
+#[test]
+fn static_addressing_needs_nameservers_and_one_nic() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let base = fs::read_to_string(&c).unwrap();
+    let file = c.display().to_string();
+    let line_of = |needle: &str| base.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let no_dns = {
+        let a = base.find("\ndns:\n").unwrap() + 1;
+        let b = a + base[a..].find("\n# Time servers").unwrap() + 1;
+        format!("{}{}", &base[..a], &base[b..])
+    };
+    let addr_line = line_of("address: \"10.0.0.11/24\"") - 3; // the lines removed above
+    let glob = base.replace("  interface: \"ens3\"\n  # NICs", "  interface: \"e*\"\n  # NICs");
+    let iface_line =
+        base.lines().collect::<Vec<_>>().iter().rposition(|l| *l == "  interface: \"ens3\"").unwrap() + 1;
+    for (text, line, msg) in [
+        (&no_dns, addr_line, "nodes[0].address: a static address needs nameservers (5 node(s) have none)"),
+        (&glob, iface_line, "networking.interface: \"e*\" is a pattern that may match several NICs"),
+    ] {
+        let want = format!("{file}:{line}: {msg}");
+        assert_ne!(text, &base);
+        fs::write(&c, text).unwrap();
+        let o = render(&c, &t.path().join("o"), &["--all", "--seed", "none"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&want), "want {want:?} in:\n{}", stderr(&o));
+        let o = run(&[
+            "lint",
+            "--cluster",
+            c.to_str().unwrap(),
+            "--rendered",
+            t.path().join("none").to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let f = &r["findings"][0];
+        assert_eq!(f["check"], "spec");
+        assert_eq!(f["line"].as_u64(), Some(line as u64), "{f}");
+        assert!(f["message"].as_str().unwrap().starts_with(msg), "{f}");
+    }
 }

@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
 fn init(dir: &Path, extra: &[&str]) -> Output {
     common::bin()
         .args(["cluster", "init", "--name", "lab", "--endpoint", "192.168.50.10:6443"])
-        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dir"])
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1", "--dir"])
         .arg(dir)
         .args(extra)
         .output()
@@ -269,7 +269,8 @@ fn warnings_for_even_control_planes_and_endpoint_outside() {
     let d = t.path().join("w");
     let o = common::bin()
         .args(["cluster", "init", "--name", "w", "--endpoint", "10.9.9.9", "--control-planes", "2"])
-        .args(["--node-cidr", "192.168.50.0/24", "--external-lb", "--dir"])
+        .args(["--node-cidr", "192.168.50.0/24", "--interface", "ens3", "--dns", "192.168.50.1"])
+        .args(["--external-lb", "--dir"])
         .arg(&d)
         .output()
         .unwrap();

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::Global;
-use crate::cluster::{pki, spec};
+use crate::cluster::{pki, plan};
 use crate::exit::{Classify, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +72,13 @@ pub struct CloudInitArgs {
 }
 
 pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
-    let loaded = spec::load(&a.cluster)?;
+    let loaded = plan::load(&a.cluster)?;
     let secrets = pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?;
-    let nodes: Vec<&spec::Node> = match &a.node {
-        Some(n) => match loaded.spec.nodes.iter().find(|x| &x.name == n) {
+    let nodes: Vec<&plan::NodePlan> = match &a.node {
+        Some(n) => match loaded.node(n) {
             Some(x) => vec![x],
             None => {
-                let names: Vec<_> = loaded.spec.nodes.iter().map(|x| x.name.as_str()).collect();
+                let names: Vec<_> = loaded.nodes.iter().map(|x| x.name.as_str()).collect();
                 return Err(CloudInitError::Invalid(format!(
                     "no node {n:?} in {} (nodes: {})",
                     a.cluster.display(),
@@ -87,7 +87,7 @@ pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
                 .into());
             }
         },
-        None => loaded.spec.nodes.iter().collect(),
+        None => loaded.nodes.iter().collect(),
     };
     let iso_tool = match a.seed {
         SeedKind::Iso => Some(seed::iso_tool()?),
@@ -95,12 +95,11 @@ pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
     };
     let r = render::Renderer::new(&loaded, &secrets)?;
     let rendered = r.render_many(&nodes)?;
-    let mut warned = Vec::new();
-    for f in &rendered {
-        warned.extend(f.warnings.iter().cloned());
-    }
     if !g.quiet {
-        for w in loaded.warnings.iter().chain(warned.iter()) {
+        for w in &loaded.warnings {
+            eprintln!("{}", w.display(&loaded.origin));
+        }
+        for w in rendered.iter().flat_map(|f| &f.warnings) {
             eprintln!("{w}");
         }
     }

@@ -4,13 +4,15 @@
 //! ([`pki`]) once; `imgbuild cloud-init` reads both and renders every node's seed,
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
+pub mod diag;
+pub mod init;
 pub mod net;
 pub mod pki;
+pub mod plan;
 pub mod spec;
 
 use std::io::Write;
-use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -22,6 +24,9 @@ use crate::exit::{Classify, Code};
 pub enum ClusterError {
     #[error("{0}")]
     Invalid(String),
+    /// cluster.yaml has errors (each with its field path and line).
+    #[error("{0}")]
+    Spec(diag::Diagnostics),
     #[error("refusing to overwrite {0} (secrets are generated once; use a new --dir)")]
     Exists(PathBuf),
     #[error("{0}")]
@@ -41,7 +46,10 @@ impl ClusterError {
 impl Classify for ClusterError {
     fn code(&self) -> Code {
         match self {
-            ClusterError::Invalid(_) | ClusterError::Exists(_) | ClusterError::Secrets(_) => Code::Input,
+            ClusterError::Invalid(_)
+            | ClusterError::Spec(_)
+            | ClusterError::Exists(_)
+            | ClusterError::Secrets(_) => Code::Input,
             ClusterError::Io(..) | ClusterError::Pki(_) => Code::Runtime,
         }
     }
@@ -50,7 +58,7 @@ impl Classify for ClusterError {
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCmd {
     /// Write cluster.yaml and generate the cluster's secrets once
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Print an admin kubeconfig signed offline by the cluster CA
     Kubeconfig(KubeconfigArgs),
 }
@@ -78,6 +86,18 @@ pub struct InitArgs {
     /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
     #[arg(long)]
     pub node_cidr: Option<String>,
+    /// With --node-cidr: the NIC that gets each node's static address (default: --vip-interface)
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// With --node-cidr: the nodes' nameservers (IP addresses; comma-separated or repeated)
+    #[arg(long, value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// With --node-cidr: the nodes' DNS search domains
+    #[arg(long, value_delimiter = ',')]
+    pub dns_search: Vec<String>,
+    /// NTP servers of every node (default: the image's, Ubuntu's ntp.ubuntu.com and any from DHCP)
+    #[arg(long, value_delimiter = ',')]
+    pub ntp: Vec<String>,
     /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
     #[arg(long, conflicts_with = "external_lb")]
     pub vip_interface: Option<String>,
@@ -115,127 +135,25 @@ pub fn run(c: &ClusterCmd, g: &Global) -> Result<()> {
     }
 }
 
-/// `secrets/` next to a cluster.yaml.
-pub fn secrets_dir(cluster_yaml: &Path) -> PathBuf {
-    cluster_yaml.parent().unwrap_or(Path::new(".")).join("secrets")
-}
-
-fn read_ssh_keys(files: &[PathBuf]) -> Result<Vec<String>> {
-    let mut keys = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| ClusterError::Io(format!("reading SSH key {}", f.display()), e))?;
-        keys.extend(
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
-        );
-    }
-    Ok(keys)
-}
-
-/// Render cluster.yaml for `init`'s arguments. Validated by parsing it back.
-pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, ClusterError> {
-    if a.control_planes == 0 {
-        return Err(ClusterError::Invalid("--control-planes must be at least 1".into()));
-    }
-    if a.control_planes + a.workers > 4000 {
-        return Err(ClusterError::Invalid("more than 4000 nodes".into()));
-    }
-    let (ha_mode, ha_interface) = match (&a.vip_interface, a.external_lb) {
-        (Some(i), _) => ("vip", Some(i.clone())),
-        (None, true) => ("external-lb", None),
-        (None, false) if a.control_planes > 1 => {
-            return Err(ClusterError::Invalid(format!(
-                "{} control planes need an HA endpoint: pass --vip-interface IFACE or --external-lb",
-                a.control_planes
-            )))
-        }
-        (None, false) => ("none", None),
-    };
-    spec::parse_endpoint(&a.endpoint).map_err(|e| ClusterError::Invalid(format!("--endpoint: {e}")))?;
-    // an IPv4 node network hands out .11, .12, … and gateway .1
-    let node_net = match &a.node_cidr {
-        Some(c) => {
-            let cidr: net::Cidr =
-                c.parse().map_err(|e| ClusterError::Invalid(format!("--node-cidr: {e}")))?;
-            match cidr.network().addr {
-                IpAddr::V4(v) if cidr.len <= 30 => Some((u32::from(v), cidr.len)),
-                _ => {
-                    return Err(ClusterError::Invalid(
-                        "--node-cidr must be an IPv4 network of /30 or larger".into(),
-                    ))
-                }
-            }
-        }
-        None => None,
-    };
-    let mut nodes = Vec::new();
-    let total = a.control_planes + a.workers;
-    for i in 0..total {
-        let (name, role) = if i < a.control_planes {
-            (format!("{}-cp-{}", a.name, i + 1), "control-plane")
-        } else {
-            (format!("{}-worker-{}", a.name, i - a.control_planes + 1), "worker")
-        };
-        let (address, gateway) = match node_net {
-            Some((base, len)) => {
-                let host = 11 + i;
-                let size = if len == 0 { u32::MAX } else { (1u32 << (32 - len)) - 1 };
-                if host >= size {
-                    return Err(ClusterError::Invalid(format!("--node-cidr is too small for {total} nodes")));
-                }
-                let ip = std::net::Ipv4Addr::from(base + host);
-                (Some(format!("{ip}/{len}")), Some(std::net::Ipv4Addr::from(base + 1).to_string()))
-            }
-            None => (None, None),
-        };
-        nodes.push(minijinja::context! { name, role, address, gateway });
-    }
-    let env = crate::cloudinit::yaml::env().map_err(|e| ClusterError::Invalid(format!("template: {e:#}")))?;
-    let text = env
-        .get_template("cluster.yaml.j2")
-        .and_then(|t| {
-            t.render(minijinja::context! {
-                name => a.name, kubernetes_version => spec::KUBERNETES_VERSION, endpoint => a.endpoint,
-                ha_mode, ha_interface, ha_address => None::<String>,
-                pod_cidr => a.pod_cidr, service_cidr => a.service_cidr, node_cidr => a.node_cidr,
-                ssh_keys, nodes, ingress_host => format!("backend.{}.internal", a.name),
-            })
-        })
-        .map_err(|e| ClusterError::Invalid(format!("rendering cluster.yaml: {e:#}")))?;
-    Ok(text)
-}
+pub use init::secrets_dir;
 
 fn init(a: &InitArgs, g: &Global) -> Result<()> {
-    let keys = read_ssh_keys(&a.ssh_keys)?;
-    let text = initial_spec(a, &keys)?;
-    let path = a.dir.join("cluster.yaml");
-    let loaded = spec::parse(&text, &path.display().to_string())?;
+    let keys = init::read_ssh_keys(&a.ssh_keys)?;
+    let text = init::initial_spec(a, &keys)?;
+    let planned = init::check(&text, &a.dir.join("cluster.yaml"))?;
     if !g.quiet {
-        for w in &loaded.warnings {
-            eprintln!("{w}");
-        }
-    }
-    if path.exists() {
-        return Err(ClusterError::Exists(path).into());
-    }
-    let sdir = secrets_dir(&path);
-    for f in pki::FILES {
-        if sdir.join(f).exists() {
-            return Err(ClusterError::Exists(sdir.join(f)).into());
+        for w in &planned.warnings {
+            eprintln!("{}", w.display(&planned.origin));
         }
     }
     let mut rng = pki::Rng::from_env();
-    let secrets = pki::Secrets::generate(&mut rng)?;
-    std::fs::create_dir_all(&a.dir)
-        .map_err(|e| ClusterError::Io(format!("creating {}", a.dir.display()), e))?;
-    secrets.write(&sdir)?;
-    pki::create_new_private(&path, text.as_bytes())?;
+    let (secrets, path) = init::create(&a.dir, &text, &mut rng)?;
     if !g.quiet {
         eprintln!(
             "wrote {} ({} nodes) and {}/ (CAs: ECDSA P-256; discovery hash {})",
             path.display(),
-            loaded.spec.nodes.len(),
-            sdir.display(),
+            planned.nodes.len(),
+            secrets_dir(&path).display(),
             secrets.ca.discovery_hash()?
         );
     }
@@ -245,7 +163,7 @@ fn init(a: &InitArgs, g: &Global) -> Result<()> {
 
 /// The admin kubeconfig YAML for a loaded spec and its secrets.
 pub fn kubeconfig_yaml(
-    l: &spec::Loaded,
+    l: &plan::ClusterPlan,
     s: &pki::Secrets,
     kind: pki::AdminKind,
     days: u32,
@@ -278,10 +196,10 @@ pub fn kubeconfig_yaml(
 }
 
 fn kubeconfig(a: &KubeconfigArgs, g: &Global) -> Result<()> {
-    let l = spec::load(&a.cluster)?;
+    let l = plan::load(&a.cluster)?;
     if !g.quiet {
         for w in &l.warnings {
-            eprintln!("{w}");
+            eprintln!("{}", w.display(&l.origin));
         }
     }
     let s = pki::Secrets::load(&secrets_dir(&a.cluster))?;
