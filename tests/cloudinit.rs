@@ -730,12 +730,12 @@ fn bootstrap_first_control_plane_init_then_idempotent() {
     assert_eq!(s["node"], "demo-cp-1");
     assert_eq!(s["attempts"], 1);
     assert_eq!(s["last_error"], "");
-    // PKI pre-placed where kubeadm looks, keys 0600; staging copies gone
+    // PKI pre-placed where kubeadm looks, keys 0600; the staging copies are the
+    // scrubber's (scrub_removes_every_copy_of_user_data_secrets_once_joined)
     for (f, mode) in [("ca.key", 0o600), ("ca.crt", 0o644), ("etcd/ca.key", 0o600), ("sa.pub", 0o644)] {
         let m = fs::metadata(n.p(&format!("etc/kubernetes/pki/{f}"))).unwrap().permissions().mode() & 0o777;
         assert_eq!(m, mode, "{f}");
     }
-    assert!(!n.p("etc/imgbuild/pki").exists());
     // kube-vip switched to admin.conf after init
     let vip = fs::read_to_string(n.p("etc/kubernetes/manifests/kube-vip.yaml")).unwrap();
     assert!(vip.contains("path: \"/etc/kubernetes/admin.conf\""), "{vip}");
@@ -1012,4 +1012,119 @@ fn static_addressing_needs_nameservers_and_one_nic() {
         assert_eq!(f["line"].as_u64(), Some(line as u64), "{f}");
         assert!(f["message"].as_str().unwrap().starts_with(msg), "{f}");
     }
+}
+
+const SCRUB: &str = "image-files/common/usr/libexec/imgbuild/scrub-secrets";
+
+fn scrub(n: &Node) -> Output {
+    let o = Command::new("bash").arg(root().join(SCRUB)).env("IMGBUILD_ROOT", &n.root).output().unwrap();
+    ok(&o);
+    o
+}
+
+/// Every regular file under `dir` (relative path, content), symlinks not followed.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A node's disk after its first boot, cloud-init 24.x's copies of user-data included:
+/// after the join no secret of user-data is left anywhere but /etc/kubernetes.
+#[test]
+fn scrub_removes_every_copy_of_user_data_secrets_once_joined() {
+    let (t, ud) = rendered_user_data("demo-cp-1");
+    let secrets = imgbuild::cluster::pki::Secrets::load(&t.path().join("c/secrets")).unwrap();
+    // what would give a secret away: every PEM body line of the keys, the token, the key
+    let mut needles: Vec<String> = Vec::new();
+    for v in secrets.values() {
+        if v.contains("PRIVATE KEY") {
+            needles.extend(v.lines().filter(|l| !l.starts_with("-----")).skip(1).map(String::from));
+        } else {
+            needles.push(v.trim().to_string());
+        }
+    }
+    let n = node_root(&ud, "0");
+    let inst = n.p("var/lib/cloud/instances/demo-cp-1");
+    fs::create_dir_all(inst.join("sem")).unwrap();
+    let copies = [
+        ("user-data.txt", ud.clone()),
+        ("user-data.txt.i", format!("Content-Type: multipart/mixed\n\n{ud}")),
+        ("cloud-config.txt", ud.clone()),
+        ("obj.pkl", format!("\u{80}\u{4}pickle userdata_raw {ud:?}")),
+    ];
+    for (f, body) in &copies {
+        fs::write(inst.join(f), body).unwrap();
+    }
+    fs::write(inst.join("vendor-data.txt"), "#cloud-config\n{}\n").unwrap();
+    fs::write(inst.join("sem/config_runcmd"), "").unwrap();
+    std::os::unix::fs::symlink("instances/demo-cp-1", n.p("var/lib/cloud/instance")).unwrap();
+    fs::create_dir_all(n.p("run/cloud-init")).unwrap();
+    let combined = n.p("run/cloud-init/combined-cloud-config.json");
+    fs::write(&combined, serde_json::to_string(&yaml(&ud)).unwrap()).unwrap();
+
+    // before the node joined: everything stays (the bootstrap still needs it)
+    let o = scrub(&n);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("has not joined yet"));
+    assert!(inst.join("user-data.txt").exists() && n.p("etc/imgbuild/pki/ca.key").exists());
+
+    ok(&n.run(&[]));
+    // the add-on installer is still at work: its values stay
+    fs::create_dir_all(n.p("var/lib/imgbuild/addons")).unwrap();
+    let resume = n.p("etc/systemd/system/multi-user.target.wants/imgbuild-addons.service");
+    fs::create_dir_all(resume.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/etc/systemd/system/imgbuild-addons.service", &resume).unwrap();
+    let o = scrub(&n);
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(console.contains("removed 14 copies of user-data's secrets"), "{console}");
+    assert!(n.p("etc/imgbuild/addons/values.yaml").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&fs::read(n.p("run/imgbuild/scrub.json")).unwrap()).unwrap();
+    assert_eq!(status["state"], "done");
+    let removed: Vec<&str> =
+        status["removed"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    for want in [
+        "/etc/imgbuild/pki/ca.key",
+        "/etc/imgbuild/pki/etcd/ca.key",
+        "/etc/imgbuild/kubeadm.yaml",
+        "/var/lib/cloud/instances/demo-cp-1/user-data.txt",
+        "/var/lib/cloud/instances/demo-cp-1/user-data.txt.i",
+        "/var/lib/cloud/instances/demo-cp-1/cloud-config.txt",
+        "/var/lib/cloud/instances/demo-cp-1/obj.pkl",
+        "/run/cloud-init/combined-cloud-config.json",
+    ] {
+        assert!(removed.contains(&want), "{want} not in {removed:?}");
+    }
+    // no secret anywhere but in the live /etc/kubernetes
+    for (path, body) in files_under(&n.root) {
+        if path.starts_with("etc/kubernetes/") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&body);
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "{path} still holds a secret ({needle:.12}…)");
+        }
+    }
+    assert!(
+        n.p("etc/kubernetes/pki/ca.key").exists() && n.p("etc/kubernetes/encryption/config.yaml").exists()
+    );
+    assert!(inst.join("vendor-data.txt").exists() && inst.join("sem/config_runcmd").exists());
+
+    // the installer is done: the values go too; a second run finds nothing left
+    fs::remove_file(&resume).unwrap();
+    scrub(&n);
+    assert!(!n.p("etc/imgbuild/addons/values.yaml").exists());
+    let o = scrub(&n);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no copy of user-data's secrets left"));
 }
