@@ -9,7 +9,7 @@
 use minijinja::{context, Environment};
 use serde::Serialize;
 
-use super::{schema, yaml, CloudInitError};
+use super::{schema, CloudInitError};
 use crate::cluster::net::{Cidr, Nic};
 use crate::cluster::pki::Secrets;
 use crate::cluster::plan::{ClusterPlan, JoinMode, NodePlan, StaticNet, API_BIND_PORT};
@@ -160,7 +160,7 @@ pub fn instance_id(cluster: &str, node: &str) -> String {
 
 impl<'a> Renderer<'a> {
     pub fn new(l: &'a ClusterPlan, s: &'a Secrets) -> Result<Self, CloudInitError> {
-        let env = yaml::env().map_err(|e| rendered_err("templates", e))?;
+        let env = crate::template::env().map_err(|e| rendered_err("templates", e))?;
         let ca_hash = s.ca.discovery_hash().map_err(|e| rendered_err("discovery hash", e))?;
         let render = |name: &str, ctx: minijinja::Value| -> Result<String, CloudInitError> {
             env.get_template(name).and_then(|t| t.render(ctx)).map_err(|e| rendered_err(name, e))

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::net::{Cidr, IfName};
-use super::{pki, plan, spec, ClusterError, InitArgs};
+use super::{pki, plan, spec, ClusterError, InitOptions};
 
 /// `secrets/` next to a cluster.yaml.
 pub fn secrets_dir(cluster_yaml: &Path) -> PathBuf {
@@ -33,7 +33,7 @@ fn invalid(msg: impl Into<String>) -> ClusterError {
 }
 
 /// Render cluster.yaml for `init`'s arguments. Validated by parsing it back.
-pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, ClusterError> {
+pub fn initial_spec(a: &InitOptions, ssh_keys: &[String]) -> Result<String, ClusterError> {
     if a.control_planes == 0 {
         return Err(invalid("--control-planes must be at least 1"));
     }
@@ -112,7 +112,7 @@ pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, Cluster
         };
         nodes.push(minijinja::context! { name, role, address, gateway });
     }
-    let env = crate::cloudinit::yaml::env().map_err(|e| invalid(format!("template: {e:#}")))?;
+    let env = crate::template::env().map_err(|e| invalid(format!("template: {e:#}")))?;
     let text = env
         .get_template("cluster.yaml.j2")
         .and_then(|t| {

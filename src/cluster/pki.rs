@@ -43,7 +43,9 @@ impl Rng {
     pub fn from_env() -> Self {
         #[cfg(feature = "test-seed")]
         if let Some(s) = std::env::var(TEST_SEED_ENV).ok().filter(|s| !s.is_empty()) {
-            eprintln!("warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)");
+            crate::reporter::always(format_args!(
+                "warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)"
+            ));
             return Self::seeded(&s);
         }
         Rng::Os(rand_core::OsRng)
@@ -314,7 +316,10 @@ impl Secrets {
             let meta =
                 fs::metadata(&p).map_err(|e| ClusterError::Io(format!("reading {}", p.display()), e))?;
             if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!("warning: {} is readable by group/others; chmod 600 it", p.display());
+                crate::reporter::always(format_args!(
+                    "warning: {} is readable by group/others; chmod 600 it",
+                    p.display()
+                ));
             }
             fs::read_to_string(&p).map_err(|e| ClusterError::Io(format!("reading {}", p.display()), e))
         };
@@ -383,7 +388,7 @@ pub fn create_new_private(path: &Path, body: &[u8]) -> Result<(), ClusterError> 
 }
 
 /// Who the offline-signed admin kubeconfig authenticates as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminKind {
     /// O=kubeadm:cluster-admins, bound to cluster-admin by a ClusterRoleBinding
     /// kubeadm creates; revocable by deleting that binding (kubeadm ≥ 1.29's admin.conf)

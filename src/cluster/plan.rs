@@ -14,7 +14,7 @@ use super::net::{
 };
 use super::spec::{self, ClusterSpec, HaMode, KUBERNETES_VERSION};
 use super::ClusterError;
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// The port kube-apiserver listens on (kubeadm's `bindPort`) on every control plane.
 pub const API_BIND_PORT: u16 = 6443;

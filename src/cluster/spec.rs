@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::diag::{Diagnostic, Diagnostics, Severity};
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Only this minor is built by the embedded recipe.
 pub const KUBERNETES_VERSION: &str = "v1.30.3";

@@ -15,7 +15,7 @@
 //! replacement under [`RUN_DIR`], which this file includes, and loads both in one
 //! transaction. Files in `/etc/nftables.d/*.nft` are included last (operator rules).
 
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Who may reach a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
