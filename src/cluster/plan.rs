@@ -487,50 +487,8 @@ fn validate(
         );
     }
 
-    // the networks the nodes are on: declared, or those of their static addresses
-    let mut node_nets: Vec<(String, Cidr)> = Vec::new();
-    match node_cidr {
-        Some(nc) => {
-            node_nets.push(("networking.node_cidr".into(), nc.network()));
-            for n in &nodes {
-                if let Some(ip) = n.address().filter(|ip| !nc.contains(*ip)) {
-                    c.err(
-                        &format!("nodes[{}].address", n.index),
-                        format!(
-                            "{ip} is outside networking.node_cidr {}: the node firewall admits cluster traffic from node_cidr only",
-                            nc.network()
-                        ),
-                    );
-                }
-            }
-        }
-        None => {
-            for n in &nodes {
-                if let Some(s) = &n.net {
-                    if !node_nets.iter().any(|(_, x)| *x == s.address.network()) {
-                        node_nets.push((format!("nodes[{}].address", n.index), s.address.network()));
-                    }
-                }
-            }
-        }
-    }
-    // overlaps between pod, service and node networks
-    let mut all: Vec<(String, Cidr)> = Vec::new();
-    all.extend(pod.map(|x| ("networking.pod_cidr".to_string(), x)));
-    all.extend(service.map(|x| ("networking.service_cidr".to_string(), x)));
-    let cluster_nets = all.len();
-    all.extend(node_nets.iter().cloned());
-    for i in 0..all.len() {
-        for j in i + 1..all.len() {
-            let (pi, ci) = &all[i];
-            let (pj, cj) = &all[j];
-            let both_nodes = i >= cluster_nets && j >= cluster_nets;
-            if !both_nodes && ci.overlaps(cj) {
-                c.err(pj, format!("{cj} overlaps {ci} ({pi})"));
-            }
-        }
-    }
-
+    let node_nets = node_networks(&mut c, node_cidr, &nodes);
+    overlaps(&mut c, pod, service, &node_nets);
     let vip = ha(&mut c, &spec, endpoint.as_ref(), &nodes, cps);
     if let Some(ip) = endpoint.as_ref().and_then(Endpoint::ip) {
         if !node_nets.is_empty() && !node_nets.iter().any(|(_, x)| x.contains(ip)) {
@@ -599,6 +557,55 @@ fn validate(
         nodes,
         warnings: items,
     })
+}
+
+/// The networks the nodes are on: `node_cidr` (every static address must lie in it), or
+/// the networks of their static addresses; each with the field path that declares it.
+fn node_networks(c: &mut Collector, node_cidr: Option<Cidr>, nodes: &[NodePlan]) -> Vec<(String, Cidr)> {
+    let mut node_nets: Vec<(String, Cidr)> = Vec::new();
+    match node_cidr {
+        Some(nc) => {
+            node_nets.push(("networking.node_cidr".into(), nc.network()));
+            for n in nodes {
+                if let Some(ip) = n.address().filter(|ip| !nc.contains(*ip)) {
+                    c.err(
+                        &format!("nodes[{}].address", n.index),
+                        format!(
+                            "{ip} is outside networking.node_cidr {}: the node firewall admits cluster traffic from node_cidr only",
+                            nc.network()
+                        ),
+                    );
+                }
+            }
+        }
+        None => {
+            for (i, s) in nodes.iter().filter_map(|n| n.net.as_ref().map(|s| (n.index, s))) {
+                if !node_nets.iter().any(|(_, x)| *x == s.address.network()) {
+                    node_nets.push((format!("nodes[{i}].address"), s.address.network()));
+                }
+            }
+        }
+    }
+    node_nets
+}
+
+/// Pod, service and node networks must not overlap (node networks may, among themselves).
+fn overlaps(c: &mut Collector, pod: Option<Cidr>, service: Option<Cidr>, node_nets: &[(String, Cidr)]) {
+    let mut all: Vec<(String, Cidr)> = Vec::new();
+    all.extend(pod.map(|x| ("networking.pod_cidr".to_string(), x)));
+    all.extend(service.map(|x| ("networking.service_cidr".to_string(), x)));
+    let cluster_nets = all.len();
+    all.extend(node_nets.iter().cloned());
+    for i in 0..all.len() {
+        for j in i + 1..all.len() {
+            let (pi, ci) = &all[i];
+            let (pj, cj) = &all[j];
+            let both_nodes = i >= cluster_nets && j >= cluster_nets;
+            if !both_nodes && ci.overlaps(cj) {
+                c.err(pj, format!("{cj} overlaps {ci} ({pi})"));
+            }
+        }
+    }
 }
 
 /// The HA settings; returns the VIP in mode vip.
