@@ -16,6 +16,7 @@ pub mod disk;
 pub mod exit;
 pub mod fetch;
 pub mod inspect;
+pub mod kube;
 pub mod layer;
 pub mod lint;
 pub mod manifest;

@@ -501,7 +501,10 @@ pub fn lint(a: &LintArgs) -> Result<Report> {
         false => None,
     };
     let renderer = match &secrets {
-        Some(s) => Some(render::Renderer::new(&l, s)?),
+        Some(s) => {
+            let join = crate::cluster::token::for_joins(&crate::cluster::secrets_dir(&a.cluster))?;
+            Some(render::Renderer::new(&l, s)?.with_join_token(join))
+        }
         None => None,
     };
     let first_cp = l.first_control_plane().name.clone();

@@ -73,7 +73,9 @@ pub struct CloudInitArgs {
 
 pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
     let loaded = spec::load(&a.cluster)?;
-    let secrets = pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?;
+    let secrets_dir = crate::cluster::secrets_dir(&a.cluster);
+    let secrets = pki::Secrets::load(&secrets_dir)?;
+    let join_token = crate::cluster::token::for_joins(&secrets_dir)?;
     let nodes: Vec<&spec::Node> = match &a.node {
         Some(n) => match loaded.spec.nodes.iter().find(|x| &x.name == n) {
             Some(x) => vec![x],
@@ -93,7 +95,7 @@ pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
         SeedKind::Iso => Some(seed::iso_tool()?),
         _ => None,
     };
-    let r = render::Renderer::new(&loaded, &secrets)?;
+    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token);
     let rendered = r.render_many(&nodes)?;
     let mut warned = Vec::new();
     for f in &rendered {

@@ -55,6 +55,8 @@ pub struct Renderer<'a> {
     encryption: String,
     kube_vip: Option<(String, String)>,
     addon_values: Option<String>,
+    /// The token joining nodes use instead of the initial one (`cluster token create`).
+    join_token: Option<String>,
 }
 
 fn rendered_err(what: &str, e: impl std::fmt::Display) -> CloudInitError {
@@ -135,7 +137,14 @@ impl<'a> Renderer<'a> {
             }
             _ => None,
         };
-        Ok(Renderer { l, s, env, ca_hash, audit, encryption, kube_vip, addon_values })
+        Ok(Renderer { l, s, env, ca_hash, audit, encryption, kube_vip, addon_values, join_token: None })
+    }
+
+    /// Render joining nodes with `token` (from `secrets/join-token.json`) instead of the
+    /// cluster's initial bootstrap token; the first control plane keeps the initial one.
+    pub fn with_join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token;
+        self
     }
 
     fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, CloudInitError> {
@@ -206,7 +215,8 @@ impl<'a> Renderer<'a> {
                 "kubeadm-join.yaml.j2",
                 context! {
                     node => n.name, role => n.role.as_str(), cluster => spec.name, endpoint,
-                    token => self.s.token, ca_hash => self.ca_hash, node_ip, bind_port => 6443,
+                    token => self.join_token.as_deref().unwrap_or(&self.s.token), ca_hash => self.ca_hash,
+                    node_ip, bind_port => 6443,
                 },
             )?;
             check_kinds(&t, &[("kubeadm.k8s.io/v1beta3", "JoinConfiguration")])

@@ -4,9 +4,11 @@
 //! ([`pki`]) once; `imgbuild cloud-init` reads both and renders every node's seed,
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
+pub mod addnode;
 pub mod net;
 pub mod pki;
 pub mod spec;
+pub mod token;
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -53,6 +55,11 @@ pub enum ClusterCmd {
     Init(InitArgs),
     /// Print an admin kubeconfig signed offline by the cluster CA
     Kubeconfig(KubeconfigArgs),
+    /// Append a node to cluster.yaml, keeping its comments and formatting
+    AddNode(addnode::AddNodeArgs),
+    /// Bootstrap tokens for nodes that join later
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 #[derive(Debug, clap::Args)]
@@ -112,6 +119,8 @@ pub fn run(c: &ClusterCmd, g: &Global) -> Result<()> {
     match c {
         ClusterCmd::Init(a) => init(a, g),
         ClusterCmd::Kubeconfig(a) => kubeconfig(a, g),
+        ClusterCmd::AddNode(a) => addnode::run(a, g.quiet),
+        ClusterCmd::Token(token::TokenCmd::Create(a)) => token::create(a, g.quiet),
     }
 }
 
