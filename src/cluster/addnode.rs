@@ -18,25 +18,21 @@ use yaml_rust2::scanner::Marker;
 use super::net::Cidr;
 use super::spec::{self, Loaded};
 use super::{pki, ClusterError};
-use crate::recipe::Role;
+use crate::reporter::Reporter;
+use crate::types::Role;
 
-#[derive(Debug, clap::Args)]
-pub struct AddNodeArgs {
-    /// The cluster spec to extend
-    #[arg(long)]
+/// What `cluster add-node` is asked for.
+#[derive(Debug, Clone)]
+pub struct AddNodeOptions {
+    /// The cluster spec to extend.
     pub cluster: PathBuf,
-    /// Node name (DNS-1123 label; default: <cluster>-worker-N or <cluster>-cp-N)
-    #[arg(long)]
+    /// Node name (default: `<cluster>-worker-N` / `<cluster>-cp-N`).
     pub name: Option<String>,
-    /// control-plane or worker
-    #[arg(long, value_enum, default_value_t = Role::Worker)]
     pub role: Role,
     /// Static address with prefix length (default: the next free one on a static
-    /// network, none (DHCP) otherwise)
-    #[arg(long)]
+    /// network, none (DHCP) otherwise).
     pub address: Option<String>,
-    /// Gateway of the static address (default: the other nodes' gateway on that network)
-    #[arg(long)]
+    /// Gateway of the static address (default: the other nodes' gateway on that network).
     pub gateway: Option<String>,
 }
 
@@ -194,7 +190,7 @@ pub fn append(src: &str, n: &NewNode) -> Result<String, String> {
 }
 
 /// Fill in the defaults for `a` against the loaded spec.
-pub fn plan(l: &Loaded, a: &AddNodeArgs) -> Result<NewNode, ClusterError> {
+pub fn plan(l: &Loaded, a: &AddNodeOptions) -> Result<NewNode, ClusterError> {
     let spec = &l.spec;
     let names: HashSet<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
     let name = match &a.name {
@@ -269,7 +265,8 @@ fn next_free(net: Cidr, used: &[(Cidr, Option<&String>)], gateway: Option<&str>)
         .map(|ip| format!("{ip}/{}", net.len))
 }
 
-pub fn run(a: &AddNodeArgs, quiet: bool) -> anyhow::Result<()> {
+/// Append the node `a` asks for to its cluster.yaml; returns the node's name.
+pub fn add(a: &AddNodeOptions, rep: &Reporter) -> anyhow::Result<String> {
     let path = &a.cluster;
     let origin = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| ClusterError::Io(format!("reading {origin}"), e))?;
@@ -288,21 +285,18 @@ pub fn run(a: &AddNodeArgs, quiet: bool) -> anyhow::Result<()> {
         .into());
     }
     pki::write_private(path, text.as_bytes())?;
-    if !quiet {
-        for w in &back.warnings {
-            eprintln!("{w}");
-        }
-        let addr = n.address.as_deref().map(|a| format!(", {a}")).unwrap_or_else(|| ", DHCP".into());
-        eprintln!(
-            "added {} ({}{addr}) to {origin}; render its seed with `imgbuild cloud-init --cluster {origin} --node {}` \
-             (first `imgbuild cluster token create` when the cluster's bootstrap token may have expired)",
-            n.name,
-            n.role.as_str(),
-            n.name
-        );
+    for w in &back.warnings {
+        rep.warn(w);
     }
-    println!("{}", n.name);
-    Ok(())
+    let addr = n.address.as_deref().map(|a| format!(", {a}")).unwrap_or_else(|| ", DHCP".into());
+    rep.status(format_args!(
+        "added {} ({}{addr}) to {origin}; render its seed with `imgbuild cloud-init --cluster {origin} --node {}` \
+         (first `imgbuild cluster token create` when the cluster's bootstrap token may have expired)",
+        n.name,
+        n.role.as_str(),
+        n.name
+    ));
+    Ok(n.name)
 }
 
 #[cfg(test)]

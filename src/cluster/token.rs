@@ -20,31 +20,23 @@ use time::OffsetDateTime;
 
 use super::{pki, ClusterError};
 use crate::kube::{self, Secret};
+use crate::reporter::Reporter;
 
 /// File in `secrets/` that holds the join token for nodes rendered from now on.
 pub const JOIN_TOKEN_FILE: &str = "join-token.json";
 /// The group kubeadm's default node token carries (its RBAC binds it).
 pub const NODE_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
 
-#[derive(Debug, clap::Subcommand)]
-pub enum TokenCmd {
-    /// Create a bootstrap token through the Kubernetes API; cloud-init uses it for joining nodes
-    Create(CreateArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct CreateArgs {
-    /// The cluster spec; the token is stored in secrets/join-token.json next to it
-    #[arg(long)]
+/// What `cluster token create` is asked for.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// The cluster spec; the token is stored in secrets/join-token.json next to it.
     pub cluster: PathBuf,
-    /// Kubeconfig of a cluster admin (e.g. from `imgbuild cluster kubeconfig`)
-    #[arg(long)]
+    /// Kubeconfig of a cluster admin.
     pub kubeconfig: PathBuf,
-    /// Context in the kubeconfig (default: its current-context)
-    #[arg(long)]
+    /// Context in the kubeconfig (default: its current-context).
     pub context: Option<String>,
-    /// Lifetime (Go duration: 24h, 90m, 1h30m); 0 (never expires) is refused
-    #[arg(long, default_value = "24h")]
+    /// Lifetime, a Go duration (`24h`); 0 is refused.
     pub ttl: String,
 }
 
@@ -180,8 +172,9 @@ pub fn for_joins(secrets: &Path) -> Result<Option<String>, ClusterError> {
     Ok(Some(jt.token))
 }
 
-/// `imgbuild cluster token create`: the Secret through the API, then the file.
-pub fn create(a: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
+/// `imgbuild cluster token create`: the Secret through the API, then the file; returns
+/// the file's path.
+pub fn create(a: &CreateOptions, rep: &Reporter) -> anyhow::Result<PathBuf> {
     let ttl = match parse_duration(&a.ttl) {
         Some(0) => {
             return Err(ClusterError::Invalid(
@@ -218,16 +211,13 @@ pub fn create(a: &CreateArgs, quiet: bool) -> anyhow::Result<()> {
     let body = serde_json::to_vec_pretty(&JoinToken { token: token.clone(), expiration: expiration.clone() })
         .map_err(|e| ClusterError::Secrets(e.to_string()))?;
     pki::write_private(&path, &body)?;
-    if !quiet {
-        let id = token.split('.').next().unwrap_or_default();
-        eprintln!(
-            "created bootstrap token {id} (Secret kube-system/bootstrap-token-{id}, expires {expiration}) via {}; \
-             `imgbuild cloud-init` renders joining nodes with it until then",
-            client.config().server
-        );
-    }
-    println!("{}", path.display());
-    Ok(())
+    let id = token.split('.').next().unwrap_or_default();
+    rep.status(format_args!(
+        "created bootstrap token {id} (Secret kube-system/bootstrap-token-{id}, expires {expiration}) via {}; \
+         `imgbuild cloud-init` renders joining nodes with it until then",
+        client.config().server
+    ));
+    Ok(path)
 }
 
 #[cfg(test)]
