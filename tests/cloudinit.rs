@@ -395,7 +395,9 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let quoted = imgbuild::template::quote(nasty);
     spec = spec.replace(
         "    # secret:\n",
-        &format!("    secret:\n      values:\n        DATABASE_URL: {quoted}\n        \"weird: key #\": \"{{{{x}}}}\"\n"),
+        &format!(
+            "    secret:\n      env:\n        DATABASE_URL: {quoted}\n    podAnnotations:\n      \"weird: key #\": \"{{{{x}}}}\"\n"
+        ),
     );
     spec =
         spec.replace(&format!("  - \"{SSH_KEY}\""), &format!("  - {}", imgbuild::template::quote(key_nasty)));
@@ -406,14 +408,14 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let v = yaml(&ud);
     assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(key_nasty));
     let values = yaml(&write_files(&ud)["/etc/imgbuild/addons/values.yaml"].1);
-    assert_eq!(values["secret"]["values"]["DATABASE_URL"].as_str(), Some(nasty));
-    assert_eq!(values["secret"]["values"]["weird: key #"].as_str(), Some("{{x}}"));
+    assert_eq!(values["secret"]["env"]["DATABASE_URL"].as_str(), Some(nasty));
+    assert_eq!(values["podAnnotations"]["weird: key #"].as_str(), Some("{{x}}"));
     // and with PyYAML, which is what cloud-init uses
     if python_has_jsonschema() {
         let py = "import sys, yaml, json\nd = yaml.safe_load(open(sys.argv[1], encoding='utf-8'))\n\
                   f = [w for w in d['write_files'] if w['path'] == '/etc/imgbuild/addons/values.yaml'][0]\n\
                   v = yaml.safe_load(f['content'])\n\
-                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['values']['DATABASE_URL']]))";
+                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['env']['DATABASE_URL']]))";
         let o =
             Command::new("python3").arg("-c").arg(py).arg(out.join("demo-cp-1/user-data")).output().unwrap();
         ok(&o);
@@ -457,7 +459,9 @@ fn user_data_size_limits() {
     let t = tempfile::tempdir().unwrap();
     let c = golden_cluster(t.path());
     let base = fs::read_to_string(&c).unwrap();
-    let with = |n: usize| base.replace("    # secret:\n", &format!("    blob: \"{}\"\n", "x".repeat(n)));
+    let with = |n: usize| {
+        base.replace("    # secret:\n", &format!("    podAnnotations:\n      blob: \"{}\"\n", "x".repeat(n)))
+    };
     fs::write(&c, with(10_000)).unwrap();
     let o = render(&c, &t.path().join("o1"), &["--node", "demo-cp-1", "--seed", "none"]);
     ok(&o);

@@ -7,6 +7,7 @@
 //! parsed back and checked (cloud-init 24.1 schema, kubeadm kinds, byte-exact file
 //! contents) before anything is written.
 
+pub mod addon_values;
 pub mod render;
 pub mod schema;
 pub mod seed;
@@ -60,6 +61,9 @@ pub struct CloudInitOptions {
     /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}.
     pub out: PathBuf,
     pub seed: SeedKind,
+    /// The recipe the control-plane image was built from (its add-ons; default: the
+    /// embedded one).
+    pub recipe: Option<PathBuf>,
 }
 
 /// Render and write the seeds of `a`.
@@ -87,7 +91,12 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
         SeedKind::Iso => Some(seed::iso_tool()?),
         _ => None,
     };
-    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token);
+    let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
+    let addons = addon_values::build(&loaded, &charts)?;
+    for w in &addons.warnings {
+        rep.warn(w);
+    }
+    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
     let rendered = r.render_many(&nodes)?;
     let mut warned = Vec::new();
     for f in &rendered {

@@ -55,7 +55,8 @@ pub struct Renderer<'a> {
     audit: String,
     encryption: String,
     kube_vip: Option<(String, String)>,
-    addon_values: Option<String>,
+    /// The first control plane's add-on values files (path, content), see [`super::addon_values`].
+    addon_files: Vec<(String, String)>,
     /// The token joining nodes use instead of the initial one (`cluster token create`).
     join_token: Option<String>,
 }
@@ -125,20 +126,24 @@ impl<'a> Renderer<'a> {
             }
             _ => None,
         };
-        let addon_values = match &l.spec.addons {
-            Some(a) if a.enabled => {
-                let header =
-                    "# Helm values for charts/backend, from the addons.backend section of cluster.yaml.\n";
-                let body = if a.backend.is_empty() {
-                    "{}\n".to_string()
-                } else {
-                    serde_yaml::to_string(&a.backend).map_err(|e| rendered_err("add-on values", e))?
-                };
-                Some(format!("{header}{body}"))
-            }
-            _ => None,
-        };
-        Ok(Renderer { l, s, env, ca_hash, audit, encryption, kube_vip, addon_values, join_token: None })
+        Ok(Renderer {
+            l,
+            s,
+            env,
+            ca_hash,
+            audit,
+            encryption,
+            kube_vip,
+            addon_files: Vec::new(),
+            join_token: None,
+        })
+    }
+
+    /// The add-on values files the first control plane gets (checked by
+    /// [`super::addon_values::build`]).
+    pub fn with_addons(mut self, files: &super::addon_values::AddonFiles) -> Self {
+        self.addon_files = files.files.clone();
+        self
     }
 
     /// Render joining nodes with `token` (from `secrets/join-token.json`) instead of the
@@ -251,8 +256,8 @@ impl<'a> Renderer<'a> {
             }
         }
         if first {
-            if let Some(v) = &self.addon_values {
-                add(paths::ADDON_VALUES, "0600", v.clone());
+            for (path, content) in &self.addon_files {
+                add(path, "0600", content.clone());
             }
         }
 
