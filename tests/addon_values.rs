@@ -8,23 +8,11 @@
 
 mod common;
 
+use common::{ok, stderr};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn init(dir: &Path, workers: u32) -> PathBuf {
     let o = common::bin()

@@ -8,8 +8,9 @@
 
 mod common;
 
+use common::ok;
+
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -42,16 +43,6 @@ fn tools_present() -> bool {
     );
     eprintln!("note: SKIPPING the control-plane join tests: {missing:?} not installed (apt-get install etcd-server etcd-client)");
     false
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// A cluster of control planes (DHCP: kubeadm.yaml names no address, so the script
@@ -91,15 +82,7 @@ impl World {
         for i in 1..=control_planes {
             let node = format!("jt-cp-{i}");
             let ud = fs::read_to_string(seeds.join(&node).join("user-data")).unwrap();
-            let root = t.path().join("nodes").join(&node);
-            let doc: serde_yaml::Value = serde_yaml::from_str(&ud).unwrap();
-            for f in doc["write_files"].as_sequence().unwrap() {
-                let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
-                fs::create_dir_all(p.parent().unwrap()).unwrap();
-                fs::write(&p, f["content"].as_str().unwrap()).unwrap();
-                let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
-                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-            }
+            common::write_files_to(&ud, &t.path().join("nodes").join(&node));
         }
         let state = t.path().join("state");
         fs::create_dir_all(state.join("nodes")).unwrap();

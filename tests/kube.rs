@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::{ok, stderr};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -21,20 +23,6 @@ use serde_json::{json, Value};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn b64(s: &str) -> Vec<u8> {
@@ -283,16 +271,15 @@ fn token_create(c: &Cluster, kubeconfig: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// A node's root with its user-data's files, for the bootstrap script.
-fn node_root(user_data: &str, root: &Path) {
-    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    for f in doc["write_files"].as_sequence().unwrap() {
-        let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, f["content"].as_str().unwrap()).unwrap();
-        let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
-    }
+/// `imgbuild cloud-init` of one node of `cluster` into `out`.
+fn render_node(cluster: &Path, node: &str, out: &Path) -> Output {
+    common::bin()
+        .args(["cloud-init", "--cluster"])
+        .arg(cluster)
+        .args(["--node", node, "--seed", "none", "--out"])
+        .arg(out)
+        .output()
+        .unwrap()
 }
 
 fn kubeadm_token(user_data: &str) -> String {
@@ -422,7 +409,7 @@ fn token_create_posts_a_bootstrap_token_secret_and_the_new_seed_joins() {
         .collect();
     assert_eq!(accepted, std::slice::from_ref(&token));
     let root = c.p("node");
-    node_root(&ud, &root);
+    common::write_files_to(&ud, &root);
     let bin = c.p("bin");
     fs::create_dir_all(&bin).unwrap();
     fs::write(c.p("accepted"), accepted.join("\n") + "\n").unwrap();
@@ -597,14 +584,7 @@ fn add_node_appends_keeping_the_users_comments_and_formatting() {
     }
     assert_eq!(fs::read_to_string(c.yaml()).unwrap(), after);
     // the new nodes render
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--node", "edge-1", "--seed", "none", "--out"])
-        .arg(c.p("seeds"))
-        .output()
-        .unwrap();
-    ok(&o);
+    ok(&render_node(&c.yaml(), "edge-1", &c.p("seeds")));
 }
 
 /// The bootstrap's etcd query (kubeconfig it writes, client certificate it signs with
@@ -690,16 +670,9 @@ fn bootstrap_finds_etcd_with_a_real_kubectl() {
             _ => status(404, "NotFound", "the server could not find the requested resource"),
         }
     });
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--node", "kt-cp-2", "--seed", "none", "--out"])
-        .arg(c.p("seeds"))
-        .output()
-        .unwrap();
-    ok(&o);
+    ok(&render_node(&c.yaml(), "kt-cp-2", &c.p("seeds")));
     let root = c.p("node");
-    node_root(&fs::read_to_string(c.p("seeds/kt-cp-2/user-data")).unwrap(), &root);
+    common::write_files_to(&fs::read_to_string(c.p("seeds/kt-cp-2/user-data")).unwrap(), &root);
     let env = root.join("etc/imgbuild/bootstrap.env");
     let port = api.base().rsplit(':').next().unwrap().to_string();
     fs::write(
