@@ -89,6 +89,14 @@ impl World {
         World { t, net, state, running: Default::default() }
     }
 
+    /// A new disk for `node` (a replacement machine): its root as cloud-init writes it.
+    fn fresh_disk(&self, node: &str) {
+        let root = self.root(node);
+        fs::remove_dir_all(&root).unwrap();
+        let ud = fs::read_to_string(self.t.path().join("seeds").join(node).join("user-data")).unwrap();
+        common::write_files_to(&ud, &root);
+    }
+
     fn root(&self, node: &str) -> PathBuf {
         self.t.path().join("nodes").join(node)
     }
@@ -369,4 +377,37 @@ fn a_learner_left_by_a_power_loss_is_removed_and_the_node_joins_after_the_reboot
     assert_eq!(s["phase"], "done");
     // the attempt of the first boot counts
     assert_eq!(s["attempts"], 2, "{s}");
+}
+
+#[test]
+fn a_replaced_control_plane_removes_the_member_of_the_machine_it_replaces() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::new(3, 3);
+    w.init_first();
+    for n in ["jt-cp-2", "jt-cp-3"] {
+        ok(&w.finish(w.spawn(n), Duration::from_secs(120)));
+    }
+    let before = w.members();
+    assert_eq!(before.len(), 3, "{before:?}");
+
+    // jt-cp-2's machine is gone (its etcd with it); a new one boots with the same seed.
+    let pidfile = w.node_state("jt-cp-2").join("etcd.pid");
+    let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    fs::remove_file(&pidfile).unwrap();
+    w.fresh_disk("jt-cp-2");
+    let o = w.finish(w.spawn("jt-cp-2"), Duration::from_secs(120));
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("of the machine this node replaces (it does not answer"), "{out}");
+    let after = w.members();
+    let mut names: Vec<&str> = after.iter().map(|m| m.2.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["jt-cp-1", "jt-cp-2", "jt-cp-3"], "{after:?}");
+    assert!(after.iter().all(|m| m.1 == "started" && !m.4), "{after:?}");
+    let old = before.iter().find(|m| m.2 == "jt-cp-2").unwrap();
+    assert!(after.iter().all(|m| m.0 != old.0), "the old member is gone: {after:?}");
+    assert!(w.read_state("removals.log").is_empty());
 }
