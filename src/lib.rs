@@ -21,6 +21,7 @@ pub mod exit;
 pub mod fetch;
 pub mod inspect;
 pub mod keys;
+pub mod kube;
 pub mod layer;
 pub mod lint;
 pub mod lockfile;
