@@ -82,7 +82,10 @@ pub struct Renderer<'a> {
     audit: String,
     encryption: String,
     kube_vip: Option<(String, String)>,
-    addon_values: Option<String>,
+    /// The first control plane's add-on values files (path, content), see [`super::addon_values`].
+    addon_files: Vec<(String, String)>,
+    /// The token joining nodes use instead of the initial one (`cluster token create`).
+    join_token: Option<String>,
     cluster_networks: String,
 }
 
@@ -192,19 +195,6 @@ impl<'a> Renderer<'a> {
             }
             _ => None,
         };
-        let addon_values = match &l.spec.addons {
-            Some(a) if a.enabled => {
-                let header =
-                    "# Helm values for charts/backend, from the addons.backend section of cluster.yaml.\n";
-                let body = if a.backend.is_empty() {
-                    "{}\n".to_string()
-                } else {
-                    serde_yaml::to_string(&a.backend).map_err(|e| rendered_err("add-on values", e))?
-                };
-                Some(format!("{header}{body}"))
-            }
-            _ => None,
-        };
         let cluster_networks = cluster_networks_text(l);
         // the firewall script takes `KIND CIDR` lines and nothing else
         for line in cluster_networks.lines().filter(|x| !x.starts_with('#')) {
@@ -216,7 +206,32 @@ impl<'a> Renderer<'a> {
                 return Err(rendered_err("cluster networks", format!("bad line {line:?}")));
             }
         }
-        Ok(Renderer { l, s, env, ca_hash, audit, encryption, kube_vip, addon_values, cluster_networks })
+        Ok(Renderer {
+            l,
+            s,
+            env,
+            ca_hash,
+            audit,
+            encryption,
+            kube_vip,
+            addon_files: Vec::new(),
+            join_token: None,
+            cluster_networks,
+        })
+    }
+
+    /// The add-on values files the first control plane gets (checked by
+    /// [`super::addon_values::build`]).
+    pub fn with_addons(mut self, files: &super::addon_values::AddonFiles) -> Self {
+        self.addon_files = files.files.clone();
+        self
+    }
+
+    /// Render joining nodes with `token` (from `secrets/join-token.json`) instead of the
+    /// cluster's initial bootstrap token; the first control plane keeps the initial one.
+    pub fn with_join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token;
+        self
     }
 
     /// The sections of user-data, in the order their parts appear.
@@ -287,7 +302,8 @@ impl<'a> Renderer<'a> {
                 "kubeadm-join.yaml.j2",
                 context! {
                     node => n.name, role => n.role.as_str(), cluster => spec.name, endpoint,
-                    token => self.s.token, ca_hash => self.ca_hash, node_ip, bind_port => API_BIND_PORT,
+                    token => self.join_token.as_deref().unwrap_or(&self.s.token), ca_hash => self.ca_hash,
+                    node_ip, bind_port => API_BIND_PORT,
                 },
             )?;
             check_kinds(&t, &[("kubeadm.k8s.io/v1beta3", "JoinConfiguration")])
@@ -347,11 +363,16 @@ impl<'a> Renderer<'a> {
         Ok(p)
     }
 
+    /// The add-on values (checked against the charts' schemas by
+    /// [`super::addon_values::build`]); the first control plane only.
     fn addon_values(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
-        Ok(match (&self.addon_values, n.mode) {
-            (Some(v), JoinMode::Init) => Part::file(paths::ADDON_VALUES, "0600", v.clone()),
-            _ => Part::default(),
-        })
+        let mut p = Part::default();
+        if n.mode == JoinMode::Init {
+            for (path, content) in &self.addon_files {
+                p.files.push(File { path: path.clone(), mode: "0600", content: content.clone() });
+            }
+        }
+        Ok(p)
     }
 
     fn cluster_networks(&self, _: &NodePlan) -> Result<Part, CloudInitError> {

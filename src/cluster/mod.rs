@@ -4,12 +4,14 @@
 //! ([`pki`]) once; `imgbuild cloud-init` reads both and renders every node's seed,
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
+pub mod addnode;
 pub mod diag;
 pub mod init;
 pub mod net;
 pub mod pki;
 pub mod plan;
 pub mod spec;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 

@@ -228,8 +228,9 @@ impl FromStr for Endpoint {
             },
         };
         let host = match host.parse::<IpAddr>() {
+            // (loopback stays possible: a single-node cluster may use its own 127.0.0.1)
             Ok(ip) => {
-                if let Some(why) = unroutable(ip) {
+                if let Some(why) = unroutable(ip).filter(|_| !ip.is_loopback()) {
                     return Err(format!("{ip} is {why}: nodes and clients cannot reach the API there"));
                 }
                 Host::Ip(ip)
@@ -392,11 +393,12 @@ mod tests {
         let e: Endpoint = "[fd00::1]:443".parse().unwrap();
         assert_eq!((e.ip(), e.to_string()), (Some("fd00::1".parse().unwrap()), "[fd00::1]:443".into()));
         assert_eq!("fd00::1".parse::<Endpoint>().unwrap().to_string(), "[fd00::1]:6443");
-        for bad in ["a b:1", "x:0", "0.0.0.0:6443", "[::]:6443", "127.0.0.1", "224.0.0.1", "255.255.255.255"]
-        {
+        for bad in ["a b:1", "x:0", "0.0.0.0:6443", "[::]:6443", "224.0.0.1", "255.255.255.255"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad} accepted");
         }
         assert!("0.0.0.0".parse::<Endpoint>().unwrap_err().contains("unspecified"));
+        // a single-node cluster may name its own loopback address
+        assert!("127.0.0.1:6443".parse::<Endpoint>().is_ok());
     }
 
     #[test]
