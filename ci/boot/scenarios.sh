@@ -305,6 +305,7 @@ scenario_worker() {
 }
 
 scenario_cp_init() {
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
   local dir=$1 node bad=0 t_init t_add keep_raw=1
   node=$(node_name control-plane 1)
   boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1 "$(cp_nics 1)"
@@ -373,6 +374,7 @@ check_join_lock() { # RECDIR
 }
 
 scenario_cp_join() {
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
   local dir=$1 node bad=0 keep_raw=1
   node=$(node_name control-plane 2)
   boot_node "$dir" control-plane "$node" boot1 "" "$(cp_nics 2)"
