@@ -1199,6 +1199,8 @@ fn scrub_removes_every_copy_of_user_data_secrets_once_joined() {
     assert!(inst.join("user-data.txt").exists() && n.p("etc/imgbuild/pki/ca.key").exists());
 
     ok(&n.run(&[]));
+    // an add-on's values override (cluster.yaml addons.values.<release>) sits next to them
+    fs::write(n.p("etc/imgbuild/addons/ingress-nginx.yaml"), "controller: {replicaCount: 2}\n").unwrap();
     // the add-on installer is still at work: its values stay
     fs::create_dir_all(n.p("var/lib/imgbuild/addons")).unwrap();
     let resume = n.p("etc/systemd/system/multi-user.target.wants/imgbuild-addons.service");
@@ -1208,6 +1210,7 @@ fn scrub_removes_every_copy_of_user_data_secrets_once_joined() {
     let console = String::from_utf8_lossy(&o.stdout);
     assert!(console.contains("removed 14 copies of user-data's secrets"), "{console}");
     assert!(n.p("etc/imgbuild/addons/values.yaml").exists());
+    assert!(n.p("etc/imgbuild/addons/ingress-nginx.yaml").exists());
     let status: serde_json::Value =
         serde_json::from_slice(&fs::read(n.p("run/imgbuild/scrub.json")).unwrap()).unwrap();
     assert_eq!(status["state"], "done");
@@ -1243,7 +1246,7 @@ fn scrub_removes_every_copy_of_user_data_secrets_once_joined() {
     // the installer is done: the values go too; a second run finds nothing left
     fs::remove_file(&resume).unwrap();
     scrub(&n);
-    assert!(!n.p("etc/imgbuild/addons/values.yaml").exists());
+    assert!(!n.p("etc/imgbuild/addons").exists());
     let o = scrub(&n);
     assert!(String::from_utf8_lossy(&o.stdout).contains("no copy of user-data's secrets left"));
 }
