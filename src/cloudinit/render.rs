@@ -138,8 +138,8 @@ fn cluster_networks_text(l: &ClusterPlan) -> String {
         Some(n) => n.into_iter().for_each(|c| add("node", c)),
         // nodes on DHCP without a declared network: the image's default private ranges
         None => {
-            use crate::layer::firewall::{DEFAULT_CLUSTER_V4, DEFAULT_CLUSTER_V6};
-            for s in DEFAULT_CLUSTER_V4.iter().chain(DEFAULT_CLUSTER_V6) {
+            use crate::types::private_ranges::{V4, V6};
+            for s in V4.iter().chain(V6) {
                 if let Ok(c) = s.parse() {
                     add("private", c);
                 }

@@ -89,10 +89,8 @@ pub fn rules(role: Role) -> Vec<Rule> {
     COMMON.iter().chain(extra).copied().collect()
 }
 
-/// Default members of the cluster network sets: RFC 1918 private ranges, RFC 6598
-/// shared address space (used by some clouds and CNIs), IPv6 unique local.
-pub const DEFAULT_CLUSTER_V4: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"];
-pub const DEFAULT_CLUSTER_V6: &[&str] = &["fc00::/7"];
+/// Default members of the cluster network sets (see [`crate::types::private_ranges`]).
+pub use crate::types::private_ranges::{V4 as DEFAULT_CLUSTER_V4, V6 as DEFAULT_CLUSTER_V6};
 
 /// Where an operator drops extra rules (included last).
 pub const INCLUDE_DIR: &str = "/etc/nftables.d";
