@@ -31,8 +31,6 @@ pub enum LayerError {
     MissingMember { artifact: String, member: String, blob: PathBuf, some_members: String },
     #[error("{path} is installed by both artifact {first:?} and artifact {second:?}")]
     Conflict { path: String, first: String, second: String },
-    #[error("{0:?} is not a network in CIDR form (address/prefix-length)")]
-    BadNetwork(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -41,10 +39,9 @@ impl Classify for LayerError {
     fn code(&self) -> Code {
         match self {
             // The recipe names a member or layout the verified archive does not have.
-            LayerError::Archive { .. }
-            | LayerError::MissingMember { .. }
-            | LayerError::Conflict { .. }
-            | LayerError::BadNetwork(_) => Code::Input,
+            LayerError::Archive { .. } | LayerError::MissingMember { .. } | LayerError::Conflict { .. } => {
+                Code::Input
+            }
             LayerError::MissingDownload(_) | LayerError::Io { .. } => Code::Runtime,
         }
     }
