@@ -41,6 +41,9 @@ pub enum DiskError {
     NoRoot { path: String, label: String, found: String },
     #[error("{path}: the partition labelled {label:?} (partition {part}) holds {fs}, not ext4")]
     RootNotExt4 { path: String, label: String, part: u32, fs: String },
+    /// The root filesystem's own metadata does not hold together.
+    #[error("{path}: the filesystem labelled {label:?} (partition {part}) is corrupt: {msg}")]
+    BadFs { path: String, label: String, part: u32, msg: String },
     #[error(
         "not enough free space in the root filesystem: the layer needs {need_mib} MiB, \
          {free_mib} MiB are free; pass a larger --disk-size (e.g. --disk-size {suggest})"
@@ -89,6 +92,7 @@ impl Classify for DiskError {
             | DiskError::NoGpt { .. }
             | DiskError::NoRoot { .. }
             | DiskError::RootNotExt4 { .. }
+            | DiskError::BadFs { .. }
             | DiskError::NoSpace { .. }
             | DiskError::BadSize(..)
             | DiskError::Shrink { .. }
@@ -103,6 +107,10 @@ impl Classify for DiskError {
         }
     }
 }
+
+/// Reads bytes at an offset: of a disk (a raw file, or a qcow2 image's guest view) or
+/// of a partition.
+pub type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + 'a;
 
 /// Sector size of every image imgbuild handles (cloud images use 512-byte LBAs).
 pub const SECTOR: u64 = 512;

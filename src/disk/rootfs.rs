@@ -41,8 +41,17 @@ impl RootFs {
             std::fs::File::open(image).map_err(DiskError::io(format!("opening {}", image.display())))?;
         let mut found = Vec::new();
         for p in parts {
-            let probe = ext4::probe(&mut f, p.offset()).map_err(DiskError::io("reading a partition"))?;
+            let probe =
+                ext4::probe(&mut f, p.offset(), p.len()).map_err(DiskError::io("reading a partition"))?;
             match probe {
+                Probe::BadExt(l, msg) if l == label => {
+                    return Err(DiskError::BadFs {
+                        path: image.display().to_string(),
+                        label: l,
+                        part: p.number,
+                        msg,
+                    });
+                }
                 Probe::Ext(sb) if sb.label == label => {
                     if !sb.is_ext4() {
                         return Err(DiskError::RootNotExt4 {
@@ -80,7 +89,8 @@ impl RootFs {
     pub fn on_partition_copy(file: &Path, part: Partition, backing: Backing) -> Result<RootFs, DiskError> {
         let mut f =
             std::fs::File::open(file).map_err(DiskError::io(format!("opening {}", file.display())))?;
-        let sb = match ext4::probe(&mut f, 0).map_err(DiskError::io("reading the partition copy"))? {
+        let len = f.metadata().map_err(DiskError::io("reading the partition copy"))?.len();
+        let sb = match ext4::probe(&mut f, 0, len).map_err(DiskError::io("reading the partition copy"))? {
             Probe::Ext(sb) => sb,
             _ => {
                 return Err(DiskError::Corrupt {
@@ -154,7 +164,10 @@ impl RootFs {
         if self.backing.is_some() {
             let mut f = std::fs::File::open(&self.image)
                 .map_err(DiskError::io(format!("opening {}", self.image.display())))?;
-            if let Probe::Ext(sb) = ext4::probe(&mut f, 0).map_err(DiskError::io("reading the superblock"))? {
+            let len = f.metadata().map_err(DiskError::io("reading the superblock"))?.len();
+            if let Probe::Ext(sb) =
+                ext4::probe(&mut f, 0, len).map_err(DiskError::io("reading the superblock"))?
+            {
                 self.sb = sb;
             }
             return Ok(());
