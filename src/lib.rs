@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod layer;
 pub mod lint;
 pub mod manifest;
+pub mod nodup;
 pub mod output;
 pub mod plan;
 pub mod progress;

@@ -171,3 +171,135 @@ fn checkers_refuse_a_gpt_with_256_byte_entries() {
     );
     assert_refused(&o, "lint --image", "128-byte entries");
 }
+
+/// The embedded default recipe with `from` replaced by `to` (once; it must occur).
+fn recipe_text(edits: &[(&str, &str)]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
+    let mut t = std::fs::read_to_string(path).unwrap();
+    for (from, to) in edits {
+        assert!(t.contains(from), "{from}");
+        t = t.replacen(from, to, 1);
+    }
+    t
+}
+
+/// `recipe show` (reads and validates the recipe, nothing else) on an edited recipe.
+fn show(edits: &[(&str, &str)]) -> Output {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("r.yaml");
+    std::fs::write(&p, recipe_text(edits)).unwrap();
+    run_limited(imgbuild().args(["recipe", "show", "--recipe"]).arg(&p), Duration::from_secs(30))
+}
+
+/// Exit 2 naming `field` at `line` (1-based, in the edited text) and saying `needle`.
+fn refused_at(o: &Output, field: &str, line: usize, needle: &str) {
+    let e = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains(&format!("{field} (line {line})")), "wanted {field} (line {line}): {e}");
+    assert!(e.contains(needle), "wanted {needle:?}: {e}");
+}
+
+const KUBEADM_TO: &str = "      - to: /usr/local/bin/kubeadm\n";
+/// Line of kubeadm's `to:` in the default recipe.
+fn kubeadm_to_line() -> usize {
+    recipe_text(&[]).lines().position(|l| l == KUBEADM_TO.trim_end()).unwrap() + 1
+}
+
+/// `to: /` used to build with exit 0 and write nothing.
+#[test]
+fn destination_root_is_refused() {
+    let o = show(&[(KUBEADM_TO, "      - to: /\n")]);
+    refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "root directory");
+}
+
+/// Paths imgbuild writes itself used to drop the artifact silently (the SBOM still
+/// listed it).
+#[test]
+fn destinations_imgbuild_owns_are_refused() {
+    for to in ["/etc/imgbuild/manifest.json", "/etc/imgbuild/release", "/usr/libexec/imgbuild/bootstrap"] {
+        let o = show(&[(KUBEADM_TO, &format!("      - to: {to}\n"))]);
+        refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "which imgbuild itself writes");
+    }
+}
+
+/// The `..` rule ran before templates were expanded; `.` and empty segments passed
+/// validation and failed inside debugfs.
+#[test]
+fn destinations_are_checked_expanded_and_normalised() {
+    let o = show(&[
+        ("    version: v1.30.3\n    roles: [control-plane, worker]\n    urls:\n      - https://dl.k8s.io/release/{version}/bin/linux/{arch}/kubeadm",
+         "    version: ../../etc\n    roles: [control-plane, worker]\n    urls:\n      - https://dl.k8s.io/release/v1.30.3/bin/linux/{arch}/kubeadm"),
+        (KUBEADM_TO, "      - to: /usr/local/{version}/kubeadm\n"),
+    ]);
+    refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "`..` segment");
+    assert!(stderr(&o).contains("/usr/local/../../etc/kubeadm"), "{}", stderr(&o));
+    for (to, needle) in [("/etc/./kubeadm", "write /etc/kubeadm"), ("//etc//kubeadm", "write /etc/kubeadm")] {
+        let o = show(&[(KUBEADM_TO, &format!("      - to: {to}\n"))]);
+        refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), needle);
+    }
+}
+
+/// `sha256: {amd64: A, amd64: B}` used to pin B silently.
+#[test]
+fn duplicate_keys_in_a_recipe_are_refused_at_the_repeat() {
+    let amd = "      amd64: bb78c2a27027278ee644d523f583ed7fdba48b4fbf31e3cfb0e309b6457dda69\n";
+    let twice =
+        format!("{amd}      amd64: 9a37ddd5ea026639b7d85e98fa742e392df7aa5ec917bed0711a451613de3c1c\n");
+    let o = show(&[(amd, &twice)]);
+    let line = recipe_text(&[]).lines().position(|l| l == amd.trim_end()).unwrap() + 2;
+    refused_at(&o, "artifacts[0].sha256.amd64", line, "duplicate key \"amd64\"");
+}
+
+/// Out of ext4's range the image said 1969 while the SBOM said year 584554051223.
+#[test]
+fn source_date_epoch_outside_ext4_is_refused() {
+    let o = show(&[("source_date_epoch: 1724198400", "source_date_epoch: 18446744073709551615")]);
+    let line = recipe_text(&[]).lines().position(|l| l.starts_with("source_date_epoch:")).unwrap() + 1;
+    refused_at(&o, "source_date_epoch", line, "2446-05-10");
+}
+
+/// An unclosed `{version` was reported as the unknown variable `{version}`.
+#[test]
+fn an_unclosed_template_brace_is_named_as_such() {
+    let o = show(&[(KUBEADM_TO, "      - to: /usr/local/bin/kubeadm-{version\n")]);
+    refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "unclosed `{`");
+    assert!(!stderr(&o).contains("unknown template variable"), "{}", stderr(&o));
+}
+
+/// setuid/setgid bits need `setid: true`; with it the recipe is accepted.
+#[test]
+fn setuid_modes_need_an_explicit_opt_in() {
+    let o = show(&[(KUBEADM_TO, &format!("{KUBEADM_TO}        mode: \"4755\"\n"))]);
+    refused_at(&o, "artifacts[0].install[0].mode", kubeadm_to_line() + 1, "setid: true");
+    let o = show(&[(KUBEADM_TO, &format!("{KUBEADM_TO}        mode: \"4755\"\n        setid: true\n"))]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// cluster.yaml: a repeated key is named with its path and the line of the repeat.
+#[test]
+fn duplicate_keys_in_cluster_yaml_are_refused_at_the_repeat() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("c");
+    let o = imgbuild()
+        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
+        .args(["--control-planes", "1", "--workers", "1", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let spec = dir.join("cluster.yaml");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let pod = text.lines().find(|l| l.trim_start().starts_with("pod_cidr:")).unwrap().to_string();
+    let line = text.lines().position(|l| l == pod).unwrap() + 2;
+    std::fs::write(&spec, text.replacen(&pod, &format!("{pod}\n{pod}"), 1)).unwrap();
+    let out = d.path().join("seeds");
+    let o = imgbuild()
+        .args(["cloud-init", "--all", "--cluster"])
+        .arg(&spec)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains(&format!(":{line}: networking.pod_cidr: duplicate key")), "{e}");
+}

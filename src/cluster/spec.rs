@@ -268,6 +268,11 @@ impl Problems<'_> {
 
 /// Parse and validate `cluster.yaml` text. Warnings are returned, errors fail.
 pub fn parse(src: &str, origin: &str) -> Result<Loaded, ClusterError> {
+    crate::nodup::check_yaml(src).map_err(|d| {
+        let at = d.line.map(|l| format!(":{l}")).unwrap_or_default();
+        let path = if d.path.is_empty() { d.key.clone() } else { format!("{}.{}", d.path, d.key) };
+        ClusterError::Invalid(format!("{origin}{at}: {path}: {d} (a key may appear once in a mapping)"))
+    })?;
     let lines = crate::yamlpos::lines(src);
     let de = serde_yaml::Deserializer::from_str(src);
     let spec: ClusterSpec = serde_path_to_error::deserialize(de).map_err(|e| {
