@@ -65,10 +65,13 @@ impl MarkedEventReceiver for Collector {
                 if is_key {
                     let seg = if self.prefix.concat().is_empty() { v.clone() } else { format!(".{v}") };
                     let path = self.path_of(&seg);
-                    if self.lines.contains_key(&path) {
-                        self.again.entry(path).or_insert(line);
-                    } else {
-                        self.lines.insert(path, line);
+                    match self.lines.entry(path) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            self.again.entry(e.key().clone()).or_insert(line);
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(line);
+                        }
                     }
                     if let Some(Frame::Map { key }) = self.stack.last_mut() {
                         *key = Some(v);
