@@ -147,6 +147,10 @@ pub fn file_entry(path: &str, e: &Entry) -> Result<FileEntry, LayerError> {
 /// Add the release file and the manifest to `layer`; return the manifest.
 pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<Manifest, LayerError> {
     layer.file(RELEASE_PATH, Content::Bytes(release_text(plan).into_bytes()), 0o644);
+    layer.file(manifest::IN_IMAGE_PATH, Content::Bytes(Vec::new()), 0o644);
+    if !layer.clashes().is_empty() {
+        return Err(LayerError::Clash(layer.clashes().to_vec()));
+    }
     let files = layer
         .iter()
         .filter(|(p, _)| p.as_str() != manifest::IN_IMAGE_PATH)
