@@ -587,7 +587,7 @@ fn an_artifact_on_a_path_imgbuild_writes_is_a_clash() {
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let mut layer = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
-    let e = anyhow::Error::from(imgbuild::layer::seal(&mut layer, &plan).unwrap_err());
+    let e = imgbuild::layer::seal(&mut layer, &plan).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("/etc/containerd/config.toml") && msg.contains("\"kubeadm\""), "{msg}");
     assert_eq!(imgbuild::exit::code_for(&e), imgbuild::exit::Code::Input);
