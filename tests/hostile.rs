@@ -303,3 +303,38 @@ fn duplicate_keys_in_cluster_yaml_are_refused_at_the_repeat() {
     let e = stderr(&o);
     assert!(e.contains(&format!(":{line}: networking.pod_cidr: duplicate key")), "{e}");
 }
+
+/// noble has `/lib` → `usr/lib`: a `to:` through it used to fail inside debugfs with
+/// "-p: Ext2 inode is not a directory", naming neither the path nor the symlink.
+#[test]
+fn a_destination_through_a_base_symlink_names_the_symlink() {
+    let fx = fixture::noble_fixture();
+    let spec = format!("{}?offset={}", fx.base.raw.display(), fx.base.part(1).offset);
+    let (_, qcow2) = edited_base(&fx, "usrmerge", |d| {
+        let spec = spec.replace(&fx.base.raw.display().to_string(), &d.display().to_string());
+        sh(Command::new("debugfs").args(["-w", "-R", "mkdir /usr/lib"]).arg(&spec));
+        sh(Command::new("debugfs").args(["-w", "-R", "symlink /lib usr/lib"]).arg(&spec));
+    });
+    let recipe = fx.recipe_with_base(&qcow2);
+    let text = std::fs::read_to_string(&recipe).unwrap();
+    assert!(text.contains("to: /usr/local/bin/kubeadm"));
+    std::fs::write(&recipe, text.replacen("to: /usr/local/bin/kubeadm", "to: /lib/kubeadm-tools/kubeadm", 1))
+        .unwrap();
+    for format in ["qcow2", "raw"] {
+        let out = fx.dir.path().join(format!("out-{format}"));
+        let o = run_limited(
+            imgbuild()
+                .args(["build", "--format", format, "--recipe", recipe.to_str().unwrap()])
+                .args(["--cache-dir", fx.cache.to_str().unwrap(), "--output", out.to_str().unwrap()])
+                .args(fx.mirrors.iter().flat_map(|m| ["--mirror", m.as_str()])),
+            Duration::from_secs(120),
+        );
+        assert_refused(
+            &o,
+            format,
+            "/lib/kubeadm-tools/kubeadm: /lib is a symlink in the base image (-> usr/lib)",
+        );
+        assert!(stderr(&o).contains("install below /usr/lib instead"), "{}", stderr(&o));
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
+    }
+}

@@ -181,7 +181,11 @@ impl Debugfs {
         c.arg("-f").arg(f.path()).arg(&self.spec);
         let out = self.exec(c, None)?;
         let errs = error_lines(&out.stderr);
-        if let Some(e) = errs.iter().find(|e| !e.contains("File not found")) {
+        // A path that is missing, or is not a directory (a symlink, a file), lists
+        // nothing; callers tell those apart from the parent's listing.
+        if let Some(e) =
+            errs.iter().find(|e| !e.contains("File not found") && !e.contains("inode is not a directory"))
+        {
             return Err(DiskError::Debugfs(e.clone()));
         }
         Ok(parse_listing(&String::from_utf8_lossy(&out.stdout)))

@@ -201,8 +201,9 @@ impl Superblock {
     }
 }
 
-/// 2446-05-10T22:38:55Z: signed 32-bit seconds plus two epoch bits (`i_*time_extra`).
-pub const MAX_TIME_EXTRA: u64 = i32::MAX as u64 + 3 * (1 << 32);
+/// 2446-05-10T22:38:55Z: signed 32-bit seconds plus two epoch bits (`i_*time_extra`),
+/// the limit recipes are validated against.
+pub const MAX_TIME_EXTRA: u64 = crate::recipe::MAX_SOURCE_DATE_EPOCH;
 
 /// What a partition holds, as far as the root search cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -362,6 +363,18 @@ mod tests {
         assert!(sb.is_ext4());
         let Probe::Ext(old) = probe_bytes(&ext_head("x", 0x2)) else { panic!("not ext") };
         assert!(!old.is_ext4());
+    }
+
+    /// 256-byte inodes store times to 2446 (what recipes may ask for), 128-byte ones
+    /// only to 2038: the disk refuses a later source_date_epoch for those.
+    #[test]
+    fn the_latest_storable_time_follows_the_inode_size() {
+        let Probe::Ext(big) = probe_bytes(&ext_head("r", 0x2c2)) else { panic!("not ext") };
+        assert_eq!(big.max_time(), crate::recipe::MAX_SOURCE_DATE_EPOCH);
+        let mut h = ext_head("r", 0x2c2);
+        h[1024 + 0x58..1024 + 0x5a].copy_from_slice(&128u16.to_le_bytes());
+        let Probe::Ext(small) = probe_bytes(&h) else { panic!("not ext") };
+        assert_eq!(small.max_time(), i32::MAX as u64);
     }
 
     #[test]

@@ -63,6 +63,16 @@ pub enum DiskError {
     BadPath(String),
     #[error("{path} exists in the base image as a {existing}; the layer wants a {wanted} there")]
     TypeClash { path: String, existing: String, wanted: String },
+    #[error(
+        "{path}: {symlink} is a symlink in the base image (-> {target}); nothing is written through \
+         a symlink: install below {resolved} instead"
+    )]
+    ThroughSymlink { path: String, symlink: String, target: String, resolved: String },
+    #[error(
+        "source_date_epoch {epoch} is after {limit}, the last time the root filesystem's \
+         {inode_size}-byte inodes can store"
+    )]
+    TimeRange { epoch: u64, limit: &'static str, inode_size: u64 },
     #[error("e2fsck found problems in the root filesystem after writing:\n{0}")]
     Fsck(String),
     #[error("{path}: {msg}")]
@@ -98,6 +108,8 @@ impl Classify for DiskError {
             | DiskError::Shrink { .. }
             | DiskError::BadPath(_)
             | DiskError::TypeClash { .. }
+            | DiskError::ThroughSymlink { .. }
+            | DiskError::TimeRange { .. }
             | DiskError::BadImage { .. } => Code::Input,
             DiskError::Tool { .. }
             | DiskError::Debugfs(_)
