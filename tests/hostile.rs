@@ -338,3 +338,55 @@ fn a_destination_through_a_base_symlink_names_the_symlink() {
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
     }
 }
+
+/// "A present blob is a verified blob" let an edited cache entry, or one replaced by a
+/// symlink to /etc/passwd, into the image with exit 0 while the SBOM showed the pinned
+/// digest. Now: exit 3 naming the entry, nothing written, the entry removed, and the
+/// next run downloads it again.
+#[test]
+fn a_tampered_cache_entry_is_an_integrity_failure() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    let build = || {
+        run_limited(
+            imgbuild().args(["build", "--output", out.to_str().unwrap()]).args(fx.source_args()),
+            Duration::from_secs(120),
+        )
+    };
+    let o = build();
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&out).unwrap();
+    let blob = fx.cache.join("sha256").join(&fx.blobs["kubelet"].sha256);
+    let passwd = fx.dir.path().join("passwd");
+    std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    let edits: [(&str, Box<dyn Fn()>); 2] = [
+        (
+            "edited",
+            Box::new(|| {
+                let mut b = std::fs::read(&blob).unwrap();
+                b[0] ^= 0x20;
+                std::fs::write(&blob, b).unwrap();
+            }),
+        ),
+        (
+            "symlink",
+            Box::new(|| {
+                std::fs::remove_file(&blob).unwrap();
+                std::os::unix::fs::symlink(&passwd, &blob).unwrap();
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        edit();
+        let o = build();
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("cache entry {}", blob.display())), "{what}: {}", stderr(&o));
+        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "{what}: output written");
+        assert!(std::fs::symlink_metadata(&blob).is_err(), "{what}: entry kept");
+        assert!(passwd.exists());
+        let o = build();
+        assert!(o.status.success(), "{what}: the next run downloads it again: {}", stderr(&o));
+        assert_eq!(fixture::sha256_file(&blob), fx.blobs["kubelet"].sha256);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
