@@ -359,7 +359,8 @@ fn a_tampered_cache_entry_is_an_integrity_failure() {
     let blob = fx.cache.join("sha256").join(&fx.blobs["kubelet"].sha256);
     let passwd = fx.dir.path().join("passwd");
     std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    let edits: [(&str, Box<dyn Fn()>); 2] = [
+    type Edit<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let edits: [Edit; 2] = [
         (
             "edited",
             Box::new(|| {
