@@ -590,7 +590,7 @@ fn an_artifact_on_a_path_imgbuild_writes_is_a_clash() {
     let e = imgbuild::layer::seal(&mut layer, &plan).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("/etc/containerd/config.toml") && msg.contains("\"kubeadm\""), "{msg}");
-    assert_eq!(imgbuild::exit::Classify::code(&e), imgbuild::exit::Code::Input);
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Input);
     // A file where the layer needs a directory is refused the same way.
     let mut l = Layer::new(0);
     l.file("/etc/x", Content::Bytes(b"a".to_vec()), 0o644);
