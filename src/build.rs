@@ -56,15 +56,12 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
     let say = |m: &str| clock.say(m);
     std::fs::create_dir_all(&job.output_dir)
         .with_context(|| format!("creating output dir {}", job.output_dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".imgbuild-")
-        .tempdir_in(&job.output_dir)
+    let (tmp, swept) = disk::interrupt::work_dir(&job.output_dir, "")
         .with_context(|| format!("creating a temp dir in {}", job.output_dir.display()))?;
-    let work = tmp.path();
-    disk::interrupt::register(work.to_path_buf());
-    let r = build_in(job, compose, &tmp, &say);
-    disk::interrupt::forget(work);
-    let out = r?;
+    for d in swept {
+        say(&format!("removed {}, left behind by a build that was killed", d.display()));
+    }
+    let out = build_in(job, compose, tmp.path(), &say)?;
     tmp.close().context("removing the build's temp dir")?;
     say("done");
     Ok(out)
@@ -73,11 +70,10 @@ pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
 fn build_in(
     job: &Job,
     compose: &Composer,
-    tmp: &tempfile::TempDir,
+    work: &Path,
     say: &dyn Fn(&str),
 ) -> Result<crate::output::Outputs> {
     let plan = job.plan;
-    let work = tmp.path();
     let layer_dir = work.join("layer");
     std::fs::create_dir_all(&layer_dir)?;
 

@@ -15,12 +15,11 @@ use crate::manifest::{FileKind, Manifest, IN_IMAGE_PATH};
 pub fn inspect(image: &Path, root_label: &str) -> Result<Manifest> {
     // A qcow2 (or vmdk, vhdx, vhd, ova) needs a raw view for debugfs: a sparse temp
     // copy beside the image when that directory is writable, else in the system temp dir.
-    let tmp = image
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .and_then(|p| tempfile::Builder::new().prefix(".imgbuild-inspect-").tempdir_in(p).ok())
+    let beside = image.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let (tmp, _) = beside
+        .and_then(|p| disk::interrupt::work_dir(p, "inspect-").ok())
         .map(Ok)
-        .unwrap_or_else(tempfile::tempdir)
+        .unwrap_or_else(|| disk::interrupt::work_dir(&std::env::temp_dir(), "inspect-"))
         .context("creating a temp dir")?;
     let raw = match disk::formats::raw_view(image, tmp.path())? {
         Some(r) => r,

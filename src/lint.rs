@@ -112,14 +112,14 @@ struct Image {
     path: PathBuf,
     manifest: Manifest,
     /// Keeps the raw copy of a qcow2 alive while `root` reads it.
-    _tmp: tempfile::TempDir,
+    _tmp: crate::disk::interrupt::WorkDir,
     root: crate::disk::RootFs,
 }
 
 impl Image {
     fn open(path: &Path, label: &str) -> Result<Image> {
         let manifest = crate::inspect::inspect(path, label)?;
-        let tmp = tempfile::tempdir()?;
+        let (tmp, _) = crate::disk::interrupt::work_dir(&std::env::temp_dir(), "lint-")?;
         let fmt = crate::disk::detect(path)?;
         let raw = match fmt {
             crate::disk::BaseFormat::Raw => path.to_path_buf(),

@@ -391,3 +391,109 @@ fn a_tampered_cache_entry_is_an_integrity_failure() {
         std::fs::remove_dir_all(&out).unwrap();
     }
 }
+
+/// The pids of running processes whose parent is `parent` and whose command is `name`.
+fn children_named(parent: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some((comm, rest)) = stat.split_once(") ") else { continue };
+        let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && comm.ends_with(&format!("({name}")) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push(e.path());
+            if e.file_type().unwrap().is_dir() {
+                out.extend(tree(&e.path()));
+            }
+        }
+    }
+    out
+}
+
+/// SIGINT while debugfs runs used to leave its command file in $TMPDIR: commands now
+/// go through a pipe, so nothing is ever there to leave.
+#[test]
+fn sigint_during_debugfs_leaves_nothing_in_tmpdir() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    let tmpdir = fx.dir.path().join("tmpdir");
+    std::fs::create_dir_all(&tmpdir).unwrap();
+    let mut child = imgbuild()
+        .env("TMPDIR", &tmpdir)
+        .args(["build", "--role", "control-plane", "--output", out.to_str().unwrap()])
+        .args(fx.source_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let hit = loop {
+        if !children_named(child.id(), "debugfs").is_empty() {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || start.elapsed() > Duration::from_secs(120) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(hit, "never saw debugfs running");
+    sh(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.code() == Some(130) || o.status.success(), "{}", stderr(&o));
+    assert_eq!(tree(&tmpdir), Vec::<PathBuf>::new(), "left in $TMPDIR");
+    if o.status.code() == Some(130) {
+        assert_eq!(tree(&out), Vec::<PathBuf>::new(), "left in the output dir");
+    }
+}
+
+/// After SIGKILL nothing runs: the build's temp dir (a working copy of the disk) used
+/// to stay forever. The next build in that output dir removes it, because its owner's
+/// lock died with the owner; the live build of a second process is left alone.
+#[test]
+fn the_next_build_removes_a_killed_builds_temp_dir() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut child = imgbuild()
+        .args(["build", "--output", out.to_str().unwrap()])
+        .args(fx.source_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let left = loop {
+        let found = tree(&out).into_iter().find(|p| p.ends_with("root.partition") || p.ends_with("disk.raw"));
+        if let Some(p) = found {
+            break p.parent().unwrap().to_path_buf();
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "no working copy appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(left.exists(), "SIGKILL runs no cleanup");
+    // Age the marker past the grace period instead of sleeping through it.
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
+    std::fs::File::options().write(true).open(left.join(".owner")).unwrap().set_modified(old).unwrap();
+    let o = run_limited(
+        imgbuild().args(["build", "--output", out.to_str().unwrap()]).args(fx.source_args()),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!left.exists(), "stale temp dir kept");
+    assert!(stderr(&o).contains(&format!("removed {}", left.display())), "{}", stderr(&o));
+    let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".imgbuild-")), "{names:?}");
+}

@@ -34,7 +34,8 @@ pub fn status_from_cache(lr: &LoadedRecipe, arch: Arch, cache: &Cache) -> Result
             cache.root().display()
         )));
     };
-    let tmp = tempfile::tempdir().map_err(super::io("creating a temp dir"))?;
+    let (tmp, _) =
+        disk::interrupt::work_dir(&std::env::temp_dir(), "apt-").map_err(super::io("creating a temp dir"))?;
     let fmt = disk::detect(&blob).map_err(disk_err)?;
     let raw = tmp.path().join("base.raw");
     disk::qemu::to_raw(&blob, fmt, &raw).map_err(disk_err)?;
