@@ -497,3 +497,59 @@ fn the_next_build_removes_a_killed_builds_temp_dir() {
     let names: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".imgbuild-")), "{names:?}");
 }
+
+/// A file of a .tgz, by its path in the archive.
+fn tgz_file(tgz: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut a = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(tgz).unwrap()));
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut b).unwrap();
+            return Some(b);
+        }
+    }
+    None
+}
+
+/// `chart package` used to follow a symlink out of the chart and pack a host file.
+/// Like `helm package`, links are followed, but only to files inside the chart.
+#[test]
+fn chart_package_never_packs_a_file_outside_the_chart() {
+    let d = tempfile::tempdir().unwrap();
+    let chart = d.path().join("demo");
+    std::fs::create_dir_all(chart.join("templates")).unwrap();
+    std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: demo\nversion: 0.1.0\n").unwrap();
+    std::fs::write(chart.join("values.yaml"), "replicas: 1\n").unwrap();
+    let host = d.path().join("host-secret");
+    std::fs::write(&host, "password: hunter2\n").unwrap();
+    let out = d.path().join("out");
+    let package = || {
+        run_limited(
+            imgbuild().args(["chart", "package", "--out"]).arg(&out).arg(&chart),
+            Duration::from_secs(30),
+        )
+    };
+    // Inside the chart: followed, packed with the target's bytes (what Helm does).
+    std::os::unix::fs::symlink("../values.yaml", chart.join("templates/values-copy.yaml")).unwrap();
+    let o = package();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let tgz = out.join("demo-0.1.0.tgz");
+    assert_eq!(tgz_file(&tgz, "demo/templates/values-copy.yaml").unwrap(), b"replicas: 1\n");
+    std::fs::remove_dir_all(&out).unwrap();
+    // Out of the chart, directly or through a linked directory: refused, nothing written.
+    for (link, target) in [("templates/leak.yaml", host.clone()), ("linked", d.path().to_path_buf())] {
+        std::os::unix::fs::symlink(&target, chart.join(link)).unwrap();
+        let o = package();
+        assert_eq!(o.status.code(), Some(2), "{link}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("{link}: symlink to")), "{}", stderr(&o));
+        assert!(stderr(&o).contains("leaves the chart directory"), "{}", stderr(&o));
+        assert!(!out.join("demo-0.1.0.tgz").exists(), "{link}: packed anyway");
+        std::fs::remove_file(chart.join(link)).unwrap();
+    }
+    // A fifo is not a chart file (Helm: "cannot load irregular file").
+    sh(Command::new("mkfifo").arg(chart.join("templates/pipe")));
+    let o = package();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("templates/pipe: not a regular file"), "{}", stderr(&o));
+}
