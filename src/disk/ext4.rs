@@ -377,6 +377,32 @@ mod tests {
         assert_eq!(small.max_time(), i32::MAX as u64);
     }
 
+    /// Random edits of a valid superblock: accepted ones hold together, none panic.
+    #[test]
+    fn random_edits_never_panic() {
+        let good = ext_head("r", 0x2c2);
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50_000 {
+            let mut h = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = 1024 + (next() % 0x200) as usize & !3;
+                let v = [0, 1, u32::MAX, 1 << (next() % 32), next() as u32][(next() % 5) as usize];
+                h[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            let mut c = std::io::Cursor::new(&h);
+            if let Probe::Ext(sb) = probe(&mut c, 0, 1 << 40).unwrap() {
+                assert!(sb.first_data_block < sb.blocks && sb.inodes_per_group <= 8 * sb.block_size);
+                assert_eq!(sb.groups * sb.inodes_per_group, sb.inodes as u64);
+            }
+        }
+    }
+
     #[test]
     fn other_filesystems_are_named() {
         let mut x = vec![0u8; 4096];

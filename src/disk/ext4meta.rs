@@ -474,6 +474,66 @@ mod tests {
         }
     }
 
+    /// Random edits of a real filesystem's metadata (superblock, descriptors, the
+    /// first inodes, directory and extent blocks): the walk ends, with or without an
+    /// error, and never panics.
+    #[test]
+    fn random_metadata_edits_end_without_panic() {
+        let Some(mke2fs) = tool("mke2fs") else {
+            eprintln!("e2fsprogs missing; skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        for i in 0..40 {
+            std::fs::write(tree.join(format!("a/b/f{i}")), vec![b'x'; i * 3000]).unwrap();
+        }
+        std::os::unix::fs::symlink("a/".repeat(40), tree.join("slow")).unwrap();
+        let img = d.path().join("fs.img");
+        for opts in [&["-t", "ext4"][..], &["-t", "ext3", "-b", "1024"][..]] {
+            let ok = Command::new(&mke2fs)
+                .args(["-q", "-F", "-L", "t", "-d"])
+                .arg(&tree)
+                .args(opts)
+                .arg(&img)
+                .arg("8M")
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let good = std::fs::read(&img).unwrap();
+            let out = tempfile::tempfile().unwrap();
+            let mut x = 0x1234_5678_9ABC_DEF1u64;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            // Metadata lives in the first 2 MiB here (tables, directories, extent blocks).
+            for _ in 0..150 {
+                let mut b = good.clone();
+                for _ in 0..1 + next() % 6 {
+                    let at = if next() % 2 == 0 { 1024 + next() % 8192 } else { next() % (2 << 20) } as usize;
+                    let at = at & !3;
+                    let v =
+                        [0, 1, u32::MAX, 1 << (next() % 32), next() as u32, 0xF30A][(next() % 6) as usize];
+                    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                let read = |buf: &mut [u8], at: u64| -> std::io::Result<()> {
+                    let src = b
+                        .get(at as usize..(at as usize).saturating_add(buf.len()))
+                        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                    buf.copy_from_slice(src);
+                    Ok(())
+                };
+                out.set_len(0).unwrap();
+                out.set_len(good.len() as u64).unwrap();
+                let _ = super::copy(&read, &out);
+            }
+        }
+    }
+
     /// Descriptors that put two groups' tables on the same blocks, and block maps that
     /// visit a block twice, are errors (bounded work), not walked.
     #[test]

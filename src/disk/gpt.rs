@@ -383,6 +383,57 @@ mod tests {
         assert!(parse_mem(&[0u8; 1024]).unwrap_err().contains("only 1024 bytes"));
     }
 
+    /// Many random edits of a valid table (CRCs usually recomputed): errors, no panic.
+    #[test]
+    fn random_edits_never_panic() {
+        let good = disk(256, 128, 128, &[(100, 150), (40, 99), (151, 200)]);
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refused = 0;
+        for _ in 0..3_000 {
+            let mut d = good.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % (34 * 512)) as usize;
+                match next() % 3 {
+                    0 => d[at] ^= 1 << (next() % 8),
+                    1 => d[at] = next() as u8,
+                    _ => {
+                        let at = at & !7;
+                        let v = [0, 1, u64::MAX, u64::MAX >> 1, 1 << (next() % 64), next()]
+                            [(next() % 6) as usize];
+                        d[at..at + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            if next() % 4 != 0 {
+                let (n, size) = (u32at(&d, 512 + 80) as usize, u32at(&d, 512 + 84) as usize);
+                if let Some(arr) = n.checked_mul(size).filter(|&l| l <= 16384) {
+                    let crc = CRC32.checksum(&d[1024..1024 + arr]);
+                    d[512 + 88..512 + 92].copy_from_slice(&crc.to_le_bytes());
+                }
+                if (92..=512).contains(&(u32at(&d, 512 + 12) as usize)) {
+                    let size = u32at(&d, 512 + 12) as usize;
+                    d[512 + 16..512 + 20].fill(0);
+                    let crc = CRC32.checksum(&d[512..512 + size]);
+                    d[512 + 16..512 + 20].copy_from_slice(&crc.to_le_bytes());
+                }
+            }
+            if let Ok(parts) = parse_mem(&d) {
+                for p in parts {
+                    assert!(p.first_lba <= p.last_lba && p.last_lba < 256, "{p:?}");
+                }
+            } else {
+                refused += 1;
+            }
+        }
+        assert!(refused > 300, "the edits hardly reached the checks: {refused} refused");
+    }
+
     fn reseal(d: &mut [u8]) {
         let h = &mut d[512..1024];
         h[16..20].fill(0);
