@@ -391,7 +391,7 @@ mod tests {
         for _ in 0..50_000 {
             let mut h = good.clone();
             for _ in 0..1 + next() % 4 {
-                let at = 1024 + (next() % 0x200) as usize & !3;
+                let at = (1024 + (next() % 0x200) as usize) & !3;
                 let v = [0, 1, u32::MAX, 1 << (next() % 32), next() as u32][(next() % 5) as usize];
                 h[at..at + 4].copy_from_slice(&v.to_le_bytes());
             }
