@@ -256,6 +256,9 @@ fn destination_problem(to: &str, dir: bool) -> Option<String> {
         let clean: Vec<&str> = segs.iter().copied().filter(|s| !s.is_empty() && *s != ".").collect();
         return Some(format!("is not normalised (empty or `.` segments); write /{}", clean.join("/")));
     }
+    if let Some(long) = segs.iter().find(|s| s.len() > 255) {
+        return Some(format!("has a name of {} bytes; ext4 names are at most 255", long.len()));
+    }
     // debugfs's command parser splits on whitespace and quotes.
     if body.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
         return Some("has whitespace, quotes or control characters".into());
@@ -662,6 +665,7 @@ mod tests {
             ("/a/./b", false, "write /a/b"),
             ("/a//b/", true, "write /a/b"),
             ("/a b", false, "whitespace"),
+            (&format!("/usr/{}", "n".repeat(256)), false, "at most 255"),
             ("/etc/imgbuild", false, "imgbuild itself"),
             ("/usr/libexec/imgbuild/", true, "imgbuild itself"),
         ] {
