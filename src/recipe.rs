@@ -366,6 +366,9 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
     if r.arches.is_empty() {
         return err("arches".into(), "at least one arch is required".into());
     }
+    if let Some(size) = &r.disk_size {
+        crate::types::size::parse(size).map_err(|m| ("disk_size".to_string(), m))?;
+    }
     if r.source_date_epoch > MAX_SOURCE_DATE_EPOCH {
         return err(
             "source_date_epoch".into(),

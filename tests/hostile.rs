@@ -553,3 +553,17 @@ fn chart_package_never_packs_a_file_outside_the_chart() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("templates/pipe: not a regular file"), "{}", stderr(&o));
 }
+
+/// The recipe's `disk_size` was not checked when the recipe was read: `recipe show`
+/// and `fetch` succeeded and `build` failed without file, field or line.
+#[test]
+fn a_bad_recipe_disk_size_is_refused_when_the_recipe_is_read() {
+    let line = recipe_text(&[]).lines().position(|l| l.starts_with("source_date_epoch:")).unwrap() + 2;
+    for (size, why) in [("lots", "expected a number"), ("8X", "unknown suffix"), ("4096T", "2 PiB")] {
+        let o = show(&[(
+            "source_date_epoch: 1724198400\n",
+            &format!("source_date_epoch: 1724198400\ndisk_size: {size}\n"),
+        )]);
+        refused_at(&o, "disk_size", line, why);
+    }
+}

@@ -49,7 +49,8 @@ pub enum DiskError {
          {free_mib} MiB are free; pass a larger --disk-size (e.g. --disk-size {suggest})"
     )]
     NoSpace { need_mib: u64, free_mib: u64, suggest: String },
-    #[error("invalid disk size {0:?}: {1}")]
+    /// The size as given, and what is wrong with it (a whole sentence).
+    #[error("{1}")]
     BadSize(String, String),
     #[error(
         "--disk-size {requested} is smaller than the base image's disk ({current} bytes); disks only grow"

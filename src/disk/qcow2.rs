@@ -54,8 +54,10 @@ const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 /// qemu's limit on the active L1 table (`QCOW_MAX_L1_SIZE`, 32 MiB): larger tables
 /// are refused by qemu, so no image a hypervisor can use has one.
 const MAX_L1_BYTES: u64 = 32 << 20;
-/// The largest virtual size the writer's L1 table can address within that limit.
+/// The largest virtual size the writer's L1 table can address within that limit: the
+/// largest disk size imgbuild accepts.
 pub const MAX_VIRTUAL_SIZE: u64 = (MAX_L1_BYTES / 8) * (OUT_CS / 8) * OUT_CS;
+const _: () = assert!(MAX_VIRTUAL_SIZE == crate::types::size::MAX_BYTES);
 
 /// A qcow2 image opened for reading.
 #[derive(Debug)]

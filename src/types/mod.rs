@@ -3,10 +3,12 @@
 //!
 //! - [`Sha256`]: a pinned content digest;
 //! - [`Role`], [`Arch`]: what a build targets;
-//! - [`debian`]: Debian versions and package requests (`name` or `name=version`).
+//! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
+//! - [`size`]: disk sizes as people write them (`8G`).
 
 pub mod debian;
 mod digest;
+pub mod size;
 mod target;
 
 pub use debian::PackageRequest;
