@@ -381,13 +381,7 @@ mod tests {
     #[test]
     fn random_edits_never_panic() {
         let good = ext_head("r", 0x2c2);
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::disk::test_rng(0x2545_F491_4F6C_DD1D);
         for _ in 0..50_000 {
             let mut h = good.clone();
             for _ in 0..1 + next() % 4 {

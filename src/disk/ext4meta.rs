@@ -503,13 +503,7 @@ mod tests {
             assert!(ok.success());
             let good = std::fs::read(&img).unwrap();
             let out = tempfile::tempfile().unwrap();
-            let mut x = 0x1234_5678_9ABC_DEF1u64;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
+            let mut next = crate::disk::test_rng(0x1234_5678_9ABC_DEF1);
             // Metadata lives in the first 2 MiB here (tables, directories, extent blocks).
             for _ in 0..150 {
                 let mut b = good.clone();

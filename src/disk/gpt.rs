@@ -387,13 +387,7 @@ mod tests {
     #[test]
     fn random_edits_never_panic() {
         let good = disk(256, 128, 128, &[(100, 150), (40, 99), (151, 200)]);
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::disk::test_rng(0x9E37_79B9_7F4A_7C15);
         let mut refused = 0;
         for _ in 0..3_000 {
             let mut d = good.clone();

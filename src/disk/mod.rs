@@ -127,3 +127,14 @@ pub type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + 'a;
 
 /// Sector size of every image imgbuild handles (cloud images use 512-byte LBAs).
 pub const SECTOR: u64 = 512;
+
+/// A small deterministic generator (xorshift64) for the parsers' random-edit tests.
+#[cfg(test)]
+pub(crate) fn test_rng(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}

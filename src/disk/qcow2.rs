@@ -680,13 +680,7 @@ mod tests {
             inputs.push(std::fs::read(&q).unwrap());
         }
         let p = d.path().join("m.qcow2");
-        let mut x = 0xDEAD_BEEF_CAFE_F00Du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::disk::test_rng(0xDEAD_BEEF_CAFE_F00D);
         for good in &inputs {
             for _ in 0..150 {
                 let mut b = good.clone();
