@@ -33,6 +33,9 @@ deps=(
   "xz xz-utils"
   "virsh libvirt-clients"
   "libvirtd libvirt-daemon"
+  # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
+  "etcd etcd-server"
+  "etcdctl etcd-client"
 )
 missing=()
 for d in "${deps[@]}"; do

@@ -13,6 +13,8 @@
 //! - `paths`: every absolute path or systemd unit user-data's commands use exists in
 //!   the role's image (`--image`), unless user-data writes it itself;
 //! - `version`: each image's Kubernetes version equals the cluster's.
+//! - `values`: the spec's add-on values against the charts' `values.schema.json`, in
+//!   Rust (the backend chart's always; a recipe add-on's when its chart is in the cache);
 //! - `chart`: the embedded backend chart renders (`helm template`) with the add-on
 //!   values the first control plane's user-data writes (a warning when helm is absent).
 
@@ -65,6 +67,8 @@ pub struct LintOptions {
     pub root_label: String,
     /// Targets whose user-data size budget applies (default: all).
     pub target: Vec<Target>,
+    /// The recipe the control-plane image was built from (default: the embedded one).
+    pub recipe: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -111,38 +115,28 @@ impl Classify for LintFailed {
 struct Image {
     path: PathBuf,
     manifest: Manifest,
-    /// Keeps the raw copy of a qcow2 alive while `root` reads it.
-    _tmp: crate::disk::interrupt::WorkDir,
-    root: crate::disk::RootFs,
+    /// The image opened read-only (any format a build writes).
+    open: crate::disk::OpenImage,
 }
 
 impl Image {
     fn open(path: &Path, label: &str) -> Result<Image> {
-        let manifest = crate::inspect::inspect(path, label)?;
-        let (tmp, _) = crate::disk::interrupt::work_dir(&std::env::temp_dir(), "lint-")?;
-        let fmt = crate::disk::detect(path)?;
-        let raw = match fmt {
-            crate::disk::BaseFormat::Raw => path.to_path_buf(),
-            crate::disk::BaseFormat::Qcow2 => {
-                let r = tmp.path().join("image.raw");
-                crate::disk::qemu::to_raw(path, fmt, &r)?;
-                r
-            }
-        };
-        let root = crate::disk::RootFs::locate(&raw, label)?;
-        Ok(Image { path: path.to_path_buf(), manifest, _tmp: tmp, root })
+        let open = crate::output::OutputSet::beside(path).open(label)?;
+        let manifest = crate::inspect::manifest_of(&open, path)?;
+        Ok(Image { path: path.to_path_buf(), manifest, open })
     }
 
     fn has(&self, p: &str) -> Result<bool> {
         if self.manifest.files.iter().any(|f| f.path == p) {
             return Ok(true);
         }
-        if self.root.read_file(p)?.is_some() || self.root.read_link(p)?.is_some() {
+        let root = &self.open.root;
+        if root.read_file(p)?.is_some() || root.read_link(p)?.is_some() {
             return Ok(true);
         }
         let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
         let dir = if dir.is_empty() { "/" } else { dir };
-        let listing = self.root.list(&[dir]).unwrap_or_default();
+        let listing = root.list(&[dir]).unwrap_or_default();
         Ok(listing.get(dir).is_some_and(|es| es.iter().any(|e| e.name == name)))
     }
 }
@@ -491,8 +485,31 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
         true => Some(crate::cluster::pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?),
         false => None,
     };
+    // The add-on values of the spec against their charts' schemas (in Rust, no helm).
+    let charts = crate::cloudinit::addon_values::charts_for(&l, a.recipe.as_deref())?;
+    let addon_files = match crate::cloudinit::addon_values::build(&l, &charts) {
+        Ok(f) => {
+            for w in &f.warnings {
+                c.warn("values", None, &cluster_file, w.clone());
+            }
+            f
+        }
+        Err(e) => {
+            for msg in e.to_string().lines() {
+                let line = msg
+                    .strip_prefix(&format!("{cluster_file}:"))
+                    .and_then(|r| r.split_once(':'))
+                    .and_then(|(n, _)| n.parse::<usize>().ok());
+                c.error("values", None, &cluster_file, line, msg.to_string());
+            }
+            Default::default()
+        }
+    };
     let renderer = match &secrets {
-        Some(s) => Some(render::Renderer::new(&l, s)?),
+        Some(s) => {
+            let join = crate::cluster::token::for_joins(&crate::cluster::secrets_dir(&a.cluster))?;
+            Some(render::Renderer::new(&l, s)?.with_join_token(join).with_addons(&addon_files))
+        }
         None => None,
     };
     let first_cp = l.first_control_plane().name.clone();

@@ -395,7 +395,9 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let quoted = imgbuild::template::quote(nasty);
     spec = spec.replace(
         "    # secret:\n",
-        &format!("    secret:\n      values:\n        DATABASE_URL: {quoted}\n        \"weird: key #\": \"{{{{x}}}}\"\n"),
+        &format!(
+            "    secret:\n      env:\n        DATABASE_URL: {quoted}\n    podAnnotations:\n      \"weird: key #\": \"{{{{x}}}}\"\n"
+        ),
     );
     spec =
         spec.replace(&format!("  - \"{SSH_KEY}\""), &format!("  - {}", imgbuild::template::quote(key_nasty)));
@@ -406,14 +408,14 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let v = yaml(&ud);
     assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(key_nasty));
     let values = yaml(&write_files(&ud)["/etc/imgbuild/addons/values.yaml"].1);
-    assert_eq!(values["secret"]["values"]["DATABASE_URL"].as_str(), Some(nasty));
-    assert_eq!(values["secret"]["values"]["weird: key #"].as_str(), Some("{{x}}"));
+    assert_eq!(values["secret"]["env"]["DATABASE_URL"].as_str(), Some(nasty));
+    assert_eq!(values["podAnnotations"]["weird: key #"].as_str(), Some("{{x}}"));
     // and with PyYAML, which is what cloud-init uses
     if python_has_jsonschema() {
         let py = "import sys, yaml, json\nd = yaml.safe_load(open(sys.argv[1], encoding='utf-8'))\n\
                   f = [w for w in d['write_files'] if w['path'] == '/etc/imgbuild/addons/values.yaml'][0]\n\
                   v = yaml.safe_load(f['content'])\n\
-                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['values']['DATABASE_URL']]))";
+                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['env']['DATABASE_URL']]))";
         let o =
             Command::new("python3").arg("-c").arg(py).arg(out.join("demo-cp-1/user-data")).output().unwrap();
         ok(&o);
@@ -457,7 +459,9 @@ fn user_data_size_limits() {
     let t = tempfile::tempdir().unwrap();
     let c = golden_cluster(t.path());
     let base = fs::read_to_string(&c).unwrap();
-    let with = |n: usize| base.replace("    # secret:\n", &format!("    blob: \"{}\"\n", "x".repeat(n)));
+    let with = |n: usize| {
+        base.replace("    # secret:\n", &format!("    podAnnotations:\n      blob: \"{}\"\n", "x".repeat(n)))
+    };
     fs::write(&c, with(10_000)).unwrap();
     let o = render(&c, &t.path().join("o1"), &["--node", "demo-cp-1", "--seed", "none"]);
     ok(&o);
@@ -627,7 +631,19 @@ fn node_root(user_data: &str, kubeadm_rc: &str) -> Node {
     fs::write(bin.join("kubeadm"), stub).unwrap();
     fs::write(bin.join("systemctl"), format!("#!/bin/sh\necho \"systemctl $*\" >> '{}'\n", calls.display()))
         .unwrap();
-    for s in ["kubeadm", "systemctl"] {
+    // A control plane's join also asks the API for etcd and etcd for the join lock and
+    // the member list (tests/join.rs drives that part against a real etcd): one member,
+    // never this node, and a lock that is always free.
+    fs::write(bin.join("kubectl"), "#!/bin/sh\necho https://127.0.0.1:2379\n").unwrap();
+    fs::write(
+        bin.join("etcdctl"),
+        "#!/bin/bash\nfor a in \"$@\"; do case $a in\n\
+         lock) echo imgbuild/control-plane-join/1; exec sleep 60 ;;\n\
+         list) echo '1, started, other-cp, https://127.0.0.1:2380, https://127.0.0.1:2379, false'; exit 0 ;;\n\
+         esac; done\n",
+    )
+    .unwrap();
+    for s in ["kubeadm", "systemctl", "kubectl", "etcdctl"] {
         fs::set_permissions(bin.join(s), fs::Permissions::from_mode(0o755)).unwrap();
     }
     Node { _t: t, root, bin, calls }
@@ -723,6 +739,111 @@ fn bootstrap_first_control_plane_init_then_idempotent() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("already bootstrapped"));
     assert!(n.p("run/cluster-api/bootstrap-success.complete").exists());
     assert_eq!(n.status()["phase"], "done");
+    // the attempt count survives the reboot (/run/imgbuild/bootstrap.json does not)
+    assert_eq!(n.status()["attempts"], 1);
+}
+
+/// What kubeadm v1.30 prints when a preflight check fails: progress lines, the error,
+/// the check, a hint and the generic trailer (cmd/kubeadm/app/util/error.go and the
+/// phase runner; the same shape appears in countless public logs).
+const KUBEADM_PREFLIGHT_FAILURE: &str = "[preflight] Running pre-flight checks
+error execution phase preflight: [preflight] Some fatal errors occurred:
+\t[ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are not set to 1
+\t[ERROR Swap]: running with swap on is not supported. Please disable swap
+[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`
+To see the stack trace of this error execute with --v=5 or higher
+";
+
+#[test]
+fn bootstrap_reports_kubeadms_cause_not_its_trailer() {
+    let (_t, ud) = rendered_user_data("demo-worker-1");
+    let n = node_root(&ud, "1");
+    let out = n.root.join("kubeadm-output");
+    fs::write(&out, KUBEADM_PREFLIGHT_FAILURE).unwrap();
+    fs::write(
+        n.bin.join("kubeadm"),
+        format!(
+            "#!/bin/sh\necho \"kubeadm $*\" >> '{}'\n[ \"$1\" = reset ] && exit 0\ncat '{}' >&2\nexit 1\n",
+            n.calls.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]);
+    assert_eq!(o.status.code(), Some(1));
+    let want = "error execution phase preflight: [preflight] Some fatal errors occurred: \
+                [ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are not set to 1; \
+                [ERROR Swap]: running with swap on is not supported. Please disable swap";
+    let s = n.status();
+    assert_eq!(s["last_error"], want, "{s}");
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        console.contains(&format!("phase failed: kubeadm join failed 1 time(s) within 1800s; last: {want}")),
+        "{console}"
+    );
+    assert!(!console.contains("stack trace"), "{console}");
+
+    // An error outside a phase (printed as it is) and a silent failure.
+    fs::write(&out, "I0102 15:04:05.000000    1234 join.go:1] a klog line\ncouldn't create a Kubernetes client from file \"/etc/kubernetes/kubelet.conf\": open /etc/kubernetes/kubelet.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher\n").unwrap();
+    fs::remove_dir_all(n.p("run")).unwrap();
+    assert_eq!(n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]).status.code(), Some(1));
+    assert_eq!(
+        n.status()["last_error"],
+        "couldn't create a Kubernetes client from file \"/etc/kubernetes/kubelet.conf\": open /etc/kubernetes/kubelet.conf: no such file or directory"
+    );
+    fs::write(&out, "").unwrap();
+    fs::remove_dir_all(n.p("run")).unwrap();
+    assert_eq!(n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]).status.code(), Some(1));
+    assert_eq!(n.status()["last_error"], "kubeadm failed without output");
+}
+
+#[test]
+fn bootstrap_runs_once_per_boot_and_counts_attempts_across_reboots() {
+    let (_t, ud) = rendered_user_data("demo-worker-2");
+    let n = node_root(&ud, "1 1 1 0");
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    assert_eq!(o.status.code(), Some(1));
+    let first = n.status();
+    assert_eq!(first["phase"], "failed");
+    assert_eq!(first["attempts"], 2);
+    let joins = |n: &Node| n.calls().iter().filter(|c| c.starts_with("kubeadm join")).count();
+    assert_eq!(joins(&n), 2);
+
+    // cloud-init's runcmd (or anyone) starts the unit again during the same boot:
+    // no second retry budget, the status stays as the first run left it.
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already ran during this boot (phase failed)"));
+    assert_eq!(joins(&n), 2, "{:?}", n.calls());
+    assert_eq!(n.status(), first);
+
+    // A reboot runs it again, and the count goes on: 2 more attempts, success at the 4th.
+    fs::remove_dir_all(n.p("run")).unwrap();
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    ok(&o);
+    assert_eq!(joins(&n), 4);
+    let s = n.status();
+    assert_eq!(s["phase"], "done");
+    assert_eq!(s["attempts"], 4);
+    // done, then started again in the same boot: a report, success
+    let o = n.run(&[]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already ran during this boot (phase done)"));
+    assert_eq!(joins(&n), 4);
+}
+
+/// The unit must not hold multi-user.target (and cloud-final.service, which is ordered
+/// after it) for as long as the bootstrap retries: a oneshot's start job lasts until
+/// the script exits, and a target waits for the start jobs of the units it wants.
+#[test]
+fn bootstrap_unit_does_not_hold_up_boot() {
+    let unit =
+        fs::read_to_string(root().join("image-files/common/etc/systemd/system/imgbuild-bootstrap.service"))
+            .unwrap();
+    let service: Vec<&str> = unit.lines().map(str::trim).collect();
+    assert!(service.contains(&"Type=exec"), "{unit}");
+    assert!(service.contains(&"RemainAfterExit=yes"), "{unit}");
+    assert!(service.contains(&"WantedBy=multi-user.target"), "{unit}");
 }
 
 #[test]

@@ -154,6 +154,7 @@ fn checkers_refuse_a_gpt_with_256_byte_entries() {
             inputs_digest: "0".repeat(64),
             base: d,
             artifacts: vec![],
+            packages: vec![],
             files: vec![],
             signatures: vec![],
         };

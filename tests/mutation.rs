@@ -430,9 +430,9 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
             );
             std::fs::write(&recipe, &text).unwrap();
             let lr = imgbuild::recipe::parse(&text, "mutation").unwrap();
-            let digest = imgbuild::apt::lock::packages_digest(lr.recipe.packages.as_ref().unwrap());
+            let digest = imgbuild::lockfile::packages_digest(lr.recipe.packages.as_ref().unwrap());
             let lock = serde_json::json!({
-                "lock_version": imgbuild::apt::lock::LOCK_VERSION,
+                "lock_version": imgbuild::lockfile::LOCK_VERSION,
                 "recipe": lr.recipe.name,
                 "packages_digest": digest.as_str(),
                 "arches": {"amd64": {

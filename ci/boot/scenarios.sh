@@ -134,6 +134,32 @@ assert_node_done() {
   return $bad
 }
 
+# bootstrap.json of a later boot keeps the attempt count of the boot that ran kubeadm
+# (it lives in /run; the count in /var/lib/imgbuild/bootstrap.state).
+check_attempts_kept() { # BOOTDIR EXPECTED
+  local a
+  a=$(check bootstrap "$1" | sed -n 's/^json=//p' | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("attempts"))')
+  [ "$a" = "$2" ] && echo "ok   bootstrap.json after the reboot: attempts $a (kept)" \
+    || { echo "FAIL bootstrap.json after the reboot: attempts '$a', expected $2"; return 1; }
+}
+
+# A failing bootstrap runs once per boot (cloud-init's runcmd must not start a second
+# retry budget) and does not hold cloud-init up: "finished" comes before "failed".
+check_runs_once() { # SERIAL_LOG
+  local starts fin failed
+  starts=$(grep -ac 'imgbuild-bootstrap: phase start' "$1" || true)
+  [ "$starts" = 1 ] && echo "ok   serial: the bootstrap ran once during the boot" \
+    || { echo "FAIL serial: the bootstrap started $starts times during one boot"; return 1; }
+  fin=$(grep -an 'Cloud-init v\. .* finished at' "$1" | head -n1 | cut -d: -f1)
+  failed=$(grep -an 'imgbuild-bootstrap: phase failed' "$1" | head -n1 | cut -d: -f1)
+  if [ -n "$fin" ] && [ -n "$failed" ] && [ "$fin" -lt "$failed" ]; then
+    echo "ok   serial: cloud-init finished (line $fin) before the bootstrap gave up (line $failed)"
+  else
+    echo "FAIL serial: cloud-init finished at line ${fin:-never}, the bootstrap failed at line ${failed:-never}"
+    return 1
+  fi
+}
+
 join_expectations() {
   echo --expect "token=$(cat "$work/expect-token")" --expect "endpoint=$endpoint" \
     --expect "CA hash=$(cat "$work/expect-ca-hash")"
@@ -207,6 +233,7 @@ scenario_worker() {
     || { echo "FAIL second boot ran runcmd again"; bad=1; }
   [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
     || { echo "FAIL second boot failed units: $(cat "$dir/boot2.disk/boot-2/failed-units.txt")"; bad=1; }
+  check_attempts_kept "$dir/boot2.disk/boot-2" 1 || bad=1
   return $bad
 }
 
@@ -260,6 +287,20 @@ scenario_cp_init() {
   return $bad
 }
 
+# A joining control plane holds the etcd join lock while kubeadm joins (the stand-ins
+# record every call with the uptime: "T etcdctl ... lock ...", "T kubeadm join ...").
+check_join_lock() { # RECDIR
+  local calls=$1/calls.log t_lock t_join
+  t_lock=$(awk '$2 == "etcdctl" && / lock / {print $1; exit}' "$calls")
+  t_join=$(awk '$2 == "kubeadm" && $3 == "join" {print $1; exit}' "$calls")
+  if [ -n "$t_lock" ] && [ -n "$t_join" ] && awk -v l="$t_lock" -v j="$t_join" 'BEGIN {exit !(l < j)}'; then
+    echo "ok   join lock taken (etcdctl lock at ${t_lock}s) before kubeadm join (${t_join}s)"
+  else
+    echo "FAIL join lock: etcdctl lock at ${t_lock:-never}, kubeadm join at ${t_join:-never}"
+    return 1
+  fi
+}
+
 scenario_cp_join() {
   local dir=$1 node bad=0
   node=$(node_name control-plane 2)
@@ -268,6 +309,7 @@ scenario_cp_join() {
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --control-plane --attempts 1 $(join_expectations) \
     --pki "$(pki_expectations)" || bad=1
+  check_join_lock "$dir/boot1.disk" || bad=1
   return $bad
 }
 
@@ -307,4 +349,5 @@ scenario_broken_seed() { # a wrong token format must fail the node, readably
   echo "ok   bootstrap.json: state $state, reason: $reason"
   grep -qi 'token' <<<"$reason" || { echo "FAIL the reason does not name the token"; return 1; }
   echo "ok   the reason names the token"
+  check_runs_once "$dir/boot1.serial.log"
 }

@@ -7,6 +7,7 @@
 //! parsed back and checked (cloud-init 24.1 schema, kubeadm kinds, byte-exact file
 //! contents) before anything is written.
 
+pub mod addon_values;
 pub mod render;
 pub mod schema;
 pub mod seed;
@@ -60,12 +61,17 @@ pub struct CloudInitOptions {
     /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}.
     pub out: PathBuf,
     pub seed: SeedKind,
+    /// The recipe the control-plane image was built from (its add-ons; default: the
+    /// embedded one).
+    pub recipe: Option<PathBuf>,
 }
 
 /// Render and write the seeds of `a`.
 pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     let loaded = spec::load(&a.cluster)?;
-    let secrets = pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?;
+    let secrets_dir = crate::cluster::secrets_dir(&a.cluster);
+    let secrets = pki::Secrets::load(&secrets_dir)?;
+    let join_token = crate::cluster::token::for_joins(&secrets_dir)?;
     let nodes: Vec<&spec::Node> = match &a.node {
         Some(n) => match loaded.spec.nodes.iter().find(|x| &x.name == n) {
             Some(x) => vec![x],
@@ -85,7 +91,12 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
         SeedKind::Iso => Some(seed::iso_tool()?),
         _ => None,
     };
-    let r = render::Renderer::new(&loaded, &secrets)?;
+    let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
+    let addons = addon_values::build(&loaded, &charts)?;
+    for w in &addons.warnings {
+        rep.warn(w);
+    }
+    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
     let rendered = r.render_many(&nodes)?;
     let mut warned = Vec::new();
     for f in &rendered {

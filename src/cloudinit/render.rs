@@ -55,7 +55,10 @@ pub struct Renderer<'a> {
     audit: String,
     encryption: String,
     kube_vip: Option<(String, String)>,
-    addon_values: Option<String>,
+    /// The first control plane's add-on values files (path, content), see [`super::addon_values`].
+    addon_files: Vec<(String, String)>,
+    /// The token joining nodes use instead of the initial one (`cluster token create`).
+    join_token: Option<String>,
 }
 
 fn rendered_err(what: &str, e: impl std::fmt::Display) -> CloudInitError {
@@ -123,20 +126,31 @@ impl<'a> Renderer<'a> {
             }
             _ => None,
         };
-        let addon_values = match &l.spec.addons {
-            Some(a) if a.enabled => {
-                let header =
-                    "# Helm values for charts/backend, from the addons.backend section of cluster.yaml.\n";
-                let body = if a.backend.is_empty() {
-                    "{}\n".to_string()
-                } else {
-                    serde_yaml::to_string(&a.backend).map_err(|e| rendered_err("add-on values", e))?
-                };
-                Some(format!("{header}{body}"))
-            }
-            _ => None,
-        };
-        Ok(Renderer { l, s, env, ca_hash, audit, encryption, kube_vip, addon_values })
+        Ok(Renderer {
+            l,
+            s,
+            env,
+            ca_hash,
+            audit,
+            encryption,
+            kube_vip,
+            addon_files: Vec::new(),
+            join_token: None,
+        })
+    }
+
+    /// The add-on values files the first control plane gets (checked by
+    /// [`super::addon_values::build`]).
+    pub fn with_addons(mut self, files: &super::addon_values::AddonFiles) -> Self {
+        self.addon_files = files.files.clone();
+        self
+    }
+
+    /// Render joining nodes with `token` (from `secrets/join-token.json`) instead of the
+    /// cluster's initial bootstrap token; the first control plane keeps the initial one.
+    pub fn with_join_token(mut self, token: Option<String>) -> Self {
+        self.join_token = token;
+        self
     }
 
     fn render(&self, name: &str, ctx: minijinja::Value) -> Result<String, CloudInitError> {
@@ -207,7 +221,8 @@ impl<'a> Renderer<'a> {
                 "kubeadm-join.yaml.j2",
                 context! {
                     node => n.name, role => n.role.as_str(), cluster => spec.name, endpoint,
-                    token => self.s.token, ca_hash => self.ca_hash, node_ip, bind_port => 6443,
+                    token => self.join_token.as_deref().unwrap_or(&self.s.token), ca_hash => self.ca_hash,
+                    node_ip, bind_port => 6443,
                 },
             )?;
             check_kinds(&t, &[("kubeadm.k8s.io/v1beta3", "JoinConfiguration")])
@@ -241,8 +256,8 @@ impl<'a> Renderer<'a> {
             }
         }
         if first {
-            if let Some(v) = &self.addon_values {
-                add(paths::ADDON_VALUES, "0600", v.clone());
+            for (path, content) in &self.addon_files {
+                add(path, "0600", content.clone());
             }
         }
 

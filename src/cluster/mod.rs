@@ -4,9 +4,11 @@
 //! ([`pki`]) once; `imgbuild cloud-init` reads both and renders every node's seed,
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
+pub mod addnode;
 pub mod net;
 pub mod pki;
 pub mod spec;
+pub mod token;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -132,6 +132,11 @@ pub struct Addons {
     /// `/etc/imgbuild/addons/values.yaml` on the first control plane.
     #[serde(default)]
     pub backend: serde_yaml::Mapping,
+    /// Helm values overriding a recipe add-on's (by release name: `cilium`,
+    /// `metrics-server`, `ingress-nginx`), written to `/etc/imgbuild/addons/<release>.yaml`
+    /// on the first control plane and applied after the values baked into the image.
+    #[serde(default)]
+    pub values: BTreeMap<String, serde_yaml::Mapping>,
 }
 
 fn yes() -> bool {

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::apt::lock::{self, LockFile, LOCK_VERSION};
+use crate::apt::lock;
 use crate::apt::{io, AptError};
 use crate::cache::Cache;
+use crate::lockfile::{self, LockFile, LOCK_VERSION};
 use crate::plan::Item;
 use crate::recipe;
 use crate::reporter::Reporter;
@@ -54,7 +55,7 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let mut lock = LockFile {
         lock_version: LOCK_VERSION,
         recipe: lr.recipe.name.clone(),
-        packages_digest: lock::packages_digest(p),
+        packages_digest: lockfile::packages_digest(p),
         arches: BTreeMap::new(),
     };
     for arch in arches {
@@ -65,13 +66,14 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
         let al = lock::lock_arch(&lr, p, arch, &key, &status, &mirrors, Some(&cache), rep)?;
         // Download the .debs now: the cache then serves `build --offline`, and a package
         // whose maintainer scripts cannot be reproduced is refused before it is locked.
-        let debs = lock::debs_of(al.clone());
-        let items: Vec<&Item> = debs.items.iter().collect();
+        let debs = crate::plan::package_items(&al);
+        let items: Vec<&Item> = debs.iter().collect();
         let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.clone(), jobs: 4 };
-        let paths = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
-        for (path, d) in paths.iter().zip(&al.packages) {
+        let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
+        for item in items {
+            let Some(path) = fetched.get(item) else { continue };
             let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
-            crate::apt::install::check_installable(&bytes, &d.url)?;
+            crate::apt::install::check_installable(&bytes, &item.urls.join(" "))?;
         }
         rep.status(format_args!(
             "apt: {arch}: {} package(s) to install{}",
@@ -84,8 +86,8 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
         ));
         lock.arches.insert(arch.as_str().to_string(), al);
     }
-    let path = a.output.clone().unwrap_or_else(|| lock::lock_path(&lr, a.recipe.as_deref()));
-    lock::write_lock(&path, &lock)?;
+    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
+    lockfile::write_lock(&path, &lock)?;
     writeln!(std::io::stdout().lock(), "{}", path.display())?;
     Ok(())
 }

@@ -132,9 +132,15 @@ impl Fixture {
         a
     }
 
-    /// Downloads by artifact name for library-level builds (no fetch involved).
-    pub fn downloads(&self) -> BTreeMap<String, PathBuf> {
-        self.blobs.iter().filter(|(k, _)| *k != "base").map(|(k, b)| (k.clone(), b.path.clone())).collect()
+    /// The verified blobs of `plan` for library-level builds (no fetch involved): the
+    /// base image and the stand-in of every artifact.
+    pub fn fetched(&self, plan: &imgbuild::plan::BuildPlan) -> imgbuild::fetch::Fetched {
+        let mut f = imgbuild::fetch::Fetched::default();
+        f.insert(&plan.base, self.base.qcow2.clone());
+        for a in &plan.artifacts {
+            f.insert(a, self.blobs[&a.name].path.clone());
+        }
+        f
     }
 }
 
