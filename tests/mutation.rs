@@ -452,7 +452,9 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
         .collect();
     let before = snapshot(w.fx.dir.path(), &skip);
     let mut c = common::bin();
-    c.env("PATH", fixture::path_with_sbin())
+    // In the case's directory, so a stray relative write lands where it is seen.
+    c.current_dir(dir)
+        .env("PATH", fixture::path_with_sbin())
         .env("TMPDIR", &tmp)
         .env("HOME", &home)
         .args(["--quiet", "build", "--offline", "--role", role, "--format", format])
