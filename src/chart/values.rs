@@ -223,7 +223,7 @@ impl Charts {
             let found = match cache.map(|c| c.lookup(&a.sha256)).transpose() {
                 Ok(found) => found.flatten(),
                 Err(e) => {
-                    notes.push(e.to_string());
+                    notes.push(format!("{file} in the cache does not match its sha256 {}: {e}", a.sha256));
                     addons.push(Addon {
                         release: a.release.clone(),
                         file,
