@@ -27,6 +27,7 @@ deps=(
   "mtype mtools"
   "blkid util-linux"
   "cloud-init cloud-init"
+  "netplan netplan.io"
   "gpg gnupg"
   "gpg-agent gnupg"
   "dpkg-deb dpkg"

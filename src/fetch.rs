@@ -55,8 +55,6 @@ pub enum FetchError {
     Mismatch { name: String, version: String, url: String, expected: Sha256, actual: Sha256 },
     #[error("invalid mirror {0:?}: expected FROM=TO with http://, https:// or file:// URL prefixes")]
     BadMirror(String),
-    #[error("--jobs must be at least 1")]
-    BadJobs,
     #[error("{name} {version}: {what}")]
     Io {
         name: String,
@@ -97,7 +95,7 @@ impl Classify for FetchError {
         match self {
             FetchError::Mismatch { .. } => Code::Integrity,
             FetchError::Cache { source, .. } => source.code(),
-            FetchError::BadMirror(_) | FetchError::BadJobs => Code::Input,
+            FetchError::BadMirror(_) => Code::Input,
             FetchError::Offline { .. } | FetchError::AllUrlsFailed { .. } | FetchError::Io { .. } => {
                 Code::Runtime
             }
@@ -154,12 +152,16 @@ pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
     }
 }
 
+/// At most this many downloads run at once (`--jobs`): more only opens more connections
+/// to the same few hosts.
+pub const MAX_JOBS: usize = 64;
+
 /// How to fetch.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     pub offline: bool,
     pub mirrors: Vec<Mirror>,
-    /// Concurrent downloads; 0 means the default (4).
+    /// Concurrent downloads; 0 means the default (4), more than [`MAX_JOBS`] means that.
     pub jobs: usize,
 }
 
@@ -255,7 +257,7 @@ fn fetch_all(
     opts: &FetchOptions,
     progress: Reporter,
 ) -> Result<Vec<PathBuf>> {
-    let jobs = if opts.jobs == 0 { 4 } else { opts.jobs };
+    let jobs = if opts.jobs == 0 { 4 } else { opts.jobs.min(MAX_JOBS) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

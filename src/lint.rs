@@ -24,7 +24,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::cloudinit::render::{self, paths};
-use crate::cluster::spec::{self, Loaded, Node};
+pub use crate::cluster::diag::Severity;
+use crate::cluster::diag::{Diagnostic, Diagnostics};
+use crate::cluster::plan::{self, ClusterPlan, JoinMode, NodePlan};
+use crate::cluster::ClusterError;
 use crate::exit::{Classify, Code};
 use crate::manifest::Manifest;
 use crate::types::Role;
@@ -69,13 +72,6 @@ pub struct LintOptions {
     pub target: Vec<Target>,
     /// The recipe the control-plane image was built from (default: the embedded one).
     pub recipe: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Error,
-    Warning,
 }
 
 /// One problem, with what it concerns.
@@ -142,7 +138,7 @@ impl Image {
 }
 
 struct Ctx<'a> {
-    l: &'a Loaded,
+    l: &'a ClusterPlan,
     findings: Vec<Finding>,
 }
 
@@ -205,7 +201,7 @@ fn kubeadm_docs(text: &str) -> Result<Vec<(String, String, serde_yaml::Value)>, 
 
 use serde::Deserialize as _;
 
-fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: Option<&str>) {
+fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_version: Option<&str>) {
     let spec = &c.l.spec;
     let node = Some(n.name.as_str());
     let docs = match kubeadm_docs(text) {
@@ -224,7 +220,7 @@ fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: O
         }
     }
     let kinds: Vec<&str> = docs.iter().map(|(_, k, _)| k.as_str()).collect();
-    let first = c.l.first_control_plane().name == n.name;
+    let first = n.mode == JoinMode::Init;
     let want: &[&str] =
         if first { &["InitConfiguration", "ClusterConfiguration"] } else { &["JoinConfiguration"] };
     for k in want {
@@ -273,20 +269,20 @@ fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: O
                     .and_then(|v| v.as_sequence())
                     .map(|q| q.iter().filter_map(|x| as_str(Some(x))).collect())
                     .unwrap_or_default();
-                if !sans.contains(&c.l.endpoint_host) {
+                let host = c.l.endpoint.host.to_string();
+                if !sans.contains(&host) {
                     c.error(
                         "kubeadm",
                         node,
                         file,
                         None,
-                        format!("apiServer.certSANs {sans:?} lacks the endpoint host {}", c.l.endpoint_host),
+                        format!("apiServer.certSANs {sans:?} lacks the endpoint host {host}"),
                     );
                 }
-                let net = &spec.networking;
                 for (key, want) in [
-                    ("podSubnet", &net.pod_cidr),
-                    ("serviceSubnet", &net.service_cidr),
-                    ("dnsDomain", &net.dns_domain),
+                    ("podSubnet", &c.l.pod_cidr.to_string()),
+                    ("serviceSubnet", &c.l.service_cidr.to_string()),
+                    ("dnsDomain", &spec.networking.dns_domain),
                 ] {
                     let got = as_str(s(d, &["networking", key])).unwrap_or_default();
                     if got != *want {
@@ -389,6 +385,18 @@ fn check_chart(c: &mut Ctx, node: &str, file: &str, values: Option<&str>) -> Res
     Ok(())
 }
 
+/// A spec diagnostic as a lint finding (check `spec`), with its line.
+fn spec_finding(d: &Diagnostics, x: &Diagnostic) -> Finding {
+    Finding {
+        severity: x.severity,
+        check: "spec",
+        node: None,
+        file: d.origin.clone(),
+        line: x.line,
+        message: x.text(),
+    }
+}
+
 /// Absolute paths and systemd units that user-data's commands use.
 fn referenced(doc: &serde_json::Value) -> (Vec<String>, Vec<String>) {
     let mut paths = Vec::new();
@@ -427,37 +435,25 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     for p in &a.image {
         images.push(Image::open(p, &a.root_label)?);
     }
-    let l = match spec::load(&a.cluster) {
+    let l = match plan::load(&a.cluster) {
         Ok(l) => l,
-        Err(e) => {
-            // A spec that does not load is the one finding; its message starts with
-            // "FILE:LINE: " when the loader knows the line.
-            let msg = e.to_string();
-            let line = msg
-                .strip_prefix(&format!("{cluster_file}:"))
-                .and_then(|r| r.split_once(':'))
-                .and_then(|(n, _)| n.parse::<usize>().ok());
+        Err(ClusterError::Spec(d)) => {
+            // A spec that does not validate: its diagnostics are the findings.
+            let findings: Vec<Finding> = d.items.iter().map(|x| spec_finding(&d, x)).collect();
             return Ok(Report {
-                cluster: cluster_file.clone(),
+                cluster: cluster_file,
                 nodes: 0,
                 images: images.len(),
-                errors: 1,
-                warnings: 0,
-                findings: vec![Finding {
-                    severity: Severity::Error,
-                    check: "spec",
-                    node: None,
-                    file: cluster_file,
-                    line,
-                    message: msg,
-                }],
+                errors: d.errors().count(),
+                warnings: findings.len() - d.errors().count(),
+                findings,
             });
         }
+        Err(e) => return Err(e.into()),
     };
     let mut c = Ctx { l: &l, findings: Vec::new() };
-    for w in &l.warnings {
-        c.warn("spec", None, &cluster_file, w.clone());
-    }
+    let d = Diagnostics { origin: cluster_file.clone(), items: l.warnings.clone() };
+    c.findings.extend(d.items.iter().map(|x| spec_finding(&d, x)));
     let mut by_role: BTreeMap<&str, &Image> = BTreeMap::new();
     for im in &images {
         let f = im.path.display().to_string();
@@ -480,7 +476,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let rendered_dir =
         a.rendered.clone().unwrap_or_else(|| a.cluster.parent().unwrap_or(Path::new(".")).to_path_buf());
     // Secrets are only needed when some node has no rendered user-data on disk.
-    let need_render = l.spec.nodes.iter().any(|n| !rendered_dir.join(&n.name).join("user-data").exists());
+    let need_render = l.nodes.iter().any(|n| !rendered_dir.join(&n.name).join("user-data").exists());
     let secrets = match need_render {
         true => Some(crate::cluster::pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?),
         false => None,
@@ -515,7 +511,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let first_cp = l.first_control_plane().name.clone();
     // (user-data file, values text) of the first control plane, for the chart check.
     let mut addon_values: Option<(String, Option<String>)> = None;
-    for (i, n) in l.spec.nodes.iter().enumerate() {
+    for n in &l.nodes {
         let node = Some(n.name.as_str());
         let path = rendered_dir.join(&n.name).join("user-data");
         let (file, text) = match std::fs::read_to_string(&path) {
@@ -527,7 +523,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
                 match r.render_node(n) {
                     Ok(x) => (file, x.user_data),
                     Err(e) => {
-                        let line = l.line(&format!("nodes[{i}]"));
+                        let line = l.line(&format!("nodes[{}]", n.index));
                         c.error("schema", node, &cluster_file, line, format!("rendering user-data: {e}"));
                         continue;
                     }
@@ -630,7 +626,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     Ok(Report {
         cluster: cluster_file,
-        nodes: l.spec.nodes.len(),
+        nodes: l.nodes.len(),
         images: images.len(),
         errors,
         warnings: findings.len() - errors,

@@ -25,6 +25,10 @@ fn init(dir: &Path, workers: u32) -> PathBuf {
             "10.0.0.10:6443",
             "--node-cidr",
             "10.0.0.0/24",
+            "--interface",
+            "ens3",
+            "--dns",
+            "10.0.0.2",
         ])
         .args(["--control-planes", "1", "--workers", &workers.to_string(), "--dir"])
         .arg(dir.join("c"))

@@ -91,6 +91,10 @@ const VALUE_SETS: &[(&str, &str)] = &[
     ("hpa-off", "autoscaling:\n  enabled: false\nreplicaCount: 3\npodDisruptionBudget:\n  minAvailable: 1\n"),
     ("existing-secret", "secret:\n  existingSecret: backend-db\nserviceAccount:\n  create: false\n"),
     ("netpol-off", "networkPolicy:\n  enabled: false\n"),
+    (
+        "metrics-monitoring",
+        "networkPolicy:\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: monitoring\n",
+    ),
 ];
 
 #[test]
@@ -157,11 +161,21 @@ fn chart_lints_and_renders_valid_manifests_for_each_value_set() {
             let s = of_kind(&d, "Secret");
             assert!(s["stringData"]["DATABASE_URL"].as_str().unwrap().starts_with("postgres://"));
         }
+        if *name == "metrics-monitoring" {
+            let np = of_kind(&d, "NetworkPolicy");
+            let m = &np["spec"]["ingress"][1];
+            assert_eq!(m["ports"][0]["port"], "metrics");
+            assert_eq!(
+                m["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                "monitoring"
+            );
+        }
         if *name == "defaults" {
             let np = of_kind(&d, "NetworkPolicy");
             let ingress = np["spec"]["ingress"].as_sequence().unwrap();
             let ports: Vec<_> = ingress.iter().map(|r| r["ports"][0]["port"].as_str().unwrap()).collect();
-            assert_eq!(ports, ["http", "metrics"]);
+            // nobody may scrape the metrics port until a monitoring namespace is named
+            assert_eq!(ports, ["http"]);
             assert_eq!(
                 ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
                 "ingress-nginx"

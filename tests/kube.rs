@@ -57,6 +57,10 @@ impl Cluster {
                 "127.0.0.1:6443",
                 "--node-cidr",
                 "10.0.0.0/24",
+                "--interface",
+                "ens3",
+                "--dns",
+                "10.0.0.2",
             ])
             .args(["--control-planes", "1", "--workers", "1", "--external-lb", "--dir"])
             .arg(t.path().join("c"))

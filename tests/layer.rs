@@ -165,10 +165,24 @@ fn both_roles_have_the_node_stack() {
                 && swapoff.contains("Before=kubelet.service")
         );
 
-        // The firewall loader never flushes other tables.
+        // The firewall loader never flushes other tables; it runs early and again once
+        // cloud-init wrote the cluster's networks, before the node joins.
         let fw = text(&l, "/etc/systemd/system/imgbuild-firewall.service");
-        assert!(fw.contains("ExecStart=/usr/sbin/nft -f /etc/nftables.conf"));
+        assert!(fw.contains("ExecStart=/usr/libexec/imgbuild/firewall"));
         assert!(fw.lines().filter(|x| x.starts_with("Exec")).all(|x| !x.contains("flush ruleset")));
+        let loader = text(&l, "/usr/libexec/imgbuild/firewall");
+        assert!(loader.contains("\"$NFT\" -f \"$CONF\"") && !loader.contains("flush ruleset"));
+        assert_eq!(mode_owner(&l, "/usr/libexec/imgbuild/firewall"), (0o755, 0, 0));
+        let again = text(&l, "/etc/systemd/system/imgbuild-firewall-cluster.service");
+        assert!(again.contains("ConditionPathExists=/etc/imgbuild/cluster-networks"));
+        assert!(again.contains("Before=imgbuild-bootstrap.service kubelet.service"));
+        assert_eq!(
+            symlink_target(
+                &l,
+                "/etc/systemd/system/multi-user.target.wants/imgbuild-firewall-cluster.service"
+            ),
+            "/etc/systemd/system/imgbuild-firewall-cluster.service"
+        );
         assert_eq!(mode_owner(&l, "/etc/nftables.d"), (0o700, 0, 0));
 
         // Every parent directory exists as a root-owned 0755 dir (unless set otherwise).

@@ -5,6 +5,11 @@
 py=/usr/bin/python3
 check() { "$py" "$repo/ci/boot/check.py" "$@"; }
 endpoint=10.0.2.15:6443 # slirp gives every VM this address; nothing leaves the VM
+# The control planes' private network: a second slirp network (gateway .2, DNS .3).
+private_net=192.168.76.0/24
+private_gw=192.168.76.2
+private_dns=192.168.76.3
+ntp_servers=192.168.76.2,ntp.boottest.internal
 
 # Everything the product makes, once for all scenarios: role images from the test
 # mirror (the ordinary `imgbuild build --recipe --mirror` path), the cluster and seeds.
@@ -80,13 +85,40 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     rm -f "$work/images/$role.raw"
   done
 
+  # The product binary has no test seed (only test builds read IMGBUILD_TEST_SEED).
+  local a
+  for a in 1 2; do
+    IMGBUILD_TEST_SEED=same "$bin" --quiet cluster init --name seedcheck --endpoint 10.9.9.9 \
+      --control-planes 1 --workers 0 --dir "$work/seedcheck-$a" >/dev/null
+  done
+  if cmp -s "$work/seedcheck-1/secrets/ca.key" "$work/seedcheck-2/secrets/ca.key"; then
+    echo "FAIL the product binary honours IMGBUILD_TEST_SEED (predictable CA keys)"
+    return 1
+  fi
+  echo "ok   the product binary ignores IMGBUILD_TEST_SEED (two inits, two CA keys)"
+
+  # Control planes: a private NIC with a static address on its own network, named by MAC,
+  # and a public NIC on DHCP (Hetzner/OpenStack style); the address must land on the
+  # named NIC only, with the nameservers and NTP servers the spec gives. Workers: DHCP.
   "$bin" cluster init --name boottest --endpoint "$endpoint" --control-planes 3 --workers 2 \
-    --external-lb --dir "$work/cluster"
+    --external-lb --node-cidr "$private_net" --interface ens4 --dns "$private_dns" \
+    --dns-search boottest.internal --ntp "$ntp_servers" --dir "$work/cluster"
   # A short retry budget (the spec's own knob): the late join needs ~1 min of retries
   # under TCG, the broken seed must give up within a boot instead of after 30 minutes.
   sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 120/' "$work/cluster/cluster.yaml"
   grep -q '^  retry_budget_seconds: 120' "$work/cluster/cluster.yaml" \
     || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
+  "$py" -c '
+import sys, yaml
+p, gw = sys.argv[1], sys.argv[2]
+spec = yaml.safe_load(open(p))
+for n in spec["nodes"]:
+    i = int(n["name"].rsplit("-", 1)[1])
+    if n["role"] == "worker":
+        del n["address"], n["gateway"]
+    else:
+        n.update(gateway=gw, interface="52:54:00:76:00:1%d" % i, dhcp_interfaces=["52:54:00:10:00:1%d" % i])
+yaml.safe_dump(spec, open(p, "w"), sort_keys=False)' "$work/cluster/cluster.yaml" "$private_gw"
   "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
   "$py" -c '
@@ -98,6 +130,11 @@ for n in spec["nodes"]:
   tr -d '\n' <"$work/cluster/secrets/bootstrap-token" >"$work/expect-token"
   echo "sha256:$(openssl x509 -in "$work/cluster/secrets/ca.crt" -pubkey -noout \
     | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)" >"$work/expect-ca-hash"
+  # The CA and service-account private keys, as the disk scan looks for them: every PEM
+  # body line but the first (which starts the same for every P-256 key).
+  for a in ca etcd-ca front-proxy-ca sa; do
+    grep -v '^-----' "$work/cluster/secrets/$a.key" | tail -n +2
+  done >"$work/secret-needles"
 }
 
 node_name() { awk -v r="$1" '$1 == r {print $2}' "$work/nodes" | sed -n "${2}p"; }
@@ -178,15 +215,41 @@ check_packages() {
   check packages "$1" "$work/mirror/test-recipe.yaml.lock" "$base_dir/packages.txt" "$work/archive-versions"
 }
 
-boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
-  local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
+boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE] [NICS (see boot_vm)]
+  local dir=$1 role=$2 node=$3 name=$4 extra=${5:-} nics=${6:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
   [ -f "$dir/disk.qcow2" ] || new_disk "$dir" "$role"
   [ -f "$dir/seed.iso" ] || make_seed "$dir" "$work/seeds/$node"
   echo "booting $node ($role) as $name, accel $accel"
-  boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" \
+  boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" "$nics" \
     || { cat "$dir/boot-error"; return 1; }
   read_disk "$dir" "$name" "$dir/disk.qcow2" || { cat "$dir/boot-error"; return 1; }
+}
+
+# Control plane N's two NICs: public (DHCP, the default slirp network) and private.
+cp_nics() { echo "52:54:00:10:00:1$1 52:54:00:76:00:1$1@$private_net"; }
+
+# The static control plane N's network as the spec asks for it (check.py network).
+check_cp_network() {
+  local boot=$1 n=$2
+  check network "$boot" --static "52:54:00:76:00:1$n=${private_net%.*}.1$n/24" --dhcp "52:54:00:10:00:1$n" \
+    --dns "$private_dns" --search boottest.internal --ntp "${ntp_servers%,*}" --ntp "${ntp_servers#*,}"
+}
+
+# The live firewall admits the cluster's networks and no longer the image's defaults.
+check_firewall() {
+  check firewall "$1" "$private_net" 10.244.0.0/16 10.96.0.0/12 "${endpoint%:*}/32" \
+    --not 172.16.0.0/12 --not fc00::/7
+}
+
+# No CA or service-account key byte on the disk outside /etc/kubernetes/pki (the raw
+# copy read_disk kept with keep_raw=1), then drop the copy.
+scan_disk_secrets() {
+  local dir=$1 name=$2 off rc=0
+  off=$(part_offset_by_label "$dir/$name.raw" cloudimg-rootfs) || return 1
+  check secrets "$dir/$name.raw" "$off" "$work/secret-needles" --allow /etc/kubernetes/pki/ || rc=1
+  rm -f "$dir/$name.raw"
+  return $rc
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -214,6 +277,10 @@ scenario_worker() {
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  # DHCP node (its resolvers are the DHCP server's; slirp with restrict=on offers none):
+  # the cluster's NTP servers still come through cloud-init's ntp module
+  check network "$dir/boot1.disk/boot-1" --ntp "${ntp_servers%,*}" --ntp "${ntp_servers#*,}" || bad=1
+  check_firewall "$dir/boot1.disk/boot-1" || bad=1
   [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
@@ -238,10 +305,14 @@ scenario_worker() {
 }
 
 scenario_cp_init() {
-  local dir=$1 node bad=0 t_init t_add
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
+  local dir=$1 node bad=0 t_init t_add keep_raw=1
   node=$(node_name control-plane 1)
-  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1
+  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1 "$(cp_nics 1)"
   assert_node_done "$dir" boot1 || bad=1
+  check_cp_network "$dir/boot1.disk/boot-1" 1 || bad=1
+  check_firewall "$dir/boot1.disk/boot-1" || bad=1
+  scan_disk_secrets "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" init --attempts 1 --expect-kind InitConfiguration \
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
@@ -268,8 +339,9 @@ scenario_cp_init() {
       bad=1
     fi
 
-    echo "--- second boot of the same disk"
-    boot_node "$dir" control-plane "$node" boot2
+    echo "--- second boot of the same disk (seed still attached: cloud-init stores user-data again)"
+    boot_node "$dir" control-plane "$node" boot2 "" "$(cp_nics 1)"
+    scan_disk_secrets "$dir" boot2 || bad=1
     local u1 u2 k1 k2
     u1=$(grep -c ' helm upgrade ' "$dir/boot1.disk/calls.log" || true)
     u2=$(grep -c ' helm upgrade ' "$dir/boot2.disk/calls.log" || true)
@@ -302,10 +374,13 @@ check_join_lock() { # RECDIR
 }
 
 scenario_cp_join() {
-  local dir=$1 node bad=0
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
+  local dir=$1 node bad=0 keep_raw=1
   node=$(node_name control-plane 2)
-  boot_node "$dir" control-plane "$node" boot1
+  boot_node "$dir" control-plane "$node" boot1 "" "$(cp_nics 2)"
   assert_node_done "$dir" boot1 || bad=1
+  check_cp_network "$dir/boot1.disk/boot-1" 2 || bad=1
+  scan_disk_secrets "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --control-plane --attempts 1 $(join_expectations) \
     --pki "$(pki_expectations)" || bad=1

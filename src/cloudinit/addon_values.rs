@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::CloudInitError;
 use crate::chart::addons::{BACKEND_USER_VALUES, USER_VALUES_DIR};
 use crate::chart::values::{self, Charts};
-use crate::cluster::spec::Loaded;
+use crate::cluster::plan::ClusterPlan;
 use crate::types::{Arch, Role};
 
 /// The taint kubeadm puts on control planes (kubeadm's `mark-control-plane`).
@@ -34,7 +34,7 @@ pub struct AddonFiles {
 /// What the spec's values are checked against: the backend chart always; the recipe's
 /// add-ons (default: the embedded recipe) when the spec overrides any of them, their
 /// charts from the download cache.
-pub fn charts_for(l: &Loaded, recipe: Option<&Path>) -> anyhow::Result<Charts> {
+pub fn charts_for(l: &ClusterPlan, recipe: Option<&Path>) -> anyhow::Result<Charts> {
     let overrides = l.spec.addons.as_ref().is_some_and(|a| a.enabled && !a.values.is_empty());
     if !overrides {
         return Ok(Charts::backend_only()?);
@@ -57,7 +57,7 @@ fn tolerates_control_plane(t: &serde_yaml::Value) -> bool {
 }
 
 /// The add-on files of the first control plane, or every problem with the values.
-pub fn build(l: &Loaded, charts: &Charts) -> Result<AddonFiles, CloudInitError> {
+pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitError> {
     let mut out = AddonFiles::default();
     let Some(a) = l.spec.addons.as_ref().filter(|a| a.enabled) else { return Ok(out) };
     let mut errors = Vec::new();

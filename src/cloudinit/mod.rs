@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cluster::{pki, spec};
+use crate::cluster::{pki, plan};
 use crate::exit::{Classify, Code};
 use crate::reporter::Reporter;
 
@@ -68,15 +68,15 @@ pub struct CloudInitOptions {
 
 /// Render and write the seeds of `a`.
 pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
-    let loaded = spec::load(&a.cluster)?;
+    let loaded = plan::load(&a.cluster)?;
     let secrets_dir = crate::cluster::secrets_dir(&a.cluster);
     let secrets = pki::Secrets::load(&secrets_dir)?;
     let join_token = crate::cluster::token::for_joins(&secrets_dir)?;
-    let nodes: Vec<&spec::Node> = match &a.node {
-        Some(n) => match loaded.spec.nodes.iter().find(|x| &x.name == n) {
+    let nodes: Vec<&plan::NodePlan> = match &a.node {
+        Some(n) => match loaded.node(n) {
             Some(x) => vec![x],
             None => {
-                let names: Vec<_> = loaded.spec.nodes.iter().map(|x| x.name.as_str()).collect();
+                let names: Vec<_> = loaded.nodes.iter().map(|x| x.name.as_str()).collect();
                 return Err(CloudInitError::Invalid(format!(
                     "no node {n:?} in {} (nodes: {})",
                     a.cluster.display(),
@@ -85,7 +85,7 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
                 .into());
             }
         },
-        None => loaded.spec.nodes.iter().collect(),
+        None => loaded.nodes.iter().collect(),
     };
     let iso_tool = match a.seed {
         SeedKind::Iso => Some(seed::iso_tool()?),
@@ -98,11 +98,10 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     }
     let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
     let rendered = r.render_many(&nodes)?;
-    let mut warned = Vec::new();
-    for f in &rendered {
-        warned.extend(f.warnings.iter().cloned());
+    for w in &loaded.warnings {
+        rep.warn(w.display(&loaded.origin));
     }
-    for w in loaded.warnings.iter().chain(warned.iter()) {
+    for w in rendered.iter().flat_map(|f| &f.warnings) {
         rep.warn(w);
     }
     seed::write_all(&a.out, &rendered, a.seed, iso_tool.as_deref())?;

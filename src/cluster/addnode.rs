@@ -16,7 +16,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
 use super::net::Cidr;
-use super::spec::{self, Loaded};
+use super::plan::ClusterPlan;
 use super::{pki, ClusterError};
 use crate::reporter::Reporter;
 use crate::types::Role;
@@ -190,7 +190,7 @@ pub fn append(src: &str, n: &NewNode) -> Result<String, String> {
 }
 
 /// Fill in the defaults for `a` against the loaded spec.
-pub fn plan(l: &Loaded, a: &AddNodeOptions) -> Result<NewNode, ClusterError> {
+pub fn plan(l: &ClusterPlan, a: &AddNodeOptions) -> Result<NewNode, ClusterError> {
     let spec = &l.spec;
     let names: HashSet<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
     let name = match &a.name {
@@ -270,11 +270,11 @@ pub fn add(a: &AddNodeOptions, rep: &Reporter) -> anyhow::Result<String> {
     let path = &a.cluster;
     let origin = path.display().to_string();
     let src = std::fs::read_to_string(path).map_err(|e| ClusterError::Io(format!("reading {origin}"), e))?;
-    let l = spec::parse(&src, &origin)?;
+    let l = super::plan::parse(&src, &origin)?;
     let n = plan(&l, a)?;
     let text = append(&src, &n).map_err(|e| ClusterError::Invalid(format!("{origin}: {e}")))?;
     // every rule of the spec again, on the new text, before anything is written
-    let back = spec::parse(&text, &origin)?;
+    let back = super::plan::parse(&text, &origin)?;
     let added = back.spec.nodes.iter().find(|x| x.name == n.name);
     if added.is_none_or(|x| x.role != n.role || x.address != n.address || x.gateway != n.gateway)
         || back.spec.nodes.len() != l.spec.nodes.len() + 1
@@ -286,7 +286,7 @@ pub fn add(a: &AddNodeOptions, rep: &Reporter) -> anyhow::Result<String> {
     }
     pki::write_private(path, text.as_bytes())?;
     for w in &back.warnings {
-        rep.warn(w);
+        rep.warn(w.display(&back.origin));
     }
     let addr = n.address.as_deref().map(|a| format!(", {a}")).unwrap_or_else(|| ", DHCP".into());
     rep.status(format_args!(

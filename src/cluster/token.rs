@@ -189,7 +189,7 @@ pub fn create(a: &CreateOptions, rep: &Reporter) -> anyhow::Result<PathBuf> {
             )
         }
     };
-    let spec = super::spec::load(&a.cluster)?;
+    let spec = super::plan::load(&a.cluster)?;
     let dir = super::secrets_dir(&a.cluster);
     if !dir.is_dir() {
         return Err(ClusterError::Invalid(format!(

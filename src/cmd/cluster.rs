@@ -32,6 +32,18 @@ pub struct InitArgs {
     /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
     #[arg(long)]
     pub node_cidr: Option<String>,
+    /// With --node-cidr: the NIC that gets each node's static address (default: --vip-interface)
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// With --node-cidr: the nodes' nameservers (IP addresses; comma-separated or repeated)
+    #[arg(long, value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// With --node-cidr: the nodes' DNS search domains
+    #[arg(long, value_delimiter = ',')]
+    pub dns_search: Vec<String>,
+    /// NTP servers of every node (default: the image's, Ubuntu's ntp.ubuntu.com and any from DHCP)
+    #[arg(long, value_delimiter = ',')]
+    pub ntp: Vec<String>,
     /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
     #[arg(long, conflicts_with = "external_lb")]
     pub vip_interface: Option<String>,
@@ -56,6 +68,10 @@ impl InitArgs {
             pod_cidr: self.pod_cidr.clone(),
             service_cidr: self.service_cidr.clone(),
             node_cidr: self.node_cidr.clone(),
+            interface: self.interface.clone(),
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
+            ntp: self.ntp.clone(),
             vip_interface: self.vip_interface.clone(),
             external_lb: self.external_lb,
             ssh_keys: self.ssh_keys.clone(),
@@ -67,7 +83,7 @@ impl InitArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCmd {
     /// Write cluster.yaml and generate the cluster's secrets once
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Print an admin kubeconfig signed offline by the cluster CA
     Kubeconfig(KubeconfigArgs),
     /// Append a node to cluster.yaml, keeping its comments and formatting; prints its name

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::cache::Cache;
-use crate::fetch::{FetchError, FetchOptions, Mirror};
+use crate::fetch::{FetchError, FetchOptions, Mirror, MAX_JOBS};
 use crate::plan::{BuildPlan, Item, PlanOptions};
 use crate::reporter::Reporter;
 use crate::types::{Arch, Role};
@@ -35,9 +35,9 @@ pub struct SourceArgs {
     /// Rewrite a URL prefix: FROM=TO (repeatable; also $IMGBUILD_MIRROR="FROM=TO ...")
     #[arg(long = "mirror", value_name = "FROM=TO")]
     pub mirrors: Vec<String>,
-    /// Concurrent downloads
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    /// Concurrent downloads (1 to 64)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=MAX_JOBS as i64))]
+    pub jobs: u16,
 }
 
 impl SourceArgs {
@@ -52,10 +52,7 @@ impl SourceArgs {
 
     /// `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
     pub fn fetch_options(&self) -> Result<FetchOptions, FetchError> {
-        if self.jobs == 0 {
-            return Err(FetchError::BadJobs);
-        }
-        Ok(FetchOptions { offline: self.offline, mirrors: mirrors(&self.mirrors)?, jobs: self.jobs })
+        Ok(FetchOptions { offline: self.offline, mirrors: mirrors(&self.mirrors)?, jobs: self.jobs.into() })
     }
 }
 

@@ -36,8 +36,6 @@ pub enum LayerError {
     Clash(Vec<String>),
     #[error("artifact {artifact}: extracting member {member:?}: {source}")]
     Extract { artifact: String, member: String, source: std::io::Error },
-    #[error("{0:?} is not a network in CIDR form (address/prefix-length)")]
-    BadNetwork(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -49,8 +47,7 @@ impl Classify for LayerError {
             LayerError::Archive { .. }
             | LayerError::MissingMember { .. }
             | LayerError::Conflict { .. }
-            | LayerError::Clash(_)
-            | LayerError::BadNetwork(_) => Code::Input,
+            | LayerError::Clash(_) => Code::Input,
             // Writing the member on the build host failed (e.g. the disk is full).
             LayerError::Extract { .. } | LayerError::MissingDownload(_) | LayerError::Io { .. } => {
                 Code::Runtime
