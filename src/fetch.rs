@@ -65,6 +65,8 @@ pub enum FetchError {
     },
     #[error("{} downloads failed:{}", .0.len(), fmt_several(.0))]
     Several(Vec<FetchError>),
+    #[error("{name} {version}: {source}")]
+    Cache { name: String, version: String, source: crate::cache::CacheError },
 }
 
 fn fmt_outcomes(o: &[(String, String)]) -> String {
@@ -92,6 +94,7 @@ impl Classify for FetchError {
     fn code(&self) -> Code {
         match self {
             FetchError::Mismatch { .. } => Code::Integrity,
+            FetchError::Cache { source, .. } => source.code(),
             FetchError::BadMirror(_) => Code::Input,
             FetchError::Offline { .. } | FetchError::AllUrlsFailed { .. } | FetchError::Io { .. } => {
                 Code::Runtime
@@ -226,7 +229,7 @@ fn offline(items: &[Item], cache: &Cache, progress: &Reporter) -> Result<Vec<Pat
     let mut paths = Vec::new();
     let mut missing = Vec::new();
     for i in items {
-        match cache.lookup(&i.sha256) {
+        match cache.lookup(&i.sha256).map_err(|source| cache_err(i, source))? {
             Some(p) => {
                 progress.status(format!("cached {} {}", i.name, i.version));
                 paths.push(p);
@@ -397,9 +400,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)
 }
 
+fn cache_err(item: &Item, source: crate::cache::CacheError) -> FetchError {
+    FetchError::Cache { name: item.name.clone(), version: item.version.clone(), source }
+}
+
+/// [`Cache::lookup`] off the async threads: it may hash a multi-GiB blob.
+async fn lookup(ctx: &Ctx, item: &Item) -> Result<Option<PathBuf>, FetchError> {
+    let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+    match tokio::task::spawn_blocking(move || cache.lookup(&sha)).await {
+        Ok(r) => r.map_err(|source| cache_err(item, source)),
+        Err(e) => Err(io_err(item, "checking the cache", std::io::Error::other(e))),
+    }
+}
+
 async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let label = format!("{} {}", item.name, item.version);
-    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+    if let Some(p) = lookup(&ctx, &item).await? {
         ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }
@@ -412,7 +428,7 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
     let lock = blocking(&item, "locking the cache entry", move || cache.lock(&sha)).await?;
     // Another process may have published the blob while we waited for the lock.
-    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+    if let Some(p) = lookup(&ctx, &item).await? {
         ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }

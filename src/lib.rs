@@ -26,6 +26,7 @@ pub mod layer;
 pub mod lint;
 pub mod lockfile;
 pub mod manifest;
+pub mod nodup;
 pub mod output;
 pub mod plan;
 pub mod recipe;

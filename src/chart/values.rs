@@ -220,7 +220,20 @@ impl Charts {
         let mut addons = Vec::new();
         for a in &plan.addons {
             let file = format!("{}-{}.tgz", a.name, a.version);
-            let chart = match cache.and_then(|c| c.lookup(&a.sha256)) {
+            let found = match cache.map(|c| c.lookup(&a.sha256)).transpose() {
+                Ok(found) => found.flatten(),
+                Err(e) => {
+                    notes.push(format!("{file} in the cache does not match its sha256 {}: {e}", a.sha256));
+                    addons.push(Addon {
+                        release: a.release.clone(),
+                        file,
+                        baked: a.values.clone(),
+                        chart: None,
+                    });
+                    continue;
+                }
+            };
+            let chart = match found {
                 Some(p) => match std::fs::read(&p) {
                     Ok(b) if Sha256::of(&b) == a.sha256 => Some(from_archive(&file, &b)?),
                     Ok(_) => {

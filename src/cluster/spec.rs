@@ -181,6 +181,15 @@ fn yes() -> bool {
 /// Deserialize `cluster.yaml` text (types and unknown fields only; no semantics).
 /// Also returns the line of every field path.
 pub fn parse(src: &str, origin: &str) -> Result<(ClusterSpec, HashMap<String, usize>), Diagnostics> {
+    // Maps (add-on values, say) would let the last of two equal keys win silently.
+    if let Err(d) = crate::nodup::check_yaml(src) {
+        let path = if d.path.is_empty() { d.key.clone() } else { format!("{}.{}", d.path, d.key) };
+        let message = format!("{d} (a key may appear once in a mapping)");
+        return Err(Diagnostics {
+            origin: origin.to_string(),
+            items: vec![Diagnostic { severity: Severity::Error, path, line: d.line, message }],
+        });
+    }
     let lines = crate::yamlpos::lines(src);
     let de = serde_yaml::Deserializer::from_str(src);
     match serde_path_to_error::deserialize(de) {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod hostile;
 pub mod http;
 
 /// The imgbuild binary under test.
