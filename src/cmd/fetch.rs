@@ -7,25 +7,17 @@ use anyhow::{Context, Result};
 
 use crate::cache::Cache;
 use crate::fetch::{FetchError, FetchOptions, Mirror, MAX_JOBS};
-use crate::plan::{BuildPlan, Item, PlanOptions};
+use crate::plan::{BuildPlan, Item};
 use crate::reporter::Reporter;
-use crate::types::{Arch, Role};
 
 /// Environment variable with space-separated `FROM=TO` mirrors (after `--mirror`s).
 pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
 
-/// Where artifacts come from: shared by `fetch` and `build`.
+/// What to fetch and where from: shared by `fetch` and `build`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
-    /// Recipe file (default: the embedded default recipe)
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Node role
-    #[arg(long, value_enum, default_value_t = Role::Worker)]
-    pub role: Role,
-    /// CPU architecture
-    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
-    pub arch: Arch,
+    #[command(flatten)]
+    pub target: super::recipe::TargetArgs,
     /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -72,10 +64,8 @@ pub struct FetchArgs {
 /// locked packages), print one line per download.
 pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
-    let lr = crate::recipe::load(a.source.recipe.as_deref())?;
-    let mut o = PlanOptions::new(a.source.role, a.source.arch);
-    o.recipe_path = a.source.recipe.clone();
-    let plan = BuildPlan::resolve(&lr, &o)?;
+    let t = &a.source.target;
+    let plan = BuildPlan::resolve(&t.load()?, &t.plan_options())?;
     let cache = a.source.cache()?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
