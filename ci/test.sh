@@ -37,6 +37,10 @@ deps=(
   # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
   "etcd etcd-server"
   "etcdctl etcd-client"
+  # tests/cli_manual.rs: generated man pages render with `man -l`, completions load in each shell
+  "man man-db"
+  "zsh zsh"
+  "fish fish"
 )
 missing=()
 for d in "${deps[@]}"; do

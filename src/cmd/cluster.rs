@@ -56,6 +56,9 @@ pub struct InitArgs {
     /// Output directory (gets cluster.yaml and secrets/)
     #[arg(long)]
     pub dir: PathBuf,
+    /// Print JSON ({"cluster": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl InitArgs {
@@ -111,6 +114,9 @@ pub struct AddNodeArgs {
     /// Gateway of the static address (default: the other nodes' gateway on that network)
     #[arg(long)]
     pub gateway: Option<String>,
+    /// Print JSON ({"node": NAME}) instead of the name
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -135,6 +141,9 @@ pub struct TokenCreateArgs {
     /// Lifetime (Go duration: 24h, 90m, 1h30m); 0 (never expires) is refused
     #[arg(long, default_value = "24h")]
     pub ttl: String,
+    /// Print JSON ({"token_file": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,8 +175,7 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 gateway: a.gateway.clone(),
             };
             let name = addnode::add(&o, rep)?;
-            writeln!(std::io::stdout().lock(), "{name}")?;
-            Ok(())
+            super::emit(a.json, &serde_json::json!({ "node": name }), |out| writeln!(out, "{name}"))
         }
         ClusterCmd::Token(TokenCmd::Create(a)) => {
             let o = token::CreateOptions {
@@ -177,16 +185,15 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 ttl: a.ttl.clone(),
             };
             let path = token::create(&o, rep)?;
-            writeln!(std::io::stdout().lock(), "{}", path.display())?;
-            Ok(())
+            let data = serde_json::json!({ "token_file": path });
+            super::emit(a.json, &data, |out| writeln!(out, "{}", path.display()))
         }
     }
 }
 
 fn init(a: &InitArgs, rep: &Reporter) -> Result<()> {
     let path = crate::cluster::init(&a.options(), rep)?;
-    writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    Ok(())
+    super::emit(a.json, &serde_json::json!({ "cluster": path }), |out| writeln!(out, "{}", path.display()))
 }
 
 fn kubeconfig(a: &KubeconfigArgs, rep: &Reporter) -> Result<()> {

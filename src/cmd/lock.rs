@@ -1,7 +1,6 @@
 //! `imgbuild lock`: resolve the recipe's Ubuntu packages into `<recipe>.lock`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -36,6 +35,9 @@ pub struct LockArgs {
     /// Where to write the lock (default: <recipe>.lock)
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Print JSON ({"lock": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
@@ -88,6 +90,5 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     }
     let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
     lockfile::write_lock(&path, &lock)?;
-    writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    Ok(())
+    super::emit(a.json, &serde_json::json!({ "lock": path }), |out| writeln!(out, "{}", path.display()))
 }
