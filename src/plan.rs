@@ -93,6 +93,8 @@ pub struct AddonItem {
     pub sha256: Sha256,
     pub values: serde_json::Value,
     pub images: Vec<String>,
+    /// The level the add-on's namespace enforces (see [`crate::chart::addons::namespaces`]).
+    pub pod_security: crate::types::PodSecurity,
 }
 
 /// The Ubuntu packages of a build.
@@ -342,6 +344,7 @@ fn addons(lr: &LoadedRecipe, artifacts: &[Item]) -> Vec<AddonItem> {
             sha256: item.sha256.clone(),
             values: ad.values.clone(),
             images: ad.images.clone(),
+            pod_security: ad.pod_security,
         });
     }
     addons.sort_by_key(|a| a.order);

@@ -11,7 +11,7 @@ use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Code};
-use crate::types::{Arch, PackageRequest, Role, Sha256};
+use crate::types::{Arch, PackageRequest, PodSecurity, Role, Sha256};
 
 /// Recipes shipped inside the binary; the first is the default.
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
@@ -151,6 +151,11 @@ pub struct Addon {
     pub values: serde_json::Value,
     /// Every image the chart deploys with these values (for pre-pulling and audits).
     pub images: Vec<String>,
+    /// The Pod Security level the add-on's namespace enforces (label
+    /// `pod-security.kubernetes.io/enforce`); a namespace shared by several add-ons gets
+    /// the most permissive of theirs. Default: the cluster's `baseline`.
+    #[serde(default)]
+    pub pod_security: PodSecurity,
 }
 
 /// Where an artifact's bytes land in the image. Without `from` the downloaded file

@@ -5,6 +5,11 @@
 //! other download). This module adds what the recipe cannot express: the packaged
 //! backend chart, each add-on's values file, and the index the installer follows.
 //!
+//! `namespaces.yaml` holds every add-on namespace (and the backend's) as a `Namespace`
+//! labelled with the Pod Security level it enforces; the installer applies it before the
+//! first chart. The cluster-wide defaults are in the baked admission configuration
+//! (`/etc/kubernetes/admission/pod-security.yaml`).
+//!
 //! Index rows, in install order (`addons.tsv`, tab-separated, one per line; the image
 //! has no JSON parser the installer could rely on, so `addons.json` is for people and
 //! tools): `order name release namespace cni chart baked-values user-values`.
@@ -25,7 +30,7 @@ use serde::Serialize;
 
 use super::ChartError;
 use crate::plan::BuildPlan;
-use crate::types::Role;
+use crate::types::{PodSecurity, Role};
 
 /// The installer unit (not enabled in the image; started by the init path).
 pub const INSTALLER_UNIT: &str = "imgbuild-addons.service";
@@ -37,6 +42,8 @@ pub const USER_VALUES_DIR: &str = "/etc/imgbuild/addons";
 pub const BACKEND_RELEASE: &str = "backend";
 pub const BACKEND_NAMESPACE: &str = "backend";
 pub const BACKEND_USER_VALUES: &str = "/etc/imgbuild/addons/values.yaml";
+/// The backend passes `restricted`, so its namespace enforces it.
+pub const BACKEND_POD_SECURITY: PodSecurity = PodSecurity::Restricted;
 /// The backend installs after every recipe add-on.
 const BACKEND_ORDER: u32 = u32::MAX;
 
@@ -87,6 +94,7 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
         msg: format!("add-on index: {e}"),
     })?;
     out.push((format!("{ADDONS_DIR}/addons.json"), json));
+    out.push((format!("{ADDONS_DIR}/namespaces.yaml"), namespaces(plan).into_bytes()));
     out.push((format!("{ADDONS_DIR}/addons.tsv"), tsv(&index).into_bytes()));
     Ok(out)
 }
@@ -141,6 +149,40 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
         }
     }
     Ok(out)
+}
+
+/// Every namespace the add-ons and the backend install into, with the Pod Security
+/// level it enforces: the most permissive level of the add-ons that share it. Only
+/// `enforce` is set; audit and warn keep the cluster defaults (`restricted`), so a
+/// privileged namespace still reports what would not pass `restricted`.
+pub fn namespaces(plan: &BuildPlan) -> String {
+    let mut levels: std::collections::BTreeMap<&str, PodSecurity> = std::collections::BTreeMap::new();
+    for a in &plan.addons {
+        let l = levels.entry(a.namespace.as_str()).or_insert(a.pod_security);
+        *l = (*l).max(a.pod_security);
+    }
+    let l = levels.entry(BACKEND_NAMESPACE).or_insert(BACKEND_POD_SECURITY);
+    *l = (*l).max(BACKEND_POD_SECURITY);
+    let mut s = format!(
+        "# Namespaces of the add-ons of recipe {} and their Pod Security levels
+         # (applied by imgbuild-addons before the first chart).
+",
+        plan.recipe
+    );
+    for (ns, level) in levels {
+        s.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+  labels:
+                 pod-security.kubernetes.io/enforce: {level}
+                 pod-security.kubernetes.io/enforce-version: latest
+"
+        ));
+    }
+    s
 }
 
 /// The default image of the embedded backend chart (`image.repository:tag`).

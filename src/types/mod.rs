@@ -6,14 +6,17 @@
 //! - [`ItemKind`]: the kinds of things a build downloads and installs;
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
 //! - [`size`]: disk sizes as people write them (`8G`);
-//! - [`private_ranges`]: the private address ranges the firewall defaults to.
+//! - [`private_ranges`]: the private address ranges the firewall defaults to;
+//! - [`PodSecurity`]: a Pod Security Standards level.
 
 pub mod debian;
 pub mod digest;
+mod pod_security;
 pub mod private_ranges;
 pub mod size;
 mod target;
 
 pub use debian::PackageRequest;
 pub use digest::Sha256;
+pub use pod_security::PodSecurity;
 pub use target::{Arch, ItemKind, OutFormat, Role};
