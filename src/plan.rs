@@ -27,6 +27,11 @@ pub enum PlanError {
     NoDigest { origin: String, arch: Arch },
     #[error("{0}")]
     DiskSize(String),
+    #[error(
+        "{origin}: chart {name} {version} from {repo} is not pinned in {lock}: run `imgbuild lock` \
+         on a machine that reaches the repository"
+    )]
+    ChartNotLocked { origin: String, name: String, version: String, repo: String, lock: String },
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -35,7 +40,10 @@ impl Classify for PlanError {
     fn code(&self) -> Code {
         match self {
             PlanError::Lock(e) => e.code(),
-            PlanError::Arch { .. } | PlanError::NoDigest { .. } | PlanError::DiskSize(_) => Code::Input,
+            PlanError::Arch { .. }
+            | PlanError::NoDigest { .. }
+            | PlanError::DiskSize(_)
+            | PlanError::ChartNotLocked { .. } => Code::Input,
         }
     }
 }
@@ -223,14 +231,38 @@ impl BuildPlan {
             install: Vec::new(),
         };
         let mut artifacts = Vec::new();
+        let lock_file = lockfile::lock_path(lr, o.recipe_path.as_deref());
+        let mut locked_charts = None;
         for a in r.artifacts.iter().filter(|a| a.roles.contains(&role)) {
             let x = |t: &str| expand(t, &a.name, &a.version, arch);
+            let (urls, sha256) = match &a.chart {
+                Some(c) if a.pinned_by_lock() => {
+                    let charts = match &locked_charts {
+                        Some(c) => c,
+                        None => locked_charts.insert(lockfile::read_charts(lr, &lock_file)?),
+                    };
+                    let hit = charts
+                        .iter()
+                        .find(|l| l.name == a.name && l.version == a.version && l.repo == c.repo);
+                    let Some(l) = hit else {
+                        return Err(PlanError::ChartNotLocked {
+                            origin: lr.origin.clone(),
+                            name: a.name.clone(),
+                            version: a.version.clone(),
+                            repo: c.repo.clone(),
+                            lock: lock_file.display().to_string(),
+                        });
+                    };
+                    (vec![l.url.clone()], l.sha256.clone())
+                }
+                _ => (a.urls.iter().map(|u| x(u)).collect(), digest(&a.sha256)?),
+            };
             artifacts.push(Item {
                 kind: ItemKind::Artifact,
                 name: a.name.clone(),
                 version: a.version.clone(),
-                urls: a.urls.iter().map(|u| x(u)).collect(),
-                sha256: digest(&a.sha256)?,
+                urls,
+                sha256,
                 install: a
                     .install
                     .iter()
@@ -246,7 +278,7 @@ impl BuildPlan {
         let packages = match &r.packages {
             None => PackagePlan::None,
             Some(p) => {
-                let lock_file = lockfile::lock_path(lr, o.recipe_path.as_deref());
+                let lock_file = lock_file.clone();
                 if lock_file.is_file() {
                     let al =
                         lockfile::read_for(lr, &lock_file, o.recipe_path.as_deref(), arch, &base.sha256)?;

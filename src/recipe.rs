@@ -127,9 +127,32 @@ pub struct Artifact {
     pub name: String,
     pub version: String,
     pub roles: Vec<Role>,
+    /// Optional with `chart:` (then the lock supplies the URL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// Optional with `chart:` (then the lock supplies the digest).
+    #[serde(default, skip_serializing_if = "PerArch::is_empty")]
     pub sha256: PerArch,
     pub install: Vec<Install>,
+    /// A Helm chart named `name` at `version` in this repository: `imgbuild lock` resolves
+    /// it to the `.tgz`'s URL and the digest the repository's index.yaml states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartSource>,
+}
+
+/// `artifacts[].chart`: where a chart artifact is published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartSource {
+    /// The Helm repository URL (the directory holding `index.yaml`).
+    pub repo: String,
+}
+
+impl Artifact {
+    /// A chart whose URL and digest come from the lock, not from the recipe.
+    pub fn pinned_by_lock(&self) -> bool {
+        self.chart.is_some() && self.urls.is_empty() && self.sha256.is_empty()
+    }
 }
 
 /// A Helm chart the control plane installs after init (see `crate::chart::addons`).
@@ -427,8 +450,18 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         if a.roles.is_empty() {
             return err(format!("{p}.roles"), "at least one role is required".into());
         }
-        check_urls(&p, &a.urls)?;
-        check_arches(&p, &a.sha256)?;
+        if let Some(c) = &a.chart {
+            if !(c.repo.starts_with("https://") || c.repo.starts_with("http://")) {
+                return err(
+                    format!("{p}.chart.repo"),
+                    format!("{:?} is not an http(s) Helm repository URL", c.repo),
+                );
+            }
+        }
+        if !a.pinned_by_lock() {
+            check_urls(&p, &a.urls)?;
+            check_arches(&p, &a.sha256)?;
+        }
         if a.install.is_empty() {
             return err(format!("{p}.install"), "at least one install entry is required".into());
         }

@@ -537,7 +537,15 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["namespaces", "cilium", "control-plane-ready", "coredns", "metrics-server", "ingress-nginx", "backend"]
+        [
+            "namespaces",
+            "cilium",
+            "control-plane-ready",
+            "coredns",
+            "metrics-server",
+            "ingress-nginx",
+            "backend"
+        ]
     );
     assert!(steps.iter().all(|s| s["state"] == "done"));
     assert_eq!(steps[4]["attempts"], 2);
@@ -594,7 +602,15 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
     // the others are installed; the invalid one is never sent to the cluster
     assert_eq!(
         inst.actions(),
-        ["api", "namespaces", "install cilium", "wait node", "wait coredns", "install ingress-nginx", "install backend"]
+        [
+            "api",
+            "namespaces",
+            "install cilium",
+            "wait node",
+            "wait coredns",
+            "install ingress-nginx",
+            "install backend"
+        ]
     );
     let st = inst.status();
     assert_eq!(st["state"], "failed");

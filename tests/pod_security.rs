@@ -74,7 +74,10 @@ struct Exemptions {
 fn admission_configuration_enforces_baseline_and_audits_restricted() {
     let text = std::fs::read_to_string(repo().join(ADMISSION)).unwrap();
     let c: AdmissionConfiguration = serde_yaml::from_str(&text).unwrap();
-    assert_eq!((c.api_version.as_str(), c.kind.as_str()), ("apiserver.config.k8s.io/v1", "AdmissionConfiguration"));
+    assert_eq!(
+        (c.api_version.as_str(), c.kind.as_str()),
+        ("apiserver.config.k8s.io/v1", "AdmissionConfiguration")
+    );
     assert_eq!(c.plugins.len(), 1);
     let p = &c.plugins[0];
     assert_eq!(p.name, "PodSecurity");
@@ -130,13 +133,16 @@ fn kubeadm_points_the_apiserver_at_the_baked_admission_configuration() {
         .iter()
         .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("kubeadm.yaml")))
         .expect("kubeadm config in user-data");
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(kubeadm["content"].as_str().unwrap())
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-        .collect();
+    let docs: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(kubeadm["content"].as_str().unwrap())
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
     let cc = docs.iter().find(|d| d["kind"] == "ClusterConfiguration").unwrap();
     let file = cc["apiServer"]["extraArgs"]["admission-control-config-file"].as_str().unwrap();
     // The file is in the control-plane image at that path…
-    assert!(repo().join("image-files/control-plane").join(file.trim_start_matches('/')) == repo().join(ADMISSION));
+    assert!(
+        repo().join("image-files/control-plane").join(file.trim_start_matches('/')) == repo().join(ADMISSION)
+    );
     // …and its directory is mounted into the apiserver's static pod, read-only, and must exist.
     let vols = cc["apiServer"]["extraVolumes"].as_sequence().unwrap();
     let dir = Path::new(file).parent().unwrap().to_str().unwrap();
@@ -152,7 +158,8 @@ fn kubeadm_points_the_apiserver_at_the_baked_admission_configuration() {
 #[test]
 fn add_on_namespaces_are_labelled_with_the_level_their_charts_need() {
     let r = imgbuild::recipe::load(None).unwrap();
-    let o = imgbuild::plan::PlanOptions::new(imgbuild::types::Role::ControlPlane, imgbuild::types::Arch::Amd64);
+    let o =
+        imgbuild::plan::PlanOptions::new(imgbuild::types::Role::ControlPlane, imgbuild::types::Arch::Amd64);
     let plan = imgbuild::plan::BuildPlan::resolve(&r, &o).unwrap();
     let text = imgbuild::chart::addons::namespaces(&plan);
     let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text)
@@ -182,8 +189,16 @@ fn add_on_namespaces_are_labelled_with_the_level_their_charts_need() {
 // --- the restricted profile, control by control ------------------------------------------
 
 /// Volume types `restricted` allows.
-const RESTRICTED_VOLUMES: &[&str] =
-    &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
+const RESTRICTED_VOLUMES: &[&str] = &[
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+];
 
 /// Violations of the Pod Security Standards' restricted profile (v1.30; it includes
 /// every baseline control) by one pod spec.
@@ -267,8 +282,12 @@ fn restricted_violations(spec: &serde_yaml::Value) -> Vec<String> {
             v.push(format!("{name}: seccompProfile is not RuntimeDefault/Localhost"));
         }
         // restricted: drop ALL; add at most NET_BIND_SERVICE
-        let drops: Vec<&str> =
-            sc["capabilities"]["drop"].as_sequence().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+        let drops: Vec<&str> = sc["capabilities"]["drop"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
         if !drops.contains(&"ALL") {
             v.push(format!("{name}: capabilities do not drop ALL"));
         }
@@ -289,7 +308,9 @@ fn pod_specs(docs: &[serde_yaml::Value]) -> Vec<(String, serde_yaml::Value)> {
         let name = format!("{kind}/{}", d["metadata"]["name"].as_str().unwrap_or("?"));
         let spec = match kind {
             "Pod" => d["spec"].clone(),
-            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => d["spec"]["template"]["spec"].clone(),
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+                d["spec"]["template"]["spec"].clone()
+            }
             "CronJob" => d["spec"]["jobTemplate"]["spec"]["template"]["spec"].clone(),
             _ => continue,
         };
@@ -369,10 +390,11 @@ fn backend_chart_passes_restricted() {
             .output()
             .unwrap();
         common::ok(&o);
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&o.stdout))
-            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-            .filter(|v| !v.is_null())
-            .collect();
+        let docs: Vec<serde_yaml::Value> =
+            serde_yaml::Deserializer::from_str(&String::from_utf8_lossy(&o.stdout))
+                .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+                .filter(|v| !v.is_null())
+                .collect();
         let specs = pod_specs(&docs);
         assert!(specs.iter().any(|(n, _)| n.starts_with("Deployment/")), "{i}: {specs:?}");
         assert!(specs.iter().any(|(n, _)| n.starts_with("Pod/")), "{i}: the test pod");

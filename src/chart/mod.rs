@@ -5,6 +5,7 @@
 pub mod addons;
 pub mod ignore;
 pub mod package;
+pub mod repo;
 pub mod values;
 
 use std::io::Write;
@@ -26,13 +27,15 @@ pub enum ChartError {
     Invalid { origin: String, msg: String },
     #[error("{path}")]
     Io { path: String, source: std::io::Error },
+    #[error("{url}: {msg}")]
+    Fetch { url: String, msg: String },
 }
 
 impl Classify for ChartError {
     fn code(&self) -> Code {
         match self {
             ChartError::Invalid { .. } => Code::Input,
-            ChartError::Io { .. } => Code::Runtime,
+            ChartError::Io { .. } | ChartError::Fetch { .. } => Code::Runtime,
         }
     }
 }
