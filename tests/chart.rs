@@ -504,6 +504,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
             "install metrics-server",
             "install metrics-server",
             "install ingress-nginx",
+            "install local-path",
             "install backend"
         ]
     );
@@ -527,7 +528,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
 
     // One console line per step, plus the start and end lines and the retry note.
     let step_lines: Vec<&str> = stdout.lines().filter(|l| l.contains(": done (attempt")).collect();
-    assert_eq!(step_lines.len(), 7, "{stdout}");
+    assert_eq!(step_lines.len(), 8, "{stdout}");
     assert!(stdout.contains("metrics-server: attempt 1 failed, retrying in 0s"), "{stdout}");
     assert!(stdout.lines().all(|l| l.starts_with("imgbuild-addons: ")), "{stdout}");
 
@@ -544,6 +545,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
             "coredns",
             "metrics-server",
             "ingress-nginx",
+            "local-path",
             "backend"
         ]
     );
@@ -562,7 +564,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let before = inst.calls().len();
     let out = inst.run(3);
     assert!(out.status.success());
-    assert!(text(&out).contains("all 7 steps done already"), "{}", text(&out));
+    assert!(text(&out).contains("all 8 steps done already"), "{}", text(&out));
     assert_eq!(inst.calls().len(), before, "{:?}", &inst.calls()[before..]);
     assert_eq!(inst.status()["state"], "done");
 }
@@ -578,6 +580,7 @@ fn installer_gives_up_then_resumes_where_it_stopped() {
     assert_eq!(st["state"], "failed");
     assert_eq!(st["steps"][5]["state"], "failed");
     assert_eq!(st["steps"][6]["state"], "pending");
+    assert_eq!(st["steps"][7]["state"], "pending");
     assert!(inst.root.join("var/lib/imgbuild/addons/metrics-server.done").is_file());
     assert!(!inst.root.join("var/lib/imgbuild/addons/ingress-nginx.done").exists());
     // Still wanted at boot, so a reboot resumes.
@@ -588,8 +591,11 @@ fn installer_gives_up_then_resumes_where_it_stopped() {
     let n = inst.actions().len();
     let out = inst.run(2);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(inst.actions()[n..], ["api", "install ingress-nginx", "install backend"]);
-    assert!(text(&out).contains("[2/7] cilium: done before"));
+    assert_eq!(
+        inst.actions()[n..],
+        ["api", "install ingress-nginx", "install local-path", "install backend"]
+    );
+    assert!(text(&out).contains("[2/8] cilium: done before"));
     assert!(inst.resume_link().symlink_metadata().is_err());
 }
 
@@ -609,6 +615,7 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
             "wait node",
             "wait coredns",
             "install ingress-nginx",
+            "install local-path",
             "install backend"
         ]
     );
@@ -624,7 +631,7 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
         "{err}"
     );
     assert!(err.contains("replicaCount: Invalid type"), "{err}");
-    assert_eq!(st["steps"][6]["state"], "done");
+    assert_eq!(st["steps"][7]["state"], "done");
     let console = text(&out);
     assert!(
         console.contains("metrics-server: invalid, not retried: does not render: Error: values don't meet"),
@@ -823,8 +830,12 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
     let index: Vec<serde_json::Value> =
         serde_json::from_slice(&file(&cp, "/usr/share/imgbuild/addons/addons.json").unwrap().0).unwrap();
     let releases: Vec<&str> = index.iter().map(|e| e["release"].as_str().unwrap()).collect();
-    assert_eq!(releases, ["cilium", "metrics-server", "ingress-nginx", "backend"]);
-    assert_eq!(index[3]["sha256"], Sha256::of(&backend).as_str());
+    assert_eq!(releases, ["cilium", "metrics-server", "ingress-nginx", "local-path", "backend"]);
+    assert_eq!(index[4]["sha256"], Sha256::of(&backend).as_str());
+    // The default StorageClass's chart is embedded like the backend's.
+    let (storage, _) = file(&cp, "/usr/share/imgbuild/addons/local-path-0.1.0.tgz").expect("storage chart");
+    assert_eq!(storage, imgbuild::chart::package_local_path(plan.source_date_epoch).unwrap().bytes);
+    assert_eq!(index[3]["namespace"], "local-path-storage");
     for e in &index {
         assert!(file(&cp, e["chart"].as_str().unwrap()).is_some(), "{e}");
         if let Some(v) = e["values"].as_str() {
@@ -933,6 +944,7 @@ fn backend_only(inst: &Installer, values: &str) {
     )
     .unwrap();
     std::fs::write(inst.root.join("etc/imgbuild/addons/values.yaml"), values).unwrap();
+    std::fs::remove_file(dir.join("namespaces.yaml")).unwrap();
 }
 
 /// The installer with the real helm (npm), the kubectl stand-in, a cluster that is not

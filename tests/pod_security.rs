@@ -175,7 +175,9 @@ fn add_on_namespaces_are_labelled_with_the_level_their_charts_need() {
     assert_eq!(level("kube-system"), "privileged");
     assert_eq!(level("ingress-nginx"), "baseline");
     assert_eq!(level("backend"), "restricted");
-    assert_eq!(docs.len(), 3);
+    // The default StorageClass's helper pods mount node directories (hostPath).
+    assert_eq!(level("local-path-storage"), "privileged");
+    assert_eq!(docs.len(), 4);
     // Real objects for Kubernetes 1.30.
     let Some(kv) = tool("kubernetes-validate") else { return };
     let d = tempfile::tempdir().unwrap();

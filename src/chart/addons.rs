@@ -46,6 +46,13 @@ pub const BACKEND_USER_VALUES: &str = "/etc/imgbuild/addons/values.yaml";
 pub const BACKEND_POD_SECURITY: PodSecurity = PodSecurity::Restricted;
 /// The backend installs after every recipe add-on.
 const BACKEND_ORDER: u32 = u32::MAX;
+/// The default StorageClass: after every recipe add-on, before the backend (which may
+/// claim a volume).
+pub const STORAGE_RELEASE: &str = "local-path";
+pub const STORAGE_NAMESPACE: &str = "local-path-storage";
+const STORAGE_ORDER: u32 = u32::MAX - 1;
+/// Its helper pods mount the volume directories from the host (hostPath).
+pub const STORAGE_POD_SECURITY: PodSecurity = PodSecurity::Privileged;
 
 /// One step of the installer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -76,7 +83,9 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     }
     let mut out = Vec::new();
     let backend = super::package_backend(plan.source_date_epoch)?;
+    let storage = super::package_local_path(plan.source_date_epoch)?;
     let index = index(plan, &backend)?;
+    out.push((format!("{ADDONS_DIR}/{}", storage.file_name()), storage.bytes));
     out.push((format!("{ADDONS_DIR}/{}", backend.file_name()), backend.bytes));
     for a in &plan.addons {
         if let Some(path) = values_path(a) {
@@ -124,6 +133,20 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
             images: a.images.clone(),
         })
         .collect();
+    let storage = super::package_local_path(plan.source_date_epoch)?;
+    out.push(IndexEntry {
+        order: STORAGE_ORDER,
+        name: storage.name.clone(),
+        version: storage.version.clone(),
+        release: STORAGE_RELEASE.into(),
+        namespace: STORAGE_NAMESPACE.into(),
+        cni: false,
+        chart: format!("{ADDONS_DIR}/{}", storage.file_name()),
+        sha256: crate::types::Sha256::of(&storage.bytes).to_string(),
+        values: None,
+        user_values: format!("{USER_VALUES_DIR}/{STORAGE_RELEASE}.yaml"),
+        images: storage_images(),
+    });
     let image = backend_image();
     out.push(IndexEntry {
         order: BACKEND_ORDER,
@@ -161,8 +184,11 @@ pub fn namespaces(plan: &BuildPlan) -> String {
         let l = levels.entry(a.namespace.as_str()).or_insert(a.pod_security);
         *l = (*l).max(a.pod_security);
     }
-    let l = levels.entry(BACKEND_NAMESPACE).or_insert(BACKEND_POD_SECURITY);
-    *l = (*l).max(BACKEND_POD_SECURITY);
+    for (ns, level) in [(STORAGE_NAMESPACE, STORAGE_POD_SECURITY), (BACKEND_NAMESPACE, BACKEND_POD_SECURITY)]
+    {
+        let l = levels.entry(ns).or_insert(level);
+        *l = (*l).max(level);
+    }
     let mut s = format!(
         "# Namespaces of the add-ons of recipe {} and their Pod Security levels
          # (applied by imgbuild-addons before the first chart).
@@ -183,6 +209,22 @@ metadata:
         ));
     }
     s
+}
+
+/// The images the embedded storage chart deploys with its defaults: the provisioner and
+/// its helper pod's.
+fn storage_images() -> Vec<String> {
+    let Some(values) = super::LOCAL_PATH.get_file("values.yaml").and_then(|f| f.contents_utf8()) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(values) else { return Vec::new() };
+    let img = &v["image"];
+    let mut out = Vec::new();
+    if let (Some(r), Some(t)) = (img["repository"].as_str(), img["tag"].as_str()) {
+        out.push(format!("{r}:{t}"));
+    }
+    out.extend(v["helperImage"].as_str().map(str::to_string));
+    out
 }
 
 /// The default image of the embedded backend chart (`image.repository:tag`).

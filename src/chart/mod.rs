@@ -20,6 +20,8 @@ pub use package::{package_dir, Packaged};
 
 /// The sample backend chart, packaged into every control-plane image.
 static BACKEND: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/backend");
+/// The default StorageClass (local-path-provisioner), packaged into every control-plane image.
+static LOCAL_PATH: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/local-path");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
@@ -59,4 +61,10 @@ pub fn write_package(p: &Packaged, dir: &std::path::Path) -> Result<PathBuf> {
 /// The embedded backend chart, packaged with entry mtime `mtime`.
 pub fn package_backend(mtime: u64) -> Result<Packaged, ChartError> {
     package::package_embedded(&BACKEND, "embedded:charts/backend", mtime)
+}
+
+/// The embedded storage chart (the cluster's default StorageClass), packaged with entry
+/// mtime `mtime`.
+pub fn package_local_path(mtime: u64) -> Result<Packaged, ChartError> {
+    package::package_embedded(&LOCAL_PATH, "embedded:charts/local-path", mtime)
 }
