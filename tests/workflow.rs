@@ -137,7 +137,7 @@ fn workflow_run_scripts_pass_shellcheck() {
 #[test]
 fn container_definition_is_rootless_with_the_build_tools() {
     let c = std::fs::read_to_string(repo().join("Containerfile")).unwrap();
-    let user = c.lines().filter(|l| l.starts_with("USER ")).last().expect("a USER line");
+    let user = c.lines().rfind(|l| l.starts_with("USER ")).expect("a USER line");
     assert!(!matches!(user.trim(), "USER root" | "USER 0"), "{user}");
     for pkg in ["e2fsprogs", "qemu-utils", "ca-certificates"] {
         assert!(c.contains(pkg), "{pkg}");
