@@ -11,7 +11,7 @@ use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Code};
-use crate::types::{Arch, PackageRequest, PodSecurity, Role, Sha256};
+use crate::types::{Arch, PackageRequest, PodSecurity, Profile, Role, Sha256};
 
 /// Recipes shipped inside the binary; the first is the default.
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
@@ -179,6 +179,10 @@ pub struct Addon {
     /// the most permissive of theirs. Default: the cluster's `baseline`.
     #[serde(default)]
     pub pod_security: PodSecurity,
+    /// Installed only in images built with this profile (`build --profile`) on clusters
+    /// that turn it on (`addons.profiles`); absent: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
 }
 
 /// Where an artifact's bytes land in the image. Without `from` the downloaded file
@@ -639,7 +643,9 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
         if !(a.values.is_object() || a.values.is_null()) {
             return Err((format!("{p}.values"), "must be a mapping of Helm values".into()));
         }
-        if a.images.is_empty() {
+        // A profile's chart may be unpinned in the recipe (resolved by the lock): its images
+        // are then only known by rendering it.
+        if a.images.is_empty() && a.profile.is_none() {
             return Err((format!("{p}.images"), "list the images the chart deploys".into()));
         }
         for (j, img) in a.images.iter().enumerate() {

@@ -73,6 +73,9 @@ pub struct IndexEntry {
     /// Cluster-specific values, applied last when the file exists.
     pub user_values: String,
     pub images: Vec<String>,
+    /// Installed only when the cluster turns this profile on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::types::Profile>,
 }
 
 /// The control-plane add-on files, as (path in the image, bytes), all mode 0644: the
@@ -105,6 +108,7 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     out.push((format!("{ADDONS_DIR}/addons.json"), json));
     out.push((format!("{ADDONS_DIR}/namespaces.yaml"), namespaces(plan).into_bytes()));
     out.push((format!("{ADDONS_DIR}/addons.tsv"), tsv(&index).into_bytes()));
+    out.push((format!("{ADDONS_DIR}/profiles.tsv"), profiles_tsv(&index).into_bytes()));
     Ok(out)
 }
 
@@ -131,6 +135,7 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
             values: values_path(a),
             user_values: format!("{USER_VALUES_DIR}/{}.yaml", a.release),
             images: a.images.clone(),
+            profile: a.profile,
         })
         .collect();
     let storage = super::package_local_path(plan.source_date_epoch)?;
@@ -146,6 +151,7 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
         values: None,
         user_values: format!("{USER_VALUES_DIR}/{STORAGE_RELEASE}.yaml"),
         images: storage_images(),
+        profile: None,
     });
     let image = backend_image();
     out.push(IndexEntry {
@@ -160,6 +166,7 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
         values: None,
         user_values: BACKEND_USER_VALUES.into(),
         images: image.into_iter().collect(),
+        profile: None,
     });
     for e in &out {
         for f in [&e.name, &e.release, &e.namespace, &e.chart, &e.user_values] {
@@ -190,23 +197,24 @@ pub fn namespaces(plan: &BuildPlan) -> String {
         *l = (*l).max(level);
     }
     let mut s = format!(
-        "# Namespaces of the add-ons of recipe {} and their Pod Security levels
-         # (applied by imgbuild-addons before the first chart).
-",
+        "# Namespaces of the add-ons of recipe {} and their Pod Security levels\n\
+         # (applied by imgbuild-addons before the first chart).\n",
         plan.recipe
     );
     for (ns, level) in levels {
-        s.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: {ns}
-  labels:
-                 pod-security.kubernetes.io/enforce: {level}
-                 pod-security.kubernetes.io/enforce-version: latest
-"
-        ));
+        for line in [
+            "---".to_string(),
+            "apiVersion: v1".into(),
+            "kind: Namespace".into(),
+            "metadata:".into(),
+            format!("  name: {ns}"),
+            "  labels:".into(),
+            format!("    pod-security.kubernetes.io/enforce: {level}"),
+            "    pod-security.kubernetes.io/enforce-version: latest".into(),
+        ] {
+            s.push_str(&line);
+            s.push('\n');
+        }
     }
     s
 }
@@ -234,6 +242,22 @@ fn backend_image() -> Option<String> {
     let img = v.get("image")?;
     Some(format!("{}:{}", img.get("repository")?.as_str()?, img.get("tag")?.as_str()?))
 }
+
+/// Which release belongs to which profile (`release<TAB>profile`), for the installer: a
+/// release listed here is installed only when [`PROFILES_FILE`] (written by user-data
+/// from `addons.profiles`) names its profile.
+pub fn profiles_tsv(index: &[IndexEntry]) -> String {
+    let mut s = String::from("# release\tprofile\n");
+    for e in index {
+        if let Some(p) = e.profile {
+            s.push_str(&format!("{}\t{p}\n", e.release));
+        }
+    }
+    s
+}
+
+/// The profiles a cluster turns on, one per line (user-data, from `addons.profiles`).
+pub const PROFILES_FILE: &str = "/etc/imgbuild/addons/profiles";
 
 /// The tab-separated index the installer reads.
 pub fn tsv(index: &[IndexEntry]) -> String {

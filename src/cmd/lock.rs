@@ -38,12 +38,15 @@ pub struct LockArgs {
     /// Print JSON ({"lock": PATH}) instead of the path
     #[arg(long)]
     pub json: bool,
+    /// Also pin the charts of this add-on profile (repeatable; the core add-ons' always)
+    #[arg(long = "profile", value_enum)]
+    pub profiles: Vec<crate::types::Profile>,
 }
 
 pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
     let mirrors = super::fetch::mirrors(&a.mirrors)?;
-    let charts = resolve_charts(&lr, &mirrors, rep)?;
+    let charts = resolve_charts(&lr, &a.profiles, &mirrors, rep)?;
     let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
     let Some(p) = &lr.recipe.packages else {
         if charts.is_empty() {
@@ -116,11 +119,12 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
 /// a digest the recipe also states inline must be the index's (else exit 3).
 fn resolve_charts(
     lr: &recipe::LoadedRecipe,
+    profiles: &[crate::types::Profile],
     mirrors: &[crate::fetch::Mirror],
     rep: &Reporter,
 ) -> Result<Vec<lockfile::LockedChart>> {
     let mut out = Vec::new();
-    for art in &lr.recipe.artifacts {
+    for art in lr.recipe.artifacts.iter().filter(|a| !crate::plan::left_out(&lr.recipe, a, profiles)) {
         let Some(c) = &art.chart else { continue };
         let r = crate::chart::repo::resolve_online(&c.repo, &art.name, &art.version, mirrors)?;
         for (arch, sha) in &art.sha256 {

@@ -30,6 +30,10 @@ pub struct TargetArgs {
     /// CPU architecture
     #[arg(long, value_enum, default_value_t = Arch::Amd64)]
     pub arch: Arch,
+    /// Carry this add-on profile's charts in the control-plane image (repeatable); a
+    /// cluster then turns it on with `addons.profiles` in cluster.yaml
+    #[arg(long = "profile", value_enum)]
+    pub profiles: Vec<crate::types::Profile>,
 }
 
 impl TargetArgs {
@@ -39,7 +43,11 @@ impl TargetArgs {
 
     /// Plan options for this target, the rest at `build`'s defaults.
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions { recipe_path: self.recipe.clone(), ..PlanOptions::new(self.role, self.arch) }
+        PlanOptions {
+            recipe_path: self.recipe.clone(),
+            profiles: self.profiles.clone(),
+            ..PlanOptions::new(self.role, self.arch)
+        }
     }
 }
 
