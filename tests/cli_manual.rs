@@ -8,16 +8,7 @@ use std::process::Command;
 
 use clap::CommandFactory;
 
-/// A tool on PATH, or None with a note when it is missing outside CI (in CI: panic).
-fn tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(p);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (ci/test.sh installs it)");
-    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
-    None
-}
+use common::tool;
 
 fn stdout_of(args: &[&str]) -> String {
     let o = common::bin().args(args).output().unwrap();

@@ -24,15 +24,7 @@ fn repo() -> PathBuf {
 
 const ADMISSION: &str = "image-files/control-plane/etc/kubernetes/admission/pod-security.yaml";
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(p);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (ci/test.sh installs it)");
-    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
-    None
-}
+use common::tool;
 
 // --- the admission configuration, typed from the upstream reference --------------------
 

@@ -9,15 +9,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(p);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (ci/test.sh installs it)");
-    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
-    None
-}
+use common::tool;
 
 fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/local-path")

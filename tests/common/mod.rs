@@ -29,6 +29,18 @@ pub fn validate_spdx(path: &std::path::Path) {
     }
 }
 
+/// A tool on PATH, or None with a note when it is missing outside CI (in CI, where
+/// ci/test.sh installs it, a missing tool is a failure, never a silent pass).
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
+        return Some(p);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (ci/test.sh installs it)");
+    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
+    None
+}
+
 /// Assert that a command succeeded, showing its exit code and output when it did not.
 pub fn ok(o: &std::process::Output) {
     assert!(
