@@ -164,6 +164,8 @@ fn unknown_profiles_and_missing_credentials_are_bad_input_naming_the_field() {
         ("  profiles: [logging]\n", "addons.logging.endpoint"),
         ("  profiles: [logging]\n  logging:\n    endpoint: http://collector:4318\n    token: t\n", "addons.logging.endpoint"),
         ("  profiles: [gitops, gitops]\n", "addons.profiles[1]"),
+        ("  profiles: [gitops]\n", "addons.gitops.repo_url"),
+        ("  profiles: [gitops]\n  gitops:\n    repo_url: ftp://example.test/app\n", "addons.gitops.repo_url"),
     ] {
         let d = tempfile::tempdir().unwrap();
         let c = cluster(d.path(), addons);
@@ -184,13 +186,17 @@ fn turned_on_profiles_reach_the_first_control_plane_with_their_credentials() {
     let c = cluster(
         d.path(),
         &format!(
-            "  profiles: [monitoring, logging]\n  logging:\n    endpoint: https://abc123.live.dynatrace.com/api/v2/otlp\n    token: {token}\n"
+            "  profiles: [monitoring, logging, gitops]\n  logging:\n    endpoint: https://abc123.live.dynatrace.com/api/v2/otlp\n    token: {token}\n  gitops:\n    repo_url: https://git.example.test/platform/app.git\n    revision: v1.2.0\n"
         ),
     );
     let out = d.path().join("out");
     common::ok(&cloud_init(&c, &out));
     let files = cp1_files(&out);
-    assert_eq!(files["/etc/imgbuild/addons/profiles"].1, "monitoring\nlogging\n");
+    assert_eq!(files["/etc/imgbuild/addons/profiles"].1, "monitoring\nlogging\ngitops\n");
+    let app: serde_yaml::Value =
+        serde_yaml::from_str(&files["/etc/imgbuild/addons/backend-app.yaml"].1).unwrap();
+    assert_eq!(app["repoURL"], "https://git.example.test/platform/app.git");
+    assert_eq!(app["targetRevision"], "v1.2.0");
     let (mode, logging) = &files["/etc/imgbuild/addons/logging.yaml"];
     assert_eq!(mode, "0600");
     let v: serde_yaml::Value = serde_yaml::from_str(logging).unwrap();
@@ -292,4 +298,62 @@ fn the_installer_installs_a_profile_only_where_the_cluster_turned_it_on() {
             "{console}"
         );
     }
+}
+
+/// The gitops profile's Application: its own release after Argo CD (the CRD must exist
+/// first), rendered by real helm with the values cloud-init writes; without a repository
+/// it does not render, so the installer marks it invalid instead of retrying.
+#[test]
+fn gitops_application_is_a_release_after_argo_cd_for_the_backend() {
+    let mut p = plan(None, &[]).unwrap();
+    let mut argo = p.addons[1].clone();
+    argo.release = "argocd".into();
+    argo.namespace = "argocd".into();
+    argo.order = 70;
+    argo.profile = Some(Profile::Gitops);
+    p.addons.push(argo);
+    let backend = imgbuild::chart::package_backend(0).unwrap();
+    let index = imgbuild::chart::addons::index(&p, &backend).unwrap();
+    let releases: Vec<&str> = index.iter().map(|e| e.release.as_str()).collect();
+    assert_eq!(
+        releases,
+        ["cilium", "metrics-server", "ingress-nginx", "argocd", "local-path", "backend", "backend-app"]
+    );
+    let app = index.last().unwrap();
+    assert_eq!((app.namespace.as_str(), app.profile), ("argocd", Some(Profile::Gitops)));
+    assert!(imgbuild::chart::addons::profiles_tsv(&index).contains("backend-app\tgitops\n"));
+    // Not carried without the profile.
+    let plain = imgbuild::chart::addons::index(&plan(None, &[]).unwrap(), &backend).unwrap();
+    assert!(plain.iter().all(|e| e.release != "backend-app"));
+
+    let Some(helm) = common::tool("helm") else { return };
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gitops-backend");
+    let d = tempfile::tempdir().unwrap();
+    let vf = d.path().join("v.yaml");
+    std::fs::write(&vf, "repoURL: https://git.example.test/platform/app.git\ntargetRevision: v1.2.0\n")
+        .unwrap();
+    let o = Command::new(&helm)
+        .args(["lint", "--strict", "--kube-version", "1.30.3", "-f"])
+        .arg(&vf)
+        .arg(&chart)
+        .output()
+        .unwrap();
+    common::ok(&o);
+    let o = Command::new(&helm)
+        .args(["template", "backend-app", "--namespace", "argocd", "--kube-version", "1.30.3", "-f"])
+        .arg(&vf)
+        .arg(&chart)
+        .output()
+        .unwrap();
+    common::ok(&o);
+    let a: serde_yaml::Value = serde_yaml::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["apiVersion"], "argoproj.io/v1alpha1");
+    assert_eq!(a["kind"], "Application");
+    assert_eq!(a["metadata"]["namespace"], "argocd");
+    assert_eq!(a["spec"]["source"]["path"], "charts/backend");
+    assert_eq!(a["spec"]["source"]["helm"]["releaseName"], "backend");
+    assert_eq!(a["spec"]["destination"]["namespace"], imgbuild::chart::addons::BACKEND_NAMESPACE);
+    assert_eq!(a["spec"]["destination"]["server"], "https://kubernetes.default.svc");
+    let o = Command::new(&helm).args(["template", "x"]).arg(&chart).output().unwrap();
+    assert!(!o.status.success(), "renders without a repository");
 }

@@ -53,6 +53,21 @@ pub const STORAGE_NAMESPACE: &str = "local-path-storage";
 const STORAGE_ORDER: u32 = u32::MAX - 1;
 /// Its helper pods mount the volume directories from the host (hostPath).
 pub const STORAGE_POD_SECURITY: PodSecurity = PodSecurity::Privileged;
+/// The gitops profile's Application for the backend: a release of its own after Argo CD
+/// (whose CRDs must exist first), in Argo CD's namespace.
+pub const GITOPS_APP_RELEASE: &str = "backend-app";
+
+fn carries_gitops(plan: &BuildPlan) -> bool {
+    plan.addons.iter().any(|a| a.profile == Some(crate::types::Profile::Gitops))
+}
+
+/// Argo CD's namespace in `plan` (the gitops profile's add-on).
+fn gitops_namespace(plan: &BuildPlan) -> Option<&str> {
+    plan.addons
+        .iter()
+        .find(|a| a.profile == Some(crate::types::Profile::Gitops))
+        .map(|a| a.namespace.as_str())
+}
 
 /// One step of the installer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -89,6 +104,10 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     let storage = super::package_local_path(plan.source_date_epoch)?;
     let index = index(plan, &backend)?;
     out.push((format!("{ADDONS_DIR}/{}", storage.file_name()), storage.bytes));
+    if carries_gitops(plan) {
+        let app = super::package_gitops_backend(plan.source_date_epoch)?;
+        out.push((format!("{ADDONS_DIR}/{}", app.file_name()), app.bytes));
+    }
     out.push((format!("{ADDONS_DIR}/{}", backend.file_name()), backend.bytes));
     for a in &plan.addons {
         if let Some(path) = values_path(a) {
@@ -168,6 +187,23 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
         images: image.into_iter().collect(),
         profile: None,
     });
+    if let (true, Some(ns)) = (carries_gitops(plan), gitops_namespace(plan)) {
+        let app = super::package_gitops_backend(plan.source_date_epoch)?;
+        out.push(IndexEntry {
+            order: BACKEND_ORDER,
+            name: app.name.clone(),
+            version: app.version.clone(),
+            release: GITOPS_APP_RELEASE.into(),
+            namespace: ns.to_string(),
+            cni: false,
+            chart: format!("{ADDONS_DIR}/{}", app.file_name()),
+            sha256: crate::types::Sha256::of(&app.bytes).to_string(),
+            values: None,
+            user_values: format!("{USER_VALUES_DIR}/{GITOPS_APP_RELEASE}.yaml"),
+            images: Vec::new(),
+            profile: Some(crate::types::Profile::Gitops),
+        });
+    }
     for e in &out {
         for f in [&e.name, &e.release, &e.namespace, &e.chart, &e.user_values] {
             if f.contains(['\t', '\n']) {

@@ -22,6 +22,9 @@ pub use package::{package_dir, Packaged};
 static BACKEND: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/backend");
 /// The default StorageClass (local-path-provisioner), packaged into every control-plane image.
 static LOCAL_PATH: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/local-path");
+/// The gitops profile's Argo CD Application for the backend, packaged when the image
+/// carries that profile.
+static GITOPS_BACKEND: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/gitops-backend");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
@@ -67,4 +70,9 @@ pub fn package_backend(mtime: u64) -> Result<Packaged, ChartError> {
 /// mtime `mtime`.
 pub fn package_local_path(mtime: u64) -> Result<Packaged, ChartError> {
     package::package_embedded(&LOCAL_PATH, "embedded:charts/local-path", mtime)
+}
+
+/// The embedded Argo CD Application chart of the gitops profile.
+pub fn package_gitops_backend(mtime: u64) -> Result<Packaged, ChartError> {
+    package::package_embedded(&GITOPS_BACKEND, "embedded:charts/gitops-backend", mtime)
 }

@@ -219,6 +219,7 @@ fn profiles(
             let value = match (p, *field) {
                 (Profile::Logging, "endpoint") => a.logging.as_ref().and_then(|g| g.endpoint.as_deref()),
                 (Profile::Logging, "token") => a.logging.as_ref().and_then(|g| g.token.as_deref()),
+                (Profile::Gitops, "repo_url") => a.gitops.as_ref().and_then(|g| g.repo_url.as_deref()),
                 _ => None,
             };
             let path = format!("addons.{p}.{field}");
@@ -236,8 +237,27 @@ fn profiles(
             ));
         }
     }
+    if let Some(u) = a.gitops.as_ref().and_then(|g| g.repo_url.as_deref()) {
+        if !(u.starts_with("https://") || u.starts_with("ssh://") || u.starts_with("git@")) {
+            errors.push(at("addons.gitops.repo_url", "must be an https://, ssh:// or git@ Git URL"));
+        }
+    }
     if on.is_empty() {
         return Ok(());
+    }
+    if let (true, Some(g)) = (on.contains(&Profile::Gitops), a.gitops.as_ref()) {
+        let mut v = serde_json::json!({"repoURL": g.repo_url.clone().unwrap_or_default()});
+        if let Some(p) = &g.path {
+            v["path"] = Value::from(p.clone());
+        }
+        if let Some(r) = &g.revision {
+            v["targetRevision"] = Value::from(r.clone());
+        }
+        let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
+        out.files.push((
+            format!("{USER_VALUES_DIR}/{}.yaml", crate::chart::addons::GITOPS_APP_RELEASE),
+            format!("# Helm values for the gitops profile's Application, from addons.gitops of cluster.yaml.\n{body}"),
+        ));
     }
     let list: String = on.iter().map(|p| format!("{p}\n")).collect();
     out.files.push((crate::chart::addons::PROFILES_FILE.to_string(), list));

@@ -181,6 +181,24 @@ pub struct Addons {
     /// with the logs.ingest scope). Delivered to the first control plane only, 0600.
     #[serde(default)]
     pub logging: Option<LoggingSpec>,
+    /// The `gitops` profile's Git source of the backend chart: Argo CD's `Application`
+    /// keeps the backend in sync with it.
+    #[serde(default)]
+    pub gitops: Option<GitopsSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitopsSpec {
+    /// The Git repository (https:// or ssh://).
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    /// The chart's directory in it (default `charts/backend`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Branch, tag or commit (default `HEAD`).
+    #[serde(default)]
+    pub revision: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -35,7 +35,8 @@ impl Profile {
     pub fn required(self) -> &'static [&'static str] {
         match self {
             Profile::Logging => &["endpoint", "token"],
-            Profile::Monitoring | Profile::Gitops => &[],
+            Profile::Gitops => &["repo_url"],
+            Profile::Monitoring => &[],
         }
     }
 }
