@@ -357,3 +357,25 @@ fn gitops_application_is_a_release_after_argo_cd_for_the_backend() {
     let o = Command::new(&helm).args(["template", "x"]).arg(&chart).output().unwrap();
     assert!(!o.status.success(), "renders without a repository");
 }
+
+/// The commented profile example in a generated cluster.yaml is valid once uncommented.
+#[test]
+fn the_generated_profile_example_is_valid_when_uncommented() {
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path(), "");
+    let text = std::fs::read_to_string(&c).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines.iter().position(|l| *l == "  # profiles: [monitoring, logging, gitops]").expect("example");
+    let out: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if (at..at + 7).contains(&i) { l.replacen("# ", "", 1) } else { l.to_string() })
+        .collect();
+    std::fs::write(&c, out.join("\n") + "\n").unwrap();
+    let o = cloud_init(&c, &d.path().join("out"));
+    common::ok(&o);
+    assert_eq!(
+        cp1_files(&d.path().join("out"))["/etc/imgbuild/addons/profiles"].1,
+        "monitoring\nlogging\ngitops\n"
+    );
+}
