@@ -733,7 +733,12 @@ mod tests {
     fn addons_are_validated_with_paths() {
         let r = load(None).unwrap().recipe;
         let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
-        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx"]);
+        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx", "monitoring", "logging", "argocd"]);
+        // The core add-ons list their images; a profile's may leave them to the pinned chart.
+        let e = addon_err("    profile: gitops\n", "");
+        assert!(e.contains("addons[5].images"), "{e}");
+        let e = addon_err("    profile: gitops\n", "    profile: tracing\n");
+        assert!(e.contains("addons[5].profile") || e.contains("tracing"), "{e}");
         let e = addon_err("  - artifact: metrics-server", "  - artifact: nope");
         assert!(e.contains("addons[1].artifact") && e.contains("(line "), "{e}");
         let e = addon_err("    release: ingress-nginx", "    release: backend");
