@@ -15,6 +15,7 @@ fn broken_pipe() -> OwnedFd {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) fills both descriptors, which we then own.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the two descriptors pipe(2) just returned, owned by nothing else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(r);
     w
