@@ -40,9 +40,9 @@ deps=(
 )
 missing=()
 for d in "${deps[@]}"; do
-  set -- $d
-  if ! command -v "$1" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$1" ] && ! [ -x "/sbin/$1" ]; then
-    missing+=("$2")
+  read -r cmd pkg <<<"$d"
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
+    missing+=("$pkg")
   fi
 done
 if [ ${#missing[@]} -gt 0 ]; then

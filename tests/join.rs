@@ -154,7 +154,7 @@ impl World {
             if t0.elapsed() > limit {
                 // SAFETY: kill(2) takes no memory; -pid is the process group this runner made.
                 // SAFETY: kill(2) takes no memory; -pid is a process group this test started.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
                 self.running.borrow_mut().retain(|p| *p != pid);
                 let o = c.wait_with_output().unwrap();
                 panic!(
@@ -227,7 +227,7 @@ impl Drop for World {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
                         // SAFETY: kill(2) takes no memory; the pid is an etcd this test started.
                         // SAFETY: kill(2) takes no memory; the pid is the etcd this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
                 }
             }
