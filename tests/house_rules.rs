@@ -68,3 +68,66 @@ fn shellcheck_passes_on_every_ci_script() {
     let o = shellcheck(t.path(), &[PathBuf::from("bad.sh")]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stdout).contains("SC2086"), "{o:?}");
 }
+
+/// `1.89`, `1.89.0` → (1, 89, 0).
+fn rust_version(v: &str) -> (u64, u64, u64) {
+    let mut it = v.split('.').map(|n| n.parse::<u64>().unwrap());
+    (it.next().unwrap(), it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The half of the MSRV check that needs no second toolchain (ci/msrv.sh builds with it): the
+/// declared rust-version is at least every rust-version the locked dependencies of the library
+/// and the binary declare (dev-dependencies are the tests' business), for the Linux targets.
+#[test]
+fn rust_version_covers_every_locked_dependency() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut msrv_deps: Vec<(String, String)> = Vec::new();
+    let mut ours = None;
+    for target in ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"] {
+        let o = Command::new(&cargo)
+            .current_dir(repo())
+            .args(["metadata", "--format-version", "1", "--locked", "--offline", "--filter-platform", target])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "cargo metadata: {}", String::from_utf8_lossy(&o.stderr));
+        let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let root = m["resolve"]["root"].as_str().unwrap().to_string();
+        let pkgs: std::collections::HashMap<&str, &serde_json::Value> =
+            m["packages"].as_array().unwrap().iter().map(|p| (p["id"].as_str().unwrap(), p)).collect();
+        ours = pkgs[root.as_str()]["rust_version"].as_str().map(str::to_string);
+        let nodes: std::collections::HashMap<&str, &serde_json::Value> = m["resolve"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["id"].as_str().unwrap(), n))
+            .collect();
+        // Walk normal and build dependencies from the root.
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![root.as_str()];
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            for d in nodes[id]["deps"].as_array().unwrap() {
+                let not_dev =
+                    d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].as_str() != Some("dev"));
+                if not_dev {
+                    todo.push(d["pkg"].as_str().unwrap());
+                }
+            }
+        }
+        for id in seen {
+            let p = pkgs[id];
+            if let (Some(rv), false) = (p["rust_version"].as_str(), id == root) {
+                msrv_deps.push((
+                    format!("{} {}", p["name"].as_str().unwrap(), p["version"].as_str().unwrap()),
+                    rv.into(),
+                ));
+            }
+        }
+    }
+    let ours = ours.expect("Cargo.toml declares rust-version");
+    assert!(msrv_deps.len() > 50, "too few dependencies declare a rust-version: {msrv_deps:?}");
+    let newer: Vec<_> = msrv_deps.iter().filter(|(_, rv)| rust_version(rv) > rust_version(&ours)).collect();
+    assert!(newer.is_empty(), "rust-version {ours} is older than these locked dependencies need: {newer:?}");
+}

@@ -221,7 +221,10 @@ mod tests {
         assert_eq!(parse_rfc3339("2024-08-21T07:05:09Z"), Some(t));
         // What kubeadm writes on a node whose clock is not UTC: the same instant.
         assert_eq!(parse_rfc3339("2024-08-21T09:05:09+02:00"), Some(t));
-        assert_eq!(parse_rfc3339("2024-08-21T07:05:09.5Z").map(|p| p.unix_timestamp()), Some(t.unix_timestamp()));
+        assert_eq!(
+            parse_rfc3339("2024-08-21T07:05:09.5Z").map(|p| p.unix_timestamp()),
+            Some(t.unix_timestamp())
+        );
         for bad in ["2024-08-21 07:05:09Z", "2024-13-21T07:05:09Z", "2024-08-21T07:05:09", "2024-08-21", ""] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
