@@ -88,3 +88,20 @@ fn errors_print_as_a_cause_chain() {
         format!("error: reading recipe {}\n\nCaused by:\n  No such file or directory", missing.display());
     assert!(err.starts_with(&want), "{err}");
 }
+
+/// A filesystem error names its path at every level (fs-err in the cache), and the chain
+/// prints the way cargo prints one: `error:`, a blank line, `Caused by:`, indented causes.
+#[test]
+fn a_filesystem_error_names_its_path_in_the_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let not_a_dir = d.path().join("cache");
+    std::fs::write(&not_a_dir, b"a file where the cache directory should be").unwrap();
+    let o = common::bin()
+        .args(["fetch", "--offline", "--quiet", "--cache-dir"])
+        .arg(&not_a_dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).replace(d.path().to_str().unwrap(), "[TMP]");
+    insta::assert_snapshot!("fs_error_chain", err);
+}
