@@ -194,8 +194,9 @@ impl Cache {
         let (file, path) =
             fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts();
         // Fully qualified: fs4's trait, not std's inherent `File::lock*` of the same name.
-        fs4::fs_std::FileExt::lock_exclusive(&file)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("failed to lock `{}`: {e}", path.display())))?;
+        fs4::fs_std::FileExt::lock_exclusive(&file).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("failed to lock `{}`: {e}", path.display()))
+        })?;
         Ok(BlobLock { _file: file })
     }
 

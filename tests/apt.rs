@@ -17,21 +17,7 @@ use sha2::{Digest, Sha256};
 
 /// Tools this test needs; in CI (`CI` set) a missing one is a failure, not a skip.
 fn tools_present() -> bool {
-    let missing: Vec<_> = ["gpg", "gpg-agent", "dpkg-deb", "xz"]
-        .into_iter()
-        .filter(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .output()
-                .map_or(true, |o| !o.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "CI lacks {missing:?} (ci/test.sh installs them)");
-    eprintln!("note: skipping apt repository tests, missing {missing:?}");
-    false
+    ["gpg", "gpg-agent", "dpkg-deb", "xz"].into_iter().all(common::tool)
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -893,14 +879,8 @@ fn install_merges_with_an_existing_alternative_of_the_base() {
 #[test]
 fn lock_reads_the_base_status_from_the_cached_base_image() {
     let Some(f) = fixture() else { return };
-    for t in ["sgdisk", "mkfs.ext4", "qemu-img", "debugfs"] {
-        let found =
-            Command::new("sh").args(["-c", &format!("PATH=$PATH:/sbin:/usr/sbin command -v {t}")]).output();
-        if !found.is_ok_and(|o| o.status.success()) {
-            assert!(std::env::var_os("CI").is_none(), "CI lacks {t}");
-            eprintln!("note: skipping, {t} missing");
-            return;
-        }
+    if !["sgdisk", "mkfs.ext4", "qemu-img", "debugfs"].into_iter().all(common::tool) {
+        return;
     }
     let r = recipe(f, "fromimage", "/repo", "good.asc", &["tool"]);
     let d = r.parent().unwrap();
@@ -994,10 +974,7 @@ fn files_under_merged_usr_symlinks_go_through_them() {
 #[test]
 fn ldconfig_unit_passes_systemd_analyze_verify() {
     let Some(f) = fixture() else { return };
-    let found = Command::new("sh").args(["-c", "command -v systemd-analyze"]).output();
-    if !found.is_ok_and(|o| o.status.success()) {
-        assert!(std::env::var_os("CI").is_none(), "CI lacks systemd-analyze");
-        eprintln!("note: skipping, systemd-analyze missing");
+    if !common::tool("systemd-analyze") {
         return;
     }
     let work = tempfile::tempdir().unwrap();

@@ -12,24 +12,12 @@ pub fn bin() -> std::process::Command {
     c
 }
 
-/// Whether the external `tool` a test needs can run here (on PATH, or in /usr/sbin or /sbin as
-/// Debian installs some). The one place a test decides to skip: when the tool is missing the
-/// test panics if `CI` is set (ci/test.sh installs every tool, so CI never passes by
-/// skipping), and otherwise prints a loud note and returns false for the test to return.
-pub fn tool(tool: &str) -> bool {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| is_executable(&d.join(tool))));
-    if on_path || ["/usr/sbin", "/sbin"].iter().any(|d| is_executable(&std::path::Path::new(d).join(tool))) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI (ci/test.sh installs it)");
-    eprintln!("SKIPPED: {tool} is not installed (ci/test.sh installs it); this check did not run");
-    false
-}
-
-fn is_executable(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+/// Whether the external `tool` a test needs can run here: the one place a test decides to
+/// skip. When it is missing the test panics if `CI` is set (ci/test.sh installs every tool, so
+/// CI never passes by skipping), and otherwise prints a loud note and returns false for the
+/// test to return early.
+pub fn tool(tool: &'static str) -> bool {
+    imgbuild::tools::for_test(tool).is_some()
 }
 
 /// Validate an SPDX document with the reference validator (PyPI spdx-tools' `pyspdxtools`,
