@@ -47,8 +47,8 @@ deps=(
 )
 missing=()
 for d in "${deps[@]}"; do
-  set -- $d
-  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+  read -r cmd pkg <<<"$d"
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 if [ ${#missing[@]} -gt 0 ]; then

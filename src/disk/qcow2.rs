@@ -506,7 +506,7 @@ mod tests {
     use std::process::Command;
 
     fn have_qemu_img() -> bool {
-        Command::new("qemu-img").arg("--version").output().is_ok()
+        crate::tools::for_test("qemu-img").is_some()
     }
 
     /// Written images pass `qemu-img check`, read back equal through qemu-img and
