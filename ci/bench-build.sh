@@ -13,8 +13,8 @@
 #     by a hash of this script.
 #   standin: 640 MiB of incompressible base content, 4 MiB artifacts (BENCH_ARTIFACT_MIB).
 # Roles: BENCH_ROLES (default "worker control-plane"). Formats: BENCH_FORMATS (default
-# "qcow2"; e.g. "qcow2 vmdk ova vhdx vhd"): each is timed and put as a ratio to the
-# qcow2 build. Every run's time is printed (the spread), then the median of BENCH_RUNS
+# "qcow2 qcow2+compress"; e.g. "qcow2 qcow2+compress vmdk ova vhdx vhd"; qcow2 first):
+# each is timed and put as a ratio to the qcow2 build (time and output size). Every run's time is printed (the spread), then the median of BENCH_RUNS
 # (default 3). Peak RSS (/usr/bin/time -v) of every build is printed; target < 200 MB.
 #
 # Usage: ci/bench-build.sh [WORKDIR]   (needs sgdisk, mke2fs, qemu-img, python3, /usr/bin/time)
@@ -24,7 +24,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 runs=${BENCH_RUNS:-3}
 profile=${BENCH_PROFILE:-realistic}
 roles=${BENCH_ROLES:-worker control-plane}
-formats=${BENCH_FORMATS:-qcow2}
+formats=${BENCH_FORMATS:-qcow2 qcow2+compress}
 for t in sgdisk mke2fs qemu-img tar gzip python3 openssl; do
   command -v "$t" >/dev/null || { echo "bench-build: $t missing" >&2; exit 1; }
 done
@@ -34,16 +34,14 @@ case $profile in realistic | standin) ;; *) echo "bench-build: BENCH_PROFILE is 
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 trap 'rm -rf "$work"/out "$work"/floor.img "$work"/convert.qcow2' EXIT
-echo "bench-build: building release binary" >&2
-cargo build --release --quiet
-bin=$PWD/target/release/imgbuild
-
-# Inputs are cached by a hash of this script and the profile's knobs.
-key=$( (cat "$0"; echo "$profile ${BENCH_ARTIFACT_MIB:-4}") | sha256sum | cut -c1-16)
+# Inputs are cached by a hash of what makes them: the generator, the base recipe
+# and sizes below (between the markers), and the profile's knobs.
+key=$( (sed -n '/^# >>> inputs/,/^# <<< inputs/p' "$0"; echo "$profile ${BENCH_ARTIFACT_MIB:-4}") | sha256sum | cut -c1-16)
 inputs=${BENCH_CACHE:-$HOME/.cache/imgbuild-bench}/$profile-$key
 mkdir -p "$inputs"
 echo "bench-build: inputs in $inputs" >&2
 
+# >>> inputs
 # gen FILE MIB SEED: deterministic bytes shaped like program binaries: per 64 KiB,
 # 24 KiB of pseudo-random bytes and 40 KiB of repeats of a 4 KiB pseudo-random
 # "vocabulary" with small changes (zstd -3 keeps ~40 %, as it does of kubelet).
@@ -135,6 +133,7 @@ if [ ! -f "$art/.done" ]; then
   rm -rf "$art/t"
   touch "$art/.done"
 fi
+# <<< inputs
 cache=$work/cache
 mkdir -p "$cache/sha256"
 # The recipe lists the base, then the artifacts in this order; each has one amd64 line.
@@ -154,14 +153,19 @@ awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
 # (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file.)
 
 # --- the runs ------------------------------------------------------------------
+echo "bench-build: building release binary" >&2
+cargo build --release --quiet
+bin=$PWD/target/release/imgbuild
 secs() { awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$1"; }
 rss() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-build() { # ROLE FORMAT
+build() { # ROLE FORMAT [BUILD ARGS...]: its timestamped stage lines go to build.log
+  local role=$1 fmt=$2
+  shift 2
   rm -rf "$work/out"
-  /usr/bin/time -v -o "$work/time.txt" "$bin" --quiet build --offline --role "$1" --format "$2" \
-    --recipe "$recipe" --cache-dir "$cache" --output "$work/out" >/dev/null
+  /usr/bin/time -v -o "$work/time.txt" "$bin" build --offline --role "$role" --format "$fmt" "$@" \
+    --recipe "$recipe" --cache-dir "$cache" --output "$work/out" >/dev/null 2>"$work/build.log"
 }
 out_file() { find "$work/out" -maxdepth 1 -type f -name "*.$1" | head -n1; }
 # The floor: the same output bytes written once (from the page cache, as a warm build
@@ -183,29 +187,37 @@ for role in $roles; do
   build "$role" qcow2
   convert
   declare -A med=()
-  for fmt in $formats; do
+  for variant in $formats; do
+    # "qcow2+compress" is the qcow2 build with --compress
+    fmt=${variant%+compress}
+    extra=()
+    [ "$variant" = "$fmt" ] || extra=(--compress)
     b=(); fl=(); c=(); r=0
     for i in $(seq 1 "$runs"); do
-      build "$role" "$fmt"
+      build "$role" "$fmt" "${extra[@]}"
       b+=("$(secs "$work/time.txt")")
       x=$(rss "$work/time.txt"); [ "$x" -gt "$r" ] && r=$x
       img=$(out_file "$fmt")
       floor "$img"
       fl+=("$(secs "$work/time-floor.txt")")
-      if [ "$fmt" = qcow2 ]; then convert; c+=("$(secs "$work/time-convert.txt")"); fi
+      if [ "$variant" = qcow2 ]; then convert; c+=("$(secs "$work/time-convert.txt")"); fi
     done
     mb=$(median "${b[@]}"); mf=$(median "${fl[@]}")
-    med[$fmt]=$mb
-    echo "$role $fmt: output $(du -m --apparent-size "$img" | cut -f1) MiB"
+    med[$variant]=$mb
+    echo "$role $variant: output $(du -m --apparent-size "$img" | cut -f1) MiB"
     echo "  imgbuild build: median ${mb} s (runs: ${b[*]}); peak RSS $((r / 1024)) MB (target < 200 MB)"
     echo "  floor (write the same bytes once + sha256): median ${mf} s (runs: ${fl[*]})"
     echo "  build / floor: $(ratio "$mb" "$mf")"
-    if [ "$fmt" = qcow2 ]; then
+    if [ "$variant" = qcow2 ]; then
       mc=$(median "${c[@]}")
       echo "  qemu-img convert -O qcow2 of the base: median ${mc} s (runs: ${c[*]}); build / convert: $(ratio "$mb" "$mc")"
+      echo "  where the time goes (last run's stage lines):"
+      grep -E '^\[ *[0-9.]+s\]' "$work/build.log" | sed 's/^/    /'
     else
-      echo "  $fmt build / qcow2 build: $(ratio "$mb" "${med[qcow2]:-$mb}")"
+      echo "  $variant build / qcow2 build: $(ratio "$mb" "${med[qcow2]:-$mb}")"
+      [ -z "${med[qcow2]:-}" ] || echo "  output size / qcow2 output size: $(ratio "$(stat -c %s "$img")" "${qsize:-1}")"
     fi
+    [ "$variant" != qcow2 ] || qsize=$(stat -c %s "$img")
     [ $((r / 1024)) -lt 200 ] || status=1
   done
   unset med
