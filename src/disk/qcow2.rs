@@ -378,6 +378,22 @@ const OUT_CS: u64 = 1 << OUT_CLUSTER_BITS;
 /// Guest clusters filled and written per chunk.
 const CHUNK_CLUSTERS: u64 = 16;
 
+/// The chunks [`write`] and [`write_zstd`] fill: runs of consecutive guest clusters,
+/// at most [`CHUNK_CLUSTERS`] each, as (first cluster, count).
+fn runs(clusters: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut i = 0usize;
+    std::iter::from_fn(move || {
+        let first = *clusters.get(i)?;
+        let mut n = 1u64;
+        while i + (n as usize) < clusters.len() && n < CHUNK_CLUSTERS && clusters[i + n as usize] == first + n
+        {
+            n += 1;
+        }
+        i += n as usize;
+        Some((first, n))
+    })
+}
+
 /// Write a qcow2 image of virtual `size` whose allocated guest clusters are
 /// `clusters` (sorted, unique, 64 KiB each); `fill(first, n, buf)` supplies the bytes
 /// of `n` consecutive guest clusters. Everything but the data is computed up front, so
@@ -406,23 +422,12 @@ where
     let res = (|| -> std::io::Result<()> {
         f.write_all(&meta)?;
         send(meta)?;
-        let mut i = 0usize;
-        while i < clusters.len() {
-            // A chunk: consecutive guest clusters, at most CHUNK_CLUSTERS.
-            let first = clusters[i];
-            let mut n = 1u64;
-            while i + (n as usize) < clusters.len()
-                && n < CHUNK_CLUSTERS
-                && clusters[i + n as usize] == first + n
-            {
-                n += 1;
-            }
+        for (first, n) in runs(clusters) {
             let mut buf = back_rx.try_recv().unwrap_or_default();
             buf.resize((n * OUT_CS) as usize, 0);
             fill(first, n, &mut buf)?;
             f.write_all(&buf)?;
             send(buf)?;
-            i += n as usize;
         }
         // No fsync, like `qemu-img convert` (cache=unsafe for the target): the image
         // is renamed into place afterwards and a crash before writeback loses a build,
@@ -603,21 +608,10 @@ where
         let file = &mut f;
         let writer = s.spawn(move || write_pieces(file, data_start, done_rx));
         let fed = (|| -> std::io::Result<()> {
-            let (mut i, mut seq) = (0usize, 0usize);
-            while i < clusters.len() {
-                let first = clusters[i];
-                let mut n = 1u64;
-                while i + (n as usize) < clusters.len()
-                    && n < CHUNK_CLUSTERS
-                    && clusters[i + n as usize] == first + n
-                {
-                    n += 1;
-                }
+            for (seq, (first, n)) in runs(clusters).enumerate() {
                 let mut buf = vec![0u8; (n * OUT_CS) as usize];
                 fill(first, n, &mut buf)?;
                 work_tx.send((seq, buf)).map_err(|_| std::io::Error::other("compression stopped"))?;
-                seq += 1;
-                i += n as usize;
             }
             Ok(())
         })();
