@@ -619,9 +619,11 @@ where
         for w in workers {
             w.join().map_err(|_| std::io::Error::other("a compression thread panicked"))??;
         }
-        let written = writer.join().map_err(|_| std::io::Error::other("the writer thread panicked"))?;
+        // The writer's error first: a full disk stops it, and then the feeder only
+        // sees that compression stopped.
+        let written = writer.join().map_err(|_| std::io::Error::other("the writer thread panicked"))??;
         fed?;
-        written
+        Ok(written)
     })?;
     let host = g.data_at + data_refc.len() as u64;
     let meta = tables(
