@@ -140,7 +140,8 @@ boot_vm() {
 }
 
 # make_seed DIR SRC_DIR -> DIR/seed.iso from SRC_DIR/{user-data,meta-data,network-config}
-# plus the TEST-ONLY vendor-data (the capture/power-off hook).
+# plus the TEST-ONLY vendor-data (the capture/power-off hook), by genisoimage: for the
+# seeds a scenario writes or edits by hand (the node scenarios boot imgbuild's own ISO).
 make_seed() {
   local dir=$1 src=$2 files=()
   mkdir -p "$dir/seed"
