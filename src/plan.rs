@@ -30,6 +30,8 @@ pub enum PlanError {
     /// A `chart:` artifact the lock does not pin yet (the message says which and how).
     #[error("{0}")]
     ChartNotLocked(String),
+    #[error("--compress applies to qcow2 output (vmdk and ova are always compressed; {0} is not)")]
+    Compress(OutFormat),
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -41,7 +43,8 @@ impl Classify for PlanError {
             PlanError::Arch { .. }
             | PlanError::NoDigest { .. }
             | PlanError::DiskSize(_)
-            | PlanError::ChartNotLocked(_) => Code::Input,
+            | PlanError::ChartNotLocked(_)
+            | PlanError::Compress(_) => Code::Input,
         }
     }
 }
@@ -149,6 +152,9 @@ pub struct OutputPlan {
     /// Virtual disk size in bytes (`--disk-size`, else the recipe's); `None` keeps the
     /// base's size and grows only when the layer does not fit.
     pub disk_size: Option<u64>,
+    /// qcow2 clusters zstd-compressed (`--compress`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compress: bool,
 }
 
 /// Everything one build will do.
@@ -188,6 +194,8 @@ pub struct PlanOptions {
     /// Add-on profiles the image carries (`--profile`); add-ons of other profiles, and
     /// artifacts only they use, are left out.
     pub profiles: Vec<crate::types::Profile>,
+    /// `--compress`: zstd-compressed qcow2 clusters.
+    pub compress: bool,
 }
 
 impl PlanOptions {
@@ -203,6 +211,7 @@ impl PlanOptions {
             disk_size: None,
             signatures: SignaturePolicy::default(),
             profiles: Vec::new(),
+            compress: false,
         }
     }
 }
@@ -303,6 +312,9 @@ impl BuildPlan {
                 }
             }
         };
+        if o.compress && o.format != OutFormat::Qcow2 {
+            return Err(PlanError::Compress(o.format));
+        }
         let disk_size = match o.disk_size.as_deref().or(r.disk_size.as_deref()) {
             Some(s) => Some(crate::types::size::parse(s).map_err(PlanError::DiskSize)?),
             None => None,
@@ -326,6 +338,7 @@ impl BuildPlan {
                 dir: o.output_dir.clone(),
                 stem: format!("{}-{role}-{arch}", r.name),
                 disk_size,
+                compress: o.compress,
             },
         })
     }

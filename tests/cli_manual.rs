@@ -8,7 +8,7 @@ use std::process::Command;
 
 use clap::CommandFactory;
 
-use common::tool;
+use imgbuild::tools::for_test as tool;
 
 fn stdout_of(args: &[&str]) -> String {
     let o = common::bin().args(args).output().unwrap();

@@ -24,7 +24,7 @@ fn repo() -> PathBuf {
 
 const ADMISSION: &str = "image-files/control-plane/etc/kubernetes/admission/pod-security.yaml";
 
-use common::tool;
+use imgbuild::tools::for_test as tool;
 
 // --- the admission configuration, typed from the upstream reference --------------------
 

@@ -326,7 +326,7 @@ fn gitops_application_is_a_release_after_argo_cd_for_the_backend() {
     let plain = imgbuild::chart::addons::index(&plan(None, &[]).unwrap(), &backend).unwrap();
     assert!(plain.iter().all(|e| e.release != "backend-app"));
 
-    let Some(helm) = common::tool("helm") else { return };
+    let Some(helm) = imgbuild::tools::for_test("helm") else { return };
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gitops-backend");
     let d = tempfile::tempdir().unwrap();
     let vf = d.path().join("v.yaml");

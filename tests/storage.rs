@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use common::tool;
+use imgbuild::tools::for_test as tool;
 
 fn chart_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("charts/local-path")

@@ -43,7 +43,7 @@ value_enum!(crate::types::Profile {
     Gitops => "gitops": "Argo CD with an Application for the backend chart",
 });
 value_enum!(crate::cloudinit::SeedKind {
-    Iso => "iso": "ISO 9660 + Joliet + Rock Ridge (genisoimage or xorriso)",
+    Iso => "iso": "ISO 9660 + Joliet + Rock Ridge, written in Rust (no tools needed)",
     Vfat => "vfat": "FAT, written in Rust (no tools needed)",
     None => "none": "Only the plain files",
 });

@@ -12,6 +12,14 @@ pub fn bin() -> std::process::Command {
     c
 }
 
+/// Whether the external `tool` a test needs can run here: the one place a test decides to
+/// skip. When it is missing the test panics if `CI` is set (ci/test.sh installs every tool, so
+/// CI never passes by skipping), and otherwise prints a loud note and returns false for the
+/// test to return early.
+pub fn tool(tool: &'static str) -> bool {
+    imgbuild::tools::for_test(tool).is_some()
+}
+
 /// Validate an SPDX document with the reference validator (PyPI spdx-tools' `pyspdxtools`,
 /// installed by ci/test.sh): required in CI, skipped with a note elsewhere.
 pub fn validate_spdx(path: &std::path::Path) {
@@ -27,18 +35,6 @@ pub fn validate_spdx(path: &std::path::Path) {
         }
         Err(e) => panic!("pyspdxtools is required in CI: {e}"),
     }
-}
-
-/// A tool on PATH, or None with a note when it is missing outside CI (in CI, where
-/// ci/test.sh installs it, a missing tool is a failure, never a silent pass).
-pub fn tool(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(p);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (ci/test.sh installs it)");
-    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
-    None
 }
 
 /// Assert that a command succeeded, showing its exit code and output when it did not.
