@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::Cache;
 use crate::exit::{Classify, Code};
+pub use crate::net::{rewrite, Mirror};
 use crate::plan::{Item, ItemKey};
 use crate::reporter::{human_bytes, Reporter, Task};
 use crate::types::Sha256;
@@ -53,8 +54,8 @@ pub enum FetchError {
          (nothing was kept in the cache)"
     )]
     Mismatch { name: String, version: String, url: String, expected: Sha256, actual: Sha256 },
-    #[error("invalid mirror {0:?}: expected FROM=TO with http://, https:// or file:// URL prefixes")]
-    BadMirror(String),
+    #[error(transparent)]
+    BadMirror(#[from] crate::net::BadMirror),
     #[error("{name} {version}: {what}")]
     Io {
         name: String,
@@ -108,47 +109,6 @@ impl Classify for FetchError {
                 }
             }
         }
-    }
-}
-
-/// A URL prefix rewrite (`--mirror FROM=TO`, or `IMGBUILD_MIRROR="FROM=TO FROM=TO"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mirror {
-    pub from: String,
-    pub to: String,
-}
-
-impl Mirror {
-    /// Parse `FROM=TO`; both sides must be URL prefixes.
-    pub fn parse(s: &str) -> Result<Mirror, FetchError> {
-        let bad = || FetchError::BadMirror(s.to_string());
-        let (from, to) = s.split_once('=').ok_or_else(bad)?;
-        let is_url = |u: &str| {
-            ["http://", "https://", "file://"].iter().any(|p| u.len() > p.len() && u.starts_with(p))
-        };
-        if !is_url(from) || !is_url(to) {
-            return Err(bad());
-        }
-        Ok(Mirror { from: from.to_string(), to: to.to_string() })
-    }
-
-    /// Parse every `FROM=TO` of `specs`, in order (earlier ones win a tie in [`rewrite`]).
-    pub fn parse_all<'a>(specs: impl IntoIterator<Item = &'a str>) -> Result<Vec<Mirror>, FetchError> {
-        specs.into_iter().map(Mirror::parse).collect()
-    }
-}
-
-/// Rewrite `url` by the mirror with the longest matching `from` (the first on a tie).
-pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
-    let mut best: Option<&Mirror> = None;
-    for m in mirrors {
-        if url.starts_with(&m.from) && best.is_none_or(|b| m.from.len() > b.from.len()) {
-            best = Some(m);
-        }
-    }
-    match best {
-        Some(m) => format!("{}{}", m.to, &url[m.from.len()..]),
-        None => url.to_string(),
     }
 }
 
@@ -741,19 +701,6 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirror_parse_and_rewrite() {
-        let m = |s| Mirror::parse(s).unwrap();
-        let ms =
-            vec![m("https://dl.k8s.io=http://127.0.0.1:1/k8s"), m("https://dl.k8s.io/release=file:///srv")];
-        assert_eq!(rewrite("https://dl.k8s.io/release/v1/x", &ms), "file:///srv/v1/x");
-        assert_eq!(rewrite("https://dl.k8s.io/other", &ms), "http://127.0.0.1:1/k8s/other");
-        assert_eq!(rewrite("https://get.helm.sh/h", &ms), "https://get.helm.sh/h");
-        for bad in ["nope", "https://a", "=http://b", "https://a=", "ftp://a=http://b", "https://a=b"] {
-            assert!(matches!(Mirror::parse(bad), Err(FetchError::BadMirror(_))), "{bad}");
-        }
-    }
 
     #[test]
     fn integrity_outranks_other_failures() {

@@ -51,7 +51,7 @@ impl SourceArgs {
 /// `--mirror FROM=TO` flags, then the space-separated `$IMGBUILD_MIRROR`.
 pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, FetchError> {
     let env = std::env::var(MIRROR_ENV).unwrap_or_default();
-    Mirror::parse_all(flags.iter().map(String::as_str).chain(env.split_whitespace()))
+    Ok(Mirror::parse_all(flags.iter().map(String::as_str).chain(env.split_whitespace()))?)
 }
 
 #[derive(Debug, clap::Args)]

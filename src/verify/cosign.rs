@@ -308,11 +308,11 @@ pub fn verify_published(
         let u = format!("{url}{suffix}");
         match net::get(&u, mirrors)? {
             Got::Body(b) => Ok(b),
-            Got::NotFound => Err(VerifyError::integrity(net::rewrite(&u, mirrors), "no signature published")),
+            Got::NotFound => Err(VerifyError::integrity(net::shown(&u, mirrors), "no signature published")),
         }
     };
     let (sig, cert) = (get(".sig")?, get(".cert")?);
-    verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::rewrite(url, mirrors))
+    verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::shown(url, mirrors))
 }
 
 /// Hosts whose files carry cosign `.sig`/`.cert` next to them.
