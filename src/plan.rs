@@ -118,13 +118,35 @@ pub struct SignaturePolicy {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CosignPolicy {
-    /// PEM bundle of the Fulcio root and intermediates.
-    pub trust_root: PathBuf,
+    /// The Fulcio root and intermediates.
+    pub trust_root: TrustRootSource,
     /// The certificate's expected identity (SAN) and OIDC issuer.
     pub identity: String,
     pub issuer: String,
     /// URL prefixes whose files carry signatures next to them.
     pub hosts: Vec<String>,
+    /// Artifacts from those hosts the recipe says are not signed (`signature: none`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsigned: Vec<String>,
+}
+
+/// Where the cosign trust root comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustRootSource {
+    /// The Sigstore public-good Fulcio root and intermediate compiled into the binary.
+    Embedded,
+    /// A PEM bundle (`--cosign-trust-root`).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for TrustRootSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustRootSource::Embedded => f.write_str("embedded Sigstore public-good Fulcio root"),
+            TrustRootSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// What the build writes.
@@ -190,6 +212,20 @@ impl PlanOptions {
             signatures: SignaturePolicy::default(),
         }
     }
+}
+
+/// The options' signature policy, with the artifacts the recipe exempts.
+fn signatures(r: &crate::recipe::Recipe, o: &SignaturePolicy) -> SignaturePolicy {
+    let mut s = o.clone();
+    if let Some(c) = &mut s.cosign {
+        c.unsigned = r
+            .artifacts
+            .iter()
+            .filter(|a| a.signature == Some(crate::recipe::ArtifactSignature::None))
+            .map(|a| a.name.clone())
+            .collect();
+    }
+    s
 }
 
 impl BuildPlan {
@@ -271,7 +307,7 @@ impl BuildPlan {
             artifacts,
             packages,
             addons,
-            signatures: o.signatures.clone(),
+            signatures: signatures(r, &o.signatures),
             output: OutputPlan {
                 format: o.format,
                 dir: o.output_dir.clone(),

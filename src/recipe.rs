@@ -130,6 +130,19 @@ pub struct Artifact {
     pub urls: Vec<String>,
     pub sha256: PerArch,
     pub install: Vec<Install>,
+    /// `none`: this artifact is not signed upstream's way (a stand-in, a re-packaged
+    /// file), so a build does not look for a cosign signature next to it even when it
+    /// comes from a host that signs its files. Absent: a file from a signing host must
+    /// carry `<url>.sig` and `<url>.cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ArtifactSignature>,
+}
+
+/// An artifact's `signature:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactSignature {
+    None,
 }
 
 /// A Helm chart the control plane installs after init (see `crate::chart::addons`).

@@ -71,6 +71,12 @@ impl Fixture {
             text = text.replace(item.sha256.as_str(), &sha);
             let paths: Vec<String> = item.urls.iter().map(|u| server_path(u)).collect();
             server.add_bytes(&paths[0], b.clone());
+            // fetch keeps the cosign signature files of dl.k8s.io downloads for an
+            // --offline build, which verifies them; fetch itself only stores them.
+            if item.urls[0].starts_with("https://dl.k8s.io/") {
+                server.add_bytes(&format!("{}.sig", paths[0]), b"sig".to_vec());
+                server.add_bytes(&format!("{}.cert", paths[0]), b"cert".to_vec());
+            }
             arts.push(Art { name: item.name.clone(), paths, bytes: b, sha });
         }
         if rewrite {
@@ -368,8 +374,11 @@ fn mirrors_from_the_command_line_and_the_environment_rewrite_url_prefixes() {
     let out = c.env("IMGBUILD_MIRROR", release).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     g.assert_all_cached();
-    // dl.k8s.io/release came from HTTP (longer prefix), the rest from files.
-    assert_eq!(g.server.log().len(), 3, "{:?}", g.server.log());
+    // dl.k8s.io/release came from HTTP (longer prefix), the rest from files: three
+    // binaries and their .sig and .cert, which fetch keeps for an --offline build.
+    assert_eq!(g.server.log().len(), 9, "{:?}", g.server.log());
+    let kept = std::fs::read_dir(g.cache().join("cosign")).unwrap().count();
+    assert_eq!(kept, 6);
 }
 
 #[test]
