@@ -10,9 +10,10 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-/// `AA:BB:…` (upper case), the way PVE and openssl print fingerprints.
-pub fn format_fingerprint(d: &[u8; 32]) -> String {
-    let mut s = String::with_capacity(95);
+/// `SHA256:AA:BB:…` (upper case), the form Proxmox VE shows.
+pub fn format_fingerprint(d: &[u8]) -> String {
+    let mut s = String::with_capacity(102);
+    s.push_str("SHA256:");
     for (i, b) in d.iter().enumerate() {
         if i > 0 {
             s.push(':');
