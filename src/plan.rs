@@ -49,6 +49,10 @@ pub struct Item {
     /// Tried in order.
     pub urls: Vec<String>,
     pub sha256: Sha256,
+    /// The exact size in bytes, where the recipe or the lock file says it: a download
+    /// that would be larger is given up at once (else [`crate::fetch::size_limit`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Where an artifact's files land; empty for other kinds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub install: Vec<InstallStep>,
@@ -254,6 +258,7 @@ impl BuildPlan {
             version: b.version.clone(),
             urls: b.urls.iter().map(|u| expand(u, &b.name, &b.version, arch)).collect(),
             sha256: digest(&b.sha256)?,
+            size: None,
             install: Vec::new(),
         };
         let mut artifacts = Vec::new();
@@ -265,6 +270,7 @@ impl BuildPlan {
                 version: a.version.clone(),
                 urls: a.urls.iter().map(|u| x(u)).collect(),
                 sha256: digest(&a.sha256)?,
+                size: a.size.as_ref().and_then(|m| m.get(arch.as_str()).copied()),
                 install: a
                     .install
                     .iter()
@@ -355,6 +361,7 @@ pub fn package_items(al: &ArchLock) -> Vec<Item> {
             version: d.version.clone(),
             urls: vec![d.url.clone()],
             sha256: d.sha256.clone(),
+            size: Some(d.size),
             install: Vec::new(),
         })
         .collect()

@@ -34,7 +34,7 @@ impl Default for Settings {
         Settings {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
-            attempts: 5,
+            attempts: 4,
         }
     }
 }

@@ -34,12 +34,14 @@ pub struct GetError {
     pub msg: String,
 }
 
-fn client() -> Result<&'static reqwest::Client, String> {
+/// The process's client for plain downloads (default options), built once: its
+/// connection pool serves every small GET and every cache download.
+pub fn shared_client() -> Result<&'static reqwest::Client, super::NetError> {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
     if let Some(c) = C.get() {
         return Ok(c);
     }
-    let c = ClientOptions::default().build().map_err(|e| e.to_string())?;
+    let c = ClientOptions::default().build()?;
     Ok(C.get_or_init(|| c.http))
 }
 
@@ -57,7 +59,7 @@ pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, GetError> {
             Err(e) => Err(fail(e.to_string())),
         };
     }
-    let http = client().map_err(fail)?;
+    let http = shared_client().map_err(|e| fail(e.to_string()))?;
     let policy = RetryPolicy::small(settings().attempts);
     let run = async {
         let mut retry = policy.start();
