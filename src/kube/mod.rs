@@ -252,7 +252,7 @@ impl Client {
             };
             if transient && attempt < retries {
                 attempt += 1;
-                std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
+                std::thread::sleep(crate::net::RetryPolicy::small(READ_RETRIES + 1).backoff(attempt));
                 continue;
             }
             let (code, bytes) = result.map_err(|e| self.transport_error(what, &e))?;

@@ -294,8 +294,14 @@ fn upid_node(upid: &str) -> Option<&str> {
     (parts.next() == Some("UPID")).then(|| parts.next()).flatten().filter(|n| !n.is_empty())
 }
 
+/// The one backoff formula ([`crate::net::RetryPolicy`]) from `base`, capped.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1 << attempt.min(6)).min(BACKOFF_CAP)
+    let p = crate::net::RetryPolicy {
+        backoff_base: base,
+        backoff_cap: BACKOFF_CAP,
+        ..crate::net::RetryPolicy::small(1)
+    };
+    p.backoff(attempt + 1)
 }
 
 /// A failed call: whether trying again may help.
@@ -527,13 +533,11 @@ impl Api {
         let mut attempt = 0u32;
         let upid = loop {
             meter.reset();
-            let result = crate::net::block_on(self.upload_once(img, &path, &what, file, meter.clone()))
-                .unwrap_or_else(|e| {
-                    Err(Failure {
-                        err: ProxmoxError::Net { what: what.clone(), detail: e.to_string() },
-                        transient: false,
-                    })
-                });
+            let result = match crate::net::block_on(self.upload_once(img, &path, &what, file, meter.clone()))
+            {
+                Ok(r) => r,
+                Err(e) => return Err(ProxmoxError::Net { what, detail: e.to_string() }),
+            };
             match result {
                 Ok(upid) => break upid,
                 Err(f) if f.transient && attempt < retries => {
