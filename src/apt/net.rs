@@ -3,12 +3,15 @@
 //! [`crate::fetch::fetch`] in `build`.
 
 use super::AptError;
-use crate::net::get::limit;
 pub use crate::net::get::Got;
 pub use crate::net::{rewrite, Mirror};
 
-/// GET `url` (after mirror rewriting) into memory, at most an index's size.
-pub fn get(url: &str, mirrors: &[Mirror]) -> Result<Got, AptError> {
-    crate::net::get::get(url, mirrors, limit::INDEX)
+/// GET `url` (after mirror rewriting) into memory, at most `limit` bytes.
+pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, AptError> {
+    crate::net::get::get(url, mirrors, limit)
         .map_err(|e| AptError::Download { url: e.url.to_string(), msg: e.msg })
 }
+
+/// The most an InRelease may have (noble's is ~250 KiB); read before its signature is
+/// checked.
+pub const INRELEASE_LIMIT: u64 = 16 << 20;

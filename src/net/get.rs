@@ -11,13 +11,10 @@ use reqwest::StatusCode;
 use super::body::{read_capped, read_file_capped};
 use super::{block_on, rewrite, settings, ClientOptions, Mirror, Progress, RetryPolicy, SafeUrl};
 
-/// Limits for what callers read whole.
+/// Limits for what callers read whole (apt names its own: an index's size is signed).
 pub mod limit {
     /// Checksum lists, detached signatures, certificates (a real SHA256SUMS is ~2 KiB).
     pub const SMALL: u64 = 4 << 20;
-    /// apt's InRelease and Packages indexes (noble universe's uncompressed Packages
-    /// is ~70 MiB).
-    pub const INDEX: u64 = 256 << 20;
 }
 
 /// A GET's outcome: the body, or "not there" (404/410, missing file) so callers can
@@ -50,8 +47,8 @@ pub fn shared_client() -> Result<&'static reqwest::Client, super::NetError> {
 /// retry policy; a 404/410 is an answer.
 pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, GetError> {
     let real = SafeUrl::new(rewrite(url, mirrors));
-    let fail = |msg: String| GetError { url: real.clone(), msg };
     if let Some(path) = real.as_str().strip_prefix("file://") {
+        let fail = |msg: String| GetError { url: real.clone(), msg };
         return match read_file_capped(std::path::Path::new(path), limit) {
             Ok(Ok(b)) => Ok(Got::Body(b)),
             Ok(Err(e)) => Err(fail(e.to_string())),
@@ -59,22 +56,63 @@ pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, GetError> {
             Err(e) => Err(fail(e.to_string())),
         };
     }
+    let r = request(url, mirrors, &[], limit)?;
+    match r.status {
+        404 | 410 => Ok(Got::NotFound),
+        s if (200..300).contains(&s) => Ok(Got::Body(r.body)),
+        s => Err(GetError { url: r.url, msg: format!("HTTP {s}") }),
+    }
+}
+
+/// A whole response: status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The URL requested (after mirror rewriting; before redirects).
+    pub url: SafeUrl,
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// GET `url` (after mirror rewriting) with extra request `headers`, the body at most
+/// `limit` bytes. Any status is an answer except the transient ones (408, 429, 5xx),
+/// which are retried like connection failures and cut bodies, under the one retry
+/// policy. Redirects are followed; reqwest drops `Authorization` when one leaves the
+/// origin.
+pub fn request(
+    url: &str,
+    mirrors: &[Mirror],
+    headers: &[(&str, String)],
+    limit: u64,
+) -> Result<Response, GetError> {
+    let real = SafeUrl::new(rewrite(url, mirrors));
+    let fail = |msg: String| GetError { url: real.clone(), msg };
     let http = shared_client().map_err(|e| fail(e.to_string()))?;
     let policy = RetryPolicy::small(settings().attempts);
     let run = async {
         let mut retry = policy.start();
         loop {
-            let (what, retry_after) = match http.get(real.as_str()).send().await {
-                Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::GONE => {
-                    return Ok(Got::NotFound)
-                }
-                Ok(r) if r.status().is_success() => match read_capped(r, limit).await {
-                    Ok(b) => return Ok(Got::Body(b)),
-                    Err(e) if e.is_transient() => (e.to_string(), None),
-                    Err(e) => return Err(e.to_string()),
-                },
+            let mut req = http.get(real.as_str());
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let (what, retry_after) = match req.send().await {
                 Ok(r) if is_transient_status(r.status()) => (format!("HTTP {}", r.status()), retry_after(&r)),
-                Ok(r) => return Err(format!("HTTP {}", r.status())),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let headers = r.headers().clone();
+                    match read_capped(r, limit).await {
+                        Ok(body) => return Ok(Response { url: real.clone(), status, headers, body }),
+                        Err(e) if e.is_transient() => (e.to_string(), None),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
                 Err(e) => (super::chain(&e.without_url()), None),
             };
             match retry.failed(Progress::None, retry_after) {
