@@ -126,7 +126,7 @@ fn fetch_verified(url: &str, l: &inrelease::Listed, src: &Source<'_>) -> Result<
         }
     }
     // The signed Release says its size: more than that cannot be the index it signs.
-    let bytes = match net::get(url, src.mirrors, l.size)? {
+    let bytes = match net::get_signed(url, src.mirrors, l.size)? {
         Got::Body(b) => b,
         Got::NotFound => return Ok(None),
     };

@@ -29,6 +29,9 @@ pub enum Got {
 pub struct GetError {
     pub url: SafeUrl,
     pub msg: String,
+    /// The answer was larger than the caller's limit (for a file whose size is signed,
+    /// an integrity failure rather than a network one).
+    pub too_large: bool,
 }
 
 /// The process's client for plain downloads (default options), built once: its
@@ -48,10 +51,10 @@ pub fn shared_client() -> Result<&'static reqwest::Client, super::NetError> {
 pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, GetError> {
     let real = SafeUrl::new(rewrite(url, mirrors));
     if let Some(path) = real.as_str().strip_prefix("file://") {
-        let fail = |msg: String| GetError { url: real.clone(), msg };
+        let fail = |msg: String| GetError { url: real.clone(), msg, too_large: false };
         return match read_file_capped(std::path::Path::new(path), limit) {
             Ok(Ok(b)) => Ok(Got::Body(b)),
-            Ok(Err(e)) => Err(fail(e.to_string())),
+            Ok(Err(e)) => Err(GetError { too_large: true, ..fail(e.to_string()) }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Got::NotFound),
             Err(e) => Err(fail(e.to_string())),
         };
@@ -60,7 +63,7 @@ pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, GetError> {
     match r.status {
         404 | 410 => Ok(Got::NotFound),
         s if (200..300).contains(&s) => Ok(Got::Body(r.body)),
-        s => Err(GetError { url: r.url, msg: format!("HTTP {s}") }),
+        s => Err(GetError { url: r.url, msg: format!("HTTP {s}"), too_large: false }),
     }
 }
 
@@ -92,8 +95,8 @@ pub fn request(
     limit: u64,
 ) -> Result<Response, GetError> {
     let real = SafeUrl::new(rewrite(url, mirrors));
-    let fail = |msg: String| GetError { url: real.clone(), msg };
-    let http = shared_client().map_err(|e| fail(e.to_string()))?;
+    let fail = |(msg, too_large): (String, bool)| GetError { url: real.clone(), msg, too_large };
+    let http = shared_client().map_err(|e| fail((e.to_string(), false)))?;
     let policy = RetryPolicy::small(settings().attempts);
     let run = async {
         let mut retry = policy.start();
@@ -110,18 +113,18 @@ pub fn request(
                     match read_capped(r, limit).await {
                         Ok(body) => return Ok(Response { url: real.clone(), status, headers, body }),
                         Err(e) if e.is_transient() => (e.to_string(), None),
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err((e.to_string(), true)),
                     }
                 }
                 Err(e) => (super::chain(&e.without_url()), None),
             };
             match retry.failed(Progress::None, retry_after) {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None => return Err(format!("{what} ({})", retry.why_stopped())),
+                None => return Err((format!("{what} ({})", retry.why_stopped()), false)),
             }
         }
     };
-    block_on(run).map_err(|e| fail(e.to_string()))?.map_err(fail)
+    block_on(run).map_err(|e| fail((e.to_string(), false)))?.map_err(fail)
 }
 
 /// 408, 429 and 5xx: the server may answer differently in a moment.
