@@ -99,10 +99,6 @@ fn in_ci() -> bool {
     std::env::var_os("CI").is_some()
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
-}
-
 /// A tool the test needs: required in CI, else skipped with a note.
 fn need(cmd: &'static str, why: &str) -> bool {
     common::tool(cmd) || {
