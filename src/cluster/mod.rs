@@ -5,6 +5,7 @@
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
 pub mod addnode;
+pub mod backup;
 pub mod diag;
 pub mod init;
 pub mod net;

@@ -171,7 +171,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
-    classify_as!(e, crate::kube::KubeError);
+    classify_as!(e, crate::kube::KubeError, crate::etcd::EtcdError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

@@ -230,6 +230,68 @@ impl Client {
         self.create(&format!("creating Secret {ns}/{name}"), &format!("/api/v1/namespaces/{ns}/secrets"), s)
     }
 
+    /// POST a JSON body and read a JSON answer (APIs that use POST for every call,
+    /// like etcd's gRPC gateway). Not retried, like every write.
+    pub fn post<T: Serialize, R: DeserializeOwned>(&self, what: &str, path: &str, body: &T) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::POST, path, Some(("application/json", body)))
+    }
+
+    /// POST a JSON body and hand the answer's body to `sink` chunk by chunk as it
+    /// arrives (a streamed answer too large to hold, e.g. an etcd snapshot), within
+    /// `limit` in total. An error status is read whole (bounded) and typed as usual.
+    pub fn post_stream<T: Serialize>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+        limit: Duration,
+        mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        let url = format!("{}{path}", self.config.server);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(limit)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Credentials::Token(t) = &self.config.credentials {
+            req = req.bearer_auth(t);
+        }
+        enum Fail {
+            Http(reqwest::Error),
+            Status(u16, Vec<u8>),
+            Sink(String),
+        }
+        let r = self.rt.block_on(async {
+            let mut resp = req.send().await.map_err(Fail::Http)?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let mut b = Vec::new();
+                while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                    if b.len() < 64 << 10 {
+                        b.extend_from_slice(&c);
+                    }
+                }
+                return Err(Fail::Status(status, b));
+            }
+            while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                sink(&c).map_err(Fail::Sink)?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Http(e)) => Err(self.transport_error(what, &e)),
+            Err(Fail::Status(code, b)) => Err(self.status_error(what, code, &b)),
+            Err(Fail::Sink(detail)) => Err(KubeError::Transport { what: what.into(), detail }),
+        }
+    }
+
     fn json<R: DeserializeOwned>(
         &self,
         what: &str,
