@@ -10,6 +10,7 @@
 //! create that may have happened is reported, not repeated).
 
 pub mod config;
+pub mod node;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +76,20 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// `metav1.OwnerReference`, the fields read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
 }
 
 /// `core/v1 Secret`. `data` values are base64 on the wire; this type holds them
@@ -216,6 +231,19 @@ impl Client {
         let body = serde_json::to_vec(patch)
             .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
         self.json(what, reqwest::Method::PATCH, path, Some(("application/merge-patch+json", body)))
+    }
+
+    /// PATCH with a JSON patch (RFC 6902): list elements addressed by index, guarded by
+    /// `test` operations (a merge patch would replace a whole list).
+    pub fn json_patch<R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        ops: &serde_json::Value,
+    ) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(ops)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::PATCH, path, Some(("application/json-patch+json", body)))
     }
 
     /// DELETE `path`; the answer (a Status or the deleted object) is not interpreted.
