@@ -32,7 +32,12 @@ pub fn etcd_tls(cluster: &Path, who: &str) -> Result<etcd::Tls, ClusterError> {
     let s = pki::Secrets::load(&dir)?;
     let mut rng = pki::Rng::from_env();
     let c = pki::etcd_client_cert(&s.etcd_ca, who, 1, &mut rng)?;
-    Ok(etcd::Tls { ca_pem: s.etcd_ca.cert_pem.into_bytes(), cert_pem: c.cert_pem, key_pem: c.key_pem, origin: dir })
+    Ok(etcd::Tls {
+        ca_pem: s.etcd_ca.cert_pem.into_bytes(),
+        cert_pem: c.cert_pem,
+        key_pem: c.key_pem,
+        origin: dir,
+    })
 }
 
 /// The client URLs of the control planes' etcd members as cluster.yaml knows them.
@@ -74,7 +79,10 @@ pub fn backup(o: &BackupOptions, rep: &Reporter) -> Result<etcd::Snapshot> {
                 continue;
             }
         };
-        rep.status(format_args!("snapshot from etcd {} at {ep} (revision {})", st.version, st.header.revision));
+        rep.status(format_args!(
+            "snapshot from etcd {} at {ep} (revision {})",
+            st.version, st.header.revision
+        ));
         let mut tmp = tempfile::Builder::new()
             .prefix(".snapshot-")
             .permissions(std::fs::Permissions::from_mode(0o600))

@@ -419,7 +419,12 @@ pub fn admin_client_cert(
 /// A client certificate for etcd, signed by the cluster's etcd CA: etcd (with
 /// `--client-cert-auth`, as kubeadm runs it) admits any client its CA signed, like
 /// kubeadm's own `apiserver-etcd-client` (which carries no organisation either).
-pub fn etcd_client_cert(etcd_ca: &Ca, cn: &str, days: u32, rng: &mut Rng) -> Result<ClientCert, ClusterError> {
+pub fn etcd_client_cert(
+    etcd_ca: &Ca,
+    cn: &str,
+    days: u32,
+    rng: &mut Rng,
+) -> Result<ClientCert, ClusterError> {
     client_cert(etcd_ca, None, cn, days, rng)
 }
 

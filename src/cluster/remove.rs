@@ -19,6 +19,8 @@ use crate::reporter::Reporter;
 
 /// kubeadm's annotation on the etcd static pod: that member's client URL.
 const ETCD_URL_ANNOTATION: &str = "kubeadm.kubernetes.io/etcd.advertise-client-urls";
+/// How long etcd's "unhealthy cluster" answer to a member removal is waited out.
+const UNHEALTHY_WAIT: Duration = Duration::from_secs(20);
 
 pub struct RemoveOptions {
     pub name: String,
@@ -94,24 +96,42 @@ impl EtcdView {
 
     fn check(&self, target: Option<&Member>) -> Result<(), ClusterError> {
         match target {
-            Some(t) => etcd::removal_keeps_quorum(&self.members, t.id, &self.healthy).map_err(ClusterError::Refused),
+            Some(t) => {
+                etcd::removal_keeps_quorum(&self.members, t.id, &self.healthy).map_err(ClusterError::Refused)
+            }
             None => Ok(()),
         }
     }
 
-    /// Remove `id` through a member that answers and is not the one going.
+    /// Remove `id` through a member that answers and is not the one going. etcd's own
+    /// check (`--strict-reconfig-check`) also wants the remaining quorum connected for
+    /// its health interval (5 s) and answers "unhealthy cluster" (503) until then, e.g.
+    /// right after another membership change: that answer is retried for a while.
     fn remove(&self, target: &Member) -> Result<()> {
-        let mut errors = Vec::new();
-        for c in &self.clients {
-            if target.client_urls.iter().any(|u| u.trim_end_matches('/') == c.endpoint()) {
-                continue;
+        let deadline = std::time::Instant::now() + UNHEALTHY_WAIT;
+        loop {
+            let mut errors = Vec::new();
+            let mut transient = false;
+            for c in &self.clients {
+                if target.client_urls.iter().any(|u| u.trim_end_matches('/') == c.endpoint()) {
+                    continue;
+                }
+                match c.member_remove(target.id) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        transient |= matches!(
+                            &e,
+                            etcd::EtcdError::Api { source: kube::KubeError::Api { code: 503, .. }, .. }
+                        );
+                        errors.push(format!("{:#}", anyhow::Error::new(e)));
+                    }
+                }
             }
-            match c.member_remove(target.id) {
-                Ok(()) => return Ok(()),
-                Err(e) => errors.push(format!("{:#}", anyhow::Error::new(e))),
+            if !transient || std::time::Instant::now() >= deadline {
+                anyhow::bail!("could not remove etcd member {}: {}", target.hex_id(), errors.join("; "));
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        anyhow::bail!("could not remove etcd member {}: {}", target.hex_id(), errors.join("; "))
     }
 }
 

@@ -159,7 +159,8 @@ impl Client {
             credentials: Credentials::ClientCert { pem },
             namespace: None,
         };
-        let http = kube::Client::new(config).map_err(|source| EtcdError::Api { endpoint: endpoint.clone(), source })?;
+        let http = kube::Client::new(config)
+            .map_err(|source| EtcdError::Api { endpoint: endpoint.clone(), source })?;
         Ok(Client { endpoint, http })
     }
 
@@ -173,7 +174,9 @@ impl Client {
 
     /// Maintenance.Status of this member (answers only while the member is up).
     pub fn status(&self) -> Result<Status, EtcdError> {
-        self.http.post("etcd status", "/v3/maintenance/status", &serde_json::json!({})).map_err(|e| self.api(e))
+        self.http
+            .post("etcd status", "/v3/maintenance/status", &serde_json::json!({}))
+            .map_err(|e| self.api(e))
     }
 
     /// Cluster.MemberList (linearizable: answered through the leader).
@@ -204,23 +207,29 @@ impl Client {
         let mut dec = StreamDecoder::default();
         let mut io_err = None;
         let mut proto_err = None;
-        let r = self.http.post_stream("etcd snapshot", "/v3/maintenance/snapshot", &serde_json::json!({}), limit, |c| {
-            let blobs = match dec.push(c) {
-                Ok(b) => b,
-                Err(m) => {
-                    proto_err = Some(m.clone());
-                    return Err(m);
+        let r = self.http.post_stream(
+            "etcd snapshot",
+            "/v3/maintenance/snapshot",
+            &serde_json::json!({}),
+            limit,
+            |c| {
+                let blobs = match dec.push(c) {
+                    Ok(b) => b,
+                    Err(m) => {
+                        proto_err = Some(m.clone());
+                        return Err(m);
+                    }
+                };
+                for b in blobs {
+                    if let Err(e) = out.write_all(&b) {
+                        let m = e.to_string();
+                        io_err = Some(e);
+                        return Err(m);
+                    }
                 }
-            };
-            for b in blobs {
-                if let Err(e) = out.write_all(&b) {
-                    let m = e.to_string();
-                    io_err = Some(e);
-                    return Err(m);
-                }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+        );
         if let Some(e) = io_err {
             return Err(EtcdError::Io(e));
         }
@@ -294,8 +303,8 @@ impl StreamDecoder {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
-        let it: StreamItem =
-            serde_json::from_slice(line).map_err(|e| format!("the snapshot stream is not etcd's JSON: {e}"))?;
+        let it: StreamItem = serde_json::from_slice(line)
+            .map_err(|e| format!("the snapshot stream is not etcd's JSON: {e}"))?;
         if let Some(e) = it.error {
             let msg = e.get("message").and_then(|m| m.as_str()).map(str::to_string).unwrap_or(e.to_string());
             return Err(format!("the snapshot failed: {msg}"));
@@ -340,7 +349,11 @@ impl StreamDecoder {
                 hex::encode(&self.tail)
             ));
         }
-        Ok(Snapshot { size: self.size, db_sha256: hex::encode(sum), file_sha256: hex::encode(self.whole.finalize()) })
+        Ok(Snapshot {
+            size: self.size,
+            db_sha256: hex::encode(sum),
+            file_sha256: hex::encode(self.whole.finalize()),
+        })
     }
 }
 
@@ -364,7 +377,8 @@ pub fn removal_keeps_quorum(members: &[Member], target: u64, healthy: &[u64]) ->
     let up = voters.iter().filter(|m| healthy.contains(&m.id)).count();
     let need = voters.len() / 2 + 1;
     if up < need {
-        let down: Vec<String> = voters.iter().filter(|m| !healthy.contains(&m.id)).map(|m| display(m)).collect();
+        let down: Vec<String> =
+            voters.iter().filter(|m| !healthy.contains(&m.id)).map(|m| display(m)).collect();
         return Err(format!(
             "removing {} would break etcd's quorum: {} voting member(s) would remain, {need} must answer, \
              {up} do ({} not); bring those back or replace them first",

@@ -260,7 +260,12 @@ impl Client {
 
     /// POST a JSON body and read a JSON answer (APIs that use POST for every call,
     /// like etcd's gRPC gateway). Not retried, like every write.
-    pub fn post<T: Serialize, R: DeserializeOwned>(&self, what: &str, path: &str, body: &T) -> Result<R, KubeError> {
+    pub fn post<T: Serialize, R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, KubeError> {
         let body = serde_json::to_vec(body)
             .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
         self.json(what, reqwest::Method::POST, path, Some(("application/json", body)))

@@ -192,7 +192,11 @@ pub fn drain(
         let ev = Eviction {
             api_version: "policy/v1",
             kind: "Eviction",
-            metadata: ObjectMeta { name: Some(name.clone()), namespace: Some(ns.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
         };
         let mut delay = Duration::from_secs(1);
         loop {
@@ -213,7 +217,10 @@ pub fn drain(
                             pods: format!("{id} ({message})"),
                         });
                     }
-                    progress(&format!("{id}: eviction not allowed yet ({message}); retrying in {}s", delay.as_secs()));
+                    progress(&format!(
+                        "{id}: eviction not allowed yet ({message}); retrying in {}s",
+                        delay.as_secs()
+                    ));
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

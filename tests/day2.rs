@@ -1,0 +1,671 @@
+//! Day-2 operations against a REAL etcd (Debian's etcd-server, TLS with certificates
+//! signed by the cluster's own etcd CA, one process per member on loopback addresses)
+//! and the loopback HTTPS Kubernetes API fake (tests/common/http.rs) following the API
+//! reference for Nodes, Pods and the Eviction subresource:
+//! - `cluster backup` through imgbuild's offline-signed etcd client certificate, the
+//!   snapshot accepted by `etcdctl snapshot status`, restored into a new data directory
+//!   that a new etcd serves the key from;
+//! - `node remove`: cordon, eviction (PDB 429 waited for; DaemonSet and mirror pods
+//!   left), etcd member removal with the quorum check, Node delete — requests checked
+//!   field by field.
+
+mod common;
+
+use common::{ok, stderr};
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::http::{ApiServer, Request, Response, Tls};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+fn tools_present() -> bool {
+    let missing: Vec<&str> = ["etcd", "etcdctl", "openssl"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{missing:?} required in CI (ci/test.sh installs etcd-server, etcd-client, openssl)"
+    );
+    eprintln!("note: SKIPPING the day-2 tests: {missing:?} not installed (apt-get install etcd-server etcd-client openssl)");
+    false
+}
+
+/// `openssl` signs a leaf certificate with a CA from the cluster's secrets/.
+fn sign(dir: &Path, ca: &Path, ca_name: &str, subject: &str, ext: &str) -> (PathBuf, PathBuf) {
+    fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| ok(&Command::new("openssl").args(args).current_dir(dir).output().unwrap());
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+    ]);
+    fs::write(dir.join("ext"), ext).unwrap();
+    let crt = ca.join(format!("{ca_name}.crt"));
+    let key = ca.join(format!("{ca_name}.key"));
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        crt.to_str().unwrap(),
+        "-CAkey",
+        key.to_str().unwrap(),
+        "-set_serial",
+        "9",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+        "-out",
+        "crt.pem",
+    ]);
+    (dir.join("crt.pem"), dir.join("key.pem"))
+}
+
+/// A cluster (`cluster init`) and the etcd members started for it.
+struct World {
+    t: tempfile::TempDir,
+    net: String,
+    etcds: Mutex<BTreeMap<String, Child>>,
+}
+
+impl World {
+    fn new(net_index: u8) -> World {
+        let t = tempfile::tempdir().unwrap();
+        let net = format!("127.{}.{}", 90 + net_index, std::process::id() % 250 + 1);
+        let o = common::bin()
+            .args(["cluster", "init", "--name", "et", "--endpoint", "127.0.0.1:6443"])
+            .args(["--control-planes", "3", "--workers", "1", "--external-lb", "--dir"])
+            .arg(t.path().join("c"))
+            .output()
+            .unwrap();
+        ok(&o);
+        World { t, net, etcds: Mutex::default() }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.t.path().join(rel)
+    }
+    fn yaml(&self) -> PathBuf {
+        self.p("c/cluster.yaml")
+    }
+    fn secrets(&self) -> PathBuf {
+        self.p("c/secrets")
+    }
+    fn ip(&self, i: u32) -> String {
+        format!("{}.{}", self.net, 10 + i)
+    }
+    fn url(&self, i: u32) -> String {
+        format!("https://{}:2379", self.ip(i))
+    }
+
+    /// etcd's serving/peer certificate for member `i` (kubeadm's etcd/server + etcd/peer
+    /// in one: both usages, the member's IP).
+    fn member_cert(&self, i: u32) -> (PathBuf, PathBuf) {
+        let d = self.p(&format!("pki/member-{i}"));
+        if d.join("crt.pem").exists() {
+            return (d.join("crt.pem"), d.join("key.pem"));
+        }
+        let ext = format!(
+            "subjectAltName=IP:{},DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature\n",
+            self.ip(i)
+        );
+        sign(&d, &self.secrets(), "etcd-ca", &format!("/CN=et-cp-{i}"), &ext)
+    }
+
+    /// Start member `i` of an `initial`-member cluster (members 1..=initial), data in `data`.
+    fn start_etcd(&self, i: u32, cluster: &[(String, u32)], data: &Path, state: &str) {
+        let (crt, key) = self.member_cert(i);
+        let ca = self.secrets().join("etcd-ca.crt");
+        let initial: Vec<String> =
+            cluster.iter().map(|(n, j)| format!("{n}=https://{}:2380", self.ip(*j))).collect();
+        let name = cluster.iter().find(|(_, j)| *j == i).unwrap().0.clone();
+        let log = fs::File::create(self.p(&format!("etcd-{i}.log"))).unwrap();
+        let child = Command::new("etcd")
+            .arg(format!("--name={name}"))
+            .arg(format!("--data-dir={}", data.display()))
+            .arg(format!("--listen-client-urls={}", self.url(i)))
+            .arg(format!("--advertise-client-urls={}", self.url(i)))
+            .arg(format!("--listen-peer-urls=https://{}:2380", self.ip(i)))
+            .arg(format!("--initial-advertise-peer-urls=https://{}:2380", self.ip(i)))
+            .arg(format!("--initial-cluster={}", initial.join(",")))
+            .arg(format!("--initial-cluster-state={state}"))
+            .arg(format!("--cert-file={}", crt.display()))
+            .arg(format!("--key-file={}", key.display()))
+            .arg("--client-cert-auth=true")
+            .arg(format!("--trusted-ca-file={}", ca.display()))
+            .arg(format!("--peer-cert-file={}", crt.display()))
+            .arg(format!("--peer-key-file={}", key.display()))
+            .arg("--peer-client-cert-auth=true")
+            .arg(format!("--peer-trusted-ca-file={}", ca.display()))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.etcds.lock().unwrap().insert(format!("{i}"), child);
+    }
+
+    fn stop_etcd(&self, i: u32) {
+        if let Some(mut c) = self.etcds.lock().unwrap().remove(&format!("{i}")) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Real etcdctl against member `i`, authenticated with member `i`'s certificate.
+    fn etcdctl(&self, i: u32, args: &[&str]) -> Output {
+        let (crt, key) = self.member_cert(i);
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.url(i)))
+            .arg(format!("--cacert={}", self.secrets().join("etcd-ca.crt").display()))
+            .arg(format!("--cert={}", crt.display()))
+            .arg(format!("--key={}", key.display()))
+            .arg("--dial-timeout=2s")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn wait_healthy(&self, i: u32) {
+        let t0 = Instant::now();
+        loop {
+            if self.etcdctl(i, &["endpoint", "health"]).status.success() {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "etcd {i} did not become healthy: {}",
+                fs::read_to_string(self.p(&format!("etcd-{i}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Members 1..=n, started and healthy.
+    fn etcd_cluster(&self, n: u32) -> Vec<(String, u32)> {
+        let members: Vec<(String, u32)> = (1..=n).map(|i| (format!("et-cp-{i}"), i)).collect();
+        for i in 1..=n {
+            self.start_etcd(i, &members, &self.p(&format!("etcd-data-{i}")), "new");
+        }
+        for i in 1..=n {
+            self.wait_healthy(i);
+        }
+        members
+    }
+
+    /// Member names etcd lists (via member `via`).
+    fn member_names(&self, via: u32) -> Vec<String> {
+        let o = self.etcdctl(via, &["member", "list", "-w", "json"]);
+        ok(&o);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut n: Vec<String> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        n.sort();
+        n
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for (_, mut c) in std::mem::take(&mut *self.etcds.lock().unwrap()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn backup_is_a_valid_snapshot_that_restores() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::new(1);
+    w.etcd_cluster(1);
+    ok(&w.etcdctl(1, &["put", "/registry/demo/key", "hello from before the disaster"]));
+
+    // the first endpoint is down: the next one is asked; nothing of the attempt remains
+    let out = w.p("backups/snap.db");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let o = common::bin()
+        .args(["cluster", "backup", "--cluster"])
+        .arg(w.yaml())
+        .args(["--endpoint", &format!("https://{}:2379", w.ip(7)), "--endpoint", &w.url(1), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(&o);
+    let bytes = fs::read(&out).unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(stdout, format!("{}  {}\n", hex::encode(Sha256::digest(&bytes)), out.display()));
+    assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(stderr(&o).contains(&w.ip(7)), "the dead endpoint is reported: {}", stderr(&o));
+    let leftovers: Vec<_> =
+        fs::read_dir(out.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // what etcd's own tools say of it
+    let st = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    ok(&st);
+    let st: Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert!(st["totalKey"].as_u64().unwrap() >= 1, "{st}");
+    assert!(st["revision"].as_u64().unwrap() >= 2, "{st}");
+
+    // restore into a new data directory as a new single-member cluster, serve it, read the key
+    let restored = w.p("restored");
+    let peer = format!("https://{}:2380", w.ip(2));
+    let r = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(&out)
+        .arg(format!("--data-dir={}", restored.display()))
+        .args([
+            "--name",
+            "et-cp-2",
+            "--initial-cluster",
+            &format!("et-cp-2={peer}"),
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .output()
+        .unwrap();
+    ok(&r);
+    w.stop_etcd(1);
+    w.start_etcd(2, &[("et-cp-2".into(), 2)], &restored, "new");
+    w.wait_healthy(2);
+    let g = w.etcdctl(2, &["get", "/registry/demo/key", "--print-value-only"]);
+    ok(&g);
+    assert_eq!(String::from_utf8_lossy(&g.stdout).trim(), "hello from before the disaster");
+    assert_eq!(w.member_names(2), vec!["et-cp-2"]);
+}
+
+#[test]
+fn backup_refuses_an_etcd_of_another_cluster() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::new(2);
+    w.etcd_cluster(1);
+    // another cluster's secrets: its etcd CA neither trusts our etcd nor is trusted by it
+    let other = w.p("other");
+    ok(&common::bin()
+        .args([
+            "cluster",
+            "init",
+            "--name",
+            "ot",
+            "--endpoint",
+            "127.0.0.1:6443",
+            "--control-planes",
+            "1",
+            "--workers",
+            "0",
+            "--dir",
+        ])
+        .arg(&other)
+        .output()
+        .unwrap());
+    let out = w.p("snap.db");
+    let o = common::bin()
+        .args(["cluster", "backup", "--cluster"])
+        .arg(other.join("cluster.yaml"))
+        .args(["--endpoint", &w.url(1), "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("TLS") || stderr(&o).contains("certificate"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // http:// is refused as bad input before anything is dialled
+    let o = common::bin()
+        .args(["cluster", "backup", "--cluster"])
+        .arg(w.yaml())
+        .args(["--endpoint", "http://127.0.0.1:2379", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    assert!(stderr(&o).contains("only https://"), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------------------------------
+// The Kubernetes API fake for node removal.
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    Response::json(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn success(code: u16) -> Response {
+    Response::json(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": code}),
+    )
+}
+
+/// The cluster the fake serves: Nodes, Pods (with how many evictions each pod's
+/// PodDisruptionBudget still refuses), the etcd static pods.
+#[derive(Default)]
+struct Store {
+    nodes: BTreeMap<String, Value>,
+    /// `ns/name` -> (pod, evictions still refused with 429)
+    pods: BTreeMap<String, (Value, u32)>,
+    /// member names etcd listed when the Node was deleted (the member must go first)
+    members_at_delete: Vec<String>,
+}
+
+fn node_obj(name: &str, cp: bool) -> Value {
+    let mut labels = json!({"kubernetes.io/hostname": name});
+    if cp {
+        labels["node-role.kubernetes.io/control-plane"] = json!("");
+    }
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "uid": format!("uid-{name}"), "labels": labels},
+           "spec": {}, "status": {"nodeInfo": {"kubeletVersion": "v1.30.3"}}})
+}
+
+fn pod_obj(ns: &str, name: &str, node: &str, owner: Option<&str>, annotations: Value) -> Value {
+    let mut p = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"), "annotations": annotations},
+        "spec": {"nodeName": node}, "status": {"phase": "Running"}});
+    if let Some(kind) = owner {
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": format!("{name}-owner"), "uid": "o", "controller": true}]);
+    }
+    p
+}
+
+/// Nodes, Pods, Eviction as the API reference describes them (core/v1 Node read/patch/
+/// delete, Pod list with fieldSelector/labelSelector, policy/v1 Eviction create: body
+/// name and namespace must match the path, 429 TooManyRequests while a disruption
+/// budget forbids it, 201 Success and the pod gone after), for an admin client
+/// certificate of the cluster CA only.
+fn api(
+    store: Arc<Mutex<Store>>,
+    w: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+) -> impl Fn(&Request) -> Response {
+    move |r: &Request| {
+        let Some(der) = r.client_certs.first() else { return status(401, "Unauthorized", "Unauthorized") };
+        let (_, c) = x509_parser::parse_x509_certificate(der).unwrap();
+        if !c.subject().iter_organization().any(|o| o.as_str() == Ok("kubeadm:cluster-admins")) {
+            return status(403, "Forbidden", "forbidden");
+        }
+        let mut st = store.lock().unwrap();
+        let (path, query) = r.path.split_once('?').unwrap_or((&r.path, ""));
+        let seg: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (r.method.as_str(), seg.as_slice()) {
+            ("GET", ["api", "v1", "nodes", name]) => match st.nodes.get(*name) {
+                Some(n) => Response::json(200, n),
+                None => status(404, "NotFound", &format!("nodes \"{name}\" not found")),
+            },
+            ("PATCH", ["api", "v1", "nodes", name]) => {
+                if r.header("Content-Type") != Some("application/merge-patch+json") {
+                    return status(415, "UnsupportedMediaType", "unsupported patch type");
+                }
+                let patch: Value = serde_json::from_slice(&r.body).unwrap();
+                let Some(n) = st.nodes.get_mut(*name) else { return status(404, "NotFound", "not found") };
+                if let Some(u) = patch["spec"]["unschedulable"].as_bool() {
+                    n["spec"]["unschedulable"] = json!(u);
+                }
+                Response::json(200, n)
+            }
+            ("DELETE", ["api", "v1", "nodes", name]) => {
+                if st.nodes.remove(*name).is_none() {
+                    return status(404, "NotFound", "not found");
+                }
+                st.members_at_delete = w();
+                success(200)
+            }
+            ("GET", ["api", "v1", "pods"]) => {
+                let node =
+                    query.strip_prefix("fieldSelector=spec.nodeName%3D").expect("a nodeName field selector");
+                let items: Vec<Value> = st
+                    .pods
+                    .values()
+                    .filter(|(p, _)| p["spec"]["nodeName"] == node)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                Response::json(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", ["api", "v1", "namespaces", "kube-system", "pods"]) => {
+                assert_eq!(query, "labelSelector=component%3Detcd%2Ctier%3Dcontrol-plane");
+                let items: Vec<Value> = st
+                    .pods
+                    .values()
+                    .filter(|(p, _)| p["metadata"]["labels"]["component"] == "etcd")
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                Response::json(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", ["api", "v1", "namespaces", ns, "pods", name]) => {
+                match st.pods.get(&format!("{ns}/{name}")) {
+                    Some((p, _)) => Response::json(200, p),
+                    None => status(404, "NotFound", &format!("pods \"{name}\" not found")),
+                }
+            }
+            ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
+                let ev: Value = serde_json::from_slice(&r.body).unwrap();
+                if ev["apiVersion"] != "policy/v1"
+                    || ev["kind"] != "Eviction"
+                    || ev["metadata"]["name"] != *name
+                    || !(ev["metadata"]["namespace"].is_null() || ev["metadata"]["namespace"] == *ns)
+                {
+                    return status(400, "BadRequest", "name in URL does not match name in Eviction object");
+                }
+                let key = format!("{ns}/{name}");
+                match st.pods.get_mut(&key) {
+                    None => status(404, "NotFound", "not found"),
+                    Some((_, refused)) if *refused > 0 => {
+                        *refused -= 1;
+                        status(
+                            429,
+                            "TooManyRequests",
+                            "Cannot evict pod as it would violate the pod's disruption budget.",
+                        )
+                    }
+                    Some(_) => {
+                        st.pods.remove(&key);
+                        success(201)
+                    }
+                }
+            }
+            _ => status(404, "NotFound", "the server could not find the requested resource"),
+        }
+    }
+}
+
+impl World {
+    fn server_tls(&self) -> Tls {
+        let (crt, key) = sign(
+            &self.p("apiserver"),
+            &self.secrets(),
+            "ca",
+            "/CN=kube-apiserver",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        );
+        Tls {
+            cert_chain_pem: fs::read_to_string(crt).unwrap(),
+            key_pem: fs::read_to_string(key).unwrap(),
+            client_ca_pem: Some(fs::read_to_string(self.secrets().join("ca.crt")).unwrap()),
+        }
+    }
+
+    fn kubeconfig(&self, server: &str) -> PathBuf {
+        let o = common::bin().args(["cluster", "kubeconfig", "--cluster"]).arg(self.yaml()).output().unwrap();
+        ok(&o);
+        let k = String::from_utf8_lossy(&o.stdout).replace("https://127.0.0.1:6443", server);
+        let p = self.p("admin.conf");
+        fs::write(&p, k).unwrap();
+        p
+    }
+}
+
+fn remove(kubeconfig: &Path, cluster: Option<&Path>, name: &str, extra: &[&str]) -> Output {
+    let mut c = common::bin();
+    c.args(["node", "remove", name, "--kubeconfig"]).arg(kubeconfig).args(extra);
+    if let Some(y) = cluster {
+        c.arg("--cluster").arg(y);
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn node_remove_drains_removes_the_etcd_member_and_keeps_quorum() {
+    if !tools_present() {
+        return;
+    }
+    let w = Arc::new(World::new(3));
+    w.etcd_cluster(3);
+    let store = Arc::new(Mutex::new(Store::default()));
+    {
+        let mut st = store.lock().unwrap();
+        for i in 1..=3 {
+            let n = format!("et-cp-{i}");
+            st.nodes.insert(n.clone(), node_obj(&n, true));
+            let mut etcd = pod_obj(
+                "kube-system",
+                &format!("etcd-{n}"),
+                &n,
+                None,
+                json!({
+                "kubernetes.io/config.mirror": "abc",
+                "kubeadm.kubernetes.io/etcd.advertise-client-urls": w.url(i)}),
+            );
+            etcd["metadata"]["labels"] = json!({"component": "etcd", "tier": "control-plane"});
+            st.pods.insert(format!("kube-system/etcd-{n}"), (etcd, 0));
+            st.pods.insert(
+                format!("kube-system/kube-proxy-{i}"),
+                (pod_obj("kube-system", &format!("kube-proxy-{i}"), &n, Some("DaemonSet"), json!({})), 0),
+            );
+        }
+        st.nodes.insert("et-worker-1".into(), node_obj("et-worker-1", false));
+        // a Deployment's pod whose budget refuses two evictions before allowing one
+        st.pods.insert(
+            "default/web-1".into(),
+            (pod_obj("default", "web-1", "et-cp-2", Some("ReplicaSet"), json!({})), 2),
+        );
+        st.pods
+            .insert("default/bare".into(), (pod_obj("default", "bare", "et-worker-1", None, json!({})), 0));
+    }
+    let wm = w.clone();
+    let server =
+        ApiServer::start(Some(w.server_tls()), api(store.clone(), Arc::new(move || wm.member_names(1))));
+    let kc = w.kubeconfig(&server.base());
+    let y = w.yaml();
+
+    // a control plane without the etcd CA: refused as bad input before any change
+    let o = remove(&kc, None, "et-cp-3", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--cluster"), "{}", stderr(&o));
+    // member 2 dies: removing member 3 would leave 1 and 2 with one answering
+    w.stop_etcd(2);
+    let before = server.requests().len();
+    let o = remove(&kc, Some(&y), "et-cp-3", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would break etcd's quorum"), "{}", stderr(&o));
+    assert!(server.requests()[before..].iter().all(|r| r.method == "GET"), "a refusal changes nothing");
+    assert_eq!(w.member_names(1), vec!["et-cp-1", "et-cp-2", "et-cp-3"]);
+
+    // the dead member's node goes: drained (the budget waited for), member removed, Node deleted
+    let before = server.requests().len();
+    let o = remove(&kc, Some(&y), "et-cp-2", &["--timeout", "60"]);
+    ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "et-cp-2\n");
+    let reqs: Vec<Request> = server.requests()[before..].to_vec();
+    let writes: Vec<(&str, &str)> =
+        reqs.iter().filter(|r| r.method != "GET").map(|r| (r.method.as_str(), r.path.as_str())).collect();
+    assert_eq!(
+        writes,
+        vec![
+            ("PATCH", "/api/v1/nodes/et-cp-2"),
+            ("POST", "/api/v1/namespaces/default/pods/web-1/eviction"),
+            ("POST", "/api/v1/namespaces/default/pods/web-1/eviction"),
+            ("POST", "/api/v1/namespaces/default/pods/web-1/eviction"),
+            ("DELETE", "/api/v1/nodes/et-cp-2"),
+        ],
+        "DaemonSet and mirror pods are not evicted"
+    );
+    let patch = reqs.iter().find(|r| r.method == "PATCH").unwrap();
+    assert_eq!(patch.header("Content-Type"), Some("application/merge-patch+json"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&patch.body).unwrap(),
+        json!({"spec": {"unschedulable": true}})
+    );
+    let ev = reqs.iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(ev.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&ev.body).unwrap(),
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-1", "namespace": "default"}})
+    );
+    {
+        let st = store.lock().unwrap();
+        assert_eq!(st.members_at_delete, vec!["et-cp-1", "et-cp-3"], "the etcd member goes before the Node");
+        assert!(!st.nodes.contains_key("et-cp-2"));
+        assert!(
+            st.pods.contains_key("kube-system/kube-proxy-2")
+                && st.pods.contains_key("kube-system/etcd-et-cp-2")
+        );
+    }
+    assert_eq!(w.member_names(1), vec!["et-cp-1", "et-cp-3"]);
+
+    // two healthy voters: removing one leaves one that answers
+    ok(&remove(&kc, Some(&y), "et-cp-3", &[]));
+    assert_eq!(w.member_names(1), vec!["et-cp-1"]);
+    // never the last voter
+    let o = remove(&kc, Some(&y), "et-cp-1", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("only voting member"), "{}", stderr(&o));
+    assert!(store.lock().unwrap().nodes.contains_key("et-cp-1"));
+
+    // a worker needs no etcd; a pod without a controller needs --force, like kubectl drain
+    let o = remove(&kc, None, "et-worker-1", &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("default/bare") && stderr(&o).contains("--force"), "{}", stderr(&o));
+    ok(&remove(&kc, None, "et-worker-1", &["--force"]));
+    assert!(!store.lock().unwrap().nodes.contains_key("et-worker-1"));
+    // an unknown node is bad input
+    let o = remove(&kc, None, "nope", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
