@@ -390,6 +390,24 @@ struct Store {
     pods: BTreeMap<String, (Value, u32)>,
     /// member names etcd listed when the Node was deleted (the member must go first)
     members_at_delete: Vec<String>,
+    /// ConfigMaps, DaemonSets, Deployments by API path
+    objects: BTreeMap<String, Value>,
+}
+
+/// RFC 6902 `test` and `replace` (what a guarded image update uses): all or nothing.
+fn json_patch(obj: &Value, ops: &Value) -> Result<Value, String> {
+    let mut out = obj.clone();
+    for op in ops.as_array().ok_or("a JSON patch is an array")? {
+        let path = op["path"].as_str().ok_or("op without path")?;
+        let target = out.pointer_mut(path).ok_or(format!("path {path} does not exist"))?;
+        match op["op"].as_str() {
+            Some("test") if *target == op["value"] => {}
+            Some("test") => return Err(format!("testing value {path} failed")),
+            Some("replace") => *target = op["value"].clone(),
+            o => return Err(format!("unsupported op {o:?}")),
+        }
+    }
+    Ok(out)
 }
 
 fn node_obj(name: &str, cp: bool) -> Value {
@@ -451,6 +469,42 @@ fn api(
                 }
                 st.members_at_delete = w();
                 success(200)
+            }
+            ("GET", ["api", "v1", "nodes"]) => {
+                let items: Vec<Value> = st.nodes.values().cloned().collect();
+                Response::json(
+                    200,
+                    &json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": items}),
+                )
+            }
+            ("GET", [..]) if st.objects.contains_key(path) => Response::json(200, &st.objects[path]),
+            ("PATCH", [..]) if st.objects.contains_key(path) => {
+                let obj = st.objects[path].clone();
+                let body: Value = serde_json::from_slice(&r.body).unwrap();
+                let new = match r.header("Content-Type") {
+                    // a ConfigMap update: merge patch, optimistic concurrency on resourceVersion
+                    Some("application/merge-patch+json") => {
+                        let rv = &body["metadata"]["resourceVersion"];
+                        if !rv.is_null() && *rv != obj["metadata"]["resourceVersion"] {
+                            return status(409, "Conflict", "the object has been modified; please apply your changes to the latest version and try again");
+                        }
+                        let mut o = obj.clone();
+                        for (k, v) in body["data"].as_object().unwrap() {
+                            o["data"][k] = v.clone();
+                        }
+                        o
+                    }
+                    Some("application/json-patch+json") => match json_patch(&obj, &body) {
+                        Ok(o) => o,
+                        Err(m) => return status(422, "Invalid", &m),
+                    },
+                    _ => return status(415, "UnsupportedMediaType", "unsupported patch type"),
+                };
+                let mut new = new;
+                let rv: u64 = obj["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
+                new["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
+                st.objects.insert(path.to_string(), new.clone());
+                Response::json(200, &new)
             }
             ("GET", ["api", "v1", "pods"]) => {
                 let node =
@@ -668,4 +722,126 @@ fn node_remove_drains_removes_the_etcd_member_and_keeps_quorum() {
     // an unknown node is bad input
     let o = remove(&kc, None, "nope", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+const CLUSTER_CONFIGURATION: &str = "apiServer:\n  certSANs:\n  - 127.0.0.1\napiVersion: kubeadm.k8s.io/v1beta3\nclusterName: et\ncontrolPlaneEndpoint: 127.0.0.1:6443\nimageRepository: registry.k8s.io\nkind: ClusterConfiguration\nkubernetesVersion: v1.30.3\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 10.244.0.0/16\n  serviceSubnet: 10.96.0.0/12\n";
+
+fn workload(kind: &str, name: &str, image: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "namespace": "kube-system", "resourceVersion": "10"},
+           "spec": {"template": {"spec": {"containers": [
+               {"name": "sidecar", "image": "registry.k8s.io/pause:3.9"},
+               {"name": name, "image": image}]}}}})
+}
+
+fn upgrade(kc: &Path, to: &str, extra: &[&str]) -> Output {
+    common::bin()
+        .args(["cluster", "upgrade", "--to", to, "--kubeconfig"])
+        .arg(kc)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cluster_upgrade_updates_the_cluster_objects_in_order_and_enforces_skew() {
+    if !tools_present() {
+        return;
+    }
+    let w = Arc::new(World::new(4));
+    let store = Arc::new(Mutex::new(Store::default()));
+    {
+        let mut st = store.lock().unwrap();
+        for (n, cp) in [("et-cp-1", true), ("et-cp-2", true), ("et-worker-1", false)] {
+            st.nodes.insert(n.into(), node_obj(n, cp));
+        }
+        st.objects.insert(
+            "/api/v1/namespaces/kube-system/configmaps/kubeadm-config".into(),
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "kubeadm-config", "namespace": "kube-system", "resourceVersion": "5"},
+                   "data": {"ClusterConfiguration": CLUSTER_CONFIGURATION}}),
+        );
+        st.objects.insert(
+            "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy".into(),
+            workload("DaemonSet", "kube-proxy", "registry.k8s.io/kube-proxy:v1.30.3"),
+        );
+        st.objects.insert(
+            "/apis/apps/v1/namespaces/kube-system/deployments/coredns".into(),
+            workload("Deployment", "coredns", "registry.k8s.io/coredns/coredns:v1.11.1"),
+        );
+    }
+    let server = ApiServer::start(Some(w.server_tls()), api(store.clone(), Arc::new(Vec::new)));
+    let kc = w.kubeconfig(&server.base());
+
+    // skew: no skipped minor, no downgrade, no malformed version — and nothing changes
+    for (to, msg) in [("v1.32.0", "one minor at a time"), ("v1.30.1", "downgrade")] {
+        let o = upgrade(&kc, to, &[]);
+        assert_eq!(o.status.code(), Some(1), "{to}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{to}: {}", stderr(&o));
+    }
+    let o = upgrade(&kc, "1.31", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(server.requests().iter().all(|r| r.method == "GET"));
+
+    // before the roll: the ClusterConfiguration only (kube-proxy waits for the control planes)
+    let o = upgrade(&kc, "v1.31.0", &["--coredns-tag", "v1.11.3"]);
+    ok(&o);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "et-cp-1\tcontrol-plane\tv1.30.3\net-cp-2\tcontrol-plane\tv1.30.3\net-worker-1\tworker\tv1.30.3\n"
+    );
+    let writes: Vec<Request> = server.requests().into_iter().filter(|r| r.method != "GET").collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].path, "/api/v1/namespaces/kube-system/configmaps/kubeadm-config");
+    assert_eq!(writes[0].header("Content-Type"), Some("application/merge-patch+json"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&writes[0].body).unwrap(),
+        json!({"metadata": {"resourceVersion": "5"},
+               "data": {"ClusterConfiguration": CLUSTER_CONFIGURATION.replace("v1.30.3", "v1.31.0")}})
+    );
+    assert!(stderr(&o).contains("kube-proxy v1.31.0: after every control plane"), "{}", stderr(&o));
+
+    // the control planes were replaced: kube-proxy and CoreDNS follow, guarded JSON patches
+    for n in ["et-cp-1", "et-cp-2"] {
+        store.lock().unwrap().nodes.get_mut(n).unwrap()["status"]["nodeInfo"]["kubeletVersion"] =
+            json!("v1.31.0");
+    }
+    let before = server.requests().len();
+    let o = upgrade(&kc, "v1.31.0", &["--coredns-tag", "v1.11.3"]);
+    ok(&o);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "et-worker-1\tworker\tv1.30.3\n");
+    let writes: Vec<Request> =
+        server.requests()[before..].iter().filter(|r| r.method != "GET").cloned().collect();
+    let paths: Vec<&str> = writes.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/apis/apps/v1/namespaces/kube-system/daemonsets/kube-proxy",
+            "/apis/apps/v1/namespaces/kube-system/deployments/coredns"
+        ]
+    );
+    assert_eq!(writes[0].header("Content-Type"), Some("application/json-patch+json"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&writes[0].body).unwrap(),
+        json!([
+            {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "kube-proxy"},
+            {"op": "test", "path": "/spec/template/spec/containers/1/image", "value": "registry.k8s.io/kube-proxy:v1.30.3"},
+            {"op": "replace", "path": "/spec/template/spec/containers/1/image", "value": "registry.k8s.io/kube-proxy:v1.31.0"},
+        ])
+    );
+    let st = store.lock().unwrap();
+    assert_eq!(
+        st.objects["/apis/apps/v1/namespaces/kube-system/deployments/coredns"]["spec"]["template"]["spec"]
+            ["containers"][1]["image"],
+        "registry.k8s.io/coredns/coredns:v1.11.3"
+    );
+    assert_eq!(
+        st.objects["/api/v1/namespaces/kube-system/configmaps/kubeadm-config"]["data"]
+            ["ClusterConfiguration"],
+        CLUSTER_CONFIGURATION.replace("v1.30.3", "v1.31.0")
+    );
+    drop(st);
+    // a third run has nothing left to change
+    let before = server.requests().len();
+    ok(&upgrade(&kc, "v1.31.0", &["--coredns-tag", "v1.11.3"]));
+    assert!(server.requests()[before..].iter().all(|r| r.method == "GET"));
 }

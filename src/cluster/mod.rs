@@ -14,6 +14,7 @@ pub mod plan;
 pub mod remove;
 pub mod spec;
 pub mod token;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cluster::{addnode, backup, pki, token, InitOptions};
+use crate::cluster::{addnode, backup, pki, token, upgrade, InitOptions};
 use crate::reporter::Reporter;
 use crate::types::Role;
 
@@ -94,6 +94,26 @@ pub enum ClusterCmd {
     /// Take an etcd snapshot through etcd's API (client certificate signed offline by the
     /// cluster's etcd CA); writes FILE 0600 and prints its SHA-256
     Backup(BackupArgs),
+    /// Roll to a new Kubernetes version by replacing nodes: updates kubeadm-config (before new
+    /// machines join), kube-proxy and optionally CoreDNS (once every control plane runs the new
+    /// version), enforcing version skew; prints the nodes still to replace, in order
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Target Kubernetes version (vX.Y.Z): a later patch, or the next minor
+    #[arg(long)]
+    pub to: String,
+    /// Kubeconfig of a cluster admin (e.g. from `imgbuild cluster kubeconfig`)
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Context in the kubeconfig (default: its current-context)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Also roll the coredns Deployment to this image tag (with kube-proxy)
+    #[arg(long)]
+    pub coredns_tag: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -210,6 +230,30 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 crate::reporter::human_bytes(snap.size)
             ));
             writeln!(std::io::stdout().lock(), "{}  {}", snap.file_sha256, a.out.display())?;
+            Ok(())
+        }
+        ClusterCmd::Upgrade(a) => {
+            let o = upgrade::UpgradeOptions {
+                kubeconfig: a.kubeconfig.clone(),
+                context: a.context.clone(),
+                to: a.to.clone(),
+                coredns_tag: a.coredns_tag.clone(),
+            };
+            let r = upgrade::upgrade(&o, rep)?;
+            if let Some(i) = &r.kube_proxy {
+                rep.status(format_args!("kube-proxy DaemonSet -> {i}"));
+            }
+            if let Some(i) = &r.coredns {
+                rep.status(format_args!("coredns Deployment -> {i}"));
+            }
+            for p in &r.pending {
+                rep.status(format_args!("waiting: {p}"));
+            }
+            // stdout: the replacement order, one node a line, control planes first
+            let mut out = std::io::stdout().lock();
+            for (name, v, cp) in &r.order {
+                writeln!(out, "{name}\t{}\t{v}", if *cp { "control-plane" } else { "worker" })?;
+            }
             Ok(())
         }
     }
