@@ -845,3 +845,113 @@ fn cluster_upgrade_updates_the_cluster_objects_in_order_and_enforces_skew() {
     ok(&upgrade(&kc, "v1.31.0", &["--coredns-tag", "v1.11.3"]));
     assert!(server.requests()[before..].iter().all(|r| r.method == "GET"));
 }
+
+/// The control planes' scheduled snapshot script (the image's etcd-snapshot), run
+/// against a node root with kubeadm's etcd client certificate and a real etcd.
+#[test]
+fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::new(5);
+    w.etcd_cluster(1);
+    ok(&w.etcdctl(1, &["put", "k", "v"]));
+    let root = w.p("node");
+    let pki = root.join("etc/kubernetes/pki");
+    fs::create_dir_all(pki.join("etcd")).unwrap();
+    fs::copy(w.secrets().join("etcd-ca.crt"), pki.join("etcd/ca.crt")).unwrap();
+    // what kubeadm signs for the API server: a client of the etcd CA
+    let (crt, key) = sign(
+        &w.p("pki/apiserver-etcd-client"),
+        &w.secrets(),
+        "etcd-ca",
+        "/O=system:masters/CN=kube-apiserver-etcd-client",
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+    );
+    fs::copy(crt, pki.join("apiserver-etcd-client.crt")).unwrap();
+    fs::copy(key, pki.join("apiserver-etcd-client.key")).unwrap();
+    // the files cloud-init writes on a control plane (rendered by imgbuild itself)
+    let seeds = w.p("seeds");
+    ok(&common::bin()
+        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+        .arg(w.yaml())
+        .arg("--out")
+        .arg(&seeds)
+        .output()
+        .unwrap());
+    common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/imgbuild/backup.env")).unwrap(),
+        "IMGBUILD_BACKUP_RETENTION=7\nIMGBUILD_BACKUP_INTERVAL_HOURS=6\n"
+    );
+    fs::write(
+        root.join("etc/imgbuild/backup.env"),
+        "IMGBUILD_BACKUP_RETENTION=2\nIMGBUILD_BACKUP_INTERVAL_HOURS=1\n",
+    )
+    .unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("image-files/control-plane/usr/libexec/imgbuild/etcd-snapshot");
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let run = |offset: u64| {
+        Command::new("bash")
+            .arg(&script)
+            .env("IMGBUILD_ROOT", &root)
+            .env("IMGBUILD_ETCD_ENDPOINT", w.url(1))
+            .env("IMGBUILD_ETCDUTL", "etcdutl-not-installed")
+            .env("IMGBUILD_NOW", (t0 + offset).to_string())
+            .env("IMGBUILD_SNAPSHOT_TIMEOUT", "8")
+            .output()
+            .unwrap()
+    };
+    let dir = root.join("var/lib/imgbuild/etcd-snapshots");
+    let snaps = || {
+        let mut v: Vec<String> = fs::read_dir(&dir)
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let status = || -> Value {
+        serde_json::from_str(&fs::read_to_string(root.join("var/lib/imgbuild/etcd-snapshot.json")).unwrap())
+            .unwrap()
+    };
+    // not joined yet: nothing to snapshot
+    let o = run(0);
+    ok(&o);
+    assert!(snaps().is_empty());
+    fs::create_dir_all(root.join("var/lib/imgbuild")).unwrap();
+    fs::write(root.join("var/lib/imgbuild/bootstrap.done"), "bootstrapped\n").unwrap();
+
+    ok(&run(0));
+    assert_eq!(snaps().len(), 1);
+    let st = status();
+    assert_eq!(st["result"], "ok", "{st}");
+    assert!(st["revision"].as_u64().unwrap() >= 2 && st["total_keys"].as_u64().unwrap() >= 1, "{st}");
+    let first = dir.join(&snaps()[0]);
+    assert!(snaps()[0].starts_with("etcd-et-cp-1-"), "{:?}", snaps());
+    assert_eq!(fs::metadata(&first).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    ok(&Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status"])
+        .arg(&first)
+        .output()
+        .unwrap());
+    // within the interval: nothing new; after it: one more, and only the newest two stay
+    let o = run(1800);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to do"));
+    assert_eq!(snaps().len(), 1);
+    ok(&run(3600));
+    ok(&run(7200));
+    let kept = snaps();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(!dir.join(first.file_name().unwrap()).exists(), "the oldest goes");
+    assert_eq!(status()["kept"], 2);
+    // etcd down: a failure in the status and the exit code, no partial file
+    w.stop_etcd(1);
+    let o = run(20000);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(status()["result"], "failed");
+    assert_eq!(snaps(), kept);
+}

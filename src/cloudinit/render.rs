@@ -38,6 +38,8 @@ pub mod paths {
     pub const ADDON_VALUES: &str = "/etc/imgbuild/addons/values.yaml";
     /// The cluster's networks (`KIND CIDR` lines); loaded by imgbuild-firewall.service.
     pub const CLUSTER_NETWORKS: &str = "/etc/imgbuild/cluster-networks";
+    /// Snapshot retention and interval; read by the control-plane image's etcd-snapshot.
+    pub const BACKUP_ENV: &str = "/etc/imgbuild/backup.env";
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -235,7 +237,7 @@ impl<'a> Renderer<'a> {
     }
 
     /// The sections of user-data, in the order their parts appear.
-    fn sections() -> [(&'static str, Section<'a>); 8] {
+    fn sections() -> [(&'static str, Section<'a>); 9] {
         [
             ("bootstrap.env", Self::bootstrap_env),
             ("kubeadm", Self::kubeadm),
@@ -244,6 +246,7 @@ impl<'a> Renderer<'a> {
             ("kube-vip", Self::kube_vip),
             ("add-on values", Self::addon_values),
             ("cluster networks", Self::cluster_networks),
+            ("etcd backups", Self::backups),
             ("time", Self::time),
         ]
     }
@@ -377,6 +380,22 @@ impl<'a> Renderer<'a> {
 
     fn cluster_networks(&self, _: &NodePlan) -> Result<Part, CloudInitError> {
         Ok(Part::file(paths::CLUSTER_NETWORKS, "0644", self.cluster_networks.clone()))
+    }
+
+    /// Every control plane snapshots its etcd member (see the image's etcd-snapshot).
+    fn backups(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
+        if !n.is_control_plane() {
+            return Ok(Part::default());
+        }
+        let b = &self.l.spec.backups;
+        Ok(Part::file(
+            paths::BACKUP_ENV,
+            "0644",
+            format!(
+                "IMGBUILD_BACKUP_RETENTION={}\nIMGBUILD_BACKUP_INTERVAL_HOURS={}\n",
+                b.retention, b.interval_hours
+            ),
+        ))
     }
 
     fn time(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
