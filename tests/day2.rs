@@ -955,3 +955,126 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
     assert_eq!(status()["result"], "failed");
     assert_eq!(snaps(), kept);
 }
+
+/// The control planes' certificate renewal script (the image's certs-renew) on a node
+/// root with certificates openssl signed from the cluster's CAs, one of them close to
+/// expiry, and a kubeadm stand-in whose `certs renew all` re-signs them.
+#[test]
+fn certificates_close_to_expiry_are_renewed_and_static_pods_restarted() {
+    if !tools_present() {
+        return;
+    }
+    let w = World::new(6);
+    let root = w.p("node");
+    let k8s = root.join("etc/kubernetes");
+    let pki = k8s.join("pki");
+    fs::create_dir_all(pki.join("etcd")).unwrap();
+    fs::create_dir_all(k8s.join("manifests")).unwrap();
+    fs::create_dir_all(root.join("var/lib/imgbuild")).unwrap();
+    fs::write(root.join("var/lib/imgbuild/bootstrap.done"), "bootstrapped\n").unwrap();
+    let leaf = |name: &str, ca: &str, days: u32| {
+        let d = w.p(&format!("certs/{name}"));
+        fs::create_dir_all(&d).unwrap();
+        let run = |args: &[&str]| ok(&Command::new("openssl").args(args).current_dir(&d).output().unwrap());
+        run(&[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=x",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "req.csr",
+        ]);
+        let (crt, key) = (w.secrets().join(format!("{ca}.crt")), w.secrets().join(format!("{ca}.key")));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "req.csr",
+            "-CA",
+            crt.to_str().unwrap(),
+            "-CAkey",
+            key.to_str().unwrap(),
+            "-set_serial",
+            "3",
+            "-days",
+            &days.to_string(),
+            "-out",
+            "crt.pem",
+        ]);
+        fs::read_to_string(d.join("crt.pem")).unwrap()
+    };
+    for (name, ca, days) in [
+        ("apiserver", "ca", 10),
+        ("apiserver-kubelet-client", "ca", 300),
+        ("front-proxy-client", "front-proxy-ca", 300),
+        ("etcd/server", "etcd-ca", 300),
+    ] {
+        fs::write(pki.join(format!("{name}.crt")), leaf(name, ca, days)).unwrap();
+    }
+    use base64::Engine;
+    let admin = base64::engine::general_purpose::STANDARD.encode(leaf("admin", "ca", 300));
+    fs::write(k8s.join("admin.conf"), format!("apiVersion: v1\nkind: Config\nusers:\n- name: a\n  user:\n    client-certificate-data: {admin}\n")).unwrap();
+    for p in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        fs::write(k8s.join(format!("manifests/{p}.yaml")), format!("kind: Pod # {p}\n")).unwrap();
+    }
+    // kubeadm's `certs renew all`: every leaf re-signed for a year
+    let standin = w.p("kubeadm");
+    fs::write(
+        &standin,
+        "#!/bin/bash\nprintf '%s\\n' \"$*\" >>\"$STANDIN_LOG\"\n[ \"$RENEW\" = 1 ] || exit 0\n\
+         for f in \"$IMGBUILD_ROOT\"/etc/kubernetes/pki/*.crt \"$IMGBUILD_ROOT\"/etc/kubernetes/pki/etcd/*.crt; do\n\
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=renewed -days 365 -keyout /dev/null -out \"$f\" 2>/dev/null\n\
+         done\n",
+    )
+    .unwrap();
+    fs::set_permissions(&standin, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("image-files/control-plane/usr/libexec/imgbuild/certs-renew");
+    let log = w.p("kubeadm.log");
+    let run = |renews: bool| {
+        Command::new("bash")
+            .arg(&script)
+            .env("IMGBUILD_ROOT", &root)
+            .env("IMGBUILD_KUBEADM", &standin)
+            .env("IMGBUILD_STATIC_POD_WAIT", "0")
+            .env("STANDIN_LOG", &log)
+            .env("RENEW", if renews { "1" } else { "0" })
+            .output()
+            .unwrap()
+    };
+    let status = || -> Value {
+        serde_json::from_str(&fs::read_to_string(root.join("var/lib/imgbuild/certs.json")).unwrap()).unwrap()
+    };
+    // a kubeadm that renews nothing: the script notices and fails
+    let o = run(false);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(status()["result"], "failed");
+    assert_eq!(status()["expiring"], "apiserver");
+    // the real renewal: kubeadm called once, each static pod restarted, in order, manifests back
+    let o = run(true);
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let restarts: Vec<&str> =
+        out.lines().filter_map(|l| l.strip_prefix("imgbuild-certs-renew: restarted static pod ")).collect();
+    assert_eq!(restarts, ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"], "{out}");
+    for p in ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"] {
+        assert_eq!(
+            fs::read_to_string(k8s.join(format!("manifests/{p}.yaml"))).unwrap(),
+            format!("kind: Pod # {p}\n")
+        );
+    }
+    assert_eq!(status()["result"], "renewed");
+    assert_eq!(fs::read_to_string(&log).unwrap(), "certs renew all\ncerts renew all\n");
+    // nothing close to expiry: nothing done
+    let o = run(true);
+    ok(&o);
+    assert_eq!(status()["result"], "valid");
+    assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 2);
+}
