@@ -1078,3 +1078,62 @@ fn certificates_close_to_expiry_are_renewed_and_static_pods_restarted() {
     assert_eq!(status()["result"], "valid");
     assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 2);
 }
+
+/// cluster.yaml's `backups` section: validated with field path and line, like the rest.
+#[test]
+fn backups_section_errors_name_field_and_line() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    ok(&common::bin()
+        .args([
+            "cluster",
+            "init",
+            "--name",
+            "bk",
+            "--endpoint",
+            "127.0.0.1:6443",
+            "--control-planes",
+            "1",
+            "--workers",
+            "0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let y = dir.join("cluster.yaml");
+    let base = fs::read_to_string(&y).unwrap();
+    let line = base.lines().count() + 2;
+    for (section, field) in [
+        ("backups:\n  retention: 0\n", "backups.retention"),
+        ("backups:\n  interval_hours: 500\n", "backups.interval_hours"),
+        ("backups:\n  every: 3\n", "backups"),
+    ] {
+        fs::write(&y, format!("{base}{section}")).unwrap();
+        let o = common::bin()
+            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+            .arg(&y)
+            .arg("--out")
+            .arg(t.path().join("o"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{section}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(field) && e.contains(&format!(":{line}")),
+            "{section}: want {field} at line {line}: {e}"
+        );
+    }
+    fs::write(&y, format!("{base}backups:\n  retention: 3\n  interval_hours: 12\n")).unwrap();
+    let out = t.path().join("ok");
+    ok(&common::bin()
+        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+        .arg(&y)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
+        .unwrap()
+        .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
+}
