@@ -1137,3 +1137,128 @@ fn backups_section_errors_name_field_and_line() {
         .unwrap()
         .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
 }
+
+/// Disaster recovery on the first control plane: the real bootstrap script (with the
+/// kubeadm stand-in of tests/standin, whose init runs a real etcd on /var/lib/etcd and
+/// applies kubeadm's DirAvailable--var-lib-etcd preflight) fetches the snapshot
+/// `cluster backup` took, checks its SHA-256, restores it with the real etcdctl as a
+/// one-member etcd named after the node, and `kubeadm init` adopts it: the key written
+/// before the disaster is read back through the new member.
+#[test]
+fn first_control_plane_boots_into_a_cluster_restored_from_a_snapshot() {
+    if !tools_present() {
+        return;
+    }
+    // DHCP nodes: the restored member advertises the default route's address (given)
+    let w = World::new(7);
+    let node_ip = w.ip(5);
+    // the cluster before the disaster, and its backup
+    w.etcd_cluster(1);
+    ok(&w.etcdctl(1, &["put", "/registry/configmaps/default/survivor", "still here"]));
+    let snap = w.p("snap.db");
+    let o = common::bin()
+        .args(["cluster", "backup", "--cluster"])
+        .arg(w.yaml())
+        .args(["--endpoint", &w.url(1), "--out"])
+        .arg(&snap)
+        .output()
+        .unwrap();
+    ok(&o);
+    let sha = String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string();
+    w.stop_etcd(1);
+    let files = common::http::Server::start();
+    files.add_file("/backups/snap.db", snap.clone());
+    let url = files.url("/backups/snap.db");
+
+    let state = w.p("state");
+    let boot = |sha: &str, tag: &str| -> (Output, PathBuf) {
+        let seeds = w.p(&format!("seeds-{tag}"));
+        ok(&common::bin()
+            .args(["cloud-init", "--node", "et-cp-1", "--seed", "none", "--cluster"])
+            .arg(w.yaml())
+            .args(["--restore-url", &url, "--restore-sha256", sha, "--out"])
+            .arg(&seeds)
+            .output()
+            .unwrap());
+        let ud = fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap();
+        let root = w.p(&format!("root-{tag}"));
+        common::write_files_to(&ud, &root);
+        assert_eq!(
+            fs::metadata(root.join("etc/imgbuild/restore.env")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        fs::create_dir_all(state.join("nodes")).unwrap();
+        let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let o = Command::new("bash")
+            .arg(repo.join("image-files/common/usr/libexec/imgbuild/bootstrap"))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    repo.join("tests/standin").display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .env("IMGBUILD_ROOT", &root)
+            .env("STANDIN_STATE", &state)
+            .env("STANDIN_IP", &node_ip)
+            .env("IMGBUILD_ETCDUTL", "etcdutl-not-installed")
+            .env("IMGBUILD_NODE_IP", &node_ip)
+            .env("IMGBUILD_BACKOFF_INITIAL", "1")
+            .env("IMGBUILD_MAX_ATTEMPTS", "2")
+            .env("IMGBUILD_SYSTEMCTL", "true")
+            .output()
+            .unwrap();
+        (o, root)
+    };
+    struct KillEtcd(PathBuf);
+    impl Drop for KillEtcd {
+        fn drop(&mut self) {
+            if let Ok(pid) = fs::read_to_string(self.0.join("nodes/et-cp-1/etcd.pid")) {
+                let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+            }
+        }
+    }
+    let _guard = KillEtcd(state.clone());
+
+    // a snapshot that is not the one named: refused before anything is restored
+    let (o, root) = boot(&"0".repeat(64), "bad");
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("SHA-256 is {sha}")), "{out}");
+    assert!(!root.join("var/lib/etcd/member").exists());
+
+    let (o, root) = boot(&sha, "good");
+    ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("phase etcd-restore: etcd restored from snapshot"), "{out}");
+    let calls = fs::read_to_string(state.join("calls.log")).unwrap();
+    assert!(
+        calls.contains("kubeadm init --config")
+            && calls.contains("--ignore-preflight-errors=DirAvailable--var-lib-etcd"),
+        "{calls}"
+    );
+    // the restored member serves the data of before, alone, under this node's name
+    let pki = root.join("etc/kubernetes/pki");
+    let ctl = |args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{node_ip}:2379"))
+            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+            .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
+            .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let g = ctl(&["get", "/registry/configmaps/default/survivor", "--print-value-only"]);
+    ok(&g);
+    assert_eq!(String::from_utf8_lossy(&g.stdout).trim(), "still here");
+    let m = ctl(&["member", "list", "-w", "json"]);
+    ok(&m);
+    let m: Value = serde_json::from_slice(&m.stdout).unwrap();
+    let members = m["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{m}");
+    assert_eq!(members[0]["name"], "et-cp-1");
+    assert_eq!(members[0]["peerURLs"], json!([format!("https://{node_ip}:2380")]));
+}

@@ -64,6 +64,8 @@ pub struct CloudInitOptions {
     /// The recipe the control-plane image was built from (its add-ons; default: the
     /// embedded one).
     pub recipe: Option<PathBuf>,
+    /// Disaster recovery: the first control plane restores etcd from this snapshot.
+    pub restore: Option<render::Restore>,
 }
 
 /// Render and write the seeds of `a`.
@@ -96,7 +98,13 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     for w in &addons.warnings {
         rep.warn(w);
     }
-    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
+    if let Some(rs) = &a.restore {
+        rs.check()?;
+    }
+    let r = render::Renderer::new(&loaded, &secrets)?
+        .with_join_token(join_token)
+        .with_addons(&addons)
+        .with_restore(a.restore.clone());
     let rendered = r.render_many(&nodes)?;
     for w in &loaded.warnings {
         rep.warn(w.display(&loaded.origin));
