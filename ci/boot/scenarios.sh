@@ -318,6 +318,7 @@ scenario_cp_init() {
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
     --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  check_etcd_snapshot "$dir/boot1.disk" || bad=1
   if [ -e "$work/images/control-plane.has-addons" ]; then
     t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
     t_add=$(awk '$2 == "helm" || $2 == "kubectl" {print $1; exit}' "$dir/boot1.disk/calls.log")
@@ -355,6 +356,38 @@ scenario_cp_init() {
       || { echo "FAIL second boot ran kubeadm again ($k1 -> $k2 calls)"; bad=1; }
   else
     echo "SKIP add-on installer: imgbuild-addons.service is not in the control-plane image (chart issue not landed)"
+  fi
+  return $bad
+}
+
+# The control plane's scheduled etcd snapshot: timer enabled and waiting; the service it
+# starts took `etcdctl snapshot save` with kubeadm's etcd client certificate, verified it
+# (`snapshot status`) and reported ok (the stand-in etcdctl records every call).
+check_etcd_snapshot() { # DISKDIR
+  local d=$1 line bad=0
+  if grep -q '^ActiveState=active' "$d/boot-1/snapshot-timer.txt" 2>/dev/null \
+    && grep -q '^UnitFileState=enabled' "$d/boot-1/snapshot-timer.txt"; then
+    echo "ok   imgbuild-etcd-snapshot.timer enabled and active"
+  else
+    echo "FAIL imgbuild-etcd-snapshot.timer: $(tr '\n' ' ' <"$d/boot-1/snapshot-timer.txt" 2>/dev/null)"
+    bad=1
+  fi
+  line=$(awk '$2 == "etcdctl" && / snapshot save /' "$d/calls.log" | head -n 1)
+  case $line in
+  *--endpoints=https://127.0.0.1:2379*--cacert=/etc/kubernetes/pki/etcd/ca.crt*--cert=/etc/kubernetes/pki/apiserver-etcd-client.crt*--key=/etc/kubernetes/pki/apiserver-etcd-client.key*"snapshot save /var/lib/imgbuild/etcd-snapshots/"*)
+    echo "ok   etcd snapshot: etcdctl snapshot save with the apiserver-etcd-client certificate"
+    ;;
+  *)
+    echo "FAIL etcd snapshot: no etcdctl snapshot save with kubeadm's etcd client certificate (${line:-no call})"
+    bad=1
+    ;;
+  esac
+  if grep -q '"result": "ok"' "$d/boot-1/etcd-snapshot.json" 2>/dev/null \
+    && awk '($2 == "etcdutl" || $2 == "etcdctl") && / snapshot status /' "$d/calls.log" | grep -q .; then
+    echo "ok   etcd snapshot verified (snapshot status) and reported ok in etcd-snapshot.json"
+  else
+    echo "FAIL etcd snapshot status: $(cat "$d/boot-1/etcd-snapshot.json" "$d/boot-1/snapshot-start.txt" 2>/dev/null | tr '\n' ' ')"
+    bad=1
   fi
   return $bad
 }
