@@ -26,68 +26,22 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 fn tools_present() -> bool {
-    let missing: Vec<&str> = ["etcd", "etcdctl", "openssl"]
-        .into_iter()
-        .filter(|t| {
-            !Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{missing:?} required in CI (ci/test.sh installs etcd-server, etcd-client, openssl)"
-    );
-    eprintln!("note: SKIPPING the day-2 tests: {missing:?} not installed (apt-get install etcd-server etcd-client openssl)");
-    false
+    common::tools_present(
+        &["etcd", "etcdctl", "openssl"],
+        "the day-2 tests",
+        "etcd-server etcd-client openssl",
+    )
 }
 
-/// `openssl` signs a leaf certificate with a CA from the cluster's secrets/.
 fn sign(dir: &Path, ca: &Path, ca_name: &str, subject: &str, ext: &str) -> (PathBuf, PathBuf) {
-    fs::create_dir_all(dir).unwrap();
-    let run = |args: &[&str]| ok(&Command::new("openssl").args(args).current_dir(dir).output().unwrap());
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
+    common::openssl_sign(
+        dir,
+        &ca.join(format!("{ca_name}.crt")),
+        &ca.join(format!("{ca_name}.key")),
         subject,
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-    ]);
-    fs::write(dir.join("ext"), ext).unwrap();
-    let crt = ca.join(format!("{ca_name}.crt"));
-    let key = ca.join(format!("{ca_name}.key"));
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "req.csr",
-        "-CA",
-        crt.to_str().unwrap(),
-        "-CAkey",
-        key.to_str().unwrap(),
-        "-set_serial",
-        "9",
-        "-days",
-        "1",
-        "-extfile",
-        "ext",
-        "-out",
-        "crt.pem",
-    ]);
-    (dir.join("crt.pem"), dir.join("key.pem"))
+        ext,
+        1,
+    )
 }
 
 /// A cluster (`cluster init`) and the etcd members started for it.
@@ -973,42 +927,9 @@ fn certificates_close_to_expiry_are_renewed_and_static_pods_restarted() {
     fs::create_dir_all(root.join("var/lib/imgbuild")).unwrap();
     fs::write(root.join("var/lib/imgbuild/bootstrap.done"), "bootstrapped\n").unwrap();
     let leaf = |name: &str, ca: &str, days: u32| {
-        let d = w.p(&format!("certs/{name}"));
-        fs::create_dir_all(&d).unwrap();
-        let run = |args: &[&str]| ok(&Command::new("openssl").args(args).current_dir(&d).output().unwrap());
-        run(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=x",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.csr",
-        ]);
         let (crt, key) = (w.secrets().join(format!("{ca}.crt")), w.secrets().join(format!("{ca}.key")));
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.csr",
-            "-CA",
-            crt.to_str().unwrap(),
-            "-CAkey",
-            key.to_str().unwrap(),
-            "-set_serial",
-            "3",
-            "-days",
-            &days.to_string(),
-            "-out",
-            "crt.pem",
-        ]);
-        fs::read_to_string(d.join("crt.pem")).unwrap()
+        let (c, _) = common::openssl_sign(&w.p(&format!("certs/{name}")), &crt, &key, "/CN=x", "", days);
+        fs::read_to_string(c).unwrap()
     };
     for (name, ca, days) in [
         ("apiserver", "ca", 10),
