@@ -27,9 +27,9 @@ use sha2::{Digest, Sha256};
 
 fn tools_present() -> bool {
     common::tools_present(
-        &["etcd", "etcdctl", "openssl"],
+        &["etcd", "etcdctl", "openssl", "curl", "setsid"],
         "the day-2 tests",
-        "etcd-server etcd-client openssl",
+        "etcd-server etcd-client openssl curl util-linux",
     )
 }
 
