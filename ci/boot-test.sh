@@ -37,7 +37,7 @@ mem=${BOOT_TEST_MEM:-1024}
 all_scenarios=(worker broken-seed cp-init cp-join late-join cp-restore)
 if [ $# -gt 0 ]; then scenarios=("$@"); else scenarios=("${all_scenarios[@]}"); fi
 for s in "${scenarios[@]}"; do
-  case $s in worker | cp-init | cp-join | late-join | broken-seed | base) ;; *) die "unknown scenario $s" ;; esac
+  case $s in worker | cp-init | cp-join | late-join | broken-seed | cp-restore | base) ;; *) die "unknown scenario $s" ;; esac
 done
 
 # ---------------------------------------------------------------- dependencies
