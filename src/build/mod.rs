@@ -81,6 +81,7 @@ fn build_in(
     let staged = work.join(outputs.image_name());
     let spec = ImageSpec {
         format: plan.output.format,
+        compress: plan.output.compress,
         disk_size: plan.output.disk_size,
         source_date_epoch: plan.source_date_epoch,
         seed: &sealed.manifest.inputs_digest,

@@ -37,6 +37,10 @@ pub struct CloudInitArgs {
     /// SHA-256 of the snapshot file (the first field `cluster backup` prints)
     #[arg(long, requires = "restore_url")]
     pub restore_sha256: Option<String>,
+    /// NoCloud vendor-data (at most 1 MiB) written next to every node's user-data and
+    /// into its seed: site settings that are not the cluster's, e.g. a local apt proxy
+    #[arg(long, value_name = "FILE")]
+    pub vendor_data: Option<PathBuf>,
 }
 
 pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
@@ -50,6 +54,7 @@ pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
             (Some(url), Some(sha256)) => Some(Restore { url: url.clone(), sha256: sha256.clone() }),
             _ => None,
         },
+        vendor_data: a.vendor_data.clone(),
     };
     crate::cloudinit::write(&opts, rep)
 }

@@ -12,6 +12,14 @@ pub fn bin() -> std::process::Command {
     c
 }
 
+/// Whether the external `tool` a test needs can run here: the one place a test decides to
+/// skip. When it is missing the test panics if `CI` is set (ci/test.sh installs every tool, so
+/// CI never passes by skipping), and otherwise prints a loud note and returns false for the
+/// test to return early.
+pub fn tool(tool: &'static str) -> bool {
+    imgbuild::tools::for_test(tool).is_some()
+}
+
 /// Validate an SPDX document with the reference validator (PyPI spdx-tools' `pyspdxtools`,
 /// installed by ci/test.sh): required in CI, skipped with a note elsewhere.
 pub fn validate_spdx(path: &std::path::Path) {
@@ -56,28 +64,6 @@ pub fn write_files_to(user_data: &str, root: &std::path::Path) {
         let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-}
-
-/// Are these commands installed? Required in CI (`CI` set: panics naming the Debian
-/// packages), else `false` with a loud note, so the caller skips.
-pub fn tools_present(tools: &[&str], what: &str, packages: &str) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .copied()
-        .filter(|t| {
-            !std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "{missing:?} required in CI (ci/test.sh installs {packages})");
-    eprintln!("note: SKIPPING {what}: {missing:?} not installed (apt-get install {packages})");
-    false
 }
 
 /// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
