@@ -23,6 +23,7 @@ pub mod cloudinit;
 pub mod cluster;
 pub mod cmd;
 pub mod disk;
+pub mod etcd;
 pub mod exit;
 pub mod fetch;
 pub mod inspect;

@@ -12,6 +12,7 @@ mod fetch;
 mod inspect;
 mod lint;
 mod lock;
+mod node;
 mod recipe;
 mod upload;
 mod values;
@@ -82,6 +83,9 @@ pub enum Cmd {
     Verify(verify::VerifyImageArgs),
     /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
     Lint(lint::LintArgs),
+    /// Day-2 node operations on a running cluster
+    #[command(subcommand)]
+    Node(node::NodeCmd),
     /// Upload a built image to libvirt, OpenStack Glance or Proxmox VE; prints the target's id
     Upload(upload::UploadArgs),
 }
@@ -124,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Verify(a) => verify::run_verify_image(&a, &rep),
         Cmd::Lint(a) => lint::run(&a, &rep),
         Cmd::Upload(a) => upload::run(&a, &rep),
+        Cmd::Node(c) => node::run(&c, &rep),
     }
 }
 
@@ -174,7 +179,8 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
-    classify_as!(e, crate::kube::KubeError, crate::net::NetError);
+    classify_as!(e, crate::kube::KubeError, crate::kube::node::DrainError, crate::etcd::EtcdError);
+    classify_as!(e, crate::net::NetError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

@@ -1,6 +1,7 @@
 //! A small Kubernetes API client on reqwest, for the day-2 commands (`cluster token
-//! create` today; node drain and eviction, ConfigMap patches, etcd member management
-//! later): a kubeconfig ([`config`]) gives a client that trusts only the cluster's CA
+//! create`, `cluster upgrade`'s ConfigMap and workload patches, `node remove`'s cordon,
+//! eviction and delete in [`node`]; [`crate::etcd`] rides on the same transport): a
+//! kubeconfig ([`config`]) gives a client that trusts only the cluster's CA
 //! (no built-in roots), authenticates with the kubeconfig's client certificate or
 //! token, and turns the API's `Status` answers into typed errors that name the
 //! kubeconfig.
@@ -10,6 +11,7 @@
 //! create that may have happened is reported, not repeated).
 
 pub mod config;
+pub mod node;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,6 +79,20 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// `metav1.OwnerReference`, the fields read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
 }
 
 /// `core/v1 Secret`. `data` values are base64 on the wire; this type holds them
@@ -204,6 +220,19 @@ impl Client {
         self.json(what, reqwest::Method::PATCH, path, Some(("application/merge-patch+json", body)))
     }
 
+    /// PATCH with a JSON patch (RFC 6902): list elements addressed by index, guarded by
+    /// `test` operations (a merge patch would replace a whole list).
+    pub fn json_patch<R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        ops: &serde_json::Value,
+    ) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(ops)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::PATCH, path, Some(("application/json-patch+json", body)))
+    }
+
     /// DELETE `path`; the answer (a Status or the deleted object) is not interpreted.
     pub fn delete(&self, what: &str, path: &str) -> Result<(), KubeError> {
         self.json::<serde_json::Value>(what, reqwest::Method::DELETE, path, None).map(|_| ())
@@ -214,6 +243,83 @@ impl Client {
         let ns = s.metadata.namespace.as_deref().unwrap_or("default");
         let name = s.metadata.name.as_deref().unwrap_or("");
         self.create(&format!("creating Secret {ns}/{name}"), &format!("/api/v1/namespaces/{ns}/secrets"), s)
+    }
+
+    /// POST a JSON body and read a JSON answer (APIs that use POST for every call,
+    /// like etcd's gRPC gateway). Not retried, like every write.
+    pub fn post<T: Serialize, R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::POST, path, Some(("application/json", body)))
+    }
+
+    /// POST a JSON body and hand the answer's body to `sink` chunk by chunk as it
+    /// arrives (a streamed answer too large to hold, e.g. an etcd snapshot), within
+    /// `limit` in total. An error status is read whole (bounded) and typed as usual.
+    pub fn post_stream<T: Serialize>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+        limit: Duration,
+        mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        let url = format!("{}{path}", self.config.server);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(limit)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Credentials::Token(t) = &self.config.credentials {
+            req = req.bearer_auth(t);
+        }
+        enum Fail {
+            Http(reqwest::Error),
+            Status(u16, Vec<u8>),
+            Sink(String),
+        }
+        // The sink is the caller's (not Send): run on the process runtime from this
+        // thread, which a blocking client is called from by contract.
+        let rt = crate::net::runtime()
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: e.to_string() })?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(KubeError::Transport {
+                what: what.into(),
+                detail: "the Kubernetes client is blocking; it was called inside a tokio runtime".into(),
+            });
+        }
+        let r = rt.block_on(async {
+            let mut resp = req.send().await.map_err(Fail::Http)?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let mut b = Vec::new();
+                while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                    if b.len() < 64 << 10 {
+                        b.extend_from_slice(&c);
+                    }
+                }
+                return Err(Fail::Status(status, b));
+            }
+            while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                sink(&c).map_err(Fail::Sink)?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Http(e)) => Err(self.transport_error(what, &e)),
+            Err(Fail::Status(code, b)) => Err(self.status_error(what, code, &b)),
+            Err(Fail::Sink(detail)) => Err(KubeError::Transport { what: what.into(), detail }),
+        }
     }
 
     fn json<R: DeserializeOwned>(

@@ -21,7 +21,7 @@ pub mod tls;
 pub mod url;
 
 pub use body::{read_capped, BodyError};
-pub use client::{block_on, settings, Client, ClientOptions, Settings, Trust};
+pub use client::{block_on, runtime, settings, Client, ClientOptions, Settings, Trust};
 pub use retry::{Progress, Retry, RetryPolicy};
 pub use url::{redact, rewrite, BadMirror, Mirror, SafeUrl};
 

@@ -86,3 +86,55 @@ pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) ->
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
+/// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
+pub fn openssl_sign(
+    dir: &std::path::Path,
+    ca_crt: &std::path::Path,
+    ca_key: &std::path::Path,
+    subject: &str,
+    ext: &str,
+    days: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        ok(&std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap())
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+    ]);
+    std::fs::write(dir.join("ext"), ext).unwrap();
+    let days = days.to_string();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-set_serial",
+        "9",
+        "-days",
+        &days,
+        "-extfile",
+        "ext",
+        "-out",
+        "crt.pem",
+    ]);
+    (dir.join("crt.pem"), dir.join("key.pem"))
+}
