@@ -112,6 +112,8 @@ pub fn main() -> ExitCode {
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let rep = Reporter::new(cli.global.quiet);
+    // A bad timeout or retry setting is bad input before anything starts.
+    crate::net::Settings::from_env()?;
     match cli.cmd {
         Cmd::Recipe(c) => recipe::run(&c),
         Cmd::Fetch(a) => fetch::run(&a, &rep),
@@ -152,7 +154,8 @@ pub fn render_error(e: &anyhow::Error) -> String {
             let _ = writeln!(s, "  {}", c.replace('\n', "\n  "));
         }
     }
-    s
+    // The last line of defence: whatever error quoted a URL, its credentials stay out.
+    crate::net::redact(&s)
 }
 
 /// Try each known error type against one link of the chain.
@@ -177,6 +180,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
     classify_as!(e, crate::kube::KubeError, crate::kube::node::DrainError, crate::etcd::EtcdError);
+    classify_as!(e, crate::net::NetError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

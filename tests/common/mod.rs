@@ -66,6 +66,27 @@ pub fn write_files_to(user_data: &str, root: &std::path::Path) {
     }
 }
 
+/// Run `c` and kill it after `limit`: a hang is a failure, not a stuck test.
+pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) -> std::process::Output {
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("{c:?} still running after {limit:?} (killed): {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
 /// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
 pub fn openssl_sign(
