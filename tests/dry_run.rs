@@ -60,7 +60,8 @@ fn dry_run_text_and_recipe_show_agree() {
         "output   out/ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2 (disk size: the base image's",
         "packages conntrack=",
         "no lock file ubuntu-24.04-k8s-v1.30.3.yaml.lock",
-        "signatures none checked",
+        "signatures cosign krel-staging@k8s-releng-prod.iam.gserviceaccount.com (https://accounts.google.com) \
+         for https://dl.k8s.io/, trust root embedded Sigstore public-good Fulcio root",
         "\nkubelet v1.30.3\n  kind   artifact\n",
         "  url    https://dl.k8s.io/release/v1.30.3/bin/linux/amd64/kubelet\n",
     ] {

@@ -19,11 +19,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::apt::BaseImage;
-use crate::fetch::{Fetched, Mirror};
+use crate::fetch::Fetched;
 use crate::layer::{Content, Layer};
 use crate::manifest::SignatureRecord;
 use crate::plan::{BuildPlan, PackagePlan};
 use crate::reporter::Reporter;
+use crate::verify::cosign::SignatureSource;
 
 /// What a step works with, and what the steps build up.
 pub struct Compose<'a> {
@@ -70,15 +71,16 @@ pub fn compose<'a>(
     Ok(cx)
 }
 
-/// The steps of a build, in order; `mirrors` rewrite the signature URLs as fetch does.
-pub fn default_steps(mirrors: &[Mirror]) -> Vec<Box<dyn Step>> {
+/// The steps of a build, in order; `signatures` says where the cosign signature files
+/// come from (mirrors, offline, the cache), as fetch does for the downloads.
+pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
     vec![
         Box::new(Artifacts),
         Box::new(Files),
         Box::new(Hardening),
         Box::new(Addons),
         Box::new(Packages),
-        Box::new(Signatures { mirrors: mirrors.to_vec() }),
+        Box::new(Signatures { source: signatures.clone() }),
     ]
 }
 
@@ -170,7 +172,7 @@ impl Step for Packages {
 
 /// Cosign signatures of the artifacts from signing hosts, when the plan asks for them.
 pub struct Signatures {
-    pub mirrors: Vec<Mirror>,
+    pub source: SignatureSource,
 }
 
 impl Step for Signatures {
@@ -182,7 +184,7 @@ impl Step for Signatures {
         let records = crate::verify::cosign::verify_plan_artifacts(
             cx.plan,
             cx.fetched,
-            &self.mirrors,
+            &self.source,
             policy,
             cx.reporter,
         )?;

@@ -107,10 +107,13 @@ pub fn resolve_online(
 ) -> Result<ResolvedChart, ChartError> {
     let url = index_url(repo);
     let bad = |msg: String| ChartError::Invalid { origin: url.clone(), msg };
-    match crate::smallget::get(&url, mirrors, std::time::Duration::from_secs(120)) {
-        Ok(crate::smallget::Got::Body(b)) => resolve(&b, repo, name, version),
-        Ok(crate::smallget::Got::NotFound) => Err(bad("not found: is this a Helm repository?".into())),
-        Err(e) => Err(ChartError::Fetch { url: e.url, msg: e.msg }),
+    match crate::net::get::get(&url, mirrors, MAX_INDEX_BYTES as u64) {
+        Ok(crate::net::get::Got::Body(b)) => resolve(&b, repo, name, version),
+        Ok(crate::net::get::Got::NotFound) => Err(bad("not found: is this a Helm repository?".into())),
+        Err(e) if e.too_large => {
+            Err(bad(format!("more than the {MAX_INDEX_BYTES} bytes accepted: {}", e.msg)))
+        }
+        Err(e) => Err(ChartError::Fetch { url: e.url.to_string(), msg: e.msg }),
     }
 }
 

@@ -13,6 +13,7 @@ mod inspect;
 mod lint;
 mod lock;
 mod manual;
+mod node;
 mod recipe;
 mod upload;
 mod values;
@@ -83,6 +84,9 @@ pub enum Cmd {
     Verify(verify::VerifyImageArgs),
     /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
     Lint(lint::LintArgs),
+    /// Day-2 node operations on a running cluster
+    #[command(subcommand)]
+    Node(node::NodeCmd),
     /// Upload a built image to libvirt, OpenStack Glance or Proxmox VE; prints the target's id
     Upload(upload::UploadArgs),
     /// Print a shell completion script (bash, zsh, fish)
@@ -113,6 +117,8 @@ pub fn main() -> ExitCode {
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let rep = Reporter::new(cli.global.quiet);
+    // A bad timeout or retry setting is bad input before anything starts.
+    crate::net::Settings::from_env()?;
     match cli.cmd {
         Cmd::Recipe(c) => recipe::run(&c),
         Cmd::Fetch(a) => fetch::run(&a, &rep),
@@ -129,6 +135,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Upload(a) => upload::run(&a, &rep),
         Cmd::Completions(a) => manual::completions(&a),
         Cmd::Man(a) => manual::man(&a),
+        Cmd::Node(c) => node::run(&c, &rep),
     }
 }
 
@@ -172,7 +179,8 @@ pub fn render_error(e: &anyhow::Error) -> String {
             let _ = writeln!(s, "  {}", c.replace('\n', "\n  "));
         }
     }
-    s
+    // The last line of defence: whatever error quoted a URL, its credentials stay out.
+    crate::net::redact(&s)
 }
 
 /// Try each known error type against one link of the chain.
@@ -196,7 +204,8 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
-    classify_as!(e, crate::kube::KubeError);
+    classify_as!(e, crate::kube::KubeError, crate::kube::node::DrainError, crate::etcd::EtcdError);
+    classify_as!(e, crate::net::NetError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }
