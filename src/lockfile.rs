@@ -46,6 +46,33 @@ pub struct LockFile {
     /// SHA-256 of the recipe's `packages:` section (canonical JSON).
     pub packages_digest: Sha256,
     pub arches: BTreeMap<String, ArchLock>,
+    /// The recipe's `chart:` artifacts resolved against their repositories' index.yaml.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charts: Vec<LockedChart>,
+}
+
+/// A chart version resolved against its Helm repository (see [`crate::chart::repo`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedChart {
+    pub name: String,
+    pub version: String,
+    /// The repository the index came from.
+    pub repo: String,
+    /// Where the `.tgz` is downloaded from (absolute).
+    pub url: String,
+    /// The `.tgz`'s sha256 as the index states it.
+    pub sha256: Sha256,
+}
+
+/// The charts the lock at `path` pins for recipe `lr` (none without a lock file, or when
+/// it is another recipe's); an unreadable lock is an error.
+pub fn read_charts(lr: &LoadedRecipe, path: &Path) -> Result<Vec<LockedChart>, LockError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let lock = read_lock(path)?;
+    Ok(if lock.recipe == lr.recipe.name { lock.charts } else { Vec::new() })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,9 +117,9 @@ pub struct ReleaseRef {
     pub signer: String,
 }
 
-/// The digest that ties a lock to its recipe's `packages:` section.
-pub fn packages_digest(p: &Packages) -> Sha256 {
-    Sha256::of(&serde_json::to_vec(p).unwrap_or_default())
+/// The digest that ties a lock to its recipe's `packages:` section (`None`: no section).
+pub fn packages_digest(p: Option<&Packages>) -> Sha256 {
+    Sha256::of(&serde_json::to_vec(&p).unwrap_or_default())
 }
 
 /// `<recipe>.lock` for a recipe file, `./<name>.yaml.lock` for an embedded recipe.
@@ -168,7 +195,7 @@ pub fn read_for(
     if lock.recipe != lr.recipe.name {
         return Err(stale(format!("it is for recipe {:?}", lock.recipe)));
     }
-    if lock.packages_digest != packages_digest(p) {
+    if lock.packages_digest != packages_digest(Some(p)) {
         return Err(stale("the recipe's packages: section changed since it was written".into()));
     }
     let Some(al) = lock.arches.get(arch.as_str()) else {

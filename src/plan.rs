@@ -27,6 +27,9 @@ pub enum PlanError {
     NoDigest { origin: String, arch: Arch },
     #[error("{0}")]
     DiskSize(String),
+    /// A `chart:` artifact the lock does not pin yet (the message says which and how).
+    #[error("{0}")]
+    ChartNotLocked(String),
     #[error("--compress applies to qcow2 output (vmdk and ova are always compressed; {0} is not)")]
     Compress(OutFormat),
     #[error(transparent)]
@@ -40,6 +43,7 @@ impl Classify for PlanError {
             PlanError::Arch { .. }
             | PlanError::NoDigest { .. }
             | PlanError::DiskSize(_)
+            | PlanError::ChartNotLocked(_)
             | PlanError::Compress(_) => Code::Input,
         }
     }
@@ -102,6 +106,11 @@ pub struct AddonItem {
     pub sha256: Sha256,
     pub values: serde_json::Value,
     pub images: Vec<String>,
+    /// The level the add-on's namespace enforces (see [`crate::chart::addons::namespaces`]).
+    pub pod_security: crate::types::PodSecurity,
+    /// The profile the add-on belongs to (installed only where the cluster turns it on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::types::Profile>,
 }
 
 /// The Ubuntu packages of a build.
@@ -208,6 +217,9 @@ pub struct PlanOptions {
     /// `--disk-size` as written; overrides the recipe's `disk_size`.
     pub disk_size: Option<String>,
     pub signatures: SignaturePolicy,
+    /// Add-on profiles the image carries (`--profile`); add-ons of other profiles, and
+    /// artifacts only they use, are left out.
+    pub profiles: Vec<crate::types::Profile>,
     /// `--compress`: zstd-compressed qcow2 clusters.
     pub compress: bool,
 }
@@ -224,6 +236,7 @@ impl PlanOptions {
             output_dir: PathBuf::from("out"),
             disk_size: None,
             signatures: SignaturePolicy::default(),
+            profiles: Vec::new(),
             compress: false,
         }
     }
@@ -273,14 +286,47 @@ impl BuildPlan {
             install: Vec::new(),
         };
         let mut artifacts = Vec::new();
-        for a in r.artifacts.iter().filter(|a| a.roles.contains(&role)) {
+        let lock_file = lockfile::lock_path(lr, o.recipe_path.as_deref());
+        let mut locked_charts = None;
+        for a in r.artifacts.iter().filter(|a| a.roles.contains(&role) && !left_out(r, a, &o.profiles)) {
             let x = |t: &str| expand(t, &a.name, &a.version, arch);
+            let (urls, sha256) = match &a.chart {
+                Some(c) if a.pinned_by_lock() => {
+                    let charts = match &locked_charts {
+                        Some(c) => c,
+                        None => locked_charts.insert(lockfile::read_charts(lr, &lock_file)?),
+                    };
+                    let hit = charts
+                        .iter()
+                        .find(|l| l.name == a.name && l.version == a.version && l.repo == c.repo);
+                    let Some(l) = hit else {
+                        let flags: String = r
+                            .addons
+                            .iter()
+                            .filter(|ad| ad.artifact == a.name)
+                            .filter_map(|ad| ad.profile)
+                            .map(|p| format!(" --profile {p}"))
+                            .collect();
+                        return Err(PlanError::ChartNotLocked(format!(
+                            "{}: chart {} {} from {} is not pinned in {}: run `imgbuild lock{flags}` on a \
+                             machine that reaches the repository",
+                            lr.origin,
+                            a.name,
+                            a.version,
+                            c.repo,
+                            lock_file.display()
+                        )));
+                    };
+                    (vec![l.url.clone()], l.sha256.clone())
+                }
+                _ => (a.urls.iter().map(|u| x(u)).collect(), digest(&a.sha256)?),
+            };
             artifacts.push(Item {
                 kind: ItemKind::Artifact,
                 name: a.name.clone(),
                 version: a.version.clone(),
-                urls: a.urls.iter().map(|u| x(u)).collect(),
-                sha256: digest(&a.sha256)?,
+                urls,
+                sha256,
                 size: a.size.as_ref().and_then(|m| m.get(arch.as_str()).copied()),
                 install: a
                     .install
@@ -293,11 +339,12 @@ impl BuildPlan {
                     .collect(),
             });
         }
-        let addons = if role == Role::ControlPlane { addons(lr, &artifacts) } else { Vec::new() };
+        let addons =
+            if role == Role::ControlPlane { addons(lr, &artifacts, &o.profiles) } else { Vec::new() };
         let packages = match &r.packages {
             None => PackagePlan::None,
             Some(p) => {
-                let lock_file = lockfile::lock_path(lr, o.recipe_path.as_deref());
+                let lock_file = lock_file.clone();
                 if lock_file.is_file() {
                     let al =
                         lockfile::read_for(lr, &lock_file, o.recipe_path.as_deref(), arch, &base.sha256)?;
@@ -383,9 +430,22 @@ pub fn package_items(al: &ArchLock) -> Vec<Item> {
 }
 
 /// The recipe's add-ons resolved against a control plane's artifacts, in install order.
-fn addons(lr: &LoadedRecipe, artifacts: &[Item]) -> Vec<AddonItem> {
+/// Whether artifact `a` is used only by add-ons of profiles the build leaves out.
+pub fn left_out(
+    r: &crate::recipe::Recipe,
+    a: &crate::recipe::Artifact,
+    profiles: &[crate::types::Profile],
+) -> bool {
+    let users: Vec<_> = r.addons.iter().filter(|ad| ad.artifact == a.name).collect();
+    !users.is_empty() && users.iter().all(|ad| ad.profile.is_some_and(|p| !profiles.contains(&p)))
+}
+
+fn addons(lr: &LoadedRecipe, artifacts: &[Item], profiles: &[crate::types::Profile]) -> Vec<AddonItem> {
     let mut addons = Vec::new();
     for ad in &lr.recipe.addons {
+        if ad.profile.is_some_and(|p| !profiles.contains(&p)) {
+            continue;
+        }
         // Validation guarantees the artifact exists with exactly one install step.
         let Some(item) = artifacts.iter().find(|i| i.name == ad.artifact) else { continue };
         let Some(step) = item.install.first() else { continue };
@@ -400,6 +460,8 @@ fn addons(lr: &LoadedRecipe, artifacts: &[Item]) -> Vec<AddonItem> {
             sha256: item.sha256.clone(),
             values: ad.values.clone(),
             images: ad.images.clone(),
+            pod_security: ad.pod_security,
+            profile: ad.profile,
         });
     }
     addons.sort_by_key(|a| a.order);

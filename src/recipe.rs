@@ -11,7 +11,7 @@ use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Code};
-use crate::types::{Arch, PackageRequest, Role, Sha256};
+use crate::types::{Arch, PackageRequest, PodSecurity, Profile, Role, Sha256};
 
 /// Recipes shipped inside the binary; the first is the default.
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
@@ -127,9 +127,17 @@ pub struct Artifact {
     pub name: String,
     pub version: String,
     pub roles: Vec<Role>,
+    /// Optional with `chart:` (then the lock supplies the URL).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// Optional with `chart:` (then the lock supplies the digest).
+    #[serde(default, skip_serializing_if = "PerArch::is_empty")]
     pub sha256: PerArch,
     pub install: Vec<Install>,
+    /// A Helm chart named `name` at `version` in this repository: `imgbuild lock` resolves
+    /// it to the `.tgz`'s URL and the digest the repository's index.yaml states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chart: Option<ChartSource>,
     /// `none`: this artifact is not signed upstream's way (a stand-in, a re-packaged
     /// file), so a build does not look for a cosign signature next to it even when it
     /// comes from a host that signs its files. Absent: a file from a signing host must
@@ -140,6 +148,21 @@ pub struct Artifact {
     /// more is given up at once instead of filling the cache first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<BTreeMap<String, u64>>,
+}
+
+/// `artifacts[].chart`: where a chart artifact is published.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartSource {
+    /// The Helm repository URL (the directory holding `index.yaml`).
+    pub repo: String,
+}
+
+impl Artifact {
+    /// A chart whose URL and digest come from the lock, not from the recipe.
+    pub fn pinned_by_lock(&self) -> bool {
+        self.chart.is_some() && self.urls.is_empty() && self.sha256.is_empty()
+    }
 }
 
 /// An artifact's `signature:`.
@@ -168,6 +191,15 @@ pub struct Addon {
     pub values: serde_json::Value,
     /// Every image the chart deploys with these values (for pre-pulling and audits).
     pub images: Vec<String>,
+    /// The Pod Security level the add-on's namespace enforces (label
+    /// `pod-security.kubernetes.io/enforce`); a namespace shared by several add-ons gets
+    /// the most permissive of theirs. Default: the cluster's `baseline`.
+    #[serde(default)]
+    pub pod_security: PodSecurity,
+    /// Installed only in images built with this profile (`build --profile`) on clusters
+    /// that turn it on (`addons.profiles`); absent: always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Profile>,
 }
 
 /// Where an artifact's bytes land in the image. Without `from` the downloaded file
@@ -439,8 +471,18 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         if a.roles.is_empty() {
             return err(format!("{p}.roles"), "at least one role is required".into());
         }
-        check_urls(&p, &a.urls)?;
-        check_arches(&p, &a.sha256)?;
+        if let Some(c) = &a.chart {
+            if !(c.repo.starts_with("https://") || c.repo.starts_with("http://")) {
+                return err(
+                    format!("{p}.chart.repo"),
+                    format!("{:?} is not an http(s) Helm repository URL", c.repo),
+                );
+            }
+        }
+        if !a.pinned_by_lock() {
+            check_urls(&p, &a.urls)?;
+            check_arches(&p, &a.sha256)?;
+        }
         for (arch, n) in a.size.iter().flatten() {
             if !a.sha256.contains_key(arch) {
                 return err(format!("{p}.size.{arch}"), format!("no sha256 for arch {arch:?}"));
@@ -626,7 +668,9 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
         if !(a.values.is_object() || a.values.is_null()) {
             return Err((format!("{p}.values"), "must be a mapping of Helm values".into()));
         }
-        if a.images.is_empty() {
+        // A profile's chart may be unpinned in the recipe (resolved by the lock): its images
+        // are then only known by rendering it.
+        if a.images.is_empty() && a.profile.is_none() {
             return Err((format!("{p}.images"), "list the images the chart deploys".into()));
         }
         for (j, img) in a.images.iter().enumerate() {
@@ -714,7 +758,12 @@ mod tests {
     fn addons_are_validated_with_paths() {
         let r = load(None).unwrap().recipe;
         let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
-        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx"]);
+        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx", "monitoring", "logging", "argocd"]);
+        // The core add-ons list their images; a profile's may leave them to the pinned chart.
+        let e = addon_err("    profile: gitops\n", "");
+        assert!(e.contains("addons[5].images"), "{e}");
+        let e = addon_err("    profile: gitops\n", "    profile: tracing\n");
+        assert!(e.contains("addons[5].profile") || e.contains("tracing"), "{e}");
         let e = addon_err("  - artifact: metrics-server", "  - artifact: nope");
         assert!(e.contains("addons[1].artifact") && e.contains("(line "), "{e}");
         let e = addon_err("    release: ingress-nginx", "    release: backend");

@@ -34,9 +34,26 @@ fn both_roles_build_over_http_and_verify() {
     let fx = fixture::noble_fixture();
     for role in ["worker", "control-plane"] {
         let out_dir = fx.dir.path().join(format!("out-{role}"));
-        let o = fixture::build(&fx, role, &["--output", out_dir.to_str().unwrap()]);
+        // The control plane's build prints JSON: the written files and the image's digest.
+        let json = role == "control-plane";
+        let mut args = vec!["--output", out_dir.to_str().unwrap()];
+        if json {
+            args.push("--json");
+        }
+        let o = fixture::build(&fx, role, &args);
         assert!(o.status.success(), "{}", stderr(&o));
-        let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        let image = if json {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let image = PathBuf::from(v["image"].as_str().unwrap());
+            let sidecar = std::fs::read_to_string(v["checksum"].as_str().unwrap()).unwrap();
+            assert!(sidecar.starts_with(v["image_sha256"].as_str().unwrap()), "{v} vs {sidecar}");
+            for k in ["manifest", "sbom"] {
+                assert!(Path::new(v[k].as_str().unwrap()).is_file(), "{k}: {v}");
+            }
+            image
+        } else {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+        };
         assert_eq!(image, out_dir.join(format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64.qcow2")));
         let check = sh(Command::new("qemu-img").arg("check").arg(&image));
         assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));

@@ -388,6 +388,7 @@ impl Installer {
         let dir = root.join("usr/share/imgbuild/addons");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("addons.tsv"), imgbuild::chart::addons::tsv(&index)).unwrap();
+        std::fs::write(dir.join("namespaces.yaml"), imgbuild::chart::addons::namespaces(&plan)).unwrap();
         std::fs::create_dir_all(root.join("etc/imgbuild/addons")).unwrap();
         std::fs::write(root.join("etc/imgbuild/addons/values.yaml"), "ingress:\n  host: b.example.test\n")
             .unwrap();
@@ -447,6 +448,9 @@ impl Installer {
                         Some("wait coredns".into())
                     }
                     ["kubectl", "get", "--raw=/readyz"] => Some("api".into()),
+                    ["kubectl", "apply", "--server-side", ..] if c.ends_with("/namespaces.yaml") => {
+                        Some("namespaces".into())
+                    }
                     _ => None,
                 }
             })
@@ -485,12 +489,14 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
         inst.actions(),
         [
             "api",
+            "namespaces",
             "install cilium",
             "wait node",
             "wait coredns",
             "install metrics-server",
             "install metrics-server",
             "install ingress-nginx",
+            "install local-path",
             "install backend"
         ]
     );
@@ -514,7 +520,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
 
     // One console line per step, plus the start and end lines and the retry note.
     let step_lines: Vec<&str> = stdout.lines().filter(|l| l.contains(": done (attempt")).collect();
-    assert_eq!(step_lines.len(), 6, "{stdout}");
+    assert_eq!(step_lines.len(), 8, "{stdout}");
     assert!(stdout.contains("metrics-server: attempt 1 failed, retrying in 0s"), "{stdout}");
     assert!(stdout.lines().all(|l| l.starts_with("imgbuild-addons: ")), "{stdout}");
 
@@ -524,10 +530,23 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["cilium", "control-plane-ready", "coredns", "metrics-server", "ingress-nginx", "backend"]
+        [
+            "namespaces",
+            "cilium",
+            "control-plane-ready",
+            "coredns",
+            "metrics-server",
+            "ingress-nginx",
+            "local-path",
+            "backend"
+        ]
     );
     assert!(steps.iter().all(|s| s["state"] == "done"));
-    assert_eq!(steps[3]["attempts"], 2);
+    assert_eq!(steps[4]["attempts"], 2);
+    // The namespaces (with their Pod Security labels) exist before the first chart.
+    let ns = calls.iter().position(|c| c.starts_with("kubectl apply --server-side ")).unwrap();
+    let first_install = calls.iter().position(|c| c.starts_with("helm upgrade --install ")).unwrap();
+    assert!(ns < first_install, "{calls:?}");
     for n in names {
         assert!(inst.root.join(format!("var/lib/imgbuild/addons/{n}.done")).is_file(), "{n}");
     }
@@ -537,7 +556,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let before = inst.calls().len();
     let out = inst.run(3);
     assert!(out.status.success());
-    assert!(text(&out).contains("all 6 steps done already"), "{}", text(&out));
+    assert!(text(&out).contains("all 8 steps done already"), "{}", text(&out));
     assert_eq!(inst.calls().len(), before, "{:?}", &inst.calls()[before..]);
     assert_eq!(inst.status()["state"], "done");
 }
@@ -551,8 +570,9 @@ fn installer_gives_up_then_resumes_where_it_stopped() {
     assert!(text(&out).contains("ingress-nginx: failed after 2 attempts"), "{}", text(&out));
     let st = inst.status();
     assert_eq!(st["state"], "failed");
-    assert_eq!(st["steps"][4]["state"], "failed");
-    assert_eq!(st["steps"][5]["state"], "pending");
+    assert_eq!(st["steps"][5]["state"], "failed");
+    assert_eq!(st["steps"][6]["state"], "pending");
+    assert_eq!(st["steps"][7]["state"], "pending");
     assert!(inst.root.join("var/lib/imgbuild/addons/metrics-server.done").is_file());
     assert!(!inst.root.join("var/lib/imgbuild/addons/ingress-nginx.done").exists());
     // Still wanted at boot, so a reboot resumes.
@@ -563,8 +583,11 @@ fn installer_gives_up_then_resumes_where_it_stopped() {
     let n = inst.actions().len();
     let out = inst.run(2);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(inst.actions()[n..], ["api", "install ingress-nginx", "install backend"]);
-    assert!(text(&out).contains("[1/6] cilium: done before"));
+    assert_eq!(
+        inst.actions()[n..],
+        ["api", "install ingress-nginx", "install local-path", "install backend"]
+    );
+    assert!(text(&out).contains("[2/8] cilium: done before"));
     assert!(inst.resume_link().symlink_metadata().is_err());
 }
 
@@ -577,11 +600,20 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
     // the others are installed; the invalid one is never sent to the cluster
     assert_eq!(
         inst.actions(),
-        ["api", "install cilium", "wait node", "wait coredns", "install ingress-nginx", "install backend"]
+        [
+            "api",
+            "namespaces",
+            "install cilium",
+            "wait node",
+            "wait coredns",
+            "install ingress-nginx",
+            "install local-path",
+            "install backend"
+        ]
     );
     let st = inst.status();
     assert_eq!(st["state"], "failed");
-    let ms = &st["steps"][3];
+    let ms = &st["steps"][4];
     assert_eq!(ms["name"], "metrics-server");
     assert_eq!(ms["state"], "invalid");
     assert_eq!(ms["attempts"], 0);
@@ -591,7 +623,7 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
         "{err}"
     );
     assert!(err.contains("replicaCount: Invalid type"), "{err}");
-    assert_eq!(st["steps"][5]["state"], "done");
+    assert_eq!(st["steps"][7]["state"], "done");
     let console = text(&out);
     assert!(
         console.contains("metrics-server: invalid, not retried: does not render: Error: values don't meet"),
@@ -611,11 +643,11 @@ fn installer_stops_when_the_cni_does_not_render() {
     inst.invalid("cilium");
     let out = inst.run(3);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert_eq!(inst.actions(), ["api"]);
+    assert_eq!(inst.actions(), ["api", "namespaces"]);
     let st = inst.status();
     assert_eq!(st["state"], "failed");
-    assert_eq!(st["steps"][0]["state"], "invalid");
-    assert_eq!(st["steps"][1]["state"], "pending");
+    assert_eq!(st["steps"][1]["state"], "invalid");
+    assert_eq!(st["steps"][2]["state"], "pending");
     assert!(text(&out).contains("no CNI: the remaining steps cannot work"), "{}", text(&out));
 }
 
@@ -790,8 +822,12 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
     let index: Vec<serde_json::Value> =
         serde_json::from_slice(&file(&cp, "/usr/share/imgbuild/addons/addons.json").unwrap().0).unwrap();
     let releases: Vec<&str> = index.iter().map(|e| e["release"].as_str().unwrap()).collect();
-    assert_eq!(releases, ["cilium", "metrics-server", "ingress-nginx", "backend"]);
-    assert_eq!(index[3]["sha256"], Sha256::of(&backend).as_str());
+    assert_eq!(releases, ["cilium", "metrics-server", "ingress-nginx", "local-path", "backend"]);
+    assert_eq!(index[4]["sha256"], Sha256::of(&backend).as_str());
+    // The default StorageClass's chart is embedded like the backend's.
+    let (storage, _) = file(&cp, "/usr/share/imgbuild/addons/local-path-0.1.0.tgz").expect("storage chart");
+    assert_eq!(storage, imgbuild::chart::package_local_path(plan.source_date_epoch).unwrap().bytes);
+    assert_eq!(index[3]["namespace"], "local-path-storage");
     for e in &index {
         assert!(file(&cp, e["chart"].as_str().unwrap()).is_some(), "{e}");
         if let Some(v) = e["values"].as_str() {
@@ -801,6 +837,12 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
         }
     }
     assert!(file(&cp, "/usr/share/imgbuild/addons/addons.tsv").is_some());
+    // Pod Security: the namespaces with their levels, and the apiserver's admission config.
+    let (ns, _) = file(&cp, "/usr/share/imgbuild/addons/namespaces.yaml").expect("namespaces.yaml");
+    assert_eq!(ns, imgbuild::chart::addons::namespaces(&plan).into_bytes());
+    let (adm, mode) = file(&cp, "/etc/kubernetes/admission/pod-security.yaml").expect("admission config");
+    assert_eq!(mode, 0o644);
+    assert!(String::from_utf8(adm).unwrap().contains("kind: PodSecurityConfiguration"));
     assert!(file(&cp, "/usr/local/bin/helm").is_some_and(|(_, m)| m == 0o755));
     for s in ["addons-install", "kubelet-csr-approver"] {
         assert_eq!(file(&cp, &format!("/usr/libexec/imgbuild/{s}")).unwrap().1, 0o755);
@@ -816,6 +858,7 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
     assert!(wplan.addons.is_empty());
     for (p, _) in w.iter() {
         assert!(!p.starts_with("/usr/share/imgbuild/addons"), "{p} in worker");
+        assert!(!p.starts_with("/etc/kubernetes/admission"), "{p} in worker");
         assert!(!p.contains("imgbuild-addons") && !p.contains("csr-approver"), "{p} in worker");
     }
     assert!(w.get("/usr/local/bin/helm").is_none());
@@ -893,6 +936,7 @@ fn backend_only(inst: &Installer, values: &str) {
     )
     .unwrap();
     std::fs::write(inst.root.join("etc/imgbuild/addons/values.yaml"), values).unwrap();
+    std::fs::remove_file(dir.join("namespaces.yaml")).unwrap();
 }
 
 /// The installer with the real helm (npm), the kubectl stand-in, a cluster that is not

@@ -204,7 +204,7 @@ fn gpt(w: &World, r: &mut ChaCha8Rng, n: u64) -> Case {
                 u32::from_le_bytes(hdr[80..84].try_into().unwrap()) as u64,
                 u32::from_le_bytes(hdr[84..88].try_into().unwrap()) as u64,
             );
-            let arr = (lba * 512, count.saturating_mul(esize));
+            let arr = (lba.saturating_mul(512), count.saturating_mul(esize));
             if lba < 128 && arr.0 + arr.1 <= 65536 {
                 let crc = CRC32.checksum(&b[h + arr.0 as usize..h + (arr.0 + arr.1) as usize]);
                 b[h + 512 + 88..h + 512 + 92].copy_from_slice(&crc.to_le_bytes());
@@ -430,7 +430,7 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
             );
             std::fs::write(&recipe, &text).unwrap();
             let lr = imgbuild::recipe::parse(&text, "mutation").unwrap();
-            let digest = imgbuild::lockfile::packages_digest(lr.recipe.packages.as_ref().unwrap());
+            let digest = imgbuild::lockfile::packages_digest(lr.recipe.packages.as_ref());
             let lock = serde_json::json!({
                 "lock_version": imgbuild::lockfile::LOCK_VERSION,
                 "recipe": lr.recipe.name,

@@ -333,8 +333,19 @@ scenario_cp_init() {
       bad=1
     fi
     # The helm stand-in records each call: the releases must be installed CNI first, the
-    # backend last (calls.log: UPTIME helm upgrade --install RELEASE ...).
-    local order want="cilium metrics-server ingress-nginx backend"
+    # default StorageClass (local-path) before the backend, the backend last
+    # (calls.log: UPTIME helm upgrade --install RELEASE ...).
+    local order want="cilium metrics-server ingress-nginx local-path backend"
+    # The namespaces with their Pod Security labels are applied before the first chart.
+    local t_ns t_helm
+    t_ns=$(awk '$2 == "kubectl" && $3 == "apply" && /namespaces.yaml/ {print NR; exit}' "$dir/boot1.disk/calls.log")
+    t_helm=$(awk '$2 == "helm" && $3 == "upgrade" {print NR; exit}' "$dir/boot1.disk/calls.log")
+    if [ -n "$t_ns" ] && [ -n "$t_helm" ] && [ "$t_ns" -lt "$t_helm" ]; then
+      echo "ok   add-on namespaces (Pod Security labels) applied before the first chart"
+    else
+      echo "FAIL add-on namespaces: applied at call ${t_ns:-never}, first helm upgrade at ${t_helm:-never}"
+      bad=1
+    fi
     order=$(awk '$2 == "helm" && $3 == "upgrade" {print $5}' "$dir/boot1.disk/calls.log" | tr '\n' ' ')
     if [ "${order% }" = "$want" ]; then
       echo "ok   add-on installer order: $want"

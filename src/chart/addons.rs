@@ -5,6 +5,11 @@
 //! other download). This module adds what the recipe cannot express: the packaged
 //! backend chart, each add-on's values file, and the index the installer follows.
 //!
+//! `namespaces.yaml` holds every add-on namespace (and the backend's) as a `Namespace`
+//! labelled with the Pod Security level it enforces; the installer applies it before the
+//! first chart. The cluster-wide defaults are in the baked admission configuration
+//! (`/etc/kubernetes/admission/pod-security.yaml`).
+//!
 //! Index rows, in install order (`addons.tsv`, tab-separated, one per line; the image
 //! has no JSON parser the installer could rely on, so `addons.json` is for people and
 //! tools): `order name release namespace cni chart baked-values user-values`.
@@ -25,7 +30,7 @@ use serde::Serialize;
 
 use super::ChartError;
 use crate::plan::BuildPlan;
-use crate::types::Role;
+use crate::types::{PodSecurity, Role};
 
 /// The installer unit (not enabled in the image; started by the init path).
 pub const INSTALLER_UNIT: &str = "imgbuild-addons.service";
@@ -37,8 +42,32 @@ pub const USER_VALUES_DIR: &str = "/etc/imgbuild/addons";
 pub const BACKEND_RELEASE: &str = "backend";
 pub const BACKEND_NAMESPACE: &str = "backend";
 pub const BACKEND_USER_VALUES: &str = "/etc/imgbuild/addons/values.yaml";
+/// The backend passes `restricted`, so its namespace enforces it.
+pub const BACKEND_POD_SECURITY: PodSecurity = PodSecurity::Restricted;
 /// The backend installs after every recipe add-on.
 const BACKEND_ORDER: u32 = u32::MAX;
+/// The default StorageClass: after every recipe add-on, before the backend (which may
+/// claim a volume).
+pub const STORAGE_RELEASE: &str = "local-path";
+pub const STORAGE_NAMESPACE: &str = "local-path-storage";
+const STORAGE_ORDER: u32 = u32::MAX - 1;
+/// Its helper pods mount the volume directories from the host (hostPath).
+pub const STORAGE_POD_SECURITY: PodSecurity = PodSecurity::Privileged;
+/// The gitops profile's Application for the backend: a release of its own after Argo CD
+/// (whose CRDs must exist first), in Argo CD's namespace.
+pub const GITOPS_APP_RELEASE: &str = "backend-app";
+
+fn carries_gitops(plan: &BuildPlan) -> bool {
+    plan.addons.iter().any(|a| a.profile == Some(crate::types::Profile::Gitops))
+}
+
+/// Argo CD's namespace in `plan` (the gitops profile's add-on).
+fn gitops_namespace(plan: &BuildPlan) -> Option<&str> {
+    plan.addons
+        .iter()
+        .find(|a| a.profile == Some(crate::types::Profile::Gitops))
+        .map(|a| a.namespace.as_str())
+}
 
 /// One step of the installer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -59,6 +88,9 @@ pub struct IndexEntry {
     /// Cluster-specific values, applied last when the file exists.
     pub user_values: String,
     pub images: Vec<String>,
+    /// Installed only when the cluster turns this profile on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::types::Profile>,
 }
 
 /// The control-plane add-on files, as (path in the image, bytes), all mode 0644: the
@@ -69,7 +101,13 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     }
     let mut out = Vec::new();
     let backend = super::package_backend(plan.source_date_epoch)?;
+    let storage = super::package_local_path(plan.source_date_epoch)?;
     let index = index(plan, &backend)?;
+    out.push((format!("{ADDONS_DIR}/{}", storage.file_name()), storage.bytes));
+    if carries_gitops(plan) {
+        let app = super::package_gitops_backend(plan.source_date_epoch)?;
+        out.push((format!("{ADDONS_DIR}/{}", app.file_name()), app.bytes));
+    }
     out.push((format!("{ADDONS_DIR}/{}", backend.file_name()), backend.bytes));
     for a in &plan.addons {
         if let Some(path) = values_path(a) {
@@ -87,7 +125,9 @@ pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
         msg: format!("add-on index: {e}"),
     })?;
     out.push((format!("{ADDONS_DIR}/addons.json"), json));
+    out.push((format!("{ADDONS_DIR}/namespaces.yaml"), namespaces(plan).into_bytes()));
     out.push((format!("{ADDONS_DIR}/addons.tsv"), tsv(&index).into_bytes()));
+    out.push((format!("{ADDONS_DIR}/profiles.tsv"), profiles_tsv(&index).into_bytes()));
     Ok(out)
 }
 
@@ -114,8 +154,24 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
             values: values_path(a),
             user_values: format!("{USER_VALUES_DIR}/{}.yaml", a.release),
             images: a.images.clone(),
+            profile: a.profile,
         })
         .collect();
+    let storage = super::package_local_path(plan.source_date_epoch)?;
+    out.push(IndexEntry {
+        order: STORAGE_ORDER,
+        name: storage.name.clone(),
+        version: storage.version.clone(),
+        release: STORAGE_RELEASE.into(),
+        namespace: STORAGE_NAMESPACE.into(),
+        cni: false,
+        chart: format!("{ADDONS_DIR}/{}", storage.file_name()),
+        sha256: crate::types::Sha256::of(&storage.bytes).to_string(),
+        values: None,
+        user_values: format!("{USER_VALUES_DIR}/{STORAGE_RELEASE}.yaml"),
+        images: storage_images(),
+        profile: None,
+    });
     let image = backend_image();
     out.push(IndexEntry {
         order: BACKEND_ORDER,
@@ -129,7 +185,25 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
         values: None,
         user_values: BACKEND_USER_VALUES.into(),
         images: image.into_iter().collect(),
+        profile: None,
     });
+    if let (true, Some(ns)) = (carries_gitops(plan), gitops_namespace(plan)) {
+        let app = super::package_gitops_backend(plan.source_date_epoch)?;
+        out.push(IndexEntry {
+            order: BACKEND_ORDER,
+            name: app.name.clone(),
+            version: app.version.clone(),
+            release: GITOPS_APP_RELEASE.into(),
+            namespace: ns.to_string(),
+            cni: false,
+            chart: format!("{ADDONS_DIR}/{}", app.file_name()),
+            sha256: crate::types::Sha256::of(&app.bytes).to_string(),
+            values: None,
+            user_values: format!("{USER_VALUES_DIR}/{GITOPS_APP_RELEASE}.yaml"),
+            images: Vec::new(),
+            profile: Some(crate::types::Profile::Gitops),
+        });
+    }
     for e in &out {
         for f in [&e.name, &e.release, &e.namespace, &e.chart, &e.user_values] {
             if f.contains(['\t', '\n']) {
@@ -143,6 +217,60 @@ pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEnt
     Ok(out)
 }
 
+/// Every namespace the add-ons and the backend install into, with the Pod Security
+/// level it enforces: the most permissive level of the add-ons that share it. Only
+/// `enforce` is set; audit and warn keep the cluster defaults (`restricted`), so a
+/// privileged namespace still reports what would not pass `restricted`.
+pub fn namespaces(plan: &BuildPlan) -> String {
+    let mut levels: std::collections::BTreeMap<&str, PodSecurity> = std::collections::BTreeMap::new();
+    for a in &plan.addons {
+        let l = levels.entry(a.namespace.as_str()).or_insert(a.pod_security);
+        *l = (*l).max(a.pod_security);
+    }
+    for (ns, level) in [(STORAGE_NAMESPACE, STORAGE_POD_SECURITY), (BACKEND_NAMESPACE, BACKEND_POD_SECURITY)]
+    {
+        let l = levels.entry(ns).or_insert(level);
+        *l = (*l).max(level);
+    }
+    let mut s = format!(
+        "# Namespaces of the add-ons of recipe {} and their Pod Security levels\n\
+         # (applied by imgbuild-addons before the first chart).\n",
+        plan.recipe
+    );
+    for (ns, level) in levels {
+        for line in [
+            "---".to_string(),
+            "apiVersion: v1".into(),
+            "kind: Namespace".into(),
+            "metadata:".into(),
+            format!("  name: {ns}"),
+            "  labels:".into(),
+            format!("    pod-security.kubernetes.io/enforce: {level}"),
+            "    pod-security.kubernetes.io/enforce-version: latest".into(),
+        ] {
+            s.push_str(&line);
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// The images the embedded storage chart deploys with its defaults: the provisioner and
+/// its helper pod's.
+fn storage_images() -> Vec<String> {
+    let Some(values) = super::LOCAL_PATH.get_file("values.yaml").and_then(|f| f.contents_utf8()) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_yaml::from_str::<serde_yaml::Value>(values) else { return Vec::new() };
+    let img = &v["image"];
+    let mut out = Vec::new();
+    if let (Some(r), Some(t)) = (img["repository"].as_str(), img["tag"].as_str()) {
+        out.push(format!("{r}:{t}"));
+    }
+    out.extend(v["helperImage"].as_str().map(str::to_string));
+    out
+}
+
 /// The default image of the embedded backend chart (`image.repository:tag`).
 fn backend_image() -> Option<String> {
     let values = super::BACKEND.get_file("values.yaml")?.contents_utf8()?;
@@ -150,6 +278,22 @@ fn backend_image() -> Option<String> {
     let img = v.get("image")?;
     Some(format!("{}:{}", img.get("repository")?.as_str()?, img.get("tag")?.as_str()?))
 }
+
+/// Which release belongs to which profile (`release<TAB>profile`), for the installer: a
+/// release listed here is installed only when [`PROFILES_FILE`] (written by user-data
+/// from `addons.profiles`) names its profile.
+pub fn profiles_tsv(index: &[IndexEntry]) -> String {
+    let mut s = String::from("# release\tprofile\n");
+    for e in index {
+        if let Some(p) = e.profile {
+            s.push_str(&format!("{}\t{p}\n", e.release));
+        }
+    }
+    s
+}
+
+/// The profiles a cluster turns on, one per line (user-data, from `addons.profiles`).
+pub const PROFILES_FILE: &str = "/etc/imgbuild/addons/profiles";
 
 /// The tab-separated index the installer reads.
 pub fn tsv(index: &[IndexEntry]) -> String {

@@ -5,6 +5,7 @@
 pub mod addons;
 pub mod ignore;
 pub mod package;
+pub mod repo;
 pub mod values;
 
 use std::io::Write;
@@ -19,6 +20,11 @@ pub use package::{package_dir, Packaged};
 
 /// The sample backend chart, packaged into every control-plane image.
 static BACKEND: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/backend");
+/// The default StorageClass (local-path-provisioner), packaged into every control-plane image.
+static LOCAL_PATH: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/local-path");
+/// The gitops profile's Argo CD Application for the backend, packaged when the image
+/// carries that profile.
+static GITOPS_BACKEND: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/charts/gitops-backend");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
@@ -26,13 +32,15 @@ pub enum ChartError {
     Invalid { origin: String, msg: String },
     #[error("{path}")]
     Io { path: String, source: std::io::Error },
+    #[error("{url}: {msg}")]
+    Fetch { url: String, msg: String },
 }
 
 impl Classify for ChartError {
     fn code(&self) -> Code {
         match self {
             ChartError::Invalid { .. } => Code::Input,
-            ChartError::Io { .. } => Code::Runtime,
+            ChartError::Io { .. } | ChartError::Fetch { .. } => Code::Runtime,
         }
     }
 }
@@ -56,4 +64,15 @@ pub fn write_package(p: &Packaged, dir: &std::path::Path) -> Result<PathBuf> {
 /// The embedded backend chart, packaged with entry mtime `mtime`.
 pub fn package_backend(mtime: u64) -> Result<Packaged, ChartError> {
     package::package_embedded(&BACKEND, "embedded:charts/backend", mtime)
+}
+
+/// The embedded storage chart (the cluster's default StorageClass), packaged with entry
+/// mtime `mtime`.
+pub fn package_local_path(mtime: u64) -> Result<Packaged, ChartError> {
+    package::package_embedded(&LOCAL_PATH, "embedded:charts/local-path", mtime)
+}
+
+/// The embedded Argo CD Application chart of the gitops profile.
+pub fn package_gitops_backend(mtime: u64) -> Result<Packaged, ChartError> {
+    package::package_embedded(&GITOPS_BACKEND, "embedded:charts/gitops-backend", mtime)
 }

@@ -191,6 +191,12 @@ pub fn backend() -> Result<ChartValues, ChartError> {
     from_files("charts/backend values.schema.json", f("values.yaml"), f("values.schema.json"))
 }
 
+/// The embedded storage chart's defaults and schema.
+pub fn local_path() -> Result<ChartValues, ChartError> {
+    let f = |name: &str| super::LOCAL_PATH.get_file(name).map(|f| f.contents());
+    from_files("charts/local-path values.schema.json", f("values.yaml"), f("values.schema.json"))
+}
+
 /// A recipe add-on as cloud-init sees it: the values baked into the image and, when
 /// its chart was found in the cache, the chart's defaults and schema.
 #[derive(Debug, Clone)]
@@ -254,6 +260,14 @@ impl Charts {
             };
             addons.push(Addon { release: a.release.clone(), file, baked: a.values.clone(), chart });
         }
+        // The embedded default StorageClass installs like a recipe add-on (its overrides
+        // are `addons.values.local-path`); its chart is in the binary, always checkable.
+        addons.push(Addon {
+            release: super::addons::STORAGE_RELEASE.to_string(),
+            file: "charts/local-path".to_string(),
+            baked: Value::Null,
+            chart: Some(local_path()?),
+        });
         Ok(Charts { backend: backend()?, addons, notes })
     }
 

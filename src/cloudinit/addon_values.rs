@@ -19,7 +19,7 @@ use super::CloudInitError;
 use crate::chart::addons::{BACKEND_USER_VALUES, USER_VALUES_DIR};
 use crate::chart::values::{self, Charts};
 use crate::cluster::plan::ClusterPlan;
-use crate::types::{Arch, Role};
+use crate::types::{Arch, Profile, Role};
 
 /// The taint kubeadm puts on control planes (kubeadm's `mark-control-plane`).
 pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
@@ -87,6 +87,9 @@ pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitEr
             )),
         }
     }
+    if a.profiles.iter().any(|p| p == Profile::Monitoring.as_str()) {
+        scraped_by_monitoring(&mut backend)?;
+    }
     let json = |m: &serde_yaml::Mapping, path: &str| -> Result<Value, String> {
         serde_json::to_value(m).map_err(|e| at(path, &format!("not JSON-compatible Helm values: {e}")))
     };
@@ -153,8 +156,124 @@ pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitEr
             ),
         ));
     }
+    profiles(l, a, &at, &mut out, &mut errors)?;
     if !errors.is_empty() {
         return Err(CloudInitError::Invalid(errors.join("\n")));
     }
     Ok(out)
+}
+
+/// With the monitoring profile on, the backend announces its metrics port to Prometheus
+/// (the profile's `annotated-pods` scrape job) and its NetworkPolicy lets the monitoring
+/// namespace reach that port, unless cluster.yaml sets either itself.
+fn scraped_by_monitoring(backend: &mut serde_yaml::Mapping) -> Result<(), CloudInitError> {
+    let yaml = |s: &str| {
+        serde_yaml::from_str::<serde_yaml::Value>(s).map_err(|e| CloudInitError::Invalid(e.to_string()))
+    };
+    let key = serde_yaml::Value::from("podAnnotations");
+    if backend.get(&key).is_none() {
+        backend.insert(key, yaml("{prometheus.io/scrape: \"true\", prometheus.io/port: \"9797\"}")?);
+    }
+    let np = serde_yaml::Value::from("networkPolicy");
+    let entry = backend.entry(np).or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    if let Some(m) = entry.as_mapping_mut() {
+        let k = serde_yaml::Value::from("metricsFrom");
+        if m.get(&k).is_none() {
+            m.insert(
+                k,
+                yaml("[{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]")?,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `addons.profiles`: each a known profile, each with the credentials it needs; the files
+/// the first control plane gets for them (the list the installer follows, the logging
+/// exporter's destination).
+fn profiles(
+    l: &ClusterPlan,
+    a: &crate::cluster::spec::Addons,
+    at: &dyn Fn(&str, &str) -> String,
+    out: &mut AddonFiles,
+    errors: &mut Vec<String>,
+) -> Result<(), CloudInitError> {
+    let mut on = Vec::new();
+    for (i, name) in a.profiles.iter().enumerate() {
+        let path = format!("addons.profiles[{i}]");
+        match Profile::parse(name) {
+            Some(p) if on.contains(&p) => errors.push(at(&path, &format!("{name} is listed twice"))),
+            Some(p) => on.push(p),
+            None => {
+                let known: Vec<&str> = Profile::ALL.iter().map(|p| p.as_str()).collect();
+                errors.push(at(&path, &format!("unknown profile {name:?} (known: {})", known.join(", "))));
+            }
+        }
+    }
+    if a.logging.is_some() && !on.contains(&Profile::Logging) {
+        out.warnings
+            .push(format!("warning: {}: addons.logging is set but the logging profile is not on", l.origin));
+    }
+    for p in &on {
+        for field in p.required() {
+            let value = match (p, *field) {
+                (Profile::Logging, "endpoint") => a.logging.as_ref().and_then(|g| g.endpoint.as_deref()),
+                (Profile::Logging, "token") => a.logging.as_ref().and_then(|g| g.token.as_deref()),
+                (Profile::Gitops, "repo_url") => a.gitops.as_ref().and_then(|g| g.repo_url.as_deref()),
+                _ => None,
+            };
+            let path = format!("addons.{p}.{field}");
+            match value {
+                Some(v) if !v.trim().is_empty() => {}
+                _ => errors.push(at(&path, &format!("the {p} profile needs {path}"))),
+            }
+        }
+    }
+    if let Some(e) = a.logging.as_ref().and_then(|g| g.endpoint.as_deref()) {
+        if !e.starts_with("https://") {
+            errors.push(at(
+                "addons.logging.endpoint",
+                "must be an https:// URL (the token travels with every request)",
+            ));
+        }
+    }
+    if let Some(u) = a.gitops.as_ref().and_then(|g| g.repo_url.as_deref()) {
+        if !(u.starts_with("https://") || u.starts_with("ssh://") || u.starts_with("git@")) {
+            errors.push(at("addons.gitops.repo_url", "must be an https://, ssh:// or git@ Git URL"));
+        }
+    }
+    if on.is_empty() {
+        return Ok(());
+    }
+    if let (true, Some(g)) = (on.contains(&Profile::Gitops), a.gitops.as_ref()) {
+        let mut v = serde_json::json!({"repoURL": g.repo_url.clone().unwrap_or_default()});
+        if let Some(p) = &g.path {
+            v["path"] = Value::from(p.clone());
+        }
+        if let Some(r) = &g.revision {
+            v["targetRevision"] = Value::from(r.clone());
+        }
+        let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
+        out.files.push((
+            format!("{USER_VALUES_DIR}/{}.yaml", crate::chart::addons::GITOPS_APP_RELEASE),
+            format!("# Helm values for the gitops profile's Application, from addons.gitops of cluster.yaml.\n{body}"),
+        ));
+    }
+    let list: String = on.iter().map(|p| format!("{p}\n")).collect();
+    out.files.push((crate::chart::addons::PROFILES_FILE.to_string(), list));
+    if let (true, Some(g)) = (on.contains(&Profile::Logging), a.logging.as_ref()) {
+        let (Some(endpoint), Some(token)) = (g.endpoint.as_deref(), g.token.as_deref()) else {
+            return Ok(());
+        };
+        let v = serde_json::json!({"config": {"exporters": {"otlphttp": {
+            "endpoint": endpoint,
+            "headers": {"Authorization": format!("Api-Token {token}")},
+        }}}});
+        let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
+        out.files.push((
+            format!("{USER_VALUES_DIR}/logging.yaml"),
+            format!("# Helm values for the logging profile's collector, from addons.logging of cluster.yaml.\n{body}"),
+        ));
+    }
+    Ok(())
 }

@@ -200,6 +200,42 @@ pub struct Addons {
     /// on the first control plane and applied after the values baked into the image.
     #[serde(default)]
     pub values: BTreeMap<String, serde_yaml::Mapping>,
+    /// Optional add-on profiles to install (`monitoring`, `logging`, `gitops`); the
+    /// control-plane image must carry them (`imgbuild build --profile`).
+    #[serde(default)]
+    pub profiles: Vec<String>,
+    /// The `logging` profile's destination: an OTLP/HTTP endpoint and its API token
+    /// (e.g. Dynatrace: `https://<env>.live.dynatrace.com/api/v2/otlp` and an access token
+    /// with the logs.ingest scope). Delivered to the first control plane only, 0600.
+    #[serde(default)]
+    pub logging: Option<LoggingSpec>,
+    /// The `gitops` profile's Git source of the backend chart: Argo CD's `Application`
+    /// keeps the backend in sync with it.
+    #[serde(default)]
+    pub gitops: Option<GitopsSpec>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitopsSpec {
+    /// The Git repository (https:// or ssh://).
+    #[serde(default)]
+    pub repo_url: Option<String>,
+    /// The chart's directory in it (default `charts/backend`).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Branch, tag or commit (default `HEAD`).
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSpec {
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn yes() -> bool {

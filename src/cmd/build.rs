@@ -1,7 +1,6 @@
 //! `imgbuild build`: plan, fetch, build; `--dry-run` prints the plan instead, and
 //! `--check-reproducible` builds twice and compares byte for byte.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -49,8 +48,8 @@ pub struct BuildArgs {
     /// stop: nothing is downloaded or written
     #[arg(long)]
     pub dry_run: bool,
-    /// With --dry-run: print the plan as JSON
-    #[arg(long, requires = "dry_run")]
+    /// Print JSON: the plan with --dry-run, else the written files and the image's sha256
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -101,8 +100,15 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
         crate::build::build(&plan, &fetched, &plan.output.dir, &steps, rep)
     }
     .inspect_err(|_| disk::interrupt::park_if_interrupted())?;
-    writeln!(std::io::stdout().lock(), "{}", built.outputs.image.display())?;
-    Ok(())
+    let o = &built.outputs;
+    let data = serde_json::json!({
+        "image": o.image,
+        "image_sha256": built.image_sha256.as_str(),
+        "manifest": o.manifest,
+        "checksum": o.checksum,
+        "sbom": o.sbom,
+    });
+    super::emit(a.json, &data, |out| writeln!(out, "{}", o.image.display()))
 }
 
 /// `--check-reproducible`: build `plan` twice, each in its own temp dir inside the output

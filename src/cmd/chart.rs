@@ -1,6 +1,5 @@
 //! `imgbuild chart package`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -23,6 +22,9 @@ pub struct PackageArgs {
     /// mtime of every archive entry, in seconds since the epoch
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     pub source_date_epoch: u64,
+    /// Print JSON (path, name, version, size, sha256) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(c: &ChartCmd, rep: &Reporter) -> Result<()> {
@@ -31,8 +33,14 @@ pub fn run(c: &ChartCmd, rep: &Reporter) -> Result<()> {
             let p = crate::chart::package_dir(&a.dir, a.source_date_epoch)?;
             let path = crate::chart::write_package(&p, &a.out)?;
             rep.status(format_args!("packaged {} {} ({} bytes)", p.name, p.version, p.bytes.len()));
-            writeln!(std::io::stdout().lock(), "{}", path.display())?;
-            Ok(())
+            let data = serde_json::json!({
+                "path": path,
+                "name": p.name,
+                "version": p.version,
+                "size": p.bytes.len(),
+                "sha256": crate::types::Sha256::of(&p.bytes).as_str(),
+            });
+            super::emit(a.json, &data, |out| writeln!(out, "{}", path.display()))
         }
     }
 }

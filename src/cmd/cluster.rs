@@ -56,6 +56,9 @@ pub struct InitArgs {
     /// Output directory (gets cluster.yaml and secrets/)
     #[arg(long)]
     pub dir: PathBuf,
+    /// Print JSON ({"cluster": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl InitArgs {
@@ -114,6 +117,9 @@ pub struct UpgradeArgs {
     /// Also roll the coredns Deployment to this image tag (with kube-proxy)
     #[arg(long)]
     pub coredns_tag: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,6 +134,9 @@ pub struct BackupArgs {
     /// address, port 2379)
     #[arg(long = "endpoint")]
     pub endpoints: Vec<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -148,6 +157,9 @@ pub struct AddNodeArgs {
     /// Gateway of the static address (default: the other nodes' gateway on that network)
     #[arg(long)]
     pub gateway: Option<String>,
+    /// Print JSON ({"node": NAME}) instead of the name
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -172,6 +184,9 @@ pub struct TokenCreateArgs {
     /// Lifetime (Go duration: 24h, 90m, 1h30m); 0 (never expires) is refused
     #[arg(long, default_value = "24h")]
     pub ttl: String,
+    /// Print JSON ({"token_file": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -203,8 +218,7 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 gateway: a.gateway.clone(),
             };
             let name = addnode::add(&o, rep)?;
-            writeln!(std::io::stdout().lock(), "{name}")?;
-            Ok(())
+            super::emit(a.json, &serde_json::json!({ "node": name }), |out| writeln!(out, "{name}"))
         }
         ClusterCmd::Token(TokenCmd::Create(a)) => {
             let o = token::CreateOptions {
@@ -214,8 +228,8 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 ttl: a.ttl.clone(),
             };
             let path = token::create(&o, rep)?;
-            writeln!(std::io::stdout().lock(), "{}", path.display())?;
-            Ok(())
+            let data = serde_json::json!({ "token_file": path });
+            super::emit(a.json, &data, |out| writeln!(out, "{}", path.display()))
         }
         ClusterCmd::Backup(a) => {
             let o = backup::BackupOptions {
@@ -229,8 +243,8 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 a.out.display(),
                 crate::reporter::human_bytes(snap.size)
             ));
-            writeln!(std::io::stdout().lock(), "{}  {}", snap.file_sha256, a.out.display())?;
-            Ok(())
+            let data = serde_json::json!({ "sha256": snap.file_sha256.to_string(), "path": a.out, "size": snap.size });
+            super::emit(a.json, &data, |out| writeln!(out, "{}  {}", snap.file_sha256, a.out.display()))
         }
         ClusterCmd::Upgrade(a) => {
             let o = upgrade::UpgradeOptions {
@@ -250,19 +264,25 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
                 rep.status(format_args!("waiting: {p}"));
             }
             // stdout: the replacement order, one node a line, control planes first
-            let mut out = std::io::stdout().lock();
-            for (name, v, cp) in &r.order {
-                writeln!(out, "{name}\t{}\t{v}", if *cp { "control-plane" } else { "worker" })?;
-            }
-            Ok(())
+            let role = |cp: bool| if cp { "control-plane" } else { "worker" };
+            let data: Vec<_> = r
+                .order
+                .iter()
+                .map(|(name, v, cp)| serde_json::json!({ "node": name, "version": v.to_string(), "role": role(*cp) }))
+                .collect();
+            super::emit(a.json, &data, |out| {
+                for (name, v, cp) in &r.order {
+                    writeln!(out, "{name}\t{}\t{v}", role(*cp))?;
+                }
+                Ok(())
+            })
         }
     }
 }
 
 fn init(a: &InitArgs, rep: &Reporter) -> Result<()> {
     let path = crate::cluster::init(&a.options(), rep)?;
-    writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    Ok(())
+    super::emit(a.json, &serde_json::json!({ "cluster": path }), |out| writeln!(out, "{}", path.display()))
 }
 
 fn kubeconfig(a: &KubeconfigArgs, rep: &Reporter) -> Result<()> {

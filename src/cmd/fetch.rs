@@ -1,6 +1,5 @@
 //! `imgbuild fetch`, and the download options `build` shares with it.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -58,6 +57,17 @@ pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, FetchError> {
 pub struct FetchArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Print JSON instead of one line per download
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One verified download in the cache, as `fetch` prints it.
+#[derive(serde::Serialize)]
+struct Fetched<'a> {
+    name: &'a str,
+    sha256: &'a str,
+    path: &'a std::path::Path,
 }
 
 /// `imgbuild fetch`: resolve the plan, fetch every download (the base, the artifacts, the
@@ -79,11 +89,17 @@ pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
         };
         crate::verify::cosign::fetch_signatures(&plan, cosign, &src, rep)?;
     }
-    let mut out = std::io::stdout().lock();
-    for item in items {
-        if let Some(path) = fetched.get(item) {
-            writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
+    let rows: Vec<Fetched> = items
+        .iter()
+        .filter_map(|item| {
+            let path = fetched.get(item)?;
+            Some(Fetched { name: &item.name, sha256: item.sha256.as_str(), path })
+        })
+        .collect();
+    super::emit(a.json, &rows, |out| {
+        for r in &rows {
+            writeln!(out, "{}  {}  {}", r.sha256, r.path.display(), r.name)?;
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }

@@ -1,7 +1,6 @@
 //! `imgbuild lock`: resolve the recipe's Ubuntu packages into `<recipe>.lock`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -36,15 +35,40 @@ pub struct LockArgs {
     /// Where to write the lock (default: <recipe>.lock)
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Print JSON ({"lock": PATH}) instead of the path
+    #[arg(long)]
+    pub json: bool,
+    /// Also pin the charts of this add-on profile (repeatable; the core add-ons' always)
+    #[arg(long = "profile", value_enum)]
+    pub profiles: Vec<crate::types::Profile>,
 }
 
 pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
+    let mirrors = super::fetch::mirrors(&a.mirrors)?;
+    let charts = resolve_charts(&lr, &a.profiles, &mirrors, rep)?;
+    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
     let Some(p) = &lr.recipe.packages else {
-        return Err(AptError::Input(format!("{}: recipe has no packages: section", lr.origin)).into());
+        if charts.is_empty() {
+            return Err(AptError::Input(format!(
+                "{}: recipe has no packages: section and no charts",
+                lr.origin
+            ))
+            .into());
+        }
+        let lock = LockFile {
+            lock_version: LOCK_VERSION,
+            recipe: lr.recipe.name.clone(),
+            packages_digest: lockfile::packages_digest(None),
+            arches: BTreeMap::new(),
+            charts,
+        };
+        lockfile::write_lock(&path, &lock)?;
+        return super::emit(a.json, &serde_json::json!({ "lock": path }), |out| {
+            writeln!(out, "{}", path.display())
+        });
     };
     let key = lock::recipe_key(p, a.recipe.as_deref())?;
-    let mirrors = super::fetch::mirrors(&a.mirrors)?;
     let cache = Cache::open(a.cache_dir.as_deref())
         .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
     let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
@@ -55,7 +79,8 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let mut lock = LockFile {
         lock_version: LOCK_VERSION,
         recipe: lr.recipe.name.clone(),
-        packages_digest: lockfile::packages_digest(p),
+        packages_digest: lockfile::packages_digest(Some(p)),
+        charts,
         arches: BTreeMap::new(),
     };
     for arch in arches {
@@ -86,8 +111,37 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
         ));
         lock.arches.insert(arch.as_str().to_string(), al);
     }
-    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
     lockfile::write_lock(&path, &lock)?;
-    writeln!(std::io::stdout().lock(), "{}", path.display())?;
-    Ok(())
+    super::emit(a.json, &serde_json::json!({ "lock": path }), |out| writeln!(out, "{}", path.display()))
+}
+
+/// Every `chart:` artifact of the recipe resolved against its repository's index.yaml;
+/// a digest the recipe also states inline must be the index's (else exit 3).
+fn resolve_charts(
+    lr: &recipe::LoadedRecipe,
+    profiles: &[crate::types::Profile],
+    mirrors: &[crate::fetch::Mirror],
+    rep: &Reporter,
+) -> Result<Vec<lockfile::LockedChart>> {
+    let mut out = Vec::new();
+    for art in lr.recipe.artifacts.iter().filter(|a| !crate::plan::left_out(&lr.recipe, a, profiles)) {
+        let Some(c) = &art.chart else { continue };
+        let r = crate::chart::repo::resolve_online(&c.repo, &art.name, &art.version, mirrors)?;
+        for (arch, sha) in &art.sha256 {
+            if *sha != r.sha256 {
+                return Err(crate::exit::Classified::integrity(format!(
+                    "{}: artifact {} {}: the recipe's sha256.{arch} {sha} is not the digest {} that {} states",
+                    lr.origin,
+                    art.name,
+                    art.version,
+                    r.sha256,
+                    crate::chart::repo::index_url(&c.repo)
+                ))
+                .into());
+            }
+        }
+        rep.status(format_args!("chart: {} {} -> {} (sha256 {})", r.name, r.version, r.url, r.sha256));
+        out.push(r);
+    }
+    Ok(out)
 }

@@ -12,6 +12,7 @@ mod fetch;
 mod inspect;
 mod lint;
 mod lock;
+mod manual;
 mod node;
 mod recipe;
 mod upload;
@@ -88,6 +89,10 @@ pub enum Cmd {
     Node(node::NodeCmd),
     /// Upload a built image to libvirt, OpenStack Glance or Proxmox VE; prints the target's id
     Upload(upload::UploadArgs),
+    /// Print a shell completion script (bash, zsh, fish)
+    Completions(manual::CompletionsArgs),
+    /// Print the man page, or write one page per command with --out DIR
+    Man(manual::ManArgs),
 }
 
 /// Entry point of the binary: parse, run, print the error chain, map it to an exit code.
@@ -128,8 +133,28 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Verify(a) => verify::run_verify_image(&a, &rep),
         Cmd::Lint(a) => lint::run(&a, &rep),
         Cmd::Upload(a) => upload::run(&a, &rep),
+        Cmd::Completions(a) => manual::completions(&a),
+        Cmd::Man(a) => manual::man(&a),
         Cmd::Node(c) => node::run(&c, &rep),
     }
+}
+
+/// Print a command's data on stdout: pretty JSON with `--json` (one document, for
+/// scripts), else its text form (for people and `cut`).
+fn emit<T: serde::Serialize>(
+    json: bool,
+    data: &T,
+    text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, data)?;
+        writeln!(out)?;
+    } else {
+        text(&mut out)?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// The error as cargo prints one: `error: …`, then each underlying cause on its own

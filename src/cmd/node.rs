@@ -1,6 +1,5 @@
 //! `imgbuild node remove`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +34,9 @@ pub struct RemoveArgs {
     /// Seconds the drain may take (PodDisruptionBudgets, grace periods)
     #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub timeout: u64,
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(c: &NodeCmd, rep: &Reporter) -> Result<()> {
@@ -49,8 +51,7 @@ pub fn run(c: &NodeCmd, rep: &Reporter) -> Result<()> {
                 timeout: Duration::from_secs(a.timeout),
             };
             remove::remove(&o, rep)?;
-            writeln!(std::io::stdout().lock(), "{}", a.name)?;
-            Ok(())
+            super::emit(a.json, &serde_json::json!({ "removed": a.name }), |out| writeln!(out, "{}", a.name))
         }
     }
 }

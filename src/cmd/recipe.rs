@@ -13,7 +13,7 @@ use crate::types::{size, Arch, Role};
 #[derive(Debug, Subcommand)]
 pub enum RecipeCmd {
     /// List the recipes embedded in this binary
-    List,
+    List(ListArgs),
     /// Show the build plan: every download with its final URLs and sha256, packages, output
     Show(ShowArgs),
 }
@@ -30,6 +30,10 @@ pub struct TargetArgs {
     /// CPU architecture
     #[arg(long, value_enum, default_value_t = Arch::Amd64)]
     pub arch: Arch,
+    /// Carry this add-on profile's charts in the control-plane image (repeatable); a
+    /// cluster then turns it on with `addons.profiles` in cluster.yaml
+    #[arg(long = "profile", value_enum)]
+    pub profiles: Vec<crate::types::Profile>,
 }
 
 impl TargetArgs {
@@ -45,9 +49,17 @@ impl TargetArgs {
         PlanOptions {
             recipe_path: self.recipe.clone(),
             signatures: crate::plan::SignaturePolicy { cosign: Some(cosign) },
+            profiles: self.profiles.clone(),
             ..PlanOptions::new(self.role, self.arch)
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,26 +73,47 @@ pub struct ShowArgs {
 
 pub fn run(c: &RecipeCmd) -> Result<()> {
     match c {
-        RecipeCmd::List => list(),
+        RecipeCmd::List(a) => list(a),
         RecipeCmd::Show(a) => show(a),
     }
 }
 
-fn list() -> Result<()> {
-    let mut out = std::io::stdout().lock();
+/// One embedded recipe, as `recipe list` prints it.
+#[derive(serde::Serialize)]
+struct Listed {
+    name: String,
+    default: bool,
+    kubernetes_version: String,
+    arches: Vec<&'static str>,
+    description: String,
+}
+
+fn list(a: &ListArgs) -> Result<()> {
+    let mut rows = Vec::new();
     for name in recipe::embedded_names() {
         let r = recipe::load_embedded(&name)?;
-        let default = if name == recipe::DEFAULT_RECIPE { " (default)" } else { "" };
-        let arches: Vec<_> = r.recipe.arches.iter().map(|a| a.as_str()).collect();
-        writeln!(
-            out,
-            "{name}{default}\tkubernetes {}\t{}\t{}",
-            r.recipe.kubernetes_version,
-            arches.join(","),
-            r.recipe.description
-        )?;
+        rows.push(Listed {
+            default: name == recipe::DEFAULT_RECIPE,
+            name,
+            kubernetes_version: r.recipe.kubernetes_version.to_string(),
+            arches: r.recipe.arches.iter().map(|a| a.as_str()).collect(),
+            description: r.recipe.description.clone(),
+        });
     }
-    Ok(())
+    super::emit(a.json, &rows, |out| {
+        for r in &rows {
+            let default = if r.default { " (default)" } else { "" };
+            writeln!(
+                out,
+                "{}{default}\tkubernetes {}\t{}\t{}",
+                r.name,
+                r.kubernetes_version,
+                r.arches.join(","),
+                r.description
+            )?;
+        }
+        Ok(())
+    })
 }
 
 fn show(a: &ShowArgs) -> Result<()> {

@@ -1,6 +1,5 @@
 //! `imgbuild upload --target libvirt|glance|proxmox IMAGE`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -21,6 +20,9 @@ pub struct UploadArgs {
     pub glance: GlanceArgs,
     #[command(flatten)]
     pub libvirt: LibvirtArgs,
+    /// Print JSON ({"id": …, "uploaded": bool}) instead of the id
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -143,6 +145,6 @@ pub fn run(a: &UploadArgs, rep: &Reporter) -> Result<()> {
         Outcome::AlreadyPresent { id } => (id, "already present"),
     };
     rep.status(format_args!("{what} {id}"));
-    writeln!(std::io::stdout().lock(), "{id}")?;
-    Ok(())
+    let data = serde_json::json!({ "id": id, "uploaded": what == "uploaded" });
+    super::emit(a.json, &data, |out| writeln!(out, "{id}"))
 }

@@ -37,6 +37,11 @@ value_enum!(crate::cluster::pki::AdminKind {
     SuperAdmin => "super-admin": "O=system:masters: break-glass, bypasses RBAC and cannot be revoked \
                                   before expiry",
 });
+value_enum!(crate::types::Profile {
+    Monitoring => "monitoring": "Prometheus, Alertmanager, Grafana (kube-prometheus-stack); the backend scraped",
+    Logging => "logging": "OpenTelemetry collector: node and pod logs to an OTLP endpoint (e.g. Dynatrace)",
+    Gitops => "gitops": "Argo CD with an Application for the backend chart",
+});
 value_enum!(crate::cloudinit::SeedKind {
     Iso => "iso": "ISO 9660 + Joliet + Rock Ridge, written in Rust (no tools needed)",
     Vfat => "vfat": "FAT, written in Rust (no tools needed)",

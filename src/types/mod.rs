@@ -7,16 +7,22 @@
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
 //! - [`size`]: disk sizes as people write them (`8G`);
 //! - [`private_ranges`]: the private address ranges the firewall defaults to;
+//! - [`PodSecurity`]: a Pod Security Standards level;
+//! - [`Profile`]: an optional group of add-ons;
 //! - [`rfc3339`]: a time as the SBOM and Kubernetes write it.
 
 pub mod debian;
 pub mod digest;
+mod pod_security;
 pub mod private_ranges;
+mod profile;
 pub mod size;
 mod target;
 
 pub use debian::PackageRequest;
 pub use digest::Sha256;
+pub use pod_security::PodSecurity;
+pub use profile::Profile;
 pub use target::{Arch, ItemKind, OutFormat, Role};
 
 /// `t` in UTC as RFC 3339 with whole seconds (`2024-08-21T07:05:09Z`), what Go's

@@ -397,7 +397,8 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>) -> PathBuf {
     v.as_mapping_mut().unwrap().remove("packages");
     for a in v["artifacts"].as_sequence_mut().unwrap() {
         let name = a["name"].as_str().unwrap().to_string();
-        a["sha256"]["amd64"] = blobs[&name].sha256.clone().into();
+        let Some(blob) = blobs.get(&name) else { continue }; // a lock-pinned profile chart
+        a["sha256"]["amd64"] = blob.sha256.clone().into();
         // Stand-ins carry no cosign signature (tests/supply_verify.rs signs them with a
         // test CA and uses a recipe without this line).
         if a["urls"][0].as_str().unwrap().starts_with("https://dl.k8s.io/") {
@@ -444,6 +445,9 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
     for a in recipe_v["artifacts"].as_sequence().unwrap() {
         let name = a["name"].as_str().unwrap();
         let version = a["version"].as_str().unwrap();
+        if a["urls"].is_null() {
+            continue; // a profile's chart, pinned by the lock: not in a build without --profile
+        }
         // Add-on charts (issue 5's artifacts): a minimal chart package per name.
         let path = arts.entry(name.to_string()).or_insert_with(|| {
             let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n").into_bytes();
