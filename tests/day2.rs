@@ -1055,6 +1055,99 @@ fn backups_section_errors_name_field_and_line() {
         .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
 }
 
+/// `backups.s3`: a missing bucket, credentials file or https, in cloud-init and lint, is
+/// bad input (exit 2) naming the field and its line; the credentials never reach stdout
+/// or stderr, and only control planes get them, in a 0600 file.
+#[test]
+fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_only() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    ok(&common::bin()
+        .args(["cluster", "init", "--name", "bk", "--endpoint", "127.0.0.1:6443"])
+        .args(["--control-planes", "1", "--workers", "1", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let y = dir.join("cluster.yaml");
+    let base = fs::read_to_string(&y).unwrap();
+    // line numbers of the appended section: backups: is base+1, s3: base+2, its first field base+3
+    let s3 = |fields: &str| format!("{base}backups:\n  s3:\n{fields}");
+    let full = "    endpoint: https://s3.example.com\n    bucket: etcd-backups\n    region: eu-1\n    prefix: prod/etcd\n";
+    let n = base.lines().count();
+    let creds = dir.join("secrets/backup-s3.yaml");
+    let cases: Vec<(String, &str, usize)> = vec![
+        (s3("    endpoint: https://s3.example.com\n    region: eu-1\n"), "bucket", n + 3),
+        (
+            s3("    endpoint: http://s3.example.com\n    bucket: etcd-backups\n    region: eu-1\n"),
+            "backups.s3.endpoint",
+            n + 3,
+        ),
+        (s3(full), "backups.s3.credentials_file", n + 2),
+        (s3(&format!("{full}    credentials_file: elsewhere.yaml\n")), "backups.s3.credentials_file", n + 7),
+    ];
+    for (yaml, field, line) in &cases {
+        fs::write(&y, yaml).unwrap();
+        for cmd in ["cloud-init", "lint"] {
+            let mut c = common::bin();
+            c.arg(cmd).arg("--cluster").arg(&y);
+            if cmd == "cloud-init" {
+                c.args(["--all", "--seed", "none", "--out"]).arg(t.path().join("o"));
+            }
+            let o = c.output().unwrap();
+            assert_eq!(o.status.code(), Some(2), "{cmd} {yaml}: {}", stderr(&o));
+            let e = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+            assert!(
+                e.contains(field) && e.contains(&format!(":{line}")),
+                "{cmd}: want {field} at line {line}: {e}"
+            );
+        }
+    }
+    // a credentials file others can read is refused
+    fs::write(&y, s3(full)).unwrap();
+    fs::write(&creds, "access_key_id: AKIDEXAMPLE\nsecret_access_key: wJalr/K7MDENG+bPxRfi\n").unwrap();
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
+    let render = |out: &Path| {
+        common::bin()
+            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+            .arg(&y)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = render(&t.path().join("o"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chmod 600") && !stderr(&o).contains("wJalr"), "{}", stderr(&o));
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = t.path().join("ok");
+    let o = render(&out);
+    ok(&o);
+    assert!(!format!("{o:?}").contains("wJalr"));
+    let root = t.path().join("cp");
+    common::write_files_to(&fs::read_to_string(out.join("bk-cp-1/user-data")).unwrap(), &root);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/imgbuild/backup.env")).unwrap(),
+        "IMGBUILD_BACKUP_RETENTION=7\nIMGBUILD_BACKUP_INTERVAL_HOURS=6\n\
+         IMGBUILD_BACKUP_S3_URL=https://s3.example.com/etcd-backups/\nIMGBUILD_BACKUP_S3_PREFIX=prod/etcd/\n\
+         IMGBUILD_BACKUP_S3_REGION=eu-1\n"
+    );
+    let env = root.join("etc/imgbuild/backup-s3.env");
+    assert_eq!(
+        fs::read_to_string(&env).unwrap(),
+        "IMGBUILD_S3_ACCESS_KEY_ID=AKIDEXAMPLE\nIMGBUILD_S3_SECRET_ACCESS_KEY=wJalr/K7MDENG+bPxRfi\n"
+    );
+    assert_eq!(fs::metadata(&env).unwrap().permissions().mode() & 0o777, 0o600);
+    let worker = fs::read_to_string(out.join("bk-worker-1/user-data")).unwrap();
+    assert!(!worker.contains("wJalr") && !worker.contains("backup"), "workers get no backup files");
+    // virtual-hosted addressing puts the bucket into the host name
+    fs::write(&y, s3(&format!("{full}    addressing: virtual-hosted\n"))).unwrap();
+    let out = t.path().join("vh");
+    ok(&render(&out));
+    assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
+        .unwrap()
+        .contains("IMGBUILD_BACKUP_S3_URL=https://etcd-backups.s3.example.com/\\n"));
+}
+
 /// Disaster recovery on the first control plane: the real bootstrap script (with the
 /// kubeadm stand-in of tests/standin, whose init runs a real etcd on /var/lib/etcd and
 /// applies kubeadm's DirAvailable--var-lib-etcd preflight) fetches the snapshot
