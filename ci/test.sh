@@ -116,6 +116,23 @@ if ! command -v pyspdxtools >/dev/null 2>&1; then
   export PATH="$PATH:$spdx_venv/bin"
 fi
 
+# --- backups.s3: a real S3 API for tests/day2.rs (PyPI moto[server] with its IAM authentication
+# on, which checks every SigV4 signature), in its own venv under ~/.cache keyed by version. ---
+moto_version=5.2.1
+if [ -z "${IMGBUILD_MOTO_PYTHON:-}" ]; then
+  moto_venv="$HOME/.cache/imgbuild-ci/moto-$moto_version-venv"
+  if ! "$moto_venv/bin/python" -c 'import moto.server, boto3, requests' >/dev/null 2>&1; then
+    echo "ci/test.sh: installing moto[server]==$moto_version into $moto_venv" >&2
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+    fi
+    rm -rf "$moto_venv"
+    python3 -m venv "$moto_venv" && "$moto_venv/bin/pip" install -q "moto[server]==$moto_version"
+  fi
+  export IMGBUILD_MOTO_PYTHON="$moto_venv/bin/python"
+fi
+
 # --- upload/glance: a real glance-api for tests/upload_glance.rs (Debian's python3-glance, the
 # library only: no service is installed or started; the test runs glance-api itself, noauth, with
 # sqlite and the file store in a temp dir). ~40 MB of .debs, about a minute. ---

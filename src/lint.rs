@@ -451,6 +451,28 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
         }
         Err(e) => return Err(e.into()),
     };
+    // backups.s3's credentials file is part of the spec: a missing or unsafe one is a spec finding.
+    let backup_s3 = match &l.backup_s3 {
+        Some(t) => {
+            let line = l.line("backups.s3.credentials_file").or(l.line("backups.s3"));
+            match t.load_credentials(&a.cluster, line) {
+                Ok(creds) => Some(creds),
+                Err(ClusterError::Spec(d)) => {
+                    let findings: Vec<Finding> = d.items.iter().map(|x| spec_finding(&d, x)).collect();
+                    return Ok(Report {
+                        cluster: cluster_file,
+                        nodes: l.nodes.len(),
+                        images: images.len(),
+                        errors: findings.len(),
+                        warnings: 0,
+                        findings,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => None,
+    };
     let mut c = Ctx { l: &l, findings: Vec::new() };
     let d = Diagnostics { origin: cluster_file.clone(), items: l.warnings.clone() };
     c.findings.extend(d.items.iter().map(|x| spec_finding(&d, x)));
@@ -504,7 +526,12 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let renderer = match &secrets {
         Some(s) => {
             let join = crate::cluster::token::for_joins(&crate::cluster::secrets_dir(&a.cluster))?;
-            Some(render::Renderer::new(&l, s)?.with_join_token(join).with_addons(&addon_files))
+            Some(
+                render::Renderer::new(&l, s)?
+                    .with_join_token(join)
+                    .with_addons(&addon_files)
+                    .with_backup_s3(backup_s3.clone()),
+            )
         }
         None => None,
     };

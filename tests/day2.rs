@@ -796,6 +796,30 @@ fn cluster_upgrade_updates_the_cluster_objects_in_order_and_enforces_skew() {
     assert!(server.requests()[before..].iter().all(|r| r.method == "GET"));
 }
 
+/// A control plane's root for the etcd-snapshot script: the etcd CA and the client
+/// certificate kubeadm signs for the API server (a client of the etcd CA).
+fn snapshot_node(w: &World) -> PathBuf {
+    let root = w.p("node");
+    let pki = root.join("etc/kubernetes/pki");
+    fs::create_dir_all(pki.join("etcd")).unwrap();
+    fs::copy(w.secrets().join("etcd-ca.crt"), pki.join("etcd/ca.crt")).unwrap();
+    let (crt, key) = sign(
+        &w.p("pki/apiserver-etcd-client"),
+        &w.secrets(),
+        "etcd-ca",
+        "/O=system:masters/CN=kube-apiserver-etcd-client",
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+    );
+    fs::copy(crt, pki.join("apiserver-etcd-client.crt")).unwrap();
+    fs::copy(key, pki.join("apiserver-etcd-client.key")).unwrap();
+    root
+}
+
+fn snapshot_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("image-files/control-plane/usr/libexec/imgbuild/etcd-snapshot")
+}
+
 /// The control planes' scheduled snapshot script (the image's etcd-snapshot), run
 /// against a node root with kubeadm's etcd client certificate and a real etcd.
 #[test]
@@ -806,20 +830,7 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
     let w = World::new(5);
     w.etcd_cluster(1);
     ok(&w.etcdctl(1, &["put", "k", "v"]));
-    let root = w.p("node");
-    let pki = root.join("etc/kubernetes/pki");
-    fs::create_dir_all(pki.join("etcd")).unwrap();
-    fs::copy(w.secrets().join("etcd-ca.crt"), pki.join("etcd/ca.crt")).unwrap();
-    // what kubeadm signs for the API server: a client of the etcd CA
-    let (crt, key) = sign(
-        &w.p("pki/apiserver-etcd-client"),
-        &w.secrets(),
-        "etcd-ca",
-        "/O=system:masters/CN=kube-apiserver-etcd-client",
-        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
-    );
-    fs::copy(crt, pki.join("apiserver-etcd-client.crt")).unwrap();
-    fs::copy(key, pki.join("apiserver-etcd-client.key")).unwrap();
+    let root = snapshot_node(&w);
     // the files cloud-init writes on a control plane (rendered by imgbuild itself)
     let seeds = w.p("seeds");
     ok(&common::bin()
@@ -839,8 +850,7 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
         "IMGBUILD_BACKUP_RETENTION=2\nIMGBUILD_BACKUP_INTERVAL_HOURS=1\n",
     )
     .unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("image-files/control-plane/usr/libexec/imgbuild/etcd-snapshot");
+    let script = snapshot_script();
     let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let run = |offset: u64| {
         Command::new("bash")
@@ -904,6 +914,212 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
     assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
     assert_eq!(status()["result"], "failed");
     assert_eq!(snaps(), kept);
+}
+
+/// moto's S3 server with IAM authentication on (tests/s3/moto_s3.py): every request's
+/// SigV4 signature is recomputed from the secret and checked. Required in CI (ci/test.sh
+/// installs it), skipped with a note elsewhere.
+struct S3Server {
+    child: Child,
+    python: String,
+    port: u16,
+    writer: (String, String),
+    reader: (String, String),
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Option<S3Server> {
+        let python = std::env::var("IMGBUILD_MOTO_PYTHON").unwrap_or_else(|_| "python3".into());
+        let has = Command::new(&python).args(["-c", "import moto.server, boto3, requests"]).output();
+        if !has.is_ok_and(|o| o.status.success()) {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{python} cannot import moto[server] (ci/test.sh installs it)"
+            );
+            eprintln!(
+                "note: {python} has no moto[server] (pip install 'moto[server]'); S3 upload test SKIPPED"
+            );
+            return None;
+        }
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3/moto_s3.py");
+        let mut child = Command::new(&python)
+            .arg(&script)
+            .args(["serve", bucket])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let v: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("moto_s3.py serve: {e}: {line:?}"));
+        let pair = |k: &str| (v[k][0].as_str().unwrap().to_string(), v[k][1].as_str().unwrap().to_string());
+        Some(S3Server {
+            port: v["port"].as_u64().unwrap() as u16,
+            writer: pair("writer"),
+            reader: pair("reader"),
+            child,
+            python,
+        })
+    }
+
+    /// `moto_s3.py get|list` signed with the reader's key pair.
+    fn client(&self, args: &[&str]) -> Output {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/s3/moto_s3.py");
+        let port = self.port.to_string();
+        Command::new(&self.python)
+            .arg(script)
+            .arg(args[0])
+            .args([port.as_str(), self.reader.0.as_str(), self.reader.1.as_str()])
+            .args(&args[1..])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A verified snapshot is uploaded to a real S3 API (moto, signatures checked) at
+/// `<prefix><file name>` with the snapshot's exact bytes; a wrong secret is refused by
+/// the server, the script reports it in its exit code, output and status file and keeps
+/// the local snapshot; no secret appears in curl's argv, the output or the status.
+#[test]
+fn scheduled_snapshot_uploads_to_s3_and_keeps_it_when_refused() {
+    if !tools_present() {
+        return;
+    }
+    let Some(s3) = S3Server::start("etcd-backups") else { return };
+    let w = World::new(8);
+    w.etcd_cluster(1);
+    ok(&w.etcdctl(1, &["put", "k", "v"]));
+    let root = snapshot_node(&w);
+    let yaml = fs::read_to_string(w.yaml()).unwrap();
+    fs::write(
+        w.yaml(),
+        format!(
+            "{yaml}backups:\n  s3:\n    endpoint: http://127.0.0.1:{}\n    insecure_http: true\n    bucket: etcd-backups\n    region: us-east-1\n    prefix: prod/etcd\n",
+            s3.port
+        ),
+    )
+    .unwrap();
+    let creds = w.secrets().join("backup-s3.yaml");
+    fs::write(&creds, format!("access_key_id: {}\nsecret_access_key: {}\n", s3.writer.0, s3.writer.1))
+        .unwrap();
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+    let seeds = w.p("seeds");
+    let o = common::bin()
+        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+        .arg(w.yaml())
+        .arg("--out")
+        .arg(&seeds)
+        .output()
+        .unwrap();
+    ok(&o);
+    assert!(!format!("{o:?}").contains(&s3.writer.1));
+    common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
+    fs::create_dir_all(root.join("var/lib/imgbuild")).unwrap();
+    fs::write(root.join("var/lib/imgbuild/bootstrap.done"), "bootstrapped\n").unwrap();
+    // curl as the script finds it on PATH, recording its argv (world-readable in /proc)
+    let real_curl =
+        String::from_utf8(Command::new("sh").args(["-c", "command -v curl"]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+    let bin = w.p("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let argv = w.p("curl-argv");
+    fs::write(
+        bin.join("curl"),
+        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" >>'{}'\nexec '{real_curl}' \"$@\"\n", argv.display()),
+    )
+    .unwrap();
+    fs::set_permissions(bin.join("curl"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let run = |offset: u64| {
+        common::run_limited(
+            Command::new("bash")
+                .arg(snapshot_script())
+                .env("PATH", &path)
+                .env("IMGBUILD_ROOT", &root)
+                .env("IMGBUILD_ETCD_ENDPOINT", w.url(1))
+                .env("IMGBUILD_ETCDUTL", "etcdutl-not-installed")
+                .env("IMGBUILD_NOW", (t0 + offset).to_string())
+                .env("IMGBUILD_SNAPSHOT_TIMEOUT", "8")
+                .env("IMGBUILD_S3_TIMEOUT", "20"),
+            Duration::from_secs(120),
+        )
+    };
+    let dir = root.join("var/lib/imgbuild/etcd-snapshots");
+    let snaps = || {
+        let mut v: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let status_text = || fs::read_to_string(root.join("var/lib/imgbuild/etcd-snapshot.json")).unwrap();
+    let status = || -> Value { serde_json::from_str(&status_text()).unwrap() };
+
+    let o = run(0);
+    ok(&o);
+    let st = status();
+    assert_eq!((st["result"].as_str(), st["upload"].as_str()), (Some("ok"), Some("ok")), "{st}");
+    let first = snaps();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let key = format!("prod/etcd/{}", first[0]);
+    assert_eq!(st["upload_key"], key.as_str());
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains(&format!("uploaded http://127.0.0.1:{}/etcd-backups/{key}", s3.port)));
+    // the object holds the snapshot's exact bytes
+    let got = w.p("downloaded.db");
+    ok(&s3.client(&["get", "etcd-backups", &key, got.to_str().unwrap()]));
+    assert_eq!(fs::read(&got).unwrap(), fs::read(dir.join(&first[0])).unwrap());
+
+    // a wrong secret: the server refuses the signature; the new local snapshot stays
+    let env = root.join("etc/imgbuild/backup-s3.env");
+    let wrong = format!("{}x", &s3.writer.1[..s3.writer.1.len() - 1]);
+    fs::write(
+        &env,
+        format!("IMGBUILD_S3_ACCESS_KEY_ID={}\nIMGBUILD_S3_SECRET_ACCESS_KEY={wrong}\n", s3.writer.0),
+    )
+    .unwrap();
+    let o = run(7 * 3600);
+    assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
+    let st = status();
+    assert_eq!(
+        (st["result"].as_str(), st["upload"].as_str()),
+        (Some("upload_failed"), Some("failed")),
+        "{st}"
+    );
+    let msg = st["message"].as_str().unwrap();
+    assert!(msg.contains("HTTP 403") && msg.contains("SignatureDoesNotMatch"), "{msg}");
+    let now = snaps();
+    assert_eq!(now.len(), 2, "the snapshot whose upload failed is kept: {now:?}");
+    assert_eq!(st["file"].as_str().unwrap(), dir.join(&now[1]).to_str().unwrap());
+    let listed = s3.client(&["list", "etcd-backups"]);
+    ok(&listed);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), format!("{key}\n"), "nothing else landed");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("upload failed (the local snapshot stays)"));
+
+    // no secret in argv, output or status; the access key id goes through stdin too
+    let recorded = fs::read_to_string(&argv).unwrap();
+    assert!(recorded.contains("--aws-sigv4") && recorded.contains("aws:amz:us-east-1:s3"), "{recorded}");
+    for secret in [&s3.writer.1, &wrong, &s3.writer.0] {
+        assert!(!recorded.contains(secret.as_str()), "curl argv holds a credential: {recorded}");
+        assert!(!status_text().contains(secret.as_str()));
+        assert!(!format!("{o:?}").contains(secret.as_str()));
+    }
 }
 
 /// The control planes' certificate renewal script (the image's certs-renew) on a node
@@ -1053,6 +1269,99 @@ fn backups_section_errors_name_field_and_line() {
     assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
         .unwrap()
         .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
+}
+
+/// `backups.s3`: a missing bucket, credentials file or https, in cloud-init and lint, is
+/// bad input (exit 2) naming the field and its line; the credentials never reach stdout
+/// or stderr, and only control planes get them, in a 0600 file.
+#[test]
+fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_only() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("c");
+    ok(&common::bin()
+        .args(["cluster", "init", "--name", "bk", "--endpoint", "127.0.0.1:6443"])
+        .args(["--control-planes", "1", "--workers", "1", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let y = dir.join("cluster.yaml");
+    let base = fs::read_to_string(&y).unwrap();
+    // line numbers of the appended section: backups: is base+1, s3: base+2, its first field base+3
+    let s3 = |fields: &str| format!("{base}backups:\n  s3:\n{fields}");
+    let full = "    endpoint: https://s3.example.com\n    bucket: etcd-backups\n    region: eu-1\n    prefix: prod/etcd\n";
+    let n = base.lines().count();
+    let creds = dir.join("secrets/backup-s3.yaml");
+    let cases: Vec<(String, &str, usize)> = vec![
+        (s3("    endpoint: https://s3.example.com\n    region: eu-1\n"), "bucket", n + 3),
+        (
+            s3("    endpoint: http://s3.example.com\n    bucket: etcd-backups\n    region: eu-1\n"),
+            "backups.s3.endpoint",
+            n + 3,
+        ),
+        (s3(full), "backups.s3.credentials_file", n + 2),
+        (s3(&format!("{full}    credentials_file: elsewhere.yaml\n")), "backups.s3.credentials_file", n + 7),
+    ];
+    for (yaml, field, line) in &cases {
+        fs::write(&y, yaml).unwrap();
+        for cmd in ["cloud-init", "lint"] {
+            let mut c = common::bin();
+            c.arg(cmd).arg("--cluster").arg(&y);
+            if cmd == "cloud-init" {
+                c.args(["--all", "--seed", "none", "--out"]).arg(t.path().join("o"));
+            }
+            let o = c.output().unwrap();
+            assert_eq!(o.status.code(), Some(2), "{cmd} {yaml}: {}", stderr(&o));
+            let e = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+            assert!(
+                e.contains(field) && e.contains(&format!(":{line}")),
+                "{cmd}: want {field} at line {line}: {e}"
+            );
+        }
+    }
+    // a credentials file others can read is refused
+    fs::write(&y, s3(full)).unwrap();
+    fs::write(&creds, "access_key_id: AKIDEXAMPLE\nsecret_access_key: wJalr/K7MDENG+bPxRfi\n").unwrap();
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
+    let render = |out: &Path| {
+        common::bin()
+            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+            .arg(&y)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = render(&t.path().join("o"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("chmod 600") && !stderr(&o).contains("wJalr"), "{}", stderr(&o));
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = t.path().join("ok");
+    let o = render(&out);
+    ok(&o);
+    assert!(!format!("{o:?}").contains("wJalr"));
+    let root = t.path().join("cp");
+    common::write_files_to(&fs::read_to_string(out.join("bk-cp-1/user-data")).unwrap(), &root);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/imgbuild/backup.env")).unwrap(),
+        "IMGBUILD_BACKUP_RETENTION=7\nIMGBUILD_BACKUP_INTERVAL_HOURS=6\n\
+         IMGBUILD_BACKUP_S3_URL=https://s3.example.com/etcd-backups/\nIMGBUILD_BACKUP_S3_PREFIX=prod/etcd/\n\
+         IMGBUILD_BACKUP_S3_REGION=eu-1\n"
+    );
+    let env = root.join("etc/imgbuild/backup-s3.env");
+    assert_eq!(
+        fs::read_to_string(&env).unwrap(),
+        "IMGBUILD_S3_ACCESS_KEY_ID=AKIDEXAMPLE\nIMGBUILD_S3_SECRET_ACCESS_KEY=wJalr/K7MDENG+bPxRfi\n"
+    );
+    assert_eq!(fs::metadata(&env).unwrap().permissions().mode() & 0o777, 0o600);
+    let worker = fs::read_to_string(out.join("bk-worker-1/user-data")).unwrap();
+    assert!(!worker.contains("wJalr") && !worker.contains("backup"), "workers get no backup files");
+    // virtual-hosted addressing puts the bucket into the host name
+    fs::write(&y, s3(&format!("{full}    addressing: virtual-hosted\n"))).unwrap();
+    let out = t.path().join("vh");
+    ok(&render(&out));
+    assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
+        .unwrap()
+        .contains("IMGBUILD_BACKUP_S3_URL=https://etcd-backups.s3.example.com/\\n"));
 }
 
 /// Disaster recovery on the first control plane: the real bootstrap script (with the

@@ -104,8 +104,16 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     if let Some(rs) = &a.restore {
         rs.check()?;
     }
+    let backup_s3 = match &loaded.backup_s3 {
+        Some(t) => {
+            let line = loaded.line("backups.s3.credentials_file").or(loaded.line("backups.s3"));
+            Some(t.load_credentials(&a.cluster, line)?)
+        }
+        None => None,
+    };
     let r = render::Renderer::new(&loaded, &secrets)?
         .with_join_token(join_token)
+        .with_backup_s3(backup_s3)
         .with_addons(&addons)
         .with_restore(a.restore.clone());
     let rendered = r.render_many(&nodes)?;

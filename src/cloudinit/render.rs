@@ -13,6 +13,7 @@ use super::{schema, CloudInitError};
 use crate::cluster::net::{Cidr, Nic};
 use crate::cluster::pki::Secrets;
 use crate::cluster::plan::{ClusterPlan, JoinMode, NodePlan, StaticNet, API_BIND_PORT};
+use crate::cluster::s3::S3Credentials;
 use crate::cluster::spec::{HaMode, KUBE_VIP_IMAGE};
 
 /// OpenStack Nova's user-data limit; other platforms allow more.
@@ -42,6 +43,8 @@ pub mod paths {
     pub const RESTORE: &str = "/etc/imgbuild/restore.env";
     /// Snapshot retention and interval; read by the control-plane image's etcd-snapshot.
     pub const BACKUP_ENV: &str = "/etc/imgbuild/backup.env";
+    /// The S3 access key pair etcd-snapshot signs uploads with (root-only).
+    pub const BACKUP_S3_ENV: &str = "/etc/imgbuild/backup-s3.env";
 }
 
 /// An etcd snapshot the first control plane restores before `kubeadm init` (disaster
@@ -127,6 +130,7 @@ pub struct Renderer<'a> {
     join_token: Option<String>,
     cluster_networks: String,
     restore: Option<Restore>,
+    backup_s3: Option<S3Credentials>,
 }
 
 fn rendered_err(what: &str, e: impl std::fmt::Display) -> CloudInitError {
@@ -258,6 +262,7 @@ impl<'a> Renderer<'a> {
             join_token: None,
             cluster_networks,
             restore: None,
+            backup_s3: None,
         })
     }
 
@@ -278,6 +283,12 @@ impl<'a> Renderer<'a> {
     /// The first control plane restores etcd from `restore` instead of starting empty.
     pub fn with_restore(mut self, restore: Option<Restore>) -> Self {
         self.restore = restore;
+        self
+    }
+
+    /// The credentials of `backups.s3` (control planes get them).
+    pub fn with_backup_s3(mut self, credentials: Option<S3Credentials>) -> Self {
+        self.backup_s3 = credentials;
         self
     }
 
@@ -428,20 +439,37 @@ impl<'a> Renderer<'a> {
         Ok(Part::file(paths::CLUSTER_NETWORKS, "0644", self.cluster_networks.clone()))
     }
 
-    /// Every control plane snapshots its etcd member (see the image's etcd-snapshot).
+    /// Every control plane snapshots its etcd member (see the image's etcd-snapshot) and,
+    /// with `backups.s3`, uploads it: where to in backup.env, the key pair in a 0600 file.
     fn backups(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
         if !n.is_control_plane() {
             return Ok(Part::default());
         }
         let b = &self.l.spec.backups;
-        Ok(Part::file(
-            paths::BACKUP_ENV,
-            "0644",
-            format!(
-                "IMGBUILD_BACKUP_RETENTION={}\nIMGBUILD_BACKUP_INTERVAL_HOURS={}\n",
-                b.retention, b.interval_hours
+        let mut env = format!(
+            "IMGBUILD_BACKUP_RETENTION={}\nIMGBUILD_BACKUP_INTERVAL_HOURS={}\n",
+            b.retention, b.interval_hours
+        );
+        let Some(t) = &self.l.backup_s3 else {
+            return Ok(Part::file(paths::BACKUP_ENV, "0644", env));
+        };
+        let c = self.backup_s3.as_ref().ok_or_else(|| {
+            rendered_err("backup-s3.env", "backups.s3 is set but its credentials were not loaded")
+        })?;
+        env.push_str(&format!(
+            "IMGBUILD_BACKUP_S3_URL={}\nIMGBUILD_BACKUP_S3_PREFIX={}\nIMGBUILD_BACKUP_S3_REGION={}\n",
+            t.bucket_url, t.prefix, t.region
+        ));
+        let mut p = Part::file(paths::BACKUP_ENV, "0644", env);
+        p.files.push(File {
+            path: paths::BACKUP_S3_ENV.into(),
+            mode: "0600",
+            content: format!(
+                "IMGBUILD_S3_ACCESS_KEY_ID={}\nIMGBUILD_S3_SECRET_ACCESS_KEY={}\n",
+                c.access_key_id, c.secret_access_key
             ),
-        ))
+        });
+        Ok(p)
     }
 
     /// 0600: a presigned URL is a credential.

@@ -12,6 +12,7 @@ pub mod net;
 pub mod pki;
 pub mod plan;
 pub mod remove;
+pub mod s3;
 pub mod spec;
 pub mod token;
 pub mod upgrade;

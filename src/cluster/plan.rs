@@ -112,6 +112,8 @@ pub struct ClusterPlan {
     pub node_sources: NodeSources,
     pub nodes: Vec<NodePlan>,
     pub warnings: Vec<Diagnostic>,
+    /// `backups.s3`, checked (the credentials are read when cloud-init is rendered).
+    pub backup_s3: Option<super::s3::S3Target>,
 }
 
 impl ClusterPlan {
@@ -536,6 +538,7 @@ fn validate(
     if !(1..=168).contains(&spec.backups.interval_hours) {
         c.err("backups.interval_hours", "hours between snapshots: 1 to 168");
     }
+    let backup_s3 = spec.backups.s3.as_ref().and_then(|s| super::s3::check(&mut c, s));
     for (i, k) in spec.ssh_authorized_keys.iter().enumerate() {
         if !is_ssh_key(k) {
             c.err(
@@ -562,6 +565,7 @@ fn validate(
         node_sources,
         nodes,
         warnings: items,
+        backup_s3,
     })
 }
 

@@ -170,6 +170,43 @@ pub struct Backups {
     /// Hours between snapshots (1–168).
     #[serde(default = "default_interval")]
     pub interval_hours: u32,
+    /// Upload every verified snapshot to S3-compatible storage.
+    #[serde(default)]
+    pub s3: Option<S3>,
+}
+
+/// An S3-compatible bucket the control planes upload their snapshots to (SigV4).
+/// The credentials never sit in cluster.yaml: they are read from `credentials_file`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    /// `https://HOST[:PORT]` of the S3 API (no path).
+    pub endpoint: String,
+    pub bucket: String,
+    /// The SigV4 signing region (`us-east-1` for most S3-compatibles).
+    pub region: String,
+    /// Folder inside the bucket (`prod/etcd`); objects are `<prefix>/<snapshot file name>`.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub addressing: S3Addressing,
+    /// Allow an `http://` endpoint (a lab): snapshots and signatures travel unencrypted.
+    #[serde(default)]
+    pub insecure_http: bool,
+    /// YAML file with `access_key_id` and `secret_access_key`, 0600; relative to
+    /// cluster.yaml's directory. Default: `secrets/backup-s3.yaml`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum S3Addressing {
+    /// `ENDPOINT/BUCKET/KEY`: what MinIO and Ceph RGW answer without DNS set-up.
+    #[default]
+    Path,
+    /// `BUCKET.ENDPOINT-HOST/KEY`.
+    VirtualHosted,
 }
 
 fn default_retention() -> u32 {
@@ -181,7 +218,7 @@ fn default_interval() -> u32 {
 
 impl Default for Backups {
     fn default() -> Self {
-        Self { retention: default_retention(), interval_hours: default_interval() }
+        Self { retention: default_retention(), interval_hours: default_interval(), s3: None }
     }
 }
 
