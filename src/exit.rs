@@ -76,6 +76,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::disk::DiskError);
     classify_as!(e, crate::cluster::ClusterError, crate::cloudinit::CloudInitError);
     classify_as!(e, crate::apt::AptError);
+    classify_as!(e, crate::oci::OciError);
     classify_as!(e, crate::verify::VerifyError, crate::lint::LintFailed);
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);

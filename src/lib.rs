@@ -19,6 +19,7 @@ pub mod inspect;
 pub mod layer;
 pub mod lint;
 pub mod manifest;
+pub mod oci;
 pub mod output;
 pub mod plan;
 pub mod progress;

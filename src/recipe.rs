@@ -163,6 +163,21 @@ pub struct Recipe {
     /// Ubuntu packages installed offline from a signed archive (see [`crate::apt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Packages>,
+    /// Container images embedded per role and imported into containerd at boot (see
+    /// [`crate::oci`]); add-on images (`addons[].images`) come on top, for every role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// `images[]`: a container image the roles in `roles` carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// `registry/repository:tag`, optionally `@sha256:…` (the index digest; else
+    /// `imgbuild lock` pins it).
+    #[serde(rename = "ref")]
+    pub reference: crate::oci::ImageRef,
+    pub roles: Vec<Role>,
 }
 
 /// `packages:`: Ubuntu packages resolved against a signed archive index and pinned in
@@ -238,7 +253,8 @@ pub struct Addon {
     /// Helm values baked into the image next to the chart.
     #[serde(default)]
     pub values: serde_json::Value,
-    /// Every image the chart deploys with these values (for pre-pulling and audits).
+    /// Every image the chart deploys with these values: embedded in every role's image
+    /// (DaemonSets run on every node, Deployments may land on any).
     pub images: Vec<String>,
 }
 
@@ -513,12 +529,10 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
             return Err((format!("{p}.images"), "list the images the chart deploys".into()));
         }
         for (j, img) in a.images.iter().enumerate() {
-            if img.is_empty() || img.contains(char::is_whitespace) || !img.contains(':') {
-                return Err((format!("{p}.images[{j}]"), format!("{img:?} is not an image reference")));
-            }
+            crate::oci::ImageRef::parse(img).map_err(|e| (format!("{p}.images[{j}]"), e))?;
         }
     }
-    Ok(())
+    crate::oci::validate_recipe(r)
 }
 
 #[cfg(test)]

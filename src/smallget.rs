@@ -37,14 +37,50 @@ pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, String> {
 /// errors, 5xx) are retried a few times, a 404/410 is an answer.
 pub fn get(url: &str, mirrors: &[Mirror], timeout: Duration) -> Result<Got, GetError> {
     let real = rewrite(url, mirrors);
-    let fail = |msg: String| GetError { url: real.clone(), msg };
     if let Some(path) = real.strip_prefix("file://") {
         return match std::fs::read(path) {
             Ok(b) => Ok(Got::Body(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Got::NotFound),
-            Err(e) => Err(fail(e.to_string())),
+            Err(e) => Err(GetError { url: real, msg: e.to_string() }),
         };
     }
+    let r = request(url, mirrors, timeout, &[], None)?;
+    match r.status {
+        404 | 410 => Ok(Got::NotFound),
+        s if (200..300).contains(&s) => Ok(Got::Body(r.body)),
+        s => Err(GetError { url: r.url, msg: format!("HTTP {s}") }),
+    }
+}
+
+/// A whole response: status, headers and body.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// The URL requested (after mirror rewriting; before redirects).
+    pub url: String,
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// GET `url` (after mirror rewriting) with extra request `headers`; any status is an
+/// answer except 5xx and connection failures, which are retried a few times. The body
+/// is refused beyond `max_body` bytes (None: unbounded, for signed files). Redirects
+/// are followed; reqwest drops `Authorization` when one leaves the origin.
+pub fn request(
+    url: &str,
+    mirrors: &[Mirror],
+    timeout: Duration,
+    headers: &[(&str, String)],
+    max_body: Option<usize>,
+) -> Result<Response, GetError> {
+    let real = rewrite(url, mirrors);
+    let fail = |msg: String| GetError { url: real.clone(), msg };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -61,15 +97,41 @@ pub fn get(url: &str, mirrors: &[Mirror], timeout: Duration) -> Result<Got, GetE
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
             }
-            match client.get(&real).send().await {
-                Ok(r) if r.status() == 404 || r.status() == 410 => return Ok(Got::NotFound),
-                Ok(r) if r.status().is_success() => match r.bytes().await {
-                    Ok(b) => return Ok(Got::Body(b.to_vec())),
-                    Err(e) => last = e.to_string(),
-                },
-                Ok(r) if r.status().is_server_error() => last = format!("HTTP {}", r.status()),
-                Ok(r) => return Err(fail(format!("HTTP {}", r.status()))),
-                Err(e) => last = e.to_string(),
+            let mut req = client.get(&real);
+            for (k, v) in headers {
+                req = req.header(*k, v);
+            }
+            let mut r = match req.send().await {
+                Ok(r) if r.status().is_server_error() => {
+                    last = format!("HTTP {}", r.status());
+                    continue;
+                }
+                Ok(r) => r,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let status = r.status().as_u16();
+            let headers = r.headers().clone();
+            let mut body = Vec::new();
+            loop {
+                match r.chunk().await {
+                    Ok(Some(c)) => {
+                        body.extend_from_slice(&c);
+                        if max_body.is_some_and(|m| body.len() > m) {
+                            return Err(fail(format!(
+                                "the answer is larger than {} bytes",
+                                max_body.unwrap_or(0)
+                            )));
+                        }
+                    }
+                    Ok(None) => return Ok(Response { url: real.clone(), status, headers, body }),
+                    Err(e) => {
+                        last = e.to_string();
+                        break;
+                    }
+                }
             }
         }
         Err(fail(last))
