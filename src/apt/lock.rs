@@ -49,9 +49,12 @@ pub struct LockArgs {
 pub struct LockFile {
     pub lock_version: u32,
     pub recipe: String,
-    /// SHA-256 of the recipe's `packages:` section (canonical JSON).
+    /// SHA-256 of the recipe's `packages:` section (canonical JSON; `null` when absent).
     pub packages_digest: Sha256,
     pub arches: BTreeMap<String, ArchLock>,
+    /// The recipe's container images resolved to digests (see [`crate::oci::lock`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<crate::oci::lock::LockedImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,42 +126,70 @@ pub fn recipe_key(p: &Packages, recipe_path: Option<&Path>) -> Result<TrustedKey
 
 pub fn run_lock(a: &LockArgs, g: &Global) -> anyhow::Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
-    let Some(p) = &lr.recipe.packages else {
-        return Err(AptError::Input(format!("{}: recipe has no packages: section", lr.origin)).into());
-    };
-    let key = recipe_key(p, a.recipe.as_deref())?;
+    let images = crate::oci::all_images(&lr.recipe);
+    if lr.recipe.packages.is_none() && images.is_empty() {
+        return Err(AptError::Input(format!(
+            "{}: recipe has no packages: and no images: to lock",
+            lr.origin
+        ))
+        .into());
+    }
     let mirrors = net::parse_mirrors(&a.mirrors)?;
+    let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
+    let mut lock = LockFile {
+        lock_version: LOCK_VERSION,
+        recipe: lr.recipe.name.clone(),
+        packages_digest: Sha256::of(&serde_json::to_vec(&lr.recipe.packages).unwrap_or_default()),
+        arches: BTreeMap::new(),
+        images: Vec::new(),
+    };
+    if let Some(p) = &lr.recipe.packages {
+        lock.arches = lock_packages(a, &lr, p, &arches, &mirrors, g.quiet)?;
+    }
+    if !images.is_empty() {
+        let reg = crate::oci::registry::Registry::new(mirrors.clone());
+        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches, g.quiet)?;
+    }
+    let path = a.output.clone().unwrap_or_else(|| lock_path(&lr, a.recipe.as_deref()));
+    write_lock(&path, &lock)?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// The `packages:` part of `imgbuild lock`: each arch resolved, its .debs downloaded.
+fn lock_packages(
+    a: &LockArgs,
+    lr: &LoadedRecipe,
+    p: &Packages,
+    arches: &[Arch],
+    mirrors: &[crate::fetch::Mirror],
+    quiet: bool,
+) -> anyhow::Result<BTreeMap<String, ArchLock>> {
+    let key = recipe_key(p, a.recipe.as_deref())?;
     let cache = Cache::open(a.cache_dir.as_deref())
         .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
-    let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
     let override_status = match &a.base_status {
         Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
         None => None,
     };
-    let mut lock = LockFile {
-        lock_version: LOCK_VERSION,
-        recipe: lr.recipe.name.clone(),
-        packages_digest: packages_digest(p),
-        arches: BTreeMap::new(),
-    };
-    for arch in arches {
+    let mut out = BTreeMap::new();
+    for &arch in arches {
         let status = match &override_status {
             Some(s) => s.clone(),
-            None => super::base::status_from_cache(&lr, arch, &cache)?,
+            None => super::base::status_from_cache(lr, arch, &cache)?,
         };
-        let al = lock_arch(&lr, p, arch, &key, &status, &mirrors, Some(&cache), g.quiet)?;
+        let al = lock_arch(lr, p, arch, &key, &status, mirrors, Some(&cache), quiet)?;
         // Download the .debs now: the cache then serves `build --offline`, and a package
         // whose maintainer scripts cannot be reproduced is refused before it is locked.
         let debs = debs_of(al.clone());
         let items: Vec<&Item> = debs.items.iter().collect();
-        let opts =
-            crate::fetch::FetchOptions { offline: false, mirrors: mirrors.clone(), jobs: 4, quiet: g.quiet };
+        let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.to_vec(), jobs: 4, quiet };
         let paths = crate::fetch::fetch_items(&items, &cache, &opts)?;
         for (path, d) in paths.iter().zip(&al.packages) {
             let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
             super::install::check_installable(&bytes, &d.url)?;
         }
-        if !g.quiet {
+        if !quiet {
             eprintln!(
                 "apt: {arch}: {} package(s) to install{}",
                 al.packages.len(),
@@ -169,12 +200,9 @@ pub fn run_lock(a: &LockArgs, g: &Global) -> anyhow::Result<()> {
                 }
             );
         }
-        lock.arches.insert(arch.as_str().to_string(), al);
+        out.insert(arch.as_str().to_string(), al);
     }
-    let path = a.output.clone().unwrap_or_else(|| lock_path(&lr, a.recipe.as_deref()));
-    write_lock(&path, &lock)?;
-    println!("{}", path.display());
-    Ok(())
+    Ok(out)
 }
 
 /// Resolve one arch: verified indexes, requested packages and their dependencies minus

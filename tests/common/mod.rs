@@ -3,6 +3,7 @@
 
 pub mod fixture;
 pub mod http;
+pub mod registry;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
