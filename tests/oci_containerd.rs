@@ -283,3 +283,32 @@ fn a_broken_layout_fails_with_a_status() {
     assert_eq!(s["phase"], "failed");
     assert!(s["last_error"].as_str().unwrap().contains("ctr images import failed"), "{s}");
 }
+
+#[test]
+fn a_rendered_hosts_toml_sends_containerd_to_the_mirror() {
+    let Some(c) = containerd() else { return };
+    let Some(reg) = common::registry::Registry::start() else { return };
+    let app = image(&[("amd64", vec![layer(&[("etc/motd", b"mirrored\n")])])], false, true);
+    reg.push_image("team/app", "1.0", &app);
+    // cluster.yaml: registries.mirrors."registry.test" -> the test registry, no fallback
+    // (registry.test does not exist: only the mirror can answer).
+    let m: imgbuild::cluster::registries::Mirror =
+        serde_yaml::from_str(&format!("fallback: false\nendpoints:\n  - url: {}\n", reg.base())).unwrap();
+    let (toml, cas) = imgbuild::cluster::registries::hosts_toml("registry.test", &m);
+    assert!(cas.is_empty());
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("certs.d/registry.test");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+    let hosts = t.path().join("certs.d");
+    let o = c.ctr(&["images", "pull", "--hosts-dir", hosts.to_str().unwrap(), "registry.test/team/app:1.0"]);
+    assert!(o.status.success(), "ctr pull through the mirror: {}\n{}", text(&o), reg.log());
+    assert!(
+        c.images().contains(&("registry.test/team/app:1.0".to_string(), app.digest())),
+        "{:?}",
+        c.images()
+    );
+    // containerd took the token flow and the blob redirect without leaking Authorization.
+    assert!(!reg.tokens.requests.lock().unwrap().is_empty());
+    assert!(reg.storage.log().iter().all(|e| !e.authorization && e.status == 200), "{:?}", reg.storage.log());
+}

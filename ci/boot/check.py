@@ -7,6 +7,7 @@
                                               -> the last successful kubeadm SUBCMD call got STR
   check.py packages BOOTDIR LOCK BASE_PACKAGES ARCHIVE_VERSIONS
                                               -> the locked packages are installed and work
+  check.py runtime BOOTDIR RUNTIME_VERSIONS   -> the real containerd and runc run, no network
 
 Each prints one line per check ("ok ..." / "FAIL ...") and exits 1 if any failed.
 BOOTDIR is /var/lib/imgbuild-test/boot-N as read from the disk; IMAGEDIR holds the
@@ -349,6 +350,30 @@ def cmd_packages(bootdir, lock_path, base_path, archive_path):
     return failed
 
 
+def cmd_runtime(bootdir, versions_path):
+    """The REAL containerd (Debian's, repacked like upstream's tarball) runs under the
+    product's unit and config.toml, with the real runc; the guest has no network."""
+    want = dict(line.strip().split("=", 1) for line in read(versions_path).splitlines() if "=" in line)
+    bootdir = os.path.join(bootdir, "runtime")
+    rc, text = captured(bootdir, "containerd-active") or (-1, "<not captured>")
+    (ok if text.strip() == "active" else fail)(f"containerd.service is {text.strip()!r}")
+    rc, text = captured(bootdir, "ctr-version") or (-1, "<not captured>")
+    server = text.split("Server:", 1)[1] if "Server:" in text else ""
+    m = re.search(r"^\s*Version:\s*(\S+)", server, re.M)
+    upstream = want.get("containerd", "?").split("-")[0]
+    (ok if rc == 0 and m and m.group(1) == upstream else fail)(
+        f"ctr version: the server is containerd {m.group(1) if m else '?'} (want {upstream}, exit {rc})"
+    )
+    rc, text = captured(bootdir, "runc-version") or (-1, "<not captured>")
+    runc = want.get("runc", "?").split("-")[0]
+    (ok if rc == 0 and f"runc version {runc}" in text else fail)(
+        f"/usr/local/sbin/runc --version: {(text.strip().splitlines() or ['?'])[0]!r} (want {runc})"
+    )
+    rc, text = captured(bootdir, "net-probe") or (0, "<not captured>")
+    (ok if rc != 0 else fail)(f"no network: a registry is unreachable from the guest (curl exit {rc})")
+    return failed
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -361,6 +386,8 @@ def main():
         sys.exit(cmd_packages(*a[1:5]))
     if a[0] == "kubeadm":
         sys.exit(cmd_kubeadm(a[1], a[2], a[3:]))
+    if a[0] == "runtime":
+        sys.exit(cmd_runtime(a[1], a[2]))
     sys.exit(__doc__)
 
 

@@ -20,9 +20,12 @@ prepare() {
 
   # The signed test apt archive (real Debian .debs, own key; cached like the base).
   archive_dir=$("$py" ci/boot/make-archive.py)
+  # The real containerd and runc (Debian 12's, in the upstream release layout; cached).
+  runtime_dir=$("$py" ci/boot/make-runtime.py)
   "$py" ci/boot/make-mirror.py image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml "$base_dir/base.qcow2" \
-    ci/boot/stub/standin "$archive_dir" "$work/mirror"
+    ci/boot/stub/standin "$archive_dir" "$work/mirror" "$runtime_dir"
   cp "$archive_dir/versions" "$work/archive-versions"
+  cp "$runtime_dir/versions" "$work/runtime-versions"
   # Loopback only; the port is picked by the kernel and written to a file.
   "$py" -c '
 import functools, http.server, sys
@@ -40,6 +43,11 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
   while read -r h; do
     mirror_args+=(--mirror "$h=http://127.0.0.1:$port/${h#*://}")
   done <"$work/mirror/hosts.txt"
+  start_registry
+  # Each upstream registry's API under /v2/<host>/ of the test registry.
+  while read -r h; do
+    mirror_args+=(--mirror "https://$h/v2/=http://127.0.0.1:$registry_port/v2/$h/")
+  done <"$work/mirror/registries.txt"
 
   # The recipe's packages the ordinary way: the verified base into the cache (its dpkg
   # status is what the resolver subtracts), then `imgbuild lock` against the signed
@@ -100,6 +108,32 @@ for n in spec["nodes"]:
     | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)" >"$work/expect-ca-hash"
 }
 
+# A REAL registry (Debian's docker-registry) on loopback with the recipe's test images
+# (ci/boot/make-mirror.py made them, ci/boot/push-images.py pushes them).
+start_registry() {
+  local data="$work/registry"
+  rm -rf "$data" && mkdir -p "$data"
+  registry_port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$data/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $data/storage
+http:
+  addr: 127.0.0.1:$registry_port
+  secret: imgbuild-boot-test
+EOF
+  docker-registry serve "$data/config.yml" >"$data/registry.log" 2>&1 &
+  # shellcheck disable=SC2034 # read by the EXIT trap of boot-test.sh
+  registry_pid=$!
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$py" ci/boot/push-images.py "http://127.0.0.1:$registry_port" "$work/mirror/images"
+}
+
 node_name() { awk -v r="$1" '$1 == r {print $2}' "$work/nodes" | sed -n "${2}p"; }
 
 # A fresh disk for a scenario: a qcow2 overlay over the role image (never modified).
@@ -152,6 +186,11 @@ check_packages() {
   check packages "$1" "$work/mirror/test-recipe.yaml.lock" "$base_dir/packages.txt" "$work/archive-versions"
 }
 
+# The real containerd (the product's unit and config.toml) and runc run; no network.
+check_runtime() {
+  check runtime "$1" "$work/runtime-versions"
+}
+
 boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
   local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
@@ -188,6 +227,7 @@ scenario_worker() {
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  check_runtime "$dir/boot1.disk/boot-1" || bad=1
   [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
@@ -220,6 +260,7 @@ scenario_cp_init() {
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
     --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  check_runtime "$dir/boot1.disk/boot-1" || bad=1
   if [ -e "$work/images/control-plane.has-addons" ]; then
     t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
     t_add=$(awk '$2 == "helm" || $2 == "kubectl" {print $1; exit}' "$dir/boot1.disk/calls.log")

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::{schema, yaml, CloudInitError};
 use crate::cluster::net::Cidr;
 use crate::cluster::pki::Secrets;
+use crate::cluster::registries::Registries;
 use crate::cluster::spec::{HaMode, Loaded, Node, KUBE_VIP_IMAGE};
 use crate::recipe::Role;
 
@@ -188,6 +189,8 @@ impl<'a> Renderer<'a> {
                     node_ip, bind_port => 6443, kubernetes_version => spec.kubernetes_version, endpoint,
                     pod_cidr => spec.networking.pod_cidr, service_cidr => spec.networking.service_cidr,
                     dns_domain => spec.networking.dns_domain, cert_sans => sans,
+                    image_repository => Registries::image_repository(spec.registries.as_ref()),
+                    pull_policy => Registries::pull_policy(spec.registries.as_ref()).as_str(),
                 },
             )?;
             check_kinds(
@@ -207,6 +210,7 @@ impl<'a> Renderer<'a> {
                 context! {
                     node => n.name, role => n.role.as_str(), cluster => spec.name, endpoint,
                     token => self.s.token, ca_hash => self.ca_hash, node_ip, bind_port => 6443,
+                    pull_policy => Registries::pull_policy(spec.registries.as_ref()).as_str(),
                 },
             )?;
             check_kinds(&t, &[("kubeadm.k8s.io/v1beta3", "JoinConfiguration")])
@@ -243,6 +247,10 @@ impl<'a> Renderer<'a> {
             if let Some(v) = &self.addon_values {
                 add(paths::ADDON_VALUES, "0600", v.clone());
             }
+        }
+        // Registry mirrors: containerd's hosts.toml (and CA files), on every node.
+        for (path, mode, content) in crate::cluster::registries::files(spec.registries.as_ref()) {
+            add(&path, mode, content);
         }
 
         let user_data = self.render(

@@ -6,6 +6,7 @@
 
 pub mod net;
 pub mod pki;
+pub mod registries;
 pub mod spec;
 
 use std::io::Write;

@@ -34,6 +34,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub addons: Option<Addons>,
+    /// Registry mirrors, kubeadm's imageRepository and pull policy ([`super::registries`]).
+    #[serde(default)]
+    pub registries: Option<super::registries::Registries>,
 }
 
 fn default_version() -> String {
@@ -485,6 +488,14 @@ fn validate(spec: ClusterSpec, origin: &str, lines: HashMap<String, usize>) -> R
                 "not a single-line SSH public key (ssh-…, ecdsa-…, sk-…)",
             );
         }
+    }
+
+    if let Some(r) = &spec.registries {
+        let (errors, warns) = super::registries::validate(r);
+        for (path, msg) in errors {
+            p.err(&path, msg);
+        }
+        warnings.extend(warns.iter().map(|(path, msg)| warn_at(&p, path, msg)));
     }
 
     if !p.errors.is_empty() {

@@ -231,7 +231,7 @@ fn valid_component(c: &str) -> bool {
     true
 }
 
-fn valid_domain(d: &str) -> bool {
+pub(crate) fn valid_domain(d: &str) -> bool {
     let (host, port) = match d.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || d.starts_with('[') => (h, Some(p)),
         _ => (d, None),
