@@ -6,6 +6,7 @@
 //! Of `imgbuild cluster` / `imgbuild cloud-init`: [`cluster`] → [`cloudinit`].
 
 pub mod apt;
+pub mod bearer;
 pub mod build;
 pub mod cache;
 pub mod chart;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::registry::{image, layer, sha256, TestImage};
 use imgbuild::layer::Layer;
-use imgbuild::oci::layout::{self, Embedded, IMAGES_DIR};
+use imgbuild::oci::layout::{Embedded, IMAGES_DIR};
 use imgbuild::oci::{Digest, ImageRef};
 use layer_fixture::{have, materialize};
 
@@ -187,7 +187,7 @@ fn the_baked_layout_imports_into_real_containerd_once_and_runs_through_runc() {
     let images = vec![embedded("registry.test/app:1", &app, &store), embedded(&tool_ref, &tool, &store)];
 
     let mut l = Layer::new(1_724_198_400);
-    let stats = layout::add_to_layer(&mut l, &images).unwrap();
+    let stats = imgbuild::layer::images::add(&mut l, &images).unwrap();
     // The shared busybox layer is one blob; the arm64 manifest is not embedded.
     assert_eq!(stats.bytes_if_separate - stats.bytes, base.0.len() as u64, "{stats:?}");
     let root = t.path().join("root");

@@ -126,7 +126,7 @@ pub fn recipe_key(p: &Packages, recipe_path: Option<&Path>) -> Result<TrustedKey
 
 pub fn run_lock(a: &LockArgs, g: &Global) -> anyhow::Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
-    let images = crate::oci::all_images(&lr.recipe);
+    let images = lr.recipe.all_images();
     if lr.recipe.packages.is_none() && images.is_empty() {
         return Err(AptError::Input(format!(
             "{}: recipe has no packages: and no images: to lock",

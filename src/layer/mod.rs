@@ -11,6 +11,7 @@ use crate::plan::Plan;
 mod artifacts;
 pub mod firewall;
 pub mod hardening;
+pub mod images;
 pub mod seal;
 pub mod tree;
 

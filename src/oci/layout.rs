@@ -1,6 +1,7 @@
 //! The images inside a node image: one OCI image layout (image-spec `image-layout.md`)
 //! at [`IMAGES_DIR`], imported at boot by `imgbuild-images.service` with containerd's
-//! own `ctr images import` (a tar stream of the layout, made on the node).
+//! own `ctr images import` (a tar stream of the layout, made on the node). This module
+//! makes its documents; [`crate::layer`] writes them and the blobs into the image.
 //!
 //! - `blobs/sha256/<hex>`: every blob under its digest, so a layer that several images
 //!   share is stored once. The bytes are exactly what the registry served and the
@@ -16,14 +17,12 @@
 //!   `ctr -n k8s.io images ls` against (the node has no JSON parser to rely on).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::reference::{Digest, ImageRef};
 use super::spec::{Document, OCI_INDEX};
-use super::OciError;
-use crate::layer::{Content, Layer};
 
 /// Where the layout lives in the image.
 pub const IMAGES_DIR: &str = "/usr/share/imgbuild/images";
@@ -71,17 +70,6 @@ struct Entry<'a> {
     annotations: BTreeMap<&'static str, String>,
 }
 
-/// What the layout holds, for progress lines and the benchmark.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub images: usize,
-    pub blobs: usize,
-    /// Bytes of blobs as written (each once).
-    pub bytes: u64,
-    /// Bytes the images would take with every image's blobs stored separately.
-    pub bytes_if_separate: u64,
-}
-
 /// `index.json` and `images.tsv` for `images` (in order), byte-deterministic.
 pub fn index_and_list(images: &[Embedded]) -> (Vec<u8>, String) {
     let mut manifests = Vec::new();
@@ -107,47 +95,6 @@ pub fn index_and_list(images: &[Embedded]) -> (Vec<u8>, String) {
     let mut json = serde_json::to_vec_pretty(&idx).unwrap_or_default();
     json.push(b'\n');
     (json, tsv)
-}
-
-/// Write the layout into `layer`: each distinct blob once, then `oci-layout`,
-/// `index.json` and `images.tsv`. A blob whose digest two images share must be the
-/// same size in both (it is the same content, verified by digest).
-pub fn add_to_layer(layer: &mut Layer, images: &[Embedded]) -> Result<Stats, OciError> {
-    let mut blobs: BTreeMap<&Digest, (u64, &Path)> = BTreeMap::new();
-    let mut stats = Stats { images: images.len(), ..Stats::default() };
-    for img in images {
-        for (d, size, path) in &img.blobs {
-            stats.bytes_if_separate += size;
-            if let Some((s, _)) = blobs.insert(d, (*size, path)) {
-                if s != *size {
-                    return Err(OciError::Integrity {
-                        image: img.reference.to_string(),
-                        what: format!("blob {d}"),
-                        expected: format!("{s} bytes"),
-                        actual: format!("{size} bytes"),
-                    });
-                }
-            }
-        }
-    }
-    for (d, (size, path)) in &blobs {
-        layer.file(
-            &format!("{IMAGES_DIR}/blobs/sha256/{}", d.sha256()),
-            Content::Path(path.to_path_buf()),
-            0o644,
-        );
-        stats.bytes += size;
-    }
-    stats.blobs = blobs.len();
-    let (index, tsv) = index_and_list(images);
-    layer.file(
-        &format!("{IMAGES_DIR}/oci-layout"),
-        Content::Bytes(b"{\"imageLayoutVersion\":\"1.0.0\"}\n".to_vec()),
-        0o644,
-    );
-    layer.file(&format!("{IMAGES_DIR}/index.json"), Content::Bytes(index), 0o644);
-    layer.file(&format!("{IMAGES_DIR}/images.tsv"), Content::Bytes(tsv.into_bytes()), 0o644);
-    Ok(stats)
 }
 
 /// The blobs an image needs for one platform, given its verified top document and

@@ -1,16 +1,16 @@
 //! The OCI distribution API, read side: manifests by tag or digest and small blobs
 //! (configs) into memory, for `imgbuild lock`. Every request sends the Accept list of
-//! [`spec::ACCEPT`], answers the anonymous token flow of [`auth`], and every document
+//! [`spec::ACCEPT`], answers the anonymous token flow of [`crate::bearer`], and every document
 //! is checked against the digest asked for (or, for a tag, the `Docker-Content-Digest`
 //! the registry names) before it is parsed. Large blobs (layers) go through
 //! [`crate::fetch`] into the content-addressed cache instead.
 
 use std::time::Duration;
 
-use super::auth::{self, TokenCache};
 use super::reference::{Digest, ImageRef};
 use super::spec::{self, Document};
 use super::OciError;
+use crate::bearer::{self as auth, TokenCache};
 use crate::fetch::Mirror;
 use crate::smallget;
 

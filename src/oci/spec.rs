@@ -212,7 +212,7 @@ impl Index {
         let images = || {
             self.manifests.iter().filter(|d| {
                 [OCI_MANIFEST, DOCKER_MANIFEST].contains(&d.media_type.as_str())
-                    && d.annotations.get("vnd.docker.reference.type").is_none()
+                    && !d.annotations.contains_key("vnd.docker.reference.type")
             })
         };
         images().find(|d| d.platform.as_ref().is_some_and(|p| p.matches(arch))).ok_or_else(|| {

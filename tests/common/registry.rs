@@ -362,8 +362,11 @@ pub fn send(
     })
 }
 
+/// A gzipped layer and its diff ID (the sha256 of the uncompressed tar).
+pub type TestLayer = (Vec<u8>, String);
+
 /// A deterministic gzipped tar layer of `files` (path, content).
-pub fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+pub fn layer(files: &[(&str, &[u8])]) -> TestLayer {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, content) in files {
         let mut h = tar::Header::new_gnu();
@@ -411,7 +414,7 @@ impl TestImage {
 
 /// Build an image with one manifest per `(arch, layers)`; `docker` picks Docker v2
 /// media types, `index` false makes a single-manifest image (one platform only).
-pub fn image(platforms: &[(&str, Vec<(Vec<u8>, String)>)], docker: bool, index: bool) -> TestImage {
+pub fn image(platforms: &[(&str, Vec<TestLayer>)], docker: bool, index: bool) -> TestImage {
     let (mt_m, mt_c, mt_l, mt_i) = if docker {
         (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST)
     } else {

@@ -1,4 +1,4 @@
-//! Anonymous pulls with the registry token flow (distribution's token spec, what
+//! The registry token flow for anonymous pulls (distribution's token spec, what
 //! registry.k8s.io, ghcr.io, quay.io and Docker Hub use): a request without
 //! credentials gets `401` with `WWW-Authenticate: Bearer realm="…",service="…",
 //! scope="repository:<name>:pull"`; a GET of the realm with `service` and `scope`
