@@ -55,7 +55,7 @@ pub enum Cmd {
     /// Helm chart tooling
     #[command(subcommand)]
     Chart(crate::chart::ChartCmd),
-    /// Resolve the recipe's Ubuntu packages against the signed archive into <recipe>.lock
+    /// Resolve the recipe's Ubuntu packages and container images into <recipe>.lock
     Lock(crate::apt::LockArgs),
     /// Verify the base image's signed SHA256SUMS (Ubuntu key) and check or write the recipe digest
     BaseDigest(crate::verify::BaseDigestArgs),
