@@ -8,6 +8,9 @@
   check.py packages BOOTDIR LOCK BASE_PACKAGES ARCHIVE_VERSIONS
                                               -> the locked packages are installed and work
   check.py runtime BOOTDIR RUNTIME_VERSIONS   -> the real containerd and runc run, no network
+  check.py images BOOTDIR RECDIR IMAGES_TSV BOOT
+                                              -> the embedded images are in containerd at their
+                                                 digests, imported once, one runs; kubeadm saw them
 
 Each prints one line per check ("ok ..." / "FAIL ...") and exits 1 if any failed.
 BOOTDIR is /var/lib/imgbuild-test/boot-N as read from the disk; IMAGEDIR holds the
@@ -374,6 +377,47 @@ def cmd_runtime(bootdir, versions_path):
     return failed
 
 
+def cmd_images(bootdir, recdir, tsv_path, boot):
+    """The role's embedded images (IMAGES_TSV, read from the image before it booted) are in
+    containerd's k8s.io namespace at their digests; the import ran once (boot 1) and
+    imported nothing later; one ran as a container (boot 1); the kubeadm stand-in asked
+    containerd for its images before init/join and found them."""
+    boot = int(boot)
+    want = [tuple(line.split("\t")) for line in read(tsv_path).splitlines() if line and not line.startswith("#")]
+    rc, text = captured(os.path.join(bootdir, "runtime"), "ctr-images") or (-1, "")
+    have = {tuple(f[0:3:2]) for f in (line.split() for line in text.splitlines()[1:]) if len(f) >= 3}
+    missing = [f"{n}@{d}" for n, d in want if (n, d) not in have]
+    (ok if rc == 0 and want and not missing else fail)(
+        f"ctr -n k8s.io images ls: all {len(want)} embedded image names at their pinned digests"
+        + (f"; missing: {missing[:3]}" if missing else "")
+    )
+    p = os.path.join(bootdir, "run-imgbuild", "images.json")
+    doc = json.loads(read(p)) if os.path.exists(p) else {}
+    phase, imported = doc.get("phase"), doc.get("imported")
+    if boot == 1:
+        (ok if phase == "done" and imported == len(want) else fail)(
+            f"boot 1: imgbuild-images imported {imported} of {len(want)} names (phase {phase!r})"
+        )
+    else:
+        (ok if phase == "present" and imported == 0 else fail)(
+            f"boot {boot}: imgbuild-images imported nothing (phase {phase!r}, imported {imported})"
+        )
+    seconds = doc.get("seconds")
+    bs = bootstrap_json(bootdir) or {}
+    (ok if bs.get("images") == doc and doc else fail)("bootstrap.json carries the import status")
+    if boot == 1:
+        rc, text = captured(os.path.join(bootdir, "runtime"), "ctr-run") or (-1, "<not captured>")
+        (ok if rc == 0 and text.strip() == "registry.k8s.io/pause:3.9 amd64" else fail)(
+            f"ctr run of an imported image through runc: exit {rc}, {text.strip()[:80]!r}"
+        )
+        calls = [c for c in kubeadm_calls(recdir) if c[3] == "ok"]
+        rec = read(os.path.join(calls[-1][1], "images")).strip() if calls and os.path.exists(
+            os.path.join(calls[-1][1], "images")) else "<none>"
+        (ok if rec.startswith("present:") else fail)(f"the kubeadm stand-in found its images in containerd: {rec[:100]}")
+    print(f"images: {counts['ok']} ok, {counts['FAIL']} failed; {len(want)} names, import {seconds} s (boot {boot})")
+    return failed
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -388,6 +432,8 @@ def main():
         sys.exit(cmd_kubeadm(a[1], a[2], a[3:]))
     if a[0] == "runtime":
         sys.exit(cmd_runtime(a[1], a[2]))
+    if a[0] == "images":
+        sys.exit(cmd_images(*a[1:5]))
     sys.exit(__doc__)
 
 

@@ -85,6 +85,9 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     if disk_exists "$work/images/$role.raw" cloudimg-rootfs /etc/systemd/system/imgbuild-addons.service; then
       touch "$work/images/$role.has-addons"
     fi
+    # The names and digests of the embedded images, as the image carries them.
+    disk_cat "$work/images/$role.raw" cloudimg-rootfs /usr/share/imgbuild/images/images.tsv \
+      >"$work/images/$role.images.tsv" 2>/dev/null || rm -f "$work/images/$role.images.tsv"
     rm -f "$work/images/$role.raw"
   done
 
@@ -191,6 +194,17 @@ check_runtime() {
   check runtime "$1" "$work/runtime-versions"
 }
 
+# The embedded images (when the role image has them): in containerd at their digests,
+# imported on the first boot only, one runs through runc, kubeadm found them.
+check_images() { # DIR BOOT ROLE
+  local dir=$1 boot=$2 role=$3
+  if [ -f "$work/images/$role.images.tsv" ]; then
+    check images "$dir/boot$boot.disk/boot-$boot" "$dir/boot$boot.disk" "$work/images/$role.images.tsv" "$boot"
+  else
+    echo "SKIP images: the $role image embeds none (build without image plan items)"
+  fi
+}
+
 boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
   local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
@@ -228,6 +242,7 @@ scenario_worker() {
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
   check_runtime "$dir/boot1.disk/boot-1" || bad=1
+  check_images "$dir" 1 worker || bad=1
   [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
@@ -247,6 +262,7 @@ scenario_worker() {
     || { echo "FAIL second boot ran runcmd again"; bad=1; }
   [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
     || { echo "FAIL second boot failed units: $(cat "$dir/boot2.disk/boot-2/failed-units.txt")"; bad=1; }
+  check_images "$dir" 2 worker || bad=1
   return $bad
 }
 
@@ -261,6 +277,7 @@ scenario_cp_init() {
     --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
   check_runtime "$dir/boot1.disk/boot-1" || bad=1
+  check_images "$dir" 1 control-plane || bad=1
   if [ -e "$work/images/control-plane.has-addons" ]; then
     t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
     t_add=$(awk '$2 == "helm" || $2 == "kubectl" {print $1; exit}' "$dir/boot1.disk/calls.log")
@@ -295,6 +312,7 @@ scenario_cp_init() {
       || { echo "FAIL second boot repeated add-on steps ($u1 -> $u2 helm upgrade calls)"; bad=1; }
     [ "$k1" = "$k2" ] && echo "ok   second boot: kubeadm init not run again" \
       || { echo "FAIL second boot ran kubeadm again ($k1 -> $k2 calls)"; bad=1; }
+    check_images "$dir" 2 control-plane || bad=1
   else
     echo "SKIP add-on installer: imgbuild-addons.service is not in the control-plane image (chart issue not landed)"
   fi
