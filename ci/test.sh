@@ -147,6 +147,7 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# Includes tests/module_graph.rs: no dependency cycle between the top-level modules of src/.
 cargo test --all-targets
 
 # --- boot tests (issue 7): the slow tier, once everything above passed ---

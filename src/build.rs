@@ -7,37 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::cli::Global;
 use crate::disk::{self, OutFormat, RootFs};
 use crate::layer::{Content, Kind, Layer};
 use crate::plan::Plan;
-use crate::tools;
-
-#[derive(Debug, clap::Args)]
-pub struct BuildArgs {
-    #[command(flatten)]
-    pub source: crate::fetch::SourceArgs,
-    /// Output directory
-    #[arg(long, default_value = "out")]
-    pub output: PathBuf,
-    /// Image format: qcow2 (KVM, libvirt, OpenStack, Proxmox), raw, vmdk (streamOptimized:
-    /// vSphere), vhdx (Hyper-V), vhd (fixed, whole MiB: Azure), ova (OVF + vmdk: vSphere and
-    /// VirtualBox import)
-    #[arg(long, value_enum, default_value_t = OutFormat::Qcow2)]
-    pub format: OutFormat,
-    /// Grow the virtual disk (and the root partition and filesystem) to SIZE, e.g. 8G
-    /// (default: the recipe's disk_size, else the base image's size, grown
-    /// automatically when the layer does not fit)
-    #[arg(long, value_name = "SIZE")]
-    pub disk_size: Option<String>,
-    /// Build twice in separate temp dirs and fail (exit 3) unless the outputs are identical
-    #[arg(long)]
-    pub check_reproducible: bool,
-    /// Verify the cosign signatures of dl.k8s.io downloads against this Fulcio trust root
-    /// (PEM) and record them in the manifest
-    #[arg(long, value_name = "FILE.pem")]
-    pub cosign_trust_root: Option<PathBuf>,
-}
+use crate::reporter::Reporter;
 
 /// Everything a build needs once the downloads are verified.
 #[derive(Debug, Clone)]
@@ -52,65 +25,13 @@ pub struct Job<'a> {
     /// Requested virtual disk size in bytes (`--disk-size` or the recipe's); `None`
     /// keeps the base size and grows only when the layer does not fit.
     pub disk_size: Option<u64>,
-    pub quiet: bool,
+    pub reporter: Reporter,
 }
 
 /// Produces the sealed layer. Gets the plan, the downloads, a private work dir and
 /// the base root filesystem (read-only use: e.g. `/var/lib/dpkg/status`). This is
 /// where extra layer steps hook in.
 pub type Composer<'c> = dyn Fn(&Plan, &BTreeMap<String, PathBuf>, &Path, &RootFs) -> Result<Layer> + 'c;
-
-pub fn run(a: &BuildArgs, g: &Global) -> Result<()> {
-    // Before fetch starts its threads, so they all leave the signals to the guard.
-    disk::interrupt::guard();
-    tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
-    let s = &a.source;
-    let lr = crate::recipe::load(s.recipe.as_deref())?;
-    let plan = Plan::resolve(&lr, s.role, s.arch)?;
-    let disk_size = match a.disk_size.as_deref().or(lr.recipe.disk_size.as_deref()) {
-        Some(sz) => Some(disk::size::parse(sz)?),
-        None => None,
-    };
-    let cache = crate::fetch::open_cache(s)?;
-    let opts = crate::fetch::FetchOptions::from_args(s, g)?;
-    // apt (issue 6): the .deb files of <recipe>.lock (a stale lock is refused first).
-    let debs = crate::apt::for_build(&lr, s, &plan, &cache, &opts)?;
-    let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
-    items.extend(debs.iter().flat_map(|d| d.items.iter())); // apt (issue 6)
-    let blobs = crate::fetch::fetch_items(&items, &cache, &opts)?;
-    let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
-    let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len())); // apt (issue 6)
-    let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
-    let signatures = match &a.cosign_trust_root {
-        Some(p) => crate::verify::cosign::verify_build(&plan, &downloads, &opts.mirrors, p, g.quiet)?,
-        None => Vec::new(),
-    };
-    let job = Job {
-        plan: &plan,
-        base: base.clone(),
-        downloads,
-        output_dir: a.output.clone(),
-        format: a.format,
-        disk_size,
-        quiet: g.quiet,
-    };
-    let apt_composer = crate::apt::composer(debs.as_ref(), deb_paths, g.quiet); // apt (issue 6)
-                                                                                // verify (issue 9): the cosign records go into the sealed manifest.
-    let composer =
-        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
-            let mut l = apt_composer(plan, dl, work, root)?;
-            crate::verify::cosign::record_in_layer(&mut l, &signatures)?;
-            Ok(l)
-        };
-    let out = if a.check_reproducible {
-        crate::verify::repro::check_reproducible(&job, &composer)
-    } else {
-        build(&job, &composer)
-    }
-    .inspect_err(|_| disk::interrupt::park_if_interrupted())?;
-    println!("{}", out.image.display());
-    Ok(())
-}
 
 /// The layer of a normal build: the layer module's composition, then the seal
 /// (`/etc/imgbuild/manifest.json` and `release`) last.
@@ -131,12 +52,8 @@ pub fn default_composer(
 /// succeeded; the temp dir (inside `output_dir`, so the final renames stay on one
 /// filesystem) is removed either way.
 pub fn build(job: &Job, compose: &Composer) -> Result<crate::output::Outputs> {
-    let t0 = std::time::Instant::now();
-    let say = |m: &str| {
-        if !job.quiet {
-            eprintln!("[{:6.2}s] {m}", t0.elapsed().as_secs_f64());
-        }
-    };
+    let clock = job.reporter.clock();
+    let say = |m: &str| clock.say(m);
     std::fs::create_dir_all(&job.output_dir)
         .with_context(|| format!("creating output dir {}", job.output_dir.display()))?;
     let tmp = tempfile::Builder::new()

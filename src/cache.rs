@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use crate::recipe::Sha256;
+use crate::types::Sha256;
 
 #[derive(Debug, Clone)]
 pub struct Cache {

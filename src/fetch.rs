@@ -23,11 +23,10 @@ use sha2::{Digest, Sha256 as Hasher};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::Cache;
-use crate::cli::Global;
 use crate::exit::{Classify, Code};
-use crate::plan::{Item, Plan};
-use crate::progress::{human_bytes, Progress, Task};
-use crate::recipe::{Arch, Role, Sha256};
+use crate::plan::Item;
+use crate::reporter::{human_bytes, Reporter, Task};
+use crate::types::Sha256;
 
 /// Write/hash granularity: large enough that per-chunk overhead vanishes.
 const BUF: usize = 256 * 1024;
@@ -40,41 +39,6 @@ const BACKOFF_CAP: Duration = Duration::from_secs(4);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// No byte for this long on an open connection counts as a transient failure.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Environment variable with space-separated `FROM=TO` mirrors (after `--mirror`s).
-pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
-
-/// Where artifacts come from: shared by `fetch` and `build`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SourceArgs {
-    /// Recipe file (default: the embedded default recipe)
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Node role
-    #[arg(long, value_enum, default_value_t = Role::Worker)]
-    pub role: Role,
-    /// CPU architecture
-    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
-    pub arch: Arch,
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// Never touch the network; fail naming what the cache lacks
-    #[arg(long)]
-    pub offline: bool,
-    /// Rewrite a URL prefix: FROM=TO (repeatable; also $IMGBUILD_MIRROR="FROM=TO ...")
-    #[arg(long = "mirror", value_name = "FROM=TO")]
-    pub mirrors: Vec<String>,
-    /// Concurrent downloads
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct FetchArgs {
-    #[command(flatten)]
-    pub source: SourceArgs,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -144,30 +108,6 @@ impl Classify for FetchError {
     }
 }
 
-/// `imgbuild fetch`: resolve the plan, fetch everything, print one line per artifact.
-pub fn run(a: &FetchArgs, g: &Global) -> Result<()> {
-    let opts = FetchOptions::from_args(&a.source, g)?;
-    let lr = crate::recipe::load(a.source.recipe.as_deref())?;
-    let plan = Plan::resolve(&lr, a.source.role, a.source.arch)?;
-    let cache = open_cache(&a.source)?;
-    let items: Vec<&Item> = plan.downloads().collect();
-    let paths = fetch_items(&items, &cache, &opts)?;
-    let mut out = std::io::stdout().lock();
-    for (item, path) in items.iter().zip(&paths) {
-        writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
-    }
-    Ok(())
-}
-
-/// The cache named by `--cache-dir`, else `$IMGBUILD_CACHE_DIR`, else the XDG default.
-pub fn open_cache(a: &SourceArgs) -> Result<Cache> {
-    let c = Cache::open(a.cache_dir.as_deref());
-    c.with_context(|| match &a.cache_dir {
-        Some(d) => format!("opening cache directory {}", d.display()),
-        None => "opening the cache directory ($IMGBUILD_CACHE_DIR or ~/.cache/imgbuild)".into(),
-    })
-}
-
 /// A URL prefix rewrite (`--mirror FROM=TO`, or `IMGBUILD_MIRROR="FROM=TO FROM=TO"`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mirror {
@@ -188,6 +128,11 @@ impl Mirror {
         }
         Ok(Mirror { from: from.to_string(), to: to.to_string() })
     }
+
+    /// Parse every `FROM=TO` of `specs`, in order (earlier ones win a tie in [`rewrite`]).
+    pub fn parse_all<'a>(specs: impl IntoIterator<Item = &'a str>) -> Result<Vec<Mirror>, FetchError> {
+        specs.into_iter().map(Mirror::parse).collect()
+    }
 }
 
 /// Rewrite `url` by the mirror with the longest matching `from` (the first on a tie).
@@ -204,42 +149,28 @@ pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
     }
 }
 
-/// How to fetch, independent of the CLI.
+/// How to fetch.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     pub offline: bool,
     pub mirrors: Vec<Mirror>,
     /// Concurrent downloads; 0 means the default (4).
     pub jobs: usize,
-    pub quiet: bool,
-}
-
-impl FetchOptions {
-    /// From the CLI: `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
-    pub fn from_args(a: &SourceArgs, g: &Global) -> Result<FetchOptions, FetchError> {
-        if a.jobs == 0 {
-            return Err(FetchError::BadJobs);
-        }
-        let env = std::env::var(MIRROR_ENV).unwrap_or_default();
-        let mirrors = a
-            .mirrors
-            .iter()
-            .map(String::as_str)
-            .chain(env.split_whitespace())
-            .map(Mirror::parse)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(FetchOptions { offline: a.offline, mirrors, jobs: a.jobs, quiet: g.quiet })
-    }
 }
 
 /// Ensure every item is in the cache, verified; returns the blob paths in `items`
 /// order. API used by `imgbuild build`. Blocks; runs its own tokio runtime.
-pub fn fetch_items(items: &[&Item], cache: &Cache, opts: &FetchOptions) -> Result<Vec<PathBuf>> {
+pub fn fetch_items(
+    items: &[&Item],
+    cache: &Cache,
+    opts: &FetchOptions,
+    progress: &Reporter,
+) -> Result<Vec<PathBuf>> {
     let items: Vec<Item> = items
         .iter()
         .map(|i| Item { urls: i.urls.iter().map(|u| rewrite(u, &opts.mirrors)).collect(), ..(*i).clone() })
         .collect();
-    let progress = Progress::new(opts.quiet);
+    let progress = progress.clone();
     if opts.offline {
         return offline(&items, cache, &progress).map_err(Into::into);
     }
@@ -256,13 +187,13 @@ pub fn fetch_items(items: &[&Item], cache: &Cache, opts: &FetchOptions) -> Resul
     fetch_all(items, cache.clone(), opts, progress)
 }
 
-fn offline(items: &[Item], cache: &Cache, progress: &Progress) -> Result<Vec<PathBuf>, FetchError> {
+fn offline(items: &[Item], cache: &Cache, progress: &Reporter) -> Result<Vec<PathBuf>, FetchError> {
     let mut paths = Vec::new();
     let mut missing = Vec::new();
     for i in items {
         match cache.lookup(&i.sha256) {
             Some(p) => {
-                progress.line(&format!("cached {} {}", i.name, i.version));
+                progress.status(format!("cached {} {}", i.name, i.version));
                 paths.push(p);
             }
             None => missing.push(format!("{} {} (sha256 {})", i.name, i.version, i.sha256)),
@@ -278,7 +209,7 @@ fn offline(items: &[Item], cache: &Cache, progress: &Progress) -> Result<Vec<Pat
 struct Ctx {
     client: reqwest::Client,
     cache: Cache,
-    progress: Progress,
+    progress: Reporter,
     jobs: Semaphore,
 }
 
@@ -286,7 +217,7 @@ fn fetch_all(
     items: Vec<Item>,
     cache: Cache,
     opts: &FetchOptions,
-    progress: Progress,
+    progress: Reporter,
 ) -> Result<Vec<PathBuf>> {
     let jobs = if opts.jobs == 0 { 4 } else { opts.jobs };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -434,7 +365,7 @@ async fn blocking<T: Send + 'static>(
 async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let label = format!("{} {}", item.name, item.version);
     if let Some(p) = ctx.cache.lookup(&item.sha256) {
-        ctx.progress.line(&format!("cached {label}"));
+        ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }
     let _permit = ctx.jobs.acquire().await.map_err(|e| FetchError::Io {
@@ -447,7 +378,7 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let lock = blocking(&item, "locking the cache entry", move || cache.lock(&sha)).await?;
     // Another process may have published the blob while we waited for the lock.
     if let Some(p) = ctx.cache.lookup(&item.sha256) {
-        ctx.progress.line(&format!("cached {label}"));
+        ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }
     let start = Instant::now();
@@ -483,7 +414,8 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
                 if part.resumed && !restarted {
                     // Stale partial bytes (an earlier run, another mirror): start over once.
                     restarted = true;
-                    ctx.progress.line(&format!("{label}: digest mismatch after resuming; downloading again"));
+                    ctx.progress
+                        .status(format!("{label}: digest mismatch after resuming; downloading again"));
                     part.reset().map_err(|e| io_err(&item, "truncating the partial download", e))?;
                     continue;
                 }
@@ -550,7 +482,7 @@ async fn fetch_url(
         let backoff = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_CAP);
         let wait = retry_after.map_or(backoff, |r| r.min(BACKOFF_CAP).max(backoff));
         failures += 1;
-        ctx.progress.line(&format!(
+        ctx.progress.status(format!(
             "{} {}: {what}; retry {failures}/{RETRIES} in {:.1} s",
             item.name,
             item.version,

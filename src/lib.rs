@@ -4,29 +4,36 @@
 //! Data flow of `imgbuild build`:
 //! [`recipe`] → [`plan`] → [`fetch`] (into the [`cache`]) → [`layer`] → [`disk`] → [`output`].
 //! Of `imgbuild cluster` / `imgbuild cloud-init`: [`cluster`] → [`cloudinit`].
+//!
+//! Dependencies point down: [`cmd`] (clap types, dispatch, exit codes) uses everything;
+//! nothing uses [`cmd`]; [`types`], [`exit`], [`reporter`] and [`keys`] use nothing of
+//! the crate. `tests/module_graph.rs` fails on any cycle between these modules.
 
 pub mod apt;
 pub mod bearer;
 pub mod build;
 pub mod cache;
 pub mod chart;
-pub mod cli;
 pub mod cloudinit;
 pub mod cluster;
+pub mod cmd;
 pub mod disk;
 pub mod exit;
 pub mod fetch;
 pub mod inspect;
+pub mod keys;
 pub mod layer;
 pub mod lint;
 pub mod manifest;
 pub mod oci;
 pub mod output;
 pub mod plan;
-pub mod progress;
 pub mod recipe;
+pub mod reporter;
 pub mod smallget;
+pub mod template;
 pub mod tools;
+pub mod types;
 pub mod upload;
 pub mod verify;
 pub mod yamlpos;

@@ -17,20 +17,18 @@
 //!   values the first control plane's user-data writes (a warning when helm is absent).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::cli::Global;
 use crate::cloudinit::render::{self, paths};
 use crate::cluster::spec::{self, Loaded, Node};
 use crate::exit::{Classify, Code};
 use crate::manifest::Manifest;
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Deployment targets and their user-data size limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// OpenStack (Nova) metadata: 64 KiB
@@ -54,26 +52,19 @@ impl Target {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct LintArgs {
-    /// The cluster spec (secrets/ next to it are used to render missing user-data)
-    #[arg(long)]
+/// What `imgbuild lint` checks.
+#[derive(Debug, Clone)]
+pub struct LintOptions {
+    /// The cluster spec (secrets/ next to it are used to render missing user-data).
     pub cluster: PathBuf,
-    /// Directory holding rendered `<node>/user-data` (default: the cluster.yaml's directory)
-    #[arg(long)]
+    /// Directory holding rendered `<node>/user-data` (default: the cluster.yaml's directory).
     pub rendered: Option<PathBuf>,
-    /// Role image built by `imgbuild build` (repeatable; its manifest says the role)
-    #[arg(long)]
+    /// Role images built by `imgbuild build` (their manifests say the role).
     pub image: Vec<PathBuf>,
-    /// Filesystem label of the images' root partition
-    #[arg(long, default_value = "cloudimg-rootfs")]
+    /// Filesystem label of the images' root partition.
     pub root_label: String,
-    /// Targets whose user-data size budget applies (repeatable; default: all)
-    #[arg(long, value_enum)]
+    /// Targets whose user-data size budget applies (default: all).
     pub target: Vec<Target>,
-    /// Print the report as JSON
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -436,7 +427,7 @@ fn referenced(doc: &serde_json::Value) -> (Vec<String>, Vec<String>) {
 }
 
 /// Lint everything; the report lists every finding (errors make `run` fail).
-pub fn lint(a: &LintArgs) -> Result<Report> {
+pub fn lint(a: &LintOptions) -> Result<Report> {
     let cluster_file = a.cluster.display().to_string();
     let mut images = Vec::new();
     for p in &a.image {
@@ -628,34 +619,4 @@ pub fn lint(a: &LintArgs) -> Result<Report> {
         warnings: findings.len() - errors,
         findings,
     })
-}
-
-pub fn run(a: &LintArgs, g: &Global) -> Result<()> {
-    if !a.image.is_empty() {
-        crate::tools::require(&[crate::tools::DEBUGFS, crate::tools::QEMU_IMG])?;
-    }
-    let r = lint(a)?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &r)?;
-        writeln!(out)?;
-    } else {
-        for f in &r.findings {
-            let sev = if f.severity == Severity::Error { "error" } else { "warning" };
-            let node = f.node.as_deref().map(|n| format!(" node {n}")).unwrap_or_default();
-            let at = f.line.map(|l| format!(":{l}")).unwrap_or_default();
-            writeln!(out, "{sev}[{}]{node}: {}{at}: {}", f.check, f.file, f.message)?;
-        }
-    }
-    out.flush()?;
-    if !g.quiet {
-        eprintln!(
-            "lint: {} node(s), {} image(s): {} error(s), {} warning(s)",
-            r.nodes, r.images, r.errors, r.warnings
-        );
-    }
-    if r.errors > 0 {
-        return Err(LintFailed(r.errors).into());
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
 //! Thin binary: everything lives in the library so tests can drive it too.
 fn main() -> std::process::ExitCode {
-    imgbuild::cli::main()
+    imgbuild::cmd::main()
 }

@@ -22,7 +22,7 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     /// Verified cosign signatures of downloads (`build --cosign-trust-root`), in plan order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub signatures: Vec<crate::verify::cosign::SignatureRecord>,
+    pub signatures: Vec<SignatureRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,3 +61,23 @@ pub struct FileEntry {
 
 /// Where the manifest sits inside the image.
 pub const IN_IMAGE_PATH: &str = "/etc/imgbuild/manifest.json";
+
+/// A verified signature, as it would be recorded in the build manifest.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SignatureRecord {
+    /// The recipe artifact the signature covers (empty for `verify-blob`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub artifact: String,
+    /// Always "cosign-keyless".
+    pub kind: String,
+    pub file_sha256: String,
+    pub identity: String,
+    pub issuer: String,
+    /// sha256 of the leaf certificate (DER).
+    pub certificate_sha256: String,
+    /// sha256 of the trust anchor (DER) the chain ended in.
+    pub root_sha256: String,
+    /// Leaf validity window, Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}

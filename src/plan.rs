@@ -3,7 +3,8 @@
 
 use serde::Serialize;
 
-use crate::recipe::{expand, Arch, LoadedRecipe, Role, Sha256};
+use crate::recipe::{expand, LoadedRecipe};
+use crate::types::{Arch, Role, Sha256};
 
 /// One download, fully resolved.
 #[derive(Debug, Clone, Serialize)]

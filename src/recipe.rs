@@ -5,15 +5,14 @@
 //! where its files land. [`crate::plan`] resolves it for one role and arch.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256 as Sha256Hasher};
 
 use crate::exit::{Classify, Code};
-use crate::oci::ImageRef;
+use crate::types::ImageRef;
+use crate::types::{Arch, PackageRequest, Role, Sha256};
 
 /// Recipes shipped inside the binary; the first is the default.
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
@@ -41,94 +40,6 @@ impl Classify for RecipeError {
             RecipeError::Io { .. } => Code::Runtime,
             _ => Code::Input,
         }
-    }
-}
-
-/// Node role. The string forms are the CLI and YAML spellings.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    ControlPlane,
-    Worker,
-}
-
-impl Role {
-    pub const ALL: [Role; 2] = [Role::ControlPlane, Role::Worker];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ControlPlane => "control-plane",
-            Role::Worker => "worker",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// CPU architecture, in Debian/Go spelling (what upstream URLs use).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    Amd64,
-    Arm64,
-}
-
-impl Arch {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::Amd64 => "amd64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A lowercase hex SHA-256 digest; validated when parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Sha256(String);
-
-impl Sha256 {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!("{s:?} is not a sha256 digest (64 lowercase hex characters)"))
-        }
-    }
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(hex::encode(Sha256Hasher::digest(bytes)))
-    }
-    pub fn from_hasher(h: Sha256Hasher) -> Self {
-        Self(hex::encode(h.finalize()))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Sha256 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Sha256 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Sha256::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -451,7 +362,7 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         Ok(())
     };
     if let Some(p) = &r.packages {
-        crate::apt::validate_recipe(r, p)?; // apt (issue 6)
+        validate_packages(r, p)?;
     }
     check_urls("base", &r.base.urls)?;
     check_arches("base", &r.base.sha256)?;
@@ -494,6 +405,67 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         }
     }
     validate_addons(r)
+}
+
+/// Validation of `packages:`; errors are (field path, message).
+fn validate_packages(r: &Recipe, p: &Packages) -> Result<(), (String, String)> {
+    let e = |f: &str, m: String| Err((format!("packages.{f}"), m));
+    for (a, url) in &p.archive {
+        if !["amd64", "arm64"].contains(&a.as_str()) {
+            return e(&format!("archive.{a}"), format!("unknown arch {a:?} (known: amd64, arm64)"));
+        }
+        if !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with("file://")) {
+            return e(&format!("archive.{a}"), format!("{url:?} is not an http(s) or file URL"));
+        }
+    }
+    for a in &r.arches {
+        if !p.archive.contains_key(a.as_str()) {
+            return e("archive", format!("missing archive URL for arch {a}"));
+        }
+    }
+    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if p.suites.is_empty() {
+        return e("suites", "at least one suite is required".into());
+    }
+    for (i, s) in p.suites.iter().enumerate() {
+        if !word(s) {
+            return e(&format!("suites[{i}]"), format!("{s:?} is not a suite name"));
+        }
+    }
+    if p.components.is_empty() {
+        return e("components", "at least one component is required".into());
+    }
+    for (i, c) in p.components.iter().enumerate() {
+        if !word(c) {
+            return e(&format!("components[{i}]"), format!("{c:?} is not a component name"));
+        }
+    }
+    match (&p.key, &p.key_file) {
+        (Some(_), Some(_)) => return e("key", "give either key or key_file, not both".into()),
+        (None, None) => return e("key", "a signing key is required (key or key_file)".into()),
+        (Some(k), None) if !crate::keys::EMBEDDED_KEYS.iter().any(|x| x.name == k) => {
+            let known: Vec<_> = crate::keys::EMBEDDED_KEYS.iter().map(|x| x.name).collect();
+            return e("key", format!("no embedded key {k:?} (known: {})", known.join(", ")));
+        }
+        _ => {}
+    }
+    if let Some(f) = &p.fingerprint {
+        let n = crate::keys::normalize_fingerprint(f);
+        if n.len() != 40 || !n.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return e("fingerprint", format!("{f:?} is not a v4 fingerprint (40 hex digits)"));
+        }
+    }
+    if p.install.is_empty() {
+        return e("install", "at least one package is required".into());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in p.install.iter().enumerate() {
+        let req = PackageRequest::parse(s).map_err(|m| (format!("packages.install[{i}]"), m))?;
+        if !seen.insert(req.name.clone()) {
+            return e(&format!("install[{i}]"), format!("duplicate package {:?}", req.name));
+        }
+    }
+    Ok(())
 }
 
 /// Release names the installer reserves: the backend's, and `values` because the
@@ -713,5 +685,15 @@ mod tests {
             "  - ref: registry.k8s.io/kube-proxy:v1.30.3\n    roles: [worker, worker]",
         );
         assert!(e.contains("images[3].roles") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn recipe_errors_name_the_field() {
+        let text = load(None).unwrap().text.replace("key: ubuntu-archive-2018", "key: nope");
+        let e = parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("packages.key") && e.contains("nope"), "{e}");
+        let text = load(None).unwrap().text.replace("    - socat=", "    - conntrack=");
+        let e = parse(&text, "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("packages.install[1]") && e.contains("duplicate"), "{e}");
     }
 }

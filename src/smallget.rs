@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::fetch::{rewrite, Mirror, MIRROR_ENV};
+use crate::fetch::{rewrite, Mirror};
 
 /// A GET's outcome: the body, or "not there" (404/410, missing file) so callers can
 /// try the next URL or index variant.
@@ -20,17 +20,6 @@ pub enum Got {
 pub struct GetError {
     pub url: String,
     pub msg: String,
-}
-
-/// `--mirror FROM=TO` flags, then `$IMGBUILD_MIRROR` (space separated), parsed like fetch's.
-pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, String> {
-    let env = std::env::var(MIRROR_ENV).unwrap_or_default();
-    flags
-        .iter()
-        .map(String::as_str)
-        .chain(env.split_whitespace())
-        .map(|m| Mirror::parse(m).map_err(|e| e.to_string()))
-        .collect()
 }
 
 /// GET `url` (after mirror rewriting) into memory; transient failures (connection

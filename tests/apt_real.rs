@@ -7,8 +7,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use imgbuild::apt::{index, inrelease, resolve, Request};
-use imgbuild::recipe::Sha256;
+use imgbuild::apt::{index, inrelease, resolve};
+use imgbuild::types::PackageRequest as Request;
+use imgbuild::types::Sha256;
 
 #[test]
 #[ignore]

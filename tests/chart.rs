@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use imgbuild::recipe::{Role, Sha256};
+use imgbuild::types::{Role, Sha256};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -446,7 +446,7 @@ fn default_recipe_text() -> String {
 
 fn plan_for(text: &str, role: Role) -> imgbuild::plan::Plan {
     let r = imgbuild::recipe::parse(text, "test-recipe").unwrap();
-    imgbuild::plan::Plan::resolve(&r, role, imgbuild::recipe::Arch::Amd64).unwrap()
+    imgbuild::plan::Plan::resolve(&r, role, imgbuild::types::Arch::Amd64).unwrap()
 }
 
 #[test]

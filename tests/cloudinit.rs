@@ -392,15 +392,13 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let key_nasty = "ssh-ed25519 AAAA # x: y \"q\" 'r' {{ z }} --- é";
     let mut spec = fs::read_to_string(&c).unwrap();
     // written with the same quoting the templates use (raw NEL/LS would fold in YAML)
-    let quoted = imgbuild::cloudinit::yaml::quote(nasty);
+    let quoted = imgbuild::template::quote(nasty);
     spec = spec.replace(
         "    # secret:\n",
         &format!("    secret:\n      values:\n        DATABASE_URL: {quoted}\n        \"weird: key #\": \"{{{{x}}}}\"\n"),
     );
-    spec = spec.replace(
-        &format!("  - \"{SSH_KEY}\""),
-        &format!("  - {}", imgbuild::cloudinit::yaml::quote(key_nasty)),
-    );
+    spec =
+        spec.replace(&format!("  - \"{SSH_KEY}\""), &format!("  - {}", imgbuild::template::quote(key_nasty)));
     fs::write(&c, &spec).unwrap();
     let out = t.path().join("out");
     ok(&render(&c, &out, &["--all", "--seed", "none"]));
@@ -445,7 +443,7 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
         assert!(stderr(&o).contains("cluster.yaml:"), "{}", stderr(&o));
     }
     let bad_key = base.replace(
-        &format!("  - {}", imgbuild::cloudinit::yaml::quote(key_nasty)),
+        &format!("  - {}", imgbuild::template::quote(key_nasty)),
         "  - \"ssh-ed25519 AAAA\\nruncmd: [reboot]\"",
     );
     fs::write(&c, &bad_key).unwrap();

@@ -12,7 +12,7 @@ use imgbuild::build::{build, Job};
 use imgbuild::disk::{OutFormat, RootFs};
 use imgbuild::layer::{Content, Entry, Kind, Layer};
 use imgbuild::plan::Plan;
-use imgbuild::recipe::{Arch, Role};
+use imgbuild::types::{Arch, Role};
 
 const UNIT: &str = "[Unit]\nDescription=containerd\n[Service]\nExecStart=/usr/local/bin/containerd\n\
 [Install]\nWantedBy=multi-user.target\n";
@@ -81,7 +81,7 @@ fn job<'a>(fx: &Fixture, plan: &'a Plan, out: &str, format: OutFormat) -> Job<'a
         output_dir: fx.dir.path().join(out),
         format,
         disk_size: None,
-        quiet: true,
+        reporter: imgbuild::reporter::Reporter::silent(),
     }
 }
 

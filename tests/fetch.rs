@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::http::{Fault, Server};
 use imgbuild::plan::Plan;
-use imgbuild::recipe::{self, Arch, Role, Sha256};
+use imgbuild::recipe;
+use imgbuild::types::{Arch, Role, Sha256};
 
 /// One artifact of the test recipe (worker, amd64).
 struct Art {

@@ -5,7 +5,7 @@ mod layer_fixture;
 
 use imgbuild::layer::{Content, Kind, Layer};
 use imgbuild::manifest::{FileKind, Manifest};
-use imgbuild::recipe::Role;
+use imgbuild::types::Role;
 use layer_fixture::{bytes, compose, stub, text};
 
 fn mode_owner(layer: &Layer, path: &str) -> (u32, u32, u32) {
@@ -303,7 +303,7 @@ fn seal_writes_release_and_a_complete_manifest() {
             (Kind::File(_), FileKind::File) => {
                 let b = bytes(&l, &f.path);
                 assert_eq!(f.size, Some(b.len() as u64));
-                assert_eq!(f.sha256.as_deref(), Some(imgbuild::recipe::Sha256::of(&b).as_str()));
+                assert_eq!(f.sha256.as_deref(), Some(imgbuild::types::Sha256::of(&b).as_str()));
             }
             (Kind::Dir, FileKind::Dir) => assert!(f.sha256.is_none() && f.target.is_none()),
             (Kind::Symlink(t), FileKind::Symlink) => assert_eq!(f.target.as_ref(), Some(t)),
@@ -335,13 +335,13 @@ fn inputs_digest_follows_every_input() {
     let base = layer_fixture::plan(Role::Worker);
     let d = imgbuild::layer::inputs_digest(&base);
     let mut p = base.clone();
-    p.artifacts[0].sha256 = imgbuild::recipe::Sha256::of(b"other");
+    p.artifacts[0].sha256 = imgbuild::types::Sha256::of(b"other");
     assert_ne!(imgbuild::layer::inputs_digest(&p), d);
     let mut p = base.clone();
-    p.recipe_digest = imgbuild::recipe::Sha256::of(b"other recipe");
+    p.recipe_digest = imgbuild::types::Sha256::of(b"other recipe");
     assert_ne!(imgbuild::layer::inputs_digest(&p), d);
     let mut p = base.clone();
-    p.arch = imgbuild::recipe::Arch::Arm64;
+    p.arch = imgbuild::types::Arch::Arm64;
     assert_ne!(imgbuild::layer::inputs_digest(&p), d);
 }
 
@@ -381,7 +381,7 @@ fn missing_member_is_a_clear_input_error() {
         msg.contains("helm") && msg.contains("linux-amd64/helm") && msg.contains("linux-arm64/helm"),
         "{msg}"
     );
-    assert_eq!(imgbuild::exit::code_for(&e), imgbuild::exit::Code::Input);
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Input);
 
     // A glob that matches nothing is as wrong as a missing member.
     let e = compose_err(Role::Worker, |dl, dir| {
@@ -396,7 +396,7 @@ fn non_archives_and_corrupt_archives_are_refused() {
         put(dl, dir, "crictl", b"#!/bin/sh\nnot a tarball at all, just text\n")
     });
     assert!(format!("{e:#}").contains("crictl"), "{e:#}");
-    assert_eq!(imgbuild::exit::code_for(&e), imgbuild::exit::Code::Input);
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Input);
 
     let mut gz = layer_fixture::targz(layer_fixture::CRICTL);
     gz.truncate(gz.len() / 2);

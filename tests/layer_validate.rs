@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use imgbuild::layer::{tree, Content, Kind, Layer};
-use imgbuild::recipe::Role;
+use imgbuild::types::Role;
 use layer_fixture::{have, materialize};
 
 /// Compose + seal `role` and write it under `<tmp>/root`.

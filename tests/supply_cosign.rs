@@ -178,10 +178,10 @@ fn good_signature_is_accepted_and_recorded() {
     assert_eq!(rec["issuer"], ISSUER);
     assert_eq!(rec["not_before"], SIGNED);
     assert_eq!(rec["not_after"], SIGNED + 600);
-    let sha = imgbuild::recipe::Sha256::of(&f.blob);
+    let sha = imgbuild::types::Sha256::of(&f.blob);
     assert_eq!(rec["file_sha256"], sha.as_str());
     let root_der = f.root.cert.der().to_vec();
-    assert_eq!(rec["root_sha256"], imgbuild::recipe::Sha256::of(&root_der).as_str());
+    assert_eq!(rec["root_sha256"], imgbuild::types::Sha256::of(&root_der).as_str());
 
     // Only the legacy (.1.1) or only the new (.1.8) issuer extension: both forms work.
     for l in [Leaf { issuer_v2: None, ..Leaf::default() }, Leaf { issuer_v1: None, ..Leaf::default() }] {

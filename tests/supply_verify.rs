@@ -11,7 +11,7 @@ use imgbuild::build::Job;
 use imgbuild::disk::{OutFormat, RootFs};
 use imgbuild::layer::{Content, Layer};
 use imgbuild::plan::Plan;
-use imgbuild::recipe::{Arch, Role};
+use imgbuild::types::{Arch, Role};
 
 fn text(o: &Output) -> String {
     format!(
@@ -230,10 +230,10 @@ fn a_non_deterministic_build_is_caught() {
         output_dir: out.clone(),
         format: OutFormat::Raw,
         disk_size: None,
-        quiet: true,
+        reporter: imgbuild::reporter::Reporter::silent(),
     };
-    let e = imgbuild::verify::repro::check_reproducible(&job, &unstable).unwrap_err();
-    assert_eq!(imgbuild::exit::code_for(&e), imgbuild::exit::Code::Integrity, "{e:#}");
+    let e = imgbuild::cmd::check_reproducible(&job, &unstable).unwrap_err();
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Integrity, "{e:#}");
     assert!(format!("{e:#}").contains("two builds differ: image:"), "{e:#}");
     // Nothing published on failure, and both temp dirs are gone.
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();

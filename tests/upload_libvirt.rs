@@ -12,8 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use imgbuild::exit::{Classify, Code};
-use imgbuild::progress::Progress;
-use imgbuild::upload::libvirt::{self, LibvirtArgs};
+use imgbuild::reporter::Reporter;
+use imgbuild::upload::libvirt::{self, LibvirtOptions};
 use imgbuild::upload::{ImageInfo, Outcome};
 
 const POOL: &str = "imgtest";
@@ -174,8 +174,8 @@ impl Daemon {
         v
     }
 
-    fn args(&self, pool: &str) -> LibvirtArgs {
-        LibvirtArgs { libvirt_uri: self.uri.clone(), libvirt_pool: pool.into(), libvirt_verify: false }
+    fn args(&self, pool: &str) -> LibvirtOptions {
+        LibvirtOptions { libvirt_uri: self.uri.clone(), libvirt_pool: pool.into(), libvirt_verify: false }
     }
 }
 
@@ -301,7 +301,7 @@ fn upload_is_byte_exact_and_reupload_is_a_noop() {
     assert_eq!(mtime(&in_pool), before, "the volume was rewritten");
 
     // The library API says the same.
-    let got = libvirt::upload(&img.info, &d.args(POOL), &Progress::plain(true)).expect("upload");
+    let got = libvirt::upload(&img.info, &d.args(POOL), &Reporter::plain(true)).expect("upload");
     assert_eq!(got, Outcome::AlreadyPresent { id: in_pool.display().to_string() });
 
     // Corrupt the stored volume (same size): the marker still vouches for it, so a plain
@@ -420,7 +420,7 @@ fn interrupted_uploads_leave_no_broken_volume() {
     let img = image(3);
     let bytes = std::fs::read(&img.path).expect("read");
     let tmp = tempfile::tempdir().expect("tempdir");
-    let quiet = Progress::plain(true);
+    let quiet = Reporter::plain(true);
 
     // 1. The stream ends half-way (the file shrank under us): exit class 3, volume deleted.
     let f = fifo(tmp.path());
@@ -470,7 +470,7 @@ fn interrupted_uploads_leave_no_broken_volume() {
 #[test]
 fn ova_is_refused_before_connecting() {
     let img = image_info_only("ova");
-    let e = libvirt::upload(&img, &args("qemu+unix:///system?socket=/nonexistent"), &Progress::plain(true))
+    let e = libvirt::upload(&img, &args("qemu+unix:///system?socket=/nonexistent"), &Reporter::plain(true))
         .expect_err("ova");
     assert_eq!(e.code(), Code::Input, "{e}");
 }
@@ -490,6 +490,6 @@ fn image_info_only(format: &str) -> ImageInfo {
     }
 }
 
-fn args(uri: &str) -> LibvirtArgs {
-    LibvirtArgs { libvirt_uri: uri.into(), libvirt_pool: "default".into(), libvirt_verify: false }
+fn args(uri: &str) -> LibvirtOptions {
+    LibvirtOptions { libvirt_uri: uri.into(), libvirt_pool: "default".into(), libvirt_verify: false }
 }

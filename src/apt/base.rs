@@ -5,7 +5,8 @@
 
 use crate::cache::Cache;
 use crate::disk::{self, RootFs};
-use crate::recipe::{Arch, LoadedRecipe};
+use crate::recipe::LoadedRecipe;
+use crate::types::Arch;
 
 use super::AptError;
 

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use super::lock::{self, BuildDebs};
 use super::{base, install_locked, AptError, BaseImage};
 use crate::cache::Cache;
-use crate::fetch::{FetchOptions, SourceArgs};
+use crate::fetch::FetchOptions;
 use crate::layer::Layer;
 use crate::plan::Plan;
 use crate::recipe::LoadedRecipe;
+use crate::reporter::Reporter;
 
 /// The .deb downloads of a build: from `<recipe>.lock` when present (a stale lock is
 /// refused: exit 2, "run imgbuild lock"); without a lock the packages are resolved now,
@@ -18,13 +19,13 @@ use crate::recipe::LoadedRecipe;
 /// a note recommends writing the lock. `None` when the recipe has no `packages:`.
 pub fn for_build(
     lr: &LoadedRecipe,
-    src: &SourceArgs,
+    recipe_path: Option<&Path>,
     plan: &Plan,
     cache: &Cache,
     opts: &FetchOptions,
+    rep: &Reporter,
 ) -> anyhow::Result<Option<BuildDebs>> {
     let Some(p) = &lr.recipe.packages else { return Ok(None) };
-    let recipe_path = src.recipe.as_deref();
     let path = lock::lock_path(lr, recipe_path);
     if path.is_file() {
         return Ok(lock::build_items(lr, recipe_path, plan)?);
@@ -38,17 +39,15 @@ pub fn for_build(
         ))
         .into());
     }
-    if !opts.quiet {
-        eprintln!(
-            "apt: no lock file {}: resolving the packages against the signed archive now \
-             (run `imgbuild lock` to pin them)",
-            path.display()
-        );
-    }
-    crate::fetch::fetch_items(&[&plan.base], cache, opts)?;
+    rep.status(format_args!(
+        "apt: no lock file {}: resolving the packages against the signed archive now \
+         (run `imgbuild lock` to pin them)",
+        path.display()
+    ));
+    crate::fetch::fetch_items(&[&plan.base], cache, opts, rep)?;
     let status = base::status_from_cache(lr, plan.arch, cache)?;
     let key = lock::recipe_key(p, recipe_path)?;
-    let al = lock::lock_arch(lr, p, plan.arch, &key, &status, &opts.mirrors, Some(cache), opts.quiet)?;
+    let al = lock::lock_arch(lr, p, plan.arch, &key, &status, &opts.mirrors, Some(cache), rep)?;
     Ok(Some(lock::debs_of(al)))
 }
 
@@ -58,7 +57,7 @@ pub fn for_build(
 pub fn composer<'a>(
     debs: Option<&'a BuildDebs>,
     paths: &'a [PathBuf],
-    quiet: bool,
+    rep: &'a Reporter,
 ) -> impl Fn(&Plan, &BTreeMap<String, PathBuf>, &Path, &crate::disk::RootFs) -> anyhow::Result<Layer> + 'a {
     move |plan, dl, work, root| {
         let mut layer = crate::layer::compose(plan, dl, work)?;
@@ -70,10 +69,8 @@ pub fn composer<'a>(
             let status = String::from_utf8(status)
                 .map_err(|_| AptError::Format { what: base::STATUS.into(), msg: "not UTF-8".into() })?;
             let got = install_locked(&mut layer, d, paths, &status, root, work)?;
-            if !quiet {
-                let names: Vec<_> = got.packages.iter().map(|(n, v)| format!("{n} {v}")).collect();
-                eprintln!("apt: installed {}", names.join(", "));
-            }
+            let names: Vec<_> = got.packages.iter().map(|(n, v)| format!("{n} {v}")).collect();
+            rep.status(format_args!("apt: installed {}", names.join(", ")));
         }
         crate::layer::seal(&mut layer, plan)?;
         Ok(layer)

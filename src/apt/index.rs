@@ -9,11 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::inrelease::{self, TrustedKey};
 use super::net::{self, Got};
 use super::relation::{self, Alt, Group};
-use super::version::Version;
 use super::{control, AptError};
 use crate::cache::Cache;
 use crate::fetch::Mirror;
-use crate::recipe::Sha256;
+use crate::reporter::Reporter;
+use crate::types::debian::Version;
+use crate::types::Sha256;
 
 /// One binary package of an index.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ pub struct Source<'a> {
     pub key: &'a TrustedKey,
     pub mirrors: &'a [Mirror],
     pub cache: Option<&'a Cache>,
-    pub quiet: bool,
+    pub reporter: &'a Reporter,
 }
 
 /// Index file variants, most compact first.
@@ -74,9 +75,7 @@ pub fn load(src: &Source<'_>) -> Result<Universe, AptError> {
     let mut u = Universe::default();
     for suite in src.suites {
         let url = format!("{root}/dists/{suite}/InRelease");
-        if !src.quiet {
-            eprintln!("apt: verifying {url}");
-        }
+        src.reporter.status(format_args!("apt: verifying {url}"));
         let bytes = match net::get(&url, src.mirrors)? {
             Got::Body(b) => b,
             Got::NotFound => {

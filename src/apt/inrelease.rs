@@ -9,22 +9,8 @@ use pgp::types::KeyDetails;
 
 use super::control::{self, Stanza};
 use super::AptError;
-use crate::recipe::Sha256;
-
-/// A public key shipped inside the binary, with the fingerprint it must have.
-pub struct EmbeddedKey {
-    pub name: &'static str,
-    pub armored: &'static str,
-    /// Uppercase hex, no spaces.
-    pub fingerprint: &'static str,
-}
-
-/// Keys a recipe can name with `packages.key`. Source and checks: keys/README.md.
-pub const EMBEDDED_KEYS: &[EmbeddedKey] = &[EmbeddedKey {
-    name: "ubuntu-archive-2018",
-    armored: include_str!("../../keys/ubuntu-archive-2018.asc"),
-    fingerprint: "F6ECB3762474EDA9D21B7022871920D1991BC93C",
-}];
+use crate::keys::EMBEDDED_KEYS;
+use crate::types::Sha256;
 
 /// A parsed public key with its fingerprint (uppercase hex).
 #[derive(Debug, Clone)]

@@ -12,37 +12,16 @@ use serde::{Deserialize, Serialize};
 use super::index::{self, IndexRef, ReleaseRef};
 use super::inrelease::{self, TrustedKey};
 use super::resolve::{self, BasePackages};
-use super::{io, net, AptError, Request};
+use super::{io, AptError};
 use crate::cache::Cache;
-use crate::cli::Global;
 use crate::layer::Layer;
 use crate::plan::{Item, Plan};
-use crate::recipe::{self, Arch, LoadedRecipe, Packages, Sha256};
+use crate::recipe::{LoadedRecipe, Packages};
+use crate::reporter::Reporter;
+use crate::types::PackageRequest as Request;
+use crate::types::{Arch, Sha256};
 
 pub const LOCK_VERSION: u32 = 1;
-
-#[derive(Debug, clap::Args)]
-pub struct LockArgs {
-    /// Recipe file (default: the embedded default recipe; its lock is then written to
-    /// ./<name>.yaml.lock)
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Arch to lock (repeatable; default: every arch of the recipe)
-    #[arg(long = "arch", value_enum)]
-    pub arches: Vec<Arch>,
-    /// Rewrite a URL prefix: FROM=TO (repeatable)
-    #[arg(long = "mirror", value_name = "FROM=TO")]
-    pub mirrors: Vec<String>,
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
-    #[arg(long)]
-    pub cache_dir: Option<PathBuf>,
-    /// The base image's /var/lib/dpkg/status, instead of reading it from the cached base image
-    #[arg(long, value_name = "FILE")]
-    pub base_status: Option<PathBuf>,
-    /// Where to write the lock (default: <recipe>.lock)
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,7 +92,7 @@ pub fn recipe_key(p: &Packages, recipe_path: Option<&Path>) -> Result<TrustedKey
         (None, None) => return Err(AptError::Input("packages: no signing key".into())),
     };
     if let Some(fp) = &p.fingerprint {
-        let want = super::normalize_fingerprint(fp);
+        let want = crate::keys::normalize_fingerprint(fp);
         if want != key.fingerprint {
             return Err(AptError::Key {
                 origin: "packages.fingerprint".into(),
@@ -122,87 +101,6 @@ pub fn recipe_key(p: &Packages, recipe_path: Option<&Path>) -> Result<TrustedKey
         }
     }
     Ok(key)
-}
-
-pub fn run_lock(a: &LockArgs, g: &Global) -> anyhow::Result<()> {
-    let lr = recipe::load(a.recipe.as_deref())?;
-    let images = lr.recipe.all_images();
-    if lr.recipe.packages.is_none() && images.is_empty() {
-        return Err(AptError::Input(format!(
-            "{}: recipe has no packages: and no images: to lock",
-            lr.origin
-        ))
-        .into());
-    }
-    let mirrors = net::parse_mirrors(&a.mirrors)?;
-    let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
-    let mut lock = LockFile {
-        lock_version: LOCK_VERSION,
-        recipe: lr.recipe.name.clone(),
-        packages_digest: Sha256::of(&serde_json::to_vec(&lr.recipe.packages).unwrap_or_default()),
-        arches: BTreeMap::new(),
-        images: Vec::new(),
-    };
-    if let Some(p) = &lr.recipe.packages {
-        lock.arches = lock_packages(a, &lr, p, &arches, &mirrors, g.quiet)?;
-    }
-    if !images.is_empty() {
-        let reg = crate::oci::registry::Registry::new(mirrors.clone());
-        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches, g.quiet)?;
-    }
-    let path = a.output.clone().unwrap_or_else(|| lock_path(&lr, a.recipe.as_deref()));
-    write_lock(&path, &lock)?;
-    println!("{}", path.display());
-    Ok(())
-}
-
-/// The `packages:` part of `imgbuild lock`: each arch resolved, its .debs downloaded.
-fn lock_packages(
-    a: &LockArgs,
-    lr: &LoadedRecipe,
-    p: &Packages,
-    arches: &[Arch],
-    mirrors: &[crate::fetch::Mirror],
-    quiet: bool,
-) -> anyhow::Result<BTreeMap<String, ArchLock>> {
-    let key = recipe_key(p, a.recipe.as_deref())?;
-    let cache = Cache::open(a.cache_dir.as_deref())
-        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
-    let override_status = match &a.base_status {
-        Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
-        None => None,
-    };
-    let mut out = BTreeMap::new();
-    for &arch in arches {
-        let status = match &override_status {
-            Some(s) => s.clone(),
-            None => super::base::status_from_cache(lr, arch, &cache)?,
-        };
-        let al = lock_arch(lr, p, arch, &key, &status, mirrors, Some(&cache), quiet)?;
-        // Download the .debs now: the cache then serves `build --offline`, and a package
-        // whose maintainer scripts cannot be reproduced is refused before it is locked.
-        let debs = debs_of(al.clone());
-        let items: Vec<&Item> = debs.items.iter().collect();
-        let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.to_vec(), jobs: 4, quiet };
-        let paths = crate::fetch::fetch_items(&items, &cache, &opts)?;
-        for (path, d) in paths.iter().zip(&al.packages) {
-            let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
-            super::install::check_installable(&bytes, &d.url)?;
-        }
-        if !quiet {
-            eprintln!(
-                "apt: {arch}: {} package(s) to install{}",
-                al.packages.len(),
-                if al.already_in_base.is_empty() {
-                    String::new()
-                } else {
-                    format!(", already in the base: {}", al.already_in_base.join(", "))
-                }
-            );
-        }
-        out.insert(arch.as_str().to_string(), al);
-    }
-    Ok(out)
 }
 
 /// Resolve one arch: verified indexes, requested packages and their dependencies minus
@@ -216,7 +114,7 @@ pub fn lock_arch(
     status: &str,
     mirrors: &[crate::fetch::Mirror],
     cache: Option<&Cache>,
-    quiet: bool,
+    reporter: &Reporter,
 ) -> Result<ArchLock, AptError> {
     if !lr.recipe.arches.contains(&arch) {
         return Err(AptError::Input(format!("{}: recipe does not support arch {arch}", lr.origin)));
@@ -235,7 +133,7 @@ pub fn lock_arch(
         key,
         mirrors,
         cache,
-        quiet,
+        reporter,
     })?;
     let base = BasePackages::parse(status, arch.as_str())?;
     let r = resolve::resolve(&reqs, &universe.entries, &base, arch.as_str())?;

@@ -8,11 +8,6 @@ use super::AptError;
 use crate::fetch::Mirror;
 pub use crate::smallget::Got;
 
-/// Parse `FROM=TO` rewrites (the `--mirror` flags, then `$IMGBUILD_MIRROR`), as fetch does.
-pub fn parse_mirrors(flags: &[String]) -> Result<Vec<Mirror>, AptError> {
-    crate::smallget::mirrors(flags).map_err(AptError::Input)
-}
-
 /// The same rewrite as fetch's (longest matching prefix).
 pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
     crate::fetch::rewrite(url, mirrors)
@@ -30,9 +25,9 @@ mod tests {
 
     #[test]
     fn mirror_rewrite() {
-        let m = parse_mirrors(&["http://archive.ubuntu.com/ubuntu=http://m/u".into()]).unwrap();
+        let m = Mirror::parse_all(["http://archive.ubuntu.com/ubuntu=http://m/u"]).unwrap();
         assert_eq!(rewrite("http://archive.ubuntu.com/ubuntu/dists/x", &m), "http://m/u/dists/x");
         assert_eq!(rewrite("http://other/x", &m), "http://other/x");
-        assert!(parse_mirrors(&["nope".into()]).is_err());
+        assert!(Mirror::parse_all(["nope"]).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Dependency fields (`Depends`, `Pre-Depends`, `Provides`): comma-separated groups of
 //! `|`-separated alternatives, each `name[:archqual] [(op version)]`.
 
-use super::version::{Op, Version};
+use crate::types::debian::{Op, Version};
 
 #[derive(Debug, Clone)]
 pub struct Alt {

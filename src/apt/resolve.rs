@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use super::index::{by_name, Entry};
 use super::relation::{self, Alt};
-use super::version::Version;
-use super::{control, AptError, Request};
+use super::{control, AptError};
+use crate::types::debian::Version;
+use crate::types::PackageRequest as Request;
 
 /// What the base image has installed (from `/var/lib/dpkg/status`).
 #[derive(Debug, Default)]
@@ -183,7 +184,7 @@ fn chosen_satisfies(chosen: &BTreeMap<String, (&Entry, bool)>, alt: &Alt) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recipe::Sha256;
+    use crate::types::Sha256;
 
     fn entry(name: &str, v: &str, deps: &str, provides: &str) -> Entry {
         Entry {

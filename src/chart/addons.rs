@@ -24,9 +24,8 @@
 use serde::Serialize;
 
 use super::ChartError;
-use crate::layer::{Content, Layer};
 use crate::plan::Plan;
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// The installer unit (not enabled in the image; started by the init path).
 pub const INSTALLER_UNIT: &str = "imgbuild-addons.service";
@@ -62,14 +61,16 @@ pub struct IndexEntry {
     pub images: Vec<String>,
 }
 
-/// Add the control-plane add-on files to `layer` (no-op for other roles).
-pub fn add_to_layer(plan: &Plan, layer: &mut Layer) -> Result<(), ChartError> {
+/// The control-plane add-on files, as (path in the image, bytes), all mode 0644: the
+/// packaged backend chart, each add-on's values, the index. Empty for other roles.
+pub fn files(plan: &Plan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     if plan.role != Role::ControlPlane {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let mut out = Vec::new();
     let backend = super::package_backend(plan.source_date_epoch)?;
     let index = index(plan, &backend)?;
-    layer.file(&format!("{ADDONS_DIR}/{}", backend.file_name()), Content::Bytes(backend.bytes), 0o644);
+    out.push((format!("{ADDONS_DIR}/{}", backend.file_name()), backend.bytes));
     for a in &plan.addons {
         if let Some(path) = values_path(a) {
             let yaml = serde_yaml::to_string(&a.values).map_err(|e| ChartError::Invalid {
@@ -78,16 +79,16 @@ pub fn add_to_layer(plan: &Plan, layer: &mut Layer) -> Result<(), ChartError> {
             })?;
             let text =
                 format!("# Helm values for {} {} (from recipe {}).\n{yaml}", a.name, a.version, plan.recipe);
-            layer.file(&path, Content::Bytes(text.into_bytes()), 0o644);
+            out.push((path, text.into_bytes()));
         }
     }
     let json = serde_json::to_vec_pretty(&index).map_err(|e| ChartError::Invalid {
         origin: format!("recipe {}", plan.recipe),
         msg: format!("add-on index: {e}"),
     })?;
-    layer.file(&format!("{ADDONS_DIR}/addons.json"), Content::Bytes(json), 0o644);
-    layer.file(&format!("{ADDONS_DIR}/addons.tsv"), Content::Bytes(tsv(&index).into_bytes()), 0o644);
-    Ok(())
+    out.push((format!("{ADDONS_DIR}/addons.json"), json));
+    out.push((format!("{ADDONS_DIR}/addons.tsv"), tsv(&index).into_bytes()));
+    Ok(out)
 }
 
 fn values_path(a: &crate::plan::AddonItem) -> Option<String> {
@@ -124,7 +125,7 @@ pub fn index(plan: &Plan, backend: &super::Packaged) -> Result<Vec<IndexEntry>, 
         namespace: BACKEND_NAMESPACE.into(),
         cni: false,
         chart: format!("{ADDONS_DIR}/{}", backend.file_name()),
-        sha256: crate::recipe::Sha256::of(&backend.bytes).to_string(),
+        sha256: crate::types::Sha256::of(&backend.bytes).to_string(),
         values: None,
         user_values: BACKEND_USER_VALUES.into(),
         images: image.into_iter().collect(),

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use include_dir::{include_dir, Dir};
 
-use crate::cli::Global;
 use crate::exit::{Classify, Code};
 
 pub use package::{package_dir, Packaged};
@@ -33,38 +32,6 @@ impl Classify for ChartError {
         match self {
             ChartError::Invalid { .. } => Code::Input,
             ChartError::Io { .. } => Code::Runtime,
-        }
-    }
-}
-
-#[derive(Debug, clap::Subcommand)]
-pub enum ChartCmd {
-    /// Package a chart directory into a deterministic .tgz; prints its path
-    Package(PackageArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct PackageArgs {
-    /// Chart directory (contains Chart.yaml)
-    pub dir: PathBuf,
-    /// Output directory (created if missing)
-    #[arg(long, default_value = ".")]
-    pub out: PathBuf,
-    /// mtime of every archive entry, in seconds since the epoch
-    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
-    pub source_date_epoch: u64,
-}
-
-pub fn run(c: &ChartCmd, g: &Global) -> Result<()> {
-    match c {
-        ChartCmd::Package(a) => {
-            let p = package_dir(&a.dir, a.source_date_epoch)?;
-            let path = write_package(&p, &a.out)?;
-            if !g.quiet {
-                eprintln!("packaged {} {} ({} bytes)", p.name, p.version, p.bytes.len());
-            }
-            writeln!(std::io::stdout().lock(), "{}", path.display())?;
-            Ok(())
         }
     }
 }

@@ -10,15 +10,14 @@
 pub mod render;
 pub mod schema;
 pub mod seed;
-pub mod yaml;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cli::Global;
 use crate::cluster::{pki, spec};
 use crate::exit::{Classify, Code};
+use crate::reporter::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {
@@ -41,7 +40,7 @@ impl Classify for CloudInitError {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeedKind {
     /// ISO 9660 + Joliet + Rock Ridge (genisoimage or xorriso)
     Iso,
@@ -51,27 +50,20 @@ pub enum SeedKind {
     None,
 }
 
-#[derive(Debug, clap::Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["node", "all"]))]
-pub struct CloudInitArgs {
-    /// The cluster spec; secrets are read from secrets/ next to it
-    #[arg(long)]
+/// What `imgbuild cloud-init` renders, and where.
+#[derive(Debug, Clone)]
+pub struct CloudInitOptions {
+    /// The cluster spec; secrets are read from secrets/ next to it.
     pub cluster: PathBuf,
-    /// Render this node
-    #[arg(long)]
+    /// One node, or (`None`) every node.
     pub node: Option<String>,
-    /// Render every node
-    #[arg(long)]
-    pub all: bool,
-    /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}
-    #[arg(long, default_value = ".")]
+    /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}.
     pub out: PathBuf,
-    /// NoCloud seed image (volume label cidata)
-    #[arg(long, value_enum, default_value_t = SeedKind::Iso)]
     pub seed: SeedKind,
 }
 
-pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
+/// Render and write the seeds of `a`.
+pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     let loaded = spec::load(&a.cluster)?;
     let secrets = pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?;
     let nodes: Vec<&spec::Node> = match &a.node {
@@ -99,14 +91,10 @@ pub fn run(a: &CloudInitArgs, g: &Global) -> Result<()> {
     for f in &rendered {
         warned.extend(f.warnings.iter().cloned());
     }
-    if !g.quiet {
-        for w in loaded.warnings.iter().chain(warned.iter()) {
-            eprintln!("{w}");
-        }
+    for w in loaded.warnings.iter().chain(warned.iter()) {
+        rep.warn(w);
     }
     seed::write_all(&a.out, &rendered, a.seed, iso_tool.as_deref())?;
-    if !g.quiet {
-        eprintln!("wrote cloud-init for {} node(s) into {}", rendered.len(), a.out.display());
-    }
+    rep.status(format_args!("wrote cloud-init for {} node(s) into {}", rendered.len(), a.out.display()));
     Ok(())
 }

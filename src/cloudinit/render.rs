@@ -4,12 +4,13 @@
 use minijinja::{context, Environment};
 use serde::Serialize;
 
-use super::{schema, yaml, CloudInitError};
+use super::{schema, CloudInitError};
+
 use crate::cluster::net::Cidr;
 use crate::cluster::pki::Secrets;
 use crate::cluster::registries::Registries;
 use crate::cluster::spec::{HaMode, Loaded, Node, KUBE_VIP_IMAGE};
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// OpenStack Nova's user-data limit; other platforms allow more.
 pub const USER_DATA_MAX: usize = 64 * 1024;
@@ -91,7 +92,7 @@ fn env_safe(s: &str) -> Result<&str, CloudInitError> {
 
 impl<'a> Renderer<'a> {
     pub fn new(l: &'a Loaded, s: &'a Secrets) -> Result<Self, CloudInitError> {
-        let env = yaml::env().map_err(|e| rendered_err("templates", e))?;
+        let env = crate::template::env().map_err(|e| rendered_err("templates", e))?;
         let ca_hash = s.ca.discovery_hash().map_err(|e| rendered_err("discovery hash", e))?;
         let render = |name: &str, ctx: minijinja::Value| -> Result<String, CloudInitError> {
             env.get_template(name).and_then(|t| t.render(ctx)).map_err(|e| rendered_err(name, e))

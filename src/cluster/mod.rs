@@ -9,15 +9,14 @@ pub mod pki;
 pub mod registries;
 pub mod spec;
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use base64::Engine;
 
-use crate::cli::Global;
 use crate::exit::{Classify, Code};
+use crate::reporter::Reporter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -48,72 +47,31 @@ impl Classify for ClusterError {
     }
 }
 
-#[derive(Debug, clap::Subcommand)]
-pub enum ClusterCmd {
-    /// Write cluster.yaml and generate the cluster's secrets once
-    Init(InitArgs),
-    /// Print an admin kubeconfig signed offline by the cluster CA
-    Kubeconfig(KubeconfigArgs),
-}
-
-#[derive(Debug, clap::Args)]
-pub struct InitArgs {
+/// What `cluster init` is asked for (the command line, typed).
+#[derive(Debug, Clone)]
+pub struct InitOptions {
     /// Cluster name (DNS-1123 label)
-    #[arg(long)]
     pub name: String,
     /// API endpoint HOST[:PORT] (the VIP, the load balancer, or the single control plane)
-    #[arg(long)]
     pub endpoint: String,
     /// Number of control-plane nodes
-    #[arg(long, default_value_t = 3)]
     pub control_planes: u32,
     /// Number of worker nodes
-    #[arg(long, default_value_t = 2)]
     pub workers: u32,
     /// Pod network
-    #[arg(long, default_value = "10.244.0.0/16")]
     pub pod_cidr: String,
     /// Service network
-    #[arg(long, default_value = "10.96.0.0/12")]
     pub service_cidr: String,
     /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
-    #[arg(long)]
     pub node_cidr: Option<String>,
     /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
-    #[arg(long, conflicts_with = "external_lb")]
     pub vip_interface: Option<String>,
     /// The endpoint is an external load balancer
-    #[arg(long)]
     pub external_lb: bool,
     /// SSH public key file for the nodes' default user (repeatable)
-    #[arg(long = "ssh-key")]
     pub ssh_keys: Vec<PathBuf>,
     /// Output directory (gets cluster.yaml and secrets/)
-    #[arg(long)]
     pub dir: PathBuf,
-}
-
-#[derive(Debug, clap::Args)]
-pub struct KubeconfigArgs {
-    /// The cluster spec; secrets are read from secrets/ next to it
-    #[arg(long)]
-    pub cluster: PathBuf,
-    /// Write to this file (0600) instead of stdout
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Identity: admin (O=kubeadm:cluster-admins, revocable) or super-admin (O=system:masters, break-glass)
-    #[arg(long, value_enum, default_value_t = pki::AdminKind::Admin)]
-    pub identity: pki::AdminKind,
-    /// Certificate lifetime in days
-    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
-    pub days: u32,
-}
-
-pub fn run(c: &ClusterCmd, g: &Global) -> Result<()> {
-    match c {
-        ClusterCmd::Init(a) => init(a, g),
-        ClusterCmd::Kubeconfig(a) => kubeconfig(a, g),
-    }
 }
 
 /// `secrets/` next to a cluster.yaml.
@@ -121,7 +79,7 @@ pub fn secrets_dir(cluster_yaml: &Path) -> PathBuf {
     cluster_yaml.parent().unwrap_or(Path::new(".")).join("secrets")
 }
 
-fn read_ssh_keys(files: &[PathBuf]) -> Result<Vec<String>> {
+pub fn read_ssh_keys(files: &[PathBuf]) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f)
@@ -134,7 +92,7 @@ fn read_ssh_keys(files: &[PathBuf]) -> Result<Vec<String>> {
 }
 
 /// Render cluster.yaml for `init`'s arguments. Validated by parsing it back.
-pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, ClusterError> {
+pub fn initial_spec(a: &InitOptions, ssh_keys: &[String]) -> Result<String, ClusterError> {
     if a.control_planes == 0 {
         return Err(ClusterError::Invalid("--control-planes must be at least 1".into()));
     }
@@ -191,7 +149,7 @@ pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, Cluster
         };
         nodes.push(minijinja::context! { name, role, address, gateway });
     }
-    let env = crate::cloudinit::yaml::env().map_err(|e| ClusterError::Invalid(format!("template: {e:#}")))?;
+    let env = crate::template::env().map_err(|e| ClusterError::Invalid(format!("template: {e:#}")))?;
     let text = env
         .get_template("cluster.yaml.j2")
         .and_then(|t| {
@@ -206,15 +164,14 @@ pub fn initial_spec(a: &InitArgs, ssh_keys: &[String]) -> Result<String, Cluster
     Ok(text)
 }
 
-fn init(a: &InitArgs, g: &Global) -> Result<()> {
+/// `cluster init`: write DIR/cluster.yaml and DIR/secrets/ once; returns the spec's path.
+pub fn init(a: &InitOptions, rep: &Reporter) -> Result<PathBuf> {
     let keys = read_ssh_keys(&a.ssh_keys)?;
     let text = initial_spec(a, &keys)?;
     let path = a.dir.join("cluster.yaml");
     let loaded = spec::parse(&text, &path.display().to_string())?;
-    if !g.quiet {
-        for w in &loaded.warnings {
-            eprintln!("{w}");
-        }
+    for w in &loaded.warnings {
+        rep.warn(w);
     }
     if path.exists() {
         return Err(ClusterError::Exists(path).into());
@@ -231,17 +188,14 @@ fn init(a: &InitArgs, g: &Global) -> Result<()> {
         .map_err(|e| ClusterError::Io(format!("creating {}", a.dir.display()), e))?;
     secrets.write(&sdir)?;
     pki::create_new_private(&path, text.as_bytes())?;
-    if !g.quiet {
-        eprintln!(
-            "wrote {} ({} nodes) and {}/ (CAs: ECDSA P-256; discovery hash {})",
-            path.display(),
-            loaded.spec.nodes.len(),
-            sdir.display(),
-            secrets.ca.discovery_hash()?
-        );
-    }
-    println!("{}", path.display());
-    Ok(())
+    rep.status(format_args!(
+        "wrote {} ({} nodes) and {}/ (CAs: ECDSA P-256; discovery hash {})",
+        path.display(),
+        loaded.spec.nodes.len(),
+        sdir.display(),
+        secrets.ca.discovery_hash()?
+    ));
+    Ok(path)
 }
 
 /// The admin kubeconfig YAML for a loaded spec and its secrets.
@@ -278,24 +232,13 @@ pub fn kubeconfig_yaml(
     serde_yaml::to_string(&doc).map_err(|e| ClusterError::Pki(e.to_string()))
 }
 
-fn kubeconfig(a: &KubeconfigArgs, g: &Global) -> Result<()> {
-    let l = spec::load(&a.cluster)?;
-    if !g.quiet {
-        for w in &l.warnings {
-            eprintln!("{w}");
-        }
+/// `cluster kubeconfig`: an admin kubeconfig for the spec at `cluster`, signed offline.
+pub fn kubeconfig(cluster: &Path, identity: pki::AdminKind, days: u32, rep: &Reporter) -> Result<String> {
+    let l = spec::load(cluster)?;
+    for w in &l.warnings {
+        rep.warn(w);
     }
-    let s = pki::Secrets::load(&secrets_dir(&a.cluster))?;
+    let s = pki::Secrets::load(&secrets_dir(cluster))?;
     let mut rng = pki::Rng::from_env();
-    let y = kubeconfig_yaml(&l, &s, a.identity, a.days, &mut rng)?;
-    match &a.out {
-        Some(p) => {
-            pki::write_private(p, y.as_bytes())?;
-            if !g.quiet {
-                eprintln!("wrote {}", p.display());
-            }
-        }
-        None => std::io::stdout().lock().write_all(y.as_bytes()).context("writing to stdout")?,
-    }
-    Ok(())
+    Ok(kubeconfig_yaml(&l, &s, identity, days, &mut rng)?)
 }

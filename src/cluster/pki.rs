@@ -41,7 +41,9 @@ impl Rng {
     pub fn from_env() -> Self {
         match std::env::var(TEST_SEED_ENV) {
             Ok(s) if !s.is_empty() => {
-                eprintln!("warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)");
+                crate::reporter::always(format_args!(
+                    "warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)"
+                ));
                 Self::seeded(&s)
             }
             _ => Rng::Os(rand_core::OsRng),
@@ -313,7 +315,10 @@ impl Secrets {
             let meta =
                 fs::metadata(&p).map_err(|e| ClusterError::Io(format!("reading {}", p.display()), e))?;
             if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!("warning: {} is readable by group/others; chmod 600 it", p.display());
+                crate::reporter::always(format_args!(
+                    "warning: {} is readable by group/others; chmod 600 it",
+                    p.display()
+                ));
             }
             fs::read_to_string(&p).map_err(|e| ClusterError::Io(format!("reading {}", p.display()), e))
         };
@@ -382,7 +387,7 @@ pub fn create_new_private(path: &Path, body: &[u8]) -> Result<(), ClusterError> 
 }
 
 /// Who the offline-signed admin kubeconfig authenticates as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminKind {
     /// O=kubeadm:cluster-admins, bound to cluster-admin by a ClusterRoleBinding
     /// kubeadm creates; revocable by deleting that binding (kubeadm ≥ 1.29's admin.conf)

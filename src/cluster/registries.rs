@@ -111,7 +111,7 @@ pub fn validate(r: &Registries) -> Findings {
     let mut err = |p: String, m: String| errors.push((format!("registries.{p}"), m));
     for (host, m) in &r.mirrors {
         let at = format!("mirrors.{host}");
-        if host != "_default" && !crate::oci::reference::valid_domain(host) {
+        if host != "_default" && !crate::types::image::valid_domain(host) {
             err(at.clone(), format!("{host:?} is not a registry host[:port] (or _default)"));
         }
         if m.endpoints.is_empty() {
@@ -140,7 +140,7 @@ pub fn validate(r: &Registries) -> Findings {
     }
     if let Some(repo) = &r.image_repository {
         let probe = format!("{repo}/pause:3.9");
-        match crate::oci::ImageRef::parse(&probe) {
+        match crate::types::ImageRef::parse(&probe) {
             Ok(i)
                 if format!("{}/{}", i.domain, i.path) == format!("{repo}/pause")
                     && repo.contains(['.', ':']) => {}
@@ -176,7 +176,7 @@ fn check_url(u: &str) -> Result<(), String> {
         .or_else(|| u.strip_prefix("http://"))
         .ok_or_else(|| format!("{u:?} must start with https:// or http://"))?;
     let (host, path) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
-    if !crate::oci::reference::valid_domain(host) {
+    if !crate::types::image::valid_domain(host) {
         return Err(format!("{u:?}: {host:?} is not a host[:port]"));
     }
     let ok_path = path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b));

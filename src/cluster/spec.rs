@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::net::Cidr;
 use super::ClusterError;
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Only this minor is built by the embedded recipe.
 pub const KUBERNETES_VERSION: &str = "v1.30.3";

@@ -52,7 +52,7 @@ pub fn guard() {
                             }
                         }
                     }
-                    eprintln!("interrupted; temporary files removed");
+                    crate::reporter::always("interrupted; temporary files removed");
                     std::process::exit(130);
                 }
             });

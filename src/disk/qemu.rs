@@ -7,7 +7,7 @@ use super::{BaseFormat, DiskError};
 use crate::tools::{self, Tool};
 
 /// Output formats of `imgbuild build --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OutFormat {
     Qcow2,
@@ -141,7 +141,7 @@ fn fix_vmdk_cid(path: &Path, seed: &str) -> Result<(), DiskError> {
     f.read_exact_at(&mut desc, off).map_err(io("reading VMDK descriptor of"))?;
     let end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
     let text = String::from_utf8_lossy(&desc[..end]).into_owned();
-    let cid = &crate::recipe::Sha256::of(seed.as_bytes()).to_string()[..8];
+    let cid = &crate::types::Sha256::of(seed.as_bytes()).to_string()[..8];
     let fixed: Vec<String> = text
         .lines()
         .map(|l| if l.starts_with("CID=") { format!("CID={cid}") } else { l.to_string() })
@@ -172,7 +172,7 @@ const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// A GUID-sized identifier derived from `seed` and `what`.
 pub(crate) fn derived_id(seed: &str, what: &str) -> [u8; 16] {
-    let d = crate::recipe::Sha256::of(format!("{seed}\n{what}").as_bytes());
+    let d = crate::types::Sha256::of(format!("{seed}\n{what}").as_bytes());
     let mut id = [0u8; 16];
     if let Ok(b) = hex::decode(&d.as_str()[..32]) {
         id.copy_from_slice(&b);

@@ -12,7 +12,7 @@
 //! IPv6 ULA) by default. Files in `/etc/nftables.d/*.nft` are included last; first
 //! boot (cloud-init) narrows the sets there and reloads `imgbuild-firewall.service`.
 
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Who may reach a port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

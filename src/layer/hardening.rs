@@ -3,7 +3,7 @@
 //! The static hardening files (sysctl, sshd, journald, apt) are in `image-files/`.
 
 use super::{firewall, Content, Layer};
-use crate::recipe::Role;
+use crate::types::Role;
 
 /// Units masked in every image, with the reason (docs/hardening.md).
 pub const MASKED: &[(&str, &str)] = &[

@@ -165,9 +165,10 @@ pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Pat
     tree::install(&mut layer, plan.role);
     // Masked units and the per-role nftables firewall.
     hardening::install(&mut layer, plan.role);
-    // Hook (chart module): packaged backend chart, add-on values and installer index;
-    // control planes only (a no-op for workers).
-    crate::chart::addons::add_to_layer(plan, &mut layer)?;
+    // Packaged backend chart, add-on values and installer index; control planes only.
+    for (path, bytes) in crate::chart::addons::files(plan)? {
+        layer.file(&path, Content::Bytes(bytes), 0o644);
+    }
     Ok(layer)
 }
 

@@ -169,6 +169,22 @@ pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<Manifest, LayerError> {
     Ok(m)
 }
 
+/// Put verified signature `records` into a sealed layer's manifest (the `files` list
+/// excludes the manifest itself, so nothing else changes).
+pub fn record_signatures(layer: &mut Layer, records: &[manifest::SignatureRecord]) -> anyhow::Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let path = manifest::IN_IMAGE_PATH;
+    let Some(Kind::File(Content::Bytes(b))) = layer.get(path).map(|e| &e.kind) else {
+        anyhow::bail!("the layer has no sealed manifest at {path}");
+    };
+    let mut m: Manifest = serde_json::from_slice(b)?;
+    m.signatures = records.to_vec();
+    layer.file(path, Content::Bytes(to_json(&m)), 0o644);
+    Ok(())
+}
+
 /// The manifest as written into the image and beside it: pretty JSON, newline-terminated.
 /// Field order is the struct's and `files` is in path order, so the bytes are stable.
 pub fn to_json(m: &Manifest) -> Vec<u8> {

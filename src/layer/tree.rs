@@ -9,7 +9,7 @@
 use include_dir::{include_dir, Dir, DirEntry};
 
 use super::{Content, Layer};
-use crate::recipe::Role;
+use crate::types::Role;
 
 static IMAGE_FILES: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-files");
 

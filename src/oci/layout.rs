@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::reference::{Digest, ImageRef};
 use super::spec::{Document, OCI_INDEX};
+use crate::types::{Digest, ImageRef};
 
 /// Where the layout lives in the image.
 pub const IMAGES_DIR: &str = "/usr/share/imgbuild/images";

@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::reference::{Digest, ImageRef};
 use super::registry::{Fetched, Registry};
 use super::spec::{ConfigPlatform, Document, Platform, SpecError};
 use super::OciError;
-use crate::recipe::Arch;
+use crate::types::Arch;
+use crate::types::{Digest, ImageRef};
 
 /// One image in the lock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,34 +110,27 @@ fn locked(m: &Fetched) -> LockedManifest {
     }
 }
 
-/// Resolve every image, a few at a time (each is a handful of small requests).
+/// Resolve every image, a few at a time (each is a handful of small requests), in order.
 pub fn resolve_all(
     reg: &Registry,
     images: &[ImageRef],
     arches: &[Arch],
-    quiet: bool,
 ) -> Result<Vec<LockedImage>, OciError> {
     const PARALLEL: usize = 4;
-    let mut out: Vec<Option<Result<LockedImage, OciError>>> = (0..images.len()).map(|_| None).collect();
-    std::thread::scope(|s| {
-        for (chunk_images, chunk_out) in images.chunks(PARALLEL).zip(out.chunks_mut(PARALLEL)) {
-            let handles: Vec<_> =
-                chunk_images.iter().map(|i| s.spawn(move || resolve(reg, i, arches))).collect();
-            for (h, slot) in handles.into_iter().zip(chunk_out.iter_mut()) {
-                *slot = Some(
-                    h.join().unwrap_or_else(|_| Err(OciError::Input("a resolver thread panicked".into()))),
-                );
-            }
+    let mut out = Vec::with_capacity(images.len());
+    for chunk in images.chunks(PARALLEL) {
+        let results: Vec<Result<LockedImage, OciError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = chunk.iter().map(|i| s.spawn(move || resolve(reg, i, arches))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| Err(OciError::Input("a resolver thread panicked".into())))
+                })
+                .collect()
+        });
+        for r in results {
+            out.push(r?);
         }
-    });
-    let mut locked = Vec::new();
-    for (img, r) in images.iter().zip(out) {
-        let l = r.unwrap_or_else(|| Err(OciError::Input("not resolved".into())))?;
-        if !quiet {
-            let per: Vec<String> = l.platforms.iter().map(|(a, m)| format!("{a} {}", m.digest)).collect();
-            eprintln!("image {img}: {} ({})", l.digest, per.join(", "));
-        }
-        locked.push(l);
     }
-    Ok(locked)
+    Ok(out)
 }

@@ -1,7 +1,6 @@
 //! Container images inside node images, so that an air-gapped node has everything
 //! kubeadm, kubelet and the add-ons start.
 //!
-//! - [`reference`]: image references, normalised as containerd's CRI does it.
 //! - [`spec`]: OCI / Docker v2 manifests, indexes, media types, platform selection.
 //! - [`registry`]: the distribution API for manifests and small blobs (`imgbuild lock`),
 //!   with the anonymous token flow of [`crate::bearer`].
@@ -12,13 +11,12 @@
 
 pub mod layout;
 pub mod lock;
-pub mod reference;
 pub mod registry;
 pub mod spec;
 
 use std::fmt::Write as _;
 
-pub use reference::{Digest, ImageRef};
+pub use crate::types::{Digest, ImageRef};
 
 use crate::exit::{Classify, Code};
 

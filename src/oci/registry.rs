@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
-use super::reference::{Digest, ImageRef};
 use super::spec::{self, Document};
 use super::OciError;
 use crate::bearer::{self as auth, TokenCache};
 use crate::fetch::Mirror;
 use crate::smallget;
+use crate::types::{Digest, ImageRef};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// Image configs are a few KiB; Windows images' run to some hundred.

@@ -22,27 +22,22 @@ use sha2::{Digest, Sha256, Sha512};
 
 use super::{ImageInfo, Outcome};
 use crate::exit::{Classify, Code};
-use crate::progress::Progress;
+use crate::reporter::Reporter;
 
 /// PUT attempts per image and images created per run: Glance has no resumable upload.
 const MAX_PUTS: u32 = 3;
 const MAX_CREATES: u32 = 2;
 const CHUNK: usize = 1 << 20;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct GlanceArgs {
+#[derive(Debug, Clone)]
+pub struct GlanceOptions {
     /// Glance: cloud name in clouds.yaml (without it: the OS_* environment variables)
-    #[arg(long = "os-cloud", env = "OS_CLOUD", value_name = "NAME")]
     pub os_cloud: Option<String>,
     /// Glance: image API base URL (e.g. https://glance.example:9292); overrides the service catalog
-    #[arg(long = "glance-endpoint", value_name = "URL")]
     pub glance_endpoint: Option<String>,
     /// Glance: image visibility
-    #[arg(long = "glance-visibility", default_value = "private",
-          value_parser = ["private", "shared", "community", "public"])]
     pub glance_visibility: String,
     /// Glance: seconds to wait for the image to become active after the upload
-    #[arg(long = "glance-wait", default_value_t = 1800, value_name = "SECONDS")]
     pub glance_wait: u64,
 }
 
@@ -363,7 +358,7 @@ fn build_creds(raw: Raw, source: String) -> Result<Creds, GlanceError> {
     })
 }
 
-fn resolve_creds(args: &GlanceArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Creds, GlanceError> {
+fn resolve_creds(args: &GlanceOptions, env: &dyn Fn(&str) -> Option<String>) -> Result<Creds, GlanceError> {
     match args.os_cloud.as_deref().filter(|c| !c.is_empty()) {
         Some(cloud) => from_clouds_yaml(cloud, env),
         None => from_env(env),
@@ -755,7 +750,7 @@ async fn put_file(
     api: &Api<'_>,
     id: &str,
     img: &ImageInfo,
-    progress: &Progress,
+    progress: &Reporter,
     attempt: u32,
 ) -> Result<PutResult, GlanceError> {
     let path = img.path.clone();
@@ -820,7 +815,7 @@ async fn put_file(
     }
     task.finish(&format!(
         "uploaded {} to glance image {id} ({:.1} s)",
-        crate::progress::human_bytes(img.size),
+        crate::reporter::human_bytes(img.size),
         started.elapsed().as_secs_f64()
     ));
     let h = match Arc::try_unwrap(hashing) {
@@ -868,7 +863,7 @@ async fn wait_active(api: &Api<'_>, id: &str, wait: Duration) -> Result<Value, G
 }
 
 /// Upload `img` to Glance (see the module docs for the sequence).
-pub fn upload(img: &ImageInfo, args: &GlanceArgs, progress: &Progress) -> Result<Outcome, GlanceError> {
+pub fn upload(img: &ImageInfo, args: &GlanceOptions, progress: &Reporter) -> Result<Outcome, GlanceError> {
     let env = |k: &str| std::env::var(k).ok();
     let creds = resolve_creds(args, &env)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -908,13 +903,13 @@ fn client(creds: &Creds) -> Result<reqwest::Client, GlanceError> {
 
 async fn run(
     img: &ImageInfo,
-    args: &GlanceArgs,
+    args: &GlanceOptions,
     creds: &Creds,
-    progress: &Progress,
+    progress: &Reporter,
 ) -> Result<Outcome, GlanceError> {
     let http = client(creds)?;
     let (token, base) = authenticate(&http, creds, args.glance_endpoint.as_deref()).await?;
-    progress.line(&format!("glance: {base} (credentials from {})", creds.source));
+    progress.status(format!("glance: {base} (credentials from {})", creds.source));
     let api = Api { client: &http, base, token, source: creds.source.clone() };
 
     // Idempotency: the name carries the digest prefix; the digest itself decides.
@@ -930,7 +925,7 @@ async fn run(
     let digests = if active.is_empty() {
         None
     } else {
-        progress.line(&format!("glance: {} image(s) named {}; comparing digests", active.len(), img.name));
+        progress.status(format!("glance: {} image(s) named {}; comparing digests", active.len(), img.name));
         Some(hash_file(&img.path)?)
     };
     if let Some(found) = digests.as_ref().and_then(|d| active.iter().find(|i| same_image(i, img, d))) {
@@ -949,7 +944,7 @@ async fn run(
     for _create in 0..MAX_CREATES {
         let id = match reuse.take() {
             Some(id) => {
-                progress.line(&format!("glance: reusing queued image {id}"));
+                progress.status(format!("glance: reusing queued image {id}"));
                 id
             }
             None => {
@@ -976,7 +971,7 @@ async fn run(
                 Ok(PutResult::Done(d, sha256)) => break Ok(Some((d, sha256))),
                 Ok(PutResult::Retryable(msg)) => {
                     last = msg;
-                    progress.line(&format!("glance: upload to {id} interrupted: {last}"));
+                    progress.status(format!("glance: upload to {id} interrupted: {last}"));
                     // The data may have landed even though the answer got lost.
                     match settle(&api, &id).await.as_deref() {
                         Some("queued") if puts < MAX_PUTS => continue,

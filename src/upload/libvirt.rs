@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use super::{ImageInfo, Outcome};
 use crate::exit::{Classify, Code};
-use crate::progress::{human_bytes, Progress};
+use crate::reporter::{human_bytes, Reporter};
 use crate::tools::{Tool, ToolError};
 
 pub const VIRSH: Tool = Tool { name: "virsh", hint: "sudo apt-get install -y libvirt-clients" };
@@ -48,16 +48,13 @@ const CHUNK: usize = 256 * 1024;
 /// Upper bound for reading a marker volume (it holds one sha256sum line).
 const MARKER_MAX: u64 = 4096;
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct LibvirtArgs {
+#[derive(Debug, Clone)]
+pub struct LibvirtOptions {
     /// libvirt connection URI for --target libvirt (e.g. qemu+ssh://host/system)
-    #[arg(long = "libvirt-uri", env = "LIBVIRT_DEFAULT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
     /// libvirt storage pool that receives the volume (--target libvirt)
-    #[arg(long = "pool", default_value = "default")]
     pub libvirt_pool: String,
     /// After uploading (or finding it present), download the volume back and check its sha256 (--target libvirt)
-    #[arg(long = "libvirt-verify")]
     pub libvirt_verify: bool,
 }
 
@@ -115,7 +112,7 @@ impl Classify for LibvirtError {
 }
 
 /// Upload `img` into the pool as `<name>.<format>` (see the module doc for the steps).
-pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Result<Outcome, LibvirtError> {
+pub fn upload(img: &ImageInfo, args: &LibvirtOptions, progress: &Reporter) -> Result<Outcome, LibvirtError> {
     if img.format == "ova" {
         return Err(LibvirtError::UnsupportedFormat(img.format.clone()));
     }
@@ -154,7 +151,7 @@ pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Resul
                 Err(e) => return Err(e),
             }
         };
-        progress.line(&format!("replacing volume {vol} in pool {pool}: {why}"));
+        progress.status(format!("replacing volume {vol} in pool {pool}: {why}"));
     }
     // The marker goes first: a marker must never vouch for a volume being rewritten.
     v.delete_if_exists(pool, &marker)?;
@@ -176,7 +173,7 @@ pub fn upload(img: &ImageInfo, args: &LibvirtArgs, progress: &Progress) -> Resul
         task.abandon();
         // Best effort: with the daemon gone this fails too, and the next run replaces the volume.
         if v.delete_if_exists(pool, &vol).is_err() {
-            progress.line(&format!(
+            progress.status(format!(
                 "could not delete the partial volume {vol}; the next `imgbuild upload` replaces it"
             ));
         }
@@ -359,7 +356,7 @@ impl Virsh {
         pool: &str,
         vol: &str,
         img: &ImageInfo,
-        progress: &Progress,
+        progress: &Reporter,
     ) -> Result<(), LibvirtError> {
         let mut child = self
             .cmd(&["vol-download", "--pool", pool, vol, "/dev/stdout"])

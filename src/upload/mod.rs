@@ -3,8 +3,8 @@
 //!
 //! Before any byte is sent the image is re-hashed and compared with its `<image>.sha256`
 //! sidecar (mismatch: exit 3), and `<stem>.manifest.json` supplies recipe, role, arch and
-//! versions. Each target lives in its own module with the same shape: `<Target>Args`,
-//! `<Target>Error` (classified) and a blocking `upload(&ImageInfo, &Args, &Progress)`.
+//! versions. Each target lives in its own module with the same shape: `<Target>Options`,
+//! `<Target>Error` (classified) and a blocking `upload(&ImageInfo, &Options, &Reporter)`.
 
 // ---- shared part (UPLOAD-INTERFACE.md: keep these definitions verbatim) ----
 use std::path::PathBuf;
@@ -45,17 +45,16 @@ pub mod proxmox;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
 use sha2::{Digest, Sha256};
 
-use crate::cli::Global;
 use crate::exit::{Classify, Code};
 use crate::manifest::Manifest;
-use crate::progress::{human_bytes, Progress, Task};
+use crate::reporter::{human_bytes, Reporter, Task};
 
 /// Formats `build` (and the output-format work of issue 8) can write, by file extension.
 pub const FORMATS: [&str; 6] = ["qcow2", "raw", "vmdk", "vhdx", "vhd", "ova"];
@@ -64,7 +63,7 @@ pub const SHORT_DIGEST: usize = 12;
 /// Read granularity for hashing and streaming.
 pub const CHUNK: usize = 256 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
     /// A storage volume in a libvirt pool
     Libvirt,
@@ -82,21 +81,6 @@ impl Target {
             Target::Proxmox => "proxmox",
         }
     }
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct UploadArgs {
-    /// Where to upload
-    #[arg(long, value_enum)]
-    pub target: Target,
-    /// The built image; `<stem>.manifest.json` and `<image>.sha256` must sit beside it
-    pub image: PathBuf,
-    #[command(flatten)]
-    pub proxmox: proxmox::ProxmoxArgs,
-    #[command(flatten)]
-    pub glance: glance::GlanceArgs,
-    #[command(flatten)]
-    pub libvirt: libvirt::LibvirtArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +140,7 @@ pub fn sidecars(image: &Path) -> (PathBuf, PathBuf) {
 impl ImageInfo {
     /// Read the sidecars, re-hash the image and compare with `<image>.sha256`.
     /// A mismatch is [`UploadError::Mismatch`] (exit 3); nothing has been sent yet.
-    pub fn from_image(path: &Path, progress: &Progress) -> Result<ImageInfo, UploadError> {
+    pub fn from_image(path: &Path, progress: &Reporter) -> Result<ImageInfo, UploadError> {
         let meta = match std::fs::metadata(path) {
             Ok(m) if m.is_file() => m,
             Ok(_) => return Err(UploadError::NoImage(path.to_path_buf())),
@@ -265,11 +249,11 @@ fn hash_file(path: &Path, task: &Task) -> std::io::Result<String> {
 #[derive(Debug, Clone)]
 pub struct Meter {
     task: Arc<Task>,
-    progress: Progress,
+    progress: Reporter,
 }
 
 impl Meter {
-    pub fn new(progress: &Progress, label: &str, total: u64) -> Meter {
+    pub fn new(progress: &Reporter, label: &str, total: u64) -> Meter {
         Meter { task: Arc::new(progress.task(label, Some(total))), progress: progress.clone() }
     }
 
@@ -286,7 +270,7 @@ impl Meter {
     pub fn finish(self, msg: &str) {
         match Arc::try_unwrap(self.task) {
             Ok(t) => t.finish(msg),
-            Err(_) => self.progress.line(msg),
+            Err(_) => self.progress.status(msg),
         }
     }
 
@@ -347,43 +331,29 @@ pub async fn file_stream(
     }))
 }
 
-/// `imgbuild upload`: verify, upload, print the target's id on stdout.
-pub fn run(a: &UploadArgs, g: &Global) -> Result<()> {
-    let progress = Progress::new(g.quiet);
-    preflight(a)?;
-    let img = ImageInfo::from_image(&a.image, &progress)?;
-    progress.line(&format!("uploading {} as {} to {}", img.path.display(), img.name, a.target.as_str()));
-    let outcome = dispatch(a, &img, &progress)?;
-    let id = match &outcome {
-        Outcome::Uploaded { id } => {
-            progress.line(&format!("uploaded {id}"));
-            id
-        }
-        Outcome::AlreadyPresent { id } => {
-            progress.line(&format!("already present {id}"));
-            id
-        }
+/// Per-target settings of one upload.
+#[derive(Debug, Clone)]
+pub struct TargetOptions {
+    pub proxmox: proxmox::ProxmoxOptions,
+    pub glance: glance::GlanceOptions,
+    pub libvirt: libvirt::LibvirtOptions,
+}
+
+/// `imgbuild upload`: target checks that need neither the network nor the image's digest
+/// (usage errors first), then verify the image against its sidecars, then upload.
+pub fn upload(target: Target, image: &Path, o: &TargetOptions, progress: &Reporter) -> Result<Outcome> {
+    let ext = image.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    if target == Target::Proxmox {
+        proxmox::preflight(&ext, &o.proxmox)?;
+    }
+    let img = ImageInfo::from_image(image, progress)?;
+    progress.status(format!("uploading {} as {} to {}", img.path.display(), img.name, target.as_str()));
+    let outcome = match target {
+        Target::Proxmox => proxmox::upload(&img, &o.proxmox, progress)?,
+        Target::Glance => glance::upload(&img, &o.glance, progress)?,
+        Target::Libvirt => libvirt::upload(&img, &o.libvirt, progress)?,
     };
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{id}")?;
-    Ok(())
-}
-
-/// Target checks that need neither the network nor the image's digest (usage errors first).
-fn preflight(a: &UploadArgs) -> Result<()> {
-    let ext = a.image.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-    match a.target {
-        Target::Proxmox => Ok(proxmox::preflight(&ext, &a.proxmox)?),
-        Target::Glance | Target::Libvirt => Ok(()),
-    }
-}
-
-fn dispatch(a: &UploadArgs, img: &ImageInfo, progress: &Progress) -> Result<Outcome> {
-    match a.target {
-        Target::Proxmox => Ok(proxmox::upload(img, &a.proxmox, progress)?),
-        Target::Glance => Ok(glance::upload(img, &a.glance, progress)?),
-        Target::Libvirt => Ok(libvirt::upload(img, &a.libvirt, progress)?),
-    }
+    Ok(outcome)
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::{file_stream, ImageInfo, Meter, Outcome};
 use crate::exit::{Classify, Code};
-use crate::progress::{human_bytes, Progress};
+use crate::reporter::{human_bytes, Reporter};
 
 /// Environment variable with the API token (preferred over the flag, which shows in `ps`).
 pub const TOKEN_ENV: &str = "PVE_API_TOKEN";
@@ -54,42 +54,30 @@ const POLL_MAX: Duration = Duration::from_secs(2);
 /// A PVE task that has not stopped after this long is reported as stuck.
 const TASK_LIMIT: Duration = Duration::from_secs(6 * 3600);
 
-#[derive(Debug, Clone, clap::Args)]
-#[command(next_help_heading = "Proxmox VE (--target proxmox)")]
-pub struct ProxmoxArgs {
+#[derive(Debug, Clone)]
+pub struct ProxmoxOptions {
     /// Proxmox VE API URL, e.g. https://pve1.example.org:8006 (https only)
-    #[arg(long, value_name = "URL", required_if_eq("target", "proxmox"))]
     pub pve_url: Option<String>,
     /// Node whose storage receives the image
-    #[arg(long, value_name = "NODE", required_if_eq("target", "proxmox"))]
     pub pve_node: Option<String>,
     /// Storage with `import` content (PVE >= 8.2)
-    #[arg(long, value_name = "STORAGE", required_if_eq("target", "proxmox"))]
     pub pve_storage: Option<String>,
     /// API token USER@REALM!TOKENID=SECRET; prefer $PVE_API_TOKEN (flags are visible in `ps`)
-    #[arg(long, value_name = "TOKEN")]
     pub pve_token: Option<String>,
     /// Pin the server certificate instead of verifying its chain: SHA256:AA:BB:... as the PVE GUI
     /// shows it (Node → System → Certificates)
-    #[arg(long, value_name = "SHA256:..")]
     pub pve_fingerprint: Option<String>,
     /// Also create a VM template with this VMID from the image (disk, cloud-init drive, serial console)
-    #[arg(long, value_name = "VMID")]
     pub pve_template: Option<u32>,
     /// Storage for the template's disk and cloud-init drive (default: --pve-storage; needs `images`)
-    #[arg(long, value_name = "STORAGE")]
     pub pve_vm_storage: Option<String>,
     /// Template memory in MiB
-    #[arg(long, value_name = "MIB", default_value_t = 2048)]
     pub pve_memory: u32,
     /// Template CPU cores
-    #[arg(long, value_name = "N", default_value_t = 2)]
     pub pve_cores: u32,
     /// Bridge of the template's virtio network interface ("none": no interface)
-    #[arg(long, value_name = "BRIDGE", default_value = "vmbr0")]
     pub pve_bridge: String,
     /// Times a failed upload is started again from byte 0 (PVE's upload cannot resume)
-    #[arg(long, value_name = "N", default_value_t = 3)]
     pub pve_retries: u32,
 }
 
@@ -185,7 +173,7 @@ impl Classify for ProxmoxError {
 
 /// Options, token, pin and format checks that need no network, so a usage error shows
 /// before a multi-GB image is hashed. [`upload`] runs them again.
-pub fn preflight(format: &str, args: &ProxmoxArgs) -> Result<(), ProxmoxError> {
+pub fn preflight(format: &str, args: &ProxmoxOptions) -> Result<(), ProxmoxError> {
     Checked::new(format, args).map(|_| ())
 }
 
@@ -198,7 +186,7 @@ struct Checked<'a> {
 }
 
 impl<'a> Checked<'a> {
-    fn new(format: &str, args: &'a ProxmoxArgs) -> Result<Checked<'a>, ProxmoxError> {
+    fn new(format: &str, args: &'a ProxmoxOptions) -> Result<Checked<'a>, ProxmoxError> {
         let url = args.pve_url.as_deref().ok_or(ProxmoxError::MissingOption("--pve-url"))?;
         let node = args.pve_node.as_deref().ok_or(ProxmoxError::MissingOption("--pve-node"))?;
         let storage = args.pve_storage.as_deref().ok_or(ProxmoxError::MissingOption("--pve-storage"))?;
@@ -212,7 +200,7 @@ impl<'a> Checked<'a> {
 }
 
 /// Upload `img` into the storage's import content; with `--pve-template`, make a VM template.
-pub fn upload(img: &ImageInfo, args: &ProxmoxArgs, progress: &Progress) -> Result<Outcome, ProxmoxError> {
+pub fn upload(img: &ImageInfo, args: &ProxmoxOptions, progress: &Reporter) -> Result<Outcome, ProxmoxError> {
     let Checked { url, node, storage, token, pin } = Checked::new(&img.format, args)?;
     let api = Api::new(url, token, pin)?;
 
@@ -228,7 +216,7 @@ pub fn upload(img: &ImageInfo, args: &ProxmoxArgs, progress: &Progress) -> Resul
         Some(size) if size == img.size => Outcome::AlreadyPresent { id: volid.clone() },
         found => {
             if let Some(size) = found {
-                progress.line(&format!(
+                progress.status(format!(
                     "{volid} exists with {size} bytes, not {}: replacing it (PVE overwrites)",
                     img.size
                 ));
@@ -625,7 +613,7 @@ impl Api {
         storage: &str,
         file: &str,
         retries: u32,
-        progress: &Progress,
+        progress: &Reporter,
     ) -> Result<(), ProxmoxError> {
         let path = format!("/nodes/{}/storage/{}/upload", seg(node), seg(storage));
         let what = format!("POST {path}");
@@ -637,7 +625,7 @@ impl Api {
             match result {
                 Ok(upid) => break upid,
                 Err(f) if f.transient && attempt < retries => {
-                    progress.line(&format!(
+                    progress.status(format!(
                         "upload of {file} failed ({}); starting again from byte 0 ({} of {retries} retries)",
                         f.err,
                         attempt + 1
@@ -742,7 +730,7 @@ impl Api {
 
     /// Whether VMID still has to be made into the template: false when it already is a
     /// template of this image; an error when another guest holds it.
-    fn template_needed(&self, img: &ImageInfo, vmid: u32, progress: &Progress) -> Result<bool, ProxmoxError> {
+    fn template_needed(&self, img: &ImageInfo, vmid: u32, progress: &Reporter) -> Result<bool, ProxmoxError> {
         let vms = self.get("/cluster/resources", &[("type", "vm")])?;
         let existing = vms
             .as_array()
@@ -753,7 +741,7 @@ impl Api {
         let name = v.get("name").and_then(Value::as_str).unwrap_or("");
         let is_template = v.get("template").and_then(Value::as_u64) == Some(1);
         if name == vm_name(&img.name) && is_template {
-            progress.line(&format!("template {vmid} ({name}) already present"));
+            progress.status(format!("template {vmid} ({name}) already present"));
             return Ok(false);
         }
         let kind = if is_template { "template" } else { "VM" };
@@ -764,12 +752,12 @@ impl Api {
     fn template(
         &self,
         img: &ImageInfo,
-        args: &ProxmoxArgs,
+        args: &ProxmoxOptions,
         node: &str,
         vm_storage: &str,
         volid: &str,
         vmid: u32,
-        progress: &Progress,
+        progress: &Reporter,
     ) -> Result<(), ProxmoxError> {
         let mut description = format!("imgbuild image {}\n", img.name);
         for (k, v) in img.metadata() {
@@ -799,14 +787,14 @@ impl Api {
             what: format!("POST {create}"),
             detail: format!("expected a task UPID, got {upid}"),
         })?;
-        progress.line(&format!("creating VM {vmid} from {volid} (task {upid})"));
+        progress.status(format!("creating VM {vmid} from {volid} (task {upid})"));
         self.wait_task(upid)?;
         let tpl = format!("/nodes/{}/qemu/{vmid}/template", seg(node));
         // PVE 8 answers with a task, older versions with null.
         if let Some(upid) = self.call(Method::POST, &tpl, &[], &[])?.as_str() {
             self.wait_task(upid)?;
         }
-        progress.line(&format!("template {vmid} ({}) created", img.name));
+        progress.status(format!("template {vmid} ({}) created", img.name));
         Ok(())
     }
 }

@@ -7,40 +7,14 @@
 //! mismatch is an integrity failure) or, with `--write`, written into the recipe file.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Result;
 
 use super::net::{self, Got};
 use super::openpgp::{self, TrustedKey};
 use super::VerifyError;
-use crate::cli::Global;
-use crate::recipe::{self, Arch, Sha256};
-
-#[derive(Debug, clap::Args)]
-pub struct BaseDigestArgs {
-    /// Recipe file (default: the embedded default recipe)
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Architecture (repeatable; default: every arch of the recipe)
-    #[arg(long, value_enum)]
-    pub arch: Vec<Arch>,
-    /// Rewrite a URL prefix: FROM=TO (repeatable)
-    #[arg(long = "mirror", value_name = "FROM=TO")]
-    pub mirrors: Vec<String>,
-    /// Write the verified digests into the recipe file instead of failing on a mismatch
-    #[arg(long)]
-    pub write: bool,
-    /// Trust this public key instead of the embedded Ubuntu cloud-image key (needs --signer)
-    #[arg(long, requires = "signer", value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// Fingerprint the signature must be made by (needs --key)
-    #[arg(long, requires = "key", value_name = "FINGERPRINT")]
-    pub signer: Option<String>,
-    /// Print JSON instead of tab-separated lines
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::recipe;
+use crate::types::{Arch, Sha256};
 
 /// One architecture's verified result.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -151,92 +125,8 @@ pub fn rewrite_recipe(text: &str, arch: &str, old: &str, new: &str) -> Result<St
     Ok(out)
 }
 
-pub fn run_base_digest(a: &BaseDigestArgs, g: &Global) -> Result<()> {
-    let loaded = recipe::load(a.recipe.as_deref())?;
-    if a.write && a.recipe.is_none() {
-        return Err(VerifyError::Input(
-            "--write needs --recipe FILE (the embedded recipe is read-only)".into(),
-        )
-        .into());
-    }
-    let mirrors = net::parse_mirrors(&a.mirrors)?;
-    let (key, signer) = match (&a.key, &a.signer) {
-        (Some(path), Some(fp)) => {
-            let data = std::fs::read(path)
-                .map_err(|source| VerifyError::Io { what: path.display().to_string(), source })?;
-            (openpgp::parse_key(&data, &path.display().to_string())?, openpgp::normalize_fingerprint(fp)?)
-        }
-        _ => (openpgp::ubuntu_cloud_image_key()?, openpgp::UBUNTU_CLOUD_IMAGE_FINGERPRINT.to_string()),
-    };
-    let arches = if a.arch.is_empty() { loaded.recipe.arches.clone() } else { a.arch.clone() };
-    let mut results = Vec::new();
-    for arch in arches {
-        if !g.quiet {
-            eprintln!(
-                "base-digest: {} {}: verifying SHA256SUMS.gpg (signer {signer})",
-                loaded.recipe.base.version,
-                arch.as_str()
-            );
-        }
-        results.push(signed_base_digest(&loaded.recipe, arch, &key, &signer, &mirrors)?);
-    }
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &results)?;
-        writeln!(out)?;
-    } else {
-        for r in &results {
-            writeln!(out, "{}\t{}\t{}\t{}\tsigned-by {}", r.arch, r.sha256, r.file, r.sums_url, r.signer)?;
-        }
-    }
-    out.flush()?;
-    let changed: Vec<_> = results.iter().filter(|r| r.sha256 != r.recipe_sha256).collect();
-    if changed.is_empty() {
-        if !g.quiet {
-            eprintln!("base-digest: the recipe's base digests match the signed SHA256SUMS");
-        }
-        return Ok(());
-    }
-    if !a.write {
-        let list: Vec<_> = changed
-            .iter()
-            .map(|r| format!("{}: recipe {} != signed {}", r.arch, r.recipe_sha256, r.sha256))
-            .collect();
-        return Err(VerifyError::integrity(
-            loaded.origin.clone(),
-            format!(
-                "base digest differs from the signed SHA256SUMS ({}); rerun with --write to update",
-                list.join("; ")
-            ),
-        )
-        .into());
-    }
-    let Some(path) = &a.recipe else { return Ok(()) };
-    let mut text = loaded.text.clone();
-    for r in &changed {
-        text = rewrite_recipe(&text, &r.arch, &r.recipe_sha256, &r.sha256)?;
-    }
-    // The edited recipe must still load, and carry exactly the verified digests.
-    let check = recipe::parse(&text, &path.display().to_string())?;
-    for r in &changed {
-        if check.recipe.base.sha256.get(&r.arch).map(|s| s.as_str()) != Some(r.sha256.as_str()) {
-            return Err(VerifyError::Input(format!(
-                "could not update base.sha256.{} in {}",
-                r.arch,
-                path.display()
-            ))
-            .into());
-        }
-    }
-    write_atomic(path, text.as_bytes())?;
-    if !g.quiet {
-        eprintln!("base-digest: wrote {} digest(s) into {}", changed.len(), path.display());
-    }
-    Ok(())
-}
-
 /// Temp file in the same directory, then rename: readers never see half a recipe.
-fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), VerifyError> {
+pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), VerifyError> {
     let io = |source| VerifyError::Io { what: path.display().to_string(), source };
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;

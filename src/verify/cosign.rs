@@ -13,7 +13,6 @@
 //! leaf lives ~10 minutes, so without a signing time (`signed_at`) its window is only
 //! checked for consistency with its issuers, never against the clock.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -23,7 +22,7 @@ use x509_parser::prelude::{FromDer, GeneralName};
 
 use super::net::{self, Got};
 use super::VerifyError;
-use crate::cli::Global;
+use crate::reporter::Reporter;
 
 /// Identity that signs files on dl.k8s.io (keys-and-packages.md §3: binaries are signed
 /// by krel-staging; krel-trust signs container images only).
@@ -99,25 +98,7 @@ impl TrustRoot {
     }
 }
 
-/// A verified signature, as it would be recorded in the build manifest.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SignatureRecord {
-    /// The recipe artifact the signature covers (empty for `verify-blob`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub artifact: String,
-    /// Always "cosign-keyless".
-    pub kind: String,
-    pub file_sha256: String,
-    pub identity: String,
-    pub issuer: String,
-    /// sha256 of the leaf certificate (DER).
-    pub certificate_sha256: String,
-    /// sha256 of the trust anchor (DER) the chain ended in.
-    pub root_sha256: String,
-    /// Leaf validity window, Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-}
+use crate::manifest::SignatureRecord;
 
 /// Decode a `.cert` file: PEM, or base64 of PEM (dl.k8s.io), or base64 of DER.
 pub fn decode_certificate(data: &[u8]) -> Result<Vec<u8>, String> {
@@ -152,7 +133,7 @@ fn b64(t: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
 }
 
 fn sha256_hex(b: &[u8]) -> String {
-    crate::recipe::Sha256::of(b).as_str().to_string()
+    crate::types::Sha256::of(b).as_str().to_string()
 }
 
 fn parse_cert<'a>(der: &'a [u8], what: &str) -> Result<X509Certificate<'a>, VerifyError> {
@@ -347,7 +328,7 @@ pub fn verify_plan_artifacts(
     mirrors: &[crate::fetch::Mirror],
     trust: &TrustRoot,
     policy: &Policy,
-    quiet: bool,
+    rep: &Reporter,
 ) -> Result<Vec<SignatureRecord>, VerifyError> {
     let mut out = Vec::new();
     for a in &plan.artifacts {
@@ -359,9 +340,7 @@ pub fn verify_plan_artifacts(
         };
         let bytes = std::fs::read(blob)
             .map_err(|source| VerifyError::Io { what: blob.display().to_string(), source })?;
-        if !quiet {
-            eprintln!("cosign: verifying {} ({})", a.name, policy.identity);
-        }
+        rep.status(format_args!("cosign: verifying {} ({})", a.name, policy.identity));
         let mut r = verify_published(url, &bytes, mirrors, trust, policy, None)?;
         if r.file_sha256 != a.sha256.as_str() {
             return Err(VerifyError::integrity(url, "signed file is not the pinned download"));
@@ -378,95 +357,12 @@ pub fn verify_build(
     downloads: &std::collections::BTreeMap<String, PathBuf>,
     mirrors: &[crate::fetch::Mirror],
     trust_root: &std::path::Path,
-    quiet: bool,
+    rep: &Reporter,
 ) -> Result<Vec<SignatureRecord>, VerifyError> {
     let pem = std::fs::read(trust_root)
         .map_err(|source| VerifyError::Io { what: trust_root.display().to_string(), source })?;
     let trust = TrustRoot::from_pem(&pem, &trust_root.display().to_string())?;
-    verify_plan_artifacts(plan, downloads, mirrors, &trust, &Policy::kubernetes_release(), quiet)
-}
-
-/// Put `records` into the sealed layer's manifest (the `files` list excludes the
-/// manifest itself, so nothing else changes).
-pub fn record_in_layer(layer: &mut crate::layer::Layer, records: &[SignatureRecord]) -> Result<()> {
-    use crate::layer::{Content, Kind};
-    if records.is_empty() {
-        return Ok(());
-    }
-    let path = crate::manifest::IN_IMAGE_PATH;
-    let Some(Kind::File(Content::Bytes(b))) = layer.get(path).map(|e| &e.kind) else {
-        anyhow::bail!("the layer has no sealed manifest at {path}");
-    };
-    let mut m: crate::manifest::Manifest = serde_json::from_slice(b)?;
-    m.signatures = records.to_vec();
-    layer.file(path, Content::Bytes(crate::layer::seal::to_json(&m)), 0o644);
-    Ok(())
-}
-
-#[derive(Debug, clap::Args)]
-pub struct VerifyBlobArgs {
-    /// The file whose signature is checked
-    pub file: PathBuf,
-    /// Signature file (default: FILE.sig)
-    #[arg(long)]
-    pub signature: Option<PathBuf>,
-    /// Certificate file (default: FILE.cert)
-    #[arg(long)]
-    pub certificate: Option<PathBuf>,
-    /// Fetch URL.sig and URL.cert instead of reading local files
-    #[arg(long, conflicts_with_all = ["signature", "certificate"])]
-    pub url: Option<String>,
-    /// Rewrite a URL prefix: FROM=TO (repeatable)
-    #[arg(long = "mirror", value_name = "FROM=TO")]
-    pub mirrors: Vec<String>,
-    /// PEM bundle of Fulcio root + intermediate certificates (none is embedded yet)
-    #[arg(long, value_name = "FILE.pem")]
-    pub trust_root: Option<PathBuf>,
-    /// Expected certificate identity (SAN email or URI)
-    #[arg(long, default_value = K8S_RELEASE_IDENTITY)]
-    pub certificate_identity: String,
-    /// Expected OIDC issuer
-    #[arg(long, default_value = K8S_RELEASE_ISSUER)]
-    pub certificate_oidc_issuer: String,
-    /// Trusted signing time (Unix seconds); must lie in the certificate's validity
-    #[arg(long)]
-    pub signed_at: Option<i64>,
-}
-
-pub fn run_verify_blob(a: &VerifyBlobArgs, g: &Global) -> Result<()> {
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).map_err(|source| VerifyError::Io { what: p.display().to_string(), source })
-    };
-    let trust = match &a.trust_root {
-        Some(p) => TrustRoot::from_pem(&read(p)?, &p.display().to_string())?,
-        None => TrustRoot::embedded()?,
-    };
-    let policy =
-        Policy { identity: a.certificate_identity.clone(), issuer: a.certificate_oidc_issuer.clone() };
-    let blob = read(&a.file)?;
-    let rec = match &a.url {
-        Some(url) => {
-            let mirrors = net::parse_mirrors(&a.mirrors)?;
-            verify_published(url, &blob, &mirrors, &trust, &policy, a.signed_at)?
-        }
-        None => {
-            let with = |ext: &str| {
-                let mut p = a.file.clone().into_os_string();
-                p.push(ext);
-                PathBuf::from(p)
-            };
-            let sig = read(&a.signature.clone().unwrap_or_else(|| with(".sig")))?;
-            let cert = read(&a.certificate.clone().unwrap_or_else(|| with(".cert")))?;
-            verify_blob(&blob, &sig, &cert, &trust, &policy, a.signed_at, &a.file.display().to_string())?
-        }
-    };
-    if !g.quiet {
-        eprintln!("verify-blob: {}: good signature by {} ({})", a.file.display(), rec.identity, rec.issuer);
-    }
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, &rec)?;
-    writeln!(out)?;
-    Ok(())
+    verify_plan_artifacts(plan, downloads, mirrors, &trust, &Policy::kubernetes_release(), rep)
 }
 
 #[cfg(test)]

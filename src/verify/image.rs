@@ -9,26 +9,12 @@
 //!
 //! Any mismatch or missing sidecar is an integrity failure (exit 3).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
 use super::VerifyError;
-use crate::cli::Global;
 use crate::manifest::Manifest;
-
-#[derive(Debug, clap::Args)]
-pub struct VerifyImageArgs {
-    /// Image built by `imgbuild build` (qcow2 or raw), with its sidecars beside it
-    pub image: PathBuf,
-    /// Filesystem label of the root partition
-    #[arg(long, default_value = "cloudimg-rootfs")]
-    pub root_label: String,
-    /// Print a JSON report
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// What `verify` established.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -118,28 +104,4 @@ pub fn verify_image(image: &Path, root_label: &str) -> Result<ImageReport> {
         files_verified: inside.files.len(),
         signed_artifacts: inside.signatures.iter().map(|r| r.artifact.clone()).collect(),
     })
-}
-
-pub fn run_verify_image(a: &VerifyImageArgs, g: &Global) -> Result<()> {
-    crate::tools::require(&[crate::tools::DEBUGFS, crate::tools::QEMU_IMG])?;
-    let r = verify_image(&a.image, &a.root_label)?;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &r)?;
-        writeln!(out)?;
-    } else {
-        writeln!(out, "image       {} sha256 {} (matches {})", r.image, r.sha256, r.checksum_file)?;
-        writeln!(out, "target      {} {} {} kubernetes {}", r.recipe, r.role, r.arch, r.kubernetes_version)?;
-        writeln!(out, "manifest    in-image copy == {}", r.manifest_file)?;
-        writeln!(out, "files       {} entries re-verified", r.files_verified)?;
-        if r.signed_artifacts.is_empty() {
-            writeln!(out, "signatures  none recorded in the manifest")?;
-        } else {
-            writeln!(out, "signatures  cosign-verified at build: {}", r.signed_artifacts.join(", "))?;
-        }
-    }
-    if !g.quiet {
-        eprintln!("verify: {} OK", r.image);
-    }
-    Ok(())
 }

@@ -7,20 +7,14 @@
 //! - [`cosign`]: cosign keyless blob signatures (`<file>.sig` + `<file>.cert`) as
 //!   published next to dl.k8s.io binaries: Fulcio chain, identity, OIDC issuer, ECDSA.
 //! - [`image`]: `imgbuild verify IMAGE` (checksum sidecar, manifests, inspect).
-//! - [`repro`]: `imgbuild build --check-reproducible`.
 
 pub mod base;
 pub mod cosign;
 pub mod image;
 pub mod net;
 pub mod openpgp;
-pub mod repro;
 
 use crate::exit::{Classify, Code};
-
-pub use base::{run_base_digest, BaseDigestArgs};
-pub use cosign::{run_verify_blob, VerifyBlobArgs};
-pub use image::{run_verify_image, VerifyImageArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {

@@ -7,11 +7,6 @@ use super::VerifyError;
 use crate::fetch::Mirror;
 pub use crate::smallget::Got;
 
-/// Parse `FROM=TO` rewrites (the `--mirror` flags, then `$IMGBUILD_MIRROR`), as fetch does.
-pub fn parse_mirrors(flags: &[String]) -> Result<Vec<Mirror>, VerifyError> {
-    crate::smallget::mirrors(flags).map_err(VerifyError::Input)
-}
-
 /// The same rewrite as fetch's (longest matching prefix).
 pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
     crate::fetch::rewrite(url, mirrors)

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use imgbuild::layer::{Content, Kind, Layer};
 use imgbuild::plan::Plan;
-use imgbuild::recipe::{Arch, Role};
+use imgbuild::types::{Arch, Role};
 
 /// Bytes of a stand-in executable: a tiny script naming what it stands for.
 pub fn stub(name: &str) -> Vec<u8> {

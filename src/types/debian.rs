@@ -1,7 +1,8 @@
 //! Debian version comparison, the algorithm of dpkg's `verrevcmp` (deb-version(7)):
 //! `[epoch:]upstream[-revision]`, compared epoch first (numerically), then upstream and
 //! revision alternating non-digit runs (`~` sorts before everything, even the end;
-//! letters before non-letters) and digit runs (numerically).
+//! letters before non-letters) and digit runs (numerically). And the package requests
+//! a recipe lists (`name` or `name=version`).
 
 use std::cmp::Ordering;
 
@@ -173,9 +174,40 @@ impl Op {
     }
 }
 
+/// A requested package: `name` or `name=version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageRequest {
+    pub name: String,
+    pub version: Option<Version>,
+}
+
+impl PackageRequest {
+    pub fn parse(s: &str) -> Result<PackageRequest, String> {
+        let (name, v) = match s.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(Version::parse(v)?)),
+            None => (s.trim(), None),
+        };
+        if name.is_empty()
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        {
+            return Err(format!("{name:?} is not a Debian package name"));
+        }
+        Ok(PackageRequest { name: name.to_string(), version: v })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_syntax() {
+        let r = PackageRequest::parse("conntrack=1:1.4.8-1ubuntu1").unwrap();
+        assert_eq!(r.name, "conntrack");
+        assert_eq!(r.version.unwrap().to_string(), "1:1.4.8-1ubuntu1");
+        assert!(PackageRequest::parse("Bad").is_err());
+        assert!(PackageRequest::parse("a=").is_err());
+    }
 
     fn cmp(a: &str, b: &str) -> Ordering {
         Version::parse(a).unwrap().cmp(&Version::parse(b).unwrap())

@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::recipe::Sha256;
+use super::Sha256;
 
 /// The registry docker.io's API lives on.
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";

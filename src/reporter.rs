@@ -1,15 +1,26 @@
-//! Progress on stderr: an indicatif bar per task when stderr is a terminal, one plain
-//! line per finished task otherwise (logs, CI), nothing at all with `--quiet`.
+//! Everything a command tells a person on stderr: progress bars, status lines, warnings.
+//! One [`Reporter`] per command, made by the command layer from `--quiet` and passed
+//! down; library code never prints on its own.
+//!
+//! - On a terminal: an indicatif bar per running task, lines above the bars.
+//! - Off a terminal (logs, CI, a pipe): no bars, one plain line per message and per
+//!   finished task.
+//! - With `--quiet`: nothing (errors are printed by the command layer regardless).
+//!
+//! Writing never panics: when stderr is closed or a broken pipe (`imgbuild … 2>&1 |
+//! head -1`), messages are dropped and the command goes on to its real result.
 //!
 //! ```no_run
-//! let p = imgbuild::progress::Progress::new(false);
-//! let t = p.task("kubeadm v1.30.3", Some(50_000_000));
+//! let r = imgbuild::reporter::Reporter::new(false);
+//! let t = r.task("kubeadm v1.30.3", Some(50_000_000));
 //! t.inc(1 << 20);
 //! t.finish("fetched kubeadm v1.30.3 (48.2 MiB, 0.4 s)");
+//! r.status("done");
 //! ```
 
-use std::io::IsTerminal;
-use std::time::Duration;
+use std::fmt::Display;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -20,15 +31,27 @@ enum Mode {
     Bars(MultiProgress),
 }
 
-/// A progress sink shared by concurrent tasks (cheap to clone).
+/// Where a command's progress and messages go (cheap to clone; clones share the bars).
 #[derive(Debug, Clone)]
-pub struct Progress {
+pub struct Reporter {
     mode: Mode,
 }
 
-impl Progress {
+/// Write one line to stderr, ignoring failures: a closed stderr must not turn into a
+/// panic ("failed printing to stderr"), and there is nowhere else to report it.
+fn stderr_line(msg: &dyn Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// A message that must reach stderr even with `--quiet` (a secret-handling warning, the
+/// interrupt notice). Never panics.
+pub fn always(msg: impl Display) {
+    stderr_line(&msg);
+}
+
+impl Reporter {
     /// Bars when stderr is a terminal, plain lines otherwise, nothing when `quiet`.
-    pub fn new(quiet: bool) -> Progress {
+    pub fn new(quiet: bool) -> Reporter {
         let mode = if quiet {
             Mode::Quiet
         } else if std::io::stderr().is_terminal() {
@@ -36,12 +59,41 @@ impl Progress {
         } else {
             Mode::Plain
         };
-        Progress { mode }
+        Reporter { mode }
     }
 
     /// Plain lines (or nothing when `quiet`), regardless of the terminal.
-    pub fn plain(quiet: bool) -> Progress {
-        Progress { mode: if quiet { Mode::Quiet } else { Mode::Plain } }
+    pub fn plain(quiet: bool) -> Reporter {
+        Reporter { mode: if quiet { Mode::Quiet } else { Mode::Plain } }
+    }
+
+    /// A reporter that says nothing (library callers and tests that only want results).
+    pub fn silent() -> Reporter {
+        Reporter { mode: Mode::Quiet }
+    }
+
+    /// A status line (above the bars on a terminal).
+    pub fn status(&self, msg: impl Display) {
+        match &self.mode {
+            Mode::Quiet => {}
+            Mode::Plain => stderr_line(&msg),
+            Mode::Bars(m) => {
+                if m.println(msg.to_string()).is_err() {
+                    stderr_line(&msg)
+                }
+            }
+        }
+    }
+
+    /// A warning: something the person should look at, that does not stop the command.
+    /// The message is printed as given (callers say `warning: …`).
+    pub fn warn(&self, msg: impl Display) {
+        self.status(msg)
+    }
+
+    /// Status lines stamped with the seconds since this call: `[  1.23s] msg`.
+    pub fn clock(&self) -> Clock {
+        Clock { reporter: self.clone(), t0: Instant::now() }
     }
 
     /// Start a task of `total` bytes (`None`: unknown size, a spinner).
@@ -58,18 +110,20 @@ impl Progress {
             }
             _ => None,
         };
-        Task { bar, quiet: matches!(self.mode, Mode::Quiet), mode: self.mode.clone() }
+        Task { bar, reporter: self.clone() }
     }
+}
 
-    /// A one-off message line (above the bars on a terminal).
-    pub fn line(&self, msg: &str) {
-        match &self.mode {
-            Mode::Quiet => {}
-            Mode::Plain => eprintln!("{msg}"),
-            Mode::Bars(m) => {
-                let _ = m.println(msg);
-            }
-        }
+/// Timestamped status lines for the steps of one long command (see [`Reporter::clock`]).
+#[derive(Debug, Clone)]
+pub struct Clock {
+    reporter: Reporter,
+    t0: Instant,
+}
+
+impl Clock {
+    pub fn say(&self, msg: impl Display) {
+        self.reporter.status(format_args!("[{:6.2}s] {msg}", self.t0.elapsed().as_secs_f64()));
     }
 }
 
@@ -77,8 +131,7 @@ impl Progress {
 #[derive(Debug)]
 pub struct Task {
     bar: Option<ProgressBar>,
-    quiet: bool,
-    mode: Mode,
+    reporter: Reporter,
 }
 
 impl Task {
@@ -106,17 +159,11 @@ impl Task {
 
     /// Finish: the bar is replaced by `msg` (terminal) or `msg` is printed (plain).
     pub fn finish(self, msg: &str) {
-        match &self.bar {
-            // The line goes above the bars and the bar goes away, so once all tasks
-            // are done the terminal holds plain lines and the cursor is at a line start.
-            Some(b) => {
-                if let Mode::Bars(m) = &self.mode {
-                    let _ = m.println(msg);
-                }
-                b.finish_and_clear();
-            }
-            None if !self.quiet => eprintln!("{msg}"),
-            None => {}
+        // The line goes above the bars and the bar goes away, so once all tasks are done
+        // the terminal holds plain lines and the cursor is at a line start.
+        self.reporter.status(msg);
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
         }
     }
 

@@ -1,0 +1,38 @@
+//! `imgbuild cloud-init`: per-node user-data, meta-data, network-config and seed.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::cloudinit::{CloudInitOptions, SeedKind};
+use crate::reporter::Reporter;
+
+#[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["node", "all"]))]
+pub struct CloudInitArgs {
+    /// The cluster spec; secrets are read from secrets/ next to it
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Render this node
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Render every node
+    #[arg(long)]
+    pub all: bool,
+    /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}
+    #[arg(long, default_value = ".")]
+    pub out: PathBuf,
+    /// NoCloud seed image (volume label cidata)
+    #[arg(long, value_enum, default_value_t = SeedKind::Iso)]
+    pub seed: SeedKind,
+}
+
+pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
+    let opts = CloudInitOptions {
+        cluster: a.cluster.clone(),
+        node: a.node.clone(),
+        out: a.out.clone(),
+        seed: a.seed,
+    };
+    crate::cloudinit::write(&opts, rep)
+}

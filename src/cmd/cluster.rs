@@ -1,0 +1,113 @@
+//! `imgbuild cluster init|kubeconfig`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::cluster::{pki, InitOptions};
+use crate::reporter::Reporter;
+
+#[derive(Debug, clap::Args)]
+pub struct InitArgs {
+    /// Cluster name (DNS-1123 label)
+    #[arg(long)]
+    pub name: String,
+    /// API endpoint HOST[:PORT] (the VIP, the load balancer, or the single control plane)
+    #[arg(long)]
+    pub endpoint: String,
+    /// Number of control-plane nodes
+    #[arg(long, default_value_t = 3)]
+    pub control_planes: u32,
+    /// Number of worker nodes
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Pod network
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub pod_cidr: String,
+    /// Service network
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
+    #[arg(long)]
+    pub node_cidr: Option<String>,
+    /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
+    #[arg(long, conflicts_with = "external_lb")]
+    pub vip_interface: Option<String>,
+    /// The endpoint is an external load balancer
+    #[arg(long)]
+    pub external_lb: bool,
+    /// SSH public key file for the nodes' default user (repeatable)
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<PathBuf>,
+    /// Output directory (gets cluster.yaml and secrets/)
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+impl InitArgs {
+    fn options(&self) -> InitOptions {
+        InitOptions {
+            name: self.name.clone(),
+            endpoint: self.endpoint.clone(),
+            control_planes: self.control_planes,
+            workers: self.workers,
+            pod_cidr: self.pod_cidr.clone(),
+            service_cidr: self.service_cidr.clone(),
+            node_cidr: self.node_cidr.clone(),
+            vip_interface: self.vip_interface.clone(),
+            external_lb: self.external_lb,
+            ssh_keys: self.ssh_keys.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCmd {
+    /// Write cluster.yaml and generate the cluster's secrets once
+    Init(InitArgs),
+    /// Print an admin kubeconfig signed offline by the cluster CA
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KubeconfigArgs {
+    /// The cluster spec; secrets are read from secrets/ next to it
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Write to this file (0600) instead of stdout
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Identity: admin (O=kubeadm:cluster-admins, revocable) or super-admin (O=system:masters, break-glass)
+    #[arg(long, value_enum, default_value_t = pki::AdminKind::Admin)]
+    pub identity: pki::AdminKind,
+    /// Certificate lifetime in days
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub days: u32,
+}
+
+pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
+    match c {
+        ClusterCmd::Init(a) => init(a, rep),
+        ClusterCmd::Kubeconfig(a) => kubeconfig(a, rep),
+    }
+}
+
+fn init(a: &InitArgs, rep: &Reporter) -> Result<()> {
+    let path = crate::cluster::init(&a.options(), rep)?;
+    writeln!(std::io::stdout().lock(), "{}", path.display())?;
+    Ok(())
+}
+
+fn kubeconfig(a: &KubeconfigArgs, rep: &Reporter) -> Result<()> {
+    let y = crate::cluster::kubeconfig(&a.cluster, a.identity, a.days, rep)?;
+    match &a.out {
+        Some(p) => {
+            pki::write_private(p, y.as_bytes())?;
+            rep.status(format_args!("wrote {}", p.display()));
+        }
+        None => std::io::stdout().lock().write_all(y.as_bytes()).context("writing to stdout")?,
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `imgbuild fetch`, and the download options `build` shares with it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::cache::Cache;
+use crate::fetch::{FetchError, FetchOptions, Mirror};
+use crate::plan::{Item, Plan};
+use crate::reporter::Reporter;
+use crate::types::{Arch, Role};
+
+/// Environment variable with space-separated `FROM=TO` mirrors (after `--mirror`s).
+pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
+
+/// Where artifacts come from: shared by `fetch` and `build`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Recipe file (default: the embedded default recipe)
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Node role
+    #[arg(long, value_enum, default_value_t = Role::Worker)]
+    pub role: Role,
+    /// CPU architecture
+    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
+    pub arch: Arch,
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Never touch the network; fail naming what the cache lacks
+    #[arg(long)]
+    pub offline: bool,
+    /// Rewrite a URL prefix: FROM=TO (repeatable; also $IMGBUILD_MIRROR="FROM=TO ...")
+    #[arg(long = "mirror", value_name = "FROM=TO")]
+    pub mirrors: Vec<String>,
+    /// Concurrent downloads
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+}
+
+impl SourceArgs {
+    /// The cache named by `--cache-dir`, else `$IMGBUILD_CACHE_DIR`, else the XDG default.
+    pub fn cache(&self) -> Result<Cache> {
+        let c = Cache::open(self.cache_dir.as_deref());
+        c.with_context(|| match &self.cache_dir {
+            Some(d) => format!("opening cache directory {}", d.display()),
+            None => "opening the cache directory ($IMGBUILD_CACHE_DIR or ~/.cache/imgbuild)".into(),
+        })
+    }
+
+    /// `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
+    pub fn fetch_options(&self) -> Result<FetchOptions, FetchError> {
+        if self.jobs == 0 {
+            return Err(FetchError::BadJobs);
+        }
+        Ok(FetchOptions { offline: self.offline, mirrors: mirrors(&self.mirrors)?, jobs: self.jobs })
+    }
+}
+
+/// `--mirror FROM=TO` flags, then the space-separated `$IMGBUILD_MIRROR`.
+pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, FetchError> {
+    let env = std::env::var(MIRROR_ENV).unwrap_or_default();
+    Mirror::parse_all(flags.iter().map(String::as_str).chain(env.split_whitespace()))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FetchArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `imgbuild fetch`: resolve the plan, fetch everything, print one line per artifact.
+pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
+    let opts = a.source.fetch_options()?;
+    let lr = crate::recipe::load(a.source.recipe.as_deref())?;
+    let plan = Plan::resolve(&lr, a.source.role, a.source.arch)?;
+    let cache = a.source.cache()?;
+    let items: Vec<&Item> = plan.downloads().collect();
+    let paths = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
+    let mut out = std::io::stdout().lock();
+    for (item, path) in items.iter().zip(&paths) {
+        writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `imgbuild lock`: resolve the recipe's Ubuntu packages and container images into
+//! `<recipe>.lock`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+
+use crate::apt::lock::{self, LockFile, LOCK_VERSION};
+use crate::apt::{io, AptError};
+use crate::cache::Cache;
+use crate::plan::Item;
+use crate::recipe;
+use crate::reporter::Reporter;
+use crate::types::{Arch, Sha256};
+
+#[derive(Debug, clap::Args)]
+pub struct LockArgs {
+    /// Recipe file (default: the embedded default recipe; its lock is then written to
+    /// ./<name>.yaml.lock)
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Arch to lock (repeatable; default: every arch of the recipe)
+    #[arg(long = "arch", value_enum)]
+    pub arches: Vec<Arch>,
+    /// Rewrite a URL prefix: FROM=TO (repeatable)
+    #[arg(long = "mirror", value_name = "FROM=TO")]
+    pub mirrors: Vec<String>,
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// The base image's /var/lib/dpkg/status, instead of reading it from the cached base image
+    #[arg(long, value_name = "FILE")]
+    pub base_status: Option<PathBuf>,
+    /// Where to write the lock (default: <recipe>.lock)
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
+    let lr = recipe::load(a.recipe.as_deref())?;
+    let images = lr.recipe.all_images();
+    if lr.recipe.packages.is_none() && images.is_empty() {
+        return Err(AptError::Input(format!(
+            "{}: recipe has no packages: and no images: to lock",
+            lr.origin
+        ))
+        .into());
+    }
+    let mirrors = super::fetch::mirrors(&a.mirrors)?;
+    let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
+    let mut lock = LockFile {
+        lock_version: LOCK_VERSION,
+        recipe: lr.recipe.name.clone(),
+        // The digest of the section, `null` when the recipe has none.
+        packages_digest: Sha256::of(&serde_json::to_vec(&lr.recipe.packages).unwrap_or_default()),
+        arches: BTreeMap::new(),
+        images: Vec::new(),
+    };
+    if let Some(p) = &lr.recipe.packages {
+        lock.arches = lock_packages(a, &lr, p, &arches, &mirrors, rep)?;
+    }
+    if !images.is_empty() {
+        let reg = crate::oci::registry::Registry::new(mirrors.clone());
+        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches)?;
+        for l in &lock.images {
+            let per: Vec<String> = l.platforms.iter().map(|(a, m)| format!("{a} {}", m.digest)).collect();
+            rep.status(format_args!("image {}: {} ({})", l.reference, l.digest, per.join(", ")));
+        }
+    }
+    let path = a.output.clone().unwrap_or_else(|| lock::lock_path(&lr, a.recipe.as_deref()));
+    lock::write_lock(&path, &lock)?;
+    writeln!(std::io::stdout().lock(), "{}", path.display())?;
+    Ok(())
+}
+
+/// The `packages:` part: each arch resolved against the signed archive, its .debs downloaded.
+fn lock_packages(
+    a: &LockArgs,
+    lr: &recipe::LoadedRecipe,
+    p: &recipe::Packages,
+    arches: &[Arch],
+    mirrors: &[crate::fetch::Mirror],
+    rep: &Reporter,
+) -> Result<BTreeMap<String, lock::ArchLock>> {
+    let key = lock::recipe_key(p, a.recipe.as_deref())?;
+    let cache = Cache::open(a.cache_dir.as_deref())
+        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
+    let override_status = match &a.base_status {
+        Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
+        None => None,
+    };
+    let mut out = BTreeMap::new();
+    for &arch in arches {
+        let status = match &override_status {
+            Some(s) => s.clone(),
+            None => crate::apt::base::status_from_cache(lr, arch, &cache)?,
+        };
+        let al = lock::lock_arch(lr, p, arch, &key, &status, mirrors, Some(&cache), rep)?;
+        // Download the .debs now: the cache then serves `build --offline`, and a package
+        // whose maintainer scripts cannot be reproduced is refused before it is locked.
+        let debs = lock::debs_of(al.clone());
+        let items: Vec<&Item> = debs.items.iter().collect();
+        let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.to_vec(), jobs: 4 };
+        let paths = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
+        for (path, d) in paths.iter().zip(&al.packages) {
+            let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
+            crate::apt::install::check_installable(&bytes, &d.url)?;
+        }
+        rep.status(format_args!(
+            "apt: {arch}: {} package(s) to install{}",
+            al.packages.len(),
+            if al.already_in_base.is_empty() {
+                String::new()
+            } else {
+                format!(", already in the base: {}", al.already_in_base.join(", "))
+            }
+        ));
+        out.insert(arch.as_str().to_string(), al);
+    }
+    Ok(out)
+}
