@@ -312,3 +312,88 @@ fn a_rendered_hosts_toml_sends_containerd_to_the_mirror() {
     assert!(!reg.tokens.requests.lock().unwrap().is_empty());
     assert!(reg.storage.log().iter().all(|e| !e.authorization && e.status == 200), "{:?}", reg.storage.log());
 }
+
+/// Disk use of a directory tree in bytes (allocated blocks, as `du` counts them).
+fn du(dir: &Path) -> u64 {
+    let o = Command::new("du").args(["-s", "-B1"]).arg(dir).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// The benchmark behind ci/bench-images.sh (ignored in the test run): BENCH_IMAGES images
+/// of BENCH_LAYER_MIB MiB of incompressible data each, all sharing a base layer of the same
+/// size, imported from the layout with the product's script, against the same images
+/// pulled by the same containerd from a registry on loopback (the online path).
+#[test]
+#[ignore]
+fn bench_import_against_a_pull() {
+    let Some(c) = containerd() else { return };
+    let Some(reg) = common::registry::Registry::start() else { return };
+    let n: usize = std::env::var("BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let mib: usize = std::env::var("BENCH_LAYER_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_core::SeedableRng>::seed_from_u64(7);
+    let mut random = |len: usize| {
+        let mut v = vec![0u8; len];
+        rand_core::RngCore::fill_bytes(&mut rng, &mut v);
+        v
+    };
+    let base =
+        layer(&[("bin/busybox", &std::fs::read("/bin/busybox").unwrap()), ("base.bin", &random(mib << 20))]);
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("blobs");
+    std::fs::create_dir_all(&store).unwrap();
+    let mut embedded_images = Vec::new();
+    let mut names = Vec::new();
+    for i in 0..n {
+        let own = layer(&[(&format!("img{i}.bin"), &random(mib << 20))]);
+        let img = image(&[("amd64", vec![base.clone(), own])], false, true);
+        reg.push_image(&format!("bench/img{i}"), "1", &img);
+        names.push(format!("registry.test/bench/img{i}:1"));
+        embedded_images.push(embedded(&names[i], &img, &store));
+    }
+    let mut l = Layer::new(1_724_198_400);
+    let stats = imgbuild::layer::images::add(&mut l, &embedded_images).unwrap();
+    let root = t.path().join("root");
+    materialize(&l, &root);
+    let layout = root.join(IMAGES_DIR.trim_start_matches('/'));
+
+    let t0 = Instant::now();
+    let o = run_script(&root, &c);
+    let import = t0.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", text(&o));
+    let after_import = du(&c.dir.path().join("root"));
+
+    // The same images pulled over loopback by a second containerd (same config).
+    let Some(c2) = containerd() else { return };
+    let m: imgbuild::cluster::registries::Mirror =
+        serde_yaml::from_str(&format!("fallback: false\nendpoints:\n  - url: {}\n", reg.base())).unwrap();
+    let hosts = t.path().join("certs.d/registry.test");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        imgbuild::cluster::registries::hosts_toml("registry.test", &m).0,
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    for name in &names {
+        let o = c2.ctr(&["images", "pull", "--hosts-dir", t.path().join("certs.d").to_str().unwrap(), name]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let pull = t0.elapsed().as_secs_f64();
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "bench-images: {n} images, {} blobs, {:.0} MiB in the layout ({:.0} MiB if each image were stored apart)",
+        stats.blobs,
+        mb(stats.bytes),
+        mb(stats.bytes_if_separate)
+    );
+    println!(
+        "bench-images: import {import:.1} s ({:.0} MiB/s); pull from a loopback registry {pull:.1} s; ratio import/pull {:.2}",
+        mb(stats.bytes) / import,
+        import / pull
+    );
+    println!(
+        "bench-images: disk: layout {:.0} MiB, containerd after the import (content + unpacked snapshots) {:.0} MiB",
+        mb(du(&layout)),
+        mb(after_import)
+    );
+}
