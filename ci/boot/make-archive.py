@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+import testcache
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIST = os.path.join(HERE, "archive-packages.txt")
 SUITE, VERSION, COMPONENT, ARCH = "bookworm", "12", "main", "amd64"
@@ -156,29 +158,7 @@ def build(dest):
 
 
 def main():
-    h = hashlib.sha256()
-    for p in (os.path.abspath(__file__), LIST):
-        h.update(open(p, "rb").read())
-    key = h.hexdigest()[:16]
-    cache = os.environ.get("IMGBUILD_TEST_CACHE") or os.path.join(
-        os.environ.get("HOME", "/root"), ".cache", "imgbuild-test"
-    )
-    dest = os.path.join(cache, "archive", key)
-    if os.path.isfile(os.path.join(dest, "versions")):
-        log(f"cached {dest}")
-        print(dest)
-        return
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(dest))
-    try:
-        t = time.time()
-        build(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(tmp, dest)
-        log(f"built {dest} in {time.time() - t:.0f}s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(dest)
+    print(testcache.cached("archive", [os.path.abspath(__file__), LIST], "versions", build))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ Cached under $IMGBUILD_TEST_CACHE/runtime/<hash of this script>.
 Usage: make-runtime.py          -> prints the cache dir
 """
 import gzip
-import hashlib
 import io
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
+
+import testcache
 
 MTIME = 1724198400
 
@@ -95,25 +95,7 @@ def build(dest):
 
 
 def main():
-    key = hashlib.sha256(open(os.path.abspath(__file__), "rb").read()).hexdigest()[:16]
-    cache = os.environ.get("IMGBUILD_TEST_CACHE") or os.path.join(
-        os.environ.get("HOME", "/root"), ".cache", "imgbuild-test"
-    )
-    dest = os.path.join(cache, "runtime", key)
-    if os.path.isfile(os.path.join(dest, "versions")):
-        log(f"cached {dest}")
-        print(dest)
-        return
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(dest))
-    try:
-        build(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(tmp, dest)
-        log(f"built {dest}")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(dest)
+    print(testcache.cached("runtime", [os.path.abspath(__file__)], "versions", build))
 
 
 if __name__ == "__main__":

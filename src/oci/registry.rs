@@ -46,67 +46,43 @@ impl Registry {
 
     /// `GET /v2/<name>/manifests/<reference>` (a tag or a digest), verified.
     pub fn manifest(&self, image: &ImageRef, reference: &str) -> Result<Fetched, OciError> {
+        let what = format!("manifest {reference}");
         let url = format!("{}/manifests/{reference}", image.api_base());
-        let r = self.get(image, &url, Some(spec::ACCEPT), spec::MANIFEST_MAX)?;
-        if r.status == 404 {
-            return Err(OciError::NotFound {
-                image: image.to_string(),
-                what: format!("manifest {reference}"),
-                url: r.url,
-            });
-        }
-        if !(200..300).contains(&r.status) {
-            return Err(OciError::Http {
-                url: r.url,
-                msg: format!("HTTP {}{}", r.status, api_error(&r.body)),
-            });
-        }
-        let actual = Digest::of(&r.body);
-        let expected = match Digest::parse(reference) {
-            Ok(d) => Some(d),
-            // A tag: the registry names the digest it resolved (optional in the spec).
-            Err(_) => r.header("docker-content-digest").and_then(|h| Digest::parse(h.trim()).ok()),
-        };
-        if let Some(e) = expected.filter(|e| *e != actual) {
-            return Err(OciError::Integrity {
-                image: image.to_string(),
-                what: format!("manifest {reference} from {}", r.url),
-                expected: e.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        let r = self.get_ok(image, &what, &url, Some(spec::ACCEPT), spec::MANIFEST_MAX)?;
+        // By tag, the registry names the digest it resolved (optional in the spec).
+        let expected = Digest::parse(reference)
+            .ok()
+            .or_else(|| r.header("docker-content-digest").and_then(|h| Digest::parse(h.trim()).ok()));
+        let digest = verified(image, &what, &r, expected.as_ref())?;
         let doc = Document::parse(&r.body, r.header("content-type"))
             .map_err(|e| OciError::Unsupported { image: image.to_string(), msg: e.to_string() })?;
-        Ok(Fetched { digest: actual, bytes: r.body, doc })
+        Ok(Fetched { digest, bytes: r.body, doc })
     }
 
     /// `GET /v2/<name>/blobs/<digest>` into memory (small blobs only), verified.
     pub fn small_blob(&self, image: &ImageRef, d: &Digest) -> Result<Vec<u8>, OciError> {
+        let what = format!("blob {d}");
         let url = format!("{}/blobs/{d}", image.api_base());
-        let r = self.get(image, &url, None, CONFIG_MAX)?;
-        if r.status == 404 {
-            return Err(OciError::NotFound {
-                image: image.to_string(),
-                what: format!("blob {d}"),
-                url: r.url,
-            });
-        }
-        if !(200..300).contains(&r.status) {
-            return Err(OciError::Http {
-                url: r.url,
-                msg: format!("HTTP {}{}", r.status, api_error(&r.body)),
-            });
-        }
-        let actual = Digest::of(&r.body);
-        if actual != *d {
-            return Err(OciError::Integrity {
-                image: image.to_string(),
-                what: format!("blob from {}", r.url),
-                expected: d.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        let r = self.get_ok(image, &what, &url, None, CONFIG_MAX)?;
+        verified(image, &what, &r, Some(d))?;
         Ok(r.body)
+    }
+
+    /// [`Registry::get`] where only a 2xx answer is one: 404 names `what` as missing.
+    fn get_ok(
+        &self,
+        image: &ImageRef,
+        what: &str,
+        url: &str,
+        accept: Option<&str>,
+        max: usize,
+    ) -> Result<smallget::Response, OciError> {
+        let r = self.get(image, url, accept, max)?;
+        match r.status {
+            200..=299 => Ok(r),
+            404 => Err(OciError::NotFound { image: image.to_string(), what: what.to_string(), url: r.url }),
+            s => Err(OciError::Http { url: r.url, msg: format!("HTTP {s}{}", api_error(&r.body)) }),
+        }
     }
 
     /// One GET with the token flow: a cached token for the repository goes along; a
@@ -174,6 +150,25 @@ impl Registry {
             return Err(fail(format!("HTTP {}", r.status)));
         }
         auth::parse_token(&r.body, &r.url).map_err(|e| OciError::Auth { url: r.url.clone(), source: e })
+    }
+}
+
+/// The digest of `r`'s body, which must be `expected` (when known): else exit code 3.
+fn verified(
+    image: &ImageRef,
+    what: &str,
+    r: &smallget::Response,
+    expected: Option<&Digest>,
+) -> Result<Digest, OciError> {
+    let actual = Digest::of(&r.body);
+    match expected {
+        Some(e) if *e != actual => Err(OciError::Integrity {
+            image: image.to_string(),
+            what: format!("{what} from {}", r.url),
+            expected: e.to_string(),
+            actual: actual.to_string(),
+        }),
+        _ => Ok(actual),
     }
 }
 

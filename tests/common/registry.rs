@@ -149,11 +149,9 @@ fn serve_token(mut conn: TcpStream, reqs: &Mutex<Vec<String>>, signer: &Signer) 
         }
         let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let query = target.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
-        let params: BTreeMap<String, String> = query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), percent_decode(v)))
-            .collect();
+        let params: BTreeMap<String, String> = reqwest::Url::parse(&format!("http://token.test{target}"))
+            .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+            .unwrap_or_default();
         reqs.lock().unwrap().push(query.clone());
         let (status, body) =
             if !target.starts_with("/token") || params.get("service").map(String::as_str) != Some(SERVICE) {
@@ -168,24 +166,6 @@ fn serve_token(mut conn: TcpStream, reqs: &Mutex<Vec<String>>, signer: &Signer) 
             body.len()
         )?;
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The running registry and its helpers. Dropping it stops the registry process.
