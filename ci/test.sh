@@ -33,6 +33,12 @@ deps=(
   "xz xz-utils"
   "virsh libvirt-clients"
   "libvirtd libvirt-daemon"
+  # oci: a real registry (tests/oci_registry.rs); containerd 1.6, runc and a static busybox
+  # (tests/oci_containerd.rs, which runs its own containerd on a private socket)
+  "docker-registry docker-registry"
+  "containerd containerd"
+  "runc runc"
+  "busybox busybox-static"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -122,28 +128,6 @@ if ! /usr/bin/python3 -c 'import glance.cmd.api, glance.cmd.manage' >/dev/null 2
   fi
 fi
 # --- end upload/glance ---
-
-# --- oci: a real registry (tests/oci_registry.rs), containerd 1.6 + runc and a static busybox
-# (tests/oci_containerd.rs; the boot test repacks the same containerd and runc). Debian's
-# containerd package may start its own service on a systemd host; the tests run their own
-# containerd on a private socket. ---
-oci_pkgs=()
-[ -x /usr/bin/docker-registry ] || oci_pkgs+=(docker-registry)
-command -v containerd >/dev/null 2>&1 || oci_pkgs+=(containerd)
-command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || oci_pkgs+=(runc)
-# the static busybox (busybox-static) is the one runnable file of the test images
-file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || oci_pkgs+=(busybox-static file)
-if [ ${#oci_pkgs[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "ci/test.sh: installing ${oci_pkgs[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${oci_pkgs[@]}" >/dev/null
-  else
-    echo "ci/test.sh: missing packages: ${oci_pkgs[*]}; run: sudo apt-get install -y ${oci_pkgs[*]}" >&2
-    exit 1
-  fi
-fi
-# --- end oci ---
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -55,16 +55,6 @@ def names():
         return [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
 
 
-def download(pkgs, dest):
-    """The real .debs, as the host's apt has them (one apt-get update when it lacks them)."""
-    cmd = ["apt-get", "download", "-qq", *pkgs]
-    r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-    if r.returncode != 0:
-        log("apt-get download failed; apt-get update and retry")
-        run(["apt-get", "update", "-qq"])
-        run(cmd, cwd=dest)
-
-
 def pool_path(fields, deb):
     src = fields.get("Source", fields["Package"]).split()[0]
     prefix = src[:4] if src.startswith("lib") else src[:1]
@@ -95,7 +85,7 @@ def build(dest):
     dl = os.path.join(dest, "dl")
     os.makedirs(dl)
     pkgs = names()
-    download(pkgs, dl)
+    testcache.apt_download(pkgs, dl)
     stanzas, versions = [], []
     for f in sorted(os.listdir(dl)):
         deb = os.path.join(dl, f)

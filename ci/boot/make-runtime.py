@@ -54,11 +54,7 @@ def run(cmd, **kw):
 def build(dest):
     dl = os.path.join(dest, "dl")
     os.makedirs(dl)
-    cmd = ["apt-get", "download", "-qq", *PACKAGES]
-    if subprocess.run(cmd, cwd=dl, capture_output=True).returncode != 0:
-        log("apt-get download failed; apt-get update and retry")
-        run(["apt-get", "update", "-qq"])
-        run(cmd, cwd=dl)
+    testcache.apt_download(list(PACKAGES), dl)
     versions = []
     for deb in sorted(os.listdir(dl)):
         path = os.path.join(dl, deb)

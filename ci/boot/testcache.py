@@ -5,6 +5,7 @@ directory is a complete one (its `marker` file says so)."""
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,3 +33,16 @@ def cached(kind, inputs, marker, build):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def apt_download(pkgs, dest):
+    """`apt-get download` of `pkgs` into `dest` from the host's Debian apt (after one
+    `apt-get update` when the package lists lack them)."""
+    cmd = ["apt-get", "download", "-qq", *pkgs]
+    if subprocess.run(cmd, cwd=dest, capture_output=True).returncode == 0:
+        return
+    print("apt-get download failed; apt-get update and retry", file=sys.stderr)
+    for c in (["apt-get", "update", "-qq"], cmd):
+        r = subprocess.run(c, cwd=dest, capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"{' '.join(c)} failed ({r.returncode}):\n{r.stderr}")
