@@ -102,6 +102,51 @@ pub fn resolve(reg: &Registry, image: &ImageRef, arches: &[Arch]) -> Result<Lock
     })
 }
 
+/// Resolve `image` for `arch` from blobs already verified by digest (the cache), without
+/// the network: only a reference that pins a digest can be, and only when its top
+/// document and the platform's manifest (or, for a single manifest, its config) are
+/// there. `None` otherwise.
+pub fn resolve_cached(
+    image: &ImageRef,
+    arch: Arch,
+    blob: &dyn Fn(&Digest) -> Option<Vec<u8>>,
+) -> Option<LockedImage> {
+    let top_digest = image.digest.as_ref()?;
+    let top_bytes = blob(top_digest)?;
+    let top = Document::parse(&top_bytes, None).ok()?;
+    let platform = match &top {
+        Document::Index { index, .. } => {
+            let d = index.select(arch).ok()?;
+            let m = blob(&d.digest)?;
+            let doc = Document::parse(&m, None).ok()?;
+            (matches!(doc, Document::Manifest { .. }) && doc.media_type() == d.media_type).then_some(())?;
+            LockedManifest {
+                digest: d.digest.clone(),
+                media_type: d.media_type.clone(),
+                size: m.len() as u64,
+            }
+        }
+        Document::Manifest { manifest, media_type } => {
+            let p: ConfigPlatform = serde_json::from_slice(&blob(&manifest.config.digest)?).ok()?;
+            let have =
+                Platform { architecture: p.architecture, os: p.os, variant: p.variant, os_version: None };
+            have.matches(arch).then_some(())?;
+            LockedManifest {
+                digest: top_digest.clone(),
+                media_type: media_type.clone(),
+                size: top_bytes.len() as u64,
+            }
+        }
+    };
+    Some(LockedImage {
+        reference: image.clone(),
+        digest: top_digest.clone(),
+        media_type: top.media_type().to_string(),
+        size: top_bytes.len() as u64,
+        platforms: [(arch.as_str().to_string(), platform)].into_iter().collect(),
+    })
+}
+
 fn locked(m: &Fetched) -> LockedManifest {
     LockedManifest {
         digest: m.digest.clone(),
@@ -133,4 +178,44 @@ pub fn resolve_all(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::oci::spec::{OCI_CONFIG, OCI_INDEX, OCI_MANIFEST};
+
+    fn doc(v: serde_json::Value) -> (Digest, Vec<u8>) {
+        let b = serde_json::to_vec(&v).unwrap();
+        (Digest::of(&b), b)
+    }
+
+    #[test]
+    fn a_pinned_image_resolves_from_the_cache_alone() {
+        let (cfg_d, cfg) = doc(serde_json::json!({"architecture": "arm64", "os": "linux", "variant": "v8"}));
+        let (man_d, man) = doc(serde_json::json!({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": cfg_d.to_string(), "size": cfg.len()}, "layers": []}));
+        let (idx_d, idx) = doc(serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": man_d.to_string(), "size": man.len(),
+             "platform": {"os": "linux", "architecture": "arm64"}}]}));
+        let mut store: HashMap<Digest, Vec<u8>> =
+            [(idx_d.clone(), idx), (man_d.clone(), man), (cfg_d, cfg)].into_iter().collect();
+        let pinned = ImageRef::parse(&format!("quay.io/a/b:1@{idx_d}")).unwrap();
+        let l = resolve_cached(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
+        assert_eq!((l.digest.clone(), l.platforms["arm64"].digest.clone()), (idx_d.clone(), man_d.clone()));
+        assert!(resolve_cached(&pinned, Arch::Amd64, &|d| store.get(d).cloned()).is_none(), "no amd64");
+        // A single manifest pinned by digest: its config names the platform.
+        let single = ImageRef::parse(&format!("quay.io/a/c@{man_d}")).unwrap();
+        let l = resolve_cached(&single, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
+        assert_eq!(l.platforms["arm64"].digest, man_d);
+        // A tag, or a platform manifest missing from the cache: the network is needed.
+        assert!(resolve_cached(&ImageRef::parse("quay.io/a/b:1").unwrap(), Arch::Arm64, &|d| store
+            .get(d)
+            .cloned())
+        .is_none());
+        store.remove(&man_d);
+        assert!(resolve_cached(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).is_none());
+    }
 }
