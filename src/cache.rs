@@ -54,6 +54,13 @@ impl Cache {
         p.is_file().then_some(p)
     }
 
+    /// The bytes of a small cached blob, hashed again on read: `None` when absent or
+    /// when the file no longer matches its name (for documents parsed from the cache).
+    pub fn read_verified(&self, sha: &Sha256) -> Option<Vec<u8>> {
+        let b = std::fs::read(self.lookup(sha)?).ok()?;
+        (Sha256::of(&b) == *sha).then_some(b)
+    }
+
     /// Where an unfinished download of this digest is kept.
     pub fn partial_path(&self, sha: &Sha256) -> PathBuf {
         self.root.join("partial").join(sha.as_str())

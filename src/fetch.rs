@@ -6,12 +6,14 @@
 //! failures (connect/reset/timeout, 408, 429, 5xx) are retried with capped exponential
 //! backoff like `curl --retry`, resuming with `Range` from what is already on disk.
 //! A per-digest file lock lets several processes share one cache: the second waits,
-//! then finds the blob. Callers see a synchronous API ([`fetch_items`]).
+//! then finds the blob. Callers see a synchronous API ([`fetch`]) and get the verified
+//! blobs keyed by plan item ([`Fetched`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::cache::Cache;
 use crate::exit::{Classify, Code};
-use crate::plan::Item;
+use crate::plan::{Item, ItemKey};
 use crate::reporter::{human_bytes, Reporter, Task};
 use crate::types::Sha256;
 
@@ -158,9 +160,40 @@ pub struct FetchOptions {
     pub jobs: usize,
 }
 
-/// Ensure every item is in the cache, verified; returns the blob paths in `items`
-/// order. API used by `imgbuild build`. Blocks; runs its own tokio runtime.
-pub fn fetch_items(
+/// The verified blobs of a build, by item (see [`crate::plan::ItemKey`]).
+#[derive(Debug, Clone, Default)]
+pub struct Fetched {
+    blobs: BTreeMap<ItemKey, PathBuf>,
+}
+
+impl Fetched {
+    /// The verified blob of `item`, if it was fetched.
+    pub fn get(&self, item: &Item) -> Option<&Path> {
+        self.blobs.get(&item.key()).map(PathBuf::as_path)
+    }
+
+    /// Record `blob` as the verified bytes of `item` (for callers that verified it
+    /// themselves, e.g. tests with stand-in blobs).
+    pub fn insert(&mut self, item: &Item, blob: PathBuf) {
+        self.blobs.insert(item.key(), blob);
+    }
+
+    /// Everything fetched so far plus everything in `other`.
+    pub fn extend(&mut self, other: Fetched) {
+        self.blobs.extend(other.blobs);
+    }
+}
+
+/// Ensure every item is in the cache, verified; the blobs by item. Blocks; runs its
+/// own tokio runtime.
+pub fn fetch(items: &[&Item], cache: &Cache, opts: &FetchOptions, progress: &Reporter) -> Result<Fetched> {
+    let paths = fetch_items(items, cache, opts, progress)?;
+    let blobs = items.iter().map(|i| i.key()).zip(paths).collect();
+    Ok(Fetched { blobs })
+}
+
+/// [`fetch`], the blob paths in `items` order.
+fn fetch_items(
     items: &[&Item],
     cache: &Cache,
     opts: &FetchOptions,

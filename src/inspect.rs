@@ -5,48 +5,34 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
-use crate::disk::{self, RootFs};
+use crate::disk::{self, OpenImage, RootFs};
 use crate::exit::Classified;
 use crate::manifest::{FileKind, Manifest, IN_IMAGE_PATH};
 
-/// Read and verify the manifest of the image at `image`.
+/// Read and verify the manifest of the image at `image` (any format a build writes).
 pub fn inspect(image: &Path, root_label: &str) -> Result<Manifest> {
-    // A qcow2 (or vmdk, vhdx, vhd, ova) needs a raw view for debugfs: a sparse temp
-    // copy beside the image when that directory is writable, else in the system temp dir.
-    let tmp = image
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .and_then(|p| tempfile::Builder::new().prefix(".imgbuild-inspect-").tempdir_in(p).ok())
-        .map(Ok)
-        .unwrap_or_else(tempfile::tempdir)
-        .context("creating a temp dir")?;
-    let raw = match disk::formats::raw_view(image, tmp.path())? {
-        Some(r) => r,
-        None => match disk::detect(image)? {
-            disk::BaseFormat::Raw => image.to_path_buf(),
-            fmt @ disk::BaseFormat::Qcow2 => {
-                let r = tmp.path().join("image.raw");
-                disk::qemu::to_raw(image, fmt, &r)?;
-                r
-            }
-        },
-    };
-    let root = RootFs::locate(&raw, root_label)?;
+    let open = crate::output::OutputSet::beside(image).open(root_label)?;
+    manifest_of(&open, image)
+}
+
+/// The manifest of an opened image, every entry re-verified against its filesystem.
+pub fn manifest_of(open: &OpenImage, image: &Path) -> Result<Manifest> {
+    let root = &open.root;
     let bytes = root.read_file(IN_IMAGE_PATH)?.ok_or_else(|| {
         Classified::input(format!("{}: no {IN_IMAGE_PATH}: not built by imgbuild", image.display()))
     })?;
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
         Classified::integrity(format!("{}: {IN_IMAGE_PATH} is not a valid manifest: {e}", image.display()))
     })?;
-    let problems = verify(&root, &m, tmp.path())?;
+    let problems = verify(root, &m, open.scratch())?;
     if !problems.is_empty() {
+        let n = problems.len();
         return Err(Classified::integrity(format!(
-            "{}: {} entr{} do not match the manifest:\n  {}",
+            "{}: {n} {} not match the manifest:\n  {}",
             image.display(),
-            problems.len(),
-            if problems.len() == 1 { "y does" } else { "ies" },
+            if n == 1 { "entry does" } else { "entries do" },
             problems.join("\n  ")
         ))
         .into());
@@ -103,7 +89,7 @@ fn verify(root: &RootFs, m: &Manifest, tmp: &Path) -> Result<Vec<String>> {
         match f.kind {
             FileKind::File => {
                 let p = dump_dir.join(i.to_string());
-                let sha = crate::output::sha256_file(&p)?;
+                let sha = crate::types::Sha256::of_file(&p)?.to_string();
                 let size = std::fs::metadata(&p)?.len();
                 if Some(size) != f.size {
                     bad(format!("size {size}, manifest says {}", f.size.unwrap_or_default()));

@@ -24,6 +24,7 @@ pub mod inspect;
 pub mod keys;
 pub mod layer;
 pub mod lint;
+pub mod lockfile;
 pub mod manifest;
 pub mod oci;
 pub mod output;

@@ -111,38 +111,28 @@ impl Classify for LintFailed {
 struct Image {
     path: PathBuf,
     manifest: Manifest,
-    /// Keeps the raw copy of a qcow2 alive while `root` reads it.
-    _tmp: tempfile::TempDir,
-    root: crate::disk::RootFs,
+    /// The image opened read-only (any format a build writes).
+    open: crate::disk::OpenImage,
 }
 
 impl Image {
     fn open(path: &Path, label: &str) -> Result<Image> {
-        let manifest = crate::inspect::inspect(path, label)?;
-        let tmp = tempfile::tempdir()?;
-        let fmt = crate::disk::detect(path)?;
-        let raw = match fmt {
-            crate::disk::BaseFormat::Raw => path.to_path_buf(),
-            crate::disk::BaseFormat::Qcow2 => {
-                let r = tmp.path().join("image.raw");
-                crate::disk::qemu::to_raw(path, fmt, &r)?;
-                r
-            }
-        };
-        let root = crate::disk::RootFs::locate(&raw, label)?;
-        Ok(Image { path: path.to_path_buf(), manifest, _tmp: tmp, root })
+        let open = crate::output::OutputSet::beside(path).open(label)?;
+        let manifest = crate::inspect::manifest_of(&open, path)?;
+        Ok(Image { path: path.to_path_buf(), manifest, open })
     }
 
     fn has(&self, p: &str) -> Result<bool> {
         if self.manifest.files.iter().any(|f| f.path == p) {
             return Ok(true);
         }
-        if self.root.read_file(p)?.is_some() || self.root.read_link(p)?.is_some() {
+        let root = &self.open.root;
+        if root.read_file(p)?.is_some() || root.read_link(p)?.is_some() {
             return Ok(true);
         }
         let (dir, name) = p.rsplit_once('/').unwrap_or(("", p));
         let dir = if dir.is_empty() { "/" } else { dir };
-        let listing = self.root.list(&[dir]).unwrap_or_default();
+        let listing = root.list(&[dir]).unwrap_or_default();
         Ok(listing.get(dir).is_some_and(|es| es.iter().any(|e| e.name == name)))
     }
 }

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::ItemKind;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -14,15 +16,29 @@ pub struct Manifest {
     pub arch: String,
     pub kubernetes_version: String,
     /// sha256 over everything that determines the image (recipe digest, role, arch,
-    /// imgbuild version, every download digest): same value, same image.
+    /// imgbuild version, every download digest: base, artifacts, packages): same value,
+    /// same image.
     pub inputs_digest: String,
     pub base: Download,
     pub artifacts: Vec<Download>,
+    /// The Ubuntu packages installed from the recipe's lock, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<Download>,
     /// Every entry the layer adds, in path order.
     pub files: Vec<FileEntry>,
     /// Verified cosign signatures of downloads (`build --cosign-trust-root`), in plan order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub signatures: Vec<SignatureRecord>,
+}
+
+impl Manifest {
+    /// Everything the image was built from, by kind, in plan order: the base, the
+    /// artifacts, the packages (what the SBOM lists).
+    pub fn components(&self) -> impl Iterator<Item = (ItemKind, &Download)> {
+        std::iter::once((ItemKind::Base, &self.base))
+            .chain(self.artifacts.iter().map(|d| (ItemKind::Artifact, d)))
+            .chain(self.packages.iter().map(|d| (ItemKind::Package, d)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,129 +1,259 @@
-//! Build outputs beside the image: `<stem>.manifest.json`, `<stem>.<format>.sha256`
-//! (sha256sum format) and `<stem>.spdx.json` (SPDX 2.3). Everything is written into
-//! the build's temp dir first and renamed into the output dir at the end, the image
-//! last, so a present image always comes with its complete set of sidecars.
+//! A build's output set: the image and its sidecars, one type for the build that writes
+//! them and for `verify`, `inspect`, `upload` and `lint` that read them.
+//!
+//! | file | what |
+//! |------|------|
+//! | `<stem>.<format>` | the image |
+//! | `<stem>.manifest.json` | the manifest, byte-identical to `/etc/imgbuild/manifest.json` inside |
+//! | `<stem>.<format>.sha256` | the image's digest, `sha256sum` format |
+//! | `<stem>.spdx.json` | SPDX 2.3 SBOM |
+//!
+//! Writing: every file is staged in the build's temp dir and renamed into the output dir,
+//! the image last, so a present image always comes with its complete set of sidecars.
+//!
+//! Reading: a sidecar that is missing means the image was not given as the set `build`
+//! writes (exit 2, invalid input); a sidecar that is present but unreadable or does not
+//! match is an integrity failure (exit 3).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
 use serde_json::json;
 
+use crate::disk::{DiskError, OpenImage};
+use crate::exit::{Classify, Code};
+use crate::layer::Sealed;
 use crate::manifest::Manifest;
+use crate::reporter::{human_bytes, Reporter};
+use crate::types::{ItemKind, OutFormat, Sha256};
 
-/// The files of one build, by final path.
-#[derive(Debug, Clone)]
-pub struct Outputs {
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// The image path itself: missing, not a regular file.
+    #[error(transparent)]
+    Image(#[from] DiskError),
+    #[error("{what} {} is missing (`imgbuild build` writes it beside the image)", path.display())]
+    MissingSidecar { what: &'static str, path: PathBuf },
+    #[error("{}: {msg}", path.display())]
+    BadSidecar { path: PathBuf, msg: String },
+    #[error(
+        "{}: sha256 mismatch: the image hashes to {actual}, which does not match {expected} recorded in {}",
+        path.display(),
+        sidecar.display()
+    )]
+    Mismatch { path: PathBuf, sidecar: PathBuf, expected: Sha256, actual: Sha256 },
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for OutputError {
+    fn code(&self) -> Code {
+        match self {
+            OutputError::Image(e) => e.code(),
+            OutputError::MissingSidecar { .. } => Code::Input,
+            OutputError::BadSidecar { .. } | OutputError::Mismatch { .. } => Code::Integrity,
+            OutputError::Io { .. } => Code::Runtime,
+        }
+    }
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
+    let path = path.to_path_buf();
+    move |source| OutputError::Io { what, path, source }
+}
+
+/// The four files of one build, by path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSet {
     pub image: PathBuf,
     pub manifest: PathBuf,
     pub checksum: PathBuf,
     pub sbom: PathBuf,
-    /// sha256 of the image file.
-    pub image_sha256: String,
 }
 
-/// File names for `stem` (`<recipe>-<role>-<arch>`) and `format`.
-pub fn names(stem: &str, format: &str) -> [String; 4] {
-    [
-        format!("{stem}.{format}"),
-        format!("{stem}.manifest.json"),
-        format!("{stem}.{format}.sha256"),
-        format!("{stem}.spdx.json"),
-    ]
-}
-
-/// Write the sidecars for `staged_image` into `staging`, then move all four into
-/// `out_dir`. `manifest_json` is the exact manifest written into the image.
-pub fn publish(
-    staging: &Path,
-    staged_image: &Path,
-    out_dir: &Path,
-    stem: &str,
-    format: &str,
-    manifest_json: &[u8],
-    source_date_epoch: u64,
-) -> Result<Outputs> {
-    let sha = sha256_file(staged_image)?;
-    publish_hashed(staging, staged_image, &sha, out_dir, stem, format, manifest_json, source_date_epoch)
-}
-
-/// [`publish`] for an image whose sha256 was computed while it was written.
-#[allow(clippy::too_many_arguments)]
-pub fn publish_hashed(
-    staging: &Path,
-    staged_image: &Path,
-    image_sha256: &str,
-    out_dir: &Path,
-    stem: &str,
-    format: &str,
-    manifest_json: &[u8],
-    source_date_epoch: u64,
-) -> Result<Outputs> {
-    let manifest: Manifest = serde_json::from_slice(manifest_json).context("parsing the layer's manifest")?;
-    let [img_name, man_name, sum_name, sbom_name] = names(stem, format);
-    let image_sha256 = image_sha256.to_string();
-    let write = |name: &str, bytes: &[u8]| -> Result<PathBuf> {
-        let p = staging.join(name);
-        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))?;
-        Ok(p)
-    };
-    let man = write(&man_name, manifest_json)?;
-    let sum = write(&sum_name, format!("{image_sha256}  {img_name}\n").as_bytes())?;
-    let sbom_doc = sbom(&manifest, stem, &img_name, &image_sha256, source_date_epoch);
-    let mut sbom_bytes = serde_json::to_vec_pretty(&sbom_doc)?;
-    sbom_bytes.push(b'\n');
-    let sb = write(&sbom_name, &sbom_bytes)?;
-    let mv = |from: &Path, name: &str| -> Result<PathBuf> {
-        let to = out_dir.join(name);
-        std::fs::rename(from, &to).with_context(|| format!("moving {} into place", to.display()))?;
-        Ok(to)
-    };
-    let manifest = mv(&man, &man_name)?;
-    let checksum = mv(&sum, &sum_name)?;
-    let sbom = mv(&sb, &sbom_name)?;
-    let image = mv(staged_image, &img_name)?;
-    Ok(Outputs { image, manifest, checksum, sbom, image_sha256 })
-}
-
-pub fn sha256_file(p: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", p.display()))?;
-        if n == 0 {
-            break;
+impl OutputSet {
+    /// The files a build of `stem` in `format` writes into `dir`.
+    pub fn named(dir: &Path, stem: &str, format: OutFormat) -> OutputSet {
+        let image = dir.join(format!("{stem}.{format}"));
+        OutputSet {
+            checksum: dir.join(format!("{stem}.{format}.sha256")),
+            manifest: dir.join(format!("{stem}.manifest.json")),
+            sbom: dir.join(format!("{stem}.spdx.json")),
+            image,
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
+
+    /// The set an image belongs to, by the names `build` gives its sidecars (the stem is
+    /// the image's file name without its extension). Nothing is read.
+    pub fn beside(image: &Path) -> OutputSet {
+        let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(&name);
+        let dir = image.parent().unwrap_or(Path::new(""));
+        OutputSet {
+            image: image.to_path_buf(),
+            checksum: dir.join(format!("{name}.sha256")),
+            manifest: dir.join(format!("{stem}.manifest.json")),
+            sbom: dir.join(format!("{stem}.spdx.json")),
+        }
+    }
+
+    /// (what, path) of every file, the image first.
+    pub fn files(&self) -> [(&'static str, &Path); 4] {
+        [
+            ("image", &self.image),
+            ("manifest", &self.manifest),
+            ("checksum", &self.checksum),
+            ("sbom", &self.sbom),
+        ]
+    }
+
+    /// The image's file name (what the checksum sidecar names).
+    pub fn image_name(&self) -> String {
+        self.image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// Write the sidecars of `staged_image` (whose digest is `image_sha256`) into
+    /// `staging`, then move all four to this set's paths, the image last. `sealed` is
+    /// the manifest exactly as written into the image.
+    pub fn write(
+        &self,
+        staging: &Path,
+        staged_image: &Path,
+        image_sha256: &Sha256,
+        sealed: &Sealed,
+        source_date_epoch: u64,
+    ) -> Result<(), OutputError> {
+        let stage = |p: &Path| staging.join(p.file_name().unwrap_or_default());
+        let write = |to: &Path, bytes: &[u8]| -> Result<PathBuf, OutputError> {
+            let p = stage(to);
+            std::fs::write(&p, bytes).map_err(io("writing", &p))?;
+            Ok(p)
+        };
+        let man = write(&self.manifest, &sealed.json)?;
+        let sum = write(&self.checksum, format!("{image_sha256}  {}\n", self.image_name()).as_bytes())?;
+        let stem = self.image_name();
+        let stem = stem.rsplit_once('.').map(|(s, _)| s).unwrap_or(&stem);
+        let doc = sbom(&sealed.manifest, stem, &self.image_name(), image_sha256, source_date_epoch);
+        let mut sbom_bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        sbom_bytes.push(b'\n');
+        let sb = write(&self.sbom, &sbom_bytes)?;
+        for (from, to) in [(&man, &self.manifest), (&sum, &self.checksum), (&sb, &self.sbom)] {
+            std::fs::rename(from, to).map_err(io("moving into place", to))?;
+        }
+        std::fs::rename(staged_image, &self.image).map_err(io("moving into place", &self.image))
+    }
+
+    /// Move the four files into `dir` (same names), sidecars first and the image last.
+    pub fn move_into(&self, dir: &Path) -> Result<OutputSet, OutputError> {
+        let to = |p: &Path| dir.join(p.file_name().unwrap_or_default());
+        let moved = OutputSet {
+            image: to(&self.image),
+            manifest: to(&self.manifest),
+            checksum: to(&self.checksum),
+            sbom: to(&self.sbom),
+        };
+        for (from, to) in
+            [(&self.manifest, &moved.manifest), (&self.checksum, &moved.checksum), (&self.sbom, &moved.sbom)]
+        {
+            std::fs::rename(from, to).map_err(io("moving into place", to))?;
+        }
+        std::fs::rename(&self.image, &moved.image).map_err(io("moving into place", &moved.image))?;
+        Ok(moved)
+    }
+
+    fn read_sidecar(&self, what: &'static str, path: &Path) -> Result<Vec<u8>, OutputError> {
+        std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => OutputError::MissingSidecar { what, path: path.to_path_buf() },
+            _ => io("reading", path)(e),
+        })
+    }
+
+    /// The digest the checksum sidecar records for the image.
+    pub fn recorded_sha256(&self) -> Result<Sha256, OutputError> {
+        let bytes = self.read_sidecar("checksum file", &self.checksum)?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| OutputError::BadSidecar {
+            path: self.checksum.clone(),
+            msg: "not text in sha256sum format".into(),
+        })?;
+        let name = self.image_name();
+        crate::types::digest::find_in_sums(text, &name).ok_or_else(|| OutputError::BadSidecar {
+            path: self.checksum.clone(),
+            msg: format!("no `<sha256>  {name}` line (sha256sum format)"),
+        })
+    }
+
+    /// Hash the image (a progress task on `rep`) and compare it with the checksum
+    /// sidecar; its digest when they match.
+    pub fn verify_checksum(&self, rep: &Reporter) -> Result<Sha256, OutputError> {
+        let len = crate::disk::open::regular_file(&self.image)?;
+        let expected = self.recorded_sha256()?;
+        let name = self.image_name();
+        let task = rep.task(&format!("sha256 {name}"), Some(len));
+        let mut f = std::fs::File::open(&self.image).map_err(io("opening", &self.image))?;
+        let actual = match Sha256::of_reader(&mut f, |n| task.inc(n)) {
+            Ok((sha, _)) => sha,
+            Err(e) => {
+                task.abandon();
+                return Err(io("hashing", &self.image)(e));
+            }
+        };
+        if actual != expected {
+            task.abandon();
+            return Err(OutputError::Mismatch {
+                path: self.image.clone(),
+                sidecar: self.checksum.clone(),
+                expected,
+                actual,
+            });
+        }
+        task.finish(&format!("verified sha256 {name} ({})", human_bytes(len)));
+        Ok(actual)
+    }
+
+    /// The manifest sidecar.
+    pub fn read_manifest(&self) -> Result<Manifest, OutputError> {
+        let bytes = self.read_sidecar("manifest", &self.manifest)?;
+        serde_json::from_slice(&bytes).map_err(|e| OutputError::BadSidecar {
+            path: self.manifest.clone(),
+            msg: format!("not an imgbuild manifest: {e}"),
+        })
+    }
+
+    /// Open the image read-only (any format a build writes).
+    pub fn open(&self, root_label: &str) -> Result<OpenImage, DiskError> {
+        crate::disk::open_read_only(&self.image, root_label)
+    }
 }
 
-/// SPDX 2.3 JSON: the image as the described package, containing the base image and
-/// every artifact with its version, first download URL and sha256. `created` is the
-/// recipe's source_date_epoch, so the document is reproducible.
-pub fn sbom(m: &Manifest, stem: &str, image_name: &str, image_sha256: &str, sde: u64) -> serde_json::Value {
-    let id = |name: &str| {
+/// SPDX 2.3 JSON: the image as the described package, containing everything it was
+/// built from (the manifest's components: base, artifacts, packages) with its version,
+/// first download URL and sha256. `created` is the recipe's source_date_epoch, so the
+/// document is reproducible.
+pub fn sbom(
+    m: &Manifest,
+    stem: &str,
+    image_name: &str,
+    image_sha256: &Sha256,
+    sde: u64,
+) -> serde_json::Value {
+    let id = |kind: ItemKind, name: &str| {
         let clean: String = name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
             .collect();
-        format!("SPDXRef-Package-{clean}")
+        // Names are unique within a kind; packages get their own namespace.
+        match kind {
+            ItemKind::Package => format!("SPDXRef-Package-deb-{clean}"),
+            ItemKind::Base | ItemKind::Artifact => format!("SPDXRef-Package-{clean}"),
+        }
     };
-    let pkg = |d: &crate::manifest::Download, purpose: &str| {
-        json!({
-            "name": d.name,
-            "SPDXID": id(&d.name),
-            "versionInfo": d.version,
-            "downloadLocation": d.urls.first().cloned().unwrap_or_else(|| "NOASSERTION".into()),
-            "filesAnalyzed": false,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": d.sha256}],
-            "licenseConcluded": "NOASSERTION",
-            "licenseDeclared": "NOASSERTION",
-            "copyrightText": "NOASSERTION",
-            "primaryPackagePurpose": purpose,
-        })
+    let purpose = |kind: ItemKind| match kind {
+        ItemKind::Base => "OPERATING-SYSTEM",
+        ItemKind::Artifact | ItemKind::Package => "APPLICATION",
     };
     let mut packages = vec![json!({
         "name": image_name,
@@ -137,16 +267,23 @@ pub fn sbom(m: &Manifest, stem: &str, image_name: &str, image_sha256: &str, sde:
         "copyrightText": "NOASSERTION",
         "primaryPackagePurpose": "OPERATING-SYSTEM",
     })];
-    packages.push(pkg(&m.base, "OPERATING-SYSTEM"));
     let mut rels = vec![
         json!({"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": "SPDXRef-Image"}),
-        json!({"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": id(&m.base.name)}),
     ];
-    for a in &m.artifacts {
-        packages.push(pkg(a, "APPLICATION"));
-        rels.push(
-            json!({"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": id(&a.name)}),
-        );
+    for (kind, d) in m.components() {
+        packages.push(json!({
+            "name": d.name,
+            "SPDXID": id(kind, &d.name),
+            "versionInfo": d.version,
+            "downloadLocation": d.urls.first().cloned().unwrap_or_else(|| "NOASSERTION".into()),
+            "filesAnalyzed": false,
+            "checksums": [{"algorithm": "SHA256", "checksumValue": d.sha256}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+            "primaryPackagePurpose": purpose(kind),
+        }));
+        rels.push(json!({"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": id(kind, &d.name)}));
     }
     json!({
         "spdxVersion": "SPDX-2.3",
@@ -189,5 +326,35 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1724198400), "2024-08-21T00:00:00Z");
         assert_eq!(rfc3339(951782400 + 3661), "2000-02-29T01:01:01Z");
+    }
+
+    #[test]
+    fn names_follow_the_image() {
+        let s = OutputSet::named(Path::new("out"), "k8s-worker-amd64", OutFormat::Vmdk);
+        assert_eq!(s, OutputSet::beside(Path::new("out/k8s-worker-amd64.vmdk")));
+        assert_eq!(s.checksum, Path::new("out/k8s-worker-amd64.vmdk.sha256"));
+        assert_eq!(s.manifest, Path::new("out/k8s-worker-amd64.manifest.json"));
+        assert_eq!(s.sbom, Path::new("out/k8s-worker-amd64.spdx.json"));
+        assert_eq!(s.image_name(), "k8s-worker-amd64.vmdk");
+    }
+
+    #[test]
+    fn sidecar_problems_have_their_class() {
+        let d = tempfile::tempdir().unwrap();
+        let s = OutputSet::beside(&d.path().join("x.qcow2"));
+        std::fs::write(&s.image, b"image").unwrap();
+        let e = s.recorded_sha256().unwrap_err();
+        assert_eq!(e.code(), Code::Input, "{e}");
+        assert!(e.to_string().contains("x.qcow2.sha256 is missing"), "{e}");
+        std::fs::write(&s.checksum, format!("{}  other.qcow2\n", Sha256::of(b"image"))).unwrap();
+        assert_eq!(s.recorded_sha256().unwrap_err().code(), Code::Integrity);
+        std::fs::write(&s.checksum, format!("{}  x.qcow2\n", Sha256::of(b"other"))).unwrap();
+        let e = s.verify_checksum(&Reporter::silent()).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity);
+        assert!(e.to_string().contains("sha256 mismatch"), "{e}");
+        std::fs::write(&s.checksum, format!("{}  x.qcow2\n", Sha256::of(b"image"))).unwrap();
+        assert_eq!(s.verify_checksum(&Reporter::silent()).unwrap(), Sha256::of(b"image"));
+        let gone = OutputSet::beside(&d.path().join("gone.qcow2"));
+        assert_eq!(gone.verify_checksum(&Reporter::silent()).unwrap_err().code(), Code::Input);
     }
 }

@@ -1,21 +1,70 @@
-//! A recipe resolved for one role and one arch: the exact list of downloads, with
-//! final URLs and digests, and where each one's files land.
+//! The build plan: everything one build will do, resolved and typed before anything is
+//! downloaded. The recipe is what a person writes (raw, per role and arch); the plan is
+//! that recipe resolved for one role and arch plus the command's choices: the base
+//! image, every artifact with its final URLs and where its files land, the locked Ubuntu
+//! packages, the add-ons, the signature policy, and the output (format, disk size, file
+//! stem). `recipe show` and `build --dry-run` print it; every later stage (fetch, layer,
+//! disk, output) works from it.
+//!
+//! Everything a build downloads is an [`Item`] of some [`ItemKind`]; [`BuildPlan::items`]
+//! lists them all, which is what fetch, the inputs digest, the manifest and the SBOM
+//! iterate. A new kind of download gets a kind, a list here, and its place in `items`.
+
+use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::exit::{Classify, Code};
+use crate::lockfile::{self, ArchLock, LockError};
 use crate::recipe::{expand, LoadedRecipe};
-use crate::types::{Arch, Role, Sha256};
+use crate::types::{Arch, ItemKind, OutFormat, Role, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{origin}: recipe {recipe} does not support arch {arch} (it pins: {pinned})")]
+    Arch { origin: String, recipe: String, arch: Arch, pinned: String },
+    #[error("{origin}: no sha256 for arch {arch}")]
+    NoDigest { origin: String, arch: Arch },
+    #[error("{0}")]
+    DiskSize(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+}
+
+impl Classify for PlanError {
+    fn code(&self) -> Code {
+        match self {
+            PlanError::Lock(e) => e.code(),
+            PlanError::Arch { .. } | PlanError::NoDigest { .. } | PlanError::DiskSize(_) => Code::Input,
+        }
+    }
+}
 
 /// One download, fully resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct Item {
+    pub kind: ItemKind,
     pub name: String,
     pub version: String,
     /// Tried in order.
     pub urls: Vec<String>,
     pub sha256: Sha256,
-    /// Empty for the base image.
+    /// Where an artifact's files land; empty for other kinds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub install: Vec<InstallStep>,
+}
+
+/// What identifies an item among a plan's downloads (a name is unique within its kind).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ItemKey {
+    pub kind: ItemKind,
+    pub name: String,
+}
+
+impl Item {
+    pub fn key(&self) -> ItemKey {
+        ItemKey { kind: self.kind, name: self.name.clone() }
+    }
 }
 
 /// `from`/`to` with template variables expanded.
@@ -25,22 +74,6 @@ pub struct InstallStep {
     pub from: Option<String>,
     pub to: String,
     pub mode: u32,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Plan {
-    pub recipe: String,
-    pub recipe_digest: Sha256,
-    pub kubernetes_version: String,
-    pub role: Role,
-    pub arch: Arch,
-    pub source_date_epoch: u64,
-    pub root_label: String,
-    pub base: Item,
-    pub artifacts: Vec<Item>,
-    /// Helm add-ons in install order; empty except for control planes.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub addons: Vec<AddonItem>,
 }
 
 /// A recipe add-on resolved for a control plane: which chart file in the image to
@@ -62,27 +95,125 @@ pub struct AddonItem {
     pub images: Vec<String>,
 }
 
-impl Plan {
-    /// Resolve `recipe` for `role`/`arch`. Fails (input error) when the recipe does
-    /// not pin `arch`.
-    pub fn resolve(lr: &LoadedRecipe, role: Role, arch: Arch) -> Result<Plan, crate::exit::Classified> {
-        let r = &lr.recipe;
+/// The Ubuntu packages of a build.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum PackagePlan {
+    /// The recipe has no `packages:`.
+    None,
+    /// From the lock file: one item per .deb, in the lock's (name) order.
+    Locked { lock_file: PathBuf, items: Vec<Item> },
+    /// No lock file yet: a build resolves the packages against the signed archive first,
+    /// exactly as `imgbuild lock` would (see `build::resolve_packages`).
+    Unresolved { lock_file: PathBuf, requested: Vec<String> },
+}
+
+/// Which signatures a build verifies and records in the manifest.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SignaturePolicy {
+    /// Cosign keyless signatures (`<url>.sig` + `<url>.cert`) of the artifacts downloaded
+    /// from `hosts`; `None`: none checked.
+    pub cosign: Option<CosignPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CosignPolicy {
+    /// PEM bundle of the Fulcio root and intermediates.
+    pub trust_root: PathBuf,
+    /// The certificate's expected identity (SAN) and OIDC issuer.
+    pub identity: String,
+    pub issuer: String,
+    /// URL prefixes whose files carry signatures next to them.
+    pub hosts: Vec<String>,
+}
+
+/// What the build writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputPlan {
+    pub format: OutFormat,
+    /// The output directory.
+    pub dir: PathBuf,
+    /// `<recipe>-<role>-<arch>`: the stem of every output file.
+    pub stem: String,
+    /// Virtual disk size in bytes (`--disk-size`, else the recipe's); `None` keeps the
+    /// base's size and grows only when the layer does not fit.
+    pub disk_size: Option<u64>,
+}
+
+/// Everything one build will do.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildPlan {
+    pub recipe: String,
+    /// `embedded:NAME` or the recipe file.
+    pub recipe_origin: String,
+    pub recipe_digest: Sha256,
+    pub kubernetes_version: String,
+    pub role: Role,
+    pub arch: Arch,
+    pub source_date_epoch: u64,
+    pub root_label: String,
+    pub base: Item,
+    pub artifacts: Vec<Item>,
+    pub packages: PackagePlan,
+    /// Helm add-ons in install order; empty except for control planes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addons: Vec<AddonItem>,
+    pub signatures: SignaturePolicy,
+    pub output: OutputPlan,
+}
+
+/// The command's choices a plan resolves with the recipe.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub role: Role,
+    pub arch: Arch,
+    /// The recipe file (`None`: embedded); its lock file sits next to it.
+    pub recipe_path: Option<PathBuf>,
+    pub format: OutFormat,
+    pub output_dir: PathBuf,
+    /// `--disk-size` as written; overrides the recipe's `disk_size`.
+    pub disk_size: Option<String>,
+    pub signatures: SignaturePolicy,
+}
+
+impl PlanOptions {
+    /// The defaults of `imgbuild build`: qcow2 into `out`, the recipe's disk size, no
+    /// signature checks.
+    pub fn new(role: Role, arch: Arch) -> PlanOptions {
+        PlanOptions {
+            role,
+            arch,
+            recipe_path: None,
+            format: OutFormat::Qcow2,
+            output_dir: PathBuf::from("out"),
+            disk_size: None,
+            signatures: SignaturePolicy::default(),
+        }
+    }
+}
+
+impl BuildPlan {
+    /// Resolve `lr` for `o.role`/`o.arch`. Input errors (exit 2): the recipe does not pin
+    /// the arch, a bad disk size, a stale lock file.
+    pub fn resolve(lr: &LoadedRecipe, o: &PlanOptions) -> Result<BuildPlan, PlanError> {
+        let (r, arch, role) = (&lr.recipe, o.arch, o.role);
         if !r.arches.contains(&arch) {
-            return Err(crate::exit::Classified::input(format!(
-                "{}: recipe {} does not support arch {arch} (it pins: {})",
-                lr.origin,
-                r.name,
-                r.arches.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", ")
-            )));
+            return Err(PlanError::Arch {
+                origin: lr.origin.clone(),
+                recipe: r.name.clone(),
+                arch,
+                pinned: r.arches.iter().map(|a| a.as_str()).collect::<Vec<_>>().join(", "),
+            });
         }
         // Validation guarantees every listed arch has a digest.
         let digest = |m: &crate::recipe::PerArch| {
-            m.get(arch.as_str()).cloned().ok_or_else(|| {
-                crate::exit::Classified::input(format!("{}: no sha256 for arch {arch}", lr.origin))
-            })
+            m.get(arch.as_str())
+                .cloned()
+                .ok_or_else(|| PlanError::NoDigest { origin: lr.origin.clone(), arch })
         };
         let b = &r.base;
         let base = Item {
+            kind: ItemKind::Base,
             name: b.name.clone(),
             version: b.version.clone(),
             urls: b.urls.iter().map(|u| expand(u, &b.name, &b.version, arch)).collect(),
@@ -93,6 +224,7 @@ impl Plan {
         for a in r.artifacts.iter().filter(|a| a.roles.contains(&role)) {
             let x = |t: &str| expand(t, &a.name, &a.version, arch);
             artifacts.push(Item {
+                kind: ItemKind::Artifact,
                 name: a.name.clone(),
                 version: a.version.clone(),
                 urls: a.urls.iter().map(|u| x(u)).collect(),
@@ -108,29 +240,27 @@ impl Plan {
                     .collect(),
             });
         }
-        let mut addons = Vec::new();
-        if role == Role::ControlPlane {
-            for ad in &r.addons {
-                // Validation guarantees the artifact exists with exactly one install step.
-                let Some(item) = artifacts.iter().find(|i| i.name == ad.artifact) else { continue };
-                let Some(step) = item.install.first() else { continue };
-                addons.push(AddonItem {
-                    name: item.name.clone(),
-                    version: item.version.clone(),
-                    release: ad.release.clone(),
-                    namespace: ad.namespace.clone(),
-                    order: ad.order,
-                    cni: ad.cni,
-                    chart: step.to.clone(),
-                    sha256: item.sha256.clone(),
-                    values: ad.values.clone(),
-                    images: ad.images.clone(),
-                });
+        let addons = if role == Role::ControlPlane { addons(lr, &artifacts) } else { Vec::new() };
+        let packages = match &r.packages {
+            None => PackagePlan::None,
+            Some(p) => {
+                let lock_file = lockfile::lock_path(lr, o.recipe_path.as_deref());
+                if lock_file.is_file() {
+                    let al =
+                        lockfile::read_for(lr, &lock_file, o.recipe_path.as_deref(), arch, &base.sha256)?;
+                    PackagePlan::Locked { items: package_items(&al), lock_file }
+                } else {
+                    PackagePlan::Unresolved { lock_file, requested: p.install.clone() }
+                }
             }
-            addons.sort_by_key(|a| a.order);
-        }
-        Ok(Plan {
+        };
+        let disk_size = match o.disk_size.as_deref().or(r.disk_size.as_deref()) {
+            Some(s) => Some(crate::types::size::parse(s).map_err(PlanError::DiskSize)?),
+            None => None,
+        };
+        Ok(BuildPlan {
             recipe: r.name.clone(),
+            recipe_origin: lr.origin.clone(),
             recipe_digest: lr.digest.clone(),
             kubernetes_version: r.kubernetes_version.clone(),
             role,
@@ -139,42 +269,110 @@ impl Plan {
             root_label: b.root_label.clone(),
             base,
             artifacts,
+            packages,
             addons,
+            signatures: o.signatures.clone(),
+            output: OutputPlan {
+                format: o.format,
+                dir: o.output_dir.clone(),
+                stem: format!("{}-{role}-{arch}", r.name),
+                disk_size,
+            },
         })
     }
 
-    /// Base image first, then the artifacts: everything a build downloads.
-    pub fn downloads(&self) -> impl Iterator<Item = &Item> {
-        std::iter::once(&self.base).chain(self.artifacts.iter())
+    /// Every download of the build, by kind: the base image, the artifacts, the locked
+    /// packages. Fetch, the inputs digest, the manifest and the SBOM all follow this.
+    pub fn items(&self) -> impl Iterator<Item = &Item> {
+        std::iter::once(&self.base).chain(self.artifacts.iter()).chain(self.packages().iter())
+    }
+
+    /// The locked packages (empty when there are none or they are not resolved yet).
+    pub fn packages(&self) -> &[Item] {
+        match &self.packages {
+            PackagePlan::Locked { items, .. } => items,
+            PackagePlan::None | PackagePlan::Unresolved { .. } => &[],
+        }
+    }
+
+    /// Complete a plan whose packages were [`PackagePlan::Unresolved`] with a fresh
+    /// resolution (what `imgbuild lock` would write for this arch).
+    pub fn lock_packages(&mut self, al: &ArchLock) {
+        if let PackagePlan::Unresolved { lock_file, .. } = &self.packages {
+            self.packages = PackagePlan::Locked { lock_file: lock_file.clone(), items: package_items(al) };
+        }
     }
 
     /// `<recipe>-<role>-<arch>`: the stem of every output file.
-    pub fn stem(&self) -> String {
-        format!("{}-{}-{}", self.recipe, self.role, self.arch)
+    pub fn stem(&self) -> &str {
+        &self.output.stem
     }
+}
+
+/// One plan item per locked .deb.
+pub fn package_items(al: &ArchLock) -> Vec<Item> {
+    al.packages
+        .iter()
+        .map(|d| Item {
+            kind: ItemKind::Package,
+            name: d.name.clone(),
+            version: d.version.clone(),
+            urls: vec![d.url.clone()],
+            sha256: d.sha256.clone(),
+            install: Vec::new(),
+        })
+        .collect()
+}
+
+/// The recipe's add-ons resolved against a control plane's artifacts, in install order.
+fn addons(lr: &LoadedRecipe, artifacts: &[Item]) -> Vec<AddonItem> {
+    let mut addons = Vec::new();
+    for ad in &lr.recipe.addons {
+        // Validation guarantees the artifact exists with exactly one install step.
+        let Some(item) = artifacts.iter().find(|i| i.name == ad.artifact) else { continue };
+        let Some(step) = item.install.first() else { continue };
+        addons.push(AddonItem {
+            name: item.name.clone(),
+            version: item.version.clone(),
+            release: ad.release.clone(),
+            namespace: ad.namespace.clone(),
+            order: ad.order,
+            cni: ad.cni,
+            chart: step.to.clone(),
+            sha256: item.sha256.clone(),
+            values: ad.values.clone(),
+            images: ad.images.clone(),
+        });
+    }
+    addons.sort_by_key(|a| a.order);
+    addons
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn plan(role: Role, arch: Arch) -> BuildPlan {
+        let r = crate::recipe::load(None).unwrap();
+        BuildPlan::resolve(&r, &PlanOptions::new(role, arch)).unwrap()
+    }
+
     #[test]
     fn worker_has_no_control_plane_tools() {
-        let r = crate::recipe::load(None).unwrap();
-        let p = Plan::resolve(&r, Role::Worker, Arch::Amd64).unwrap();
+        let p = plan(Role::Worker, Arch::Amd64);
         let names: Vec<_> = p.artifacts.iter().map(|a| a.name.as_str()).collect();
         assert!(names.contains(&"kubelet"));
         assert!(!names.contains(&"helm") && !names.contains(&"etcd"));
         assert_eq!(p.artifacts[0].urls[0], "https://dl.k8s.io/release/v1.30.3/bin/linux/amd64/kubeadm");
-        let cp = Plan::resolve(&r, Role::ControlPlane, Arch::Arm64).unwrap();
+        let cp = plan(Role::ControlPlane, Arch::Arm64);
         let etcd = cp.artifacts.iter().find(|a| a.name == "etcd").unwrap();
         assert_eq!(etcd.install[0].from.as_deref(), Some("etcd-v3.5.12-linux-arm64/etcdctl"));
+        assert_eq!(cp.stem(), "ubuntu-24.04-k8s-v1.30.3-control-plane-arm64");
     }
 
     #[test]
     fn addons_resolve_for_control_planes_only() {
-        let r = crate::recipe::load(None).unwrap();
-        let cp = Plan::resolve(&r, Role::ControlPlane, Arch::Amd64).unwrap();
+        let cp = plan(Role::ControlPlane, Arch::Amd64);
         let a: Vec<_> = cp.addons.iter().map(|a| (a.release.as_str(), a.chart.as_str())).collect();
         assert_eq!(
             a,
@@ -189,8 +387,41 @@ mod tests {
             cp.addons[2].sha256.as_str(),
             "7035b6656a07f85792d0d8e103b9bff84510db0e81d11db4e322709b07783ffa"
         );
-        let w = Plan::resolve(&r, Role::Worker, Arch::Arm64).unwrap();
+        let w = plan(Role::Worker, Arch::Arm64);
         assert!(w.addons.is_empty());
         assert!(!w.artifacts.iter().any(|a| a.name == "cilium" || a.name == "ingress-nginx"));
+    }
+
+    #[test]
+    fn items_are_keyed_by_kind_and_name() {
+        let mut p = plan(Role::Worker, Arch::Amd64);
+        assert!(matches!(p.packages, PackagePlan::Unresolved { .. }), "no lock next to the embedded recipe");
+        let al: ArchLock = serde_json::from_value(serde_json::json!({
+            "base_sha256": p.base.sha256, "releases": [], "indexes": [], "already_in_base": [],
+            "packages": [{"name": "kubelet", "version": "1.0", "architecture": "amd64",
+                          "url": "http://x/kubelet.deb", "sha256": Sha256::of(b"deb"), "size": 3,
+                          "requested": true}]
+        }))
+        .unwrap();
+        p.lock_packages(&al);
+        let keys: Vec<ItemKey> = p.items().map(Item::key).collect();
+        // An artifact and a package of the same name are different items.
+        let kubelets: Vec<_> = keys.iter().filter(|k| k.name == "kubelet").map(|k| k.kind).collect();
+        assert_eq!(kubelets, [ItemKind::Artifact, ItemKind::Package]);
+        let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+        assert_eq!(unique.len(), keys.len());
+        assert_eq!(keys[0].kind, ItemKind::Base);
+    }
+
+    #[test]
+    fn disk_size_is_checked_when_planning() {
+        let r = crate::recipe::load(None).unwrap();
+        let mut o = PlanOptions::new(Role::Worker, Arch::Amd64);
+        o.disk_size = Some("8G".into());
+        assert_eq!(BuildPlan::resolve(&r, &o).unwrap().output.disk_size, Some(8 << 30));
+        o.disk_size = Some("8X".into());
+        let e = BuildPlan::resolve(&r, &o).unwrap_err();
+        assert_eq!(e.code(), Code::Input);
+        assert!(e.to_string().contains("\"8X\""), "{e}");
     }
 }

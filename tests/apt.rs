@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use common::http::Server;
 use imgbuild::apt::{self, control, AptError};
 use imgbuild::layer::{Content, Kind, Layer};
+use imgbuild::plan::{BuildPlan, PackagePlan, PlanOptions};
+use imgbuild::types::{Arch, Role};
 use sha2::{Digest, Sha256};
 
 /// Tools this test needs; in CI (`CI` set) a missing one is a failure, not a skip.
@@ -353,8 +355,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
-fn lock_file(recipe: &Path) -> apt::LockFile {
-    apt::lock::read_lock(&PathBuf::from(format!("{}.lock", recipe.display()))).unwrap()
+fn lock_file(recipe: &Path) -> imgbuild::lockfile::LockFile {
+    imgbuild::lockfile::read_lock(&PathBuf::from(format!("{}.lock", recipe.display()))).unwrap()
 }
 
 #[test]
@@ -499,13 +501,15 @@ fn build_installs_the_packages_into_the_image() {
     std::fs::copy(f.dir.path().join("good.asc"), d.join("key.asc")).unwrap();
     let text = std::fs::read_to_string(&fx.recipe).unwrap();
     let r = d.join("recipe.yaml");
+    // An upstream-shaped archive URL (what the lock, the manifest and the SBOM record),
+    // served by the test repository through a mirror.
+    let archive = "http://archive.imgbuild.test/repo";
+    let mirror = format!("http://archive.imgbuild.test={}", f.server.base());
     std::fs::write(
         &r,
         format!(
-            "{text}packages:\n  archive:\n    amd64: {}\n    arm64: {}\n  suites: [test]\n  key_file: key.asc\n  \
-             install: [tool, alty]\n",
-            f.server.url("/repo"),
-            f.server.url("/repo"),
+            "{text}packages:\n  archive:\n    amd64: {archive}\n    arm64: {archive}\n  suites: [test]\n  \
+             key_file: key.asc\n  install: [tool, alty]\n"
         ),
     )
     .unwrap();
@@ -514,7 +518,7 @@ fn build_installs_the_packages_into_the_image() {
     let b = common::fixture::build(
         &fx,
         "worker",
-        &["--recipe", &recipe_arg, "--output", &out1.display().to_string()],
+        &["--recipe", &recipe_arg, "--mirror", &mirror, "--output", &out1.display().to_string()],
     );
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(stderr(&b).contains("no lock file"), "{}", stderr(&b));
@@ -522,7 +526,7 @@ fn build_installs_the_packages_into_the_image() {
 
     // Lock (the base is in the cache now), then build from the lock: same image.
     let l = common::bin()
-        .args(["--quiet", "lock", "--arch", "amd64", "--recipe"])
+        .args(["--quiet", "lock", "--arch", "amd64", "--mirror", &mirror, "--recipe"])
         .arg(&r)
         .arg("--cache-dir")
         .arg(&fx.cache)
@@ -548,6 +552,54 @@ fn build_installs_the_packages_into_the_image() {
         sha256(&std::fs::read(&image2).unwrap()),
         "live resolution and the lock give the same image"
     );
+
+    // The image's identity includes every package it installs: the manifest lists them
+    // (beside and, as `verify` checks, inside the image), the inputs digest covers them,
+    // the SBOM names them.
+    let locked = lock_file(&r).arches["amd64"].packages.clone();
+    let stem = "ubuntu-24.04-k8s-v1.30.3-worker-amd64";
+    let m: imgbuild::manifest::Manifest =
+        serde_json::from_slice(&std::fs::read(out2.join(format!("{stem}.manifest.json"))).unwrap()).unwrap();
+    let got: Vec<_> =
+        m.packages.iter().map(|p| (&p.name, &p.version, p.sha256.as_str(), p.urls.join(" "))).collect();
+    let want: Vec<_> =
+        locked.iter().map(|p| (&p.name, &p.version, p.sha256.as_str(), p.url.clone())).collect();
+    assert_eq!(got, want);
+    let v = common::bin()
+        .env("PATH", common::fixture::path_with_sbin())
+        .args(["verify", &image2])
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", stderr(&v));
+    let lr = imgbuild::recipe::load(Some(&r)).unwrap();
+    let o = PlanOptions { recipe_path: Some(r.clone()), ..PlanOptions::new(Role::Worker, Arch::Amd64) };
+    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    let inputs = imgbuild::layer::seal::inputs_text(&plan);
+    for p in &locked {
+        assert!(inputs.contains(&format!("package={} {} {}\n", p.name, p.version, p.sha256)), "{inputs}");
+    }
+    assert_eq!(m.inputs_digest, imgbuild::layer::inputs_digest(&plan));
+    let mut without = plan.clone();
+    without.packages = PackagePlan::None;
+    assert_ne!(imgbuild::layer::inputs_digest(&without), m.inputs_digest, "packages change the identity");
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out2.join(format!("{stem}.spdx.json"))).unwrap()).unwrap();
+    common::validate_spdx(&out2.join(format!("{stem}.spdx.json")));
+    for p in &locked {
+        let id = format!("SPDXRef-Package-deb-{}", p.name);
+        let pkg = sbom["packages"].as_array().unwrap().iter().find(|x| x["SPDXID"] == id.as_str());
+        let pkg = pkg.unwrap_or_else(|| panic!("{id} missing from the SBOM"));
+        assert_eq!(
+            (&pkg["name"], &pkg["versionInfo"]),
+            (&p.name.as_str().into(), &p.version.as_str().into())
+        );
+        assert_eq!(pkg["checksums"][0]["checksumValue"], p.sha256.as_str());
+        assert!(sbom["relationships"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["relatedSpdxElement"] == id.as_str()));
+    }
 
     // Read the image offline.
     let raw = d.join("image.raw");

@@ -159,7 +159,9 @@ fn base_that_is_neither_qcow2_nor_raw_is_refused() {
     sh(Command::new("qemu-img").args(["convert", "-O", "vdi"]).arg(&fx.base.raw).arg(&vdi));
     let ins = common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&vdi).output().unwrap();
     assert_eq!(ins.status.code(), Some(2));
-    assert!(stderr(&ins).contains("neither qcow2 nor raw"), "{}", stderr(&ins));
+    // What inspect is given is an image to read, not a base image.
+    assert!(stderr(&ins).contains("not a disk image (imgbuild reads qcow2, raw,"), "{}", stderr(&ins));
+    assert!(!stderr(&ins).contains("base image"), "{}", stderr(&ins));
 }
 
 #[test]

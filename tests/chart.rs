@@ -444,9 +444,12 @@ fn default_recipe_text() -> String {
     imgbuild::recipe::load(None).unwrap().text
 }
 
-fn plan_for(text: &str, role: Role) -> imgbuild::plan::Plan {
+fn plan_for(text: &str, role: Role) -> imgbuild::plan::BuildPlan {
     let r = imgbuild::recipe::parse(text, "test-recipe").unwrap();
-    imgbuild::plan::Plan::resolve(&r, role, imgbuild::types::Arch::Amd64).unwrap()
+    let o = imgbuild::plan::PlanOptions::new(role, imgbuild::types::Arch::Amd64);
+    let mut p = imgbuild::plan::BuildPlan::resolve(&r, &o).unwrap();
+    p.packages = imgbuild::plan::PackagePlan::None;
+    p
 }
 
 #[test]
@@ -628,7 +631,7 @@ fn approver_approves_only_matching_kubelet_serving_csrs() {
 }
 
 // ---------------------------------------------------------------------------------------
-// What the control-plane image carries (layer::compose with a test recipe whose add-on
+// What the control-plane image carries (the build's layer steps with a test recipe whose add-on
 // charts are stand-in blobs with their own digests), and what the worker image does not.
 
 #[path = "layer_fixture/mod.rs"]
@@ -661,7 +664,7 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
         std::fs::write(&p, &bytes).unwrap();
         stand_ins.insert(name.to_string(), (p, digest));
     }
-    let compose = |role: Role| -> (imgbuild::plan::Plan, Layer) {
+    let compose = |role: Role| -> (imgbuild::plan::BuildPlan, Layer) {
         let plan = plan_for(&text, role);
         let dir = tmp.path().join(role.as_str());
         std::fs::create_dir_all(dir.join("work")).unwrap();
@@ -671,7 +674,7 @@ fn control_plane_layer_carries_addons_and_worker_layer_none() {
                 dl.insert(name.clone(), p.clone());
             }
         }
-        let layer = imgbuild::layer::compose(&plan, &dl, &dir.join("work")).unwrap();
+        let layer = layer_fixture::compose_layer(&plan, &dl, &dir.join("work")).unwrap();
         (plan, layer)
     };
     let file = |l: &Layer, path: &str| -> Option<(Vec<u8>, u32)> {

@@ -6,7 +6,7 @@ mod common;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
 
-use imgbuild::plan::Plan;
+use imgbuild::plan::{BuildPlan, PlanOptions};
 use imgbuild::types::{Arch, Role, Sha256};
 
 /// A pipe whose read end is already closed: every write to the other end fails with
@@ -36,11 +36,11 @@ fn exit_code_on_broken_pipe(args: &[&str]) -> Option<i32> {
 /// its base image: `fetch --offline` reports the cached base, then fails naming the rest.
 fn half_cached(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let lr = imgbuild::recipe::load(None).unwrap();
-    let plan = Plan::resolve(&lr, Role::Worker, Arch::Amd64).unwrap();
+    let plan = BuildPlan::resolve(&lr, &PlanOptions::new(Role::Worker, Arch::Amd64)).unwrap();
     let mut text = lr.text.clone();
     let cache = dir.join("cache");
     std::fs::create_dir_all(cache.join("sha256")).unwrap();
-    for (i, item) in plan.downloads().enumerate() {
+    for (i, item) in plan.items().enumerate() {
         let bytes = format!("stand-in for {}", item.name).into_bytes();
         let sha = Sha256::of(&bytes);
         text = text.replace(item.sha256.as_str(), sha.as_str());

@@ -12,7 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use common::http::{Fault, Server};
-use imgbuild::plan::Plan;
+use imgbuild::plan::{BuildPlan, PlanOptions};
 use imgbuild::recipe;
 use imgbuild::types::{Arch, Role, Sha256};
 
@@ -59,10 +59,10 @@ impl Fixture {
         let server = Server::start();
         let dir = tempfile::tempdir().unwrap();
         let lr = recipe::load(None).unwrap();
-        let plan = Plan::resolve(&lr, Role::Worker, Arch::Amd64).unwrap();
+        let plan = BuildPlan::resolve(&lr, &PlanOptions::new(Role::Worker, Arch::Amd64)).unwrap();
         let mut text = lr.text.clone();
         let mut arts = Vec::new();
-        for item in plan.downloads() {
+        for item in plan.items() {
             // The base image is the big one: large enough to be cut mid-body.
             let len = if item.name.starts_with("ubuntu") { 3 << 20 } else { 200_000 };
             let b = bytes(&item.name, len);

@@ -240,9 +240,9 @@ fn roles_differ_where_they_should() {
 }
 
 fn sealed(role: Role, tmp: &std::path::Path) -> (Layer, Manifest) {
-    let (plan, mut l) = compose(role, tmp);
-    let m = imgbuild::layer::seal(&mut l, &plan).unwrap();
-    (l, m)
+    let (plan, l) = compose(role, tmp);
+    let s = imgbuild::layer::seal(l, &plan, Vec::new()).unwrap();
+    (s.layer, s.manifest)
 }
 
 #[test]
@@ -357,7 +357,7 @@ fn compose_err(
     edit(&mut dl, tmp.path());
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    imgbuild::layer::compose(&plan, &dl, &work).unwrap_err()
+    layer_fixture::compose_layer(&plan, &dl, &work).unwrap_err()
 }
 
 fn put(
@@ -546,9 +546,9 @@ fn bench_compose_and_seal_realistic_sizes() {
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let t = std::time::Instant::now();
-    let mut l = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    let l = layer_fixture::compose_layer(&plan, &dl, &work).unwrap();
     let t_compose = t.elapsed();
-    let m = imgbuild::layer::seal(&mut l, &plan).unwrap();
+    let m = imgbuild::layer::seal(l, &plan, Vec::new()).unwrap().manifest;
     let t_all = t.elapsed();
     let hashed: u64 = m.files.iter().filter_map(|f| f.size).sum();
     eprintln!(
@@ -568,8 +568,8 @@ fn a_reused_workdir_is_cleaned_per_artifact() {
     let dl = layer_fixture::downloads(&plan, tmp.path());
     let work = tmp.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    imgbuild::layer::compose(&plan, &dl, &work).unwrap();
-    let l = imgbuild::layer::compose(&plan, &dl, &work).unwrap();
+    layer_fixture::compose_layer(&plan, &dl, &work).unwrap();
+    let l = layer_fixture::compose_layer(&plan, &dl, &work).unwrap();
     assert_eq!(bytes(&l, "/usr/local/bin/ctr"), stub("bin/ctr"));
     // Only what the second run extracted is there.
     let n = std::fs::read_dir(work.join("artifact-containerd")).unwrap().count();

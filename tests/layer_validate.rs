@@ -16,8 +16,8 @@ use layer_fixture::{have, materialize};
 
 /// Compose + seal `role` and write it under `<tmp>/root`.
 fn root_for(role: Role, tmp: &Path) -> (Layer, PathBuf) {
-    let (plan, mut l) = layer_fixture::compose(role, &tmp.join("in"));
-    imgbuild::layer::seal(&mut l, &plan).unwrap();
+    let (plan, l) = layer_fixture::compose(role, &tmp.join("in"));
+    let l = imgbuild::layer::seal(l, &plan, Vec::new()).unwrap().layer;
     let root = tmp.join("root");
     materialize(&l, &root);
     (l, root)

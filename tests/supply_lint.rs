@@ -218,4 +218,18 @@ fn paths_user_data_uses_must_exist_in_the_role_image() {
     );
     // Without the image the path class cannot be checked, so nothing is reported.
     expect(&c, &[], &[]);
+    // Every format a build writes is read the same way (a vmdk used to pass the manifest
+    // check and then fail on its paths).
+    let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap(), "--format", "vmdk"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vmdk = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(vmdk.ends_with(".vmdk"), "{vmdk}");
+    expect(
+        &c,
+        &["--image", &vmdk],
+        &[
+            ("paths", "demo-worker-2", "/usr/libexec/imgbuild/not-there is not in the worker image"),
+            ("paths", "demo-worker-2", "unit missing.service"),
+        ],
+    );
 }

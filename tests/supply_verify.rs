@@ -2,16 +2,14 @@
 //! noble-shaped fixture base (real debugfs, e2fsck, qemu-img), served over loopback.
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::fixture::{self, Fixture};
-use imgbuild::build::Job;
-use imgbuild::disk::{OutFormat, RootFs};
-use imgbuild::layer::{Content, Layer};
-use imgbuild::plan::Plan;
-use imgbuild::types::{Arch, Role};
+use imgbuild::build::{Compose, Step};
+use imgbuild::layer::Content;
+use imgbuild::plan::{BuildPlan, PlanOptions};
+use imgbuild::types::{Arch, OutFormat, Role};
 
 fn text(o: &Output) -> String {
     format!(
@@ -89,9 +87,16 @@ fn reproducible_build_then_verify_and_tampering() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("does not match"), "{}", text(&o));
 
-    // No checksum sidecar: nothing to verify against, exit 3.
+    // No checksum sidecar: the image was not given with its output set, exit 2 (as
+    // `upload` says); a sidecar without a line for the image is an integrity failure.
     std::fs::copy(&image, &timg).unwrap();
-    std::fs::remove_file(t.join(format!("{stem}.qcow2.sha256"))).unwrap();
+    let sum = t.join(format!("{stem}.qcow2.sha256"));
+    let recorded = std::fs::read_to_string(&sum).unwrap();
+    std::fs::remove_file(&sum).unwrap();
+    let o = verify(&timg);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(&format!("{} is missing", sum.display())), "{}", text(&o));
+    std::fs::write(&sum, recorded.replace(".qcow2", ".raw")).unwrap();
     let o = verify(&timg);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
@@ -205,34 +210,34 @@ fn cosign_signatures_are_verified_at_build_and_recorded() {
 }
 
 /// A layer step that is not deterministic (a fresh value on every run).
-fn unstable(
-    plan: &Plan,
-    dl: &BTreeMap<String, PathBuf>,
-    work: &Path,
-    root: &RootFs,
-) -> anyhow::Result<Layer> {
-    let mut l = imgbuild::build::default_composer(plan, dl, work, root)?;
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    l.file("/etc/imgbuild/build-stamp", Content::Bytes(nanos.to_string().into_bytes()), 0o644);
-    Ok(l)
+struct Unstable;
+
+impl Step for Unstable {
+    fn name(&self) -> &'static str {
+        "unstable"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> anyhow::Result<()> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
+        cx.layer.file("/etc/imgbuild/build-stamp", Content::Bytes(nanos.to_string().into_bytes()), 0o644);
+        Ok(())
+    }
 }
 
 #[test]
 fn a_non_deterministic_build_is_caught() {
     let fx: Fixture = fixture::noble_fixture();
     let r = imgbuild::recipe::load(Some(&fx.recipe)).unwrap();
-    let plan = Plan::resolve(&r, Role::Worker, Arch::Amd64).unwrap();
     let out = fx.dir.path().join("out");
-    let job = Job {
-        plan: &plan,
-        base: fx.base.qcow2.clone(),
-        downloads: fx.downloads(),
-        output_dir: out.clone(),
+    let o = PlanOptions {
         format: OutFormat::Raw,
-        disk_size: None,
-        reporter: imgbuild::reporter::Reporter::silent(),
+        output_dir: out.clone(),
+        ..PlanOptions::new(Role::Worker, Arch::Amd64)
     };
-    let e = imgbuild::cmd::check_reproducible(&job, &unstable).unwrap_err();
+    let plan = BuildPlan::resolve(&r, &o).unwrap();
+    let mut steps = imgbuild::build::default_steps(&[]);
+    steps.push(Box::new(Unstable));
+    let rep = imgbuild::reporter::Reporter::silent();
+    let e = imgbuild::cmd::check_reproducible(&plan, &fx.fetched(&plan), &steps, &rep).unwrap_err();
     assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Integrity, "{e:#}");
     assert!(format!("{e:#}").contains("two builds differ: image:"), "{e:#}");
     // Nothing published on failure, and both temp dirs are gone.

@@ -227,7 +227,7 @@ fn image(seed: u8) -> Image {
         .expect("qemu-img");
     assert!(st.success());
     std::fs::remove_file(&raw).expect("rm");
-    let sha256 = imgbuild::output::sha256_file(&path).expect("hash");
+    let sha256 = imgbuild::types::Sha256::of_file(&path).expect("hash").to_string();
     std::fs::write(
         dir.path().join("k8s-worker-amd64.qcow2.sha256"),
         format!("{sha256}  k8s-worker-amd64.qcow2\n"),

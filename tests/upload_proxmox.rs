@@ -642,6 +642,7 @@ fn image() -> Image {
         inputs_digest: "ef".repeat(32),
         base: download("ubuntu-24.04"),
         artifacts: vec![download("kubeadm")],
+        packages: vec![],
         files: vec![],
         signatures: vec![],
     };

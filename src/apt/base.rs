@@ -1,10 +1,9 @@
 //! The base image's `/var/lib/dpkg/status` for `imgbuild lock`: the verified base from
-//! the cache, made raw when needed, read through [`crate::disk::RootFs`] (debugfs,
-//! rootless). `build` reads it from the working copy it already has (see
-//! [`super::composer`]).
+//! the cache, opened read-only ([`crate::disk::open_read_only`]: debugfs, rootless).
+//! `build` reads it from the working image it already has (the packages step).
 
 use crate::cache::Cache;
-use crate::disk::{self, RootFs};
+use crate::disk;
 use crate::recipe::LoadedRecipe;
 use crate::types::Arch;
 
@@ -30,12 +29,8 @@ pub fn status_from_cache(lr: &LoadedRecipe, arch: Arch, cache: &Cache) -> Result
             cache.root().display()
         )));
     };
-    let tmp = tempfile::tempdir().map_err(super::io("creating a temp dir"))?;
-    let fmt = disk::detect(&blob).map_err(disk_err)?;
-    let raw = tmp.path().join("base.raw");
-    disk::qemu::to_raw(&blob, fmt, &raw).map_err(disk_err)?;
-    let root = RootFs::locate(&raw, &b.root_label).map_err(disk_err)?;
-    let bytes = root.read_file(STATUS).map_err(disk_err)?.ok_or_else(|| AptError::Format {
+    let image = disk::open_read_only(&blob, &b.root_label).map_err(disk_err)?;
+    let bytes = image.root.read_file(STATUS).map_err(disk_err)?.ok_or_else(|| AptError::Format {
         what: format!("base image {sha}"),
         msg: format!("has no {STATUS}"),
     })?;

@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use serde::{Deserialize, Serialize};
-
 use super::inrelease::{self, TrustedKey};
 use super::net::{self, Got};
 use super::relation::{self, Alt, Group};
 use super::{control, AptError};
 use crate::cache::Cache;
 use crate::fetch::Mirror;
+use crate::lockfile::{IndexRef, ReleaseRef};
 use crate::reporter::Reporter;
 use crate::types::debian::Version;
 use crate::types::Sha256;
@@ -30,21 +29,6 @@ pub struct Entry {
     pub depends: Vec<Group>,
     /// `Provides` entries; a versioned one is `name (= v)`.
     pub provides: Vec<Alt>,
-}
-
-/// Where the indexes came from (recorded in the lock for review).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexRef {
-    pub url: String,
-    pub sha256: Sha256,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseRef {
-    pub url: String,
-    /// Digest of the InRelease that verified (the exact signed bytes used).
-    pub sha256: Sha256,
-    pub signer: String,
 }
 
 #[derive(Debug, Default)]

@@ -6,14 +6,13 @@
 //! - [`index`]: downloading and verifying the `Packages` indexes.
 //! - [`relation`], [`control`]: dependency fields, deb822 (versions: [`crate::types::debian`]).
 //! - [`resolve`]: the dependency closure minus what the base image already has.
-//! - [`lock`]: `imgbuild lock` and the lock file `build` uses.
+//! - [`lock`]: resolving the packages `imgbuild lock` writes into [`crate::lockfile`].
 //! - [`deb`]: reading `.deb` archives; [`install`]: unpacking into a [`crate::layer::Layer`]
 //!   and writing the dpkg database; [`scripts`]: what maintainer scripts may do.
 //! - [`base`]: the base image's `/var/lib/dpkg/status`.
 
 pub mod alternatives;
 pub mod base;
-pub mod build;
 pub mod control;
 pub mod deb;
 pub mod index;
@@ -25,9 +24,8 @@ pub mod relation;
 pub mod resolve;
 pub mod scripts;
 
-pub use build::{composer, for_build};
 pub use install::{install_into, BaseImage, Installed};
-pub use lock::{build_items, install_locked, BuildDebs, LockFile};
+pub use lock::install_locked;
 
 use crate::exit::{Classify, Code};
 
@@ -38,8 +36,6 @@ pub enum AptError {
     Input(String),
     #[error("package {name:?} ({arch}): {msg}")]
     MissingPackage { name: String, arch: String, msg: String },
-    #[error("{0}")]
-    StaleLock(String),
     #[error("{pkg}: {msg}")]
     Refused { pkg: String, msg: String },
     #[error("{origin}: bad OpenPGP key: {msg}")]
@@ -59,10 +55,7 @@ pub enum AptError {
 impl Classify for AptError {
     fn code(&self) -> Code {
         match self {
-            AptError::Input(_)
-            | AptError::MissingPackage { .. }
-            | AptError::StaleLock(_)
-            | AptError::Refused { .. } => Code::Input,
+            AptError::Input(_) | AptError::MissingPackage { .. } | AptError::Refused { .. } => Code::Input,
             AptError::Key { .. } | AptError::Signature { .. } | AptError::Integrity { .. } => Code::Integrity,
             AptError::Download { .. } | AptError::Format { .. } | AptError::Io { .. } => Code::Runtime,
         }

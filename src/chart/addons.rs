@@ -24,7 +24,7 @@
 use serde::Serialize;
 
 use super::ChartError;
-use crate::plan::Plan;
+use crate::plan::BuildPlan;
 use crate::types::Role;
 
 /// The installer unit (not enabled in the image; started by the init path).
@@ -63,7 +63,7 @@ pub struct IndexEntry {
 
 /// The control-plane add-on files, as (path in the image, bytes), all mode 0644: the
 /// packaged backend chart, each add-on's values, the index. Empty for other roles.
-pub fn files(plan: &Plan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
+pub fn files(plan: &BuildPlan) -> Result<Vec<(String, Vec<u8>)>, ChartError> {
     if plan.role != Role::ControlPlane {
         return Ok(Vec::new());
     }
@@ -98,7 +98,7 @@ fn values_path(a: &crate::plan::AddonItem) -> Option<String> {
 
 /// The installer's steps for `plan`: the recipe add-ons in order, then `backend`
 /// (the embedded chart packaged for this build, see [`super::package_backend`]).
-pub fn index(plan: &Plan, backend: &super::Packaged) -> Result<Vec<IndexEntry>, ChartError> {
+pub fn index(plan: &BuildPlan, backend: &super::Packaged) -> Result<Vec<IndexEntry>, ChartError> {
     let mut out: Vec<IndexEntry> = plan
         .addons
         .iter()

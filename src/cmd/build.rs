@@ -1,18 +1,18 @@
-//! `imgbuild build`, and `--check-reproducible` (two builds compared byte for byte).
+//! `imgbuild build`: plan, fetch, build; `--dry-run` prints the plan instead, and
+//! `--check-reproducible` builds twice and compares byte for byte.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::build::{Composer, Job};
-use crate::disk::{self, OutFormat, RootFs};
-use crate::layer::Layer;
-use crate::output::Outputs;
-use crate::plan::Plan;
+use crate::build::{Built, Step};
+use crate::disk;
+use crate::fetch::Fetched;
+use crate::plan::{BuildPlan, Item, PlanOptions, SignaturePolicy};
 use crate::reporter::Reporter;
 use crate::tools;
+use crate::types::OutFormat;
 use crate::verify::VerifyError;
 
 #[derive(Debug, clap::Args)]
@@ -39,86 +39,89 @@ pub struct BuildArgs {
     /// (PEM) and record them in the manifest
     #[arg(long, value_name = "FILE.pem")]
     pub cosign_trust_root: Option<PathBuf>,
+    /// Print the build plan (everything the build would download, install and write) and
+    /// stop: nothing is downloaded or written
+    #[arg(long)]
+    pub dry_run: bool,
+    /// With --dry-run: print the plan as JSON
+    #[arg(long, requires = "dry_run")]
+    pub json: bool,
+}
+
+impl BuildArgs {
+    fn plan_options(&self) -> PlanOptions {
+        let s = &self.source;
+        PlanOptions {
+            role: s.role,
+            arch: s.arch,
+            recipe_path: s.recipe.clone(),
+            format: self.format,
+            output_dir: self.output.clone(),
+            disk_size: self.disk_size.clone(),
+            signatures: SignaturePolicy {
+                cosign: self
+                    .cosign_trust_root
+                    .as_deref()
+                    .map(crate::verify::cosign::kubernetes_release_policy),
+            },
+        }
+    }
 }
 
 pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
+    let s = &a.source;
+    let lr = crate::recipe::load(s.recipe.as_deref())?;
+    let mut plan = BuildPlan::resolve(&lr, &a.plan_options())?;
+    if a.dry_run {
+        return super::recipe::print_plan(&plan, a.json);
+    }
     // Before fetch starts its threads, so they all leave the signals to the guard.
     disk::interrupt::guard();
     tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
-    let s = &a.source;
-    let lr = crate::recipe::load(s.recipe.as_deref())?;
-    let plan = Plan::resolve(&lr, s.role, s.arch)?;
-    let disk_size = match a.disk_size.as_deref().or(lr.recipe.disk_size.as_deref()) {
-        Some(sz) => Some(disk::size::parse(sz)?),
-        None => None,
-    };
     let cache = s.cache()?;
     let opts = s.fetch_options()?;
-    // The .deb files of <recipe>.lock (a stale lock is refused first).
-    let debs = crate::apt::for_build(&lr, s.recipe.as_deref(), &plan, &cache, &opts, rep)?;
-    let mut items: Vec<&crate::plan::Item> = plan.downloads().collect();
-    items.extend(debs.iter().flat_map(|d| d.items.iter()));
-    let blobs = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
-    let (base, arts) = blobs.split_first().context("fetch returned no base image")?;
-    let (arts, deb_paths) = arts.split_at(plan.artifacts.len().min(arts.len()));
-    let downloads = plan.artifacts.iter().map(|a| a.name.clone()).zip(arts.iter().cloned()).collect();
-    let signatures = match &a.cosign_trust_root {
-        Some(p) => crate::verify::cosign::verify_build(&plan, &downloads, &opts.mirrors, p, rep)?,
-        None => Vec::new(),
-    };
-    let job = Job {
-        plan: &plan,
-        base: base.clone(),
-        downloads,
-        output_dir: a.output.clone(),
-        format: a.format,
-        disk_size,
-        reporter: rep.clone(),
-    };
-    let apt_composer = crate::apt::composer(debs.as_ref(), deb_paths, rep);
-    // The cosign records go into the sealed manifest.
-    let composer =
-        |plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path, root: &RootFs| -> Result<Layer> {
-            let mut l = apt_composer(plan, dl, work, root)?;
-            crate::layer::seal::record_signatures(&mut l, &signatures)?;
-            Ok(l)
-        };
-    let out = if a.check_reproducible {
-        check_reproducible(&job, &composer)
+    crate::build::resolve_packages(&mut plan, &lr, s.recipe.as_deref(), &cache, &opts, rep)?;
+    let items: Vec<&Item> = plan.items().collect();
+    let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
+    let steps = crate::build::default_steps(&opts.mirrors);
+    let built = if a.check_reproducible {
+        check_reproducible(&plan, &fetched, &steps, rep)
     } else {
-        crate::build::build(&job, &composer)
+        crate::build::build(&plan, &fetched, &plan.output.dir, &steps, rep)
     }
     .inspect_err(|_| disk::interrupt::park_if_interrupted())?;
-    writeln!(std::io::stdout().lock(), "{}", out.image.display())?;
+    writeln!(std::io::stdout().lock(), "{}", built.outputs.image.display())?;
     Ok(())
 }
 
-fn files(o: &Outputs) -> [(&'static str, &Path); 4] {
-    [("image", &o.image), ("manifest", &o.manifest), ("checksum", &o.checksum), ("sbom", &o.sbom)]
-}
-
-/// `--check-reproducible`: build `job` twice with `compose`, each in its own temp dir,
-/// and require byte-identical outputs (image, manifest, checksum, SBOM). Only then are
-/// the first build's outputs moved into the output dir, as a normal build's would be.
-pub fn check_reproducible(job: &Job, compose: &Composer) -> Result<Outputs> {
-    let rep = &job.reporter;
-    std::fs::create_dir_all(&job.output_dir)
-        .with_context(|| format!("creating output dir {}", job.output_dir.display()))?;
+/// `--check-reproducible`: build `plan` twice, each in its own temp dir inside the output
+/// dir, and require byte-identical outputs (image, manifest, checksum, SBOM). Only then
+/// are the first build's outputs moved into the output dir, as a normal build's would be.
+pub fn check_reproducible(
+    plan: &BuildPlan,
+    fetched: &Fetched,
+    steps: &[Box<dyn Step>],
+    rep: &Reporter,
+) -> Result<Built> {
+    let dir = &plan.output.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating output dir {}", dir.display()))?;
     let mut runs = Vec::new();
     for n in ["a", "b"] {
-        let dir = tempfile::Builder::new()
+        let tmp = tempfile::Builder::new()
             .prefix(&format!(".imgbuild-repro-{n}-"))
-            .tempdir_in(&job.output_dir)
-            .with_context(|| format!("creating a temp dir in {}", job.output_dir.display()))?;
-        rep.status(format_args!("check-reproducible: build {n} in {}", dir.path().display()));
-        let j = Job { output_dir: dir.path().to_path_buf(), ..job.clone() };
-        let out = crate::build::build(&j, compose)?;
-        runs.push((dir, out));
+            .tempdir_in(dir)
+            .with_context(|| format!("creating a temp dir in {}", dir.display()))?;
+        rep.status(format_args!("check-reproducible: build {n} in {}", tmp.path().display()));
+        let built = crate::build::build(plan, fetched, tmp.path(), steps, rep)?;
+        runs.push((tmp, built));
     }
     let (a, b) = (&runs[0].1, &runs[1].1);
     let mut diffs = Vec::new();
-    for ((what, pa), (_, pb)) in files(a).into_iter().zip(files(b)) {
-        let (da, db) = (crate::output::sha256_file(pa)?, crate::output::sha256_file(pb)?);
+    for ((what, pa), (_, pb)) in a.outputs.files().into_iter().zip(b.outputs.files()) {
+        let hash = |p: &std::path::Path| {
+            crate::types::Sha256::of_file(p).with_context(|| format!("hashing {}", p.display()))
+        };
+        let (da, db) = (hash(pa)?, hash(pb)?);
         if da != db {
             diffs.push(format!("{what}: {da} vs {db}"));
         }
@@ -134,16 +137,6 @@ pub fn check_reproducible(job: &Job, compose: &Composer) -> Result<Outputs> {
         "check-reproducible: both builds are identical (image sha256 {})",
         a.image_sha256
     ));
-    // Sidecars first and the image last, like a normal build: a present image always
-    // comes with its complete set of sidecars.
-    let mv = |p: &Path| -> Result<PathBuf> {
-        let to = job.output_dir.join(p.file_name().context("output without a file name")?);
-        std::fs::rename(p, &to).with_context(|| format!("moving {} into place", to.display()))?;
-        Ok(to)
-    };
-    let manifest = mv(&a.manifest)?;
-    let checksum = mv(&a.checksum)?;
-    let sbom = mv(&a.sbom)?;
-    let image = mv(&a.image)?;
-    Ok(Outputs { image, manifest, checksum, sbom, image_sha256: a.image_sha256.clone() })
+    let outputs = a.outputs.move_into(dir)?;
+    Ok(Built { outputs, ..a.clone() })
 }

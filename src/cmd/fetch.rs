@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use crate::cache::Cache;
 use crate::fetch::{FetchError, FetchOptions, Mirror};
-use crate::plan::{Item, Plan};
+use crate::plan::{BuildPlan, Item, PlanOptions};
 use crate::reporter::Reporter;
 use crate::types::{Arch, Role};
 
@@ -71,17 +71,22 @@ pub struct FetchArgs {
     pub source: SourceArgs,
 }
 
-/// `imgbuild fetch`: resolve the plan, fetch everything, print one line per artifact.
+/// `imgbuild fetch`: resolve the plan, fetch every download (the base, the artifacts, the
+/// locked packages), print one line per download.
 pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
     let lr = crate::recipe::load(a.source.recipe.as_deref())?;
-    let plan = Plan::resolve(&lr, a.source.role, a.source.arch)?;
+    let mut o = PlanOptions::new(a.source.role, a.source.arch);
+    o.recipe_path = a.source.recipe.clone();
+    let plan = BuildPlan::resolve(&lr, &o)?;
     let cache = a.source.cache()?;
-    let items: Vec<&Item> = plan.downloads().collect();
-    let paths = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
+    let items: Vec<&Item> = plan.items().collect();
+    let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
     let mut out = std::io::stdout().lock();
-    for (item, path) in items.iter().zip(&paths) {
-        writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
+    for item in items {
+        if let Some(path) = fetched.get(item) {
+            writeln!(out, "{}  {}  {}", item.sha256, path.display(), item.name)?;
+        }
     }
     Ok(())
 }

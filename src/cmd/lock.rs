@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::apt::lock::{self, LockFile, LOCK_VERSION};
+use crate::apt::lock;
 use crate::apt::{io, AptError};
 use crate::cache::Cache;
+use crate::lockfile::{self, LockFile, LOCK_VERSION};
 use crate::plan::Item;
 use crate::recipe;
 use crate::reporter::Reporter;
-use crate::types::{Arch, Sha256};
+use crate::types::Arch;
 
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
@@ -53,8 +54,7 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let mut lock = LockFile {
         lock_version: LOCK_VERSION,
         recipe: lr.recipe.name.clone(),
-        // The digest of the section, `null` when the recipe has none.
-        packages_digest: Sha256::of(&serde_json::to_vec(&lr.recipe.packages).unwrap_or_default()),
+        packages_digest: lockfile::packages_digest(lr.recipe.packages.as_ref()),
         arches: BTreeMap::new(),
         images: Vec::new(),
     };
@@ -63,14 +63,17 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     }
     if !images.is_empty() {
         let reg = crate::oci::registry::Registry::new(mirrors.clone());
-        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches)?;
+        // Pinned images whose documents a build already fetched need no registry.
+        let cache = open_cache(a)?;
+        let cached = |d: &crate::types::Digest| cache.read_verified(d.sha256());
+        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches, &cached)?;
         for l in &lock.images {
             let per: Vec<String> = l.platforms.iter().map(|(a, m)| format!("{a} {}", m.digest)).collect();
             rep.status(format_args!("image {}: {} ({})", l.reference, l.digest, per.join(", ")));
         }
     }
-    let path = a.output.clone().unwrap_or_else(|| lock::lock_path(&lr, a.recipe.as_deref()));
-    lock::write_lock(&path, &lock)?;
+    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
+    lockfile::write_lock(&path, &lock)?;
     writeln!(std::io::stdout().lock(), "{}", path.display())?;
     Ok(())
 }
@@ -83,10 +86,9 @@ fn lock_packages(
     arches: &[Arch],
     mirrors: &[crate::fetch::Mirror],
     rep: &Reporter,
-) -> Result<BTreeMap<String, lock::ArchLock>> {
+) -> Result<BTreeMap<String, lockfile::ArchLock>> {
     let key = lock::recipe_key(p, a.recipe.as_deref())?;
-    let cache = Cache::open(a.cache_dir.as_deref())
-        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
+    let cache = open_cache(a)?;
     let override_status = match &a.base_status {
         Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
         None => None,
@@ -100,13 +102,14 @@ fn lock_packages(
         let al = lock::lock_arch(lr, p, arch, &key, &status, mirrors, Some(&cache), rep)?;
         // Download the .debs now: the cache then serves `build --offline`, and a package
         // whose maintainer scripts cannot be reproduced is refused before it is locked.
-        let debs = lock::debs_of(al.clone());
-        let items: Vec<&Item> = debs.items.iter().collect();
+        let debs = crate::plan::package_items(&al);
+        let items: Vec<&Item> = debs.iter().collect();
         let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.to_vec(), jobs: 4 };
-        let paths = crate::fetch::fetch_items(&items, &cache, &opts, rep)?;
-        for (path, d) in paths.iter().zip(&al.packages) {
+        let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
+        for item in items {
+            let Some(path) = fetched.get(item) else { continue };
             let bytes = std::fs::read(path).map_err(io(path.display().to_string()))?;
-            crate::apt::install::check_installable(&bytes, &d.url)?;
+            crate::apt::install::check_installable(&bytes, &item.urls.join(" "))?;
         }
         rep.status(format_args!(
             "apt: {arch}: {} package(s) to install{}",
@@ -120,4 +123,9 @@ fn lock_packages(
         out.insert(arch.as_str().to_string(), al);
     }
     Ok(out)
+}
+
+fn open_cache(a: &LockArgs) -> Result<Cache> {
+    Ok(Cache::open(a.cache_dir.as_deref())
+        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?)
 }

@@ -160,6 +160,7 @@ macro_rules! classify_as {
 fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     // Every module that defines an error enum adds it here.
     classify_as!(e, crate::exit::Classified, crate::recipe::RecipeError, crate::tools::ToolError);
+    classify_as!(e, crate::plan::PlanError, crate::lockfile::LockError, crate::output::OutputError);
     classify_as!(e, crate::fetch::FetchError);
     classify_as!(e, crate::layer::LayerError);
     classify_as!(e, crate::chart::ChartError);

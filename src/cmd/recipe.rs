@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::plan::Plan;
+use crate::plan::{BuildPlan, PackagePlan, PlanOptions};
 use crate::recipe;
-use crate::types::{Arch, Role};
+use crate::types::{size, Arch, Role};
 
 #[derive(Debug, Subcommand)]
 pub enum RecipeCmd {
     /// List the recipes embedded in this binary
     List,
-    /// Show the resolved plan: every artifact with its final URLs and sha256
+    /// Show the build plan: every download with its final URLs and sha256, packages, output
     Show(ShowArgs),
 }
 
@@ -60,18 +60,65 @@ fn list() -> Result<()> {
 
 fn show(a: &ShowArgs) -> Result<()> {
     let r = recipe::load(a.recipe.as_deref())?;
-    let plan = Plan::resolve(&r, a.role, a.arch)?;
+    let mut o = PlanOptions::new(a.role, a.arch);
+    o.recipe_path = a.recipe.clone();
+    print_plan(&BuildPlan::resolve(&r, &o)?, a.json)
+}
+
+/// The plan on stdout: pretty JSON, or one line per fact and a block per download.
+pub fn print_plan(plan: &BuildPlan, json: bool) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &plan)?;
+    if json {
+        serde_json::to_writer_pretty(&mut out, plan)?;
         writeln!(out)?;
         return Ok(());
     }
-    writeln!(out, "recipe   {} ({})", plan.recipe, r.origin)?;
+    writeln!(out, "recipe   {} ({})", plan.recipe, plan.recipe_origin)?;
     writeln!(out, "digest   {}", plan.recipe_digest)?;
     writeln!(out, "target   {} {} kubernetes {}", plan.role, plan.arch, plan.kubernetes_version)?;
-    for item in plan.downloads() {
-        writeln!(out, "\n{} {}\n  sha256 {}", item.name, item.version, item.sha256)?;
+    let o = &plan.output;
+    let size = o.disk_size.map_or("the base image's, grown when the layer does not fit".into(), size::human);
+    writeln!(
+        out,
+        "output   {} (disk size: {size})",
+        o.dir.join(format!("{}.{}", o.stem, o.format)).display()
+    )?;
+    match &plan.packages {
+        PackagePlan::None => writeln!(out, "packages none")?,
+        PackagePlan::Locked { lock_file, items } => {
+            writeln!(out, "packages {} from {}", items.len(), lock_file.display())?
+        }
+        PackagePlan::Unresolved { lock_file, requested } => writeln!(
+            out,
+            "packages {} (no lock file {}: resolved against the archive when building)",
+            requested.join(", "),
+            lock_file.display()
+        )?,
+    }
+    match &plan.signatures.cosign {
+        None => writeln!(out, "signatures none checked")?,
+        Some(c) => writeln!(
+            out,
+            "signatures cosign {} ({}) for {}, trust root {}",
+            c.identity,
+            c.issuer,
+            c.hosts.join(" "),
+            c.trust_root.display()
+        )?,
+    }
+    for a in &plan.addons {
+        writeln!(
+            out,
+            "add-on   {} {} as {} in {} (order {})",
+            a.name, a.version, a.release, a.namespace, a.order
+        )?;
+    }
+    for item in plan.items() {
+        writeln!(
+            out,
+            "\n{} {}\n  {:<6} {}\n  sha256 {}",
+            item.name, item.version, "kind", item.kind, item.sha256
+        )?;
         for u in &item.urls {
             writeln!(out, "  url    {u}")?;
         }

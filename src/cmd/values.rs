@@ -23,7 +23,7 @@ macro_rules! value_enum {
 
 value_enum!(crate::types::Role { ControlPlane => "control-plane", Worker => "worker" });
 value_enum!(crate::types::Arch { Amd64 => "amd64", Arm64 => "arm64" });
-value_enum!(crate::disk::OutFormat {
+value_enum!(crate::types::OutFormat {
     Qcow2 => "qcow2",
     Raw => "raw",
     Vmdk => "vmdk",

@@ -14,7 +14,7 @@ use crate::verify::VerifyError;
 
 #[derive(Debug, clap::Args)]
 pub struct VerifyImageArgs {
-    /// Image built by `imgbuild build` (qcow2 or raw), with its sidecars beside it
+    /// Image built by `imgbuild build` (qcow2, raw, vmdk, vhdx, vhd or ova), with its sidecars beside it
     pub image: PathBuf,
     /// Filesystem label of the root partition
     #[arg(long, default_value = "cloudimg-rootfs")]
@@ -26,7 +26,7 @@ pub struct VerifyImageArgs {
 
 pub fn run_verify_image(a: &VerifyImageArgs, rep: &Reporter) -> Result<()> {
     crate::tools::require(&[crate::tools::DEBUGFS, crate::tools::QEMU_IMG])?;
-    let r = crate::verify::image::verify_image(&a.image, &a.root_label)?;
+    let r = crate::verify::image::verify_image(&a.image, &a.root_label, rep)?;
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &r)?;

@@ -89,7 +89,8 @@ impl Debugfs {
         let out = self.exec(c, now)?;
         let errors = error_lines(&out.stderr);
         if !errors.is_empty() {
-            return Err(DiskError::Debugfs(errors.join("\n")));
+            let op = if writable { "writing the layer" } else { "reading the filesystem" };
+            return Err(DiskError::Debugfs { op, detail: errors.join("\n") });
         }
         Ok(out.stdout)
     }
@@ -131,7 +132,7 @@ impl Debugfs {
             return Ok(None);
         }
         if !errs.is_empty() {
-            return Err(DiskError::Debugfs(errs.join("\n")));
+            return Err(read_err(errs.join("\n")));
         }
         Ok(Some(out))
     }
@@ -144,10 +145,10 @@ impl Debugfs {
             return Ok(None);
         }
         if !errs.is_empty() {
-            return Err(DiskError::Debugfs(errs.join("\n")));
+            return Err(read_err(errs.join("\n")));
         }
         let text = String::from_utf8_lossy(&out);
-        let bad = |w: &str| DiskError::Debugfs(format!("blocks {path}: unexpected output {w:?}"));
+        let bad = |w: &str| read_err(format!("blocks {path}: unexpected output {w:?}"));
         text.split_whitespace().map(|w| w.parse().map_err(|_| bad(w))).collect::<Result<_, _>>().map(Some)
     }
 
@@ -182,10 +183,14 @@ impl Debugfs {
         let out = self.exec(c, None)?;
         let errs = error_lines(&out.stderr);
         if let Some(e) = errs.iter().find(|e| !e.contains("File not found")) {
-            return Err(DiskError::Debugfs(e.clone()));
+            return Err(read_err(e.clone()));
         }
         Ok(parse_listing(&String::from_utf8_lossy(&out.stdout)))
     }
+}
+
+fn read_err(detail: String) -> DiskError {
+    DiskError::Debugfs { op: "reading the filesystem", detail }
 }
 
 /// Paths debugfs cannot take through its command parser unquoted.

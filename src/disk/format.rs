@@ -52,6 +52,16 @@ pub fn detect(path: &Path) -> Result<BaseFormat, DiskError> {
     classify(&head[..n]).map_err(|detail| DiskError::BadFormat { path: path.display().to_string(), detail })
 }
 
+/// What a file that is not an image looks like, for messages: ` (it looks like gzip)`,
+/// or nothing when its first bytes say nothing known.
+pub fn what_is(head: &[u8]) -> String {
+    FOREIGN
+        .iter()
+        .find(|(m, at, _)| head.get(*at..*at + m.len()) == Some(*m))
+        .map(|(_, _, name)| format!(" (it looks like {name})"))
+        .unwrap_or_default()
+}
+
 fn classify(head: &[u8]) -> Result<BaseFormat, String> {
     if head.starts_with(b"QFI\xfb") {
         // A backing file or an external data file would make qemu-img read other

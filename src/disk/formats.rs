@@ -11,14 +11,14 @@
 //!
 //! Everything else goes straight to [`qemu::convert_out`].
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::qemu::{self, OutFormat};
+use super::qemu;
 use super::DiskError;
-use crate::tools;
+use crate::types::OutFormat;
 
 /// What makes an output reproducible and names what is inside it.
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +121,7 @@ fn write_ova(raw: &Path, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
     let r = (|| {
         let vmdk_size = std::fs::metadata(&vmdk).map_err(io("stat", &vmdk))?.len();
         let ovf = ovf_descriptor(st, &disk_name, vmdk_size, capacity).into_bytes();
-        let vmdk_sha = sha256_file(&vmdk)?;
+        let vmdk_sha = crate::types::Sha256::of_file(&vmdk).map_err(io("hashing", &vmdk))?;
         let mf = format!(
             "SHA256({ovf_name})= {}\nSHA256({disk_name})= {vmdk_sha}\n",
             hex::encode(Sha256::digest(&ovf))
@@ -152,19 +152,6 @@ fn write_ova(raw: &Path, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
     })();
     let _ = std::fs::remove_file(&vmdk);
     r
-}
-
-fn sha256_file(p: &Path) -> Result<String, DiskError> {
-    let mut f = std::fs::File::open(p).map_err(io("opening", p))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io("reading", p))?;
-        if n == 0 {
-            return Ok(hex::encode(h.finalize()));
-        }
-        h.update(&buf[..n]);
-    }
 }
 
 fn xml_escape(s: &str) -> String {
@@ -263,89 +250,10 @@ pub fn ovf_descriptor(st: &Stamp, disk_href: &str, disk_size: u64, capacity: u64
     )
 }
 
-/// A raw view of a built image that is not qcow2 or raw, for `inspect`: vmdk, vhdx
-/// and dynamic vhd are converted with qemu-img into `tmp`; a fixed vhd is its own raw
-/// view (the disk, then a 512-byte footer); an OVA's vmdk is extracted first.
-/// `Ok(None)`: not one of these formats.
-pub fn raw_view(image: &Path, tmp: &Path) -> Result<Option<PathBuf>, DiskError> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(image).map_err(io("opening", image))?;
-    let len = f.metadata().map_err(io("stat", image))?.len();
-    let mut head = [0u8; 512];
-    let n = f.read_at(&mut head, 0).map_err(io("reading", image))?;
-    let head = &head[..n];
-    let mut tail = [0u8; 512];
-    let fixed_vhd = len >= 1024
-        && f.read_exact_at(&mut tail, len - 512).is_ok()
-        && &tail[..8] == b"conectix"
-        && u32::from_be_bytes([tail[60], tail[61], tail[62], tail[63]]) == 2;
-    let qemu_fmt = if head.starts_with(b"KDMV") {
-        "vmdk"
-    } else if head.starts_with(b"vhdxfile") {
-        "vhdx"
-    } else if head.starts_with(b"conectix") {
-        "vpc"
-    } else if fixed_vhd {
-        return Ok(Some(image.to_path_buf()));
-    } else if head.get(257..262) == Some(b"ustar") {
-        let vmdk = extract_ova_disk(image, tmp)?;
-        let out = tmp.join("image.raw");
-        convert_to_raw(&vmdk, "vmdk", &out)?;
-        let _ = std::fs::remove_file(&vmdk);
-        return Ok(Some(out));
-    } else {
-        return Ok(None);
-    };
-    let out = tmp.join("image.raw");
-    convert_to_raw(image, qemu_fmt, &out)?;
-    Ok(Some(out))
-}
-
-fn convert_to_raw(src: &Path, fmt: &str, dst: &Path) -> Result<(), DiskError> {
-    let args: [&std::ffi::OsStr; 7] = [
-        "convert".as_ref(),
-        "-f".as_ref(),
-        fmt.as_ref(),
-        "-O".as_ref(),
-        "raw".as_ref(),
-        src.as_os_str(),
-        dst.as_os_str(),
-    ];
-    qemu::run(&tools::QEMU_IMG, &args)?;
-    Ok(())
-}
-
-/// Copy the single `.vmdk` out of an OVA (a tar whose first member is an `.ovf`).
-fn extract_ova_disk(ova: &Path, tmp: &Path) -> Result<PathBuf, DiskError> {
-    let bad = |msg: &str| DiskError::BadImage { path: ova.display().to_string(), msg: msg.into() };
-    let f = std::fs::File::open(ova).map_err(io("opening", ova))?;
-    let mut ar = tar::Archive::new(std::io::BufReader::new(f));
-    let mut first = true;
-    let mut found = None;
-    for e in ar.entries().map_err(io("reading", ova))? {
-        let mut e = e.map_err(io("reading", ova))?;
-        let name = e.path().map_err(io("reading", ova))?.to_string_lossy().into_owned();
-        if first && !name.ends_with(".ovf") {
-            return Err(bad("not an OVA: a tar whose first member is not an .ovf descriptor"));
-        }
-        first = false;
-        if name.ends_with(".vmdk") {
-            if found.is_some() {
-                return Err(bad("an OVA with more than one disk"));
-            }
-            let out = tmp.join("disk.vmdk");
-            let mut w = std::fs::File::create(&out).map_err(io("creating", &out))?;
-            std::io::copy(&mut e, &mut w).map_err(io("extracting the disk of", ova))?;
-            w.flush().map_err(io("writing", &out))?;
-            found = Some(out);
-        }
-    }
-    found.ok_or_else(|| bad("an OVA without a .vmdk disk"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn raw_disk(dir: &Path) -> PathBuf {
         let raw = dir.join("in.raw");

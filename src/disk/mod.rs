@@ -15,17 +15,19 @@ pub mod format;
 pub mod formats;
 pub mod gpt;
 pub mod interrupt;
+pub mod open;
 pub mod overlay;
 pub mod qcow2;
 pub mod qemu;
 pub mod resize;
 pub mod rootfs;
-pub mod size;
 pub mod sparse;
+pub mod working;
 
 pub use format::{detect, BaseFormat};
-pub use qemu::OutFormat;
+pub use open::{open_read_only, OpenImage};
 pub use rootfs::RootFs;
+pub use working::{ImageSpec, Working};
 
 use crate::exit::{Classify, Code};
 
@@ -46,16 +48,14 @@ pub enum DiskError {
          {free_mib} MiB are free; pass a larger --disk-size (e.g. --disk-size {suggest})"
     )]
     NoSpace { need_mib: u64, free_mib: u64, suggest: String },
-    #[error("invalid disk size {0:?}: {1}")]
-    BadSize(String, String),
     #[error(
         "--disk-size {requested} is smaller than the base image's disk ({current} bytes); disks only grow"
     )]
     Shrink { requested: String, current: u64 },
     #[error("{tool} failed: {msg}")]
     Tool { tool: &'static str, msg: String },
-    #[error("debugfs reported errors writing the layer:\n{0}")]
-    Debugfs(String),
+    #[error("debugfs reported errors {op}:\n{detail}")]
+    Debugfs { op: &'static str, detail: String },
     #[error("layer path {0:?} cannot be written with debugfs (whitespace, quotes or control characters)")]
     BadPath(String),
     #[error("{path} exists in the base image as a {existing}; the layer wants a {wanted} there")]
@@ -64,9 +64,13 @@ pub enum DiskError {
     Fsck(String),
     #[error("{path}: {msg}")]
     Corrupt { path: String, msg: String },
-    /// An image given to `inspect`/`verify` that is not what its format promises.
+    /// An image given to `inspect`/`verify`/`lint` that is damaged or not a file.
     #[error("{path}: {msg}")]
     BadImage { path: String, msg: String },
+    #[error("{path}: no such image")]
+    NoImage { path: String },
+    #[error("{path}: not a disk image (imgbuild reads qcow2, raw, vmdk, vhdx, vhd and ova){detail}")]
+    NotAnImage { path: String, detail: String },
     #[error("{context}")]
     Io {
         context: String,
@@ -90,13 +94,14 @@ impl Classify for DiskError {
             | DiskError::NoRoot { .. }
             | DiskError::RootNotExt4 { .. }
             | DiskError::NoSpace { .. }
-            | DiskError::BadSize(..)
             | DiskError::Shrink { .. }
             | DiskError::BadPath(_)
             | DiskError::TypeClash { .. }
-            | DiskError::BadImage { .. } => Code::Input,
+            | DiskError::BadImage { .. }
+            | DiskError::NoImage { .. }
+            | DiskError::NotAnImage { .. } => Code::Input,
             DiskError::Tool { .. }
-            | DiskError::Debugfs(_)
+            | DiskError::Debugfs { .. }
             | DiskError::Fsck(_)
             | DiskError::Corrupt { .. }
             | DiskError::Io { .. } => Code::Runtime,

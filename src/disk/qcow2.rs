@@ -247,7 +247,8 @@ impl Reader {
     }
 }
 
-fn read_upto(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+/// Read into `buf` at `off` until it is full or the file ends; how many bytes were read.
+pub(crate) fn read_upto(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read_at(&mut buf[n..], off + n as u64)? {

@@ -5,53 +5,23 @@ use std::path::Path;
 
 use super::{BaseFormat, DiskError};
 use crate::tools::{self, Tool};
+use crate::types::OutFormat;
 
-/// Output formats of `imgbuild build --format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OutFormat {
-    Qcow2,
-    Raw,
-    Vmdk,
-    Vhdx,
-    Vhd,
-    Ova,
-}
-
-impl OutFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutFormat::Qcow2 => "qcow2",
-            OutFormat::Raw => "raw",
-            OutFormat::Vmdk => "vmdk",
-            OutFormat::Vhdx => "vhdx",
-            OutFormat::Vhd => "vhd",
-            OutFormat::Ova => "ova",
+/// qemu-img's format name and creation options, spelled out (rather than qemu-img's
+/// defaults, which may change between versions): no compression for qcow2, fixed
+/// cluster size, no preallocation. vmdk is streamOptimized (what vSphere imports)
+/// on an LSI Logic adapter (what the OVA's descriptor declares); vhd is fixed with
+/// the exact size (Azure). `None`: not a qemu-img format (OVA, see [`super::formats`]).
+pub fn qemu_format(fmt: OutFormat) -> Option<(&'static str, &'static str)> {
+    match fmt {
+        OutFormat::Qcow2 => {
+            Some(("qcow2", "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off"))
         }
-    }
-
-    /// qemu-img's format name and creation options, spelled out (rather than qemu-img's
-    /// defaults, which may change between versions): no compression for qcow2, fixed
-    /// cluster size, no preallocation. vmdk is streamOptimized (what vSphere imports)
-    /// on an LSI Logic adapter (what the OVA's descriptor declares); vhd is fixed with
-    /// the exact size (Azure). `None`: not a qemu-img format (OVA, see [`super::formats`]).
-    pub fn qemu(self) -> Option<(&'static str, &'static str)> {
-        match self {
-            OutFormat::Qcow2 => {
-                Some(("qcow2", "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off"))
-            }
-            OutFormat::Raw => Some(("raw", "preallocation=off")),
-            OutFormat::Vmdk => Some(("vmdk", "subformat=streamOptimized,adapter_type=lsilogic")),
-            OutFormat::Vhdx => Some(("vhdx", "subformat=dynamic,block_size=33554432")),
-            OutFormat::Vhd => Some(("vpc", "subformat=fixed,force_size=on")),
-            OutFormat::Ova => None,
-        }
-    }
-}
-
-impl std::fmt::Display for OutFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        OutFormat::Raw => Some(("raw", "preallocation=off")),
+        OutFormat::Vmdk => Some(("vmdk", "subformat=streamOptimized,adapter_type=lsilogic")),
+        OutFormat::Vhdx => Some(("vhdx", "subformat=dynamic,block_size=33554432")),
+        OutFormat::Vhd => Some(("vpc", "subformat=fixed,force_size=on")),
+        OutFormat::Ova => None,
     }
 }
 
@@ -94,7 +64,7 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
 /// the same bytes. vhd's footer and OVA need more than the seed: builds go through
 /// [`super::formats::write`], which calls this for the plain qemu-img formats.
 pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result<(), DiskError> {
-    let Some((name, options)) = fmt.qemu() else {
+    let Some((name, options)) = qemu_format(fmt) else {
         return Err(DiskError::Tool { tool: "qemu-img", msg: format!("{fmt} is not a qemu-img format") });
     };
     run(
@@ -290,7 +260,7 @@ mod tests {
             let diff: Vec<usize> = (0..x.len().min(y.len())).filter(|&i| x[i] != y[i]).take(8).collect();
             assert!(x == y, "{fmt}: differs at {diff:?}");
             let out = std::process::Command::new("qemu-img")
-                .args(["compare", "-f", "raw", "-F", fmt.qemu().unwrap().0])
+                .args(["compare", "-f", "raw", "-F", qemu_format(fmt).unwrap().0])
                 .arg(&raw)
                 .arg(&a)
                 .output()

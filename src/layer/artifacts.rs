@@ -12,19 +12,22 @@ use std::io::{BufReader, Read};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Content, Layer, LayerError};
-use crate::plan::{InstallStep, Item, Plan};
+use crate::fetch::Fetched;
+use crate::plan::{BuildPlan, InstallStep, Item};
 
-/// Install every artifact of `plan` from its verified blob in `downloads`.
-pub(super) fn install(
+/// Install every artifact of `plan` from its verified blob in `fetched`. `workdir` is a
+/// build-private temp dir for extracted archive members; it must outlive the layer
+/// (entries point into it).
+pub fn install(
     layer: &mut Layer,
-    plan: &Plan,
-    downloads: &BTreeMap<String, PathBuf>,
+    plan: &BuildPlan,
+    fetched: &Fetched,
     workdir: &Path,
 ) -> Result<(), LayerError> {
     // Which artifact installed a path first: two artifacts claiming one path is a recipe bug.
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     for item in &plan.artifacts {
-        let blob = downloads.get(&item.name).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
+        let blob = fetched.get(item).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
         let files = files_of(item, blob, workdir)?;
         for (to, path, mode) in files {
             // (Within one artifact a later archive member of the same name wins, as in tar.)

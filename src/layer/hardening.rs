@@ -15,7 +15,7 @@ pub const MASKED: &[(&str, &str)] = &[
     ("swap.target", "kubelet requires swap off: fstab/GPT swap units are never pulled in"),
 ];
 
-pub(super) fn install(layer: &mut Layer, role: Role) {
+pub fn install(layer: &mut Layer, role: Role) {
     for (unit, _why) in MASKED {
         layer.symlink(&format!("{}/{unit}", super::tree::UNIT_DIR), "/dev/null");
     }

@@ -1,21 +1,22 @@
 //! The layer: every file, directory and symlink a build adds to the root filesystem,
-//! with owner, mode and content fixed up front. It is pure data; [`crate::disk`]
-//! writes it into the image and [`crate::output`] lists it in the manifest.
+//! with owner, mode and content fixed up front. It is pure data: the build's steps
+//! (`build::steps`) fill it — [`artifacts`], [`tree`], [`hardening`] are the ones this
+//! module owns — [`seal`] adds the release file and the manifest and returns the
+//! manifest, and [`crate::disk`] writes it into the image.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::exit::{Classify, Code};
-use crate::plan::Plan;
 
-mod artifacts;
+pub mod artifacts;
 pub mod firewall;
 pub mod hardening;
 pub mod images;
 pub mod seal;
 pub mod tree;
 
-pub use seal::{inputs_digest, RELEASE_PATH};
+pub use seal::{inputs_digest, seal, Sealed, RELEASE_PATH};
 
 /// Why a layer could not be composed.
 #[derive(Debug, thiserror::Error)]
@@ -147,36 +148,6 @@ fn normalize(p: &str) -> String {
     } else {
         format!("/{trimmed}")
     }
-}
-
-/// Compose the whole layer for `plan`: the artifacts' files (from the verified
-/// blobs in `downloads`, keyed by artifact name), the embedded static files of
-/// `image-files/`, and hardening. [`seal`] then adds `/etc/imgbuild/{release,manifest.json}`.
-/// `workdir` is a build-private temp dir for extracted archive members; it must
-/// outlive the layer (entries point into it).
-///
-/// Each step adds its part; later steps replace earlier entries of the same path.
-/// Other modules hook in after the hardening step, one line each.
-pub fn compose(plan: &Plan, downloads: &BTreeMap<String, PathBuf>, workdir: &Path) -> anyhow::Result<Layer> {
-    let mut layer = Layer::new(plan.source_date_epoch);
-    // Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm).
-    artifacts::install(&mut layer, plan, downloads, workdir)?;
-    // image-files/{common,<role>}: units, containerd/crictl config, sysctl, sshd, journald, apt.
-    tree::install(&mut layer, plan.role);
-    // Masked units and the per-role nftables firewall.
-    hardening::install(&mut layer, plan.role);
-    // Packaged backend chart, add-on values and installer index; control planes only.
-    for (path, bytes) in crate::chart::addons::files(plan)? {
-        layer.file(&path, Content::Bytes(bytes), 0o644);
-    }
-    Ok(layer)
-}
-
-/// Add `/etc/imgbuild/release` and `/etc/imgbuild/manifest.json` to a composed
-/// layer and return the manifest (also written beside the image). Call last:
-/// the manifest lists every entry present at this point.
-pub fn seal(layer: &mut Layer, plan: &Plan) -> anyhow::Result<crate::manifest::Manifest> {
-    Ok(seal::seal(layer, plan)?)
 }
 
 #[cfg(test)]

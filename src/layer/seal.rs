@@ -4,19 +4,17 @@
 //! `imgbuild inspect` can re-verify an image. Both files are byte-deterministic:
 //! same plan and same blobs, same bytes.
 
-use std::io::Read;
-
-use sha2::{Digest, Sha256 as Hasher};
-
 use super::{Content, Entry, Kind, Layer, LayerError};
-use crate::manifest::{self, Download, FileEntry, FileKind, Manifest};
-use crate::plan::{Item, Plan};
+use crate::manifest::{self, Download, FileEntry, FileKind, Manifest, SignatureRecord};
+use crate::plan::{BuildPlan, Item};
+use crate::types::Sha256;
 
 /// Where the release file sits inside the image.
 pub const RELEASE_PATH: &str = "/etc/imgbuild/release";
 
 /// The build's identity: sha256 over this text, one `key=value` line each, `\n`
-/// terminated, in this order (artifacts in recipe order):
+/// terminated, in this order (every item of the plan, in plan order: the base, the
+/// artifacts in recipe order, the packages in lock order):
 ///
 /// ```text
 /// imgbuild-inputs-v1
@@ -27,30 +25,29 @@ pub const RELEASE_PATH: &str = "/etc/imgbuild/release";
 /// arch=<amd64|arm64>
 /// base=<name> <version> <sha256>
 /// artifact=<name> <version> <sha256>
+/// package=<name> <version> <sha256>
 /// ```
 ///
 /// The embedded static files are covered by the imgbuild version.
-pub fn inputs_text(plan: &Plan) -> String {
+pub fn inputs_text(plan: &BuildPlan) -> String {
     let mut s = String::from("imgbuild-inputs-v1\n");
     s.push_str(&format!("imgbuild_version={}\n", env!("CARGO_PKG_VERSION")));
     s.push_str(&format!("recipe={}\n", plan.recipe));
     s.push_str(&format!("recipe_digest={}\n", plan.recipe_digest));
     s.push_str(&format!("role={}\n", plan.role));
     s.push_str(&format!("arch={}\n", plan.arch));
-    let b = &plan.base;
-    s.push_str(&format!("base={} {} {}\n", b.name, b.version, b.sha256));
-    for a in &plan.artifacts {
-        s.push_str(&format!("artifact={} {} {}\n", a.name, a.version, a.sha256));
+    for i in plan.items() {
+        s.push_str(&format!("{}={} {} {}\n", i.kind, i.name, i.version, i.sha256));
     }
     s
 }
 
-pub fn inputs_digest(plan: &Plan) -> String {
-    hex::encode(Hasher::digest(inputs_text(plan).as_bytes()))
+pub fn inputs_digest(plan: &BuildPlan) -> String {
+    Sha256::of(inputs_text(plan).as_bytes()).to_string()
 }
 
 /// `/etc/imgbuild/release`: os-release style, shell-sourceable.
-pub fn release_text(plan: &Plan) -> String {
+pub fn release_text(plan: &BuildPlan) -> String {
     let kv = [
         ("NAME", plan.recipe.clone()),
         ("VERSION", env!("CARGO_PKG_VERSION").to_string()),
@@ -96,22 +93,12 @@ fn download(i: &Item) -> Download {
 /// (sha256, size) of a file's content.
 fn digest(content: &Content) -> Result<(String, u64), LayerError> {
     match content {
-        Content::Bytes(b) => Ok((hex::encode(Hasher::digest(b)), b.len() as u64)),
+        Content::Bytes(b) => Ok((Sha256::of(b).to_string(), b.len() as u64)),
         Content::Path(p) => {
             let io = |e| LayerError::Io { path: p.clone(), source: e };
             let mut f = std::fs::File::open(p).map_err(io)?;
-            let mut h = Hasher::new();
-            let mut buf = vec![0u8; 1 << 20];
-            let mut size = 0u64;
-            loop {
-                let n = f.read(&mut buf).map_err(io)?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-                size += n as u64;
-            }
-            Ok((hex::encode(h.finalize()), size))
+            let (sha, size) = Sha256::of_reader(&mut f, |_| {}).map_err(io)?;
+            Ok((sha.to_string(), size))
         }
     }
 }
@@ -144,15 +131,31 @@ pub fn file_entry(path: &str, e: &Entry) -> Result<FileEntry, LayerError> {
     Ok(f)
 }
 
-/// Add the release file and the manifest to `layer`; return the manifest.
-pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<Manifest, LayerError> {
+/// A sealed layer: the layer with `/etc/imgbuild/release` and
+/// `/etc/imgbuild/manifest.json` in it, and that manifest as a value and as the exact
+/// bytes written into the image. Disk writes `layer`; output writes `json` beside the
+/// image and reads `manifest` for the SBOM: nothing serializes or parses it again.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub layer: Layer,
+    pub manifest: Manifest,
+    pub json: Vec<u8>,
+}
+
+/// Add the release file and the manifest (every entry present now, `signatures` as the
+/// verified records) to `layer`. Call last: nothing may change the layer afterwards.
+pub fn seal(
+    mut layer: Layer,
+    plan: &BuildPlan,
+    signatures: Vec<SignatureRecord>,
+) -> Result<Sealed, LayerError> {
     layer.file(RELEASE_PATH, Content::Bytes(release_text(plan).into_bytes()), 0o644);
     let files = layer
         .iter()
         .filter(|(p, _)| p.as_str() != manifest::IN_IMAGE_PATH)
         .map(|(p, e)| file_entry(p, e))
         .collect::<Result<Vec<_>, _>>()?;
-    let m = Manifest {
+    let manifest = Manifest {
         imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),
         recipe: plan.recipe.clone(),
         recipe_digest: plan.recipe_digest.to_string(),
@@ -162,27 +165,13 @@ pub fn seal(layer: &mut Layer, plan: &Plan) -> Result<Manifest, LayerError> {
         inputs_digest: inputs_digest(plan),
         base: download(&plan.base),
         artifacts: plan.artifacts.iter().map(download).collect(),
+        packages: plan.packages().iter().map(download).collect(),
         files,
-        signatures: Vec::new(),
+        signatures,
     };
-    layer.file(manifest::IN_IMAGE_PATH, Content::Bytes(to_json(&m)), 0o644);
-    Ok(m)
-}
-
-/// Put verified signature `records` into a sealed layer's manifest (the `files` list
-/// excludes the manifest itself, so nothing else changes).
-pub fn record_signatures(layer: &mut Layer, records: &[manifest::SignatureRecord]) -> anyhow::Result<()> {
-    if records.is_empty() {
-        return Ok(());
-    }
-    let path = manifest::IN_IMAGE_PATH;
-    let Some(Kind::File(Content::Bytes(b))) = layer.get(path).map(|e| &e.kind) else {
-        anyhow::bail!("the layer has no sealed manifest at {path}");
-    };
-    let mut m: Manifest = serde_json::from_slice(b)?;
-    m.signatures = records.to_vec();
-    layer.file(path, Content::Bytes(to_json(&m)), 0o644);
-    Ok(())
+    let json = to_json(&manifest);
+    layer.file(manifest::IN_IMAGE_PATH, Content::Bytes(json.clone()), 0o644);
+    Ok(Sealed { layer, manifest, json })
 }
 
 /// The manifest as written into the image and beside it: pretty JSON, newline-terminated.

@@ -94,7 +94,7 @@ pub fn enable(layer: &mut Layer, path: &str, text: &str) {
 }
 
 /// Install the embedded tree for `role`, enabling units that ask for it.
-pub(super) fn install(layer: &mut Layer, role: Role) {
+pub fn install(layer: &mut Layer, role: Role) {
     for (path, bytes) in files(role) {
         layer.file(&path, Content::Bytes(bytes.to_vec()), mode_for(&path));
         enable(layer, &path, &String::from_utf8_lossy(bytes));

@@ -6,45 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::registry::{Fetched, Registry};
 use super::spec::{ConfigPlatform, Document, Platform, SpecError};
 use super::OciError;
+pub use crate::lockfile::{LockedImage, LockedManifest};
 use crate::types::Arch;
 use crate::types::{Digest, ImageRef};
-
-/// One image in the lock.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedImage {
-    /// The reference as the recipe names it (normalised).
-    pub reference: ImageRef,
-    /// What the reference points at: an image index or a single manifest.
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-    /// Per arch (`amd64`, `arm64`): that platform's manifest.
-    pub platforms: BTreeMap<String, LockedManifest>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockedManifest {
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-}
-
-impl LockedImage {
-    /// Whether this entry pins `image` for `arch`: the same reference and, when the
-    /// reference carries a digest, that digest.
-    pub fn covers(&self, image: &ImageRef, arch: Arch) -> bool {
-        self.reference == *image
-            && image.digest.as_ref().is_none_or(|d| *d == self.digest)
-            && self.platforms.contains_key(arch.as_str())
-    }
-}
 
 /// Resolve `image` for `arches` through the registry: its top document (by digest
 /// when pinned, else by tag), then each arch's manifest, which must be an image.
@@ -155,17 +122,34 @@ fn locked(m: &Fetched) -> LockedManifest {
     }
 }
 
-/// Resolve every image, a few at a time (each is a handful of small requests), in order.
+/// Verified blobs by digest (the cache), for resolving without the network.
+pub type Blobs<'a> = &'a (dyn Fn(&Digest) -> Option<Vec<u8>> + Sync);
+
+/// Resolve every image, in order: a digest-pinned one whose documents are all in
+/// `cached` without the network, the others through the registry, a few at a time
+/// (each is a handful of small requests).
 pub fn resolve_all(
     reg: &Registry,
     images: &[ImageRef],
     arches: &[Arch],
+    cached: Blobs<'_>,
 ) -> Result<Vec<LockedImage>, OciError> {
     const PARALLEL: usize = 4;
+    let one = |i: &ImageRef| -> Result<LockedImage, OciError> {
+        let mut from_cache: Option<LockedImage> = None;
+        for &arch in arches {
+            match (resolve_cached(i, arch, cached), from_cache.as_mut()) {
+                (Some(l), None) => from_cache = Some(l),
+                (Some(l), Some(acc)) => acc.platforms.extend(l.platforms),
+                (None, _) => return resolve(reg, i, arches),
+            }
+        }
+        from_cache.map_or_else(|| resolve(reg, i, arches), Ok)
+    };
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(PARALLEL) {
         let results: Vec<Result<LockedImage, OciError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk.iter().map(|i| s.spawn(move || resolve(reg, i, arches))).collect();
+            let handles: Vec<_> = chunk.iter().map(|i| s.spawn(|| one(i))).collect();
             handles
                 .into_iter()
                 .map(|h| {

@@ -2,16 +2,19 @@
 //! depends on another module of the crate.
 //!
 //! - [`Sha256`]: a pinned content digest;
-//! - [`Role`], [`Arch`]: what a build targets;
+//! - [`Role`], [`Arch`], [`OutFormat`]: what a build targets and writes;
+//! - [`ItemKind`]: the kinds of things a build downloads and installs;
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
-//! - [`image`]: container image references and their `sha256:` digests.
+//! - [`image`]: container image references and their `sha256:` digests;
+//! - [`size`]: disk sizes as people write them (`8G`).
 
 pub mod debian;
-mod digest;
+pub mod digest;
 pub mod image;
+pub mod size;
 mod target;
 
 pub use debian::PackageRequest;
 pub use digest::Sha256;
 pub use image::{Digest, ImageRef};
-pub use target::{Arch, Role};
+pub use target::{Arch, ItemKind, OutFormat, Role};

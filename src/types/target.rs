@@ -1,4 +1,5 @@
-//! What a build targets: the node role and the CPU architecture.
+//! What a build targets and writes: the node role, the CPU architecture, the output
+//! format; and the kinds of items it downloads.
 
 use std::fmt;
 
@@ -47,6 +48,74 @@ impl Arch {
 }
 
 impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Output formats of `imgbuild build --format` (the file extension of the image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutFormat {
+    Qcow2,
+    Raw,
+    Vmdk,
+    Vhdx,
+    Vhd,
+    Ova,
+}
+
+impl OutFormat {
+    pub const ALL: [OutFormat; 6] =
+        [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk, OutFormat::Vhdx, OutFormat::Vhd, OutFormat::Ova];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutFormat::Qcow2 => "qcow2",
+            OutFormat::Raw => "raw",
+            OutFormat::Vmdk => "vmdk",
+            OutFormat::Vhdx => "vhdx",
+            OutFormat::Vhd => "vhd",
+            OutFormat::Ova => "ova",
+        }
+    }
+
+    /// The format whose file extension is `ext`.
+    pub fn from_extension(ext: &str) -> Option<OutFormat> {
+        OutFormat::ALL.into_iter().find(|f| f.as_str() == ext)
+    }
+}
+
+impl fmt::Display for OutFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What kind of thing a build downloads: each kind has its own list in the plan and the
+/// manifest, its own line prefix in the inputs digest and its SBOM purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    /// The base cloud image.
+    Base,
+    /// A recipe artifact (binaries, tarballs, charts).
+    Artifact,
+    /// An Ubuntu package (.deb) from the recipe's lock.
+    Package,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Base => "base",
+            ItemKind::Artifact => "artifact",
+            ItemKind::Package => "package",
+        }
+    }
+}
+
+impl fmt::Display for ItemKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

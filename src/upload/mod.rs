@@ -44,17 +44,15 @@ pub mod libvirt;
 pub mod proxmox;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
-use sha2::{Digest, Sha256};
 
 use crate::exit::{Classify, Code};
-use crate::manifest::Manifest;
-use crate::reporter::{human_bytes, Reporter, Task};
+use crate::output::{OutputError, OutputSet};
+use crate::reporter::{Reporter, Task};
 
 /// Formats `build` (and the output-format work of issue 8) can write, by file extension.
 pub const FORMATS: [&str; 6] = ["qcow2", "raw", "vmdk", "vhdx", "vhd", "ova"];
@@ -85,26 +83,11 @@ impl Target {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("image {0} not found")]
-    NoImage(PathBuf),
     #[error("{path}: unknown image format {ext:?} (expected one of: {})", FORMATS.join(", "))]
     UnknownFormat { path: PathBuf, ext: String },
-    #[error("{what} {path} is missing (it is written beside the image by `imgbuild build`)")]
-    MissingSidecar { what: &'static str, path: PathBuf },
-    #[error("{path}: {msg}")]
-    BadSidecar { path: PathBuf, msg: String },
-    #[error(
-        "{path}: sha256 mismatch: {sidecar} records {expected}, the image hashes to {actual}; \
-         nothing was uploaded"
-    )]
-    Mismatch { path: PathBuf, sidecar: PathBuf, expected: String, actual: String },
-    #[error("{what} {path}: {source}")]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The image and its sidecars did not verify: nothing was sent.
+    #[error("{0}; nothing was uploaded")]
+    Output(#[source] OutputError),
     #[error("--target {0} is not available in this build")]
     TargetUnavailable(&'static str),
 }
@@ -112,13 +95,8 @@ pub enum UploadError {
 impl Classify for UploadError {
     fn code(&self) -> Code {
         match self {
-            UploadError::Mismatch { .. } => Code::Integrity,
-            UploadError::Io { .. } => Code::Runtime,
-            UploadError::NoImage(_)
-            | UploadError::UnknownFormat { .. }
-            | UploadError::MissingSidecar { .. }
-            | UploadError::BadSidecar { .. }
-            | UploadError::TargetUnavailable(_) => Code::Input,
+            UploadError::Output(e) => e.code(),
+            UploadError::UnknownFormat { .. } | UploadError::TargetUnavailable(_) => Code::Input,
         }
     }
 }
@@ -129,74 +107,25 @@ pub fn stable_name(recipe: &str, role: &str, arch: &str, sha256: &str) -> String
     format!("{recipe}-{role}-{arch}-{short}")
 }
 
-/// Sidecar paths of `image`: (`<stem>.manifest.json`, `<image>.sha256`), as src/output.rs names them.
-pub fn sidecars(image: &Path) -> (PathBuf, PathBuf) {
-    let file = image.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let stem = image.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    let dir = image.parent().unwrap_or_else(|| Path::new(""));
-    (dir.join(format!("{stem}.manifest.json")), dir.join(format!("{file}.sha256")))
-}
-
 impl ImageInfo {
     /// Read the sidecars, re-hash the image and compare with `<image>.sha256`.
     /// A mismatch is [`UploadError::Mismatch`] (exit 3); nothing has been sent yet.
     pub fn from_image(path: &Path, progress: &Reporter) -> Result<ImageInfo, UploadError> {
-        let meta = match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => m,
-            Ok(_) => return Err(UploadError::NoImage(path.to_path_buf())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(UploadError::NoImage(path.to_path_buf()))
-            }
-            Err(e) => return Err(io("reading", path, e)),
-        };
         let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
         if !FORMATS.contains(&ext.as_str()) {
             return Err(UploadError::UnknownFormat { path: path.to_path_buf(), ext });
         }
-        let (man_path, sum_path) = sidecars(path);
-        let read = |what: &'static str, p: &Path| -> Result<Vec<u8>, UploadError> {
-            std::fs::read(p).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => UploadError::MissingSidecar { what, path: p.to_path_buf() },
-                _ => io("reading", p, e),
-            })
-        };
-        let man_bytes = read("manifest", &man_path)?;
-        let sum_bytes = read("checksum file", &sum_path)?;
-        let manifest: Manifest = serde_json::from_slice(&man_bytes).map_err(|e| UploadError::BadSidecar {
-            path: man_path.clone(),
-            msg: format!("not a manifest: {e}"),
-        })?;
-        let expected = parse_sha256_file(&sum_bytes)
-            .ok_or_else(|| UploadError::BadSidecar {
-                path: sum_path.clone(),
-                msg: "expected `<64 hex digits>  <file name>` (sha256sum format)".into(),
-            })?
-            .to_ascii_lowercase();
-        let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let task = progress.task(&format!("sha256 {file_name}"), Some(meta.len()));
-        let actual = match hash_file(path, &task) {
-            Ok(h) => h,
-            Err(e) => {
-                task.abandon();
-                return Err(io("hashing", path, e));
-            }
-        };
-        if actual != expected {
-            task.abandon();
-            return Err(UploadError::Mismatch {
-                path: path.to_path_buf(),
-                sidecar: sum_path,
-                expected,
-                actual,
-            });
-        }
-        task.finish(&format!("verified sha256 {file_name} ({})", human_bytes(meta.len())));
+        let set = OutputSet::beside(path);
+        // The image first (missing, not a file), then the small sidecars, then the hash.
+        let size = crate::disk::open::regular_file(path).map_err(|e| UploadError::Output(e.into()))?;
+        let manifest = set.read_manifest().map_err(UploadError::Output)?;
+        let sha256 = set.verify_checksum(progress).map_err(UploadError::Output)?.to_string();
         Ok(ImageInfo {
             path: path.to_path_buf(),
             format: ext,
-            size: meta.len(),
-            name: stable_name(&manifest.recipe, &manifest.role, &manifest.arch, &actual),
-            sha256: actual,
+            size,
+            name: stable_name(&manifest.recipe, &manifest.role, &manifest.arch, &sha256),
+            sha256,
             recipe: manifest.recipe,
             role: manifest.role,
             arch: manifest.arch,
@@ -216,32 +145,6 @@ impl ImageInfo {
             ("sha256", self.sha256.clone()),
         ])
     }
-}
-
-fn io(what: &'static str, path: &Path, source: std::io::Error) -> UploadError {
-    UploadError::Io { what, path: path.to_path_buf(), source }
-}
-
-/// First field of a sha256sum line, if it is 64 hex digits.
-fn parse_sha256_file(bytes: &[u8]) -> Option<&str> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let first = text.split_whitespace().next()?;
-    (first.len() == 64 && first.bytes().all(|b| b.is_ascii_hexdigit())).then_some(first)
-}
-
-fn hash_file(path: &Path, task: &Task) -> std::io::Result<String> {
-    let mut f = File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        task.inc(n as u64);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// A progress task shared between the code that streams bytes and the code that
@@ -364,16 +267,5 @@ mod tests {
     fn names() {
         let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         assert_eq!(stable_name("k8s-1.30", "worker", "amd64", sha), "k8s-1.30-worker-amd64-0123456789ab");
-        let (m, s) = sidecars(Path::new("out/k8s-worker-amd64.qcow2"));
-        assert_eq!(m, Path::new("out/k8s-worker-amd64.manifest.json"));
-        assert_eq!(s, Path::new("out/k8s-worker-amd64.qcow2.sha256"));
-    }
-
-    #[test]
-    fn sha256_sidecar_format() {
-        let sha = "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef";
-        assert_eq!(parse_sha256_file(format!("{sha}  x.qcow2\n").as_bytes()), Some(sha));
-        assert_eq!(parse_sha256_file(b"abc  x.qcow2\n"), None);
-        assert_eq!(parse_sha256_file(b""), None);
     }
 }

@@ -14,7 +14,7 @@ use super::net::{self, Got};
 use super::openpgp::{self, TrustedKey};
 use super::VerifyError;
 use crate::recipe;
-use crate::types::{Arch, Sha256};
+use crate::types::Arch;
 
 /// One architecture's verified result.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -28,26 +28,6 @@ pub struct SignedDigest {
     pub signer: String,
     /// The digest the recipe had before.
     pub recipe_sha256: String,
-}
-
-/// Find `file`'s digest in a `sha256sum`-format list (`HEX  name` or `HEX *name`).
-/// A name listed twice with different digests is ambiguous: no answer.
-pub fn find_in_sums(sums: &str, file: &str) -> Option<Sha256> {
-    let mut found: Option<Sha256> = None;
-    for l in sums.lines() {
-        let Some((h, name)) = l.split_once(char::is_whitespace) else { continue };
-        let name = name.trim_start();
-        let name = name.strip_prefix('*').unwrap_or(name);
-        if name != file {
-            continue;
-        }
-        let sha = Sha256::parse(h).ok()?;
-        match &found {
-            Some(prev) if prev.as_str() != sha.as_str() => return None,
-            _ => found = Some(sha),
-        }
-    }
-    found
 }
 
 /// Download, verify and look up the signed digest of the base image for `arch`: the
@@ -87,7 +67,7 @@ pub fn signed_base_digest(
         let what = net::rewrite(&sums_url, mirrors);
         let signed_by = openpgp::verify_detached(&sums, &sig, key, signer, &what)?;
         let text = String::from_utf8_lossy(&sums);
-        let Some(sha) = find_in_sums(&text, file) else {
+        let Some(sha) = crate::types::digest::find_in_sums(&text, file) else {
             return Err(VerifyError::integrity(what, format!("the signed list has no line for {file}")));
         };
         let recipe_sha256 =
@@ -141,20 +121,6 @@ pub fn write_atomic(path: &std::path::Path, data: &[u8]) -> Result<(), VerifyErr
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sums_lines_in_both_modes() {
-        let a = "a".repeat(64);
-        let b = "b".repeat(64);
-        let s = format!(
-            "{a} *ubuntu-24.04-server-cloudimg-amd64.img\n{b}  ubuntu-24.04-server-cloudimg-arm64.img\n"
-        );
-        assert_eq!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-amd64.img").unwrap().as_str(), a);
-        assert_eq!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-arm64.img").unwrap().as_str(), b);
-        assert!(find_in_sums(&s, "ubuntu-24.04-server-cloudimg-amd64.img.manifest").is_none());
-        let twice = format!("{s}{b} *ubuntu-24.04-server-cloudimg-amd64.img\n");
-        assert!(find_in_sums(&twice, "ubuntu-24.04-server-cloudimg-amd64.img").is_none());
-    }
 
     #[test]
     fn rewrite_touches_only_the_one_digest() {

@@ -13,8 +13,6 @@
 //! leaf lives ~10 minutes, so without a signing time (`signed_at`) its window is only
 //! checked for consistency with its issuers, never against the clock.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use base64::Engine;
 use x509_parser::certificate::X509Certificate;
@@ -320,28 +318,44 @@ pub fn verify_published(
 /// Hosts whose files carry cosign `.sig`/`.cert` next to them.
 pub const SIGNED_HOSTS: &[&str] = &["https://dl.k8s.io/"];
 
-/// Verify the published signature of every plan artifact downloaded from a signing host
-/// (its first such URL), over the verified blob in the cache. In plan order.
+/// The plan's cosign policy for a build: the Kubernetes release identity over the files
+/// of [`SIGNED_HOSTS`], against the Fulcio trust root at `trust_root`.
+pub fn kubernetes_release_policy(trust_root: &std::path::Path) -> crate::plan::CosignPolicy {
+    let p = Policy::kubernetes_release();
+    crate::plan::CosignPolicy {
+        trust_root: trust_root.to_path_buf(),
+        identity: p.identity,
+        issuer: p.issuer,
+        hosts: SIGNED_HOSTS.iter().map(|h| h.to_string()).collect(),
+    }
+}
+
+/// Verify the published signature of every plan artifact downloaded from one of the
+/// policy's hosts (its first such URL), over the verified blob. In plan order.
 pub fn verify_plan_artifacts(
-    plan: &crate::plan::Plan,
-    downloads: &std::collections::BTreeMap<String, PathBuf>,
+    plan: &crate::plan::BuildPlan,
+    fetched: &crate::fetch::Fetched,
     mirrors: &[crate::fetch::Mirror],
-    trust: &TrustRoot,
-    policy: &Policy,
+    cosign: &crate::plan::CosignPolicy,
     rep: &Reporter,
 ) -> Result<Vec<SignatureRecord>, VerifyError> {
+    let root = &cosign.trust_root;
+    let pem =
+        std::fs::read(root).map_err(|source| VerifyError::Io { what: root.display().to_string(), source })?;
+    let trust = TrustRoot::from_pem(&pem, &root.display().to_string())?;
+    let policy = Policy { identity: cosign.identity.clone(), issuer: cosign.issuer.clone() };
     let mut out = Vec::new();
     for a in &plan.artifacts {
-        let Some(url) = a.urls.iter().find(|u| SIGNED_HOSTS.iter().any(|h| u.starts_with(h))) else {
+        let Some(url) = a.urls.iter().find(|u| cosign.hosts.iter().any(|h| u.starts_with(h.as_str()))) else {
             continue;
         };
-        let Some(blob) = downloads.get(&a.name) else {
+        let Some(blob) = fetched.get(a) else {
             return Err(VerifyError::Input(format!("no download for artifact {}", a.name)));
         };
         let bytes = std::fs::read(blob)
             .map_err(|source| VerifyError::Io { what: blob.display().to_string(), source })?;
         rep.status(format_args!("cosign: verifying {} ({})", a.name, policy.identity));
-        let mut r = verify_published(url, &bytes, mirrors, trust, policy, None)?;
+        let mut r = verify_published(url, &bytes, mirrors, &trust, &policy, None)?;
         if r.file_sha256 != a.sha256.as_str() {
             return Err(VerifyError::integrity(url, "signed file is not the pinned download"));
         }
@@ -349,20 +363,6 @@ pub fn verify_plan_artifacts(
         out.push(r);
     }
     Ok(out)
-}
-
-/// `build --cosign-trust-root`: the Kubernetes release policy over the plan's downloads.
-pub fn verify_build(
-    plan: &crate::plan::Plan,
-    downloads: &std::collections::BTreeMap<String, PathBuf>,
-    mirrors: &[crate::fetch::Mirror],
-    trust_root: &std::path::Path,
-    rep: &Reporter,
-) -> Result<Vec<SignatureRecord>, VerifyError> {
-    let pem = std::fs::read(trust_root)
-        .map_err(|source| VerifyError::Io { what: trust_root.display().to_string(), source })?;
-    let trust = TrustRoot::from_pem(&pem, &trust_root.display().to_string())?;
-    verify_plan_artifacts(plan, downloads, mirrors, &trust, &Policy::kubernetes_release(), rep)
 }
 
 #[cfg(test)]

@@ -7,14 +7,17 @@
 //!    manifest and covers exactly that artifact's sha256, as the identity and issuer of
 //!    the Kubernetes release policy.
 //!
-//! Any mismatch or missing sidecar is an integrity failure (exit 3).
+//! A missing sidecar is an input error (exit 2: the image was not given with the set
+//! `build` writes); any mismatch, or a sidecar that cannot be read, is an integrity
+//! failure (exit 3). The sidecars and the image are read through [`OutputSet`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Result;
 
 use super::VerifyError;
-use crate::manifest::Manifest;
+use crate::output::OutputSet;
+use crate::reporter::Reporter;
 
 /// What `verify` established.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -33,50 +36,15 @@ pub struct ImageReport {
     pub signed_artifacts: Vec<String>,
 }
 
-fn sidecars(image: &Path) -> Result<(PathBuf, PathBuf, String), VerifyError> {
-    let name = image
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| VerifyError::Input(format!("{}: not a file name", image.display())))?
-        .to_string();
-    let stem = name.rsplit_once('.').map(|(s, _)| s).unwrap_or(&name);
-    let dir = image.parent().unwrap_or(Path::new(""));
-    Ok((dir.join(format!("{name}.sha256")), dir.join(format!("{stem}.manifest.json")), name))
-}
-
 /// Verify `image` and its sidecars; see the module docs.
-pub fn verify_image(image: &Path, root_label: &str) -> Result<ImageReport> {
-    let (sum_path, man_path, name) = sidecars(image)?;
+pub fn verify_image(image: &Path, root_label: &str, rep: &Reporter) -> Result<ImageReport> {
+    let set = OutputSet::beside(image);
     let fail = |what: &Path, msg: String| VerifyError::integrity(what.display().to_string(), msg);
-    if !image.is_file() {
-        return Err(VerifyError::Input(format!("{}: no such image", image.display())).into());
-    }
-    let read = |p: &Path| match std::fs::read(p) {
-        Ok(b) => Ok(b),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(fail(p, "missing (needed to verify)".into()))
-        }
-        Err(source) => Err(VerifyError::Io { what: p.display().to_string(), source }),
-    };
-
-    let sums = String::from_utf8_lossy(&read(&sum_path)?).into_owned();
-    let Some(want) = super::base::find_in_sums(&sums, &name) else {
-        return Err(fail(&sum_path, format!("no line for {name}")).into());
-    };
-    let got = crate::output::sha256_file(image)?;
-    if got != want.as_str() {
-        return Err(fail(
-            image,
-            format!("sha256 {got} does not match {} ({})", want.as_str(), sum_path.display()),
-        )
-        .into());
-    }
-
-    let side: Manifest = serde_json::from_slice(&read(&man_path)?)
-        .map_err(|e| fail(&man_path, format!("not an imgbuild manifest: {e}")))?;
-    let inside = crate::inspect::inspect(image, root_label)?;
+    let got = set.verify_checksum(rep)?;
+    let side = set.read_manifest()?;
+    let inside = crate::inspect::manifest_of(&set.open(root_label)?, image)?;
     if inside != side {
-        return Err(fail(&man_path, "differs from the manifest inside the image".into()).into());
+        return Err(fail(&set.manifest, "differs from the manifest inside the image".into()).into());
     }
     let policy = super::cosign::Policy::kubernetes_release();
     for r in &inside.signatures {
@@ -93,9 +61,9 @@ pub fn verify_image(image: &Path, root_label: &str) -> Result<ImageReport> {
     }
     Ok(ImageReport {
         image: image.display().to_string(),
-        sha256: got,
-        checksum_file: sum_path.display().to_string(),
-        manifest_file: man_path.display().to_string(),
+        sha256: got.to_string(),
+        checksum_file: set.checksum.display().to_string(),
+        manifest_file: set.manifest.display().to_string(),
         recipe: inside.recipe.clone(),
         role: inside.role.clone(),
         arch: inside.arch.clone(),

@@ -1,11 +1,10 @@
 //! Disk sizes as users write them: `8G`, `8GiB`, `3584M`, `10737418240`.
 //! Suffixes are binary (like qemu-img): K/M/G/T = KiB/MiB/GiB/TiB.
 
-use super::DiskError;
-
-/// Parse `s` into bytes, rounded up to a whole MiB (partition alignment).
-pub fn parse(s: &str) -> Result<u64, DiskError> {
-    let bad = |m: &str| DiskError::BadSize(s.to_string(), m.to_string());
+/// Parse `s` into bytes, rounded up to a whole MiB (partition alignment). The error
+/// says what is wrong with it.
+pub fn parse(s: &str) -> Result<u64, String> {
+    let bad = |m: &str| format!("invalid disk size {s:?}: {m}");
     let t = s.trim();
     let digits = t.chars().take_while(|c| c.is_ascii_digit()).count();
     if digits == 0 {

@@ -1,0 +1,131 @@
+//! The build pipeline: a complete [`BuildPlan`] and its verified downloads in, an output
+//! set out.
+//!
+//! 1. ([`resolve_packages`], before fetching) a plan whose packages have no lock file
+//!    gets them resolved against the signed archive, as `imgbuild lock` would;
+//! 2. the base image is opened as a [`disk::Working`] image (fast path or raw copy);
+//! 3. the layer is composed by an ordered list of [`Step`]s ([`default_steps`]), each
+//!    adding its part, with the base's root filesystem readable;
+//! 4. the layer is sealed ([`crate::layer::seal`]): the manifest, built once, as a value;
+//! 5. the disk writes the layer and the output format ([`disk::Working::finish`]);
+//! 6. the [`OutputSet`] is written next to it: manifest (the same bytes), checksum, SBOM.
+
+pub mod steps;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::cache::Cache;
+use crate::disk::{self, ImageSpec, Working};
+use crate::fetch::{FetchOptions, Fetched};
+use crate::lockfile::LockError;
+use crate::manifest::Manifest;
+use crate::output::OutputSet;
+use crate::plan::{BuildPlan, PackagePlan};
+use crate::recipe::LoadedRecipe;
+use crate::reporter::Reporter;
+use crate::types::Sha256;
+
+pub use steps::{compose, default_steps, Compose, Step};
+
+/// What a finished build wrote.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub outputs: OutputSet,
+    pub image_sha256: Sha256,
+    pub manifest: Manifest,
+}
+
+/// Build `plan` from its verified downloads into `out_dir` (usually the plan's output
+/// dir; `--check-reproducible` builds into temp dirs). Nothing appears in `out_dir`
+/// unless everything succeeded; the build's temp dir (inside `out_dir`, so the final
+/// renames stay on one filesystem) is removed either way.
+pub fn build(
+    plan: &BuildPlan,
+    fetched: &Fetched,
+    out_dir: &Path,
+    steps: &[Box<dyn Step>],
+    rep: &Reporter,
+) -> Result<Built> {
+    let clock = rep.clock();
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating output dir {}", out_dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".imgbuild-")
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a temp dir in {}", out_dir.display()))?;
+    let work = tmp.path();
+    disk::interrupt::register(work.to_path_buf());
+    let r = build_in(plan, fetched, out_dir, steps, work, rep, &clock);
+    disk::interrupt::forget(work);
+    let built = r?;
+    tmp.close().context("removing the build's temp dir")?;
+    clock.say("done");
+    Ok(built)
+}
+
+fn build_in(
+    plan: &BuildPlan,
+    fetched: &Fetched,
+    out_dir: &Path,
+    steps: &[Box<dyn Step>],
+    work: &Path,
+    rep: &Reporter,
+    clock: &crate::reporter::Clock,
+) -> Result<Built> {
+    let base = fetched.get(&plan.base).context("the base image was not fetched")?;
+    let image = Working::open(base, &plan.root_label, plan.output.format, work, clock)?;
+    let layer_dir = work.join("layer");
+    std::fs::create_dir_all(&layer_dir).with_context(|| format!("creating {}", layer_dir.display()))?;
+    let composed = compose(plan, fetched, &layer_dir, image.root(), rep, steps)?;
+    clock.say(format_args!("composed the layer: {} entries", composed.layer.len()));
+    let sealed = crate::layer::seal(composed.layer, plan, composed.signatures)?;
+    let outputs = OutputSet::named(out_dir, plan.stem(), plan.output.format);
+    let staged = work.join(outputs.image_name());
+    let spec = ImageSpec {
+        format: plan.output.format,
+        disk_size: plan.output.disk_size,
+        source_date_epoch: plan.source_date_epoch,
+        seed: &sealed.manifest.inputs_digest,
+        name: plan.stem(),
+    };
+    let image_sha256 = image.finish(&sealed.layer, &spec, &staged, clock)?;
+    clock.say("writing the manifest, checksum and SBOM");
+    outputs.write(work, &staged, &image_sha256, &sealed, plan.source_date_epoch)?;
+    Ok(Built { outputs, image_sha256, manifest: sealed.manifest })
+}
+
+/// Complete a plan whose packages have no lock file yet: fetch the base (for its dpkg
+/// status) and resolve the recipe's packages against the signed archive exactly as
+/// `imgbuild lock` would, with a note recommending the lock. A no-op otherwise.
+pub fn resolve_packages(
+    plan: &mut BuildPlan,
+    lr: &LoadedRecipe,
+    recipe_path: Option<&Path>,
+    cache: &Cache,
+    opts: &FetchOptions,
+    rep: &Reporter,
+) -> Result<()> {
+    let PackagePlan::Unresolved { lock_file, .. } = &plan.packages else { return Ok(()) };
+    let Some(p) = &lr.recipe.packages else { return Ok(()) };
+    if opts.offline {
+        return Err(LockError::Stale(format!(
+            "{}: --offline needs the lock file {} for the recipe's packages; run `{}`",
+            lr.origin,
+            lock_file.display(),
+            crate::lockfile::rerun_hint(recipe_path)
+        ))
+        .into());
+    }
+    rep.status(format_args!(
+        "apt: no lock file {}: resolving the packages against the signed archive now \
+         (run `imgbuild lock` to pin them)",
+        lock_file.display()
+    ));
+    crate::fetch::fetch(&[&plan.base], cache, opts, rep)?;
+    let status = crate::apt::base::status_from_cache(lr, plan.arch, cache)?;
+    let key = crate::apt::lock::recipe_key(p, recipe_path)?;
+    let al = crate::apt::lock::lock_arch(lr, p, plan.arch, &key, &status, &opts.mirrors, Some(cache), rep)?;
+    plan.lock_packages(&al);
+    Ok(())
+}

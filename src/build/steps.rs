@@ -1,0 +1,192 @@
+//! The layer steps: an ordered list, each adding its part to the layer (later steps
+//! replace earlier entries of the same path). [`default_steps`] is the build's list:
+//!
+//! | step | adds | code |
+//! |------|------|------|
+//! | artifacts | the recipe's downloads, installed as its `install:` says | [`crate::layer::artifacts`] |
+//! | files | `image-files/{common,<role>}`, units enabled | [`crate::layer::tree`] |
+//! | hardening | masked units, the firewall | [`crate::layer::hardening`] |
+//! | add-ons | backend chart, add-on values, installer index (control planes) | [`crate::chart::addons`] |
+//! | packages | the locked .debs, on top of the base's dpkg database | [`crate::apt::install_locked`] |
+//! | signatures | verified cosign records for the manifest (no files) | [`crate::verify::cosign`] |
+//!
+//! A new kind of content is a new [`Step`] in this list; it reads the plan, the verified
+//! blobs and (read-only) the base image, and writes only into [`Compose::layer`] or
+//! [`Compose::signatures`]. The seal comes after the last step, outside the list.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::apt::BaseImage;
+use crate::fetch::{Fetched, Mirror};
+use crate::layer::{Content, Layer};
+use crate::manifest::SignatureRecord;
+use crate::plan::{BuildPlan, PackagePlan};
+use crate::reporter::Reporter;
+
+/// What a step works with, and what the steps build up.
+pub struct Compose<'a> {
+    pub plan: &'a BuildPlan,
+    pub fetched: &'a Fetched,
+    /// A build-private directory for files the layer points at; it outlives the layer.
+    pub work: &'a Path,
+    /// The base image's root filesystem, read-only.
+    pub base: &'a dyn BaseImage,
+    pub reporter: &'a Reporter,
+    pub layer: Layer,
+    /// Verified signatures, recorded in the manifest by the seal.
+    pub signatures: Vec<SignatureRecord>,
+}
+
+/// One part of the layer.
+pub trait Step {
+    /// For messages: `artifacts`, `packages`, …
+    fn name(&self) -> &'static str;
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()>;
+}
+
+/// Run `steps` in order over an empty layer.
+pub fn compose<'a>(
+    plan: &'a BuildPlan,
+    fetched: &'a Fetched,
+    work: &'a Path,
+    base: &'a dyn BaseImage,
+    reporter: &'a Reporter,
+    steps: &[Box<dyn Step>],
+) -> Result<Compose<'a>> {
+    let mut cx = Compose {
+        plan,
+        fetched,
+        work,
+        base,
+        reporter,
+        layer: Layer::new(plan.source_date_epoch),
+        signatures: Vec::new(),
+    };
+    for s in steps {
+        s.apply(&mut cx).with_context(|| format!("layer step {}", s.name()))?;
+    }
+    Ok(cx)
+}
+
+/// The steps of a build, in order; `mirrors` rewrite the signature URLs as fetch does.
+pub fn default_steps(mirrors: &[Mirror]) -> Vec<Box<dyn Step>> {
+    vec![
+        Box::new(Artifacts),
+        Box::new(Files),
+        Box::new(Hardening),
+        Box::new(Addons),
+        Box::new(Packages),
+        Box::new(Signatures { mirrors: mirrors.to_vec() }),
+    ]
+}
+
+/// Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm, charts).
+pub struct Artifacts;
+
+impl Step for Artifacts {
+    fn name(&self) -> &'static str {
+        "artifacts"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        Ok(crate::layer::artifacts::install(&mut cx.layer, cx.plan, cx.fetched, cx.work)?)
+    }
+}
+
+/// `image-files/{common,<role>}`: units, containerd/crictl config, sysctl, sshd, journald, apt.
+pub struct Files;
+
+impl Step for Files {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        crate::layer::tree::install(&mut cx.layer, cx.plan.role);
+        Ok(())
+    }
+}
+
+/// Masked units and the per-role nftables firewall.
+pub struct Hardening;
+
+impl Step for Hardening {
+    fn name(&self) -> &'static str {
+        "hardening"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        crate::layer::hardening::install(&mut cx.layer, cx.plan.role);
+        Ok(())
+    }
+}
+
+/// Packaged backend chart, add-on values and the installer's index (control planes only).
+pub struct Addons;
+
+impl Step for Addons {
+    fn name(&self) -> &'static str {
+        "add-ons"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        for (path, bytes) in crate::chart::addons::files(cx.plan)? {
+            cx.layer.file(&path, Content::Bytes(bytes), 0o644);
+        }
+        Ok(())
+    }
+}
+
+/// The locked .debs, installed like dpkg would on top of the base's dpkg database.
+pub struct Packages;
+
+impl Step for Packages {
+    fn name(&self) -> &'static str {
+        "packages"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        let items = match &cx.plan.packages {
+            PackagePlan::None => return Ok(()),
+            PackagePlan::Locked { items, .. } if items.is_empty() => return Ok(()),
+            PackagePlan::Locked { items, .. } => items,
+            PackagePlan::Unresolved { lock_file, .. } => {
+                anyhow::bail!("the packages are not resolved (no lock file {})", lock_file.display())
+            }
+        };
+        let mut paths = Vec::new();
+        for i in items {
+            let blob = cx.fetched.get(i).with_context(|| format!("package {} was not fetched", i.name))?;
+            paths.push(blob.to_path_buf());
+        }
+        let status = crate::apt::base::STATUS;
+        let bytes = cx.base.read_file(status)?.with_context(|| format!("the base image has no {status}"))?;
+        let text =
+            String::from_utf8(bytes).with_context(|| format!("the base image's {status} is not UTF-8"))?;
+        let want: Vec<(String, String)> = items.iter().map(|i| (i.name.clone(), i.version.clone())).collect();
+        let got = crate::apt::install_locked(&mut cx.layer, &want, &paths, &text, cx.base, cx.work)?;
+        let names: Vec<_> = got.packages.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        cx.reporter.status(format_args!("apt: installed {}", names.join(", ")));
+        Ok(())
+    }
+}
+
+/// Cosign signatures of the artifacts from signing hosts, when the plan asks for them.
+pub struct Signatures {
+    pub mirrors: Vec<Mirror>,
+}
+
+impl Step for Signatures {
+    fn name(&self) -> &'static str {
+        "signatures"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        let Some(policy) = &cx.plan.signatures.cosign else { return Ok(()) };
+        let records = crate::verify::cosign::verify_plan_artifacts(
+            cx.plan,
+            cx.fetched,
+            &self.mirrors,
+            policy,
+            cx.reporter,
+        )?;
+        cx.signatures.extend(records);
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! The one way a build writes an image: open the verified base as a working image, let
+//! the layer be composed against its root filesystem (read-only), then finish: grow the
+//! disk if asked or needed, write the layer with debugfs, check with `e2fsck -fn`, and
+//! write the output format, hashed.
+//!
+//! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
+//! read in place, only the root filesystem's metadata copied, the output streamed once)
+//! when the base is a qcow2 this crate reads and the output is qcow2; otherwise a raw
+//! working copy (`qemu-img convert`) converted to the output format at the end.
+
+use std::path::{Path, PathBuf};
+
+use super::overlay::{self, Overlay};
+use super::rootfs::{self, RootFs};
+use super::{formats, qemu, resize, DiskError};
+use crate::layer::Layer;
+use crate::reporter::Clock;
+use crate::types::{size, OutFormat, Sha256};
+
+/// What the finished image must be.
+#[derive(Debug, Clone)]
+pub struct ImageSpec<'a> {
+    pub format: OutFormat,
+    /// The virtual disk size asked for; `None` keeps the base's and grows only when the
+    /// layer does not fit.
+    pub disk_size: Option<u64>,
+    /// Every time written into the filesystem and the output format.
+    pub source_date_epoch: u64,
+    /// The build's inputs digest: replaces the random identifiers of output formats.
+    pub seed: &'a str,
+    /// `<recipe>-<role>-<arch>`: names inside the OVA.
+    pub name: &'a str,
+}
+
+/// A base image opened for one build.
+#[derive(Debug)]
+pub struct Working {
+    path: WorkPath,
+    work: PathBuf,
+}
+
+#[derive(Debug)]
+enum WorkPath {
+    Fast(Overlay),
+    Raw { raw: PathBuf, root: RootFs, flusher: Option<std::thread::JoinHandle<std::io::Result<()>>> },
+}
+
+impl Working {
+    /// Open `base` (verified) for a build writing `format`, with `work` as the build's
+    /// private temp dir; the root partition is the one whose ext4 label is `label`.
+    pub fn open(
+        base: &Path,
+        label: &str,
+        format: OutFormat,
+        work: &Path,
+        clock: &Clock,
+    ) -> Result<Working, DiskError> {
+        if format == OutFormat::Qcow2 {
+            match overlay::prepare(base, label, &work.join("root.partition"))? {
+                Ok(ov) => {
+                    clock.say(format_args!(
+                        "root filesystem: partition {} labelled {label:?}, {} MiB free; base read in place, \
+                         {} MiB of metadata copied",
+                        ov.root.partition().number,
+                        ov.root.available() >> 20,
+                        (ov.stats.blocks_copied * ov.stats.block_size) >> 20
+                    ));
+                    return Ok(Working { path: WorkPath::Fast(ov), work: work.to_path_buf() });
+                }
+                Err(why) => clock.say(format_args!("raw working copy path ({why})")),
+            }
+        }
+        let fmt = super::detect(base)?;
+        let raw = work.join("disk.raw");
+        clock.say(format_args!("converting base ({}) to a raw working copy", fmt.qemu_name()));
+        qemu::to_raw(base, fmt, &raw)?;
+        let root = RootFs::locate(&raw, label)?;
+        clock.say(format_args!(
+            "root filesystem: partition {} labelled {label:?}, {} MiB free",
+            root.partition().number,
+            root.available() >> 20
+        ));
+        // e2fsprogs fsyncs the image whenever it closes it: write the fresh working copy
+        // back to disk now, while the layer is composed, instead of inside debugfs.
+        let flusher = std::fs::File::open(&raw).ok().map(|f| std::thread::spawn(move || f.sync_data()));
+        Ok(Working { path: WorkPath::Raw { raw, root, flusher }, work: work.to_path_buf() })
+    }
+
+    /// The base's root filesystem, for steps that read it (e.g. the dpkg status).
+    pub fn root(&self) -> &RootFs {
+        match &self.path {
+            WorkPath::Fast(ov) => &ov.root,
+            WorkPath::Raw { root, .. } => root,
+        }
+    }
+
+    /// Write `layer` and produce the image at `out` as `spec` says; returns its sha256.
+    pub fn finish(
+        self,
+        layer: &Layer,
+        spec: &ImageSpec,
+        out: &Path,
+        clock: &Clock,
+    ) -> Result<Sha256, DiskError> {
+        let work = self.work;
+        match self.path {
+            WorkPath::Fast(ov) => finish_fast(ov, layer, spec, out, &work, clock),
+            WorkPath::Raw { raw, root, flusher } => {
+                if let Some(t) = flusher {
+                    let _ = t.join();
+                }
+                finish_raw(raw, root, layer, spec, out, &work, clock)
+            }
+        }
+    }
+}
+
+fn len_of(p: &Path) -> Result<u64, DiskError> {
+    Ok(std::fs::metadata(p).map_err(DiskError::io(format!("stat {}", p.display())))?.len())
+}
+
+/// The fast path: write the layer into the metadata copy, then stream the output qcow2
+/// (hashed as it is written) while e2fsck checks the copy.
+fn finish_fast(
+    mut ov: Overlay,
+    layer: &Layer,
+    spec: &ImageSpec,
+    out: &Path,
+    work: &Path,
+    clock: &Clock,
+) -> Result<Sha256, DiskError> {
+    let need = rootfs::layer_bytes(layer, ov.root.superblock().block_size)?;
+    if let Some((want, msg)) = target_size(spec.disk_size, ov.disk_size(), need, ov.root.available())? {
+        clock.say(msg);
+        ov.grow(want, work, spec.source_date_epoch)?;
+    }
+    check_space(ov.disk_size(), need, ov.root.available())?;
+    clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
+    ov.root.write_layer(layer, work)?;
+    let fs_spec = ov.root.spec().to_string();
+    clock.say("streaming the qcow2 image while e2fsck -fn checks the root filesystem");
+    let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
+    let written = ov.write_qcow2(out);
+    clock.say("image written");
+    let checked = fsck
+        .join()
+        .map_err(|_| DiskError::Tool { tool: "e2fsck", msg: "the e2fsck thread panicked".into() })?;
+    checked?;
+    let sha = written?;
+    Sha256::parse(&sha).map_err(|msg| DiskError::Corrupt { path: out.display().to_string(), msg })
+}
+
+/// The raw working copy: make the layer fit, write it, check, convert, hash.
+fn finish_raw(
+    raw: PathBuf,
+    mut root: RootFs,
+    layer: &Layer,
+    spec: &ImageSpec,
+    out: &Path,
+    work: &Path,
+    clock: &Clock,
+) -> Result<Sha256, DiskError> {
+    let need = rootfs::layer_bytes(layer, root.superblock().block_size)?;
+    let cur = len_of(root.image())?;
+    if let Some((want, msg)) = target_size(spec.disk_size, cur, need, root.available())? {
+        clock.say(msg);
+        resize::grow(&mut root, want, work, spec.source_date_epoch)?;
+    }
+    check_space(len_of(root.image())?, need, root.available())?;
+    // Azure wants a VHD's virtual size in whole MiB.
+    let cur = len_of(root.image())?;
+    if spec.format == OutFormat::Vhd && cur % formats::VHD_ALIGN != 0 {
+        let want = cur.div_ceil(formats::VHD_ALIGN) * formats::VHD_ALIGN;
+        clock.say(format_args!(
+            "growing the disk to {} (a VHD must be a whole number of MiB)",
+            size::human(want)
+        ));
+        resize::grow(&mut root, want, work, spec.source_date_epoch)?;
+    }
+    clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
+    root.write_layer(layer, work)?;
+    clock.say("checking the root filesystem with e2fsck -fn");
+    root.fsck()?;
+    clock.say(format_args!("converting to {}", spec.format));
+    let stamp =
+        formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name };
+    formats::write(&raw, spec.format, out, &stamp)?;
+    // Free the working copy before hashing: it can be several GiB.
+    let _ = std::fs::remove_file(&raw);
+    clock.say("hashing the image");
+    Sha256::of_file(out).map_err(DiskError::io(format!("hashing {}", out.display())))
+}
+
+/// The disk size to grow to (with what to say), if any: the requested size, or (none
+/// requested) enough for a layer of `need` bytes plus headroom when the `avail` bytes
+/// of the root filesystem are too few. Disks never shrink.
+fn target_size(
+    requested: Option<u64>,
+    cur: u64,
+    need: u64,
+    avail: u64,
+) -> Result<Option<(u64, String)>, DiskError> {
+    Ok(match requested {
+        Some(want) if want < cur => {
+            return Err(DiskError::Shrink { requested: size::human(want), current: cur });
+        }
+        Some(want) if want > cur => Some((want, format!("growing the disk to {}", size::human(want)))),
+        Some(_) => None,
+        None if need > avail => {
+            let headroom = (need / 4).max(256 << 20);
+            let want = (cur + need - avail + headroom).div_ceil(1 << 20) << 20;
+            let msg = format!(
+                "the layer needs {} MiB but the root filesystem has {} MiB free: growing the disk to {} \
+                 (set --disk-size to choose)",
+                need >> 20,
+                avail >> 20,
+                size::human(want)
+            );
+            Some((want, msg))
+        }
+        None => None,
+    })
+}
+
+/// Fail naming --disk-size when the layer does not fit.
+fn check_space(cur: u64, need: u64, avail: u64) -> Result<(), DiskError> {
+    if need > avail {
+        let short = need - avail;
+        let suggest = size::human((cur + short + (256 << 20)).div_ceil(1 << 30) << 30);
+        return Err(DiskError::NoSpace { need_mib: need.div_ceil(1 << 20), free_mib: avail >> 20, suggest });
+    }
+    Ok(())
+}
