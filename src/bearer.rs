@@ -187,6 +187,16 @@ impl TokenCache {
         }
     }
 
+    /// Send `ch`'s (valid) token to `repo` too; false when there is none.
+    pub fn adopt(&self, repo: &str, ch: &Challenge) -> bool {
+        let Ok(mut m) = self.inner.lock() else { return false };
+        let valid = m.by_challenge.get(ch).is_some_and(|t| t.until > Instant::now());
+        if valid {
+            m.by_repo.insert(repo.to_string(), ch.clone());
+        }
+        valid
+    }
+
     /// Forget a token the registry refused.
     pub fn forget(&self, ch: &Challenge) {
         if let Ok(mut m) = self.inner.lock() {

@@ -6,7 +6,9 @@
 //! failures (connect/reset/timeout, 408, 429, 5xx) are retried with capped exponential
 //! backoff like `curl --retry`, resuming with `Range` from what is already on disk.
 //! A per-digest file lock lets several processes share one cache: the second waits,
-//! then finds the blob. Callers see a synchronous API ([`fetch`]) and get the verified
+//! then finds the blob. A `401` with a `Bearer` challenge (container registries) is
+//! answered with an anonymous token ([`crate::bearer`]), cached per repository; image
+//! items also send the manifest `Accept` list. Callers see a synchronous API ([`fetch`]) and get the verified
 //! blobs keyed by plan item ([`Fetched`]).
 
 use std::collections::BTreeMap;
@@ -19,16 +21,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_RANGE, RANGE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256 as Hasher};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::bearer::TokenCache;
 use crate::cache::Cache;
 use crate::exit::{Classify, Code};
 use crate::plan::{Item, ItemKey};
 use crate::reporter::{human_bytes, Reporter, Task};
-use crate::types::Sha256;
+use crate::types::{ItemKind, Sha256};
 
 /// Write/hash granularity: large enough that per-chunk overhead vanishes.
 const BUF: usize = 256 * 1024;
@@ -244,6 +247,10 @@ struct Ctx {
     cache: Cache,
     progress: Reporter,
     jobs: Semaphore,
+    /// Registry tokens (anonymous bearer flow), shared by every download of the run.
+    tokens: TokenCache,
+    /// For token endpoints, rewritten like every other URL.
+    mirrors: Vec<Mirror>,
 }
 
 fn fetch_all(
@@ -263,7 +270,14 @@ fn fetch_all(
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("creating the HTTP client")?;
-    let ctx = Arc::new(Ctx { client, cache, progress, jobs: Semaphore::new(jobs) });
+    let ctx = Arc::new(Ctx {
+        client,
+        cache,
+        progress,
+        jobs: Semaphore::new(jobs),
+        tokens: TokenCache::default(),
+        mirrors: opts.mirrors.clone(),
+    });
     let results = rt.block_on(async {
         let handles: Vec<_> = items.into_iter().map(|i| tokio::spawn(fetch_one(ctx.clone(), i))).collect();
         let mut out = Vec::new();
@@ -379,6 +393,8 @@ enum Attempt {
     Transient { what: String, retry_after: Option<Duration>, progressed: bool },
     /// Do not retry this URL.
     Next(String),
+    /// A token was obtained for the registry's challenge: send the request again now.
+    Authorized,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -494,12 +510,24 @@ async fn fetch_url(
         return copy_file(item, rest, part, task).await;
     }
     let mut failures = 0u32;
+    let mut authorized = false;
     loop {
         let (p, result) = attempt(ctx, item, url, part, task).await?;
         part = p;
         let (what, retry_after) = match result {
             Ok(()) => return Ok((part, UrlEnd::Done)),
             Err(Attempt::Next(what)) => return Ok((part, UrlEnd::Next(what))),
+            // Once per URL: a second 401 with a fresh token is a refusal, not a challenge.
+            Err(Attempt::Authorized) if !authorized => {
+                authorized = true;
+                continue;
+            }
+            Err(Attempt::Authorized) => {
+                return Ok((
+                    part,
+                    UrlEnd::Next("HTTP 401: the registry refused the token it asked for".into()),
+                ))
+            }
             Err(Attempt::Transient { what, retry_after, progressed }) => {
                 // Bytes arrived: the server works, the connection does not. Keep going
                 // as long as each attempt makes progress (curl resets its count too).
@@ -541,6 +569,14 @@ async fn attempt(
     let mut req = ctx.client.get(url);
     if offset > 0 {
         req = req.header(RANGE, format!("bytes={offset}-"));
+    }
+    if item.kind == ItemKind::Image {
+        req = req.header(ACCEPT, crate::types::image::MANIFEST_ACCEPT);
+    }
+    let scope = token_scope(url);
+    let sent = ctx.tokens.for_repo(scope);
+    if let Some(t) = &sent {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
     }
     let resp = match req.send().await {
         Ok(r) => r,
@@ -588,6 +624,14 @@ async fn attempt(
             let what = format!("HTTP {s}");
             return Ok((part, Err(Attempt::Transient { what, retry_after, progressed: false })));
         }
+        StatusCode::UNAUTHORIZED => {
+            let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let next = match token(ctx, scope, sent.as_deref(), challenge).await {
+                Ok(()) => Attempt::Authorized,
+                Err(what) => Attempt::Next(format!("HTTP 401: {what}")),
+            };
+            return Ok((part, Err(next)));
+        }
         s => return Ok((part, Err(Attempt::Next(format!("HTTP {s}"))))),
     }
     if let Some(len) = resp.content_length() {
@@ -595,6 +639,40 @@ async fn attempt(
     }
     task.set_position(part.len);
     stream_body(item, resp, part, task).await
+}
+
+/// What a registry token is for: the repository part of a distribution API URL
+/// (`…/v2/<name>/blobs/…` or `…/manifests/…`); other URLs stand for themselves.
+fn token_scope(url: &str) -> &str {
+    ["/blobs/", "/manifests/"].iter().find_map(|p| url.rfind(p).map(|i| &url[..i])).unwrap_or(url)
+}
+
+/// Answer a `401`'s challenge: a token another download of the run already holds for
+/// it (when it is not the one `sent` and refused), else a new one from its realm
+/// (anonymous: no credentials are sent); remembered for `scope`.
+async fn token(ctx: &Ctx, scope: &str, sent: Option<&str>, header: &str) -> Result<(), String> {
+    let ch = crate::bearer::parse_challenge(header).map_err(|e| e.to_string())?;
+    if ctx.tokens.get(&ch).is_some_and(|t| Some(t.as_str()) != sent) {
+        ctx.tokens.adopt(scope, &ch);
+        return Ok(());
+    }
+    ctx.tokens.forget(&ch);
+    let url = rewrite(&ch.token_url(), &ctx.mirrors);
+    let r = ctx.client.get(&url).send().await.map_err(|e| format!("token endpoint {url}: {}", chain(&e)))?;
+    if !r.status().is_success() {
+        return Err(format!("token endpoint {url}: HTTP {}", r.status()));
+    }
+    let mut body = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.map_err(|e| format!("token endpoint {url}: {}", chain(&e)))?);
+        if body.len() > 1 << 20 {
+            return Err(format!("token endpoint {url}: answer larger than 1 MiB"));
+        }
+    }
+    let t = crate::bearer::parse_token(&body, &url).map_err(|e| e.to_string())?;
+    ctx.tokens.put(scope, ch, t);
+    Ok(())
 }
 
 fn content_range_start(resp: &reqwest::Response) -> Option<u64> {

@@ -177,6 +177,16 @@ pub fn read_lock(path: &Path) -> Result<LockFile, LockError> {
     Ok(lock)
 }
 
+/// The images the lock at `path` pins for recipe `lr` (none when there is no lock file,
+/// or it is another recipe's); an unreadable lock is an error.
+pub fn read_images(lr: &LoadedRecipe, path: &Path) -> Result<Vec<LockedImage>, LockError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let lock = read_lock(path)?;
+    Ok(if lock.recipe == lr.recipe.name { lock.images } else { Vec::new() })
+}
+
 /// The packages a build of `lr` for `arch` installs, from its lock at `path`; the lock
 /// must be for this recipe, its `packages:` section and its base image `base_sha256`.
 pub fn read_for(

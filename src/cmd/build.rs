@@ -81,6 +81,7 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     let cache = s.cache()?;
     let opts = s.fetch_options()?;
     crate::build::resolve_packages(&mut plan, &lr, s.recipe.as_deref(), &cache, &opts, rep)?;
+    crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
     let steps = crate::build::default_steps(&opts.mirrors);

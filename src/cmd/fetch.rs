@@ -72,14 +72,15 @@ pub struct FetchArgs {
 }
 
 /// `imgbuild fetch`: resolve the plan, fetch every download (the base, the artifacts, the
-/// locked packages), print one line per download.
+/// locked packages, the images' blobs), print one line per download.
 pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
     let lr = crate::recipe::load(a.source.recipe.as_deref())?;
     let mut o = PlanOptions::new(a.source.role, a.source.arch);
     o.recipe_path = a.source.recipe.clone();
-    let plan = BuildPlan::resolve(&lr, &o)?;
+    let mut plan = BuildPlan::resolve(&lr, &o)?;
     let cache = a.source.cache()?;
+    crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
     let mut out = std::io::stdout().lock();

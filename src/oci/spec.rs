@@ -27,12 +27,7 @@ pub const LAYER_TYPES: [&str; 5] = [
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
 ];
 
-/// The `Accept` list of every manifest request: without the list and index types a
-/// registry may answer a multi-arch tag with one platform's manifest (or schema 1).
-pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
-    application/vnd.docker.distribution.manifest.list.v2+json, \
-    application/vnd.oci.image.manifest.v1+json, \
-    application/vnd.docker.distribution.manifest.v2+json";
+pub use crate::types::image::MANIFEST_ACCEPT as ACCEPT;
 
 /// Refuse documents larger than this (the spec suggests registries accept 4 MiB).
 pub const MANIFEST_MAX: usize = 4 << 20;

@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 
 use super::Sha256;
 
+/// The `Accept` list of every manifest request: without the list and index types a
+/// registry may answer a multi-arch tag with one platform's manifest (or schema 1).
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
 /// The registry docker.io's API lives on.
 pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 const DOCKER_HUB: &str = "docker.io";
