@@ -229,8 +229,9 @@ pub struct OutputPlan {
     /// base's size and grows only when the layer does not fit.
     pub disk_size: Option<u64>,
     /// Bytes the root filesystem must keep free after the layer when no size is asked
-    /// for: with embedded images, [`UNPACK_FACTOR`] times their size (containerd's copy
-    /// of the blobs and the unpacked layers) plus [`WORKLOAD_ROOM`]; 0 without images.
+    /// for: [`UNPACK_FACTOR`] times the embedded images' size (containerd's copy of the
+    /// blobs and the unpacked layers at the first boot); 0 without images. Room for
+    /// workloads comes from the recipe's `disk_size` (the default recipe's is 20G).
     pub reserve: u64,
 }
 
@@ -238,11 +239,6 @@ pub struct OutputPlan {
 /// size: containerd copies every blob into its content store (1×) and unpacks the
 /// layers into snapshots (about twice the compressed size for binaries and text).
 pub const UNPACK_FACTOR: u64 = 3;
-
-/// Free space a node keeps for its workloads (logs, emptyDir volumes, images pulled
-/// later) beyond what the embedded images take at boot. kubelet starts evicting pods
-/// when less than 10-15 % of the node or image filesystem is free.
-pub const WORKLOAD_ROOM: u64 = 4 << 30;
 
 /// Everything one build will do.
 #[derive(Debug, Clone, Serialize)]
@@ -472,7 +468,7 @@ impl BuildPlan {
             .map(|(d, s, _)| (d, s))
             .collect();
         let bytes: u64 = sizes.values().sum();
-        self.output.reserve = if self.images.is_empty() { 0 } else { UNPACK_FACTOR * bytes + WORKLOAD_ROOM };
+        self.output.reserve = UNPACK_FACTOR * bytes;
         self.image_items = items;
     }
 

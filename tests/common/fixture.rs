@@ -140,7 +140,19 @@ impl Fixture {
         for a in &plan.artifacts {
             f.insert(a, self.blobs[&a.name].path.clone());
         }
+        // The add-on images' blobs sit in the fixture's cache, under their digests.
+        for i in plan.image_items() {
+            f.insert(i, self.cache.join("sha256").join(i.sha256.as_str()));
+        }
         f
+    }
+
+    /// Complete `plan`'s images from the fixture's cache, offline, as a build does.
+    pub fn resolve_images(&self, plan: &mut imgbuild::plan::BuildPlan) {
+        let cache = imgbuild::cache::Cache::open(Some(&self.cache)).unwrap();
+        let offline = imgbuild::fetch::FetchOptions { offline: true, mirrors: Vec::new(), jobs: 1 };
+        imgbuild::build::resolve_images(plan, &cache, &offline, &imgbuild::reporter::Reporter::silent())
+            .unwrap();
     }
 }
 
@@ -400,6 +412,8 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>, cache: &Path) -> 
     // as an earlier fetch would have left them, so every build embeds them offline.
     v.as_mapping_mut().unwrap().remove("images");
     seed_addon_images(&mut v, cache);
+    // The tests choose disk sizes themselves (the fixture bases are small).
+    v.as_mapping_mut().unwrap().remove("disk_size");
     for a in v["artifacts"].as_sequence_mut().unwrap() {
         let name = a["name"].as_str().unwrap().to_string();
         a["sha256"]["amd64"] = blobs[&name].sha256.clone().into();
