@@ -20,7 +20,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 t0=$(now)
 "$bin" --quiet cluster init --name bench --endpoint 10.0.0.5:6443 --control-planes 3 \
-  --workers $((nodes - 3)) --node-cidr 10.0.0.0/20 --vip-interface eth0 --dir "$work/c" >/dev/null
+  --workers $((nodes - 3)) --node-cidr 10.0.0.0/20 --vip-interface eth0 --dns 10.0.0.2 --dir "$work/c" >/dev/null
 t1=$(now)
 printf 'cluster init (PKI + spec, %d nodes):        %6.3f s\n' "$nodes" "$(elapsed "$t0" "$t1")"
 

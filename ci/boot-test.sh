@@ -91,9 +91,22 @@ accel=$(probe_accel "$work/base-kernel/vmlinuz")
 say "accelerator: $accel"
 
 # ---------------------------------------------------------------- boot one VM
-# boot_vm DIR NAME DISK_QCOW2 SEED_ISO KERNEL_DIR EXTRA_CMDLINE -> DIR/NAME.serial.log
+# boot_vm DIR NAME DISK_QCOW2 SEED_ISO KERNEL_DIR EXTRA_CMDLINE [NICS] -> DIR/NAME.serial.log
+# NICS: space-separated MAC[@NET] per virtio NIC, each on its own user network
+# (restrict=on; NET as slirp's net=, default 10.0.2.0/24); default: one NIC, QEMU's MAC.
 boot_vm() {
-  local dir=$1 name=$2 disk=$3 seed=$4 kdir=$5 extra=$6 rc ts
+  local dir=$1 name=$2 disk=$3 seed=$4 kdir=$5 extra=$6 nics=${7:-} rc ts i=0 nic mac net
+  local netargs=(-netdev "user,id=n0,restrict=on" -device "virtio-net-pci,netdev=n0")
+  if [ -n "$nics" ]; then
+    netargs=()
+    for nic in $nics; do
+      mac=${nic%%@*}
+      net=
+      [ "$nic" = "$mac" ] || net=",net=${nic#*@}"
+      netargs+=(-netdev "user,id=n$i,restrict=on$net" -device "virtio-net-pci,netdev=n$i,mac=$mac")
+      i=$((i + 1))
+    done
+  fi
   local cpu=()
   # Emulated and possibly on a busy host: udev can take longer than systemd's default
   # 90 s to announce /dev/disk/by-label/BOOT, which fails local-fs.target (seen under
@@ -109,7 +122,7 @@ boot_vm() {
     -append "root=LABEL=cloudimg-rootfs ro console=ttyS0 panic=-1 $slow $extra" \
     -drive "file=$disk,format=qcow2,if=virtio,cache=unsafe" \
     -drive "file=$seed,format=raw,if=virtio,readonly=on" \
-    -netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0 \
+    "${netargs[@]}" \
     -serial "file:$dir/$name.serial.log" >"$dir/$name.qemu.log" 2>&1
   rc=$?
   set -e
@@ -144,6 +157,7 @@ make_seed() {
 }
 
 # read_disk DIR NAME DISK_QCOW2: raw copy + /var/lib/imgbuild-test -> DIR/NAME.disk/
+# (and DIR/NAME.raw when keep_raw is set)
 read_disk() {
   local dir=$1 name=$2 disk=$3
   qemu-img convert -f qcow2 -O raw "$disk" "$dir/$name.raw"
@@ -153,7 +167,9 @@ read_disk() {
     && [ -d "$dir/$name.rdump/imgbuild-test" ] \
     || { echo "no /var/lib/imgbuild-test on the disk after $name" >"$dir/boot-error"; return 1; }
   mv "$dir/$name.rdump/imgbuild-test" "$dir/$name.disk"
-  rm -rf "$dir/$name.rdump" "$dir/$name.raw"
+  rm -rf "$dir/$name.rdump"
+  # keep_raw (set by a scenario): the raw copy stays for a scan of the whole disk
+  [ -n "${keep_raw:-}" ] || rm -f "$dir/$name.raw"
 }
 
 # ---------------------------------------------------------------- scenario runner

@@ -27,6 +27,7 @@ deps=(
   "mtype mtools"
   "blkid util-linux"
   "cloud-init cloud-init"
+  "netplan netplan.io"
   "gpg gnupg"
   "gpg-agent gnupg"
   "dpkg-deb dpkg"
@@ -39,6 +40,9 @@ deps=(
   "containerd containerd"
   "runc runc"
   "busybox busybox-static"
+  # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
+  "etcd etcd-server"
+  "etcdctl etcd-client"
 )
 missing=()
 for d in "${deps[@]}"; do

@@ -2,17 +2,73 @@
 //!
 //! Layout under the root:
 //! - `sha256/<hex>`: verified blobs. A blob appears here only after its digest was
-//!   checked (atomic rename from `partial/`), so a present file is a verified file.
+//!   checked (atomic rename from `partial/`).
+//! - `stamps/<hex>`: what the blob's inode looked like when its digest was last
+//!   checked (device, inode, size, mtime and ctime with nanoseconds).
 //! - `partial/<hex>`: an unfinished download, kept so a retry or a later run resumes
 //!   it with an HTTP `Range` request. Never visible under a digest name.
 //! - `locks/<hex>`: one lock file per digest (`flock`); whoever holds it owns
 //!   `partial/<hex>`. Lock files are never deleted: deleting one while another
 //!   process waits on it would let two processes own the same partial file.
+//!
+//! A present blob is *not* taken as a verified one: files in a user's cache can be
+//! edited, replaced or turned into symlinks after they were verified. [`Cache::lookup`]
+//! trusts a blob only while its inode still matches its stamp (any write, rename,
+//! chmod or link changes the ctime, which no user can set back); otherwise it hashes
+//! the blob again, opened without following symlinks, and re-stamps it when the
+//! digest still matches. A blob that is a symlink or not a regular file, or whose
+//! digest no longer matches, is an integrity failure: it is removed (so the next run
+//! downloads it again) and the caller stops.
 
 use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::exit::{Classify, Code};
 use crate::types::Sha256;
+
+/// A cached blob that can no longer be trusted, or the cache could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "cache entry {} {why} (expected content with sha256 {expected}); it was removed, \
+         run again to download it afresh",
+        path.display()
+    )]
+    Tampered { path: PathBuf, expected: Sha256, why: String },
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Classify for CacheError {
+    fn code(&self) -> Code {
+        match self {
+            CacheError::Tampered { .. } => Code::Integrity,
+            CacheError::Io { .. } => Code::Runtime,
+        }
+    }
+}
+
+/// The inode facts a stamp records. ctime moves on any change to the file and cannot
+/// be set by a user, so an unchanged stamp means unchanged content.
+fn stamp_of(m: &std::fs::Metadata) -> String {
+    format!(
+        "imgbuild-stamp-v1 {} {} {} {}.{:09} {}.{:09}\n",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    )
+}
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -33,7 +89,7 @@ impl Cache {
             Some(d) => d.to_path_buf(),
             None => default_dir(),
         };
-        for sub in ["sha256", "partial", "locks"] {
+        for sub in ["sha256", "stamps", "partial", "locks"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         Ok(Cache { root })
@@ -48,17 +104,93 @@ impl Cache {
         self.root.join("sha256").join(sha.as_str())
     }
 
-    /// The blob's path when it is in the cache.
-    pub fn lookup(&self, sha: &Sha256) -> Option<PathBuf> {
-        let p = self.blob_path(sha);
-        p.is_file().then_some(p)
+    fn stamp_path(&self, sha: &Sha256) -> PathBuf {
+        self.root.join("stamps").join(sha.as_str())
     }
 
-    /// The bytes of a small cached blob, hashed again on read: `None` when absent or
-    /// when the file no longer matches its name (for documents parsed from the cache).
-    pub fn read_verified(&self, sha: &Sha256) -> Option<Vec<u8>> {
-        let b = std::fs::read(self.lookup(sha)?).ok()?;
-        (Sha256::of(&b) == *sha).then_some(b)
+    /// The blob's path when it is in the cache and still holds what its name says
+    /// (see the module docs); `Ok(None)` when it is not there.
+    pub fn lookup(&self, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
+        let path = self.blob_path(sha);
+        let io = |what, source| CacheError::Io { what, path: path.clone(), source };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("reading", e)),
+        };
+        if !meta.file_type().is_file() {
+            let what = if meta.file_type().is_symlink() { "a symlink" } else { "not a regular file" };
+            return Err(self.evict(sha, format!("is {what}; the cache never follows symlinks")));
+        }
+        if std::fs::read_to_string(self.stamp_path(sha)).is_ok_and(|s| s == stamp_of(&meta)) {
+            return Ok(Some(path));
+        }
+        // No stamp yet (an older cache, a copied-in blob) or the inode changed: hash it.
+        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(self.evict(sha, "became a symlink".into()))
+            }
+            Err(e) => return Err(io("opening", e)),
+        };
+        let opened = f.metadata().map_err(|e| io("reading", e))?;
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| io("reading", e))?;
+            if n == 0 {
+                break;
+            }
+            sha2::Digest::update(&mut h, &buf[..n]);
+        }
+        let actual = Sha256::from_hasher(h);
+        if &actual != sha {
+            return Err(self.evict(sha, format!("now holds content with sha256 {actual}")));
+        }
+        self.write_stamp(sha, &opened).map_err(|e| io("stamping", e))?;
+        Ok(Some(path))
+    }
+
+    /// Remove an untrustworthy blob (and its stamp); the error to return.
+    fn evict(&self, sha: &Sha256, why: String) -> CacheError {
+        let path = self.blob_path(sha);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(self.stamp_path(sha));
+        CacheError::Tampered { path, expected: sha.clone(), why }
+    }
+
+    /// Record the blob's inode as it is now verified (temp file + rename).
+    fn write_stamp(&self, sha: &Sha256, meta: &std::fs::Metadata) -> std::io::Result<()> {
+        let dir = self.root.join("stamps");
+        std::fs::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, stamp_of(meta).as_bytes())?;
+        tmp.persist(self.stamp_path(sha)).map_err(|e| e.error)?;
+        Ok(())
+    }
+
+    /// Store bytes the caller verified against `sha` (temp file + rename + stamp).
+    pub fn put(&self, sha: &Sha256, bytes: &[u8]) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("partial");
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.as_file().sync_all()?;
+        let blob = self.blob_path(sha);
+        tmp.persist(&blob).map_err(|e| e.error)?;
+        self.write_stamp(sha, &std::fs::symlink_metadata(&blob)?)?;
+        Ok(blob)
+    }
+
+    /// The bytes of a small cached blob (documents parsed from the cache), trusted as
+    /// [`Cache::lookup`] trusts it and hashed again on read: `Ok(None)` when absent; a
+    /// blob that no longer matches its name is removed and an error, as in `lookup`.
+    pub fn read_verified(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some(path) = self.lookup(sha)? else { return Ok(None) };
+        let b = std::fs::read(&path).map_err(|source| CacheError::Io { what: "reading", path, source })?;
+        if Sha256::of(&b) != *sha {
+            return Err(self.evict(sha, format!("now holds content with sha256 {}", Sha256::of(&b))));
+        }
+        Ok(Some(b))
     }
 
     /// Where an unfinished download of this digest is kept.
@@ -88,6 +220,7 @@ impl Cache {
         if let Ok(d) = File::open(self.root.join("sha256")) {
             let _ = d.sync_all();
         }
+        self.write_stamp(sha, &std::fs::symlink_metadata(&blob)?)?;
         Ok(blob)
     }
 
@@ -122,11 +255,49 @@ mod tests {
         let sha = Sha256::of(b"x");
         let lock = c.lock(&sha).unwrap();
         std::fs::write(c.partial_path(&sha), b"x").unwrap();
-        assert!(c.lookup(&sha).is_none());
+        assert!(c.lookup(&sha).unwrap().is_none());
         let p = c.commit(&sha, &lock).unwrap();
-        assert_eq!(c.lookup(&sha), Some(p));
+        assert_eq!(c.lookup(&sha).unwrap(), Some(p));
         assert!(!c.partial_path(&sha).exists());
         c.discard(&sha, &lock).unwrap();
+    }
+
+    /// A blob edited in place (same size, mtime put back), replaced by a symlink, or
+    /// turned into a directory is refused and removed; a correct blob without a stamp
+    /// (copied in by hand, or from an older imgbuild) is hashed once and stamped.
+    #[test]
+    fn a_changed_blob_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(Some(dir.path())).unwrap();
+        let sha = Sha256::of(b"kubelet");
+        let blob = c.put(&sha, b"kubelet").unwrap();
+        assert_eq!(c.lookup(&sha).unwrap(), Some(blob.clone()));
+
+        let mtime = std::fs::metadata(&blob).unwrap().modified().unwrap();
+        std::fs::write(&blob, b"kubelex").unwrap();
+        File::options().write(true).open(&blob).unwrap().set_modified(mtime).unwrap();
+        let e = c.lookup(&sha).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity);
+        assert!(e.to_string().contains(Sha256::of(b"kubelex").as_str()), "{e}");
+        assert!(!blob.exists() && !c.stamp_path(&sha).exists());
+        assert!(c.lookup(&sha).unwrap().is_none(), "removed: the next run downloads it again");
+
+        let target = dir.path().join("passwd");
+        std::fs::write(&target, b"root:x:0:0::/root:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(&target, &blob).unwrap();
+        let e = c.lookup(&sha).unwrap_err();
+        assert!(e.to_string().contains("is a symlink"), "{e}");
+        assert!(std::fs::symlink_metadata(&blob).is_err() && target.exists());
+
+        std::fs::create_dir(&blob).unwrap();
+        assert!(c.lookup(&sha).unwrap_err().to_string().contains("not a regular file"));
+        std::fs::remove_dir(&blob).unwrap();
+
+        std::fs::write(&blob, b"kubelet").unwrap();
+        assert!(!c.stamp_path(&sha).exists());
+        assert_eq!(c.lookup(&sha).unwrap(), Some(blob.clone()));
+        let stamp = std::fs::read_to_string(c.stamp_path(&sha)).unwrap();
+        assert_eq!(stamp, stamp_of(&std::fs::symlink_metadata(&blob).unwrap()));
     }
 
     #[test]

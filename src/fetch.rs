@@ -58,8 +58,6 @@ pub enum FetchError {
     Mismatch { name: String, version: String, url: String, expected: Sha256, actual: Sha256 },
     #[error("invalid mirror {0:?}: expected FROM=TO with http://, https:// or file:// URL prefixes")]
     BadMirror(String),
-    #[error("--jobs must be at least 1")]
-    BadJobs,
     #[error("{name} {version}: {what}")]
     Io {
         name: String,
@@ -70,6 +68,8 @@ pub enum FetchError {
     },
     #[error("{} downloads failed:{}", .0.len(), fmt_several(.0))]
     Several(Vec<FetchError>),
+    #[error("{name} {version}: {source}")]
+    Cache { name: String, version: String, source: crate::cache::CacheError },
 }
 
 fn fmt_outcomes(o: &[(String, String)]) -> String {
@@ -97,7 +97,8 @@ impl Classify for FetchError {
     fn code(&self) -> Code {
         match self {
             FetchError::Mismatch { .. } => Code::Integrity,
-            FetchError::BadMirror(_) | FetchError::BadJobs => Code::Input,
+            FetchError::Cache { source, .. } => source.code(),
+            FetchError::BadMirror(_) => Code::Input,
             FetchError::Offline { .. } | FetchError::AllUrlsFailed { .. } | FetchError::Io { .. } => {
                 Code::Runtime
             }
@@ -154,12 +155,16 @@ pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
     }
 }
 
+/// At most this many downloads run at once (`--jobs`): more only opens more connections
+/// to the same few hosts.
+pub const MAX_JOBS: usize = 64;
+
 /// How to fetch.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     pub offline: bool,
     pub mirrors: Vec<Mirror>,
-    /// Concurrent downloads; 0 means the default (4).
+    /// Concurrent downloads; 0 means the default (4), more than [`MAX_JOBS`] means that.
     pub jobs: usize,
 }
 
@@ -227,7 +232,7 @@ fn offline(items: &[Item], cache: &Cache, progress: &Reporter) -> Result<Vec<Pat
     let mut paths = Vec::new();
     let mut missing = Vec::new();
     for i in items {
-        match cache.lookup(&i.sha256) {
+        match cache.lookup(&i.sha256).map_err(|source| cache_err(i, source))? {
             Some(p) => {
                 progress.status(format!("cached {} {}", i.name, i.version));
                 paths.push(p);
@@ -259,7 +264,7 @@ fn fetch_all(
     opts: &FetchOptions,
     progress: Reporter,
 ) -> Result<Vec<PathBuf>> {
-    let jobs = if opts.jobs == 0 { 4 } else { opts.jobs };
+    let jobs = if opts.jobs == 0 { 4 } else { opts.jobs.min(MAX_JOBS) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -411,9 +416,22 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)
 }
 
+fn cache_err(item: &Item, source: crate::cache::CacheError) -> FetchError {
+    FetchError::Cache { name: item.name.clone(), version: item.version.clone(), source }
+}
+
+/// [`Cache::lookup`] off the async threads: it may hash a multi-GiB blob.
+async fn lookup(ctx: &Ctx, item: &Item) -> Result<Option<PathBuf>, FetchError> {
+    let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+    match tokio::task::spawn_blocking(move || cache.lookup(&sha)).await {
+        Ok(r) => r.map_err(|source| cache_err(item, source)),
+        Err(e) => Err(io_err(item, "checking the cache", std::io::Error::other(e))),
+    }
+}
+
 async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let label = format!("{} {}", item.name, item.version);
-    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+    if let Some(p) = lookup(&ctx, &item).await? {
         ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }
@@ -426,7 +444,7 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
     let lock = blocking(&item, "locking the cache entry", move || cache.lock(&sha)).await?;
     // Another process may have published the blob while we waited for the lock.
-    if let Some(p) = ctx.cache.lookup(&item.sha256) {
+    if let Some(p) = lookup(&ctx, &item).await? {
         ctx.progress.status(format!("cached {label}"));
         return Ok(p);
     }

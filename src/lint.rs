@@ -13,6 +13,8 @@
 //! - `paths`: every absolute path or systemd unit user-data's commands use exists in
 //!   the role's image (`--image`), unless user-data writes it itself;
 //! - `version`: each image's Kubernetes version equals the cluster's.
+//! - `values`: the spec's add-on values against the charts' `values.schema.json`, in
+//!   Rust (the backend chart's always; a recipe add-on's when its chart is in the cache);
 //! - `chart`: the embedded backend chart renders (`helm template`) with the add-on
 //!   values the first control plane's user-data writes (a warning when helm is absent).
 
@@ -22,7 +24,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 
 use crate::cloudinit::render::{self, paths};
-use crate::cluster::spec::{self, Loaded, Node};
+pub use crate::cluster::diag::Severity;
+use crate::cluster::diag::{Diagnostic, Diagnostics};
+use crate::cluster::plan::{self, ClusterPlan, JoinMode, NodePlan};
+use crate::cluster::ClusterError;
 use crate::exit::{Classify, Code};
 use crate::manifest::Manifest;
 use crate::types::Role;
@@ -65,13 +70,8 @@ pub struct LintOptions {
     pub root_label: String,
     /// Targets whose user-data size budget applies (default: all).
     pub target: Vec<Target>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Error,
-    Warning,
+    /// The recipe the control-plane image was built from (default: the embedded one).
+    pub recipe: Option<PathBuf>,
 }
 
 /// One problem, with what it concerns.
@@ -138,7 +138,7 @@ impl Image {
 }
 
 struct Ctx<'a> {
-    l: &'a Loaded,
+    l: &'a ClusterPlan,
     findings: Vec<Finding>,
 }
 
@@ -201,7 +201,7 @@ fn kubeadm_docs(text: &str) -> Result<Vec<(String, String, serde_yaml::Value)>, 
 
 use serde::Deserialize as _;
 
-fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: Option<&str>) {
+fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_version: Option<&str>) {
     let spec = &c.l.spec;
     let node = Some(n.name.as_str());
     let docs = match kubeadm_docs(text) {
@@ -220,7 +220,7 @@ fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: O
         }
     }
     let kinds: Vec<&str> = docs.iter().map(|(_, k, _)| k.as_str()).collect();
-    let first = c.l.first_control_plane().name == n.name;
+    let first = n.mode == JoinMode::Init;
     let want: &[&str] =
         if first { &["InitConfiguration", "ClusterConfiguration"] } else { &["JoinConfiguration"] };
     for k in want {
@@ -269,20 +269,20 @@ fn check_kubeadm(c: &mut Ctx, n: &Node, file: &str, text: &str, image_version: O
                     .and_then(|v| v.as_sequence())
                     .map(|q| q.iter().filter_map(|x| as_str(Some(x))).collect())
                     .unwrap_or_default();
-                if !sans.contains(&c.l.endpoint_host) {
+                let host = c.l.endpoint.host.to_string();
+                if !sans.contains(&host) {
                     c.error(
                         "kubeadm",
                         node,
                         file,
                         None,
-                        format!("apiServer.certSANs {sans:?} lacks the endpoint host {}", c.l.endpoint_host),
+                        format!("apiServer.certSANs {sans:?} lacks the endpoint host {host}"),
                     );
                 }
-                let net = &spec.networking;
                 for (key, want) in [
-                    ("podSubnet", &net.pod_cidr),
-                    ("serviceSubnet", &net.service_cidr),
-                    ("dnsDomain", &net.dns_domain),
+                    ("podSubnet", &c.l.pod_cidr.to_string()),
+                    ("serviceSubnet", &c.l.service_cidr.to_string()),
+                    ("dnsDomain", &spec.networking.dns_domain),
                 ] {
                     let got = as_str(s(d, &["networking", key])).unwrap_or_default();
                     if got != *want {
@@ -385,6 +385,18 @@ fn check_chart(c: &mut Ctx, node: &str, file: &str, values: Option<&str>) -> Res
     Ok(())
 }
 
+/// A spec diagnostic as a lint finding (check `spec`), with its line.
+fn spec_finding(d: &Diagnostics, x: &Diagnostic) -> Finding {
+    Finding {
+        severity: x.severity,
+        check: "spec",
+        node: None,
+        file: d.origin.clone(),
+        line: x.line,
+        message: x.text(),
+    }
+}
+
 /// Absolute paths and systemd units that user-data's commands use.
 fn referenced(doc: &serde_json::Value) -> (Vec<String>, Vec<String>) {
     let mut paths = Vec::new();
@@ -423,37 +435,25 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     for p in &a.image {
         images.push(Image::open(p, &a.root_label)?);
     }
-    let l = match spec::load(&a.cluster) {
+    let l = match plan::load(&a.cluster) {
         Ok(l) => l,
-        Err(e) => {
-            // A spec that does not load is the one finding; its message starts with
-            // "FILE:LINE: " when the loader knows the line.
-            let msg = e.to_string();
-            let line = msg
-                .strip_prefix(&format!("{cluster_file}:"))
-                .and_then(|r| r.split_once(':'))
-                .and_then(|(n, _)| n.parse::<usize>().ok());
+        Err(ClusterError::Spec(d)) => {
+            // A spec that does not validate: its diagnostics are the findings.
+            let findings: Vec<Finding> = d.items.iter().map(|x| spec_finding(&d, x)).collect();
             return Ok(Report {
-                cluster: cluster_file.clone(),
+                cluster: cluster_file,
                 nodes: 0,
                 images: images.len(),
-                errors: 1,
-                warnings: 0,
-                findings: vec![Finding {
-                    severity: Severity::Error,
-                    check: "spec",
-                    node: None,
-                    file: cluster_file,
-                    line,
-                    message: msg,
-                }],
+                errors: d.errors().count(),
+                warnings: findings.len() - d.errors().count(),
+                findings,
             });
         }
+        Err(e) => return Err(e.into()),
     };
     let mut c = Ctx { l: &l, findings: Vec::new() };
-    for w in &l.warnings {
-        c.warn("spec", None, &cluster_file, w.clone());
-    }
+    let d = Diagnostics { origin: cluster_file.clone(), items: l.warnings.clone() };
+    c.findings.extend(d.items.iter().map(|x| spec_finding(&d, x)));
     let mut by_role: BTreeMap<&str, &Image> = BTreeMap::new();
     for im in &images {
         let f = im.path.display().to_string();
@@ -476,19 +476,42 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let rendered_dir =
         a.rendered.clone().unwrap_or_else(|| a.cluster.parent().unwrap_or(Path::new(".")).to_path_buf());
     // Secrets are only needed when some node has no rendered user-data on disk.
-    let need_render = l.spec.nodes.iter().any(|n| !rendered_dir.join(&n.name).join("user-data").exists());
+    let need_render = l.nodes.iter().any(|n| !rendered_dir.join(&n.name).join("user-data").exists());
     let secrets = match need_render {
         true => Some(crate::cluster::pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?),
         false => None,
     };
+    // The add-on values of the spec against their charts' schemas (in Rust, no helm).
+    let charts = crate::cloudinit::addon_values::charts_for(&l, a.recipe.as_deref())?;
+    let addon_files = match crate::cloudinit::addon_values::build(&l, &charts) {
+        Ok(f) => {
+            for w in &f.warnings {
+                c.warn("values", None, &cluster_file, w.clone());
+            }
+            f
+        }
+        Err(e) => {
+            for msg in e.to_string().lines() {
+                let line = msg
+                    .strip_prefix(&format!("{cluster_file}:"))
+                    .and_then(|r| r.split_once(':'))
+                    .and_then(|(n, _)| n.parse::<usize>().ok());
+                c.error("values", None, &cluster_file, line, msg.to_string());
+            }
+            Default::default()
+        }
+    };
     let renderer = match &secrets {
-        Some(s) => Some(render::Renderer::new(&l, s)?),
+        Some(s) => {
+            let join = crate::cluster::token::for_joins(&crate::cluster::secrets_dir(&a.cluster))?;
+            Some(render::Renderer::new(&l, s)?.with_join_token(join).with_addons(&addon_files))
+        }
         None => None,
     };
     let first_cp = l.first_control_plane().name.clone();
     // (user-data file, values text) of the first control plane, for the chart check.
     let mut addon_values: Option<(String, Option<String>)> = None;
-    for (i, n) in l.spec.nodes.iter().enumerate() {
+    for n in &l.nodes {
         let node = Some(n.name.as_str());
         let path = rendered_dir.join(&n.name).join("user-data");
         let (file, text) = match std::fs::read_to_string(&path) {
@@ -500,7 +523,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
                 match r.render_node(n) {
                     Ok(x) => (file, x.user_data),
                     Err(e) => {
-                        let line = l.line(&format!("nodes[{i}]"));
+                        let line = l.line(&format!("nodes[{}]", n.index));
                         c.error("schema", node, &cluster_file, line, format!("rendering user-data: {e}"));
                         continue;
                     }
@@ -603,7 +626,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     Ok(Report {
         cluster: cluster_file,
-        nodes: l.spec.nodes.len(),
+        nodes: l.nodes.len(),
         images: images.len(),
         errors,
         warnings: findings.len() - errors,

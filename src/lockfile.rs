@@ -164,6 +164,15 @@ pub fn write_lock(path: &Path, lock: &LockFile) -> Result<(), LockError> {
 
 pub fn read_lock(path: &Path) -> Result<LockFile, LockError> {
     let text = std::fs::read_to_string(path).map_err(io(path.display().to_string()))?;
+    // A map would let the last of two equal keys win silently.
+    crate::nodup::check_json(&text).map_err(|d| {
+        LockError::Stale(format!(
+            "{}: line {}: {}: {d} (a key may appear once in an object); run `imgbuild lock`",
+            path.display(),
+            d.line.unwrap_or(0),
+            if d.path.is_empty() { "<top>" } else { &d.path }
+        ))
+    })?;
     let lock: LockFile = serde_json::from_str(&text).map_err(|e| {
         LockError::Stale(format!("{}: not a valid lock file ({e}); run `imgbuild lock`", path.display()))
     })?;
@@ -217,4 +226,24 @@ pub fn read_for(
         return Err(stale("the recipe's base image changed since it was written".into()));
     }
     Ok(al.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `arches: {amd64: A, amd64: B}` would let B win silently: refused, with the line.
+    #[test]
+    fn a_lock_with_a_repeated_key_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("r.lock");
+        let text = format!(
+            "{{\"lock_version\": {LOCK_VERSION}, \"recipe\": \"r\", \"packages_digest\": \"{}\",\n\
+             \"arches\": {{\"amd64\": {{}},\n \"amd64\": {{}}}}}}",
+            "0".repeat(64)
+        );
+        std::fs::write(&p, text).unwrap();
+        let e = read_lock(&p).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("arches") && e.contains("duplicate key \"amd64\""), "{e}");
+    }
 }

@@ -211,6 +211,10 @@ pub struct Install {
     /// Octal permission bits, default "0755" (these are executables).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Required when `mode` has the setuid (04000) or setgid (02000) bit: a privileged
+    /// executable is never installed by accident.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub setid: bool,
 }
 
 impl Install {
@@ -238,18 +242,87 @@ pub fn expand(template: &str, name: &str, version: &str, arch: Arch) -> String {
     template.replace("{version}", version).replace("{arch}", arch.as_str()).replace("{name}", name)
 }
 
-fn unknown_var(template: &str) -> Option<String> {
+/// What is wrong with the `{...}` placeholders of a template, if anything.
+fn template_problem(template: &str) -> Option<String> {
     let mut rest = template;
-    while let Some(i) = rest.find('{') {
-        let after = &rest[i + 1..];
-        let Some(j) = after.find('}') else { return Some(after.to_string()) };
-        let var = &after[..j];
-        if !TEMPLATE_VARS.contains(&var) {
-            return Some(var.to_string());
+    loop {
+        let open = rest.find('{');
+        let close = rest.find('}');
+        match (open, close) {
+            (None, None) => return None,
+            (Some(i), _) if close.is_none_or(|c| c > i) => {
+                let after = &rest[i + 1..];
+                let Some(j) = after.find('}').filter(|&j| !after[..j].contains('{')) else {
+                    return Some(format!("unclosed `{{` in {template:?}"));
+                };
+                let var = &after[..j];
+                if !TEMPLATE_VARS.contains(&var) {
+                    return Some(format!("unknown template variable {{{var}}} (known: version, arch, name)"));
+                }
+                rest = &after[j + 1..];
+            }
+            _ => return Some(format!("`}}` without `{{` in {template:?}")),
         }
-        rest = &after[j + 1..];
+    }
+}
+
+/// Directories that belong to imgbuild in every image it builds (the manifest, the
+/// release file, signatures, add-on values; the bootstrap and add-on scripts). A
+/// recipe may not install anything there: imgbuild's own file would silently win.
+pub const IMGBUILD_DIRS: [&str; 2] = ["/etc/imgbuild", "/usr/libexec/imgbuild"];
+
+/// The latest `source_date_epoch`: 2446-05-10T22:38:55Z, the last second an ext4
+/// inode with extra timestamp fields (the 256-byte inodes of every cloud image) can
+/// store. Later values would wrap around to the past.
+pub const MAX_SOURCE_DATE_EPOCH: u64 = i32::MAX as u64 + 3 * (1 << 32);
+
+/// What is wrong with an expanded install destination, if anything. `dir`: the
+/// destination is a directory (a glob `from`), written with a trailing `/`.
+fn destination_problem(to: &str, dir: bool) -> Option<String> {
+    if !to.starts_with('/') {
+        return Some("must be an absolute path".into());
+    }
+    if to.trim_start_matches('/').is_empty() {
+        return Some("is the root directory itself; name a path below /".into());
+    }
+    let body = match (dir, to.strip_suffix('/')) {
+        (true, Some(b)) => b,
+        (true, None) => return Some("a glob `from` needs a directory `to` ending in /".into()),
+        (false, Some(_)) => {
+            return Some("ends in / but names a file (only a glob `from` installs into a directory)".into())
+        }
+        (false, None) => to,
+    };
+    let segs: Vec<&str> = body[1..].split('/').collect();
+    if segs.contains(&"..") {
+        return Some("has a `..` segment".into());
+    }
+    if segs.iter().any(|s| s.is_empty() || *s == ".") {
+        let clean: Vec<&str> = segs.iter().copied().filter(|s| !s.is_empty() && *s != ".").collect();
+        return Some(format!("is not normalised (empty or `.` segments); write /{}", clean.join("/")));
+    }
+    if let Some(long) = segs.iter().find(|s| s.len() > 255) {
+        return Some(format!("has a name of {} bytes; ext4 names are at most 255", long.len()));
+    }
+    // debugfs's command parser splits on whitespace and quotes.
+    if body.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
+        return Some("has whitespace, quotes or control characters".into());
+    }
+    if let Some(d) = IMGBUILD_DIRS.iter().find(|d| body == **d || body.starts_with(&format!("{d}/"))) {
+        return Some(format!("is inside {d}, which imgbuild itself writes"));
     }
     None
+}
+
+/// What is wrong with an expanded archive member name (or glob), if anything.
+fn member_problem(from: &str) -> Option<String> {
+    if from.is_empty() {
+        return Some("is empty".into());
+    }
+    if from.starts_with('/') {
+        return Some("is absolute; archive members are relative".into());
+    }
+    from.split('/').any(|s| s == "..").then(|| "has a `..` segment".into())
 }
 
 /// The names of the recipes embedded in the binary.
@@ -287,6 +360,13 @@ pub fn load(path: Option<&Path>) -> Result<LoadedRecipe, RecipeError> {
 
 /// Parse and validate recipe text. `origin` is only used in messages.
 pub fn parse(text: &str, origin: &str) -> Result<LoadedRecipe, RecipeError> {
+    // Maps would let the last of two equal keys win silently (a digest pinned twice).
+    crate::nodup::check_yaml(text).map_err(|d| RecipeError::Invalid {
+        origin: origin.into(),
+        path: if d.path.is_empty() { d.key.clone() } else { format!("{}.{}", d.path, d.key) },
+        line: d.line,
+        msg: format!("{d}: a key may appear once in a mapping"),
+    })?;
     let de = serde_yaml::Deserializer::from_str(text);
     let recipe: Recipe = match serde_path_to_error::deserialize(de) {
         Ok(r) => r,
@@ -331,6 +411,18 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
     if r.arches.is_empty() {
         return err("arches".into(), "at least one arch is required".into());
     }
+    if let Some(size) = &r.disk_size {
+        crate::types::size::parse(size).map_err(|m| ("disk_size".to_string(), m))?;
+    }
+    if r.source_date_epoch > MAX_SOURCE_DATE_EPOCH {
+        return err(
+            "source_date_epoch".into(),
+            format!(
+                "{} is after 2446-05-10T22:38:55Z ({MAX_SOURCE_DATE_EPOCH}), the last time an ext4 inode stores",
+                r.source_date_epoch
+            ),
+        );
+    }
     let check_urls = |p: &str, urls: &[String]| -> Result<(), (String, String)> {
         if urls.is_empty() {
             return Err((format!("{p}.urls"), "at least one URL is required".into()));
@@ -339,11 +431,8 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
             if !(u.starts_with("https://") || u.starts_with("http://") || u.starts_with("file://")) {
                 return Err((format!("{p}.urls[{i}]"), format!("{u:?} is not an http(s) or file URL")));
             }
-            if let Some(v) = unknown_var(u) {
-                return Err((
-                    format!("{p}.urls[{i}]"),
-                    format!("unknown template variable {{{v}}} (known: version, arch, name)"),
-                ));
+            if let Some(why) = template_problem(u) {
+                return Err((format!("{p}.urls[{i}]"), why));
             }
         }
         Ok(())
@@ -385,22 +474,53 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         }
         for (j, ins) in a.install.iter().enumerate() {
             let q = format!("{p}.install[{j}]");
-            if !ins.to.starts_with('/') || ins.to.contains("..") {
-                return err(format!("{q}.to"), format!("{:?} must be an absolute path without ..", ins.to));
+            for (field, t) in ins.from.iter().map(|f| ("from", f)).chain(std::iter::once(("to", &ins.to))) {
+                if let Some(why) = template_problem(t) {
+                    return err(format!("{q}.{field}"), why);
+                }
             }
             let glob = ins.from.as_deref().is_some_and(|f| f.contains('*'));
-            if glob && !ins.to.ends_with('/') {
-                return err(format!("{q}.to"), "a glob `from` needs a directory `to` ending in /".into());
+            // Checked as expanded for every arch: `version: ../..` must not pass.
+            for &arch in &r.arches {
+                let x = |t: &str| expand(t, &a.name, &a.version, arch);
+                let shown = |t: &str| {
+                    let e = x(t);
+                    if e == t {
+                        format!("{t:?}")
+                    } else {
+                        format!("{t:?} (for {arch}: {e:?})")
+                    }
+                };
+                if let Some(why) = destination_problem(&x(&ins.to), glob) {
+                    return err(format!("{q}.to"), format!("{} {why}", shown(&ins.to)));
+                }
+                if let Some(from) = &ins.from {
+                    if let Some(why) = member_problem(&x(from)) {
+                        return err(format!("{q}.from"), format!("{} {why}", shown(from)));
+                    }
+                }
             }
             if let Some(m) = &ins.mode {
-                if u32::from_str_radix(m, 8).map_or(true, |b| b > 0o7777) {
+                let Some(bits) = u32::from_str_radix(m, 8).ok().filter(|&b| b <= 0o7777) else {
                     return err(format!("{q}.mode"), format!("{m:?} is not an octal mode"));
+                };
+                if bits & 0o1000 != 0 {
+                    return err(
+                        format!("{q}.mode"),
+                        format!("{m:?} sets the sticky bit, which files do not use"),
+                    );
+                }
+                if bits & 0o6000 != 0 && !ins.setid {
+                    return err(
+                        format!("{q}.mode"),
+                        format!(
+                            "{m:?} sets setuid/setgid: add `setid: true` to the install entry if intended"
+                        ),
+                    );
                 }
             }
-            for t in ins.from.iter().chain(std::iter::once(&ins.to)) {
-                if let Some(v) = unknown_var(t) {
-                    return err(q.clone(), format!("unknown template variable {{{v}}}"));
-                }
+            if ins.setid && ins.mode_bits() & 0o6000 == 0 {
+                return err(format!("{q}.setid"), "`setid: true` without a setuid/setgid mode".into());
             }
         }
     }
@@ -609,6 +729,37 @@ mod tests {
         let e = parse(&text, "t.yaml").unwrap_err().to_string();
         assert!(e.contains("artifacts[0].sha256") && e.contains("arm64"), "{e}");
         assert!(e.contains("(line "), "{e}");
+    }
+
+    #[test]
+    fn templates_and_destinations() {
+        assert_eq!(template_problem("/x/{version}-{arch}/{name}"), None);
+        assert!(template_problem("/x/{version").unwrap().contains("unclosed"));
+        assert!(template_problem("/x/{ver{version}").unwrap().contains("unclosed"));
+        assert!(template_problem("/x/version}").unwrap().contains("without"));
+        assert!(template_problem("/x/{os}").unwrap().contains("unknown template variable {os}"));
+        assert_eq!(destination_problem("/usr/local/bin/x", false), None);
+        assert_eq!(destination_problem("/usr/local/bin/", true), None);
+        assert_eq!(destination_problem("/etc/imgbuildx", false), None);
+        for (to, dir, why) in [
+            ("usr/x", false, "absolute"),
+            ("/", true, "root directory"),
+            ("//", false, "root directory"),
+            ("/usr/local/bin", true, "ending in /"),
+            ("/usr/local/bin/", false, "names a file"),
+            ("/a/../b", false, "`..`"),
+            ("/a/./b", false, "write /a/b"),
+            ("/a//b/", true, "write /a/b"),
+            ("/a b", false, "whitespace"),
+            (&format!("/usr/{}", "n".repeat(256)), false, "at most 255"),
+            ("/etc/imgbuild", false, "imgbuild itself"),
+            ("/usr/libexec/imgbuild/", true, "imgbuild itself"),
+        ] {
+            let p = destination_problem(to, dir).unwrap_or_default();
+            assert!(p.contains(why), "{to}: {p:?}");
+        }
+        assert_eq!(member_problem("./bin/*"), None);
+        assert!(member_problem("../x").is_some() && member_problem("/x").is_some());
     }
 
     fn addon_err(from: &str, to: &str) -> String {

@@ -16,6 +16,8 @@ struct Collector {
     stack: Vec<Frame>,
     prefix: Vec<String>,
     lines: HashMap<String, usize>,
+    /// Lines of a key path's later occurrences (a key repeated in its mapping).
+    again: HashMap<String, usize>,
 }
 
 impl Collector {
@@ -63,7 +65,14 @@ impl MarkedEventReceiver for Collector {
                 if is_key {
                     let seg = if self.prefix.concat().is_empty() { v.clone() } else { format!(".{v}") };
                     let path = self.path_of(&seg);
-                    self.lines.entry(path).or_insert(line);
+                    match self.lines.entry(path) {
+                        std::collections::hash_map::Entry::Occupied(e) => {
+                            self.again.entry(e.key().clone()).or_insert(line);
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(line);
+                        }
+                    }
                     if let Some(Frame::Map { key }) = self.stack.last_mut() {
                         *key = Some(v);
                     }
@@ -95,10 +104,20 @@ impl MarkedEventReceiver for Collector {
 /// Map from dotted path (`artifacts[2].sha256.arm64`) to 1-based line. Best effort:
 /// returns an empty map when the text does not parse.
 pub fn lines(src: &str) -> HashMap<String, usize> {
-    let mut c = Collector { stack: Vec::new(), prefix: Vec::new(), lines: HashMap::new() };
+    collect(src).lines
+}
+
+/// The line where the key at `path` occurs a second time, if it does.
+pub fn repeated_line(src: &str, path: &str) -> Option<usize> {
+    collect(src).again.get(path).copied()
+}
+
+fn collect(src: &str) -> Collector {
+    let mut c =
+        Collector { stack: Vec::new(), prefix: Vec::new(), lines: HashMap::new(), again: HashMap::new() };
     let mut p = Parser::new_from_str(src);
     let _ = p.load(&mut c, false);
-    c.lines
+    c
 }
 
 /// The line of `path`, or of its nearest ancestor that has one.

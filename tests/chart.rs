@@ -91,6 +91,10 @@ const VALUE_SETS: &[(&str, &str)] = &[
     ("hpa-off", "autoscaling:\n  enabled: false\nreplicaCount: 3\npodDisruptionBudget:\n  minAvailable: 1\n"),
     ("existing-secret", "secret:\n  existingSecret: backend-db\nserviceAccount:\n  create: false\n"),
     ("netpol-off", "networkPolicy:\n  enabled: false\n"),
+    (
+        "metrics-monitoring",
+        "networkPolicy:\n  metricsFrom:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: monitoring\n",
+    ),
 ];
 
 #[test]
@@ -157,11 +161,21 @@ fn chart_lints_and_renders_valid_manifests_for_each_value_set() {
             let s = of_kind(&d, "Secret");
             assert!(s["stringData"]["DATABASE_URL"].as_str().unwrap().starts_with("postgres://"));
         }
+        if *name == "metrics-monitoring" {
+            let np = of_kind(&d, "NetworkPolicy");
+            let m = &np["spec"]["ingress"][1];
+            assert_eq!(m["ports"][0]["port"], "metrics");
+            assert_eq!(
+                m["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                "monitoring"
+            );
+        }
         if *name == "defaults" {
             let np = of_kind(&d, "NetworkPolicy");
             let ingress = np["spec"]["ingress"].as_sequence().unwrap();
             let ports: Vec<_> = ingress.iter().map(|r| r["ports"][0]["port"].as_str().unwrap()).collect();
-            assert_eq!(ports, ["http", "metrics"]);
+            // nobody may scrape the metrics port until a monitoring namespace is named
+            assert_eq!(ports, ["http"]);
             assert_eq!(
                 ingress[0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
                 "ingress-nginx"
@@ -347,6 +361,11 @@ if [[ "$1" == upgrade ]]; then
     exit 1
   fi
 fi
+# a chart that does not render with its values: helm's error as helm prints it
+if [[ "$1" == template && -f "$STUB_DIR/invalid-$2" ]]; then
+  printf 'Error: values don'"'"'t meet the specifications of the schema(s) in the following chart(s):\n%s:\n- replicaCount: Invalid type. Expected: integer, given: string\n' "$2" >&2
+  exit 1
+fi
 "#;
 
 const KUBECTL_STUB: &str = r#"#!/usr/bin/env bash
@@ -380,7 +399,18 @@ impl Installer {
         std::fs::create_dir_all(root.join("etc/imgbuild/addons")).unwrap();
         std::fs::write(root.join("etc/imgbuild/addons/values.yaml"), "ingress:\n  host: b.example.test\n")
             .unwrap();
+        // the node name the installer waits for comes from the bootstrap's data
+        std::fs::write(
+            root.join("etc/imgbuild/bootstrap.env"),
+            "IMGBUILD_ROLE=init\nIMGBUILD_NODE_NAME=demo-cp-1\n",
+        )
+        .unwrap();
         Installer { _tmp: tmp, root, stub }
+    }
+
+    /// The next `helm template` of `release` fails like a schema violation.
+    fn invalid(&self, release: &str) {
+        std::fs::write(self.stub.join(format!("invalid-{release}")), "").unwrap();
     }
 
     fn fail(&self, release: &str, times: u32) {
@@ -410,7 +440,7 @@ impl Installer {
             .collect()
     }
 
-    /// The cluster-changing calls, abbreviated: `install <release>`, `wait nodes`, `wait coredns`.
+    /// The cluster-changing calls, abbreviated: `install <release>`, `wait node`, `wait coredns`.
     fn actions(&self) -> Vec<String> {
         self.calls()
             .iter()
@@ -418,8 +448,8 @@ impl Installer {
                 let w: Vec<&str> = c.split_whitespace().collect();
                 match w.as_slice() {
                     ["helm", "upgrade", "--install", rel, ..] => Some(format!("install {rel}")),
-                    ["kubectl", "wait", ..] if c.contains("condition=Ready nodes") => {
-                        Some("wait nodes".into())
+                    ["kubectl", "wait", ..] if c.contains("condition=Ready node/demo-cp-1 ") => {
+                        Some("wait node".into())
                     }
                     ["kubectl", _, "kube-system", "rollout", "status", "deployment/coredns", ..] => {
                         Some("wait coredns".into())
@@ -466,7 +496,7 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
         [
             "api",
             "install cilium",
-            "wait nodes",
+            "wait node",
             "wait coredns",
             "install metrics-server",
             "install metrics-server",
@@ -485,6 +515,13 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     assert!(backend.contains("backend-0.1.0.tgz --namespace backend --create-namespace"), "{backend}");
     assert!(backend.ends_with(&format!("--values {root}/etc/imgbuild/addons/values.yaml")), "{backend}");
 
+    // The installer waits for its own node, not for every node of the cluster.
+    assert!(!calls.iter().any(|c| c.contains("--all")), "{calls:?}");
+    // every chart is rendered offline before it is installed
+    let first_template = calls.iter().position(|c| c.starts_with("helm template backend ")).unwrap();
+    let install = calls.iter().position(|c| c.starts_with("helm upgrade --install backend ")).unwrap();
+    assert!(first_template < install, "{calls:?}");
+
     // One console line per step, plus the start and end lines and the retry note.
     let step_lines: Vec<&str> = stdout.lines().filter(|l| l.contains(": done (attempt")).collect();
     assert_eq!(step_lines.len(), 6, "{stdout}");
@@ -495,7 +532,10 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     assert_eq!(st["state"], "done");
     let steps = st["steps"].as_array().unwrap();
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["cilium", "nodes-ready", "coredns", "metrics-server", "ingress-nginx", "backend"]);
+    assert_eq!(
+        names,
+        ["cilium", "control-plane-ready", "coredns", "metrics-server", "ingress-nginx", "backend"]
+    );
     assert!(steps.iter().all(|s| s["state"] == "done"));
     assert_eq!(steps[3]["attempts"], 2);
     for n in names {
@@ -536,6 +576,65 @@ fn installer_gives_up_then_resumes_where_it_stopped() {
     assert_eq!(inst.actions()[n..], ["api", "install ingress-nginx", "install backend"]);
     assert!(text(&out).contains("[1/6] cilium: done before"));
     assert!(inst.resume_link().symlink_metadata().is_err());
+}
+
+#[test]
+fn installer_does_not_retry_a_chart_that_does_not_render() {
+    let inst = Installer::new();
+    inst.invalid("metrics-server");
+    let out = inst.run(3);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // the others are installed; the invalid one is never sent to the cluster
+    assert_eq!(
+        inst.actions(),
+        ["api", "install cilium", "wait node", "wait coredns", "install ingress-nginx", "install backend"]
+    );
+    let st = inst.status();
+    assert_eq!(st["state"], "failed");
+    let ms = &st["steps"][3];
+    assert_eq!(ms["name"], "metrics-server");
+    assert_eq!(ms["state"], "invalid");
+    assert_eq!(ms["attempts"], 0);
+    let err = ms["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("does not render: Error: values don't meet the specifications of the schema"),
+        "{err}"
+    );
+    assert!(err.contains("replicaCount: Invalid type"), "{err}");
+    assert_eq!(st["steps"][5]["state"], "done");
+    let console = text(&out);
+    assert!(
+        console.contains("metrics-server: invalid, not retried: does not render: Error: values don't meet"),
+        "{console}"
+    );
+    assert!(console.contains("1 step(s) invalid; the others are installed"), "{console}");
+    assert!(!inst.root.join("var/lib/imgbuild/addons/metrics-server.done").exists());
+    // a later start (a reboot) again installs nothing it cannot
+    let n = inst.actions().len();
+    assert_eq!(inst.run(3).status.code(), Some(3));
+    assert_eq!(inst.actions()[n..], ["api"]);
+}
+
+#[test]
+fn installer_stops_when_the_cni_does_not_render() {
+    let inst = Installer::new();
+    inst.invalid("cilium");
+    let out = inst.run(3);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(inst.actions(), ["api"]);
+    let st = inst.status();
+    assert_eq!(st["state"], "failed");
+    assert_eq!(st["steps"][0]["state"], "invalid");
+    assert_eq!(st["steps"][1]["state"], "pending");
+    assert!(text(&out).contains("no CNI: the remaining steps cannot work"), "{}", text(&out));
+}
+
+#[test]
+fn addons_unit_does_not_restart_an_invalid_step() {
+    let unit =
+        std::fs::read_to_string(cp_files().join("etc/systemd/system/imgbuild-addons.service")).unwrap();
+    let lines: Vec<&str> = unit.lines().map(str::trim).collect();
+    assert!(lines.contains(&"Restart=on-failure") && lines.contains(&"RestartPreventExitStatus=3"), "{unit}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -792,15 +891,25 @@ fn approver_templates_work_with_real_kubectl() {
     assert_eq!(render(node, &format!("jsonpath={}", var("addr_tmpl"))), "InternalIP=10.0.0.5\nHostname=n1\n");
 }
 
-/// The installer's helm invocations parse with a real helm: pointed at a closed port,
-/// helm must fail on the unreachable cluster, not on a flag.
-#[test]
-fn installer_helm_flags_are_accepted_by_real_helm() {
-    let Some(helm) = tool("helm") else { return };
-    let inst = Installer::new();
-    // Only the kubectl stand-in stays: the real helm goes first on PATH.
+/// A root whose index has the backend step only, with the real packaged chart in it.
+fn backend_only(inst: &Installer, values: &str) {
+    let backend = imgbuild::chart::package_backend(0).unwrap();
+    let dir = inst.root.join("usr/share/imgbuild/addons");
+    std::fs::write(dir.join(backend.file_name()), &backend.bytes).unwrap();
+    let chart = format!("/usr/share/imgbuild/addons/{}", backend.file_name());
+    std::fs::write(
+        dir.join("addons.tsv"),
+        format!("# order\tname\trelease\tnamespace\tcni\tchart\tvalues\tuser-values\n1\tbackend\tbackend\tbackend\t-\t{chart}\t-\t/etc/imgbuild/addons/values.yaml\n"),
+    )
+    .unwrap();
+    std::fs::write(inst.root.join("etc/imgbuild/addons/values.yaml"), values).unwrap();
+}
+
+/// The installer with the real helm (npm), the kubectl stand-in, a cluster that is not
+/// there.
+fn run_with_real_helm(inst: &Installer, helm: &Path) -> Output {
     std::fs::remove_file(inst.stub.join("bin/helm")).unwrap();
-    std::os::unix::fs::symlink(&helm, inst.stub.join("bin/helm")).unwrap();
+    std::os::unix::fs::symlink(helm, inst.stub.join("bin/helm")).unwrap();
     let kc = inst.stub.join("kubeconfig");
     std::fs::write(
         &kc,
@@ -809,7 +918,7 @@ fn installer_helm_flags_are_accepted_by_real_helm() {
          current-context: c\n",
     )
     .unwrap();
-    let out = Command::new("bash")
+    Command::new("bash")
         .arg(cp_files().join("usr/libexec/imgbuild/addons-install"))
         .env(
             "PATH",
@@ -824,10 +933,39 @@ fn installer_helm_flags_are_accepted_by_real_helm() {
         .env("HELM_DATA_HOME", inst.stub.join("helm-data"))
         .env("STUB_LOG", inst.stub.join("calls"))
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The installer's helm invocations parse with a real helm: the chart renders with
+/// valid values, and pointed at a closed port helm must fail on the unreachable
+/// cluster, not on a flag — a failure worth retrying (exit 1, the unit restarts it).
+#[test]
+fn installer_helm_flags_are_accepted_by_real_helm() {
+    let Some(helm) = tool("helm") else { return };
+    let inst = Installer::new();
+    backend_only(&inst, "ingress:\n  host: b.example.test\n");
+    let out = run_with_real_helm(&inst, &helm);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{err}\n{}", text(&out));
     assert!(err.contains("Kubernetes cluster unreachable"), "{err}");
     assert!(!err.contains("unknown flag") && !err.contains("unknown shorthand"), "{err}");
-    assert!(text(&out).contains("cilium: failed after 1 attempts"), "{}", text(&out));
+    assert!(text(&out).contains("backend: failed after 1 attempts"), "{}", text(&out));
+}
+
+/// Values the chart's schema refuses: the real `helm template` says so offline, the
+/// step is invalid and not retried (exit 3), with helm's reason in addons.json.
+#[test]
+fn installer_reports_values_the_real_helm_refuses() {
+    let Some(helm) = tool("helm") else { return };
+    let inst = Installer::new();
+    backend_only(&inst, "secret:\n  values:\n    DATABASE_URL: postgres://x\n");
+    let out = run_with_real_helm(&inst, &helm);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out), String::from_utf8_lossy(&out.stderr));
+    let st = inst.status();
+    assert_eq!(st["steps"][2]["name"], "backend");
+    assert_eq!(st["steps"][2]["state"], "invalid");
+    let err = st["steps"][2]["error"].as_str().unwrap();
+    assert!(err.contains("values don't meet the specifications of the schema"), "{err}");
+    assert!(err.contains("values"), "{err}");
+    assert!(!inst.calls().iter().any(|c| c.starts_with("helm upgrade")), "{:?}", inst.calls());
 }

@@ -54,6 +54,12 @@ fn golden_cluster(dir: &Path) -> PathBuf {
         "10.0.0.0/24",
         "--vip-interface",
         "ens3",
+        "--dns",
+        "10.0.0.2,10.0.0.3",
+        "--dns-search",
+        "demo.internal",
+        "--ntp",
+        "10.0.0.4,ntp.demo.internal",
         "--ssh-key",
         key.to_str().unwrap(),
         "--dir",
@@ -188,9 +194,33 @@ fn roles_get_the_right_data_and_kubeadm_kinds() {
         let env = &files["/etc/imgbuild/bootstrap.env"].1;
         let meta = yaml(&fs::read_to_string(out.join(node).join("meta-data")).unwrap());
         assert_eq!(meta["local-hostname"].as_str(), Some(node));
-        assert_eq!(meta["instance-id"].as_str(), Some(format!("demo-{node}").as_str()));
+        // node names already carry the cluster's: not doubled
+        assert_eq!(meta["instance-id"].as_str(), Some(node));
         let net = yaml(&fs::read_to_string(out.join(node).join("network-config")).unwrap());
         assert_eq!(net["version"].as_u64(), Some(2));
+        // the address on the one NIC named by --interface (--vip-interface), with the resolvers
+        let eths = net["ethernets"].as_mapping().unwrap();
+        assert_eq!(eths.len(), 1, "{net:?}");
+        let e = &net["ethernets"]["ens3"];
+        assert_eq!(
+            e["addresses"][0].as_str().unwrap(),
+            format!("10.0.0.{}/24", 11 + NODES.iter().position(|x| *x == node).unwrap())
+        );
+        assert_eq!(e["nameservers"], yaml("{addresses: [10.0.0.2, 10.0.0.3], search: [demo.internal]}"));
+        assert_eq!(e["routes"], yaml("[{to: 0.0.0.0/0, via: 10.0.0.1}]"));
+        // time through cloud-init's ntp module, with the client noble ships
+        assert_eq!(
+            v["ntp"],
+            yaml("{enabled: true, ntp_client: systemd-timesyncd, servers: [10.0.0.4, ntp.demo.internal]}")
+        );
+        // the firewall's data: the node network, pods, services, the VIP
+        let nets = &files["/etc/imgbuild/cluster-networks"];
+        assert_eq!(nets.0, "0644");
+        let lines: Vec<&str> = nets.1.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            ["node 10.0.0.0/24", "pod 10.244.0.0/16", "service 10.96.0.0/12", "endpoint 10.0.0.10/32"]
+        );
         match node {
             "demo-cp-1" => {
                 assert!(env.contains("IMGBUILD_ROLE=init\n"), "{env}");
@@ -395,7 +425,9 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let quoted = imgbuild::template::quote(nasty);
     spec = spec.replace(
         "    # secret:\n",
-        &format!("    secret:\n      values:\n        DATABASE_URL: {quoted}\n        \"weird: key #\": \"{{{{x}}}}\"\n"),
+        &format!(
+            "    secret:\n      env:\n        DATABASE_URL: {quoted}\n    podAnnotations:\n      \"weird: key #\": \"{{{{x}}}}\"\n"
+        ),
     );
     spec =
         spec.replace(&format!("  - \"{SSH_KEY}\""), &format!("  - {}", imgbuild::template::quote(key_nasty)));
@@ -406,14 +438,14 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     let v = yaml(&ud);
     assert_eq!(v["ssh_authorized_keys"][0].as_str(), Some(key_nasty));
     let values = yaml(&write_files(&ud)["/etc/imgbuild/addons/values.yaml"].1);
-    assert_eq!(values["secret"]["values"]["DATABASE_URL"].as_str(), Some(nasty));
-    assert_eq!(values["secret"]["values"]["weird: key #"].as_str(), Some("{{x}}"));
+    assert_eq!(values["secret"]["env"]["DATABASE_URL"].as_str(), Some(nasty));
+    assert_eq!(values["podAnnotations"]["weird: key #"].as_str(), Some("{{x}}"));
     // and with PyYAML, which is what cloud-init uses
     if python_has_jsonschema() {
         let py = "import sys, yaml, json\nd = yaml.safe_load(open(sys.argv[1], encoding='utf-8'))\n\
                   f = [w for w in d['write_files'] if w['path'] == '/etc/imgbuild/addons/values.yaml'][0]\n\
                   v = yaml.safe_load(f['content'])\n\
-                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['values']['DATABASE_URL']]))";
+                  sys.stdout.write(json.dumps([d['ssh_authorized_keys'][0], v['secret']['env']['DATABASE_URL']]))";
         let o =
             Command::new("python3").arg("-c").arg(py).arg(out.join("demo-cp-1/user-data")).output().unwrap();
         ok(&o);
@@ -457,7 +489,9 @@ fn user_data_size_limits() {
     let t = tempfile::tempdir().unwrap();
     let c = golden_cluster(t.path());
     let base = fs::read_to_string(&c).unwrap();
-    let with = |n: usize| base.replace("    # secret:\n", &format!("    blob: \"{}\"\n", "x".repeat(n)));
+    let with = |n: usize| {
+        base.replace("    # secret:\n", &format!("    podAnnotations:\n      blob: \"{}\"\n", "x".repeat(n)))
+    };
     fs::write(&c, with(10_000)).unwrap();
     let o = render(&c, &t.path().join("o1"), &["--node", "demo-cp-1", "--seed", "none"]);
     ok(&o);
@@ -482,6 +516,7 @@ fn files_are_private_and_secrets_never_printed() {
     // real randomness here: no test seed
     let o = common::bin()
         .args(["cluster", "init", "--name", "prod", "--endpoint", "10.1.0.10", "--node-cidr", "10.1.0.0/24"])
+        .args(["--interface", "ens3", "--dns", "10.1.0.2"])
         .args(["--external-lb", "--ssh-key", key.to_str().unwrap(), "--dir", d.to_str().unwrap()])
         .output()
         .unwrap();
@@ -627,7 +662,19 @@ fn node_root(user_data: &str, kubeadm_rc: &str) -> Node {
     fs::write(bin.join("kubeadm"), stub).unwrap();
     fs::write(bin.join("systemctl"), format!("#!/bin/sh\necho \"systemctl $*\" >> '{}'\n", calls.display()))
         .unwrap();
-    for s in ["kubeadm", "systemctl"] {
+    // A control plane's join also asks the API for etcd and etcd for the join lock and
+    // the member list (tests/join.rs drives that part against a real etcd): one member,
+    // never this node, and a lock that is always free.
+    fs::write(bin.join("kubectl"), "#!/bin/sh\necho https://127.0.0.1:2379\n").unwrap();
+    fs::write(
+        bin.join("etcdctl"),
+        "#!/bin/bash\nfor a in \"$@\"; do case $a in\n\
+         lock) echo imgbuild/control-plane-join/1; exec sleep 60 ;;\n\
+         list) echo '1, started, other-cp, https://127.0.0.1:2380, https://127.0.0.1:2379, false'; exit 0 ;;\n\
+         esac; done\n",
+    )
+    .unwrap();
+    for s in ["kubeadm", "systemctl", "kubectl", "etcdctl"] {
         fs::set_permissions(bin.join(s), fs::Permissions::from_mode(0o755)).unwrap();
     }
     Node { _t: t, root, bin, calls }
@@ -697,12 +744,12 @@ fn bootstrap_first_control_plane_init_then_idempotent() {
     assert_eq!(s["node"], "demo-cp-1");
     assert_eq!(s["attempts"], 1);
     assert_eq!(s["last_error"], "");
-    // PKI pre-placed where kubeadm looks, keys 0600; staging copies gone
+    // PKI pre-placed where kubeadm looks, keys 0600; the staging copies are the
+    // scrubber's (scrub_removes_every_copy_of_user_data_secrets_once_joined)
     for (f, mode) in [("ca.key", 0o600), ("ca.crt", 0o644), ("etcd/ca.key", 0o600), ("sa.pub", 0o644)] {
         let m = fs::metadata(n.p(&format!("etc/kubernetes/pki/{f}"))).unwrap().permissions().mode() & 0o777;
         assert_eq!(m, mode, "{f}");
     }
-    assert!(!n.p("etc/imgbuild/pki").exists());
     // kube-vip switched to admin.conf after init
     let vip = fs::read_to_string(n.p("etc/kubernetes/manifests/kube-vip.yaml")).unwrap();
     assert!(vip.contains("path: \"/etc/kubernetes/admin.conf\""), "{vip}");
@@ -723,6 +770,111 @@ fn bootstrap_first_control_plane_init_then_idempotent() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("already bootstrapped"));
     assert!(n.p("run/cluster-api/bootstrap-success.complete").exists());
     assert_eq!(n.status()["phase"], "done");
+    // the attempt count survives the reboot (/run/imgbuild/bootstrap.json does not)
+    assert_eq!(n.status()["attempts"], 1);
+}
+
+/// What kubeadm v1.30 prints when a preflight check fails: progress lines, the error,
+/// the check, a hint and the generic trailer (cmd/kubeadm/app/util/error.go and the
+/// phase runner; the same shape appears in countless public logs).
+const KUBEADM_PREFLIGHT_FAILURE: &str = "[preflight] Running pre-flight checks
+error execution phase preflight: [preflight] Some fatal errors occurred:
+\t[ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are not set to 1
+\t[ERROR Swap]: running with swap on is not supported. Please disable swap
+[preflight] If you know what you are doing, you can make a check non-fatal with `--ignore-preflight-errors=...`
+To see the stack trace of this error execute with --v=5 or higher
+";
+
+#[test]
+fn bootstrap_reports_kubeadms_cause_not_its_trailer() {
+    let (_t, ud) = rendered_user_data("demo-worker-1");
+    let n = node_root(&ud, "1");
+    let out = n.root.join("kubeadm-output");
+    fs::write(&out, KUBEADM_PREFLIGHT_FAILURE).unwrap();
+    fs::write(
+        n.bin.join("kubeadm"),
+        format!(
+            "#!/bin/sh\necho \"kubeadm $*\" >> '{}'\n[ \"$1\" = reset ] && exit 0\ncat '{}' >&2\nexit 1\n",
+            n.calls.display(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]);
+    assert_eq!(o.status.code(), Some(1));
+    let want = "error execution phase preflight: [preflight] Some fatal errors occurred: \
+                [ERROR FileContent--proc-sys-net-ipv4-ip_forward]: /proc/sys/net/ipv4/ip_forward contents are not set to 1; \
+                [ERROR Swap]: running with swap on is not supported. Please disable swap";
+    let s = n.status();
+    assert_eq!(s["last_error"], want, "{s}");
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        console.contains(&format!("phase failed: kubeadm join failed 1 time(s) within 1800s; last: {want}")),
+        "{console}"
+    );
+    assert!(!console.contains("stack trace"), "{console}");
+
+    // An error outside a phase (printed as it is) and a silent failure.
+    fs::write(&out, "I0102 15:04:05.000000    1234 join.go:1] a klog line\ncouldn't create a Kubernetes client from file \"/etc/kubernetes/kubelet.conf\": open /etc/kubernetes/kubelet.conf: no such file or directory\nTo see the stack trace of this error execute with --v=5 or higher\n").unwrap();
+    fs::remove_dir_all(n.p("run")).unwrap();
+    assert_eq!(n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]).status.code(), Some(1));
+    assert_eq!(
+        n.status()["last_error"],
+        "couldn't create a Kubernetes client from file \"/etc/kubernetes/kubelet.conf\": open /etc/kubernetes/kubelet.conf: no such file or directory"
+    );
+    fs::write(&out, "").unwrap();
+    fs::remove_dir_all(n.p("run")).unwrap();
+    assert_eq!(n.run(&[("IMGBUILD_MAX_ATTEMPTS", "1")]).status.code(), Some(1));
+    assert_eq!(n.status()["last_error"], "kubeadm failed without output");
+}
+
+#[test]
+fn bootstrap_runs_once_per_boot_and_counts_attempts_across_reboots() {
+    let (_t, ud) = rendered_user_data("demo-worker-2");
+    let n = node_root(&ud, "1 1 1 0");
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    assert_eq!(o.status.code(), Some(1));
+    let first = n.status();
+    assert_eq!(first["phase"], "failed");
+    assert_eq!(first["attempts"], 2);
+    let joins = |n: &Node| n.calls().iter().filter(|c| c.starts_with("kubeadm join")).count();
+    assert_eq!(joins(&n), 2);
+
+    // cloud-init's runcmd (or anyone) starts the unit again during the same boot:
+    // no second retry budget, the status stays as the first run left it.
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already ran during this boot (phase failed)"));
+    assert_eq!(joins(&n), 2, "{:?}", n.calls());
+    assert_eq!(n.status(), first);
+
+    // A reboot runs it again, and the count goes on: 2 more attempts, success at the 4th.
+    fs::remove_dir_all(n.p("run")).unwrap();
+    let o = n.run(&[("IMGBUILD_MAX_ATTEMPTS", "2")]);
+    ok(&o);
+    assert_eq!(joins(&n), 4);
+    let s = n.status();
+    assert_eq!(s["phase"], "done");
+    assert_eq!(s["attempts"], 4);
+    // done, then started again in the same boot: a report, success
+    let o = n.run(&[]);
+    ok(&o);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already ran during this boot (phase done)"));
+    assert_eq!(joins(&n), 4);
+}
+
+/// The unit must not hold multi-user.target (and cloud-final.service, which is ordered
+/// after it) for as long as the bootstrap retries: a oneshot's start job lasts until
+/// the script exits, and a target waits for the start jobs of the units it wants.
+#[test]
+fn bootstrap_unit_does_not_hold_up_boot() {
+    let unit =
+        fs::read_to_string(root().join("image-files/common/etc/systemd/system/imgbuild-bootstrap.service"))
+            .unwrap();
+    let service: Vec<&str> = unit.lines().map(str::trim).collect();
+    assert!(service.contains(&"Type=exec"), "{unit}");
+    assert!(service.contains(&"RemainAfterExit=yes"), "{unit}");
+    assert!(service.contains(&"WantedBy=multi-user.target"), "{unit}");
 }
 
 #[test]
@@ -868,4 +1020,256 @@ fn bootstrap_status_carries_the_image_import_status() {
         "{s}"
     );
     assert_eq!(s["phase"], "done");
+}
+
+/// Replace the golden cluster's spec with `spec` (same secrets) and render `node`.
+fn render_spec(t: &Path, spec: &str, node: &str) -> (Output, PathBuf) {
+    let c = golden_cluster(t);
+    fs::write(&c, spec).unwrap();
+    let out = t.join("out");
+    (render(&c, &out, &["--node", node, "--seed", "none"]), out.join(node))
+}
+
+/// A VM with a private NIC (named by MAC, static) and a public one (DHCP); a node on a
+/// public /32 whose router is on-link. The network-config goes through what a noble
+/// node runs: cloud-init's renderer (netplan output) and `netplan generate`, whose
+/// systemd-networkd files must put the address on exactly the named NIC.
+#[test]
+fn the_static_address_lands_on_one_named_nic_through_cloud_init_and_netplan() {
+    if !need("cloud-init", "cloud-init's network renderer") || !need("netplan", "netplan generate") {
+        return;
+    }
+    let spec = "name: demo
+endpoint: 10.0.0.10:6443
+ha: {mode: external-lb}
+networking: {pod_cidr: 10.244.0.0/16, service_cidr: 10.96.0.0/12, dhcp_interfaces: [eth0]}
+dns: {nameservers: [10.0.0.2], search: [demo.internal]}
+nodes:
+  - {name: demo-cp-1, role: control-plane, address: 10.0.0.11/24, gateway: 10.0.0.1, interface: \"52:54:00:12:34:11\"}
+  - {name: demo-worker-1, role: worker, address: 203.0.113.7/32, gateway: 172.31.1.1, interface: ens10, dhcp_interfaces: []}
+";
+    for (node, want_match, want_dhcp) in [
+        ("demo-cp-1", "MACAddress=52:54:00:12:34:11", Some("Name=eth0")),
+        ("demo-worker-1", "Name=ens10", None),
+    ] {
+        let t = tempfile::tempdir().unwrap();
+        let (o, dir) = render_spec(t.path(), spec, node);
+        ok(&o);
+        let root = t.path().join("root");
+        let o = Command::new("cloud-init")
+            .args([
+                "devel",
+                "net-convert",
+                "--kind",
+                "yaml",
+                "--distro",
+                "ubuntu",
+                "--output-kind",
+                "netplan",
+            ])
+            .arg("--network-data")
+            .arg(dir.join("network-config"))
+            .arg("--directory")
+            .arg(&root)
+            .output()
+            .unwrap();
+        ok(&o);
+        let o = Command::new("netplan").arg("generate").arg("--root-dir").arg(&root).output().unwrap();
+        ok(&o);
+        let mut networks = BTreeMap::new();
+        for e in fs::read_dir(root.join("run/systemd/network")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "network") {
+                networks.insert(
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    fs::read_to_string(&p).unwrap(),
+                );
+            }
+        }
+        let with_address: Vec<&String> = networks.values().filter(|t| t.contains("\nAddress=")).collect();
+        assert_eq!(with_address.len(), 1, "{node}: {networks:#?}");
+        let st = with_address[0];
+        // netplan matches a MAC as the NIC's permanent address
+        let m = st.split("\n\n").next().unwrap();
+        assert!(m.starts_with("[Match]\n") && m.lines().any(|l| l.ends_with(want_match)), "{node}: {st}");
+        assert!(!networks.values().any(|t| t.contains("Name=e*")), "{networks:#?}");
+        assert!(st.contains("DNS=10.0.0.2\n") && st.contains("Domains=demo.internal\n"), "{st}");
+        match want_dhcp {
+            Some(m) => {
+                let d: Vec<&String> = networks.values().filter(|t| t.contains("DHCP=ipv4")).collect();
+                assert_eq!(d.len(), 1, "{networks:#?}");
+                assert!(d[0].contains(m) && !d[0].contains("Address="), "{}", d[0]);
+                assert!(st.contains("Address=10.0.0.11/24\n") && st.contains("Gateway=10.0.0.1\n"), "{st}");
+            }
+            None => {
+                assert_eq!(networks.len(), 1, "{networks:#?}");
+                // a /32 reaches its router only with the route declared on-link
+                assert!(st.contains("Address=203.0.113.7/32\n"), "{st}");
+                assert!(st.contains("Gateway=172.31.1.1\n") && st.contains("GatewayOnLink=true"), "{st}");
+            }
+        }
+    }
+}
+
+/// Static addressing without nameservers, or with a NIC pattern, is refused by
+/// `cloud-init` and by `lint` (exit 2, the field and its line).
+#[test]
+fn static_addressing_needs_nameservers_and_one_nic() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let base = fs::read_to_string(&c).unwrap();
+    let file = c.display().to_string();
+    let line_of = |needle: &str| base.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let no_dns = {
+        let a = base.find("\ndns:\n").unwrap() + 1;
+        let b = a + base[a..].find("\n# Time servers").unwrap() + 1;
+        format!("{}{}", &base[..a], &base[b..])
+    };
+    let addr_line = line_of("address: \"10.0.0.11/24\"") - 3; // the lines removed above
+    let glob = base.replace("  interface: \"ens3\"\n  # NICs", "  interface: \"e*\"\n  # NICs");
+    let iface_line =
+        base.lines().collect::<Vec<_>>().iter().rposition(|l| *l == "  interface: \"ens3\"").unwrap() + 1;
+    for (text, line, msg) in [
+        (&no_dns, addr_line, "nodes[0].address: a static address needs nameservers (5 node(s) have none)"),
+        (&glob, iface_line, "networking.interface: \"e*\" is a pattern that may match several NICs"),
+    ] {
+        let want = format!("{file}:{line}: {msg}");
+        assert_ne!(text, &base);
+        fs::write(&c, text).unwrap();
+        let o = render(&c, &t.path().join("o"), &["--all", "--seed", "none"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(&want), "want {want:?} in:\n{}", stderr(&o));
+        let o = run(&[
+            "lint",
+            "--cluster",
+            c.to_str().unwrap(),
+            "--rendered",
+            t.path().join("none").to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let f = &r["findings"][0];
+        assert_eq!(f["check"], "spec");
+        assert_eq!(f["line"].as_u64(), Some(line as u64), "{f}");
+        assert!(f["message"].as_str().unwrap().starts_with(msg), "{f}");
+    }
+}
+
+const SCRUB: &str = "image-files/common/usr/libexec/imgbuild/scrub-secrets";
+
+fn scrub(n: &Node) -> Output {
+    let o = Command::new("bash").arg(root().join(SCRUB)).env("IMGBUILD_ROOT", &n.root).output().unwrap();
+    ok(&o);
+    o
+}
+
+/// Every regular file under `dir` (relative path, content), symlinks not followed.
+fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                out.push((p.strip_prefix(dir).unwrap().display().to_string(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// A node's disk after its first boot, cloud-init 24.x's copies of user-data included:
+/// after the join no secret of user-data is left anywhere but /etc/kubernetes.
+#[test]
+fn scrub_removes_every_copy_of_user_data_secrets_once_joined() {
+    let (t, ud) = rendered_user_data("demo-cp-1");
+    let secrets = imgbuild::cluster::pki::Secrets::load(&t.path().join("c/secrets")).unwrap();
+    // what would give a secret away: every PEM body line of the keys, the token, the key
+    let mut needles: Vec<String> = Vec::new();
+    for v in secrets.values() {
+        if v.contains("PRIVATE KEY") {
+            needles.extend(v.lines().filter(|l| !l.starts_with("-----")).skip(1).map(String::from));
+        } else {
+            needles.push(v.trim().to_string());
+        }
+    }
+    let n = node_root(&ud, "0");
+    let inst = n.p("var/lib/cloud/instances/demo-cp-1");
+    fs::create_dir_all(inst.join("sem")).unwrap();
+    let copies = [
+        ("user-data.txt", ud.clone()),
+        ("user-data.txt.i", format!("Content-Type: multipart/mixed\n\n{ud}")),
+        ("cloud-config.txt", ud.clone()),
+        ("obj.pkl", format!("\u{80}\u{4}pickle userdata_raw {ud:?}")),
+    ];
+    for (f, body) in &copies {
+        fs::write(inst.join(f), body).unwrap();
+    }
+    fs::write(inst.join("vendor-data.txt"), "#cloud-config\n{}\n").unwrap();
+    fs::write(inst.join("sem/config_runcmd"), "").unwrap();
+    std::os::unix::fs::symlink("instances/demo-cp-1", n.p("var/lib/cloud/instance")).unwrap();
+    fs::create_dir_all(n.p("run/cloud-init")).unwrap();
+    let combined = n.p("run/cloud-init/combined-cloud-config.json");
+    fs::write(&combined, serde_json::to_string(&yaml(&ud)).unwrap()).unwrap();
+
+    // before the node joined: everything stays (the bootstrap still needs it)
+    let o = scrub(&n);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("has not joined yet"));
+    assert!(inst.join("user-data.txt").exists() && n.p("etc/imgbuild/pki/ca.key").exists());
+
+    ok(&n.run(&[]));
+    // an add-on's values override (cluster.yaml addons.values.<release>) sits next to them
+    fs::write(n.p("etc/imgbuild/addons/ingress-nginx.yaml"), "controller: {replicaCount: 2}\n").unwrap();
+    // the add-on installer is still at work: its values stay
+    fs::create_dir_all(n.p("var/lib/imgbuild/addons")).unwrap();
+    let resume = n.p("etc/systemd/system/multi-user.target.wants/imgbuild-addons.service");
+    fs::create_dir_all(resume.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink("/etc/systemd/system/imgbuild-addons.service", &resume).unwrap();
+    let o = scrub(&n);
+    let console = String::from_utf8_lossy(&o.stdout);
+    assert!(console.contains("removed 14 copies of user-data's secrets"), "{console}");
+    assert!(n.p("etc/imgbuild/addons/values.yaml").exists());
+    assert!(n.p("etc/imgbuild/addons/ingress-nginx.yaml").exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&fs::read(n.p("run/imgbuild/scrub.json")).unwrap()).unwrap();
+    assert_eq!(status["state"], "done");
+    let removed: Vec<&str> =
+        status["removed"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    for want in [
+        "/etc/imgbuild/pki/ca.key",
+        "/etc/imgbuild/pki/etcd/ca.key",
+        "/etc/imgbuild/kubeadm.yaml",
+        "/var/lib/cloud/instances/demo-cp-1/user-data.txt",
+        "/var/lib/cloud/instances/demo-cp-1/user-data.txt.i",
+        "/var/lib/cloud/instances/demo-cp-1/cloud-config.txt",
+        "/var/lib/cloud/instances/demo-cp-1/obj.pkl",
+        "/run/cloud-init/combined-cloud-config.json",
+    ] {
+        assert!(removed.contains(&want), "{want} not in {removed:?}");
+    }
+    // no secret anywhere but in the live /etc/kubernetes
+    for (path, body) in files_under(&n.root) {
+        if path.starts_with("etc/kubernetes/") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&body);
+        for needle in &needles {
+            assert!(!text.contains(needle.as_str()), "{path} still holds a secret ({needle:.12}…)");
+        }
+    }
+    assert!(
+        n.p("etc/kubernetes/pki/ca.key").exists() && n.p("etc/kubernetes/encryption/config.yaml").exists()
+    );
+    assert!(inst.join("vendor-data.txt").exists() && inst.join("sem/config_runcmd").exists());
+
+    // the installer is done: the values go too; a second run finds nothing left
+    fs::remove_file(&resume).unwrap();
+    scrub(&n);
+    assert!(!n.p("etc/imgbuild/addons").exists());
+    let o = scrub(&n);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no copy of user-data's secrets left"));
 }

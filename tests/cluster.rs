@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
 fn init(dir: &Path, extra: &[&str]) -> Output {
     common::bin()
         .args(["cluster", "init", "--name", "lab", "--endpoint", "192.168.50.10:6443"])
-        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dir"])
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1", "--dir"])
         .arg(dir)
         .args(extra)
         .output()
@@ -269,7 +269,8 @@ fn warnings_for_even_control_planes_and_endpoint_outside() {
     let d = t.path().join("w");
     let o = common::bin()
         .args(["cluster", "init", "--name", "w", "--endpoint", "10.9.9.9", "--control-planes", "2"])
-        .args(["--node-cidr", "192.168.50.0/24", "--external-lb", "--dir"])
+        .args(["--node-cidr", "192.168.50.0/24", "--interface", "ens3", "--dns", "192.168.50.1"])
+        .args(["--external-lb", "--dir"])
         .arg(&d)
         .output()
         .unwrap();
@@ -341,4 +342,119 @@ fn bad_init_arguments_exit_2() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+/// Everything `cluster init` writes, as a sorted listing of DIR (hidden staging
+/// directories included).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn init_is_all_or_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("lab");
+    fs::create_dir(&d).unwrap();
+    // a dangling cluster.yaml symlink: refused before any secret is written
+    std::os::unix::fs::symlink("elsewhere/cluster.yaml", d.join("cluster.yaml")).unwrap();
+    let o = init(&d, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&format!("refusing to overwrite {}", d.join("cluster.yaml").display())));
+    assert_eq!(listing(&d), ["cluster.yaml"], "init left something behind");
+    // and once the path is free, a later run works (nothing half-written blocks it)
+    fs::remove_file(d.join("cluster.yaml")).unwrap();
+    ok(&init(&d, &[]));
+    let l = listing(&d);
+    assert!(l.contains(&"cluster.yaml".into()) && l.contains(&"secrets/ca.key".into()), "{l:?}");
+    assert!(!l.iter().any(|p| p.starts_with('.')), "staging left behind: {l:?}");
+    // an invalid invocation creates nothing, not even the directory
+    let fresh = t.path().join("new/deeper");
+    let o = common::bin()
+        .args([
+            "cluster",
+            "init",
+            "--name",
+            "lab",
+            "--endpoint",
+            "192.168.50.10",
+            "--node-cidr",
+            "192.168.50.0/24",
+        ])
+        .args(["--vip-interface", "eth0", "--dir"])
+        .arg(&fresh)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!fresh.exists());
+}
+
+#[test]
+fn init_takes_dns_ntp_and_the_nic() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("lab");
+    let o = init(
+        &d,
+        &["--dns", "192.168.50.2,192.168.50.3", "--dns-search", "lab.internal", "--ntp", "ntp.lab.internal"],
+    );
+    ok(&o);
+    let spec: serde_yaml::Value =
+        serde_yaml::from_str(&fs::read_to_string(d.join("cluster.yaml")).unwrap()).unwrap();
+    let y = |s: &str| serde_yaml::from_str::<serde_yaml::Value>(s).unwrap();
+    // --dns is repeatable and comma-separated: the last --dns in init() wins over none
+    assert_eq!(
+        spec["dns"],
+        y("{nameservers: [192.168.50.1, 192.168.50.2, 192.168.50.3], search: [lab.internal]}")
+    );
+    assert_eq!(spec["ntp"], y("{servers: [ntp.lab.internal]}"));
+    // the NIC defaults to the VIP's
+    assert_eq!(spec["networking"]["interface"], "eth0");
+    let cases: &[(&[&str], &str)] = &[
+        // static addresses need nameservers and their NIC
+        (
+            &["--node-cidr", "10.0.0.0/24", "--external-lb", "--interface", "ens3"],
+            "--node-cidr gives the nodes static addresses, which need nameservers",
+        ),
+        (
+            &["--node-cidr", "10.0.0.0/24", "--external-lb", "--dns", "10.0.0.2"],
+            "--node-cidr needs the NIC the static addresses go on",
+        ),
+        (
+            &["--node-cidr", "10.0.0.0/24", "--external-lb", "--dns", "10.0.0.2", "--interface", "e*"],
+            "--interface: \"e*\" is a pattern",
+        ),
+        (
+            &["--node-cidr", "10.0.0.0/24", "--external-lb", "--dns", "dns.lab", "--interface", "ens3"],
+            "--dns: \"dns.lab\" is not an IP address",
+        ),
+        (&["--external-lb", "--dns", "10.0.0.2"], "pass --node-cidr too"),
+        (
+            &["--external-lb", "--ntp", "a b"],
+            "ntp.servers[0]: \"a b\" is neither a host name nor an IP address",
+        ),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let d = t.path().join(format!("bad{i}"));
+        let o = common::bin()
+            .args(["cluster", "init", "--name", "lab", "--endpoint", "10.0.0.10"])
+            .args(*args)
+            .arg("--dir")
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: want {want:?} in {}", stderr(&o));
+        assert!(!d.exists(), "{args:?} wrote {d:?}");
+    }
 }

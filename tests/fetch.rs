@@ -383,6 +383,12 @@ fn malformed_mirrors_and_jobs_are_bad_input() {
         let out = f.fetch(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
     }
+    // Too many jobs is refused by name, not a panic (2^61 overflowed the semaphore).
+    for jobs in ["65", "2305843009213693952", "18446744073709551615"] {
+        let out = f.fetch(&["--jobs", jobs]);
+        assert_eq!(out.status.code(), Some(2), "--jobs {jobs}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--jobs"), "{}", stderr(&out));
+    }
     let out = f.cmd(&[]).env("IMGBUILD_MIRROR", "https://dl.k8s.io").output().unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(2), "{err}");

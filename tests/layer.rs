@@ -165,10 +165,24 @@ fn both_roles_have_the_node_stack() {
                 && swapoff.contains("Before=kubelet.service")
         );
 
-        // The firewall loader never flushes other tables.
+        // The firewall loader never flushes other tables; it runs early and again once
+        // cloud-init wrote the cluster's networks, before the node joins.
         let fw = text(&l, "/etc/systemd/system/imgbuild-firewall.service");
-        assert!(fw.contains("ExecStart=/usr/sbin/nft -f /etc/nftables.conf"));
+        assert!(fw.contains("ExecStart=/usr/libexec/imgbuild/firewall"));
         assert!(fw.lines().filter(|x| x.starts_with("Exec")).all(|x| !x.contains("flush ruleset")));
+        let loader = text(&l, "/usr/libexec/imgbuild/firewall");
+        assert!(loader.contains("\"$NFT\" -f \"$CONF\"") && !loader.contains("flush ruleset"));
+        assert_eq!(mode_owner(&l, "/usr/libexec/imgbuild/firewall"), (0o755, 0, 0));
+        let again = text(&l, "/etc/systemd/system/imgbuild-firewall-cluster.service");
+        assert!(again.contains("ConditionPathExists=/etc/imgbuild/cluster-networks"));
+        assert!(again.contains("Before=imgbuild-bootstrap.service kubelet.service"));
+        assert_eq!(
+            symlink_target(
+                &l,
+                "/etc/systemd/system/multi-user.target.wants/imgbuild-firewall-cluster.service"
+            ),
+            "/etc/systemd/system/imgbuild-firewall-cluster.service"
+        );
         assert_eq!(mode_owner(&l, "/etc/nftables.d"), (0o700, 0, 0));
 
         // Every parent directory exists as a root-owned 0755 dir (unless set otherwise).
@@ -574,4 +588,42 @@ fn a_reused_workdir_is_cleaned_per_artifact() {
     // Only what the second run extracted is there.
     let n = std::fs::read_dir(work.join("artifact-containerd")).unwrap().count();
     assert_eq!(n, layer_fixture::CONTAINERD.iter().filter(|m| !m.ends_with('/')).count());
+}
+
+/// An artifact installed where imgbuild writes a file of its own used to vanish (the
+/// later step replaced it) while the SBOM listed it: the layer refuses to seal.
+#[test]
+fn an_artifact_on_a_path_imgbuild_writes_is_a_clash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plan = layer_fixture::plan(Role::Worker);
+    plan.artifacts[0].install[0].to = "/etc/containerd/config.toml".into();
+    let dl = layer_fixture::downloads(&plan, tmp.path());
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let layer = layer_fixture::compose_layer(&plan, &dl, &work).unwrap();
+    let e = anyhow::Error::from(imgbuild::layer::seal(layer, &plan, Vec::new()).unwrap_err());
+    let msg = format!("{e:#}");
+    assert!(msg.contains("/etc/containerd/config.toml") && msg.contains("\"kubeadm\""), "{msg}");
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Input);
+    // A file where the layer needs a directory is refused the same way.
+    let mut l = Layer::new(0);
+    l.file("/etc/x", Content::Bytes(b"a".to_vec()), 0o644);
+    l.file("/etc/x/y", Content::Bytes(b"b".to_vec()), 0o644);
+    assert!(l.clashes()[0].contains("parent /etc/x is not a directory"), "{:?}", l.clashes());
+}
+
+/// A member name longer than a file name may be was extracted under a host path of
+/// that name and failed (exit 1) naming the host temp path: now host files are
+/// numbered and the member is named (exit 2).
+#[test]
+fn an_overlong_member_name_is_named_not_the_host_path() {
+    let long = format!("bin/{}", "c".repeat(300));
+    let tgz = layer_fixture::targz(&["bin/", &long]);
+    let tmp = tempfile::tempdir().unwrap();
+    let e = compose_err(Role::Worker, |dl, dir| put(dl, dir, "containerd", &tgz));
+    let msg = format!("{e:#}");
+    assert!(msg.contains(&"c".repeat(300)) && msg.contains("at most 255"), "{msg}");
+    assert!(!msg.contains("artifact-containerd/"), "names a host path: {msg}");
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Input);
+    drop(tmp);
 }

@@ -1,7 +1,7 @@
 //! Real validators over everything the layer ships, written into a temp root:
 //! shellcheck (scripts), `systemd-analyze verify --root` (units, with stub
-//! executables; any output is a failure), `nft -c` (the firewall, both roles, with
-//! the documented first-boot narrowing file), `sshd -T` (effective sshd settings,
+//! executables; any output is a failure), `nft -c` (the firewall, both roles, as
+//! the baked loader loads it with the cluster networks user-data carries), `sshd -T` (effective sshd settings,
 //! even against a later file that tries to re-enable passwords), and a sysctl
 //! syntax and key check.
 mod common;
@@ -149,67 +149,141 @@ fn systemd_analyze_verify_passes_on_every_unit() {
     }
 }
 
-fn nft_check(file: &Path) -> Output {
-    // `nft -c` talks to the kernel in check mode: root does it directly, others in
-    // a fresh user+network namespace.
-    let mut c = if is_root() {
-        Command::new("nft")
-    } else {
-        let mut c = Command::new("unshare");
-        c.args(["-rn", "nft"]);
-        c
-    };
-    let o = c.arg("-c").arg("-f").arg(file).output().unwrap();
-    if is_root() && output_text(&o).contains("Operation not permitted") {
-        // Root without CAP_NET_ADMIN (a container): a user namespace brings its own.
-        return Command::new("unshare").args(["-rn", "nft", "-c", "-f"]).arg(file).output().unwrap();
-    }
-    o
+/// The cluster-networks data user-data writes for `spec` (rendered by the library).
+fn cluster_networks(spec: &str) -> String {
+    let plan = imgbuild::cluster::plan::parse(spec, "cluster.yaml").unwrap();
+    let secrets =
+        imgbuild::cluster::pki::Secrets::generate(&mut imgbuild::cluster::pki::Rng::seeded("fw")).unwrap();
+    let r = imgbuild::cloudinit::render::Renderer::new(&plan, &secrets).unwrap();
+    let out = r.render_node(&plan.nodes[0]).unwrap();
+    let path = imgbuild::cloudinit::render::paths::CLUSTER_NETWORKS;
+    out.files.into_iter().find(|f| f.path == path).map(|f| f.content).unwrap()
+}
+
+/// Run the baked firewall loader in `root` with an `nft` that checks (`nft -c`) a copy
+/// of what it is given whose includes point into `root`; returns the loader's output
+/// and the configurations nft was asked to load, in order.
+fn run_loader(root: &Path) -> (Output, Vec<String>) {
+    let wrapper = root.join("nft-check");
+    let unshare = if is_root() { "" } else { "unshare -rn " };
+    std::fs::write(
+        &wrapper,
+        format!(
+            r#"#!/bin/sh
+# test-only nft: check (never load) a copy whose includes point into the test root
+n=$(($(cat "{r}/nft-calls" 2>/dev/null || echo 0) + 1))
+echo "$n" >"{r}/nft-calls"
+sed 's|include "/|include "{r}/|' "$2" >"{r}/nft-check.$n.conf"
+{{ for f in "{r}"/run/imgbuild/firewall/*.nft; do [ -e "$f" ] && cat "$f"; done; }} >"{r}/nft-check.$n.cluster"
+out=$({unshare}nft -c -f "{r}/nft-check.$n.conf" 2>&1) && exit 0
+case $out in *"Operation not permitted"*) exec unshare -rn nft -c -f "{r}/nft-check.$n.conf" ;; esac
+echo "$out" >&2
+exit 1
+"#,
+            r = root.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let _ = std::fs::remove_file(root.join("nft-calls"));
+    let o = Command::new("bash")
+        .arg(root.join("usr/libexec/imgbuild/firewall"))
+        .env("IMGBUILD_ROOT", root)
+        .env("IMGBUILD_NFT", &wrapper)
+        .output()
+        .unwrap();
+    let calls: usize =
+        std::fs::read_to_string(root.join("nft-calls")).map(|s| s.trim().parse().unwrap()).unwrap_or(0);
+    let loaded = (1..=calls)
+        .map(|n| std::fs::read_to_string(root.join(format!("nft-check.{n}.cluster"))).unwrap())
+        .collect();
+    (o, loaded)
 }
 
 #[test]
-fn nft_accepts_both_firewalls_and_the_documented_narrowing() {
+fn nft_loads_both_firewalls_with_the_cluster_networks_from_user_data() {
     if !have("nft") {
         return;
     }
+    let private = "name: fw
+endpoint: 10.20.0.10:6443
+ha: {mode: vip, interface: ens3}
+networking: {pod_cidr: 10.244.0.0/16, service_cidr: 10.96.0.0/12, node_cidr: 10.20.0.0/24, interface: ens3}
+dns: {nameservers: [10.20.0.1]}
+nodes:
+  - {name: cp-1, role: control-plane, address: 10.20.0.11/24}
+  - {name: w-1, role: worker}
+";
+    // nodes on public addresses only, an IPv6 pod network: the nodes' own addresses
+    let public = "name: fw
+endpoint: 203.0.113.11:6443
+networking: {pod_cidr: fd00:10::/56, service_cidr: fd00:20::/112}
+dns: {nameservers: [9.9.9.9]}
+nodes:
+  - {name: cp-1, role: control-plane, address: 203.0.113.11/32, gateway: 172.31.1.1, interface: eth0}
+  - {name: w-1, role: worker, address: 198.51.100.7/24, gateway: 198.51.100.1, interface: eth0}
+";
     for role in Role::ALL {
         let tmp = tempfile::tempdir().unwrap();
         let (_, root) = root_for(role, tmp.path());
-        let conf = std::fs::read_to_string(root.join("etc/nftables.conf")).unwrap();
-        let o = nft_check(&root.join("etc/nftables.conf"));
-        assert!(o.status.success(), "{role}: nft -c:\n{}", output_text(&o));
+        let data = root.join("etc/imgbuild/cluster-networks");
+        std::fs::create_dir_all(data.parent().unwrap()).unwrap();
 
-        // The narrowing example from the file's own header, as first boot would write it.
-        let example: String = conf
-            .lines()
-            .skip_while(|l| !l.contains("10-cluster.nft:"))
-            .skip(1)
-            .take_while(|l| l.starts_with("#   "))
-            .map(|l| format!("{}\n", &l[4..]))
-            .collect();
-        assert!(example.contains("flush set inet imgbuild cluster_v4"), "{example}");
-        let inc = root.join("etc/nftables.d");
-        std::fs::write(inc.join("10-cluster.nft"), &example).unwrap();
-        // What the cluster module renders for first boot.
-        let nets = ["10.20.0.0/16", "10.244.0.0/16", "fd00:10::/64"].map(String::from);
-        let rendered = imgbuild::layer::firewall::cluster_networks_nft(&nets).unwrap();
-        std::fs::write(inc.join("11-cluster-rendered.nft"), &rendered).unwrap();
+        // no data (an image booted without imgbuild's user-data): the defaults
+        let (o, loaded) = run_loader(&root);
+        assert!(o.status.success(), "{role}: {}", output_text(&o));
+        assert_eq!(loaded, [""], "{role}");
+        assert!(output_text(&o).contains("the image's default private ranges"));
+
+        for (spec, want4, want6) in [
+            (private, "{ 10.20.0.0/24, 10.244.0.0/16, 10.96.0.0/12, 10.20.0.10/32 }", None),
+            (public, "{ 203.0.113.11/32, 198.51.100.7/32 }", Some("{ fd00:10::/56, fd00:20::/112 }")),
+        ] {
+            std::fs::write(&data, cluster_networks(spec)).unwrap();
+            let (o, loaded) = run_loader(&root);
+            assert!(o.status.success(), "{role}: {}", output_text(&o));
+            assert_eq!(loaded.len(), 1, "{role}: {loaded:?}");
+            assert!(
+                loaded[0].contains(&format!("add element inet imgbuild cluster_v4 {want4}\n")),
+                "{}",
+                loaded[0]
+            );
+            match want6 {
+                Some(w) => {
+                    assert!(loaded[0].contains(&format!("add element inet imgbuild cluster_v6 {w}\n")))
+                }
+                None => assert!(
+                    loaded[0].contains("flush set inet imgbuild cluster_v6\n")
+                        && !loaded[0].contains("cluster_v6 {")
+                ),
+            }
+        }
+
+        // an operator's extra rule in /etc/nftables.d still loads with it
         std::fs::write(
-            inc.join("20-extra.nft"),
+            root.join("etc/nftables.d/20-extra.nft"),
             "add rule inet imgbuild input tcp dport 9100 ip saddr 10.20.0.5 accept\n",
         )
         .unwrap();
-        let local = conf.replace("include \"/etc/nftables.d/", &format!("include \"{}/", inc.display()));
-        assert_ne!(local, conf);
-        std::fs::write(root.join("etc/nftables.local.conf"), &local).unwrap();
-        let o = nft_check(&root.join("etc/nftables.local.conf"));
-        assert!(o.status.success(), "{role}: nft -c with includes:\n{}", output_text(&o));
+        let (o, _) = run_loader(&root);
+        assert!(o.status.success(), "{role}: {}", output_text(&o));
 
-        // The check bites: a typo in a set is refused.
-        std::fs::write(inc.join("30-bad.nft"), "add element inet imgbuild cluster_v4 { 10.0.0.0/33 }\n")
-            .unwrap();
-        let o = nft_check(&root.join("etc/nftables.local.conf"));
-        assert!(!o.status.success(), "nft accepted a /33");
+        // data nft refuses: the defaults are loaded instead, and the unit fails
+        std::fs::write(&data, "node 10.20.0.0/33\n").unwrap();
+        let (o, loaded) = run_loader(&root);
+        assert!(!o.status.success(), "{role}: a /33 was accepted");
+        assert_eq!(loaded.len(), 2, "{loaded:?}");
+        assert!(loaded[0].contains("10.20.0.0/33") && loaded[1].is_empty(), "{loaded:?}");
+        assert!(output_text(&o).contains("loading the image's defaults"), "{}", output_text(&o));
+        // data that is no list of networks never reaches nft
+        for bad in ["node 10.0.0.0/8 } ; flush ruleset\n", "node 10.0.0.0\n", "10.0.0.0/8\n", "node x/8\n"] {
+            std::fs::write(&data, bad).unwrap();
+            let (o, loaded) = run_loader(&root);
+            assert!(!o.status.success(), "{bad:?} accepted");
+            assert_eq!(loaded, [""], "{bad:?}: {loaded:?}");
+            assert!(!root.join("run/imgbuild/firewall/10-cluster-networks.nft").exists());
+        }
     }
 }
 

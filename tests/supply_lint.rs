@@ -40,6 +40,8 @@ fn cluster(dir: &Path, name: &str) -> PathBuf {
         "10.0.0.0/24",
         "--vip-interface",
         "ens3",
+        "--dns",
+        "10.0.0.2",
         "--dir",
         d.to_str().unwrap(),
     ]));

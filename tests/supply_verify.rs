@@ -245,3 +245,71 @@ fn a_non_deterministic_build_is_caught() {
     let left: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+fn run(args: &[&str], image: &Path) -> Output {
+    common::bin().env("PATH", fixture::path_with_sbin()).args(args).arg(image).output().unwrap()
+}
+
+/// Copy `image` to `dir/name` and cut it to `keep` of its length.
+fn truncated(image: &Path, dir: &Path, name: &str, keep: f64) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::copy(image, &p).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len((len as f64 * keep) as u64).unwrap();
+    p
+}
+
+/// What is not an image, or a damaged one, says so: a device is not "no such image", a
+/// cut-off image is truncated (not a debugfs error "writing the layer"), and one changed
+/// entry is counted in plain English.
+#[test]
+fn non_images_and_damaged_images_say_what_they_are() {
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap(), "--format", "raw"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let raw = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let qcow2 = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+
+    for cmd in ["verify", "inspect"] {
+        let o = run(&[cmd], Path::new("/dev/zero"));
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", text(&o));
+        assert!(text(&o).contains("/dev/zero: not a regular file (a character device)"), "{}", text(&o));
+        assert!(!text(&o).contains("no such image"), "{}", text(&o));
+        let o = run(&[cmd], &out.join("gone.qcow2"));
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", text(&o));
+        assert!(text(&o).contains("gone.qcow2: no such image"), "{}", text(&o));
+    }
+
+    let t = tempfile::tempdir_in(fx.dir.path()).unwrap();
+    for (image, keep) in [(&raw, 0.5), (&qcow2, 0.6), (&qcow2, 0.98)] {
+        let cut = truncated(
+            image,
+            t.path(),
+            &format!("cut-{keep}-{}", image.file_name().unwrap().to_string_lossy()),
+            keep,
+        );
+        let o = run(&["inspect"], &cut);
+        assert_eq!(o.status.code(), Some(2), "{}: {}", cut.display(), text(&o));
+        assert!(text(&o).contains("truncated"), "{}", text(&o));
+        assert!(!text(&o).contains("writing the layer"), "{}", text(&o));
+    }
+
+    // One entry changed (kubelet's mode, with debugfs as an attacker would): exit 3.
+    let changed = t.path().join("changed.raw");
+    std::fs::copy(&raw, &changed).unwrap();
+    let root = fixture::read_parts(&changed).into_iter().find(|p| p.number == 1).unwrap();
+    fixture::sh(std::process::Command::new("debugfs").args([
+        "-w",
+        "-R",
+        "sif /usr/local/bin/kubelet mode 0100700",
+        &format!("{}?offset={}", changed.display(), root.offset),
+    ]));
+    let o = run(&["inspect"], &changed);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("1 entry does not match the manifest"), "{}", text(&o));
+    assert!(text(&o).contains("/usr/local/bin/kubelet: mode 0700, manifest says 0755"), "{}", text(&o));
+}

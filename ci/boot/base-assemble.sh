@@ -29,8 +29,10 @@ echo 'LANG=en_US.UTF-8' >"$root/etc/default/locale"
 # Under TCG an RSA-3072 (and DSA) host key costs ~20 s per boot; the boot tests do not
 # need them. (Test base only: the product image never carries this file.)
 printf 'ssh_genkeytypes: [ecdsa, ed25519]\n' >"$root/etc/cloud/cloud.cfg.d/91_imgbuild_test_base.cfg"
-# noble configures its NIC with networkd (via netplan); cloud-init renders for networkd.
-chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1
+# noble configures its NICs with networkd through netplan (cloud-init renders netplan
+# when it is installed), and resolves through systemd-resolved's stub, as here.
+chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
+ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 chroot "$root" dpkg-query -W -f '${Package} ${Version}\n' >"$work/packages.txt"
 ls "$root/boot" | sed -n 's/^vmlinuz-//p' | head -n1 >"$work/kernel-version"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb

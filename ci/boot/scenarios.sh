@@ -5,6 +5,11 @@
 py=/usr/bin/python3
 check() { "$py" "$repo/ci/boot/check.py" "$@"; }
 endpoint=10.0.2.15:6443 # slirp gives every VM this address; nothing leaves the VM
+# The control planes' private network: a second slirp network (gateway .2, DNS .3).
+private_net=192.168.76.0/24
+private_gw=192.168.76.2
+private_dns=192.168.76.3
+ntp_servers=192.168.76.2,ntp.boottest.internal
 
 # Everything the product makes, once for all scenarios: role images from the test
 # mirror (the ordinary `imgbuild build --recipe --mirror` path), the cluster and seeds.
@@ -91,13 +96,40 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     rm -f "$work/images/$role.raw"
   done
 
+  # The product binary has no test seed (only test builds read IMGBUILD_TEST_SEED).
+  local a
+  for a in 1 2; do
+    IMGBUILD_TEST_SEED=same "$bin" --quiet cluster init --name seedcheck --endpoint 10.9.9.9 \
+      --control-planes 1 --workers 0 --dir "$work/seedcheck-$a" >/dev/null
+  done
+  if cmp -s "$work/seedcheck-1/secrets/ca.key" "$work/seedcheck-2/secrets/ca.key"; then
+    echo "FAIL the product binary honours IMGBUILD_TEST_SEED (predictable CA keys)"
+    return 1
+  fi
+  echo "ok   the product binary ignores IMGBUILD_TEST_SEED (two inits, two CA keys)"
+
+  # Control planes: a private NIC with a static address on its own network, named by MAC,
+  # and a public NIC on DHCP (Hetzner/OpenStack style); the address must land on the
+  # named NIC only, with the nameservers and NTP servers the spec gives. Workers: DHCP.
   "$bin" cluster init --name boottest --endpoint "$endpoint" --control-planes 3 --workers 2 \
-    --external-lb --dir "$work/cluster"
+    --external-lb --node-cidr "$private_net" --interface ens4 --dns "$private_dns" \
+    --dns-search boottest.internal --ntp "$ntp_servers" --dir "$work/cluster"
   # A short retry budget (the spec's own knob): the late join needs ~1 min of retries
   # under TCG, the broken seed must give up within a boot instead of after 30 minutes.
   sed -i 's/^\(  retry_budget_seconds:\) [0-9]*/\1 120/' "$work/cluster/cluster.yaml"
   grep -q '^  retry_budget_seconds: 120' "$work/cluster/cluster.yaml" \
     || { echo "cluster.yaml has no bootstrap.retry_budget_seconds to shorten"; return 1; }
+  "$py" -c '
+import sys, yaml
+p, gw = sys.argv[1], sys.argv[2]
+spec = yaml.safe_load(open(p))
+for n in spec["nodes"]:
+    i = int(n["name"].rsplit("-", 1)[1])
+    if n["role"] == "worker":
+        del n["address"], n["gateway"]
+    else:
+        n.update(gateway=gw, interface="52:54:00:76:00:1%d" % i, dhcp_interfaces=["52:54:00:10:00:1%d" % i])
+yaml.safe_dump(spec, open(p, "w"), sort_keys=False)' "$work/cluster/cluster.yaml" "$private_gw"
   "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
   "$py" -c '
@@ -109,6 +141,11 @@ for n in spec["nodes"]:
   tr -d '\n' <"$work/cluster/secrets/bootstrap-token" >"$work/expect-token"
   echo "sha256:$(openssl x509 -in "$work/cluster/secrets/ca.crt" -pubkey -noout \
     | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1)" >"$work/expect-ca-hash"
+  # The CA and service-account private keys, as the disk scan looks for them: every PEM
+  # body line but the first (which starts the same for every P-256 key).
+  for a in ca etcd-ca front-proxy-ca sa; do
+    grep -v '^-----' "$work/cluster/secrets/$a.key" | tail -n +2
+  done >"$work/secret-needles"
 }
 
 # A REAL registry (Debian's docker-registry) on loopback with the recipe's test images
@@ -171,6 +208,32 @@ assert_node_done() {
   return $bad
 }
 
+# bootstrap.json of a later boot keeps the attempt count of the boot that ran kubeadm
+# (it lives in /run; the count in /var/lib/imgbuild/bootstrap.state).
+check_attempts_kept() { # BOOTDIR EXPECTED
+  local a
+  a=$(check bootstrap "$1" | sed -n 's/^json=//p' | "$py" -c 'import json,sys; print(json.load(sys.stdin).get("attempts"))')
+  [ "$a" = "$2" ] && echo "ok   bootstrap.json after the reboot: attempts $a (kept)" \
+    || { echo "FAIL bootstrap.json after the reboot: attempts '$a', expected $2"; return 1; }
+}
+
+# A failing bootstrap runs once per boot (cloud-init's runcmd must not start a second
+# retry budget) and does not hold cloud-init up: "finished" comes before "failed".
+check_runs_once() { # SERIAL_LOG
+  local starts fin failed
+  starts=$(grep -ac 'imgbuild-bootstrap: phase start' "$1" || true)
+  [ "$starts" = 1 ] && echo "ok   serial: the bootstrap ran once during the boot" \
+    || { echo "FAIL serial: the bootstrap started $starts times during one boot"; return 1; }
+  fin=$(grep -an 'Cloud-init v\. .* finished at' "$1" | head -n1 | cut -d: -f1)
+  failed=$(grep -an 'imgbuild-bootstrap: phase failed' "$1" | head -n1 | cut -d: -f1)
+  if [ -n "$fin" ] && [ -n "$failed" ] && [ "$fin" -lt "$failed" ]; then
+    echo "ok   serial: cloud-init finished (line $fin) before the bootstrap gave up (line $failed)"
+  else
+    echo "FAIL serial: cloud-init finished at line ${fin:-never}, the bootstrap failed at line ${failed:-never}"
+    return 1
+  fi
+}
+
 join_expectations() {
   echo --expect "token=$(cat "$work/expect-token")" --expect "endpoint=$endpoint" \
     --expect "CA hash=$(cat "$work/expect-ca-hash")"
@@ -205,15 +268,41 @@ check_images() { # DIR BOOT ROLE
   fi
 }
 
-boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE]
-  local dir=$1 role=$2 node=$3 name=$4 extra=${5:-}
+boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE] [NICS (see boot_vm)]
+  local dir=$1 role=$2 node=$3 name=$4 extra=${5:-} nics=${6:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
   [ -f "$dir/disk.qcow2" ] || new_disk "$dir" "$role"
   [ -f "$dir/seed.iso" ] || make_seed "$dir" "$work/seeds/$node"
   echo "booting $node ($role) as $name, accel $accel"
-  boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" \
+  boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" "$nics" \
     || { cat "$dir/boot-error"; return 1; }
   read_disk "$dir" "$name" "$dir/disk.qcow2" || { cat "$dir/boot-error"; return 1; }
+}
+
+# Control plane N's two NICs: public (DHCP, the default slirp network) and private.
+cp_nics() { echo "52:54:00:10:00:1$1 52:54:00:76:00:1$1@$private_net"; }
+
+# The static control plane N's network as the spec asks for it (check.py network).
+check_cp_network() {
+  local boot=$1 n=$2
+  check network "$boot" --static "52:54:00:76:00:1$n=${private_net%.*}.1$n/24" --dhcp "52:54:00:10:00:1$n" \
+    --dns "$private_dns" --search boottest.internal --ntp "${ntp_servers%,*}" --ntp "${ntp_servers#*,}"
+}
+
+# The live firewall admits the cluster's networks and no longer the image's defaults.
+check_firewall() {
+  check firewall "$1" "$private_net" 10.244.0.0/16 10.96.0.0/12 "${endpoint%:*}/32" \
+    --not 172.16.0.0/12 --not fc00::/7
+}
+
+# No CA or service-account key byte on the disk outside /etc/kubernetes/pki (the raw
+# copy read_disk kept with keep_raw=1), then drop the copy.
+scan_disk_secrets() {
+  local dir=$1 name=$2 off rc=0
+  off=$(part_offset_by_label "$dir/$name.raw" cloudimg-rootfs) || return 1
+  check secrets "$dir/$name.raw" "$off" "$work/secret-needles" --allow /etc/kubernetes/pki/ || rc=1
+  rm -f "$dir/$name.raw"
+  return $rc
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -243,6 +332,10 @@ scenario_worker() {
   check_packages "$dir/boot1.disk/boot-1" || bad=1
   check_runtime "$dir/boot1.disk/boot-1" || bad=1
   check_images "$dir" 1 worker || bad=1
+  # DHCP node (its resolvers are the DHCP server's; slirp with restrict=on offers none):
+  # the cluster's NTP servers still come through cloud-init's ntp module
+  check network "$dir/boot1.disk/boot-1" --ntp "${ntp_servers%,*}" --ntp "${ntp_servers#*,}" || bad=1
+  check_firewall "$dir/boot1.disk/boot-1" || bad=1
   [ $bad = 0 ] || echo "(first boot: FAILED checks above; the second boot runs anyway)"
 
   echo "--- second boot of the same disk"
@@ -263,14 +356,19 @@ scenario_worker() {
   [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
     || { echo "FAIL second boot failed units: $(cat "$dir/boot2.disk/boot-2/failed-units.txt")"; bad=1; }
   check_images "$dir" 2 worker || bad=1
+  check_attempts_kept "$dir/boot2.disk/boot-2" 1 || bad=1
   return $bad
 }
 
 scenario_cp_init() {
-  local dir=$1 node bad=0 t_init t_add
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
+  local dir=$1 node bad=0 t_init t_add keep_raw=1
   node=$(node_name control-plane 1)
-  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1
+  boot_node "$dir" control-plane "$node" boot1 imgbuild_test.packages=1 "$(cp_nics 1)"
   assert_node_done "$dir" boot1 || bad=1
+  check_cp_network "$dir/boot1.disk/boot-1" 1 || bad=1
+  check_firewall "$dir/boot1.disk/boot-1" || bad=1
+  scan_disk_secrets "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" init --attempts 1 --expect-kind InitConfiguration \
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
@@ -299,8 +397,9 @@ scenario_cp_init() {
       bad=1
     fi
 
-    echo "--- second boot of the same disk"
-    boot_node "$dir" control-plane "$node" boot2
+    echo "--- second boot of the same disk (seed still attached: cloud-init stores user-data again)"
+    boot_node "$dir" control-plane "$node" boot2 "" "$(cp_nics 1)"
+    scan_disk_secrets "$dir" boot2 || bad=1
     local u1 u2 k1 k2
     u1=$(grep -c ' helm upgrade ' "$dir/boot1.disk/calls.log" || true)
     u2=$(grep -c ' helm upgrade ' "$dir/boot2.disk/calls.log" || true)
@@ -319,14 +418,32 @@ scenario_cp_init() {
   return $bad
 }
 
+# A joining control plane holds the etcd join lock while kubeadm joins (the stand-ins
+# record every call with the uptime: "T etcdctl ... lock ...", "T kubeadm join ...").
+check_join_lock() { # RECDIR
+  local calls=$1/calls.log t_lock t_join
+  t_lock=$(awk '$2 == "etcdctl" && / lock / {print $1; exit}' "$calls")
+  t_join=$(awk '$2 == "kubeadm" && $3 == "join" {print $1; exit}' "$calls")
+  if [ -n "$t_lock" ] && [ -n "$t_join" ] && awk -v l="$t_lock" -v j="$t_join" 'BEGIN {exit !(l < j)}'; then
+    echo "ok   join lock taken (etcdctl lock at ${t_lock}s) before kubeadm join (${t_join}s)"
+  else
+    echo "FAIL join lock: etcdctl lock at ${t_lock:-never}, kubeadm join at ${t_join:-never}"
+    return 1
+  fi
+}
+
 scenario_cp_join() {
-  local dir=$1 node bad=0
+  # shellcheck disable=SC2034 # keep_raw is read by read_disk (bash's dynamic scope)
+  local dir=$1 node bad=0 keep_raw=1
   node=$(node_name control-plane 2)
-  boot_node "$dir" control-plane "$node" boot1
+  boot_node "$dir" control-plane "$node" boot1 "" "$(cp_nics 2)"
   assert_node_done "$dir" boot1 || bad=1
+  check_cp_network "$dir/boot1.disk/boot-1" 2 || bad=1
+  scan_disk_secrets "$dir" boot1 || bad=1
   # shellcheck disable=SC2046 # word list
   check kubeadm "$dir/boot1.disk" join --control-plane --attempts 1 $(join_expectations) \
     --pki "$(pki_expectations)" || bad=1
+  check_join_lock "$dir/boot1.disk" || bad=1
   return $bad
 }
 
@@ -366,4 +483,5 @@ scenario_broken_seed() { # a wrong token format must fail the node, readably
   echo "ok   bootstrap.json: state $state, reason: $reason"
   grep -qi 'token' <<<"$reason" || { echo "FAIL the reason does not name the token"; return 1; }
   echo "ok   the reason names the token"
+  check_runs_once "$dir/boot1.serial.log"
 }

@@ -22,7 +22,11 @@ pub fn status_from_cache(lr: &LoadedRecipe, arch: Arch, cache: &Cache) -> Result
         .sha256
         .get(arch.as_str())
         .ok_or_else(|| AptError::Input(format!("base has no sha256 for {arch}")))?;
-    let Some(blob) = cache.lookup(sha) else {
+    let found = cache.lookup(sha).map_err(|e| AptError::Integrity {
+        url: cache.blob_path(sha).display().to_string(),
+        msg: e.to_string(),
+    })?;
+    let Some(blob) = found else {
         return Err(AptError::Input(format!(
             "the base image for {arch} ({sha}) is not in the cache {}: run `imgbuild fetch --arch {arch}` \
              first, or pass --base-status FILE",

@@ -117,9 +117,13 @@ pub fn load(src: &Source<'_>) -> Result<Universe, AptError> {
 
 /// Download an index and check size and digest; `None` when it is not on the server.
 fn fetch_verified(url: &str, l: &inrelease::Listed, src: &Source<'_>) -> Result<Option<Vec<u8>>, AptError> {
-    if let Some(p) = src.cache.and_then(|c| c.lookup(&l.sha256)) {
-        // Present in the cache means verified when stored.
-        return std::fs::read(&p).map(Some).map_err(super::io(p.display().to_string()));
+    if let Some(c) = src.cache {
+        let found = c
+            .lookup(&l.sha256)
+            .map_err(|e| AptError::Integrity { url: url.to_string(), msg: e.to_string() })?;
+        if let Some(p) = found {
+            return std::fs::read(&p).map(Some).map_err(super::io(p.display().to_string()));
+        }
     }
     let bytes = match net::get(url, src.mirrors)? {
         Got::Body(b) => b,
@@ -143,13 +147,9 @@ fn fetch_verified(url: &str, l: &inrelease::Listed, src: &Source<'_>) -> Result<
     Ok(Some(bytes))
 }
 
-/// Put verified bytes into the cache under their digest (temp file + rename).
+/// Put verified bytes into the cache under their digest.
 pub fn store(cache: &Cache, sha: &Sha256, bytes: &[u8]) -> Result<(), AptError> {
-    let dest = cache.blob_path(sha);
-    let dir = dest.parent().unwrap_or(cache.root()).to_path_buf();
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(super::io(dir.display().to_string()))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(super::io(dest.display().to_string()))?;
-    tmp.persist(&dest).map_err(|e| AptError::Io { what: dest.display().to_string(), source: e.error })?;
+    cache.put(sha, bytes).map_err(super::io(cache.blob_path(sha).display().to_string()))?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Small downloads for `imgbuild lock` (InRelease, Packages indexes) through
 //! [`crate::smallget`]. The `.deb` files themselves go through
-//! [`crate::fetch::fetch_items`] in `build`.
+//! [`crate::fetch::fetch`] in `build`.
 
 use std::time::Duration;
 

@@ -55,15 +55,12 @@ pub fn build(
 ) -> Result<Built> {
     let clock = rep.clock();
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating output dir {}", out_dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".imgbuild-")
-        .tempdir_in(out_dir)
+    let (tmp, swept) = disk::interrupt::work_dir(out_dir, "")
         .with_context(|| format!("creating a temp dir in {}", out_dir.display()))?;
-    let work = tmp.path();
-    disk::interrupt::register(work.to_path_buf());
-    let r = build_in(plan, fetched, out_dir, steps, work, rep, &clock);
-    disk::interrupt::forget(work);
-    let built = r?;
+    for d in swept {
+        clock.say(format_args!("removed {}, left behind by a build that was killed", d.display()));
+    }
+    let built = build_in(plan, fetched, out_dir, steps, tmp.path(), rep, &clock)?;
     tmp.close().context("removing the build's temp dir")?;
     clock.say("done");
     Ok(built)
@@ -159,7 +156,7 @@ pub fn resolve_images(
             continue;
         }
         let reference = plan.images[i].reference.clone();
-        let (locked, source) = match crate::oci::lock::resolve_cached(&reference, arch, &cached) {
+        let (locked, source) = match crate::oci::lock::resolve_cached(&reference, arch, &cached)? {
             Some(l) => (l, ImageSource::Cache),
             None if opts.offline => {
                 missing.push(reference.to_string());
@@ -191,7 +188,7 @@ pub fn resolve_images(
         let image = img.reference.to_string();
         let read = |d: &Digest| {
             cache
-                .read_verified(d.sha256())
+                .read_verified(d.sha256())?
                 .with_context(|| format!("{image}: {d} is not in the cache after the fetch"))
         };
         let unsupported = |msg: String| OciError::Unsupported { image: image.clone(), msg };

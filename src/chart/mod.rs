@@ -5,6 +5,7 @@
 pub mod addons;
 pub mod ignore;
 pub mod package;
+pub mod values;
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -56,18 +56,28 @@ pub fn package_dir(dir: &Path, mtime: u64) -> Result<Packaged, ChartError> {
         return Err(invalid(&dir.display().to_string(), "no Chart.yaml: not a chart directory".into()));
     }
     let mut files = BTreeMap::new();
-    walk(dir, "", 0, &rules, &mut files)?;
+    let top = std::fs::canonicalize(dir).map_err(|e| io(dir, e))?;
+    walk(&Walk { root: dir, top: &top, rules: &rules }, "", 0, &mut files)?;
     package_files(&dir.display().to_string(), files, mtime)
 }
 
-fn walk(
-    root: &Path,
-    rel: &str,
-    depth: usize,
-    rules: &Rules,
-    out: &mut BTreeMap<String, Vec<u8>>,
-) -> Result<(), ChartError> {
-    let dir = root.join(rel);
+/// Helm's limit on one file of a chart (`MaxDecompressedFileSize`): a larger one
+/// cannot be loaded from the package anyway.
+const MAX_FILE_BYTES: u64 = 5 << 20;
+
+struct Walk<'a> {
+    root: &'a Path,
+    /// `root`, canonical: every file packed must resolve below it.
+    top: &'a Path,
+    rules: &'a Rules,
+}
+
+/// Collect the chart's files. Symlinks are followed as `helm package` follows them,
+/// but only to targets inside the chart directory: a link to a host file (`/etc/passwd`,
+/// `../secrets`) is refused, never packed. Like Helm, files that are neither regular
+/// files nor directories, and files over Helm's size limit, are refused too.
+fn walk(w: &Walk, rel: &str, depth: usize, out: &mut BTreeMap<String, Vec<u8>>) -> Result<(), ChartError> {
+    let dir = w.root.join(rel);
     let io = |p: &Path, source| ChartError::Io { path: p.display().to_string(), source };
     if depth > MAX_DEPTH {
         return Err(invalid(
@@ -88,15 +98,53 @@ fn walk(
     for name in names {
         let path = dir.join(&name);
         let rel_path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-        // Follows symlinks, like Helm's loader.
-        let meta = std::fs::metadata(&path).map_err(|e| io(&path, e))?;
-        if rules.ignored(&rel_path, meta.is_dir()) {
+        let link = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?.file_type().is_symlink();
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            invalid(
+                &w.root.display().to_string(),
+                format!("{rel_path}: cannot be read (a dangling symlink?): {e}"),
+            )
+        })?;
+        if w.rules.ignored(&rel_path, meta.is_dir()) {
             continue;
         }
+        if link {
+            let target = std::fs::canonicalize(&path).map_err(|e| io(&path, e))?;
+            if !target.starts_with(w.top) {
+                return Err(invalid(
+                    &w.root.display().to_string(),
+                    format!(
+                        "{rel_path}: symlink to {} leaves the chart directory; only links to files \
+                         inside the chart are followed",
+                        target.display()
+                    ),
+                ));
+            }
+        }
         if meta.is_dir() {
-            walk(root, &rel_path, depth + 1, rules, out)?;
+            walk(w, &rel_path, depth + 1, out)?;
         } else if meta.is_file() {
-            out.insert(rel_path, std::fs::read(&path).map_err(|e| io(&path, e))?);
+            if meta.len() > MAX_FILE_BYTES {
+                return Err(invalid(
+                    &w.root.display().to_string(),
+                    format!("{rel_path}: {} bytes, more than Helm loads from a chart (5 MiB)", meta.len()),
+                ));
+            }
+            let mut data = Vec::new();
+            std::fs::File::open(&path)
+                .and_then(|f| {
+                    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut data)
+                })
+                .map_err(|e| io(&path, e))?;
+            if data.len() as u64 > MAX_FILE_BYTES {
+                return Err(invalid(&w.root.display().to_string(), format!("{rel_path}: grew past 5 MiB")));
+            }
+            out.insert(rel_path, data);
+        } else {
+            return Err(invalid(
+                &w.root.display().to_string(),
+                format!("{rel_path}: not a regular file or directory (a device, socket or fifo)"),
+            ));
         }
     }
     Ok(())

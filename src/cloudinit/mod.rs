@@ -7,6 +7,7 @@
 //! parsed back and checked (cloud-init 24.1 schema, kubeadm kinds, byte-exact file
 //! contents) before anything is written.
 
+pub mod addon_values;
 pub mod render;
 pub mod schema;
 pub mod seed;
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::cluster::{pki, spec};
+use crate::cluster::{pki, plan};
 use crate::exit::{Classify, Code};
 use crate::reporter::Reporter;
 
@@ -60,17 +61,22 @@ pub struct CloudInitOptions {
     /// Output directory: OUT/NODE/{user-data,meta-data,network-config,seed.*}.
     pub out: PathBuf,
     pub seed: SeedKind,
+    /// The recipe the control-plane image was built from (its add-ons; default: the
+    /// embedded one).
+    pub recipe: Option<PathBuf>,
 }
 
 /// Render and write the seeds of `a`.
 pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
-    let loaded = spec::load(&a.cluster)?;
-    let secrets = pki::Secrets::load(&crate::cluster::secrets_dir(&a.cluster))?;
-    let nodes: Vec<&spec::Node> = match &a.node {
-        Some(n) => match loaded.spec.nodes.iter().find(|x| &x.name == n) {
+    let loaded = plan::load(&a.cluster)?;
+    let secrets_dir = crate::cluster::secrets_dir(&a.cluster);
+    let secrets = pki::Secrets::load(&secrets_dir)?;
+    let join_token = crate::cluster::token::for_joins(&secrets_dir)?;
+    let nodes: Vec<&plan::NodePlan> = match &a.node {
+        Some(n) => match loaded.node(n) {
             Some(x) => vec![x],
             None => {
-                let names: Vec<_> = loaded.spec.nodes.iter().map(|x| x.name.as_str()).collect();
+                let names: Vec<_> = loaded.nodes.iter().map(|x| x.name.as_str()).collect();
                 return Err(CloudInitError::Invalid(format!(
                     "no node {n:?} in {} (nodes: {})",
                     a.cluster.display(),
@@ -79,19 +85,23 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
                 .into());
             }
         },
-        None => loaded.spec.nodes.iter().collect(),
+        None => loaded.nodes.iter().collect(),
     };
     let iso_tool = match a.seed {
         SeedKind::Iso => Some(seed::iso_tool()?),
         _ => None,
     };
-    let r = render::Renderer::new(&loaded, &secrets)?;
-    let rendered = r.render_many(&nodes)?;
-    let mut warned = Vec::new();
-    for f in &rendered {
-        warned.extend(f.warnings.iter().cloned());
+    let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
+    let addons = addon_values::build(&loaded, &charts)?;
+    for w in &addons.warnings {
+        rep.warn(w);
     }
-    for w in loaded.warnings.iter().chain(warned.iter()) {
+    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
+    let rendered = r.render_many(&nodes)?;
+    for w in &loaded.warnings {
+        rep.warn(w.display(&loaded.origin));
+    }
+    for w in rendered.iter().flat_map(|f| &f.warnings) {
         rep.warn(w);
     }
     seed::write_all(&a.out, &rendered, a.seed, iso_tool.as_deref())?;

@@ -4,12 +4,16 @@
 //! ([`pki`]) once; `imgbuild cloud-init` reads both and renders every node's seed,
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
+pub mod addnode;
+pub mod diag;
+pub mod init;
 pub mod net;
 pub mod pki;
+pub mod plan;
 pub mod registries;
 pub mod spec;
+pub mod token;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -22,6 +26,9 @@ use crate::reporter::Reporter;
 pub enum ClusterError {
     #[error("{0}")]
     Invalid(String),
+    /// cluster.yaml has errors (each with its field path and line).
+    #[error("{0}")]
+    Spec(diag::Diagnostics),
     #[error("refusing to overwrite {0} (secrets are generated once; use a new --dir)")]
     Exists(PathBuf),
     #[error("{0}")]
@@ -41,7 +48,10 @@ impl ClusterError {
 impl Classify for ClusterError {
     fn code(&self) -> Code {
         match self {
-            ClusterError::Invalid(_) | ClusterError::Exists(_) | ClusterError::Secrets(_) => Code::Input,
+            ClusterError::Invalid(_)
+            | ClusterError::Spec(_)
+            | ClusterError::Exists(_)
+            | ClusterError::Secrets(_) => Code::Input,
             ClusterError::Io(..) | ClusterError::Pki(_) => Code::Runtime,
         }
     }
@@ -64,6 +74,14 @@ pub struct InitOptions {
     pub service_cidr: String,
     /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
     pub node_cidr: Option<String>,
+    /// With `node_cidr`: the NIC that gets each node's static address (default: the VIP's)
+    pub interface: Option<String>,
+    /// With `node_cidr`: the nodes' nameservers
+    pub dns: Vec<String>,
+    /// With `node_cidr`: the nodes' DNS search domains
+    pub dns_search: Vec<String>,
+    /// NTP servers of every node (empty: the image's default)
+    pub ntp: Vec<String>,
     /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
     pub vip_interface: Option<String>,
     /// The endpoint is an external load balancer
@@ -74,125 +92,24 @@ pub struct InitOptions {
     pub dir: PathBuf,
 }
 
-/// `secrets/` next to a cluster.yaml.
-pub fn secrets_dir(cluster_yaml: &Path) -> PathBuf {
-    cluster_yaml.parent().unwrap_or(Path::new(".")).join("secrets")
-}
+pub use init::secrets_dir;
 
-pub fn read_ssh_keys(files: &[PathBuf]) -> Result<Vec<String>> {
-    let mut keys = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(f)
-            .map_err(|e| ClusterError::Io(format!("reading SSH key {}", f.display()), e))?;
-        keys.extend(
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from),
-        );
-    }
-    Ok(keys)
-}
-
-/// Render cluster.yaml for `init`'s arguments. Validated by parsing it back.
-pub fn initial_spec(a: &InitOptions, ssh_keys: &[String]) -> Result<String, ClusterError> {
-    if a.control_planes == 0 {
-        return Err(ClusterError::Invalid("--control-planes must be at least 1".into()));
-    }
-    if a.control_planes + a.workers > 4000 {
-        return Err(ClusterError::Invalid("more than 4000 nodes".into()));
-    }
-    let (ha_mode, ha_interface) = match (&a.vip_interface, a.external_lb) {
-        (Some(i), _) => ("vip", Some(i.clone())),
-        (None, true) => ("external-lb", None),
-        (None, false) if a.control_planes > 1 => {
-            return Err(ClusterError::Invalid(format!(
-                "{} control planes need an HA endpoint: pass --vip-interface IFACE or --external-lb",
-                a.control_planes
-            )))
-        }
-        (None, false) => ("none", None),
-    };
-    spec::parse_endpoint(&a.endpoint).map_err(|e| ClusterError::Invalid(format!("--endpoint: {e}")))?;
-    // an IPv4 node network hands out .11, .12, … and gateway .1
-    let node_net = match &a.node_cidr {
-        Some(c) => {
-            let cidr: net::Cidr =
-                c.parse().map_err(|e| ClusterError::Invalid(format!("--node-cidr: {e}")))?;
-            match cidr.network().addr {
-                IpAddr::V4(v) if cidr.len <= 30 => Some((u32::from(v), cidr.len)),
-                _ => {
-                    return Err(ClusterError::Invalid(
-                        "--node-cidr must be an IPv4 network of /30 or larger".into(),
-                    ))
-                }
-            }
-        }
-        None => None,
-    };
-    let mut nodes = Vec::new();
-    let total = a.control_planes + a.workers;
-    for i in 0..total {
-        let (name, role) = if i < a.control_planes {
-            (format!("{}-cp-{}", a.name, i + 1), "control-plane")
-        } else {
-            (format!("{}-worker-{}", a.name, i - a.control_planes + 1), "worker")
-        };
-        let (address, gateway) = match node_net {
-            Some((base, len)) => {
-                let host = 11 + i;
-                let size = if len == 0 { u32::MAX } else { (1u32 << (32 - len)) - 1 };
-                if host >= size {
-                    return Err(ClusterError::Invalid(format!("--node-cidr is too small for {total} nodes")));
-                }
-                let ip = std::net::Ipv4Addr::from(base + host);
-                (Some(format!("{ip}/{len}")), Some(std::net::Ipv4Addr::from(base + 1).to_string()))
-            }
-            None => (None, None),
-        };
-        nodes.push(minijinja::context! { name, role, address, gateway });
-    }
-    let env = crate::template::env().map_err(|e| ClusterError::Invalid(format!("template: {e:#}")))?;
-    let text = env
-        .get_template("cluster.yaml.j2")
-        .and_then(|t| {
-            t.render(minijinja::context! {
-                name => a.name, kubernetes_version => spec::KUBERNETES_VERSION, endpoint => a.endpoint,
-                ha_mode, ha_interface, ha_address => None::<String>,
-                pod_cidr => a.pod_cidr, service_cidr => a.service_cidr, node_cidr => a.node_cidr,
-                ssh_keys, nodes, ingress_host => format!("backend.{}.internal", a.name),
-            })
-        })
-        .map_err(|e| ClusterError::Invalid(format!("rendering cluster.yaml: {e:#}")))?;
-    Ok(text)
-}
-
-/// `cluster init`: write DIR/cluster.yaml and DIR/secrets/ once; returns the spec's path.
+/// `cluster init`: write DIR/cluster.yaml and DIR/secrets/ once, all or nothing;
+/// returns the spec's path.
 pub fn init(a: &InitOptions, rep: &Reporter) -> Result<PathBuf> {
-    let keys = read_ssh_keys(&a.ssh_keys)?;
-    let text = initial_spec(a, &keys)?;
-    let path = a.dir.join("cluster.yaml");
-    let loaded = spec::parse(&text, &path.display().to_string())?;
-    for w in &loaded.warnings {
-        rep.warn(w);
-    }
-    if path.exists() {
-        return Err(ClusterError::Exists(path).into());
-    }
-    let sdir = secrets_dir(&path);
-    for f in pki::FILES {
-        if sdir.join(f).exists() {
-            return Err(ClusterError::Exists(sdir.join(f)).into());
-        }
+    let keys = init::read_ssh_keys(&a.ssh_keys)?;
+    let text = init::initial_spec(a, &keys)?;
+    let planned = init::check(&text, &a.dir.join("cluster.yaml"))?;
+    for w in &planned.warnings {
+        rep.warn(w.display(&planned.origin));
     }
     let mut rng = pki::Rng::from_env();
-    let secrets = pki::Secrets::generate(&mut rng)?;
-    std::fs::create_dir_all(&a.dir)
-        .map_err(|e| ClusterError::Io(format!("creating {}", a.dir.display()), e))?;
-    secrets.write(&sdir)?;
-    pki::create_new_private(&path, text.as_bytes())?;
+    let (secrets, path) = init::create(&a.dir, &text, &mut rng)?;
     rep.status(format_args!(
         "wrote {} ({} nodes) and {}/ (CAs: ECDSA P-256; discovery hash {})",
         path.display(),
-        loaded.spec.nodes.len(),
-        sdir.display(),
+        planned.nodes.len(),
+        secrets_dir(&path).display(),
         secrets.ca.discovery_hash()?
     ));
     Ok(path)
@@ -200,7 +117,7 @@ pub fn init(a: &InitOptions, rep: &Reporter) -> Result<PathBuf> {
 
 /// The admin kubeconfig YAML for a loaded spec and its secrets.
 pub fn kubeconfig_yaml(
-    l: &spec::Loaded,
+    l: &plan::ClusterPlan,
     s: &pki::Secrets,
     kind: pki::AdminKind,
     days: u32,
@@ -234,9 +151,9 @@ pub fn kubeconfig_yaml(
 
 /// `cluster kubeconfig`: an admin kubeconfig for the spec at `cluster`, signed offline.
 pub fn kubeconfig(cluster: &Path, identity: pki::AdminKind, days: u32, rep: &Reporter) -> Result<String> {
-    let l = spec::load(cluster)?;
+    let l = plan::load(cluster)?;
     for w in &l.warnings {
-        rep.warn(w);
+        rep.warn(w.display(&l.origin));
     }
     let s = pki::Secrets::load(&secrets_dir(cluster))?;
     let mut rng = pki::Rng::from_env();

@@ -26,8 +26,9 @@ use time::OffsetDateTime;
 
 use super::ClusterError;
 
-/// Test-only: a seed that makes every secret predictable. INSECURE; the binary
-/// prints a warning whenever it is set. Only the golden tests use it.
+/// Test-only: a seed that makes every secret predictable. INSECURE. Only builds with
+/// the `test-seed` feature (test builds: see Cargo.toml) read it, and then warn; the
+/// golden tests use it.
 pub const TEST_SEED_ENV: &str = "IMGBUILD_TEST_SEED";
 
 /// The RNG behind every secret: the OS RNG, or a seeded ChaCha20 for tests.
@@ -37,17 +38,17 @@ pub enum Rng {
 }
 
 impl Rng {
-    /// OS randomness unless [`TEST_SEED_ENV`] is set (then warn loudly).
+    /// OS randomness; in test builds, a seeded RNG when [`TEST_SEED_ENV`] is set
+    /// (with a loud warning).
     pub fn from_env() -> Self {
-        match std::env::var(TEST_SEED_ENV) {
-            Ok(s) if !s.is_empty() => {
-                crate::reporter::always(format_args!(
-                    "warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)"
-                ));
-                Self::seeded(&s)
-            }
-            _ => Rng::Os(rand_core::OsRng),
+        #[cfg(feature = "test-seed")]
+        if let Some(s) = std::env::var(TEST_SEED_ENV).ok().filter(|s| !s.is_empty()) {
+            crate::reporter::always(format_args!(
+                "warning: {TEST_SEED_ENV} is set: secrets are PREDICTABLE (tests only, never for a real cluster)"
+            ));
+            return Self::seeded(&s);
         }
+        Rng::Os(rand_core::OsRng)
     }
     pub fn seeded(seed: &str) -> Self {
         let s: [u8; 32] = Sha256::digest(seed.as_bytes()).into();

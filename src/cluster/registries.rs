@@ -19,6 +19,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::diag::Collector;
+
 /// The directory containerd's config.toml points `config_path` at.
 pub const CERTS_D: &str = "/etc/containerd/certs.d";
 /// kubeadm's default (and the names the node images embed).
@@ -38,7 +40,7 @@ pub struct Registries {
     pub pull_policy: Option<PullPolicy>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mirror {
     /// Tried in order.
@@ -52,7 +54,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// `https://host[:port][/path]` (or `http://` for a registry without TLS).
@@ -92,82 +94,95 @@ impl PullPolicy {
     }
 }
 
-impl Registries {
-    pub fn image_repository(r: Option<&Registries>) -> &str {
-        r.and_then(|r| r.image_repository.as_deref()).unwrap_or(DEFAULT_REPOSITORY)
-    }
+/// What `registries` means for every node, validated: kubeadm's two fields as values
+/// and the mirrors whose hosts.toml user-data writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryPlan {
+    /// kubeadm's imageRepository (default registry.k8s.io).
+    pub image_repository: String,
+    /// kubeadm's image pull policy for init and join (default IfNotPresent).
+    pub pull_policy: PullPolicy,
+    /// Upstream registry host (or `_default`) -> its checked mirror.
+    pub mirrors: BTreeMap<String, Mirror>,
+}
 
-    pub fn pull_policy(r: Option<&Registries>) -> PullPolicy {
-        r.and_then(|r| r.pull_policy).unwrap_or(PullPolicy::IfNotPresent)
+impl Default for RegistryPlan {
+    fn default() -> Self {
+        RegistryPlan {
+            image_repository: DEFAULT_REPOSITORY.to_string(),
+            pull_policy: PullPolicy::IfNotPresent,
+            mirrors: BTreeMap::new(),
+        }
     }
 }
 
-/// Problems as (field path, message): errors, then warnings.
-pub type Findings = (Vec<(String, String)>, Vec<(String, String)>);
-
-/// Check `registries` (field paths under `registries.`).
-pub fn validate(r: &Registries) -> Findings {
-    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
-    let mut err = |p: String, m: String| errors.push((format!("registries.{p}"), m));
+/// Check `registries` (problems at field paths under `registries.`) and return its plan.
+pub(crate) fn plan(c: &mut Collector, r: Option<&Registries>) -> RegistryPlan {
+    let Some(r) = r else { return RegistryPlan::default() };
     for (host, m) in &r.mirrors {
-        let at = format!("mirrors.{host}");
+        let at = format!("registries.mirrors.{host}");
         if host != "_default" && !crate::types::image::valid_domain(host) {
-            err(at.clone(), format!("{host:?} is not a registry host[:port] (or _default)"));
+            c.err(&at, format!("{host:?} is not a registry host[:port] (or _default)"));
         }
         if m.endpoints.is_empty() {
-            err(format!("{at}.endpoints"), "at least one endpoint is required".into());
+            c.err(&format!("{at}.endpoints"), "at least one endpoint is required");
         }
         for (i, e) in m.endpoints.iter().enumerate() {
             let p = format!("{at}.endpoints[{i}]");
             if let Err(msg) = check_url(&e.url) {
-                err(format!("{p}.url"), msg);
+                c.err(&format!("{p}.url"), msg);
             }
             if let Some(ca) = &e.ca {
                 if let Err(msg) = check_ca(ca) {
-                    err(format!("{p}.ca"), msg);
+                    c.err(&format!("{p}.ca"), msg);
                 }
             }
             if e.capabilities.is_empty() || e.capabilities.iter().any(|c| c != "pull" && c != "resolve") {
-                err(format!("{p}.capabilities"), "a list of pull and resolve (nodes never push)".into());
+                c.err(&format!("{p}.capabilities"), "a list of pull and resolve (nodes never push)");
             }
             if e.skip_verify {
-                warnings.push((
-                    format!("registries.{p}.skip_verify"),
-                    "TLS is not verified: anyone on the path can serve other images".into(),
-                ));
+                c.warn(
+                    &format!("{p}.skip_verify"),
+                    "TLS is not verified: anyone on the path can serve other images",
+                );
             }
         }
     }
+    let pull_policy = r.pull_policy.unwrap_or(PullPolicy::IfNotPresent);
     if let Some(repo) = &r.image_repository {
         let probe = format!("{repo}/pause:3.9");
         match crate::types::ImageRef::parse(&probe) {
             Ok(i)
                 if format!("{}/{}", i.domain, i.path) == format!("{repo}/pause")
                     && repo.contains(['.', ':']) => {}
-            _ => err(
-                "image_repository".into(),
+            _ => c.err(
+                "registries.image_repository",
                 format!(
                     "{repo:?} is not a registry host with an optional path (e.g. harbor.example.com/k8s)"
                 ),
             ),
         }
         if repo != DEFAULT_REPOSITORY {
-            warnings.push((
-                "registries.image_repository".into(),
+            c.warn(
+                "registries.image_repository",
                 format!(
                     "kubeadm will run {repo}/kube-apiserver:… and its other images from that registry; \
                      the node images embed only the {DEFAULT_REPOSITORY} names"
                 ),
-            ));
-            if r.pull_policy == Some(PullPolicy::Never) {
-                err(
-                    "pull_policy".into(),
+            );
+            if pull_policy == PullPolicy::Never {
+                c.err(
+                    "registries.pull_policy",
                     format!("Never with image_repository {repo}: none of kubeadm's images would be present"),
                 );
             }
         }
     }
-    (errors, warnings)
+    RegistryPlan {
+        image_repository: r.image_repository.clone().unwrap_or_else(|| DEFAULT_REPOSITORY.to_string()),
+        pull_policy,
+        mirrors: r.mirrors.clone(),
+    }
 }
 
 fn check_url(u: &str) -> Result<(), String> {
@@ -278,9 +293,9 @@ pub fn hosts_toml(host: &str, m: &Mirror) -> (String, Vec<(String, String)>) {
 }
 
 /// Every file user-data writes for `registries`: (path, mode, content).
-pub fn files(r: Option<&Registries>) -> Vec<(String, &'static str, String)> {
+pub fn files(r: &RegistryPlan) -> Vec<(String, &'static str, String)> {
     let mut out = Vec::new();
-    for (host, m) in r.map(|r| &r.mirrors).into_iter().flatten() {
+    for (host, m) in &r.mirrors {
         let (toml, cas) = hosts_toml(host, m);
         let dir = host_dir(host);
         out.push((format!("{dir}/hosts.toml"), "0644", toml));

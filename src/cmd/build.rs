@@ -50,11 +50,7 @@ pub struct BuildArgs {
 
 impl BuildArgs {
     fn plan_options(&self) -> PlanOptions {
-        let s = &self.source;
         PlanOptions {
-            role: s.role,
-            arch: s.arch,
-            recipe_path: s.recipe.clone(),
             format: self.format,
             output_dir: self.output.clone(),
             disk_size: self.disk_size.clone(),
@@ -64,13 +60,14 @@ impl BuildArgs {
                     .as_deref()
                     .map(crate::verify::cosign::kubernetes_release_policy),
             },
+            ..self.source.target.plan_options()
         }
     }
 }
 
 pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     let s = &a.source;
-    let lr = crate::recipe::load(s.recipe.as_deref())?;
+    let lr = s.target.load()?;
     let mut plan = BuildPlan::resolve(&lr, &a.plan_options())?;
     if a.dry_run {
         return super::recipe::print_plan(&plan, a.json);
@@ -80,7 +77,7 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
     let cache = s.cache()?;
     let opts = s.fetch_options()?;
-    crate::build::resolve_packages(&mut plan, &lr, s.recipe.as_deref(), &cache, &opts, rep)?;
+    crate::build::resolve_packages(&mut plan, &lr, s.target.recipe.as_deref(), &cache, &opts, rep)?;
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;

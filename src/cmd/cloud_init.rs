@@ -25,6 +25,10 @@ pub struct CloudInitArgs {
     /// NoCloud seed image (volume label cidata)
     #[arg(long, value_enum, default_value_t = SeedKind::Iso)]
     pub seed: SeedKind,
+    /// Recipe the control-plane image was built from: add-on overrides are checked against
+    /// its add-ons (default: the embedded recipe)
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
 }
 
 pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
@@ -33,6 +37,7 @@ pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
         node: a.node.clone(),
         out: a.out.clone(),
         seed: a.seed,
+        recipe: a.recipe.clone(),
     };
     crate::cloudinit::write(&opts, rep)
 }

@@ -1,12 +1,13 @@
-//! `imgbuild cluster init|kubeconfig`.
+//! `imgbuild cluster init|kubeconfig|add-node|token create`.
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cluster::{pki, InitOptions};
+use crate::cluster::{addnode, pki, token, InitOptions};
 use crate::reporter::Reporter;
+use crate::types::Role;
 
 #[derive(Debug, clap::Args)]
 pub struct InitArgs {
@@ -31,6 +32,18 @@ pub struct InitArgs {
     /// Nodes' IPv4 network: nodes get static addresses from .11 up, gateway .1
     #[arg(long)]
     pub node_cidr: Option<String>,
+    /// With --node-cidr: the NIC that gets each node's static address (default: --vip-interface)
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// With --node-cidr: the nodes' nameservers (IP addresses; comma-separated or repeated)
+    #[arg(long, value_delimiter = ',')]
+    pub dns: Vec<String>,
+    /// With --node-cidr: the nodes' DNS search domains
+    #[arg(long, value_delimiter = ',')]
+    pub dns_search: Vec<String>,
+    /// NTP servers of every node (default: the image's, Ubuntu's ntp.ubuntu.com and any from DHCP)
+    #[arg(long, value_delimiter = ',')]
+    pub ntp: Vec<String>,
     /// Announce the endpoint as a kube-vip VIP (ARP) on this interface
     #[arg(long, conflicts_with = "external_lb")]
     pub vip_interface: Option<String>,
@@ -55,6 +68,10 @@ impl InitArgs {
             pod_cidr: self.pod_cidr.clone(),
             service_cidr: self.service_cidr.clone(),
             node_cidr: self.node_cidr.clone(),
+            interface: self.interface.clone(),
+            dns: self.dns.clone(),
+            dns_search: self.dns_search.clone(),
+            ntp: self.ntp.clone(),
             vip_interface: self.vip_interface.clone(),
             external_lb: self.external_lb,
             ssh_keys: self.ssh_keys.clone(),
@@ -66,9 +83,58 @@ impl InitArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum ClusterCmd {
     /// Write cluster.yaml and generate the cluster's secrets once
-    Init(InitArgs),
+    Init(Box<InitArgs>),
     /// Print an admin kubeconfig signed offline by the cluster CA
     Kubeconfig(KubeconfigArgs),
+    /// Append a node to cluster.yaml, keeping its comments and formatting; prints its name
+    AddNode(AddNodeArgs),
+    /// Bootstrap tokens for nodes that join later
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddNodeArgs {
+    /// The cluster spec to extend
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Node name (DNS-1123 label; default: <cluster>-worker-N or <cluster>-cp-N)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Node role
+    #[arg(long, value_enum, default_value_t = Role::Worker)]
+    pub role: Role,
+    /// Static address with prefix length (default: the next free one on a statically
+    /// addressed network, none (DHCP) otherwise)
+    #[arg(long)]
+    pub address: Option<String>,
+    /// Gateway of the static address (default: the other nodes' gateway on that network)
+    #[arg(long)]
+    pub gateway: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCmd {
+    /// Create a bootstrap token through the Kubernetes API (a bootstrap-token Secret) and keep
+    /// it in secrets/join-token.json, which cloud-init uses for joining nodes until it expires;
+    /// prints that file's path
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenCreateArgs {
+    /// The cluster spec; the token is stored in secrets/join-token.json next to it
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Kubeconfig of a cluster admin (e.g. from `imgbuild cluster kubeconfig`)
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Context in the kubeconfig (default: its current-context)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Lifetime (Go duration: 24h, 90m, 1h30m); 0 (never expires) is refused
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +157,29 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
     match c {
         ClusterCmd::Init(a) => init(a, rep),
         ClusterCmd::Kubeconfig(a) => kubeconfig(a, rep),
+        ClusterCmd::AddNode(a) => {
+            let o = addnode::AddNodeOptions {
+                cluster: a.cluster.clone(),
+                name: a.name.clone(),
+                role: a.role,
+                address: a.address.clone(),
+                gateway: a.gateway.clone(),
+            };
+            let name = addnode::add(&o, rep)?;
+            writeln!(std::io::stdout().lock(), "{name}")?;
+            Ok(())
+        }
+        ClusterCmd::Token(TokenCmd::Create(a)) => {
+            let o = token::CreateOptions {
+                cluster: a.cluster.clone(),
+                kubeconfig: a.kubeconfig.clone(),
+                context: a.context.clone(),
+                ttl: a.ttl.clone(),
+            };
+            let path = token::create(&o, rep)?;
+            writeln!(std::io::stdout().lock(), "{}", path.display())?;
+            Ok(())
+        }
     }
 }
 

@@ -6,26 +6,18 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::cache::Cache;
-use crate::fetch::{FetchError, FetchOptions, Mirror};
-use crate::plan::{BuildPlan, Item, PlanOptions};
+use crate::fetch::{FetchError, FetchOptions, Mirror, MAX_JOBS};
+use crate::plan::{BuildPlan, Item};
 use crate::reporter::Reporter;
-use crate::types::{Arch, Role};
 
 /// Environment variable with space-separated `FROM=TO` mirrors (after `--mirror`s).
 pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
 
-/// Where artifacts come from: shared by `fetch` and `build`.
+/// What to fetch and where from: shared by `fetch` and `build`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceArgs {
-    /// Recipe file (default: the embedded default recipe)
-    #[arg(long)]
-    pub recipe: Option<PathBuf>,
-    /// Node role
-    #[arg(long, value_enum, default_value_t = Role::Worker)]
-    pub role: Role,
-    /// CPU architecture
-    #[arg(long, value_enum, default_value_t = Arch::Amd64)]
-    pub arch: Arch,
+    #[command(flatten)]
+    pub target: super::recipe::TargetArgs,
     /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -35,9 +27,9 @@ pub struct SourceArgs {
     /// Rewrite a URL prefix: FROM=TO (repeatable; also $IMGBUILD_MIRROR="FROM=TO ...")
     #[arg(long = "mirror", value_name = "FROM=TO")]
     pub mirrors: Vec<String>,
-    /// Concurrent downloads
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    /// Concurrent downloads (1 to 64)
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=MAX_JOBS as i64))]
+    pub jobs: u16,
 }
 
 impl SourceArgs {
@@ -52,10 +44,7 @@ impl SourceArgs {
 
     /// `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
     pub fn fetch_options(&self) -> Result<FetchOptions, FetchError> {
-        if self.jobs == 0 {
-            return Err(FetchError::BadJobs);
-        }
-        Ok(FetchOptions { offline: self.offline, mirrors: mirrors(&self.mirrors)?, jobs: self.jobs })
+        Ok(FetchOptions { offline: self.offline, mirrors: mirrors(&self.mirrors)?, jobs: self.jobs.into() })
     }
 }
 
@@ -75,10 +64,8 @@ pub struct FetchArgs {
 /// locked packages, the images' blobs), print one line per download.
 pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
-    let lr = crate::recipe::load(a.source.recipe.as_deref())?;
-    let mut o = PlanOptions::new(a.source.role, a.source.arch);
-    o.recipe_path = a.source.recipe.clone();
-    let mut plan = BuildPlan::resolve(&lr, &o)?;
+    let t = &a.source.target;
+    let mut plan = BuildPlan::resolve(&t.load()?, &t.plan_options())?;
     let cache = a.source.cache()?;
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();

@@ -28,6 +28,10 @@ pub struct LintArgs {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Recipe the control-plane image was built from: add-on overrides are checked against
+    /// its add-ons (default: the embedded recipe)
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
 }
 
 impl LintArgs {
@@ -38,6 +42,7 @@ impl LintArgs {
             image: self.image.clone(),
             root_label: self.root_label.clone(),
             target: self.target.clone(),
+            recipe: self.recipe.clone(),
         }
     }
 }

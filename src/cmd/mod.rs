@@ -161,7 +161,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     // Every module that defines an error enum adds it here.
     classify_as!(e, crate::exit::Classified, crate::recipe::RecipeError, crate::tools::ToolError);
     classify_as!(e, crate::plan::PlanError, crate::lockfile::LockError, crate::output::OutputError);
-    classify_as!(e, crate::fetch::FetchError);
+    classify_as!(e, crate::fetch::FetchError, crate::cache::CacheError);
     classify_as!(e, crate::layer::LayerError);
     classify_as!(e, crate::chart::ChartError);
     classify_as!(e, crate::disk::DiskError);
@@ -172,6 +172,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
+    classify_as!(e, crate::kube::KubeError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

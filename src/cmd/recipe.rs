@@ -18,8 +18,9 @@ pub enum RecipeCmd {
     Show(ShowArgs),
 }
 
-#[derive(Debug, clap::Args)]
-pub struct ShowArgs {
+/// Which recipe, role and arch a command plans for (`recipe show`, `fetch`, `build`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
     /// Recipe file (default: the embedded default recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
@@ -29,6 +30,23 @@ pub struct ShowArgs {
     /// CPU architecture
     #[arg(long, value_enum, default_value_t = Arch::Amd64)]
     pub arch: Arch,
+}
+
+impl TargetArgs {
+    pub fn load(&self) -> Result<recipe::LoadedRecipe, recipe::RecipeError> {
+        recipe::load(self.recipe.as_deref())
+    }
+
+    /// Plan options for this target, the rest at `build`'s defaults.
+    pub fn plan_options(&self) -> PlanOptions {
+        PlanOptions { recipe_path: self.recipe.clone(), ..PlanOptions::new(self.role, self.arch) }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
@@ -59,10 +77,8 @@ fn list() -> Result<()> {
 }
 
 fn show(a: &ShowArgs) -> Result<()> {
-    let r = recipe::load(a.recipe.as_deref())?;
-    let mut o = PlanOptions::new(a.role, a.arch);
-    o.recipe_path = a.recipe.clone();
-    print_plan(&BuildPlan::resolve(&r, &o)?, a.json)
+    let r = a.target.load()?;
+    print_plan(&BuildPlan::resolve(&r, &a.target.plan_options())?, a.json)
 }
 
 /// The plan on stdout: pretty JSON, or one line per fact and a block per download.

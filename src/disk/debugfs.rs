@@ -75,18 +75,15 @@ impl Debugfs {
         now: Option<u64>,
         cwd: Option<&Path>,
     ) -> Result<Vec<u8>, DiskError> {
-        let mut f = tempfile::NamedTempFile::new().map_err(DiskError::io("creating debugfs command file"))?;
-        std::io::Write::write_all(&mut f, script.as_bytes())
-            .map_err(DiskError::io("writing debugfs commands"))?;
         let mut c = super::interrupt::command(&self.exe);
         if writable {
             c.arg("-w");
         }
-        c.arg("-f").arg(f.path()).arg(&self.spec);
+        c.arg("-f").arg("-").arg(&self.spec);
         if let Some(d) = cwd {
             c.current_dir(d);
         }
-        let out = self.exec(c, now)?;
+        let out = self.exec_script(c, script, now)?;
         let errors = error_lines(&out.stderr);
         if !errors.is_empty() {
             let op = if writable { "writing the layer" } else { "reading the filesystem" };
@@ -95,13 +92,61 @@ impl Debugfs {
         Ok(out.stdout)
     }
 
-    fn exec(&self, mut c: Command, now: Option<u64>) -> Result<std::process::Output, DiskError> {
+    /// Run a batch fed on stdin (`-f -`): no command file exists that an interrupted
+    /// or killed build could leave behind.
+    fn exec_script(
+        &self,
+        mut c: Command,
+        script: &str,
+        now: Option<u64>,
+    ) -> Result<std::process::Output, DiskError> {
+        c.stdin(std::process::Stdio::piped());
+        self.exec_with(c, now, Some(script.as_bytes().to_vec()))
+    }
+
+    fn exec(&self, c: Command, now: Option<u64>) -> Result<std::process::Output, DiskError> {
+        self.exec_with(c, now, None)
+    }
+
+    fn exec_with(
+        &self,
+        mut c: Command,
+        now: Option<u64>,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<std::process::Output, DiskError> {
         c.env("LC_ALL", "C").env_remove("DEBUGFS_PAGER").env("PAGER", "cat");
         if let Some(t) = now {
             c.env("E2FSPROGS_FAKE_TIME", t.to_string());
         }
-        let out =
-            c.output().map_err(|e| DiskError::Tool { tool: "debugfs", msg: format!("cannot run: {e}") })?;
+        let cannot = |e: std::io::Error| DiskError::Tool { tool: "debugfs", msg: format!("cannot run: {e}") };
+        let out = match stdin {
+            None => c.output().map_err(cannot)?,
+            Some(script) => {
+                let mut child = c
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .map_err(cannot)?;
+                // Written on a thread of its own: debugfs answers while it reads, and
+                // both pipes must be drained at the same time.
+                let feeder = child
+                    .stdin
+                    .take()
+                    .map(|mut w| std::thread::spawn(move || std::io::Write::write_all(&mut w, &script)));
+                let out = child.wait_with_output().map_err(cannot)?;
+                if let Some(Ok(Err(e))) = feeder.map(|t| t.join()) {
+                    // debugfs exits (and closes its stdin) on a fatal error: that error,
+                    // reported below, is the one to show.
+                    if out.status.success() {
+                        return Err(DiskError::Tool {
+                            tool: "debugfs",
+                            msg: format!("feeding commands: {e}"),
+                        });
+                    }
+                }
+                out
+            }
+        };
         if !out.status.success() {
             return Err(DiskError::Tool {
                 tool: "debugfs",
@@ -176,13 +221,14 @@ impl Debugfs {
             script.push_str(&format!("ls -p {d}\n"));
         }
         let mut c = super::interrupt::command(&self.exe);
-        let mut f = tempfile::NamedTempFile::new().map_err(DiskError::io("creating debugfs command file"))?;
-        std::io::Write::write_all(&mut f, script.as_bytes())
-            .map_err(DiskError::io("writing debugfs commands"))?;
-        c.arg("-f").arg(f.path()).arg(&self.spec);
-        let out = self.exec(c, None)?;
+        c.arg("-f").arg("-").arg(&self.spec);
+        let out = self.exec_script(c, &script, None)?;
         let errs = error_lines(&out.stderr);
-        if let Some(e) = errs.iter().find(|e| !e.contains("File not found")) {
+        // A path that is missing, or is not a directory (a symlink, a file), lists
+        // nothing; callers tell those apart from the parent's listing.
+        if let Some(e) =
+            errs.iter().find(|e| !e.contains("File not found") && !e.contains("inode is not a directory"))
+        {
             return Err(read_err(e.clone()));
         }
         Ok(parse_listing(&String::from_utf8_lossy(&out.stdout)))

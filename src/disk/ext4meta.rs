@@ -13,8 +13,9 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Reads partition bytes at an offset.
-pub type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + 'a;
+use super::ext4::{self, Superblock};
+
+pub use super::ReadAt;
 
 fn le16(b: &[u8], o: usize) -> u64 {
     u16::from_le_bytes([b[o], b[o + 1]]) as u64
@@ -46,6 +47,10 @@ struct Fs<'a> {
     read: &'a ReadAt<'a>,
     bs: u64,
     blocks: u64,
+    /// Extent-tree and indirect blocks seen so far: in a sound filesystem no such
+    /// block belongs to two files or two places, so a repeat is corruption (and
+    /// without this check a crafted tree would be walked exponentially often).
+    tree_blocks: std::collections::HashSet<u64>,
 }
 
 impl Fs<'_> {
@@ -56,6 +61,14 @@ impl Fs<'_> {
         let mut v = vec![0u8; self.bs as usize];
         (self.read)(&mut v, b * self.bs).map_err(|e| format!("reading block {b}: {e}"))?;
         Ok(v)
+    }
+
+    /// Read a block of a file's mapping tree, once.
+    fn tree_block(&mut self, ino: u64, b: u64) -> Result<Vec<u8>, String> {
+        if !self.tree_blocks.insert(b) {
+            return Err(format!("inode {ino}: block {b} appears twice in block maps"));
+        }
+        self.block(b).map_err(|e| format!("inode {ino}: {e}"))
     }
 }
 
@@ -71,45 +84,50 @@ impl Wanted {
     }
 }
 
+/// Largest group descriptor table or inode table read in one piece.
+const MAX_TABLE_BYTES: u64 = 64 << 20;
+
 /// Copy the metadata of the ext4 filesystem that `read` sees into `out` (at the same
 /// offsets; all-zero blocks become holes). Errors describe a filesystem this walker
-/// does not handle; the caller falls back to copying everything.
+/// does not handle or that is corrupt; the caller falls back to copying everything
+/// (where e2fsprogs makes the same call).
 pub fn copy(read: &ReadAt, out: &File) -> Result<Stats, String> {
-    let mut sb = vec![0u8; 1024];
-    read(&mut sb, 1024).map_err(|e| format!("reading the superblock: {e}"))?;
-    if le16(&sb, 0x38) != 0xEF53 {
-        return Err("no ext4 superblock".into());
-    }
-    let (compat, incompat, ro) = (le32(&sb, 0x5C), le32(&sb, 0x60), le32(&sb, 0x64));
-    if incompat & INCOMPAT_META_BG != 0 {
+    let mut raw = vec![0u8; 1024];
+    read(&mut raw, 1024).map_err(|e| format!("reading the superblock: {e}"))?;
+    let sb = match Superblock::parse(&raw) {
+        None => return Err("no ext4 superblock".into()),
+        Some(r) => r?,
+    };
+    if sb.incompat as u64 & INCOMPAT_META_BG != 0 {
         return Err("meta_bg layout".into());
     }
-    let bs = 1024u64 << le32(&sb, 0x18).min(6);
-    let wide = incompat & INCOMPAT_64BIT != 0;
-    let blocks = le32(&sb, 0x04) | if wide { le32(&sb, 0x150) << 32 } else { 0 };
-    let first_data = le32(&sb, 0x14);
-    let bpg = le32(&sb, 0x20);
-    let ipg = le32(&sb, 0x28);
-    let rev = le32(&sb, 0x4C);
-    let (isz, first_ino) = if rev == 0 { (128, 11) } else { (le16(&sb, 0x58), le32(&sb, 0x54)) };
-    let desc = if wide { le16(&sb, 0xFE) } else { 32 };
-    if bpg == 0 || ipg == 0 || isz < 128 || desc < 32 || blocks == 0 {
-        return Err("implausible superblock".into());
+    if sb.ro_compat & ext4::RO_COMPAT_BIGALLOC != 0 {
+        return Err("bigalloc layout".into());
     }
-    let groups = (blocks - first_data).div_ceil(bpg);
-    let gdt_blocks = (groups * desc).div_ceil(bs);
-    let reserved_gdt = le16(&sb, 0xCE);
-    let fs = Fs { read, bs, blocks };
+    let (compat, ro) = (sb.compat as u64, sb.ro_compat as u64);
+    let bs = sb.block_size;
+    let wide = sb.incompat as u64 & INCOMPAT_64BIT != 0;
+    let blocks = sb.blocks;
+    let first_data = sb.first_data_block;
+    let (bpg, ipg, isz) = (sb.blocks_per_group, sb.inodes_per_group, sb.inode_size);
+    let groups = sb.groups;
+    let gdt_blocks = sb.gdt_blocks;
+    let reserved_gdt = sb.reserved_gdt_blocks;
+    let itable_blocks = (ipg * isz).div_ceil(bs);
+    if gdt_blocks * bs > MAX_TABLE_BYTES || itable_blocks * bs > MAX_TABLE_BYTES {
+        return Err("group descriptor or inode tables larger than 64 MiB".into());
+    }
+    let mut fs = Fs { read, bs, blocks, tree_blocks: Default::default() };
     let mut w = Wanted::default();
 
     // Boot block and primary superblock, then each group's backup superblock + GDT.
     w.add(0, first_data + 1);
     let has_backup = |g: u64| -> bool {
         if g <= 1 {
-            return g == 0 || compat & COMPAT_SPARSE_SUPER2 == 0 || le32(&sb, 0x24C) == 1;
+            return g == 0 || compat & COMPAT_SPARSE_SUPER2 == 0 || le32(&raw, 0x24C) == 1;
         }
         if compat & COMPAT_SPARSE_SUPER2 != 0 {
-            return g == le32(&sb, 0x24C) || g == le32(&sb, 0x250);
+            return g == le32(&raw, 0x24C) || g == le32(&raw, 0x250);
         }
         if ro & RO_COMPAT_SPARSE_SUPER == 0 {
             return true;
@@ -127,49 +145,47 @@ pub fn copy(read: &ReadAt, out: &File) -> Result<Stats, String> {
             w.add(first_data + g * bpg, 1 + gdt_blocks + reserved_gdt);
         }
     }
-    if incompat & INCOMPAT_MMP != 0 {
-        let mmp = le32(&sb, 0x168) | le32(&sb, 0x16C) << 32;
+    if sb.incompat as u64 & INCOMPAT_MMP != 0 {
+        let mmp = le32(&raw, 0x168) | le32(&raw, 0x16C) << 32;
         w.add(mmp, 1);
     }
     let mut gdt = vec![0u8; (gdt_blocks * bs) as usize];
     read(&mut gdt, (first_data + 1) * bs).map_err(|e| format!("reading group descriptors: {e}"))?;
+    let descs = group_descriptors(&sb, &gdt, wide)?;
 
-    // Inodes whose data is metadata too (besides directories and slow symlinks).
-    let mut special: Vec<u64> = (1..first_ino).filter(|&i| i != JOURNAL_INO).collect();
+    // Inodes whose data is metadata too (besides directories and slow symlinks):
+    // the reserved ones below s_first_ino, and the quota and orphan-file inodes.
+    let first_ino = sb.first_ino;
+    let mut special = std::collections::BTreeSet::new();
     for off in [0x240, 0x244, 0x26C, 0x280] {
-        let i = le32(&sb, off);
+        let i = le32(&raw, off);
         if i != 0 {
-            special.push(i);
+            special.insert(i);
         }
     }
-    let itable_blocks = (ipg * isz).div_ceil(bs);
     let mut stats = Stats { block_size: bs, ..Stats::default() };
     let mut copier = Copier { out, bs, copied: 0 };
-    for g in 0..groups {
-        let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
-        let hi = |o: usize| if wide && desc >= 64 { le32(d, o) << 32 } else { 0 };
-        let (bbm, ibm, itab) = (le32(d, 0) | hi(0x20), le32(d, 4) | hi(0x24), le32(d, 8) | hi(0x28));
-        let flags = le16(d, 0x12);
-        w.add(bbm, 1);
-        let ibm_bytes = fs.block(ibm)?;
-        copier.put(ibm, &ibm_bytes)?;
+    for (g, d) in descs.iter().enumerate() {
+        let g = g as u64;
+        w.add(d.block_bitmap, 1);
+        let ibm_bytes = fs.block(d.inode_bitmap)?;
+        copier.put(d.inode_bitmap, &ibm_bytes)?;
         let mut tab = vec![0u8; (itable_blocks * bs) as usize];
-        if itab + itable_blocks > blocks {
-            return Err(format!("group {g}'s inode table is past the end"));
-        }
-        read(&mut tab, itab * bs).map_err(|e| format!("reading group {g}'s inode table: {e}"))?;
-        copier.put(itab, &tab)?;
-        if flags & 1 != 0 {
+        read(&mut tab, d.inode_table * bs).map_err(|e| format!("reading group {g}'s inode table: {e}"))?;
+        copier.put(d.inode_table, &tab)?;
+        if d.flags & 1 != 0 {
             continue; // INODE_UNINIT: no inode of this group is in use
         }
         for i in 0..ipg {
+            // ipg <= 8 * block size (checked with the superblock): the bit exists.
             if ibm_bytes[(i / 8) as usize] & (1 << (i % 8)) == 0 {
                 continue;
             }
             let ino = g * ipg + i + 1;
             let raw = &tab[(i * isz) as usize..(i * isz + 128) as usize];
             stats.inodes_in_use += 1;
-            inode(&fs, ino, raw, special.contains(&ino), &mut w)?;
+            let special = (ino != JOURNAL_INO && ino < first_ino) || special.contains(&ino);
+            inode(&mut fs, ino, raw, special, &mut w)?;
         }
     }
     w.0.sort_unstable();
@@ -197,6 +213,56 @@ pub fn copy(read: &ReadAt, out: &File) -> Result<Stats, String> {
     }
     stats.blocks_copied = copier.copied;
     Ok(stats)
+}
+
+/// Where one group's bitmaps and inode table are.
+struct Group {
+    block_bitmap: u64,
+    inode_bitmap: u64,
+    inode_table: u64,
+    flags: u64,
+}
+
+/// The group descriptors, each checked the way e2fsck checks them: bitmaps and inode
+/// table inside the filesystem (inside their own group without flex_bg), and no two
+/// of them, nor the primary superblock and descriptor table, on the same blocks.
+fn group_descriptors(sb: &Superblock, gdt: &[u8], wide: bool) -> Result<Vec<Group>, String> {
+    let (bs, desc, bpg, first) = (sb.block_size, sb.desc_size, sb.blocks_per_group, sb.first_data_block);
+    let itable_blocks = (sb.inodes_per_group * sb.inode_size).div_ceil(bs);
+    let flex = sb.incompat & 0x200 != 0;
+    let mut out = Vec::new();
+    let mut used: Vec<(u64, u64, String)> =
+        vec![(first, 1 + sb.gdt_blocks + sb.reserved_gdt_blocks, "the superblock and descriptors".into())];
+    for g in 0..sb.groups {
+        let d = &gdt[(g * desc) as usize..((g + 1) * desc) as usize];
+        let hi = |o: usize| if wide && desc >= 64 { le32(d, o) << 32 } else { 0 };
+        let grp = Group {
+            block_bitmap: le32(d, 0) | hi(0x20),
+            inode_bitmap: le32(d, 4) | hi(0x24),
+            inode_table: le32(d, 8) | hi(0x28),
+            flags: le16(d, 0x12),
+        };
+        let (lo, end) =
+            if flex { (first, sb.blocks) } else { (first + g * bpg, (first + (g + 1) * bpg).min(sb.blocks)) };
+        for (what, at, len) in [
+            ("block bitmap", grp.block_bitmap, 1),
+            ("inode bitmap", grp.inode_bitmap, 1),
+            ("inode table", grp.inode_table, itable_blocks),
+        ] {
+            if at < lo || at.saturating_add(len) > end {
+                return Err(format!("group {g}'s {what} (block {at}) is outside blocks {lo}..{end}"));
+            }
+            used.push((at, len, format!("group {g}'s {what}")));
+        }
+        out.push(grp);
+    }
+    used.sort_unstable_by_key(|u| u.0);
+    for w in used.windows(2) {
+        if w[0].0 + w[0].1 > w[1].0 {
+            return Err(format!("{} overlaps {} (block {})", w[1].2, w[0].2, w[1].0));
+        }
+    }
+    Ok(out)
 }
 
 struct Copier<'a> {
@@ -231,7 +297,7 @@ impl Copier<'_> {
 
 /// Record the blocks of one in-use inode: its tree blocks always, its data when the
 /// data is metadata.
-fn inode(fs: &Fs, ino: u64, raw: &[u8], special: bool, w: &mut Wanted) -> Result<(), String> {
+fn inode(fs: &mut Fs, ino: u64, raw: &[u8], special: bool, w: &mut Wanted) -> Result<(), String> {
     let mode = le16(raw, 0) & 0xF000;
     let flags = le32(raw, 0x20);
     let size = le32(raw, 4) | le32(raw, 0x6C) << 32;
@@ -265,7 +331,7 @@ fn inode(fs: &Fs, ino: u64, raw: &[u8], special: bool, w: &mut Wanted) -> Result
 }
 
 fn extents(
-    fs: &Fs,
+    fs: &mut Fs,
     ino: u64,
     node: &[u8],
     data: bool,
@@ -301,14 +367,14 @@ fn extents(
         } else {
             let child = le32(e, 4) | le16(e, 8) << 32;
             w.add(child, 1);
-            let b = fs.block(child)?;
+            let b = fs.tree_block(ino, child)?;
             extents(fs, ino, &b, data, limit, w, level + 1)?;
         }
     }
     Ok(())
 }
 
-fn indirect(fs: &Fs, ino: u64, b: u64, depth: usize, data: bool, w: &mut Wanted) -> Result<(), String> {
+fn indirect(fs: &mut Fs, ino: u64, b: u64, depth: usize, data: bool, w: &mut Wanted) -> Result<(), String> {
     if depth == 0 {
         if data {
             w.add(b, 1);
@@ -316,7 +382,7 @@ fn indirect(fs: &Fs, ino: u64, b: u64, depth: usize, data: bool, w: &mut Wanted)
         return Ok(());
     }
     w.add(b, 1);
-    let blk = fs.block(b).map_err(|e| format!("inode {ino}: {e}"))?;
+    let blk = fs.tree_block(ino, b)?;
     for k in 0..blk.len() / 4 {
         let c = le32(&blk, k * 4);
         if c != 0 {
@@ -406,5 +472,113 @@ mod tests {
             let copied = stats.blocks_copied * stats.block_size;
             assert!(copied < 3 << 20, "{name}: copied {copied} bytes");
         }
+    }
+
+    /// Random edits of a real filesystem's metadata (superblock, descriptors, the
+    /// first inodes, directory and extent blocks): the walk ends, with or without an
+    /// error, and never panics.
+    #[test]
+    fn random_metadata_edits_end_without_panic() {
+        let Some(mke2fs) = tool("mke2fs") else {
+            eprintln!("e2fsprogs missing; skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        for i in 0..40 {
+            std::fs::write(tree.join(format!("a/b/f{i}")), vec![b'x'; i * 3000]).unwrap();
+        }
+        std::os::unix::fs::symlink("a/".repeat(40), tree.join("slow")).unwrap();
+        let img = d.path().join("fs.img");
+        for opts in [&["-t", "ext4"][..], &["-t", "ext3", "-b", "1024"][..]] {
+            let ok = Command::new(&mke2fs)
+                .args(["-q", "-F", "-L", "t", "-d"])
+                .arg(&tree)
+                .args(opts)
+                .arg(&img)
+                .arg("8M")
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let good = std::fs::read(&img).unwrap();
+            let out = tempfile::tempfile().unwrap();
+            let mut next = crate::disk::test_rng(0x1234_5678_9ABC_DEF1);
+            // Metadata lives in the first 2 MiB here (tables, directories, extent blocks).
+            for _ in 0..150 {
+                let mut b = good.clone();
+                for _ in 0..1 + next() % 6 {
+                    let at = if next() % 2 == 0 { 1024 + next() % 8192 } else { next() % (2 << 20) } as usize;
+                    let at = at & !3;
+                    let v =
+                        [0, 1, u32::MAX, 1 << (next() % 32), next() as u32, 0xF30A][(next() % 6) as usize];
+                    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+                let read = |buf: &mut [u8], at: u64| -> std::io::Result<()> {
+                    let src = b
+                        .get(at as usize..(at as usize).saturating_add(buf.len()))
+                        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                    buf.copy_from_slice(src);
+                    Ok(())
+                };
+                out.set_len(0).unwrap();
+                out.set_len(good.len() as u64).unwrap();
+                let _ = super::copy(&read, &out);
+            }
+        }
+    }
+
+    /// Descriptors that put two groups' tables on the same blocks, and block maps that
+    /// visit a block twice, are errors (bounded work), not walked.
+    #[test]
+    fn shared_tables_and_blocks_are_refused() {
+        let (Some(mke2fs), Some(debugfs)) = (tool("mke2fs"), tool("debugfs")) else {
+            eprintln!("e2fsprogs missing; skipped");
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("fs.img");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(tree.join("f"), vec![1u8; 200 << 10]).unwrap();
+        let ok = Command::new(&mke2fs)
+            .args(["-q", "-F", "-t", "ext3", "-b", "1024", "-L", "t", "-d"]) // block maps, 8 groups
+            .arg(&tree)
+            .arg(&img)
+            .arg("64M")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let bytes = std::fs::read(&img).unwrap();
+        let copy_of = |b: &[u8]| {
+            let out = tempfile::tempfile().unwrap();
+            let read = |buf: &mut [u8], at: u64| -> std::io::Result<()> {
+                buf.copy_from_slice(&b[at as usize..at as usize + buf.len()]);
+                Ok(())
+            };
+            super::copy(&read, &out)
+        };
+        copy_of(&bytes).unwrap();
+        // Group 0's block bitmap (descriptor at block 2, field 0) on its inode table.
+        let mut shared = bytes.clone();
+        let itab = le32(&bytes, 2048 + 8) as u32;
+        shared[2048..2048 + 4].copy_from_slice(&(itab + 1).to_le_bytes());
+        let e = copy_of(&shared).unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
+        // The file's single-indirect block (i_block[12]) also as its double-indirect one.
+        let stat = Command::new(&debugfs).args(["-R", "stat /f"]).arg(&img).output().unwrap();
+        let text = String::from_utf8_lossy(&stat.stdout);
+        let ind = text.split("(IND):").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap();
+        let ind: u32 = ind.parse().unwrap();
+        let ino_at = |b: &[u8]| -> usize {
+            // Inode 12 (the first file) in group 0's table: 11 inodes before it.
+            let isz = le16(b, 1024 + 0x58) as usize;
+            le32(b, 2048 + 8) as usize * 1024 + 11 * isz
+        };
+        let mut twice = bytes.clone();
+        let at = ino_at(&bytes) + 0x28 + 13 * 4;
+        twice[at..at + 4].copy_from_slice(&ind.to_le_bytes());
+        let e = copy_of(&twice).unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
     }
 }

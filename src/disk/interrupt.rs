@@ -1,10 +1,20 @@
-//! Ctrl-C / SIGTERM during a build: the build's temp dir (a multi-GiB raw working
-//! copy) must not be left behind in the output dir. [`guard`] blocks SIGINT, SIGTERM
-//! and SIGHUP for the process and waits for them on a thread of its own, which removes
-//! every registered dir and exits 130.
+//! Temp dirs that must not outlive the process that made them (a build's is a
+//! multi-GiB raw working copy):
+//!
+//! - Ctrl-C / SIGTERM / SIGHUP: [`guard`] blocks the signals for the process and waits
+//!   for them on a thread of its own, which removes every registered dir and exits 130.
+//! - SIGKILL, a crash, a power cut: nothing runs. Every dir made by [`work_dir`] holds
+//!   a marker file `.owner`, locked (`flock`) by its process for as long as it lives;
+//!   the kernel drops the lock when the process dies, however it dies. The next
+//!   [`work_dir`] in the same parent removes each `.imgbuild-*` dir whose marker it can
+//!   lock: its owner is gone. Dirs without a marker (other tools, older imgbuild) are
+//!   never touched, nor are markers younger than [`GRACE`] (the instant between
+//!   making a dir and locking its marker).
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -73,6 +83,85 @@ pub fn forget(dir: &std::path::Path) {
     }
 }
 
+/// Prefix of every temp dir imgbuild makes next to outputs and images.
+pub const PREFIX: &str = ".imgbuild-";
+/// The marker file of a [`WorkDir`], locked by its owner.
+const OWNER: &str = ".owner";
+/// A marker younger than this is never taken for a dead owner's.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// A temp dir owned by this process: removed when dropped, on SIGINT/SIGTERM/SIGHUP
+/// (with [`guard`]), and by a later [`work_dir`] once this process is gone.
+#[derive(Debug)]
+pub struct WorkDir {
+    dir: Option<tempfile::TempDir>,
+    /// Holds the lock on the marker while the dir is in use.
+    _owner: File,
+}
+
+impl WorkDir {
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().map(|d| d.path()).unwrap_or(Path::new(""))
+    }
+
+    /// Remove the dir now, reporting failure.
+    pub fn close(mut self) -> std::io::Result<()> {
+        match self.dir.take() {
+            Some(d) => {
+                forget(d.path());
+                d.close()
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if let Some(d) = self.dir.take() {
+            forget(d.path());
+        }
+    }
+}
+
+/// A fresh `PREFIX<kind>XXXXXX` dir in `parent`, owned by this process; first removes
+/// the `.imgbuild-*` dirs in `parent` whose owner died (returned, for the caller to say).
+pub fn work_dir(parent: &Path, kind: &str) -> std::io::Result<(WorkDir, Vec<PathBuf>)> {
+    let swept = sweep(parent);
+    let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{kind}")).tempdir_in(parent)?;
+    let owner = File::create(dir.path().join(OWNER))?;
+    fs4::fs_std::FileExt::lock_exclusive(&owner)?;
+    register(dir.path().to_path_buf());
+    Ok((WorkDir { dir: Some(dir), _owner: owner }, swept))
+}
+
+/// Remove the `.imgbuild-*` dirs in `parent` whose owner is gone (see the module docs).
+pub fn sweep(parent: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(parent) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let path = e.path();
+        let named = e.file_name().to_str().is_some_and(|n| n.starts_with(PREFIX));
+        // Never follows a symlink: only real directories of ours are candidates.
+        if !named || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let marker = path.join(OWNER);
+        let Ok(meta) = std::fs::symlink_metadata(&marker) else { continue };
+        let young = meta.modified().ok().and_then(|m| m.elapsed().ok()).is_none_or(|age| age < GRACE);
+        if !meta.file_type().is_file() || young {
+            continue;
+        }
+        let Ok(f) = File::open(&marker) else { continue };
+        if fs4::fs_std::FileExt::try_lock_exclusive(&f).is_ok_and(|locked| locked)
+            && std::fs::remove_dir_all(&path).is_ok()
+        {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// Unblock the guarded signals in a child before it execs (the signal mask is
 /// inherited), so Ctrl-C still stops qemu-img or debugfs.
 pub fn command(exe: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
@@ -92,4 +181,46 @@ pub fn command(exe: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
         });
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backdate(p: &Path) {
+        let old = std::time::SystemTime::now() - 2 * GRACE;
+        File::options().write(true).open(p).unwrap().set_modified(old).unwrap();
+    }
+
+    /// Only dirs whose marker nobody holds, old enough, are removed: not a live
+    /// owner's, not a fresh one's, not one without a marker.
+    #[test]
+    fn sweep_removes_only_dead_owners_dirs() {
+        let parent = tempfile::tempdir().unwrap();
+        let (live, _) = work_dir(parent.path(), "").unwrap();
+        backdate(&live.path().join(OWNER));
+        let dead = parent.path().join(".imgbuild-dead");
+        std::fs::create_dir_all(dead.join("sub")).unwrap();
+        std::fs::write(dead.join(OWNER), b"").unwrap();
+        std::fs::write(dead.join("sub/disk.raw"), b"big").unwrap();
+        backdate(&dead.join(OWNER));
+        let fresh = parent.path().join(".imgbuild-fresh");
+        std::fs::create_dir_all(&fresh).unwrap();
+        std::fs::write(fresh.join(OWNER), b"").unwrap();
+        let unmarked = parent.path().join(".imgbuild-other-tool");
+        std::fs::create_dir_all(&unmarked).unwrap();
+        let foreign = parent.path().join("not-ours");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join(OWNER), b"").unwrap();
+        backdate(&foreign.join(OWNER));
+
+        assert_eq!(sweep(parent.path()), vec![dead.clone()]);
+        assert!(!dead.exists());
+        for kept in [live.path(), &fresh, &unmarked, &foreign] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        let p = live.path().to_path_buf();
+        live.close().unwrap();
+        assert!(!p.exists());
+    }
 }

@@ -43,6 +43,9 @@ pub enum DiskError {
     NoRoot { path: String, label: String, found: String },
     #[error("{path}: the partition labelled {label:?} (partition {part}) holds {fs}, not ext4")]
     RootNotExt4 { path: String, label: String, part: u32, fs: String },
+    /// The root filesystem's own metadata does not hold together.
+    #[error("{path}: the filesystem labelled {label:?} (partition {part}) is corrupt: {msg}")]
+    BadFs { path: String, label: String, part: u32, msg: String },
     #[error(
         "not enough free space in the root filesystem: the layer needs {need_mib} MiB, \
          {free_mib} MiB are free; pass a larger --disk-size (e.g. --disk-size {suggest})"
@@ -60,6 +63,16 @@ pub enum DiskError {
     BadPath(String),
     #[error("{path} exists in the base image as a {existing}; the layer wants a {wanted} there")]
     TypeClash { path: String, existing: String, wanted: String },
+    #[error(
+        "{path}: {symlink} is a symlink in the base image (-> {target}); nothing is written through \
+         a symlink: install below {resolved} instead"
+    )]
+    ThroughSymlink { path: String, symlink: String, target: String, resolved: String },
+    #[error(
+        "source_date_epoch {epoch} is after {limit}, the last time the root filesystem's \
+         {inode_size}-byte inodes can store"
+    )]
+    TimeRange { epoch: u64, limit: &'static str, inode_size: u64 },
     #[error("e2fsck found problems in the root filesystem after writing:\n{0}")]
     Fsck(String),
     #[error("{path}: {msg}")]
@@ -93,10 +106,13 @@ impl Classify for DiskError {
             | DiskError::NoGpt { .. }
             | DiskError::NoRoot { .. }
             | DiskError::RootNotExt4 { .. }
+            | DiskError::BadFs { .. }
             | DiskError::NoSpace { .. }
             | DiskError::Shrink { .. }
             | DiskError::BadPath(_)
             | DiskError::TypeClash { .. }
+            | DiskError::ThroughSymlink { .. }
+            | DiskError::TimeRange { .. }
             | DiskError::BadImage { .. }
             | DiskError::NoImage { .. }
             | DiskError::NotAnImage { .. } => Code::Input,
@@ -109,5 +125,20 @@ impl Classify for DiskError {
     }
 }
 
+/// Reads bytes at an offset: of a disk (a raw file, or a qcow2 image's guest view) or
+/// of a partition.
+pub type ReadAt<'a> = dyn Fn(&mut [u8], u64) -> std::io::Result<()> + 'a;
+
 /// Sector size of every image imgbuild handles (cloud images use 512-byte LBAs).
 pub const SECTOR: u64 = 512;
+
+/// A small deterministic generator (xorshift64) for the parsers' random-edit tests.
+#[cfg(test)]
+pub(crate) fn test_rng(mut x: u64) -> impl FnMut() -> u64 {
+    move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    }
+}

@@ -22,7 +22,7 @@ pub struct OpenImage {
     /// What the file is (a fixed and a dynamic vhd are both `Vhd`).
     pub format: OutFormat,
     /// Holds the raw view (when one was needed) while `root` reads it.
-    _tmp: tempfile::TempDir,
+    _tmp: super::interrupt::WorkDir,
 }
 
 /// Open `image` read-only and find the partition whose ext4 label is `root_label`.
@@ -40,12 +40,11 @@ pub fn open_read_only(image: &Path, root_label: &str) -> Result<OpenImage, DiskE
         && u32::from_be_bytes([tail[60], tail[61], tail[62], tail[63]]) == 2;
     // A sparse copy beside the image when that directory is writable (same filesystem,
     // usually roomy), else in the system temp dir.
-    let tmp = image
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .and_then(|p| tempfile::Builder::new().prefix(".imgbuild-open-").tempdir_in(p).ok())
+    let beside = image.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    let (tmp, _) = beside
+        .and_then(|p| super::interrupt::work_dir(p, "open-").ok())
         .map(Ok)
-        .unwrap_or_else(tempfile::tempdir)
+        .unwrap_or_else(|| super::interrupt::work_dir(&std::env::temp_dir(), "open-"))
         .map_err(DiskError::io("creating a temp dir"))?;
     let converted = tmp.path().join("image.raw");
     let (format, raw) = if head.starts_with(b"QFI\xfb") {
@@ -134,14 +133,18 @@ fn check_qcow2(image: &Path, len: u64) -> Result<(), DiskError> {
     let r = match qcow2::Reader::open(image) {
         Ok(Ok(r)) => r,
         // Outside what the reader supports: qemu-img checks it.
-        Ok(Err(_)) => return Ok(()),
+        Ok(Err(qcow2::Unreadable::Unsupported(_))) => return Ok(()),
+        Ok(Err(qcow2::Unreadable::Corrupt(msg))) => {
+            return Err(DiskError::BadImage { path: image.display().to_string(), msg })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(truncated("its L1/L2 tables extend past the end".into()))
         }
         Err(e) => return Err(DiskError::io(format!("reading {}", image.display()))(e)),
     };
     let cs = r.cluster_size();
-    for g in 0..r.size().div_ceil(cs) {
+    // The allocated clusters only: a walk over the virtual size could take days.
+    for g in r.allocated() {
         let end = match r.loc(g) {
             qcow2::Loc::Zero => continue,
             qcow2::Loc::Data(off) => off + cs,

@@ -49,20 +49,34 @@ pub fn prepare(base: &Path, label: &str, work: &Path) -> Result<Result<Overlay, 
     let io = |what: &str| DiskError::io(format!("{what} {}", base.display()));
     let reader = match Reader::open(base).map_err(io("reading"))? {
         Ok(r) => r,
-        Err(u) => return Ok(Err(format!("base qcow2 not read in place: {u}"))),
+        Err(qcow2::Unreadable::Unsupported(u)) => {
+            return Ok(Err(format!("base qcow2 not read in place: {u}")))
+        }
+        // qemu-img refuses these too: no reason to fall back.
+        Err(qcow2::Unreadable::Corrupt(msg)) => {
+            return Err(DiskError::BadImage { path: base.display().to_string(), msg })
+        }
     };
-    let parts = match gpt::read_from(qcow2::Cursor { r: &reader, pos: 0 }, base) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(e.to_string())),
-    };
+    // A GPT that does not pass is refused on either path: no reason to fall back.
+    let parts = gpt::read_from(&reader, base)?;
     let mut root = None;
     for p in parts {
         let mut c = qcow2::Cursor { r: &reader, pos: 0 };
-        if let Probe::Ext(sb) = ext4::probe(&mut c, p.offset()).map_err(io("reading"))? {
-            if sb.label == label && sb.is_ext4() && !sb.needs_recovery() {
+        match ext4::probe(&mut c, p.offset(), p.len()).map_err(io("reading"))? {
+            Probe::Ext(sb) if sb.label == label && sb.is_ext4() && !sb.needs_recovery() => {
                 root = Some(p);
                 break;
             }
+            // Refused on either path: no reason to fall back.
+            Probe::BadExt(l, msg) if l == label => {
+                return Err(DiskError::BadFs {
+                    path: base.display().to_string(),
+                    label: l,
+                    part: p.number,
+                    msg,
+                })
+            }
+            _ => {}
         }
     }
     // Errors about the root (missing, not ext4, …) come from the other path.
@@ -164,24 +178,20 @@ impl Overlay {
         ext.sort_unstable();
         let cs = 1u64 << qcow2::OUT_CLUSTER_BITS;
         let bcs = base.cluster_size();
-        let n = self.size.div_ceil(cs);
-        let base_clusters = base.size().div_ceil(bcs);
-        let mut clusters = Vec::new();
-        let mut e = 0usize;
-        let mut reach = 0u64; // end of the furthest-reaching extent seen so far
-        for g in 0..n {
-            let (lo, hi) = (g * cs, (g + 1) * cs);
-            let from_base =
-                (lo / bcs..hi.div_ceil(bcs).min(base_clusters)).any(|b| base.loc(b) != qcow2::Loc::Zero);
-            while e < ext.len() && ext[e].0 < hi {
-                reach = reach.max(ext[e].0 + ext[e].1);
-                e += 1;
-            }
-            let from_layer = reach > lo;
-            if from_base || from_layer {
-                clusters.push(g);
+        // Output clusters some base cluster or some layer extent touches: from the
+        // allocation map and the extents, never a walk over the virtual size.
+        let mut clusters: Vec<u64> = Vec::new();
+        for b in base.allocated() {
+            let (lo, hi) = (b * bcs, ((b + 1) * bcs).min(self.size));
+            clusters.extend(lo / cs..hi.div_ceil(cs));
+        }
+        for &(s, l) in &ext {
+            if l > 0 {
+                clusters.extend(s / cs..(s + l).min(self.size).div_ceil(cs));
             }
         }
+        clusters.sort_unstable();
+        clusters.dedup();
         let mut next = vec![0usize; layers.len()];
         let sha = qcow2::write(out, self.size, &clusters, |first, n, buf| {
             let (lo, hi) = (first * cs, (first + n) * cs);

@@ -17,13 +17,19 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Why a qcow2 image is outside the subset this module reads.
+/// Why a qcow2 image is not read in place: outside the subset this module reads
+/// (the caller falls back to qemu-img), or corrupt in a way qemu refuses too.
 #[derive(Debug)]
-pub struct Unsupported(pub String);
+pub enum Unreadable {
+    Unsupported(String),
+    Corrupt(String),
+}
 
-impl std::fmt::Display for Unsupported {
+impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Unreadable::Unsupported(m) | Unreadable::Corrupt(m) => f.write_str(m),
+        }
     }
 }
 
@@ -45,6 +51,13 @@ enum Codec {
 }
 
 const L2_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// qemu's limit on the active L1 table (`QCOW_MAX_L1_SIZE`, 32 MiB): larger tables
+/// are refused by qemu, so no image a hypervisor can use has one.
+const MAX_L1_BYTES: u64 = 32 << 20;
+/// The largest virtual size the writer's L1 table can address within that limit: the
+/// largest disk size imgbuild accepts.
+pub const MAX_VIRTUAL_SIZE: u64 = (MAX_L1_BYTES / 8) * (OUT_CS / 8) * OUT_CS;
+const _: () = assert!(MAX_VIRTUAL_SIZE == crate::types::size::MAX_BYTES);
 
 /// A qcow2 image opened for reading.
 #[derive(Debug)]
@@ -53,8 +66,11 @@ pub struct Reader {
     cluster_bits: u32,
     size: u64,
     codec: Codec,
-    /// L2 tables of the active L1 table, loaded up front (8 bytes per 64 KiB of guest).
-    l2: Vec<Option<Vec<u64>>>,
+    /// Per L1 entry of the active table: which of `tables` holds its L2 table.
+    l2: Vec<Option<usize>>,
+    /// Distinct L2 tables, loaded up front (8 bytes per cluster of guest). An image
+    /// whose L1 entries share a table gets it once: memory stays within the file's size.
+    tables: Vec<Vec<u64>>,
     /// The last decompressed cluster: guest reads smaller than a cluster come in runs.
     last: Mutex<Option<(u64, Vec<u8>)>>,
 }
@@ -67,12 +83,14 @@ fn be64(b: &[u8], o: usize) -> u64 {
 }
 
 impl Reader {
-    /// Open `path`. `Ok(Err(..))`: a valid image outside the supported subset.
-    pub fn open(path: &Path) -> std::io::Result<Result<Reader, Unsupported>> {
+    /// Open `path`. `Ok(Err(..))`: an image not read in place (see [`Unreadable`]).
+    pub fn open(path: &Path) -> std::io::Result<Result<Reader, Unreadable>> {
         let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
         let mut h = vec![0u8; 112];
-        let n = file.read_at(&mut h, 0)?;
-        let no = |m: &str| Ok(Err(Unsupported(m.to_string())));
+        let n = read_upto(&file, &mut h, 0)?;
+        let no = |m: &str| Ok(Err(Unreadable::Unsupported(m.to_string())));
+        let corrupt = |m: String| Ok(Err(Unreadable::Corrupt(m)));
         if n < 72 || &h[..4] != b"QFI\xfb" {
             return no("not a qcow2 image");
         }
@@ -92,6 +110,9 @@ impl Reader {
         }
         let mut codec = Codec::Deflate;
         if version == 3 {
+            if n < 104 {
+                return corrupt(format!("a version 3 header needs 104 bytes, the file has {n}"));
+            }
             let incompat = be64(&h, 72);
             // Bit 0 (dirty) only means refcounts may be stale; L1/L2 are still right.
             if incompat & !0b1001 != 0 {
@@ -99,7 +120,7 @@ impl Reader {
             }
             if incompat & 0b1000 != 0 {
                 let header_len = be32(&h, 100);
-                codec = match (header_len > 104).then(|| h[104]) {
+                codec = match (header_len > 104 && n > 104).then(|| h[104]) {
                     Some(0) | None => Codec::Deflate,
                     Some(1) => Codec::Zstd,
                     Some(t) => return no(&format!("compression type {t}")),
@@ -111,23 +132,53 @@ impl Reader {
         let l1_off = be64(&h, 40);
         let cs = 1u64 << cluster_bits;
         let per_l2 = cs / 8;
-        if l1_size < size.div_ceil(cs * per_l2) || l1_size > (1 << 25) {
-            return no("L1 table too small for the virtual size");
+        if size > MAX_VIRTUAL_SIZE {
+            return no(&format!("virtual size {size} is larger than {MAX_VIRTUAL_SIZE}"));
         }
-        let mut raw = vec![0u8; l1_size as usize * 8];
+        let needed = size.div_ceil(cs * per_l2);
+        if l1_size < needed || l1_size * 8 > MAX_L1_BYTES {
+            return corrupt(format!("L1 table of {l1_size} entries for a virtual size of {size}"));
+        }
+        if l1_off % cs != 0 || l1_off.saturating_add(needed * 8) > file_len {
+            return corrupt(format!("L1 table offset {l1_off:#x} is unaligned or past the end of the file"));
+        }
+        // Entries past what the virtual size needs are never read.
+        let mut raw = vec![0u8; needed as usize * 8];
         file.read_exact_at(&mut raw, l1_off)?;
-        let mut l2 = Vec::with_capacity(l1_size as usize);
+        let mut l2 = Vec::with_capacity(needed as usize);
+        let mut tables: Vec<Vec<u64>> = Vec::new();
+        let mut seen = std::collections::HashMap::new();
         let mut table = vec![0u8; cs as usize];
-        for i in 0..l1_size as usize {
+        for i in 0..needed as usize {
             let off = be64(&raw, i * 8) & L2_OFFSET_MASK;
-            if off == 0 {
+            // A table past the end of the file reads as zeros, as in qemu.
+            if off == 0 || off >= file_len {
                 l2.push(None);
                 continue;
             }
-            file.read_exact_at(&mut table, off)?;
-            l2.push(Some((0..per_l2 as usize).map(|j| be64(&table, j * 8)).collect()));
+            if off % cs != 0 {
+                return corrupt(format!("L2 table offset {off:#x} (L1 index {i}) is not cluster aligned"));
+            }
+            if let Some(&t) = seen.get(&off) {
+                l2.push(Some(t));
+                continue;
+            }
+            read_or_zero(&file, &mut table, off)?;
+            let entries: Vec<u64> = (0..per_l2 as usize).map(|j| be64(&table, j * 8)).collect();
+            for (j, &e) in entries.iter().enumerate() {
+                let data = e & L2_OFFSET_MASK;
+                if e & (1 << 62) == 0 && data % cs != 0 {
+                    return corrupt(format!(
+                        "cluster {} points to unaligned offset {data:#x}",
+                        i as u64 * per_l2 + j as u64
+                    ));
+                }
+            }
+            seen.insert(off, tables.len());
+            l2.push(Some(tables.len()));
+            tables.push(entries);
         }
-        Ok(Ok(Reader { file, cluster_bits, size, codec, l2, last: Mutex::new(None) }))
+        Ok(Ok(Reader { file, cluster_bits, size, codec, l2, tables, last: Mutex::new(None) }))
     }
 
     pub fn size(&self) -> u64 {
@@ -142,7 +193,7 @@ impl Reader {
     pub fn loc(&self, g: u64) -> Loc {
         let per_l2 = self.cluster_size() / 8;
         let Some(Some(t)) = self.l2.get((g / per_l2) as usize) else { return Loc::Zero };
-        let e = t[(g % per_l2) as usize];
+        let e = self.tables[*t][(g % per_l2) as usize];
         if e & (1 << 62) != 0 {
             // Compressed: offset in the low x bits, then the count of extra sectors.
             let x = 62 - (self.cluster_bits - 8);
@@ -157,6 +208,23 @@ impl Reader {
         } else {
             Loc::Data(off)
         }
+    }
+
+    /// The guest clusters that do not read as zeros, in order. Walks the L2 tables,
+    /// never the virtual size.
+    pub fn allocated(&self) -> Vec<u64> {
+        let per_l2 = self.cluster_size() / 8;
+        let mut out = Vec::new();
+        for (i, t) in self.l2.iter().enumerate() {
+            let Some(t) = t else { continue };
+            for j in 0..self.tables[*t].len() as u64 {
+                let g = i as u64 * per_l2 + j;
+                if g * self.cluster_size() < self.size && self.loc(g) != Loc::Zero {
+                    out.push(g);
+                }
+            }
+        }
+        out
     }
 
     /// Fill `buf` (one whole cluster) with compressed cluster `g`.
@@ -205,7 +273,7 @@ impl Reader {
             let out = &mut buf[done..done + n];
             match self.loc(g) {
                 Loc::Zero => out.fill(0),
-                Loc::Data(h) => self.file.read_exact_at(out, h + within as u64)?,
+                Loc::Data(h) => read_or_zero(&self.file, out, h + within as u64)?,
                 Loc::Compressed { off: h, len } => {
                     scratch.resize(cs as usize, 0);
                     self.decompress(g, h, len, &mut scratch)?;
@@ -230,7 +298,7 @@ impl Reader {
                     while i + run < n && self.loc(g + i + run) == Loc::Data(h + run * cs as u64) {
                         run += 1;
                     }
-                    self.file.read_exact_at(&mut buf[at..at + run as usize * cs], h)?;
+                    read_or_zero(&self.file, &mut buf[at..at + run as usize * cs], h)?;
                     i += run;
                 }
                 Loc::Zero => {
@@ -245,6 +313,14 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Read what the file has at `off`; bytes past its end read as zeros (as qemu reads
+/// clusters that lie past the end of the image file).
+fn read_or_zero(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let n = read_upto(f, buf, off)?;
+    buf[n..].fill(0);
+    Ok(())
 }
 
 /// Read into `buf` at `off` until it is full or the file ends; how many bytes were read.
@@ -528,6 +604,107 @@ mod tests {
         }
     }
 
+    /// Tables that point where qemu refuses to read are corruption (not a reason to
+    /// fall back to qemu-img); tables past the end of the file read as zeros, and a
+    /// table shared by many L1 entries is held once.
+    #[test]
+    fn corrupt_tables_are_refused_and_memory_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("a.qcow2");
+        let size = 4u64 << 30; // 8 L1 entries of 512 MiB each
+        write(&img, size, &[0, 9000], |_, _, buf| {
+            buf.fill(7);
+            Ok(())
+        })
+        .unwrap();
+        let bytes = std::fs::read(&img).unwrap();
+        let l1 = be64(&bytes, 40) as usize;
+        let first = be64(&bytes, l1);
+        let patched = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = bytes.clone();
+            edit(&mut b);
+            let p = d.path().join("p.qcow2");
+            std::fs::write(&p, b).unwrap();
+            Reader::open(&p).unwrap()
+        };
+        let unaligned = patched(&|b| b[l1..l1 + 8].copy_from_slice(&(first + 512).to_be_bytes()));
+        assert!(matches!(unaligned, Err(Unreadable::Corrupt(m)) if m.contains("not cluster aligned")));
+        let huge = patched(&|b| b[36..40].copy_from_slice(&u32::MAX.to_be_bytes()));
+        assert!(matches!(huge, Err(Unreadable::Corrupt(m)) if m.contains("L1 table")));
+        let too_big = patched(&|b| b[24..32].copy_from_slice(&u64::MAX.to_be_bytes()));
+        assert!(matches!(too_big, Err(Unreadable::Unsupported(m)) if m.contains("virtual size")));
+        // Every L1 entry points at the first L2 table: one table in memory.
+        let shared = patched(&|b| {
+            for i in 0..8 {
+                b[l1 + i * 8..l1 + i * 8 + 8].copy_from_slice(&first.to_be_bytes());
+            }
+        })
+        .unwrap();
+        assert_eq!(shared.tables.len(), 1);
+        assert_eq!(shared.allocated().len(), 8);
+        // A table past the end of the file: unallocated.
+        let past = patched(&|b| b[l1..l1 + 8].copy_from_slice(&(1u64 << 40).to_be_bytes())).unwrap();
+        assert_eq!(past.loc(0), Loc::Zero);
+        let mut buf = vec![1u8; 4096];
+        past.read_at(&mut buf, 0).unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    /// Random edits of valid images (header, tables, compressed data): opening and
+    /// reading every allocated cluster ends, with or without an error, never panics.
+    #[test]
+    fn random_edits_end_without_panic() {
+        if !have_qemu_img() {
+            eprintln!("qemu-img missing; skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let plain = d.path().join("plain.qcow2");
+        write(&plain, 64 << 20, &[0, 1, 100, 1000], |g, n, buf| {
+            buf.fill(g as u8 ^ n as u8);
+            Ok(())
+        })
+        .unwrap();
+        let raw = d.path().join("in.raw");
+        std::fs::write(&raw, (0..(4u32 << 20)).map(|i| (i / 700) as u8).collect::<Vec<u8>>()).unwrap();
+        let mut inputs = vec![std::fs::read(&plain).unwrap()];
+        for ct in ["zlib", "zstd"] {
+            let q = d.path().join(format!("{ct}.qcow2"));
+            let st = Command::new("qemu-img")
+                .args(["convert", "-c", "-O", "qcow2", "-o"])
+                .arg(format!("compression_type={ct},cluster_size=4096"))
+                .arg(&raw)
+                .arg(&q)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            inputs.push(std::fs::read(&q).unwrap());
+        }
+        let p = d.path().join("m.qcow2");
+        let mut next = crate::disk::test_rng(0xDEAD_BEEF_CAFE_F00D);
+        for good in &inputs {
+            for _ in 0..150 {
+                let mut b = good.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = match next() % 3 {
+                        0 => next() % 112,
+                        1 => 65536 + next() % (4 * 65536),
+                        _ => next() % b.len() as u64,
+                    } as usize;
+                    if at < b.len() {
+                        b[at] = next() as u8;
+                    }
+                }
+                std::fs::write(&p, &b).unwrap();
+                let Ok(Ok(r)) = Reader::open(&p) else { continue };
+                let mut buf = vec![0u8; r.cluster_size() as usize];
+                for g in r.allocated().into_iter().take(64) {
+                    let _ = r.read_clusters(g, 1, &mut buf);
+                }
+            }
+        }
+    }
+
     #[test]
     fn rejects_what_it_cannot_read() {
         if !have_qemu_img() {
@@ -552,7 +729,7 @@ mod tests {
             .unwrap()
             .success());
         let e = Reader::open(&top).unwrap().unwrap_err();
-        assert!(e.0.contains("backing"), "{e}");
+        assert!(matches!(&e, Unreadable::Unsupported(m) if m.contains("backing")), "{e}");
         std::fs::write(d.path().join("x"), b"not an image at all").unwrap();
         assert!(Reader::open(&d.path().join("x")).unwrap().is_err());
     }

@@ -41,8 +41,17 @@ impl RootFs {
             std::fs::File::open(image).map_err(DiskError::io(format!("opening {}", image.display())))?;
         let mut found = Vec::new();
         for p in parts {
-            let probe = ext4::probe(&mut f, p.offset()).map_err(DiskError::io("reading a partition"))?;
+            let probe =
+                ext4::probe(&mut f, p.offset(), p.len()).map_err(DiskError::io("reading a partition"))?;
             match probe {
+                Probe::BadExt(l, msg) if l == label => {
+                    return Err(DiskError::BadFs {
+                        path: image.display().to_string(),
+                        label: l,
+                        part: p.number,
+                        msg,
+                    });
+                }
                 Probe::Ext(sb) if sb.label == label => {
                     if !sb.is_ext4() {
                         return Err(DiskError::RootNotExt4 {
@@ -80,7 +89,8 @@ impl RootFs {
     pub fn on_partition_copy(file: &Path, part: Partition, backing: Backing) -> Result<RootFs, DiskError> {
         let mut f =
             std::fs::File::open(file).map_err(DiskError::io(format!("opening {}", file.display())))?;
-        let sb = match ext4::probe(&mut f, 0).map_err(DiskError::io("reading the partition copy"))? {
+        let len = f.metadata().map_err(DiskError::io("reading the partition copy"))?.len();
+        let sb = match ext4::probe(&mut f, 0, len).map_err(DiskError::io("reading the partition copy"))? {
             Probe::Ext(sb) => sb,
             _ => {
                 return Err(DiskError::Corrupt {
@@ -154,7 +164,10 @@ impl RootFs {
         if self.backing.is_some() {
             let mut f = std::fs::File::open(&self.image)
                 .map_err(DiskError::io(format!("opening {}", self.image.display())))?;
-            if let Probe::Ext(sb) = ext4::probe(&mut f, 0).map_err(DiskError::io("reading the superblock"))? {
+            let len = f.metadata().map_err(DiskError::io("reading the superblock"))?.len();
+            if let Probe::Ext(sb) =
+                ext4::probe(&mut f, 0, len).map_err(DiskError::io("reading the superblock"))?
+            {
                 self.sb = sb;
             }
             return Ok(());
@@ -217,6 +230,17 @@ impl RootFs {
                     .into(),
             });
         }
+        if layer.mtime > self.sb.max_time() {
+            return Err(DiskError::TimeRange {
+                epoch: layer.mtime,
+                limit: if self.sb.max_time() == i32::MAX as u64 {
+                    "2038-01-19T03:14:07Z"
+                } else {
+                    "2446-05-10T22:38:55Z"
+                },
+                inode_size: self.sb.inode_size,
+            });
+        }
         let dirs: Vec<&str> = std::iter::once("/")
             .chain(layer.iter().filter(|(_, e)| matches!(e.kind, Kind::Dir)).map(|(p, _)| p.as_str()))
             .collect();
@@ -227,6 +251,7 @@ impl RootFs {
                 existing.insert(join(dir, &e.name), e.clone());
             }
         }
+        self.refuse_base_symlinks(layer, &existing)?;
         let src = workdir.join("layer-src");
         std::fs::create_dir_all(&src).map_err(DiskError::io(format!("creating {}", src.display())))?;
         let script = write_script(layer, &existing, &src)?;
@@ -237,6 +262,53 @@ impl RootFs {
         self.dfs.batch(&c_script, true, Some(layer.mtime), Some(&src))?;
         self.refresh()
     }
+}
+
+impl RootFs {
+    /// A layer directory that is a symlink in the base (noble's `/lib` → `usr/lib`):
+    /// debugfs cannot write through it, and writing a directory in its place would
+    /// break the base. Refused, naming the symlink, its target and where to write.
+    fn refuse_base_symlinks(
+        &self,
+        layer: &Layer,
+        existing: &BTreeMap<String, DirEntry>,
+    ) -> Result<(), DiskError> {
+        for (dir, _) in layer.iter().filter(|(_, e)| matches!(e.kind, Kind::Dir)) {
+            if !existing.get(dir.as_str()).is_some_and(|e| e.is_symlink()) {
+                continue;
+            }
+            let target = self.read_link(dir)?.unwrap_or_default();
+            let resolved = if target.starts_with('/') {
+                target.clone()
+            } else {
+                normalize(&format!("{}/{target}", parent(dir)))
+            };
+            let below = format!("{dir}/");
+            let path = layer
+                .iter()
+                .map(|(p, _)| p)
+                .find(|p| p.starts_with(&below) && !matches!(layer.get(p).map(|e| &e.kind), Some(Kind::Dir)))
+                .cloned()
+                .unwrap_or_else(|| dir.clone());
+            return Err(DiskError::ThroughSymlink { path, symlink: dir.clone(), target, resolved });
+        }
+        Ok(())
+    }
+}
+
+/// `/a/./b/../c` → `/a/c` (lexically; `..` above the root stays at the root).
+fn normalize(p: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// `e2fsck -fn SPEC` (SPEC may be `image?offset=BYTES`).

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use super::{Content, Layer, LayerError};
@@ -34,7 +34,7 @@ pub fn install(
             if let Some(prev) = owners.insert(to.clone(), item.name.clone()).filter(|p| *p != item.name) {
                 return Err(LayerError::Conflict { path: to, first: prev, second: item.name.clone() });
             }
-            layer.file(&to, Content::Path(path), mode);
+            layer.artifact_file(&to, Content::Path(path), mode, &item.name);
         }
     }
     Ok(())
@@ -139,17 +139,24 @@ fn extract(
             continue;
         }
         let base = name.rsplit('/').next().unwrap_or(&name).to_string();
-        // A fresh, member-independent name: nothing in the archive picks host paths.
-        let host = dir.join(format!("{:04}-{base}", out.len()));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&host)
-            .map_err(|e| LayerError::Io { path: host.clone(), source: e })?;
-        std::io::copy(&mut entry, &mut f).map_err(|e| bad(format!("extracting {name:?}: {e}")))?;
+        // A fresh name made of a number only: nothing in the archive picks host paths,
+        // and no member name is too long for the host.
+        let host = dir.join(format!("{:04}", out.len()));
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&host).map_err(|e| {
+            LayerError::Extract { artifact: item.name.clone(), member: name.clone(), source: e }
+        })?;
+        copy_member(&mut entry, &mut f, &item.name, &name)?;
         for i in wanted {
             let step = steps[i];
             let to = if step.from.as_deref().unwrap_or_default().ends_with('*') {
+                // The member's name becomes a file name in the image.
+                if base.len() > NAME_MAX {
+                    return Err(bad(format!(
+                        "member {name:?} would be installed under a name of {} bytes; ext4 names \
+                         are at most {NAME_MAX}",
+                        base.len()
+                    )));
+                }
                 format!("{}/{base}", step.to.trim_end_matches('/'))
             } else {
                 step.to.clone()
@@ -172,6 +179,39 @@ fn extract(
     Ok(out)
 }
 
+/// The longest file name ext4 stores (bytes).
+const NAME_MAX: usize = 255;
+
+/// Copy an archive member to its host file. A read failure is the archive's fault
+/// (corrupt: bad input); a write failure is the build host's (its disk is full: a
+/// runtime failure). Both name the member, not the host path.
+fn copy_member(
+    src: &mut impl Read,
+    dst: &mut impl Write,
+    artifact: &str,
+    member: &str,
+) -> Result<(), LayerError> {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(LayerError::Archive {
+                    artifact: artifact.to_string(),
+                    msg: format!("corrupt archive: reading member {member:?}: {e}"),
+                })
+            }
+        };
+        dst.write_all(&buf[..n]).map_err(|source| LayerError::Extract {
+            artifact: artifact.to_string(),
+            member: member.to_string(),
+            source,
+        })?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +226,35 @@ mod tests {
         assert!(matches("crictl", "crictl"));
         assert!(matches("./crictl", "crictl"));
         assert!(!matches("crictl", "crictl2"));
+    }
+
+    /// A full disk while extracting is the host's failure (exit 1), a broken member
+    /// the archive's (exit 2); both name the member.
+    #[test]
+    fn extraction_failures_are_classed_by_side() {
+        use crate::exit::{Classify, Code};
+        struct Full;
+        impl Write for Full {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "corrupt deflate stream"))
+            }
+        }
+        let e = copy_member(&mut &b"data"[..], &mut Full, "containerd", "bin/ctr").unwrap_err();
+        assert_eq!(e.code(), Code::Runtime);
+        let msg = e.to_string();
+        assert!(msg.contains("\"bin/ctr\"") && msg.contains("No space left"), "{msg}");
+        let e = copy_member(&mut Broken, &mut Vec::new(), "containerd", "bin/ctr").unwrap_err();
+        assert_eq!(e.code(), Code::Input);
+        assert!(e.to_string().contains("bin/ctr"), "{e}");
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! touches other tables (no `flush ruleset`), so reloading it leaves kube-proxy's
 //! and the CNI's rules alone.
 //!
-//! The node network is unknown when the image is built, so "the cluster's private
-//! network" is the named set `cluster_v4`/`cluster_v6`, RFC 1918 + RFC 6598 (and
-//! IPv6 ULA) by default. Files in `/etc/nftables.d/*.nft` are included last; first
-//! boot (cloud-init) narrows the sets there and reloads `imgbuild-firewall.service`.
+//! The node network is unknown when the image is built, so "the cluster" is the
+//! named set `cluster_v4`/`cluster_v6`, RFC 1918 + RFC 6598 (and IPv6 ULA) by
+//! default. The cluster's own networks arrive as data in user-data
+//! (`/etc/imgbuild/cluster-networks`); the baked loader
+//! (`image-files/common/usr/libexec/imgbuild/firewall`) turns them into a set
+//! replacement under [`RUN_DIR`], which this file includes, and loads both in one
+//! transaction. Files in `/etc/nftables.d/*.nft` are included last (operator rules).
 
 use crate::types::Role;
 
@@ -86,13 +89,14 @@ pub fn rules(role: Role) -> Vec<Rule> {
     COMMON.iter().chain(extra).copied().collect()
 }
 
-/// Default members of the cluster network sets: RFC 1918 private ranges, RFC 6598
-/// shared address space (used by some clouds and CNIs), IPv6 unique local.
-pub const DEFAULT_CLUSTER_V4: &[&str] = &["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"];
-pub const DEFAULT_CLUSTER_V6: &[&str] = &["fc00::/7"];
+/// Default members of the cluster network sets (see [`crate::types::private_ranges`]).
+pub use crate::types::private_ranges::{V4 as DEFAULT_CLUSTER_V4, V6 as DEFAULT_CLUSTER_V6};
 
-/// Where first-boot configuration drops rules and set overrides.
+/// Where an operator drops extra rules (included last).
 pub const INCLUDE_DIR: &str = "/etc/nftables.d";
+/// Where the firewall loader writes the cluster set replacement (included before
+/// [`INCLUDE_DIR`], so operator files can still add to the sets).
+pub const RUN_DIR: &str = "/run/imgbuild/firewall";
 
 fn set_of(rules: &[Rule], proto: Proto, from: Source) -> String {
     let v: Vec<&str> = rules.iter().filter(|x| x.proto == proto && x.from == from).map(|x| x.ports).collect();
@@ -131,13 +135,12 @@ pub fn nftables_conf(role: Role) -> String {
 #
 # Port matrix (proto, ports, allowed from, purpose):
 {comments}#
-# "cluster" means the sets cluster_v4/cluster_v6 below. The node network is not
-# known when the image is built; narrow them at first boot with a file in
-# {INCLUDE_DIR}/ (included at the end), e.g. {INCLUDE_DIR}/10-cluster.nft:
-#   flush set inet imgbuild cluster_v4
-#   add element inet imgbuild cluster_v4 {{ 10.20.0.0/16, 10.244.0.0/16 }}
-# then `systemctl reload imgbuild-firewall`. Extra rules go in the same place:
+# "cluster" means the sets cluster_v4/cluster_v6 below. Their elements here are
+# defaults (private ranges): imgbuild-firewall.service replaces them with the
+# cluster's networks from /etc/imgbuild/cluster-networks (written by cloud-init)
+# through {RUN_DIR}/*.nft. Extra rules go in {INCLUDE_DIR}/*.nft, e.g.
 #   add rule inet imgbuild input tcp dport 9100 ip saddr 10.20.0.5 accept
+# then `systemctl reload imgbuild-firewall`.
 
 # Replace only this table, atomically; never `flush ruleset` (kube-proxy and the
 # CNI keep their own tables).
@@ -145,15 +148,19 @@ table inet imgbuild
 delete table inet imgbuild
 
 table inet imgbuild {{
+	# auto-merge: the cluster's networks may contain each other (an endpoint
+	# inside the node network)
 	set cluster_v4 {{
 		type ipv4_addr
 		flags interval
+		auto-merge
 		elements = {{ {v4} }}
 	}}
 
 	set cluster_v6 {{
 		type ipv6_addr
 		flags interval
+		auto-merge
 		elements = {{ {v6} }}
 	}}
 
@@ -185,6 +192,8 @@ table inet imgbuild {{
 	}}
 }}
 
+# The cluster's networks (no file: the defaults above stay), then operator rules.
+include "{RUN_DIR}/*.nft"
 include "{INCLUDE_DIR}/*.nft"
 "#,
         role = role.as_str(),
@@ -193,67 +202,9 @@ include "{INCLUDE_DIR}/*.nft"
     )
 }
 
-/// One network in CIDR form, checked (an address and a prefix length that fits it),
-/// so nothing but an address can reach the generated nftables text.
-fn cidr(s: &str) -> Result<(bool, String), super::LayerError> {
-    let bad = || super::LayerError::BadNetwork(s.to_string());
-    let (addr, len) = s.split_once('/').ok_or_else(bad)?;
-    let ip: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    if len > max {
-        return Err(bad());
-    }
-    Ok((ip.is_ipv4(), format!("{ip}/{len}")))
-}
-
-/// A first-boot file for [`INCLUDE_DIR`] (e.g. `/etc/nftables.d/10-cluster.nft`)
-/// that *replaces* the default cluster sets with `networks` (CIDRs, IPv4 and IPv6
-/// mixed): node network(s), pod and service CIDRs. A family without entries gets an
-/// empty set, i.e. no cluster-only port is reachable over it. Load it with
-/// `systemctl reload imgbuild-firewall`.
-pub fn cluster_networks_nft(networks: &[String]) -> Result<String, super::LayerError> {
-    let mut v4 = Vec::new();
-    let mut v6 = Vec::new();
-    for n in networks {
-        let (is4, c) = cidr(n.trim())?;
-        if is4 {
-            v4.push(c)
-        } else {
-            v6.push(c)
-        }
-    }
-    let mut s =
-        String::from("# The cluster's networks (written at first boot; replaces the image's defaults).\n");
-    for (set, elems) in [("cluster_v4", v4), ("cluster_v6", v6)] {
-        s.push_str(&format!("flush set inet imgbuild {set}\n"));
-        if !elems.is_empty() {
-            s.push_str(&format!("add element inet imgbuild {set} {{ {} }}\n", elems.join(", ")));
-        }
-    }
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_networks_are_checked() {
-        let ok =
-            cluster_networks_nft(&["10.20.0.0/16".into(), " fd00:10::/64".into(), "10.244.0.0/16".into()])
-                .unwrap();
-        assert!(
-            ok.contains("add element inet imgbuild cluster_v4 { 10.20.0.0/16, 10.244.0.0/16 }\n"),
-            "{ok}"
-        );
-        assert!(ok.contains("add element inet imgbuild cluster_v6 { fd00:10::/64 }\n"), "{ok}");
-        let v4only = cluster_networks_nft(&["192.168.1.0/24".into()]).unwrap();
-        assert!(v4only.contains("flush set inet imgbuild cluster_v6\n") && !v4only.contains("cluster_v6 {"));
-        for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "10.0.0.0/8 } ; flush ruleset", "x/8", ""] {
-            assert!(cluster_networks_nft(&[bad.to_string()]).is_err(), "{bad:?} accepted");
-        }
-    }
 
     #[test]
     fn roles_follow_the_port_matrix() {
@@ -276,7 +227,8 @@ mod tests {
             // Never wipe other tables; never filter forwarded pod traffic.
             assert!(!code.iter().any(|l| l.contains("flush ruleset") || l.contains("hook forward")));
             assert!(c.contains("10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10"));
-            assert!(c.contains("include \"/etc/nftables.d/*.nft\""));
+            let run = c.find("include \"/run/imgbuild/firewall/*.nft\"").unwrap();
+            assert!(run < c.find("include \"/etc/nftables.d/*.nft\"").unwrap());
         }
     }
 }

@@ -32,8 +32,11 @@ pub enum LayerError {
     MissingMember { artifact: String, member: String, blob: PathBuf, some_members: String },
     #[error("{path} is installed by both artifact {first:?} and artifact {second:?}")]
     Conflict { path: String, first: String, second: String },
-    #[error("{0:?} is not a network in CIDR form (address/prefix-length)")]
-    BadNetwork(String),
+    /// Entries that would silently replace or orphan one another (one per line).
+    #[error("the layer's entries clash (nothing is written):\n  {}", .0.join("\n  "))]
+    Clash(Vec<String>),
+    #[error("artifact {artifact}: extracting member {member:?}: {source}")]
+    Extract { artifact: String, member: String, source: std::io::Error },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -45,8 +48,11 @@ impl Classify for LayerError {
             LayerError::Archive { .. }
             | LayerError::MissingMember { .. }
             | LayerError::Conflict { .. }
-            | LayerError::BadNetwork(_) => Code::Input,
-            LayerError::MissingDownload(_) | LayerError::Io { .. } => Code::Runtime,
+            | LayerError::Clash(_) => Code::Input,
+            // Writing the member on the build host failed (e.g. the disk is full).
+            LayerError::Extract { .. } | LayerError::MissingDownload(_) | LayerError::Io { .. } => {
+                Code::Runtime
+            }
         }
     }
 }
@@ -84,11 +90,34 @@ pub struct Layer {
     /// mtime given to everything written (the recipe's source_date_epoch).
     pub mtime: u64,
     entries: BTreeMap<String, Entry>,
+    /// Which recipe artifact installed a path: a later entry from anywhere else on
+    /// that path would drop the artifact while the SBOM still lists it.
+    artifact_paths: BTreeMap<String, String>,
+    /// Clashes seen while composing; [`seal`] refuses the layer when there are any.
+    clashes: Vec<String>,
 }
 
 impl Layer {
     pub fn new(mtime: u64) -> Self {
-        Self { mtime, entries: BTreeMap::new() }
+        Self { mtime, ..Self::default() }
+    }
+
+    /// Add a file a recipe artifact installs (`artifact` names it). Anything else
+    /// added at the same path, before or after, is a clash.
+    pub fn artifact_file(&mut self, path: &str, content: Content, mode: u32, artifact: &str) {
+        let key = normalize(path);
+        // Two artifacts on one path are the caller's to report (it names both).
+        if self.artifact_paths.remove(&key).is_none() && self.entries.contains_key(&key) {
+            self.clashes
+                .push(format!("{key}: artifact {artifact:?} installs it, but imgbuild writes it too"));
+        }
+        self.insert(path, Entry { kind: Kind::File(content), mode, uid: 0, gid: 0 });
+        self.artifact_paths.insert(key, artifact.to_string());
+    }
+
+    /// What composing found clashing (see [`seal`]).
+    pub fn clashes(&self) -> &[String] {
+        &self.clashes
     }
 
     /// Add (or replace) a root-owned file; missing parents become 0755 root dirs.
@@ -104,7 +133,9 @@ impl Layer {
         self.insert(path, Entry { kind: Kind::Symlink(target.to_string()), mode: 0o777, uid: 0, gid: 0 });
     }
 
-    /// Add an entry with explicit ownership.
+    /// Add an entry with explicit ownership. Replacing an entry of the same kind is
+    /// how later composition steps override earlier ones; replacing an artifact's
+    /// file, or a directory by a file (or the other way round), is recorded as a clash.
     pub fn insert(&mut self, path: &str, entry: Entry) {
         let path = normalize(path);
         let mut parent = path.as_str();
@@ -113,12 +144,27 @@ impl Layer {
             if parent.is_empty() {
                 break;
             }
-            self.entries.entry(parent.to_string()).or_insert(Entry {
+            let p = self.entries.entry(parent.to_string()).or_insert(Entry {
                 kind: Kind::Dir,
                 mode: 0o755,
                 uid: 0,
                 gid: 0,
             });
+            if !matches!(p.kind, Kind::Dir) {
+                self.clashes.push(format!("{path}: its parent {parent} is not a directory in the layer"));
+            }
+        }
+        if let Some(old) = self.entries.get(&path) {
+            let was_dir = matches!(old.kind, Kind::Dir);
+            if was_dir != matches!(entry.kind, Kind::Dir) {
+                self.clashes.push(format!("{path}: added as a directory and as a non-directory"));
+            }
+            if let Some(a) = self.artifact_paths.remove(&path) {
+                self.clashes.push(format!(
+                    "{path}: artifact {a:?} installs it, but imgbuild writes it too (the artifact would \
+                     be dropped while the SBOM lists it)"
+                ));
+            }
         }
         self.entries.insert(path, entry);
     }

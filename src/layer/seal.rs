@@ -170,6 +170,10 @@ pub fn seal(
     signatures: Vec<SignatureRecord>,
 ) -> Result<Sealed, LayerError> {
     layer.file(RELEASE_PATH, Content::Bytes(release_text(plan).into_bytes()), 0o644);
+    layer.file(manifest::IN_IMAGE_PATH, Content::Bytes(Vec::new()), 0o644);
+    if !layer.clashes().is_empty() {
+        return Err(LayerError::Clash(layer.clashes().to_vec()));
+    }
     let files = layer
         .iter()
         .filter(|(p, _)| p.as_str() != manifest::IN_IMAGE_PATH)

@@ -72,8 +72,28 @@ pub fn resolve(reg: &Registry, image: &ImageRef, arches: &[Arch]) -> Result<Lock
 /// Resolve `image` for `arch` from blobs already verified by digest (the cache), without
 /// the network: only a reference that pins a digest can be, and only when its top
 /// document and the platform's manifest (or, for a single manifest, its config) are
-/// there. `None` otherwise.
+/// there. `Ok(None)` otherwise; a cached blob that can no longer be trusted is an error.
 pub fn resolve_cached(
+    image: &ImageRef,
+    arch: Arch,
+    blob: Blobs<'_>,
+) -> Result<Option<LockedImage>, OciError> {
+    let failed = std::cell::RefCell::new(None);
+    let get = |d: &Digest| match blob(d) {
+        Ok(b) => b,
+        Err(e) => {
+            failed.borrow_mut().get_or_insert(e);
+            None
+        }
+    };
+    let found = from_blobs(image, arch, &get);
+    match failed.into_inner() {
+        Some(e) => Err(e.into()),
+        None => Ok(found),
+    }
+}
+
+fn from_blobs(
     image: &ImageRef,
     arch: Arch,
     blob: &dyn Fn(&Digest) -> Option<Vec<u8>>,
@@ -123,7 +143,7 @@ fn locked(m: &Fetched) -> LockedManifest {
 }
 
 /// Verified blobs by digest (the cache), for resolving without the network.
-pub type Blobs<'a> = &'a (dyn Fn(&Digest) -> Option<Vec<u8>> + Sync);
+pub type Blobs<'a> = &'a (dyn Fn(&Digest) -> Result<Option<Vec<u8>>, crate::cache::CacheError> + Sync);
 
 /// Resolve every image, in order: a digest-pinned one whose documents are all in
 /// `cached` without the network, the others through the registry, a few at a time
@@ -138,7 +158,7 @@ pub fn resolve_all(
     let one = |i: &ImageRef| -> Result<LockedImage, OciError> {
         let mut from_cache: Option<LockedImage> = None;
         for &arch in arches {
-            match (resolve_cached(i, arch, cached), from_cache.as_mut()) {
+            match (resolve_cached(i, arch, cached)?, from_cache.as_mut()) {
                 (Some(l), None) => from_cache = Some(l),
                 (Some(l), Some(acc)) => acc.platforms.extend(l.platforms),
                 (None, _) => return resolve(reg, i, arches),
@@ -187,19 +207,33 @@ mod tests {
         let mut store: HashMap<Digest, Vec<u8>> =
             [(idx_d.clone(), idx), (man_d.clone(), man), (cfg_d, cfg)].into_iter().collect();
         let pinned = ImageRef::parse(&format!("quay.io/a/b:1@{idx_d}")).unwrap();
-        let l = resolve_cached(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
+        let l = from_blobs(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
         assert_eq!((l.digest.clone(), l.platforms["arm64"].digest.clone()), (idx_d.clone(), man_d.clone()));
-        assert!(resolve_cached(&pinned, Arch::Amd64, &|d| store.get(d).cloned()).is_none(), "no amd64");
+        assert!(from_blobs(&pinned, Arch::Amd64, &|d| store.get(d).cloned()).is_none(), "no amd64");
         // A single manifest pinned by digest: its config names the platform.
         let single = ImageRef::parse(&format!("quay.io/a/c@{man_d}")).unwrap();
-        let l = resolve_cached(&single, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
+        let l = from_blobs(&single, Arch::Arm64, &|d| store.get(d).cloned()).unwrap();
         assert_eq!(l.platforms["arm64"].digest, man_d);
         // A tag, or a platform manifest missing from the cache: the network is needed.
-        assert!(resolve_cached(&ImageRef::parse("quay.io/a/b:1").unwrap(), Arch::Arm64, &|d| store
+        assert!(from_blobs(&ImageRef::parse("quay.io/a/b:1").unwrap(), Arch::Arm64, &|d| store
             .get(d)
             .cloned())
         .is_none());
         store.remove(&man_d);
-        assert!(resolve_cached(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).is_none());
+        assert!(from_blobs(&pinned, Arch::Arm64, &|d| store.get(d).cloned()).is_none());
+    }
+
+    #[test]
+    fn a_cached_blob_that_cannot_be_trusted_is_an_error_not_a_miss() {
+        let pinned = ImageRef::parse(&format!("quay.io/a/b:1@{}", Digest::of(b"x"))).unwrap();
+        let tampered = |_: &Digest| {
+            Err(crate::cache::CacheError::Tampered {
+                path: "/c/sha256/x".into(),
+                expected: crate::types::Sha256::of(b"x"),
+                why: "is a symlink".into(),
+            })
+        };
+        let e = resolve_cached(&pinned, Arch::Amd64, &tampered).unwrap_err();
+        assert_eq!(crate::exit::Classify::code(&e), crate::exit::Code::Integrity, "{e}");
     }
 }

@@ -40,6 +40,9 @@ pub enum OciError {
     Http { url: String, msg: String },
     #[error("{url}: {source}")]
     Auth { url: String, source: crate::bearer::AuthError },
+    /// A cached document that can no longer be trusted, or an unreadable cache.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 fn list(v: &[String]) -> String {
@@ -59,6 +62,7 @@ impl Classify for OciError {
             | OciError::Offline { .. } => Code::Input,
             OciError::Integrity { .. } => Code::Integrity,
             OciError::Http { .. } | OciError::Auth { .. } => Code::Runtime,
+            OciError::Cache(e) => e.code(),
         }
     }
 }

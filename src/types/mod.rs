@@ -6,11 +6,13 @@
 //! - [`ItemKind`]: the kinds of things a build downloads and installs;
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
 //! - [`image`]: container image references and their `sha256:` digests;
-//! - [`size`]: disk sizes as people write them (`8G`).
+//! - [`size`]: disk sizes as people write them (`8G`);
+//! - [`private_ranges`]: the private address ranges the firewall defaults to.
 
 pub mod debian;
 pub mod digest;
 pub mod image;
+pub mod private_ranges;
 pub mod size;
 mod target;
 

@@ -23,8 +23,16 @@ pub fn parse(s: &str) -> Result<u64, String> {
     if bytes == 0 {
         return Err(bad("must be positive"));
     }
-    bytes.div_ceil(1 << 20).checked_mul(1 << 20).ok_or_else(|| bad("too large"))
+    let bytes = bytes.div_ceil(1 << 20).checked_mul(1 << 20).ok_or_else(|| bad("too large"))?;
+    if bytes > MAX_BYTES {
+        return Err(bad("larger than 2 PiB, the most a qcow2 image qemu opens can address"));
+    }
+    Ok(bytes)
 }
+
+/// The largest disk: what a qcow2 L1 table within qemu's 32 MiB limit addresses with
+/// 64 KiB clusters (4 Mi entries × 8 Ki clusters × 64 KiB).
+pub const MAX_BYTES: u64 = 1 << 51;
 
 /// Human form for messages: whole GiB when exact, else MiB.
 pub fn human(bytes: u64) -> String {
@@ -49,6 +57,7 @@ mod tests {
         assert!(parse("8X").is_err());
         assert!(parse("0").is_err());
         assert!(parse("99999999999T").is_err());
+        assert!(parse("2048T").is_ok() && parse("2049T").unwrap_err().contains("2 PiB"));
         assert_eq!(human(8 << 30), "8G");
         assert_eq!(human(1536 << 20), "1536M");
     }

@@ -242,3 +242,200 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// API fakes: the same loopback server, answering through a handler instead of files,
+// over plain HTTP or TLS (rustls), optionally asking for a client certificate. A fake
+// that follows an upstream API reference (e.g. Kubernetes Secrets) is a handler.
+
+/// A request as an API fake sees it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    /// Path and query, as sent.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// DER of the client's certificate chain, when it presented one (TLS only; the
+    /// server verified it against `Tls::client_ca_pem`).
+    pub client_certs: Vec<Vec<u8>>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(status: u16, v: &serde_json::Value) -> Response {
+        Response { status, content_type: "application/json".into(), body: serde_json::to_vec(v).unwrap() }
+    }
+}
+
+/// The server's certificate chain and key (PEM), and the CA that signs the client
+/// certificates it accepts (none: it asks for no client certificate).
+#[derive(Clone)]
+pub struct Tls {
+    pub cert_chain_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
+}
+
+type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+
+pub struct ApiServer {
+    pub port: u16,
+    pub tls: bool,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl ApiServer {
+    pub fn start(
+        tls: Option<Tls>,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> ApiServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let cfg = tls.as_ref().map(|t| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(t.cert_chain_pem.as_bytes()).map(|c| c.unwrap()).collect();
+            let key = PrivateKeyDer::from_pem_slice(t.key_pem.as_bytes()).unwrap();
+            let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap();
+            let b = match &t.client_ca_pem {
+                Some(ca) => {
+                    let mut roots = rustls::RootCertStore::empty();
+                    for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                        roots.add(c.unwrap()).unwrap();
+                    }
+                    // a client may come without a certificate (a bearer token): the
+                    // handler decides, like the API server's authenticators
+                    let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider,
+                    )
+                    .allow_unauthenticated()
+                    .build()
+                    .unwrap();
+                    b.with_client_cert_verifier(v)
+                }
+                None => b.with_no_client_auth(),
+            };
+            Arc::new(b.with_single_cert(certs, key).unwrap())
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("addr").port();
+        let requests: Arc<Mutex<Vec<Request>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let (reqs, is_tls) = (requests.clone(), cfg.is_some());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (cfg, reqs, handler) = (cfg.clone(), reqs.clone(), handler.clone());
+                std::thread::spawn(move || match cfg {
+                    Some(cfg) => {
+                        let Ok(tls) = rustls::ServerConnection::new(cfg) else { return };
+                        let mut s = rustls::StreamOwned::new(tls, conn);
+                        // finish the handshake first: the peer's certificates are known after it
+                        while s.conn.is_handshaking() {
+                            if s.conn.complete_io(&mut s.sock).is_err() {
+                                return;
+                            }
+                        }
+                        let certs: Vec<Vec<u8>> = s
+                            .conn
+                            .peer_certificates()
+                            .map(|c| c.iter().map(|d| d.to_vec()).collect())
+                            .unwrap_or_default();
+                        let _ = serve_api(s, certs, &reqs, &*handler);
+                    }
+                    None => {
+                        let _ = serve_api(conn, Vec::new(), &reqs, &*handler);
+                    }
+                });
+            }
+        });
+        ApiServer { port, tls: is_tls, requests }
+    }
+
+    pub fn base(&self) -> String {
+        format!("{}://127.0.0.1:{}", if self.tls { "https" } else { "http" }, self.port)
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve_api<S: Read + Write>(
+    stream: S,
+    client_certs: Vec<Vec<u8>>,
+    reqs: &Mutex<Vec<Request>>,
+    handler: &Handler,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("/").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        // bounded: a fake never needs more, and a runaway client must not fill memory
+        let mut body = vec![0u8; len.min(16 << 20)];
+        r.read_exact(&mut body)?;
+        let req = Request { method, path, headers, body, client_certs: client_certs.clone() };
+        reqs.lock().unwrap().push(req.clone());
+        let resp = handler(&req);
+        let reason = match resp.status {
+            200 => "OK",
+            201 => "Created",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            409 => "Conflict",
+            422 => "Unprocessable Entity",
+            _ => "Status",
+        };
+        let w = r.get_mut();
+        write!(
+            w,
+            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            resp.status,
+            resp.content_type,
+            resp.body.len()
+        )?;
+        w.write_all(&resp.body)?;
+        w.flush()?;
+    }
+}

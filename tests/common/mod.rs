@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod hostile;
 pub mod http;
 pub mod registry;
 
@@ -37,4 +38,33 @@ pub fn without_images(recipe_text: &str) -> String {
     m.remove("images");
     m.remove("addons");
     serde_yaml::to_string(&v).expect("YAML")
+}
+
+/// Assert that a command succeeded, showing its exit code and output when it did not.
+pub fn ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write a `#cloud-config`'s `write_files` under `root` (path, permissions, content), as
+/// cloud-init would on the node: the root a bootstrap script runs against.
+pub fn write_files_to(user_data: &str, root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
+    for f in doc["write_files"].as_sequence().unwrap() {
+        let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, f["content"].as_str().unwrap()).unwrap();
+        let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
 }
