@@ -223,7 +223,12 @@ fn destination_root_is_refused() {
 /// listed it).
 #[test]
 fn destinations_imgbuild_owns_are_refused() {
-    for to in ["/etc/imgbuild/manifest.json", "/etc/imgbuild/release", "/usr/libexec/imgbuild/bootstrap"] {
+    for to in [
+        "/etc/imgbuild/manifest.json",
+        "/etc/imgbuild/release",
+        "/usr/libexec/imgbuild/bootstrap",
+        "/usr/share/imgbuild/images/index.json",
+    ] {
         let o = show(&[(KUBEADM_TO, &format!("      - to: {to}\n"))]);
         refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "which imgbuild itself writes");
     }
