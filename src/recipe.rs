@@ -270,8 +270,8 @@ fn template_problem(template: &str) -> Option<String> {
 /// release file, signatures, add-on values; the bootstrap and add-on scripts; the
 /// embedded images' layout). A recipe may not install anything there: imgbuild's own
 /// file would silently win, or a file of its own would be imported as an image blob.
-pub const IMGBUILD_DIRS: [&str; 3] =
-    ["/etc/imgbuild", "/usr/libexec/imgbuild", crate::oci::layout::IMAGES_DIR];
+/// (The last is where the layer writes the embedded images' layout.)
+pub const IMGBUILD_DIRS: [&str; 3] = ["/etc/imgbuild", "/usr/libexec/imgbuild", "/usr/share/imgbuild/images"];
 
 /// The latest `source_date_epoch`: 2446-05-10T22:38:55Z, the last second an ext4
 /// inode with extra timestamp fields (the 256-byte inodes of every cloud image) can

@@ -120,3 +120,12 @@ pub fn blobs_of(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    /// The recipe's destination policy keeps artifacts out of the layout.
+    #[test]
+    fn the_layout_directory_is_one_a_recipe_may_not_install_into() {
+        assert!(crate::recipe::IMGBUILD_DIRS.contains(&super::IMAGES_DIR));
+    }
+}
