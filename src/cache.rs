@@ -262,6 +262,25 @@ mod tests {
         c.discard(&sha, &lock).unwrap();
     }
 
+    /// Image documents read from the cache go through the same trust as downloads: a
+    /// symlinked one is refused (exit 3) and removed, never read through.
+    #[test]
+    fn read_verified_trusts_what_lookup_trusts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(Some(dir.path())).unwrap();
+        let sha = Sha256::of(b"{}");
+        assert!(c.read_verified(&sha).unwrap().is_none());
+        let blob = c.put(&sha, b"{}").unwrap();
+        assert_eq!(c.read_verified(&sha).unwrap().as_deref(), Some(&b"{}"[..]));
+        std::fs::remove_file(&blob).unwrap();
+        let target = dir.path().join("other.json");
+        std::fs::write(&target, b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, &blob).unwrap();
+        let e = c.read_verified(&sha).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(std::fs::symlink_metadata(&blob).is_err() && target.exists());
+    }
+
     /// A blob edited in place (same size, mtime put back), replaced by a symlink, or
     /// turned into a directory is refused and removed; a correct blob without a stamp
     /// (copied in by hand, or from an older imgbuild) is hashed once and stamped.
