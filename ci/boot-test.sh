@@ -48,8 +48,8 @@ deps=(
 )
 missing=()
 for d in "${deps[@]}"; do
-  set -- $d
-  command -v "$1" >/dev/null 2>&1 || missing+=("$2")
+  read -r cmd pkg <<<"$d"
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
 done
 /usr/bin/python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -143,7 +143,8 @@ boot_vm() {
 }
 
 # make_seed DIR SRC_DIR -> DIR/seed.iso from SRC_DIR/{user-data,meta-data,network-config}
-# plus the TEST-ONLY vendor-data (the capture/power-off hook).
+# plus the TEST-ONLY vendor-data (the capture/power-off hook), by genisoimage: for the
+# seeds a scenario writes or edits by hand (the node scenarios boot imgbuild's own ISO).
 make_seed() {
   local dir=$1 src=$2 files=()
   mkdir -p "$dir/seed"

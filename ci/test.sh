@@ -46,9 +46,9 @@ deps=(
 )
 missing=()
 for d in "${deps[@]}"; do
-  set -- $d
-  if ! command -v "$1" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$1" ] && ! [ -x "/sbin/$1" ]; then
-    missing+=("$2")
+  read -r cmd pkg <<<"$d"
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/sbin/$cmd" ]; then
+    missing+=("$pkg")
   fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -135,6 +135,21 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+
+# --- house rules (deny.toml, Cargo.toml rust-version) ---
+# cargo-deny from crates.io, built once into ~/.cache keyed by its version. Its advisories
+# check clones the RustSec database from GitHub, which CI cannot reach: licenses, bans
+# (duplicate versions warn) and sources run here.
+deny_version=0.20.2
+deny_root="$HOME/.cache/imgbuild-ci/cargo-deny-$deny_version"
+if ! [ -x "$deny_root/bin/cargo-deny" ]; then
+  echo "ci/test.sh: building cargo-deny $deny_version from crates.io" >&2
+  CARGO_TARGET_DIR="$deny_root/build" cargo install --quiet --locked cargo-deny --version "$deny_version" --root "$deny_root"
+  rm -rf "$deny_root/build"
+fi
+"$deny_root/bin/cargo-deny" check licenses bans sources
+ci/msrv.sh
+# --- end house rules ---
 # Includes tests/module_graph.rs: no dependency cycle between the top-level modules of src/.
 cargo test --all-targets
 

@@ -90,7 +90,7 @@ impl Cache {
             None => default_dir(),
         };
         for sub in ["sha256", "stamps", "partial", "locks"] {
-            std::fs::create_dir_all(root.join(sub))?;
+            fs_err::create_dir_all(root.join(sub))?;
         }
         Ok(Cache { root })
     }
@@ -162,7 +162,7 @@ impl Cache {
     /// Record the blob's inode as it is now verified (temp file + rename).
     fn write_stamp(&self, sha: &Sha256, meta: &std::fs::Metadata) -> std::io::Result<()> {
         let dir = self.root.join("stamps");
-        std::fs::create_dir_all(&dir)?;
+        fs_err::create_dir_all(&dir)?;
         let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
         std::io::Write::write_all(&mut tmp, stamp_of(meta).as_bytes())?;
         tmp.persist(self.stamp_path(sha)).map_err(|e| e.error)?;
@@ -177,7 +177,7 @@ impl Cache {
         tmp.as_file().sync_all()?;
         let blob = self.blob_path(sha);
         tmp.persist(&blob).map_err(|e| e.error)?;
-        self.write_stamp(sha, &std::fs::symlink_metadata(&blob)?)?;
+        self.write_stamp(sha, &fs_err::symlink_metadata(&blob)?)?;
         Ok(blob)
     }
 
@@ -203,9 +203,12 @@ impl Cache {
     /// process may have published the blob while we waited.
     pub fn lock(&self, sha: &Sha256) -> std::io::Result<BlobLock> {
         let path = self.root.join("locks").join(sha.as_str());
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-        // Fully qualified: std's inherent `File::lock*` (Rust 1.89) is above our MSRV.
-        fs4::fs_std::FileExt::lock_exclusive(&file)?;
+        let (file, path) =
+            fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts();
+        // Fully qualified: fs4's trait, not std's inherent `File::lock*` of the same name.
+        fs4::fs_std::FileExt::lock_exclusive(&file).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("failed to lock `{}`: {e}", path.display()))
+        })?;
         Ok(BlobLock { _file: file })
     }
 
@@ -213,20 +216,20 @@ impl Cache {
     /// holds the lock and has checked the digest; the rename is atomic.
     pub fn commit(&self, sha: &Sha256, _lock: &BlobLock) -> std::io::Result<PathBuf> {
         let partial = self.partial_path(sha);
-        File::open(&partial)?.sync_all()?;
+        fs_err::File::open(&partial)?.sync_all()?;
         let blob = self.blob_path(sha);
-        std::fs::rename(&partial, &blob)?;
+        fs_err::rename(&partial, &blob)?;
         // Make the rename itself durable.
         if let Ok(d) = File::open(self.root.join("sha256")) {
             let _ = d.sync_all();
         }
-        self.write_stamp(sha, &std::fs::symlink_metadata(&blob)?)?;
+        self.write_stamp(sha, &fs_err::symlink_metadata(&blob)?)?;
         Ok(blob)
     }
 
     /// Drop the partial file of `sha` (after a digest mismatch).
     pub fn discard(&self, sha: &Sha256, _lock: &BlobLock) -> std::io::Result<()> {
-        match std::fs::remove_file(self.partial_path(sha)) {
+        match fs_err::remove_file(self.partial_path(sha)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }

@@ -48,7 +48,7 @@ fn verify(root: &RootFs, m: &Manifest, tmp: &Path) -> Result<Vec<String>> {
     }
     let stats = root.stat_many(&paths)?;
     let dump_dir = tmp.join("dump");
-    std::fs::create_dir_all(&dump_dir)?;
+    fs_err::create_dir_all(&dump_dir)?;
     let mut script = String::new();
     for (i, f) in m.files.iter().enumerate() {
         if f.kind == FileKind::File && stats.get(&f.path).is_some_and(|s| s.is_file()) {
@@ -90,7 +90,7 @@ fn verify(root: &RootFs, m: &Manifest, tmp: &Path) -> Result<Vec<String>> {
             FileKind::File => {
                 let p = dump_dir.join(i.to_string());
                 let sha = crate::types::Sha256::of_file(&p)?.to_string();
-                let size = std::fs::metadata(&p)?.len();
+                let size = fs_err::metadata(&p)?.len();
                 if Some(size) != f.size {
                     bad(format!("size {size}, manifest says {}", f.size.unwrap_or_default()));
                 }

@@ -9,6 +9,12 @@
 //! nothing uses [`cmd`]; [`types`], [`exit`], [`reporter`] and [`keys`] use nothing of
 //! the crate. `tests/module_graph.rs` fails on any cycle between these modules.
 
+// Library code never panics on a failure and never prints: errors travel up with context to
+// the command layer, progress goes through `reporter::Reporter`, data to stdout only from
+// `cmd`. Unit tests may (clippy.toml `allow-*-in-tests`). The rules for every target are in
+// Cargo.toml's [lints].
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
+
 pub mod apt;
 pub mod bearer;
 pub mod build;

@@ -358,9 +358,9 @@ fn check_chart(c: &mut Ctx, node: &str, file: &str, values: Option<&str>) -> Res
     let chart = crate::chart::package_backend(0)?;
     let tmp = tempfile::tempdir()?;
     let tgz = tmp.path().join(chart.file_name());
-    std::fs::write(&tgz, &chart.bytes)?;
+    fs_err::write(&tgz, &chart.bytes)?;
     let vf = tmp.path().join("values.yaml");
-    std::fs::write(&vf, values)?;
+    fs_err::write(&vf, values)?;
     let out = std::process::Command::new(&helm)
         .env("HELM_CACHE_HOME", tmp.path().join("cache"))
         .env("HELM_CONFIG_HOME", tmp.path().join("config"))

@@ -371,21 +371,15 @@ fn images_in_sbom(m: &Manifest, packages: &mut Vec<serde_json::Value>, rels: &mu
     }
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil-from-days, proleptic
-/// Gregorian), without a date crate.
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`. Recipe validation keeps a
+/// source_date_epoch before 2446, well inside what `time` represents; a value past year 9999
+/// (which no recipe passes) prints as that limit.
 pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
+    crate::types::rfc3339(t)
 }
 
 #[cfg(test)]
@@ -397,6 +391,35 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1724198400), "2024-08-21T00:00:00Z");
         assert_eq!(rfc3339(951782400 + 3661), "2000-02-29T01:01:01Z");
+    }
+
+    /// The hand-written civil-from-days conversion this module used before `time` did it,
+    /// kept to show the two agree over every source_date_epoch a recipe may set.
+    fn civil(secs: u64) -> String {
+        let days = (secs / 86400) as i64;
+        let rem = secs % 86400;
+        let z = days + 719468;
+        let era = z.div_euclid(146097);
+        let doe = z - era * 146097;
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+
+    #[test]
+    fn dates_agree_with_the_civil_from_days_algorithm() {
+        // A prime step visits every time of day and every day of the year many times over.
+        let mut s = 0u64;
+        while s <= crate::recipe::MAX_SOURCE_DATE_EPOCH {
+            assert_eq!(rfc3339(s), civil(s), "{s}");
+            s += 86_399 * 7 + 13;
+        }
+        let max = crate::recipe::MAX_SOURCE_DATE_EPOCH;
+        assert_eq!(rfc3339(max), civil(max));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum PlanError {
     NoDigest { origin: String, arch: Arch },
     #[error("{0}")]
     DiskSize(String),
+    #[error("--compress applies to qcow2 output (vmdk and ova are always compressed; {0} is not)")]
+    Compress(OutFormat),
     #[error(transparent)]
     Lock(#[from] LockError),
 }
@@ -35,7 +37,10 @@ impl Classify for PlanError {
     fn code(&self) -> Code {
         match self {
             PlanError::Lock(e) => e.code(),
-            PlanError::Arch { .. } | PlanError::NoDigest { .. } | PlanError::DiskSize(_) => Code::Input,
+            PlanError::Arch { .. }
+            | PlanError::NoDigest { .. }
+            | PlanError::DiskSize(_)
+            | PlanError::Compress(_) => Code::Input,
         }
     }
 }
@@ -233,6 +238,9 @@ pub struct OutputPlan {
     /// blobs and the unpacked layers at the first boot); 0 without images. Room for
     /// workloads comes from the recipe's `disk_size` (the default recipe's is 20G).
     pub reserve: u64,
+    /// qcow2 clusters zstd-compressed (`--compress`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub compress: bool,
 }
 
 /// What importing embedded images costs a node, in multiples of their (compressed)
@@ -280,6 +288,8 @@ pub struct PlanOptions {
     /// `--disk-size` as written; overrides the recipe's `disk_size`.
     pub disk_size: Option<String>,
     pub signatures: SignaturePolicy,
+    /// `--compress`: zstd-compressed qcow2 clusters.
+    pub compress: bool,
 }
 
 impl PlanOptions {
@@ -294,6 +304,7 @@ impl PlanOptions {
             output_dir: PathBuf::from("out"),
             disk_size: None,
             signatures: SignaturePolicy::default(),
+            compress: false,
         }
     }
 }
@@ -360,6 +371,9 @@ impl BuildPlan {
                 }
             }
         };
+        if o.compress && o.format != OutFormat::Qcow2 {
+            return Err(PlanError::Compress(o.format));
+        }
         let disk_size = match o.disk_size.as_deref().or(r.disk_size.as_deref()) {
             Some(s) => Some(crate::types::size::parse(s).map_err(PlanError::DiskSize)?),
             None => None,
@@ -399,6 +413,7 @@ impl BuildPlan {
                 stem: format!("{}-{role}-{arch}", r.name),
                 disk_size,
                 reserve: 0,
+                compress: o.compress,
             },
         };
         plan.refresh_image_items();

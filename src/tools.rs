@@ -52,3 +52,18 @@ fn is_executable(p: &std::path::Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
+
+/// For tests that drive a real tool: its path, or None (after a loud note) when it is missing
+/// here. Under CI (env `CI` set) a missing tool is a failure, never a quiet skip: ci/test.sh
+/// installs every tool the suite uses. Integration tests reach it through `tests/common`.
+#[doc(hidden)]
+pub fn for_test(name: &'static str) -> Option<PathBuf> {
+    match find(&Tool { name, hint: "ci/test.sh installs it" }) {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var_os("CI").is_some() => panic!("{e}: required in CI"),
+        Err(e) => {
+            crate::reporter::always(format!("SKIPPED: {e}; this check did not run"));
+            None
+        }
+    }
+}

@@ -23,16 +23,8 @@ fn cp_files() -> PathBuf {
 }
 
 /// A tool on PATH, or None with a note when it is missing outside CI (in CI: panic).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    if let Some(p) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()) {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{name} is required in CI (ci/test.sh installs it)");
-    }
-    eprintln!("note: {name} not found; skipping (ci/test.sh installs it)");
-    None
+fn tool(name: &'static str) -> Option<PathBuf> {
+    imgbuild::tools::for_test(name)
 }
 
 fn run(c: &mut Command) -> Output {

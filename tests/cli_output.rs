@@ -15,6 +15,7 @@ fn broken_pipe() -> OwnedFd {
     let mut fds = [0; 2];
     // SAFETY: pipe(2) fills both descriptors, which we then own.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: the two descriptors pipe(2) just returned, owned by nothing else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     drop(r);
     w
@@ -86,4 +87,21 @@ fn errors_print_as_a_cause_chain() {
     let want =
         format!("error: reading recipe {}\n\nCaused by:\n  No such file or directory", missing.display());
     assert!(err.starts_with(&want), "{err}");
+}
+
+/// A filesystem error names its path at every level (fs-err in the cache), and the chain
+/// prints the way cargo prints one: `error:`, a blank line, `Caused by:`, indented causes.
+#[test]
+fn a_filesystem_error_names_its_path_in_the_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let not_a_dir = d.path().join("cache");
+    std::fs::write(&not_a_dir, b"a file where the cache directory should be").unwrap();
+    let o = common::bin()
+        .args(["fetch", "--offline", "--quiet", "--cache-dir"])
+        .arg(&not_a_dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr).replace(d.path().to_str().unwrap(), "[TMP]");
+    insta::assert_snapshot!("fs_error_chain", err);
 }

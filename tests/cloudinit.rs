@@ -99,18 +99,12 @@ fn in_ci() -> bool {
     std::env::var_os("CI").is_some()
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
-}
-
 /// A tool the test needs: required in CI, else skipped with a note.
-fn need(cmd: &str, why: &str) -> bool {
-    if have(cmd) {
-        return true;
+fn need(cmd: &'static str, why: &str) -> bool {
+    common::tool(cmd) || {
+        eprintln!("note: {why} did not run");
+        false
     }
-    assert!(!in_ci(), "{cmd} is required in CI ({why}); ci/test.sh installs it");
-    eprintln!("note: skipping {why}: {cmd} not installed");
-    false
 }
 
 /// Compare with (or, with IMGBUILD_UPDATE_GOLDEN=1, rewrite) tests/golden/cluster/REL.
@@ -581,12 +575,18 @@ fn nocloud_seeds_iso_and_vfat() {
             assert_eq!(o.stdout, fs::read(nd.join(f)).unwrap(), "{f}");
         }
     }
-    if (have("xorriso") || need("genisoimage", "the ISO seed")) && need("isoinfo", "reading the ISO seed") {
-        ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "iso"]));
-        let iso = nd.join("seed.iso");
-        // the vfat seed of the earlier render is gone (it would be stale)
-        assert!(!img.exists());
-        assert_eq!(fs::metadata(&iso).unwrap().permissions().mode() & 0o777, 0o600);
+    // the ISO seed is written by imgbuild itself: no tool needed to write it
+    ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "iso"]));
+    let iso = nd.join("seed.iso");
+    // the vfat seed of the earlier render is gone (it would be stale)
+    assert!(!img.exists());
+    assert_eq!(fs::metadata(&iso).unwrap().permissions().mode() & 0o777, 0o600);
+    // byte-identical on a re-render, a second later
+    let first = fs::read(&iso).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "iso"]));
+    assert!(first == fs::read(&iso).unwrap(), "ISO seed is not reproducible");
+    if need("isoinfo", "reading the ISO seed") {
         let o = Command::new("isoinfo").arg("-d").arg("-i").arg(&iso).output().unwrap();
         let d = String::from_utf8_lossy(&o.stdout);
         assert!(d.contains("Volume id: cidata"), "{d}");
@@ -600,14 +600,41 @@ fn nocloud_seeds_iso_and_vfat() {
             ok(&o);
             assert_eq!(o.stdout, fs::read(nd.join(f)).unwrap(), "{f}");
         }
-        if have("xorriso") {
-            // xorriso (preferred) with fixed dates: a re-render is byte-identical
-            let first = fs::read(&iso).unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1100));
-            ok(&render(&c, &out, &["--node", "demo-cp-2", "--seed", "iso"]));
-            assert!(first == fs::read(&iso).unwrap(), "ISO seed is not reproducible");
-        }
     }
+}
+
+#[test]
+fn vendor_data_goes_next_to_user_data_and_into_the_seed() {
+    let t = tempfile::tempdir().unwrap();
+    let c = golden_cluster(t.path());
+    let out = t.path().join("out");
+    let vd = t.path().join("vendor-data");
+    fs::write(&vd, "#cloud-config\napt:\n  proxy: http://proxy.internal:3142\n").unwrap();
+    ok(&render(
+        &c,
+        &out,
+        &["--node", "demo-worker-1", "--seed", "iso", "--vendor-data", vd.to_str().unwrap()],
+    ));
+    let nd = out.join("demo-worker-1");
+    assert_eq!(fs::read(nd.join("vendor-data")).unwrap(), fs::read(&vd).unwrap());
+    assert_eq!(fs::metadata(nd.join("vendor-data")).unwrap().permissions().mode() & 0o777, 0o600);
+    if need("isoinfo", "reading the ISO seed") {
+        let o = Command::new("isoinfo")
+            .args(["-R", "-x", "/vendor-data", "-i"])
+            .arg(nd.join("seed.iso"))
+            .output()
+            .unwrap();
+        ok(&o);
+        assert_eq!(o.stdout, fs::read(&vd).unwrap());
+    }
+    // a render without it drops the stale copy
+    ok(&render(&c, &out, &["--node", "demo-worker-1", "--seed", "none"]));
+    assert!(!nd.join("vendor-data").exists());
+    // too large: bad input, nothing read unboundedly
+    fs::write(&vd, vec![b'#'; (1 << 20) + 1]).unwrap();
+    let o = render(&c, &out, &["--node", "demo-worker-1", "--vendor-data", vd.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than 1024 KiB"), "{}", stderr(&o));
 }
 
 #[test]

@@ -38,8 +38,8 @@ fn cluster(t: &Path) -> PathBuf {
     d.join("cluster.yaml")
 }
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).output().is_ok_and(|o| o.status.success())
+fn have(cmd: &'static str) -> bool {
+    common::tool(cmd)
 }
 
 #[test]

@@ -152,6 +152,8 @@ impl World {
                 return c.wait_with_output().unwrap();
             }
             if t0.elapsed() > limit {
+                // SAFETY: kill(2) takes no memory; -pid is the process group this runner made.
+                // SAFETY: kill(2) takes no memory; -pid is a process group this test started.
                 unsafe { libc::kill(-pid, libc::SIGKILL) };
                 self.running.borrow_mut().retain(|p| *p != pid);
                 let o = c.wait_with_output().unwrap();
@@ -216,12 +218,15 @@ impl Drop for World {
     /// (by their recorded pids).
     fn drop(&mut self) {
         for pid in self.running.borrow().iter() {
+            // SAFETY: kill(2) takes no memory; -pid is a process group this test started.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
         if let Ok(rd) = fs::read_dir(self.state.join("nodes")) {
             for e in rd.flatten() {
                 if let Ok(pid) = fs::read_to_string(e.path().join("etcd.pid")) {
                     if let Ok(pid) = pid.trim().parse::<i32>() {
+                        // SAFETY: kill(2) takes no memory; the pid is an etcd this test started.
+                        // SAFETY: kill(2) takes no memory; the pid is the etcd this test started.
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
                 }
@@ -395,6 +400,7 @@ fn a_replaced_control_plane_removes_the_member_of_the_machine_it_replaces() {
     // jt-cp-2's machine is gone (its etcd with it); a new one boots with the same seed.
     let pidfile = w.node_state("jt-cp-2").join("etcd.pid");
     let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) takes no memory; the pid is the etcd this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     fs::remove_file(&pidfile).unwrap();
     w.fresh_disk("jt-cp-2");

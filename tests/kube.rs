@@ -31,12 +31,7 @@ fn b64(s: &str) -> Vec<u8> {
 
 /// openssl is how these tests sign the fake API server's certificate with the cluster CA.
 fn have_openssl() -> bool {
-    if Command::new("openssl").arg("version").output().is_ok_and(|o| o.status.success()) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "openssl is required in CI (ci/test.sh installs it)");
-    eprintln!("note: SKIPPING: openssl not installed");
-    false
+    common::tool("openssl")
 }
 
 /// A cluster (`cluster init`, static addresses) and its admin kubeconfig.

@@ -16,14 +16,7 @@ const PRIMARY: &str = "https://cloud-images.ubuntu.com";
 
 /// In CI (`CI` set) a missing gpg is a failure, not a skip.
 fn gpg_present() -> bool {
-    let ok = ["gpg", "gpg-agent"].iter().all(|t| {
-        Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI lacks gpg/gpg-agent (ci/test.sh installs gnupg)");
-        eprintln!("note: skipping OpenPGP tests, gpg is missing");
-    }
-    ok
+    common::tool("gpg") && common::tool("gpg-agent")
 }
 
 fn run(c: &mut Command) -> Output {

@@ -1048,7 +1048,9 @@ fn a_large_image_is_streamed_not_buffered() {
     let sunk = pve.state.lock().unwrap().sunk.clone();
     assert_eq!(sunk, Some((SIZE, sha)), "the file part differs from the image");
     // Largest resident set of any child of this test process so far (other tests' children are small).
+    // SAFETY: rusage is plain integers (all-zero is valid); getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) }, 0);
     let max_rss_mib = ru.ru_maxrss as f64 / 1024.0;
     eprintln!(

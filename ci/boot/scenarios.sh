@@ -130,7 +130,10 @@ for n in spec["nodes"]:
     else:
         n.update(gateway=gw, interface="52:54:00:76:00:1%d" % i, dhcp_interfaces=["52:54:00:10:00:1%d" % i])
 yaml.safe_dump(spec, open(p, "w"), sort_keys=False)' "$work/cluster/cluster.yaml" "$private_gw"
-  "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed none
+  # The node seeds are imgbuild's own ISO 9660 images (what cloud-init reads in every
+  # node scenario), with the TEST-ONLY vendor-data added through --vendor-data.
+  "$bin" cloud-init --cluster "$work/cluster/cluster.yaml" --all --out "$work/seeds" --seed iso \
+    --vendor-data "$repo/ci/boot/guest/vendor-data"
   # Node names by role, in spec order: cp1 cp2 ... / worker1 worker2 ...
   "$py" -c '
 import sys, yaml
@@ -272,7 +275,7 @@ boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE] [NICS (see boot_vm)]
   local dir=$1 role=$2 node=$3 name=$4 extra=${5:-} nics=${6:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
   [ -f "$dir/disk.qcow2" ] || new_disk "$dir" "$role"
-  [ -f "$dir/seed.iso" ] || make_seed "$dir" "$work/seeds/$node"
+  [ -f "$dir/seed.iso" ] || cp "$work/seeds/$node/seed.iso" "$dir/seed.iso"
   echo "booting $node ($role) as $name, accel $accel"
   boot_vm "$dir" "$name" "$dir/disk.qcow2" "$dir/seed.iso" "$work/images/$role-kernel" "$extra" "$nics" \
     || { cat "$dir/boot-error"; return 1; }

@@ -86,6 +86,7 @@ fn build_in(
     let staged = work.join(outputs.image_name());
     let spec = ImageSpec {
         format: plan.output.format,
+        compress: plan.output.compress,
         disk_size: plan.output.disk_size,
         reserve: plan.output.reserve,
         source_date_epoch: plan.source_date_epoch,

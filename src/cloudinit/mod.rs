@@ -8,6 +8,7 @@
 //! contents) before anything is written.
 
 pub mod addon_values;
+pub mod iso;
 pub mod render;
 pub mod schema;
 pub mod seed;
@@ -43,7 +44,7 @@ impl Classify for CloudInitError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeedKind {
-    /// ISO 9660 + Joliet + Rock Ridge (genisoimage or xorriso)
+    /// ISO 9660 + Joliet + Rock Ridge, written in Rust
     Iso,
     /// FAT, written in Rust (no tools needed)
     Vfat,
@@ -64,6 +65,8 @@ pub struct CloudInitOptions {
     /// The recipe the control-plane image was built from (its add-ons; default: the
     /// embedded one).
     pub recipe: Option<PathBuf>,
+    /// NoCloud vendor-data put next to every node's user-data (and into its seed).
+    pub vendor_data: Option<PathBuf>,
 }
 
 /// Render and write the seeds of `a`.
@@ -87,9 +90,9 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
         },
         None => loaded.nodes.iter().collect(),
     };
-    let iso_tool = match a.seed {
-        SeedKind::Iso => Some(seed::iso_tool()?),
-        _ => None,
+    let vendor_data = match &a.vendor_data {
+        Some(p) => Some(seed::read_vendor_data(p)?),
+        None => None,
     };
     let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
     let addons = addon_values::build(&loaded, &charts)?;
@@ -104,7 +107,7 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     for w in rendered.iter().flat_map(|f| &f.warnings) {
         rep.warn(w);
     }
-    seed::write_all(&a.out, &rendered, a.seed, iso_tool.as_deref())?;
+    seed::write_all(&a.out, &rendered, a.seed, vendor_data.as_deref())?;
     rep.status(format_args!("wrote cloud-init for {} node(s) into {}", rendered.len(), a.out.display()));
     Ok(())
 }

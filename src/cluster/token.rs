@@ -74,45 +74,20 @@ pub fn parse_duration(s: &str) -> Option<u64> {
     (!s.is_empty()).then_some(total)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ`, what Go's time.RFC3339 prints for a UTC time.
+/// `YYYY-MM-DDTHH:MM:SSZ`, what Go's time.RFC3339 prints for a UTC time (whole seconds).
 pub fn rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    crate::types::rfc3339(t)
 }
 
-/// Parse what [`rfc3339`] writes.
+/// Parse an RFC 3339 time, as Go's `time.Parse(time.RFC3339, …)` does for kubeadm: any offset
+/// (kubeadm formats an expiration in the node's local time), fractional seconds allowed. Go
+/// takes only `T` between date and time, where RFC 3339 (and `time`) also allow a space: the
+/// API server's token authenticator would call such an expiration invalid, so this does too.
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
-    let b = s.as_bytes();
-    if b.len() != 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'Z'
-    {
+    if s.as_bytes().get(10) != Some(&b'T') {
         return None;
     }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u32>().ok();
-    let month = time::Month::try_from(u8::try_from(n(5..7)?).ok()?).ok()?;
-    let date =
-        time::Date::from_calendar_date(i32::try_from(n(0..4)?).ok()?, month, u8::try_from(n(8..10)?).ok()?)
-            .ok()?;
-    let tm = time::Time::from_hms(
-        u8::try_from(n(11..13)?).ok()?,
-        u8::try_from(n(14..16)?).ok()?,
-        u8::try_from(n(17..19)?).ok()?,
-    )
-    .ok()?;
-    Some(date.with_time(tm).assume_utc())
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// The bootstrap-token Secret for `token` (`id.secret`), as kubeadm writes it.
@@ -244,7 +219,13 @@ mod tests {
             .assume_utc();
         assert_eq!(rfc3339(t), "2024-08-21T07:05:09Z");
         assert_eq!(parse_rfc3339("2024-08-21T07:05:09Z"), Some(t));
-        for bad in ["2024-08-21 07:05:09Z", "2024-13-21T07:05:09Z", "2024-08-21T07:05:09+02:00", ""] {
+        // What kubeadm writes on a node whose clock is not UTC: the same instant.
+        assert_eq!(parse_rfc3339("2024-08-21T09:05:09+02:00"), Some(t));
+        assert_eq!(
+            parse_rfc3339("2024-08-21T07:05:09.5Z").map(|p| p.unix_timestamp()),
+            Some(t.unix_timestamp())
+        );
+        for bad in ["2024-08-21 07:05:09Z", "2024-13-21T07:05:09Z", "2024-08-21T07:05:09", "2024-08-21", ""] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

@@ -29,6 +29,10 @@ pub struct CloudInitArgs {
     /// its add-ons (default: the embedded recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// NoCloud vendor-data (at most 1 MiB) written next to every node's user-data and
+    /// into its seed: site settings that are not the cluster's, e.g. a local apt proxy
+    #[arg(long, value_name = "FILE")]
+    pub vendor_data: Option<PathBuf>,
 }
 
 pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
@@ -38,6 +42,7 @@ pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
         out: a.out.clone(),
         seed: a.seed,
         recipe: a.recipe.clone(),
+        vendor_data: a.vendor_data.clone(),
     };
     crate::cloudinit::write(&opts, rep)
 }

@@ -38,7 +38,7 @@ value_enum!(crate::cluster::pki::AdminKind {
                                   before expiry",
 });
 value_enum!(crate::cloudinit::SeedKind {
-    Iso => "iso": "ISO 9660 + Joliet + Rock Ridge (genisoimage or xorriso)",
+    Iso => "iso": "ISO 9660 + Joliet + Rock Ridge, written in Rust (no tools needed)",
     Vfat => "vfat": "FAT, written in Rust (no tools needed)",
     None => "none": "Only the plain files",
 });

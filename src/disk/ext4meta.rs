@@ -397,11 +397,8 @@ mod tests {
     use super::*;
     use std::process::Command;
 
-    fn tool(name: &str) -> Option<String> {
-        ["/usr/sbin", "/sbin", "/usr/bin"]
-            .iter()
-            .map(|d| format!("{d}/{name}"))
-            .find(|p| std::path::Path::new(p).exists())
+    fn tool(name: &'static str) -> Option<String> {
+        crate::tools::for_test(name).map(|p| p.display().to_string())
     }
 
     /// For several ext4 feature sets (1 KiB blocks, no flex_bg, quota and orphan file,

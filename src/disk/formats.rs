@@ -39,12 +39,14 @@ const OVA_CPUS: u32 = 2;
 const OVA_MEMORY_MIB: u32 = 4096;
 
 /// Write `raw` (the finished disk) as `fmt` to `dst`.
-pub fn write(raw: &Path, fmt: OutFormat, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
+/// `compress` applies to qcow2 (zstd clusters); vmdk and ova are always compressed.
+pub fn write(raw: &Path, fmt: OutFormat, compress: bool, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
     match fmt {
         OutFormat::Vhd => write_vhd(raw, dst, st),
         OutFormat::Ova => write_ova(raw, dst, st),
-        OutFormat::Qcow2 | OutFormat::Raw | OutFormat::Vmdk | OutFormat::Vhdx => {
-            qemu::convert_out(raw, fmt, dst, st.seed)
+        OutFormat::Qcow2 => qemu::convert_out(raw, fmt, compress, dst, st.seed),
+        OutFormat::Raw | OutFormat::Vmdk | OutFormat::Vhdx => {
+            qemu::convert_out(raw, fmt, false, dst, st.seed)
         }
     }
 }
@@ -61,7 +63,7 @@ fn write_vhd(raw: &Path, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
             msg: format!("a VHD's size must be a multiple of 1 MiB, the disk has {len} bytes"),
         });
     }
-    qemu::convert_out(raw, OutFormat::Vhd, dst, st.seed)?;
+    qemu::convert_out(raw, OutFormat::Vhd, false, dst, st.seed)?;
     fix_vhd_footer(dst, len, st)
 }
 
@@ -117,7 +119,7 @@ fn write_ova(raw: &Path, dst: &Path, st: &Stamp) -> Result<(), DiskError> {
     let ovf_name = format!("{}.ovf", st.name);
     let mf_name = format!("{}.mf", st.name);
     let vmdk = dir.join(&disk_name);
-    qemu::convert_out(raw, OutFormat::Vmdk, &vmdk, st.seed)?;
+    qemu::convert_out(raw, OutFormat::Vmdk, false, &vmdk, st.seed)?;
     let r = (|| {
         let vmdk_size = std::fs::metadata(&vmdk).map_err(io("stat", &vmdk))?.len();
         let ovf = ovf_descriptor(st, &disk_name, vmdk_size, capacity).into_bytes();
@@ -272,9 +274,9 @@ mod tests {
         let raw = raw_disk(d.path());
         let st = Stamp { seed: "seed", source_date_epoch: 1_724_198_400, name: "n" };
         let (a, b) = (d.path().join("a.vhd"), d.path().join("b.vhd"));
-        write(&raw, OutFormat::Vhd, &a, &st).unwrap();
+        write(&raw, OutFormat::Vhd, false, &a, &st).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(1100));
-        write(&raw, OutFormat::Vhd, &b, &st).unwrap();
+        write(&raw, OutFormat::Vhd, false, &b, &st).unwrap();
         let x = std::fs::read(&a).unwrap();
         assert_eq!(x, std::fs::read(&b).unwrap());
         assert_eq!(x.len(), (8 << 20) + 512);
@@ -285,11 +287,11 @@ mod tests {
         assert_eq!(&foot[68..84], &qemu::derived_id("seed", "vhd UniqueId"));
         // A different seed gives a different id.
         let st2 = Stamp { seed: "other", ..st };
-        write(&raw, OutFormat::Vhd, &b, &st2).unwrap();
+        write(&raw, OutFormat::Vhd, false, &b, &st2).unwrap();
         assert_ne!(x, std::fs::read(&b).unwrap());
         // Not MiB-aligned: refused rather than silently rounded.
         std::fs::OpenOptions::new().write(true).open(&raw).unwrap().set_len((8 << 20) + 4096).unwrap();
-        assert!(write(&raw, OutFormat::Vhd, &b, &st).unwrap_err().to_string().contains("1 MiB"));
+        assert!(write(&raw, OutFormat::Vhd, false, &b, &st).unwrap_err().to_string().contains("1 MiB"));
     }
 
     #[test]

@@ -157,7 +157,8 @@ impl Overlay {
 
     /// Stream the output qcow2 to `out`: the base with the copy's data extents over
     /// the root partition. Returns its sha256.
-    pub fn write_qcow2(self, out: &Path) -> Result<String, DiskError> {
+    /// With `compress`, every cluster is zstd-compressed on all cores.
+    pub fn write_qcow2(self, out: &Path, compress: bool) -> Result<String, DiskError> {
         let io = |what: String| DiskError::io(what);
         let base = &self.backing()?.base;
         let work = File::open(&self.work).map_err(io(format!("opening {}", self.work.display())))?;
@@ -193,7 +194,7 @@ impl Overlay {
         clusters.sort_unstable();
         clusters.dedup();
         let mut next = vec![0usize; layers.len()];
-        let sha = qcow2::write(out, self.size, &clusters, |first, n, buf| {
+        let fill = |first: u64, n: u64, buf: &mut [u8]| -> std::io::Result<()> {
             let (lo, hi) = (first * cs, (first + n) * cs);
             if lo >= base.size() {
                 buf.fill(0);
@@ -215,7 +216,13 @@ impl Overlay {
                 }
             }
             Ok(())
-        })
+        };
+        let sha = if compress {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            qcow2::write_zstd(out, self.size, &clusters, threads, fill)
+        } else {
+            qcow2::write(out, self.size, &clusters, fill)
+        }
         .map_err(io(format!("writing {}", out.display())))?;
         Ok(sha)
     }

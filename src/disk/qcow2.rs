@@ -378,6 +378,22 @@ const OUT_CS: u64 = 1 << OUT_CLUSTER_BITS;
 /// Guest clusters filled and written per chunk.
 const CHUNK_CLUSTERS: u64 = 16;
 
+/// The chunks [`write`] and [`write_zstd`] fill: runs of consecutive guest clusters,
+/// at most [`CHUNK_CLUSTERS`] each, as (first cluster, count).
+fn runs(clusters: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    let mut i = 0usize;
+    std::iter::from_fn(move || {
+        let first = *clusters.get(i)?;
+        let mut n = 1u64;
+        while i + (n as usize) < clusters.len() && n < CHUNK_CLUSTERS && clusters[i + n as usize] == first + n
+        {
+            n += 1;
+        }
+        i += n as usize;
+        Some((first, n))
+    })
+}
+
 /// Write a qcow2 image of virtual `size` whose allocated guest clusters are
 /// `clusters` (sorted, unique, 64 KiB each); `fill(first, n, buf)` supplies the bytes
 /// of `n` consecutive guest clusters. Everything but the data is computed up front, so
@@ -406,23 +422,12 @@ where
     let res = (|| -> std::io::Result<()> {
         f.write_all(&meta)?;
         send(meta)?;
-        let mut i = 0usize;
-        while i < clusters.len() {
-            // A chunk: consecutive guest clusters, at most CHUNK_CLUSTERS.
-            let first = clusters[i];
-            let mut n = 1u64;
-            while i + (n as usize) < clusters.len()
-                && n < CHUNK_CLUSTERS
-                && clusters[i + n as usize] == first + n
-            {
-                n += 1;
-            }
+        for (first, n) in runs(clusters) {
             let mut buf = back_rx.try_recv().unwrap_or_default();
             buf.resize((n * OUT_CS) as usize, 0);
             fill(first, n, &mut buf)?;
             f.write_all(&buf)?;
             send(buf)?;
-            i += n as usize;
         }
         // No fsync, like `qemu-img convert` (cache=unsafe for the target): the image
         // is renamed into place afterwards and a crash before writeback loses a build,
@@ -435,10 +440,25 @@ where
     Ok(digest)
 }
 
-/// Header, refcount table and blocks, L1 and L2 tables for [`write`]: host cluster 0
-/// is the header, then the refcount table, refcount blocks, L1, the L2 tables in
-/// guest order, then the data clusters in guest order.
-fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
+/// Where [`write`] and [`write_zstd`] put the tables: host cluster 0 is the header,
+/// then the refcount table, refcount blocks, L1, the L2 tables in guest order; the
+/// data starts at `data_at`.
+struct Geometry {
+    l1_size: u64,
+    l2_used: Vec<u64>,
+    rt: u64,
+    rb: u64,
+    rt_at: u64,
+    rb_at: u64,
+    l1_at: u64,
+    l2_at: u64,
+    data_at: u64,
+}
+
+/// The geometry for `clusters` (sorted, unique) when the data takes at most
+/// `data_clusters` host clusters: the refcount blocks cover that many, themselves and
+/// every table included.
+fn geometry(size: u64, clusters: &[u64], data_clusters: u64) -> Geometry {
     let cs = OUT_CS;
     let per_l2 = cs / 8;
     let per_rb = cs * 8 / 16;
@@ -446,8 +466,7 @@ fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
     let l1_clusters = (l1_size * 8).div_ceil(cs);
     let mut l2_used: Vec<u64> = clusters.iter().map(|g| g / per_l2).collect();
     l2_used.dedup();
-    let fixed = 1 + l1_clusters + l2_used.len() as u64 + clusters.len() as u64;
-    // Refcount blocks cover every host cluster, themselves and the table included.
+    let fixed = 1 + l1_clusters + l2_used.len() as u64 + data_clusters;
     let (mut rt, mut rb) = (1u64, 1u64);
     loop {
         let total = fixed + rt + rb;
@@ -462,8 +481,30 @@ fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
     let l1_at = rb_at + rb;
     let l2_at = l1_at + l1_clusters;
     let data_at = l2_at + l2_used.len() as u64;
-    let total = data_at + clusters.len() as u64;
-    let mut m = vec![0u8; (data_at * cs) as usize];
+    Geometry { l1_size, l2_used, rt, rb, rt_at, rb_at, l1_at, l2_at, data_at }
+}
+
+const COPIED: u64 = 1 << 63;
+const COMPRESSED: u64 = 1 << 62;
+/// Incompatible feature bit 3: the header's compression type field is in use.
+const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+const COMPRESSION_ZSTD: u8 = 1;
+
+/// The metadata (everything before `data_at`) for guest clusters whose L2 entries are
+/// `entry(i)` (i: index into `clusters`; 0 = unallocated) and whose host clusters have
+/// the reference counts `refcount(c)` (for c in 0..`host_clusters`).
+fn tables(
+    size: u64,
+    clusters: &[u64],
+    g: &Geometry,
+    zstd: bool,
+    host_clusters: u64,
+    entry: impl Fn(usize) -> u64,
+    refcount: impl Fn(u64) -> u16,
+) -> Vec<u8> {
+    let cs = OUT_CS;
+    let per_l2 = cs / 8;
+    let mut m = vec![0u8; (g.data_at * cs) as usize];
     let put64 =
         |m: &mut [u8], o: u64, v: u64| m[o as usize..o as usize + 8].copy_from_slice(&v.to_be_bytes());
     let put32 =
@@ -472,32 +513,221 @@ fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
     put32(&mut m, 4, 3);
     put32(&mut m, 20, OUT_CLUSTER_BITS);
     put64(&mut m, 24, size);
-    put32(&mut m, 36, l1_size as u32);
-    put64(&mut m, 40, l1_at * cs);
-    put64(&mut m, 48, rt_at * cs);
-    put32(&mut m, 56, rt as u32);
+    put32(&mut m, 36, g.l1_size as u32);
+    put64(&mut m, 40, g.l1_at * cs);
+    put64(&mut m, 48, g.rt_at * cs);
+    put32(&mut m, 56, g.rt as u32);
+    if zstd {
+        put64(&mut m, 72, INCOMPAT_COMPRESSION);
+        m[104] = COMPRESSION_ZSTD;
+    }
     put32(&mut m, 96, 4); // refcount_order: 16-bit refcounts
     put32(&mut m, 100, 112); // header length; the extension area after it ends at once
-    for i in 0..rb {
-        put64(&mut m, rt_at * cs + i * 8, (rb_at + i) * cs);
+    for i in 0..g.rb {
+        put64(&mut m, g.rt_at * cs + i * 8, (g.rb_at + i) * cs);
     }
-    for c in 0..total {
-        let o = rb_at * cs + c * 2;
-        m[o as usize..o as usize + 2].copy_from_slice(&1u16.to_be_bytes());
+    for c in 0..host_clusters {
+        let o = g.rb_at * cs + c * 2;
+        m[o as usize..o as usize + 2].copy_from_slice(&refcount(c).to_be_bytes());
     }
-    const COPIED: u64 = 1 << 63;
-    for (k, &t) in l2_used.iter().enumerate() {
-        put64(&mut m, l1_at * cs + t * 8, ((l2_at + k as u64) * cs) | COPIED);
+    for (k, &t) in g.l2_used.iter().enumerate() {
+        put64(&mut m, g.l1_at * cs + t * 8, ((g.l2_at + k as u64) * cs) | COPIED);
     }
     let mut k = 0usize;
-    for (d, &g) in clusters.iter().enumerate() {
-        while l2_used[k] != g / per_l2 {
+    for (d, &gc) in clusters.iter().enumerate() {
+        while g.l2_used[k] != gc / per_l2 {
             k += 1;
         }
-        let o = (l2_at + k as u64) * cs + (g % per_l2) * 8;
-        put64(&mut m, o, ((data_at + d as u64) * cs) | COPIED);
+        let o = (g.l2_at + k as u64) * cs + (gc % per_l2) * 8;
+        put64(&mut m, o, entry(d));
     }
     m
+}
+
+/// Header, refcount table and blocks, L1 and L2 tables for [`write`]: the data
+/// clusters follow the tables in guest order.
+fn layout(size: u64, clusters: &[u64]) -> Vec<u8> {
+    let n = clusters.len() as u64;
+    let g = geometry(size, clusters, n);
+    let total = g.data_at + n;
+    let data_at = g.data_at;
+    tables(size, clusters, &g, false, total, |d| ((data_at + d as u64) * OUT_CS) | COPIED, |_| 1)
+}
+
+/// zstd level of `--compress`: qemu-img's default for zstd clusters.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Like [`write`], with every guest cluster zstd-compressed (qcow2 compression type 1,
+/// as `qemu-img convert -c -o compression_type=zstd` writes it) on `threads` threads.
+/// Each cluster is compressed on its own, so the bytes do not depend on `threads`.
+/// The compressed data streams out in guest order after space kept for the tables
+/// (sized for the uncompressed case); the tables are written last, then the file is
+/// read back once for its sha256. Returns the sha256 (hex).
+pub fn write_zstd<F>(
+    out: &Path,
+    size: u64,
+    clusters: &[u64],
+    threads: usize,
+    mut fill: F,
+) -> std::io::Result<String>
+where
+    F: FnMut(u64, u64, &mut [u8]) -> std::io::Result<()>,
+{
+    use std::sync::mpsc::sync_channel;
+
+    // An incompressible cluster costs up to a cluster of padding before it.
+    let g = geometry(size, clusters, 2 * clusters.len() as u64 + 1);
+    let threads = threads.max(1);
+    let mut f = File::create(out)?;
+    let data_start = g.data_at * OUT_CS;
+
+    let (work_tx, work_rx) = sync_channel::<(usize, Vec<u8>)>(threads * 2);
+    let work_rx = Mutex::new(work_rx);
+    let (done_tx, done_rx) = sync_channel::<(usize, Vec<Piece>)>(threads * 2);
+    let (entries, data_refc) = std::thread::scope(|s| -> std::io::Result<(Vec<u64>, Vec<u16>)> {
+        let mut workers = Vec::new();
+        for _ in 0..threads {
+            let (done_tx, work_rx) = (done_tx.clone(), &work_rx);
+            workers.push(s.spawn(move || -> std::io::Result<()> {
+                let mut z = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
+                loop {
+                    let job =
+                        work_rx.lock().map_err(|_| std::io::Error::other("worker lock poisoned"))?.recv();
+                    let Ok((seq, buf)) = job else { return Ok(()) };
+                    let pieces = buf
+                        .chunks(OUT_CS as usize)
+                        .map(|c| compress_cluster(c, &mut z))
+                        .collect::<Result<_, _>>()?;
+                    if done_tx.send((seq, pieces)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }));
+        }
+        drop(done_tx);
+        let file = &mut f;
+        let writer = s.spawn(move || write_pieces(file, data_start, done_rx));
+        let fed = (|| -> std::io::Result<()> {
+            for (seq, (first, n)) in runs(clusters).enumerate() {
+                let mut buf = vec![0u8; (n * OUT_CS) as usize];
+                fill(first, n, &mut buf)?;
+                work_tx.send((seq, buf)).map_err(|_| std::io::Error::other("compression stopped"))?;
+            }
+            Ok(())
+        })();
+        drop(work_tx);
+        for w in workers {
+            w.join().map_err(|_| std::io::Error::other("a compression thread panicked"))??;
+        }
+        // The writer's error first: a full disk stops it, and then the feeder only
+        // sees that compression stopped.
+        let written = writer.join().map_err(|_| std::io::Error::other("the writer thread panicked"))??;
+        fed?;
+        Ok(written)
+    })?;
+    let host = g.data_at + data_refc.len() as u64;
+    let meta = tables(
+        size,
+        clusters,
+        &g,
+        true,
+        host,
+        |d| entries[d],
+        |c| c.checked_sub(g.data_at).map_or(1, |i| data_refc[i as usize]),
+    );
+    f.write_all_at(&meta, 0)?;
+    // A whole number of clusters, as qemu leaves it.
+    f.set_len(host * OUT_CS)?;
+    drop(f);
+    // The tables are at the front, so the hash reads the file once more.
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    let mut r = File::open(out)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        sha2::Digest::update(&mut h, &buf[..n]);
+    }
+    Ok(hex::encode(sha2::Digest::finalize(h)))
+}
+
+/// One guest cluster of a compressed image: how it is stored and its bytes.
+enum Piece {
+    /// All zeros: left unallocated (reads as zeros: the image has no backing file).
+    Zero,
+    /// A zstd frame.
+    Zstd(Vec<u8>),
+    /// As is (compression would not save a sector), cluster-aligned.
+    Plain(Vec<u8>),
+}
+
+fn compress_cluster(c: &[u8], z: &mut zstd::bulk::Compressor<'_>) -> std::io::Result<Piece> {
+    if c.iter().all(|&b| b == 0) {
+        return Ok(Piece::Zero);
+    }
+    let packed = z.compress(c)?;
+    // Like qemu: a cluster that does not shrink is stored uncompressed.
+    Ok(if packed.len() + 512 > c.len() { Piece::Plain(c.to_vec()) } else { Piece::Zstd(packed) })
+}
+
+/// Bits of a compressed cluster descriptor (qcow2 spec): x = 62 - (cluster_bits - 8)
+/// bits of host offset, then the count of 512-byte sectors after the first.
+const CSIZE_SHIFT: u32 = 62 - (OUT_CLUSTER_BITS - 8);
+
+/// Write the pieces arriving on `rx` in sequence order from `start`; returns each
+/// guest cluster's L2 entry and the reference count of each host cluster from `start`.
+fn write_pieces(
+    f: &mut File,
+    start: u64,
+    rx: std::sync::mpsc::Receiver<(usize, Vec<Piece>)>,
+) -> std::io::Result<(Vec<u64>, Vec<u16>)> {
+    let cs = OUT_CS;
+    f.seek(SeekFrom::Start(start))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let (mut entries, mut refc) = (Vec::new(), Vec::<u16>::new());
+    let mut pos = start;
+    let mut pending = std::collections::BTreeMap::new();
+    let mut next = 0usize;
+    let count = |refc: &mut Vec<u16>, lo: u64, hi: u64| {
+        let (a, b) = ((lo - start) / cs, (hi - 1 - start) / cs);
+        if refc.len() <= b as usize {
+            refc.resize(b as usize + 1, 0);
+        }
+        for c in a..=b {
+            refc[c as usize] += 1;
+        }
+    };
+    for (seq, pieces) in rx {
+        pending.insert(seq, pieces);
+        while let Some(pieces) = pending.remove(&next) {
+            next += 1;
+            for p in pieces {
+                match p {
+                    Piece::Zero => entries.push(0),
+                    Piece::Zstd(z) => {
+                        let sectors = ((pos + z.len() as u64 - 1) >> 9) - (pos >> 9);
+                        entries.push(COMPRESSED | (sectors << CSIZE_SHIFT) | pos);
+                        // qemu counts every host cluster the descriptor's sectors touch
+                        count(&mut refc, pos & !511, (pos & !511) + (sectors + 1) * 512);
+                        w.write_all(&z)?;
+                        pos += z.len() as u64;
+                    }
+                    Piece::Plain(d) => {
+                        let at = pos.div_ceil(cs) * cs;
+                        w.write_all(&vec![0u8; (at - pos) as usize])?;
+                        entries.push(at | COPIED);
+                        count(&mut refc, at, at + cs);
+                        w.write_all(&d)?;
+                        pos = at + cs;
+                    }
+                }
+            }
+        }
+    }
+    w.flush()?;
+    Ok((entries, refc))
 }
 
 #[cfg(test)]
@@ -506,7 +736,7 @@ mod tests {
     use std::process::Command;
 
     fn have_qemu_img() -> bool {
-        Command::new("qemu-img").arg("--version").output().is_ok()
+        crate::tools::for_test("qemu-img").is_some()
     }
 
     /// Written images pass `qemu-img check`, read back equal through qemu-img and
@@ -560,6 +790,88 @@ mod tests {
                 assert_eq!(p[..n], got[..n]);
             } else {
                 assert!(got[..n].iter().all(|&b| b == 0));
+            }
+        }
+    }
+
+    /// zstd-compressed output: `qemu-img check` clean, qemu-img and [`Reader`] read
+    /// the guest bytes back, the digest is the file's, zero clusters stay unallocated,
+    /// incompressible ones stay whole, and the bytes are the same for 1 and 3 threads.
+    #[test]
+    fn compressed_writer_is_clean_deterministic_and_reads_back() {
+        if !have_qemu_img() {
+            assert!(std::env::var_os("CI").is_none(), "qemu-img is required in CI");
+            eprintln!("qemu-img missing; skipped");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let size = (1 << 30) + 7 * 512;
+        // runs longer than a chunk, L2 boundaries, the last partial cluster
+        let mut clusters: Vec<u64> = (0..40).chain(8190..8195).chain(9000..9003).collect();
+        clusters.push((size - 1) / OUT_CS);
+        // compressible text, zeros, and pseudo-random (incompressible) clusters
+        let pattern = |g: u64, buf: &mut [u8]| match g % 5 {
+            0 => buf.fill(0),
+            1 => {
+                let mut x = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for b in buf.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+            }
+            _ => {
+                for (i, b) in buf.iter_mut().enumerate() {
+                    *b = b"kubelet binary text "[(i + g as usize) % 20];
+                }
+            }
+        };
+        let fill = |first: u64, n: u64, buf: &mut [u8]| {
+            for i in 0..n {
+                pattern(first + i, &mut buf[(i * OUT_CS) as usize..((i + 1) * OUT_CS) as usize]);
+            }
+            Ok(())
+        };
+        let one = d.path().join("one.qcow2");
+        let three = d.path().join("three.qcow2");
+        let digest = write_zstd(&one, size, &clusters, 1, fill).unwrap();
+        assert_eq!(digest, write_zstd(&three, size, &clusters, 3, fill).unwrap());
+        let bytes = std::fs::read(&one).unwrap();
+        assert_eq!(bytes, std::fs::read(&three).unwrap(), "thread count changed the output");
+        use sha2::Digest;
+        assert_eq!(digest, hex::encode(sha2::Sha256::digest(&bytes)));
+
+        let check = Command::new("qemu-img").args(["check", "-f", "qcow2"]).arg(&one).output().unwrap();
+        let report = String::from_utf8_lossy(&check.stdout);
+        assert!(check.status.success() && report.contains("No errors were found"), "{report}");
+        let info = Command::new("qemu-img").args(["info", "-f", "qcow2"]).arg(&one).output().unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("compression type: zstd"));
+        let raw = d.path().join("o.raw");
+        let st =
+            Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&one).arg(&raw).status().unwrap();
+        assert!(st.success());
+        let r = Reader::open(&one).unwrap().unwrap();
+        let rawf = File::open(&raw).unwrap();
+        let (mut want, mut got, mut p) =
+            (vec![0u8; OUT_CS as usize], vec![0u8; OUT_CS as usize], vec![0u8; OUT_CS as usize]);
+        for g in (0..45).chain(8189..8196).chain([9001, (size - 1) / OUT_CS]) {
+            let n = (size - g * OUT_CS).min(OUT_CS) as usize;
+            rawf.read_exact_at(&mut want[..n], g * OUT_CS).unwrap();
+            r.read_at(&mut got[..n], g * OUT_CS).unwrap();
+            assert_eq!(want[..n], got[..n], "cluster {g}");
+            p.fill(0);
+            if clusters.contains(&g) {
+                pattern(g, &mut p);
+            }
+            assert_eq!(p[..n], got[..n], "cluster {g}");
+        }
+        // zeros not stored, random bytes stored whole, text compressed (to < 1 KiB)
+        for &g in &clusters {
+            match (g % 5, r.loc(g)) {
+                (0, Loc::Zero) | (1, Loc::Data(_)) => {}
+                (2..=4, Loc::Compressed { len, .. }) if len <= 1024 => {}
+                (_, l) => panic!("cluster {g} stored as {l:?}"),
             }
         }
     }

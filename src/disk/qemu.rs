@@ -63,24 +63,33 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
 /// digest) replaces the random identifiers some formats carry, so same inputs give
 /// the same bytes. vhd's footer and OVA need more than the seed: builds go through
 /// [`super::formats::write`], which calls this for the plain qemu-img formats.
-pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result<(), DiskError> {
+pub fn convert_out(
+    raw: &Path,
+    fmt: OutFormat,
+    compress: bool,
+    dst: &Path,
+    seed: &str,
+) -> Result<(), DiskError> {
     let Some((name, options)) = qemu_format(fmt) else {
         return Err(DiskError::Tool { tool: "qemu-img", msg: format!("{fmt} is not a qemu-img format") });
     };
-    run(
-        &tools::QEMU_IMG,
-        &[
-            "convert".as_ref(),
-            "-f".as_ref(),
-            "raw".as_ref(),
-            "-O".as_ref(),
-            name.as_ref(),
-            "-o".as_ref(),
-            options.as_ref(),
-            raw.as_os_str(),
-            dst.as_os_str(),
-        ],
-    )?;
+    let compress = compress && fmt == OutFormat::Qcow2;
+    // Compressed writes of qemu-img convert are sequential, so the output stays a
+    // function of the guest bytes.
+    let options = if compress { format!("{options},compression_type=zstd") } else { options.to_string() };
+    let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), "-f".as_ref(), "raw".as_ref()];
+    if compress {
+        args.push("-c".as_ref());
+    }
+    args.extend::<[&std::ffi::OsStr; 6]>([
+        "-O".as_ref(),
+        name.as_ref(),
+        "-o".as_ref(),
+        options.as_ref(),
+        raw.as_os_str(),
+        dst.as_os_str(),
+    ]);
+    run(&tools::QEMU_IMG, &args)?;
     match fmt {
         OutFormat::Vmdk => fix_vmdk_cid(dst, seed)?,
         OutFormat::Vhdx => fix_vhdx_ids(dst, seed)?,
@@ -249,11 +258,11 @@ mod tests {
         for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk, OutFormat::Vhdx] {
             let a = d.path().join(format!("a.{fmt}"));
             let b = d.path().join(format!("b.{fmt}"));
-            convert_out(&raw, fmt, &a, "seed").unwrap();
+            convert_out(&raw, fmt, false, &a, "seed").unwrap();
             std::thread::sleep(std::time::Duration::from_millis(1100));
             // Same file name: VMDK descriptors name their extent file.
             std::fs::rename(&a, d.path().join("keep")).unwrap();
-            convert_out(&raw, fmt, &a, "seed").unwrap();
+            convert_out(&raw, fmt, false, &a, "seed").unwrap();
             std::fs::rename(&a, &b).unwrap();
             std::fs::rename(d.path().join("keep"), &a).unwrap();
             let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());

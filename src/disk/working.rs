@@ -21,6 +21,8 @@ use crate::types::{size, OutFormat, Sha256};
 #[derive(Debug, Clone)]
 pub struct ImageSpec<'a> {
     pub format: OutFormat,
+    /// zstd-compressed qcow2 clusters.
+    pub compress: bool,
     /// The virtual disk size asked for; `None` keeps the base's and grows only when the
     /// layer (and `reserve`) does not fit.
     pub disk_size: Option<u64>,
@@ -144,7 +146,7 @@ fn finish_fast(
     let fs_spec = ov.root.spec().to_string();
     clock.say("streaming the qcow2 image while e2fsck -fn checks the root filesystem");
     let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
-    let written = ov.write_qcow2(out);
+    let written = ov.write_qcow2(out, spec.compress);
     clock.say("image written");
     let checked = fsck
         .join()
@@ -189,7 +191,7 @@ fn finish_raw(
     clock.say(format_args!("converting to {}", spec.format));
     let stamp =
         formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name };
-    formats::write(&raw, spec.format, out, &stamp)?;
+    formats::write(&raw, spec.format, spec.compress, out, &stamp)?;
     // Free the working copy before hashing: it can be several GiB.
     let _ = std::fs::remove_file(&raw);
     clock.say("hashing the image");

@@ -7,7 +7,8 @@
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
 //! - [`image`]: container image references and their `sha256:` digests;
 //! - [`size`]: disk sizes as people write them (`8G`);
-//! - [`private_ranges`]: the private address ranges the firewall defaults to.
+//! - [`private_ranges`]: the private address ranges the firewall defaults to;
+//! - [`rfc3339`]: a time as the SBOM and Kubernetes write it.
 
 pub mod debian;
 pub mod digest;
@@ -20,3 +21,12 @@ pub use debian::PackageRequest;
 pub use digest::Sha256;
 pub use image::{Digest, ImageRef};
 pub use target::{Arch, ItemKind, OutFormat, Role};
+
+/// `t` in UTC as RFC 3339 with whole seconds (`2024-08-21T07:05:09Z`), what Go's
+/// `time.RFC3339` prints and SPDX's `created` asks for.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
+    // RFC 3339 has four-digit years only; a time before year 0 (which nothing here makes)
+    // prints in `time`'s own notation rather than not at all.
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}

@@ -13,6 +13,14 @@ pub fn bin() -> std::process::Command {
     c
 }
 
+/// Whether the external `tool` a test needs can run here: the one place a test decides to
+/// skip. When it is missing the test panics if `CI` is set (ci/test.sh installs every tool, so
+/// CI never passes by skipping), and otherwise prints a loud note and returns false for the
+/// test to return early.
+pub fn tool(tool: &'static str) -> bool {
+    imgbuild::tools::for_test(tool).is_some()
+}
+
 /// Validate an SPDX document with the reference validator (PyPI spdx-tools' `pyspdxtools`,
 /// installed by ci/test.sh): required in CI, skipped with a note elsewhere.
 pub fn validate_spdx(path: &std::path::Path) {

@@ -153,16 +153,6 @@ pub fn materialize(layer: &Layer, root: &Path) {
 }
 
 /// Is `tool` runnable? Missing tools fail under CI and skip (with a note) elsewhere.
-pub fn have(tool: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool} || test -x /usr/sbin/{tool} || test -x /sbin/{tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(std::env::var_os("CI").is_none(), "{tool} is required in CI (see ci/test.sh)");
-        eprintln!("note: {tool} not installed, skipping its check");
-    }
-    found
+pub fn have(tool: &'static str) -> bool {
+    crate::common::tool(tool)
 }
