@@ -149,11 +149,13 @@ awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
   /^(packages|images|addons):/ { skip = 1 } /^[a-z_]+:/ && !/^(packages|images|addons):/ { skip = 0 }
   /^disk_size:/ { next }
   skip { next }
-  /^ *amd64: [0-9a-f]+$/ { i++; sub(/[0-9a-f]+$/, d[i]) } { print }' \
+  /^ *amd64: [0-9a-f]+$/ { i++; sub(/[0-9a-f]+$/, d[i]) } { print }
+  /^      - https:\/\/dl\.k8s\.io\// { print "    signature: none" }' \
   image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml >"$recipe"
 # (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file. The
 # container images and add-ons too: the images run is below. disk_size too: the baseline
-# converts the base at its own size.)
+# converts the base at its own size. The stand-ins of the dl.k8s.io binaries carry no
+# cosign signature: `signature: none`.)
 
 # --- container images: the same recipe plus BENCH_IMAGES images pinned by digest, their
 # blobs (BENCH_IMAGE_MIB MiB of incompressible data each, plus one shared base layer of the

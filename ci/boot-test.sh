@@ -34,10 +34,10 @@ mem=${BOOT_TEST_MEM:-1024}
 
 # Longest first (worker boots twice, broken-seed spends its retry budget), so two slots
 # finish together.
-all_scenarios=(worker broken-seed cp-init cp-join late-join)
+all_scenarios=(worker broken-seed cp-init cp-join late-join cp-restore)
 if [ $# -gt 0 ]; then scenarios=("$@"); else scenarios=("${all_scenarios[@]}"); fi
 for s in "${scenarios[@]}"; do
-  case $s in worker | cp-init | cp-join | late-join | broken-seed | base) ;; *) die "unknown scenario $s" ;; esac
+  case $s in worker | cp-init | cp-join | late-join | broken-seed | cp-restore | base) ;; *) die "unknown scenario $s" ;; esac
 done
 
 # ---------------------------------------------------------------- dependencies
@@ -94,16 +94,20 @@ say "accelerator: $accel"
 # boot_vm DIR NAME DISK_QCOW2 SEED_ISO KERNEL_DIR EXTRA_CMDLINE [NICS] -> DIR/NAME.serial.log
 # NICS: space-separated MAC[@NET] per virtio NIC, each on its own user network
 # (restrict=on; NET as slirp's net=, default 10.0.2.0/24); default: one NIC, QEMU's MAC.
+# A caller's `guestfwd` (bash's dynamic scope) is a host command that answers the guest's
+# TCP connections to 10.0.2.100:80 on the first NIC (slirp lets guestfwd through restrict=on).
 boot_vm() {
-  local dir=$1 name=$2 disk=$3 seed=$4 kdir=$5 extra=$6 nics=${7:-} rc ts i=0 nic mac net
-  local netargs=(-netdev "user,id=n0,restrict=on" -device "virtio-net-pci,netdev=n0")
+  local dir=$1 name=$2 disk=$3 seed=$4 kdir=$5 extra=$6 nics=${7:-} rc ts i=0 nic mac net fwd=
+  [ -z "${guestfwd:-}" ] || fwd=",guestfwd=tcp:10.0.2.100:80-cmd:$guestfwd"
+  local netargs=(-netdev "user,id=n0,restrict=on$fwd" -device "virtio-net-pci,netdev=n0")
   if [ -n "$nics" ]; then
     netargs=()
     for nic in $nics; do
       mac=${nic%%@*}
       net=
       [ "$nic" = "$mac" ] || net=",net=${nic#*@}"
-      netargs+=(-netdev "user,id=n$i,restrict=on$net" -device "virtio-net-pci,netdev=n$i,mac=$mac")
+      [ "$i" = 0 ] || fwd=
+      netargs+=(-netdev "user,id=n$i,restrict=on$net$fwd" -device "virtio-net-pci,netdev=n$i,mac=$mac")
       i=$((i + 1))
     done
   fi

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+use crate::net::Mirror;
+
 /// A `Bearer` challenge's parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Challenge {
@@ -150,6 +152,22 @@ pub fn parse_token(body: &[u8], url: &str) -> Result<Token, AuthError> {
         .ok_or_else(|| AuthError::Token { url: url.to_string(), msg: "no usable token".into() })?;
     let life = Duration::from_secs(a.expires_in.unwrap_or(60).clamp(20, 24 * 3600));
     Ok(Token { value, until: Instant::now() + life - Duration::from_secs(10) })
+}
+
+/// Real token answers are a few KiB (a JWT); anything near this is not one.
+const TOKEN_MAX: u64 = 1 << 20;
+
+/// Ask `ch`'s realm for an anonymous token (no credentials are sent) through the one
+/// network layer: mirror rewriting, the retry policy, a size limit, redacted URLs.
+/// Blocking: async callers run it on a blocking thread.
+pub fn request_token(ch: &Challenge, mirrors: &[Mirror]) -> Result<Token, AuthError> {
+    let r = crate::net::get::request(&ch.token_url(), mirrors, &[], TOKEN_MAX)
+        .map_err(|e| AuthError::Token { url: e.url.to_string(), msg: e.msg })?;
+    let url = r.url.to_string();
+    if !(200..300).contains(&r.status) {
+        return Err(AuthError::Token { url, msg: format!("HTTP {}", r.status) });
+    }
+    parse_token(&r.body, &url)
 }
 
 /// Tokens by challenge, shared by every request of a run, and the challenge each

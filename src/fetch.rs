@@ -3,8 +3,11 @@
 //! Each artifact is streamed into `partial/<sha256>` in the cache while it is hashed,
 //! and renamed to `sha256/<sha256>` only when the digest matches. URLs are tried in
 //! order: 404/410 (and other non-transient answers) move on to the next URL; transient
-//! failures (connect/reset/timeout, 408, 429, 5xx) are retried with capped exponential
-//! backoff like `curl --retry`, resuming with `Range` from what is already on disk.
+//! failures (connect/reset/timeout, 408, 429, 5xx, a cut or stalled body) are retried
+//! under the one bounded policy of [`crate::net::retry`] (attempts, resumes and a
+//! deadline per URL), resuming with `Range` from what is already on disk. Every
+//! download has a size limit ([`size_limit`]): a server or `file://` source that sends
+//! more is given up at once. URLs are printed redacted ([`crate::net::SafeUrl`]).
 //! A per-digest file lock lets several processes share one cache: the second waits,
 //! then finds the blob. A `401` with a `Bearer` challenge (container registries) is
 //! answered with an anonymous token ([`crate::bearer`]), cached per repository; image
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256 as Hasher};
 use tokio::sync::{mpsc, Semaphore};
@@ -29,21 +32,30 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::bearer::TokenCache;
 use crate::cache::Cache;
 use crate::exit::{Classify, Code};
+pub use crate::net::{rewrite, Mirror};
+use crate::net::{Progress, RetryPolicy, SafeUrl};
 use crate::plan::{Item, ItemKey};
 use crate::reporter::{human_bytes, Reporter, Task};
 use crate::types::{ItemKind, Sha256};
 
 /// Write/hash granularity: large enough that per-chunk overhead vanishes.
 const BUF: usize = 256 * 1024;
-/// Retries per URL after the first attempt (`curl --retry 5`).
-const RETRIES: u32 = 5;
-/// Backoff before retry n (0-based): `BASE * 2^n`, at most `CAP`. Small base keeps
-/// tests fast; the cap bounds the worst case per URL to about 10 s.
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
-const BACKOFF_CAP: Duration = Duration::from_secs(4);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// No byte for this long on an open connection counts as a transient failure.
-const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most bytes a download of `kind` may have: a pinned digest proves nothing until
+/// the last byte, so without a limit a hostile mirror (or `file:///dev/zero`) fills
+/// the cache's filesystem first. Each is far above its real size (the noble cloud
+/// image is ~600 MB, the largest artifact ~100 MB, the largest .deb a few MB, the
+/// largest container layer some hundred MB).
+pub fn size_limit(kind: crate::types::ItemKind) -> u64 {
+    use crate::types::ItemKind;
+    match kind {
+        ItemKind::Base => 8 << 30,
+        ItemKind::Artifact => 2 << 30,
+        ItemKind::Package => 1 << 30,
+        // Image blobs carry their descriptor's size; this bounds one that does not.
+        ItemKind::Image => 4 << 30,
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -56,8 +68,8 @@ pub enum FetchError {
          (nothing was kept in the cache)"
     )]
     Mismatch { name: String, version: String, url: String, expected: Sha256, actual: Sha256 },
-    #[error("invalid mirror {0:?}: expected FROM=TO with http://, https:// or file:// URL prefixes")]
-    BadMirror(String),
+    #[error(transparent)]
+    BadMirror(#[from] crate::net::BadMirror),
     #[error("{name} {version}: {what}")]
     Io {
         name: String,
@@ -111,47 +123,6 @@ impl Classify for FetchError {
                 }
             }
         }
-    }
-}
-
-/// A URL prefix rewrite (`--mirror FROM=TO`, or `IMGBUILD_MIRROR="FROM=TO FROM=TO"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mirror {
-    pub from: String,
-    pub to: String,
-}
-
-impl Mirror {
-    /// Parse `FROM=TO`; both sides must be URL prefixes.
-    pub fn parse(s: &str) -> Result<Mirror, FetchError> {
-        let bad = || FetchError::BadMirror(s.to_string());
-        let (from, to) = s.split_once('=').ok_or_else(bad)?;
-        let is_url = |u: &str| {
-            ["http://", "https://", "file://"].iter().any(|p| u.len() > p.len() && u.starts_with(p))
-        };
-        if !is_url(from) || !is_url(to) {
-            return Err(bad());
-        }
-        Ok(Mirror { from: from.to_string(), to: to.to_string() })
-    }
-
-    /// Parse every `FROM=TO` of `specs`, in order (earlier ones win a tie in [`rewrite`]).
-    pub fn parse_all<'a>(specs: impl IntoIterator<Item = &'a str>) -> Result<Vec<Mirror>, FetchError> {
-        specs.into_iter().map(Mirror::parse).collect()
-    }
-}
-
-/// Rewrite `url` by the mirror with the longest matching `from` (the first on a tie).
-pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
-    let mut best: Option<&Mirror> = None;
-    for m in mirrors {
-        if url.starts_with(&m.from) && best.is_none_or(|b| m.from.len() > b.from.len()) {
-            best = Some(m);
-        }
-    }
-    match best {
-        Some(m) => format!("{}{}", m.to, &url[m.from.len()..]),
-        None => url.to_string(),
     }
 }
 
@@ -215,16 +186,6 @@ fn fetch_items(
     if opts.offline {
         return offline(&items, cache, &progress).map_err(Into::into);
     }
-    // A runtime cannot be started from inside another one; a caller that is itself
-    // async gets a plain thread.
-    if tokio::runtime::Handle::try_current().is_ok() {
-        let (c, o) = (cache.clone(), opts.clone());
-        return std::thread::scope(|s| {
-            s.spawn(move || fetch_all(items, c, &o, progress))
-                .join()
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("fetch thread panicked")))
-        });
-    }
     fetch_all(items, cache.clone(), opts, progress)
 }
 
@@ -252,6 +213,7 @@ struct Ctx {
     cache: Cache,
     progress: Reporter,
     jobs: Semaphore,
+    retry: RetryPolicy,
     /// Registry tokens (anonymous bearer flow), shared by every download of the run.
     tokens: TokenCache,
     /// For token endpoints, rewritten like every other URL.
@@ -265,32 +227,25 @@ fn fetch_all(
     progress: Reporter,
 ) -> Result<Vec<PathBuf>> {
     let jobs = if opts.jobs == 0 { 4 } else { opts.jobs.min(MAX_JOBS) };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the download runtime")?;
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(READ_TIMEOUT)
-        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("creating the HTTP client")?;
+    let client = crate::net::get::shared_client().context("creating the HTTP client")?.clone();
+    let retry = RetryPolicy::downloads(crate::net::settings().attempts);
     let ctx = Arc::new(Ctx {
         client,
         cache,
         progress,
         jobs: Semaphore::new(jobs),
+        retry,
         tokens: TokenCache::default(),
         mirrors: opts.mirrors.clone(),
     });
-    let results = rt.block_on(async {
+    let results = crate::net::block_on(async {
         let handles: Vec<_> = items.into_iter().map(|i| tokio::spawn(fetch_one(ctx.clone(), i))).collect();
         let mut out = Vec::new();
         for h in handles {
             out.push(h.await);
         }
         out
-    });
+    })?;
     let mut paths = Vec::new();
     let mut errors = Vec::new();
     for r in results {
@@ -395,7 +350,7 @@ enum UrlEnd {
 /// What went wrong in one attempt.
 enum Attempt {
     /// Retry the same URL (after a backoff).
-    Transient { what: String, retry_after: Option<Duration>, progressed: bool },
+    Transient { what: String, retry_after: Option<Duration>, progress: Progress },
     /// Do not retry this URL.
     Next(String),
     /// A token was obtained for the registry's challenge: send the request again now.
@@ -457,11 +412,12 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
     let mut u = 0;
     while u < item.urls.len() {
         let url = &item.urls[u];
+        let shown = SafeUrl::new(url.as_str()).to_string();
         let (p, end) = fetch_url(&ctx, &item, url, part, &task).await?;
         part = p;
         match end {
             UrlEnd::Next(what) => {
-                outcomes.push((url.clone(), what));
+                outcomes.push((shown, what));
                 u += 1;
             }
             UrlEnd::Done => {
@@ -494,7 +450,7 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
                 return Err(FetchError::Mismatch {
                     name: item.name.clone(),
                     version: item.version.clone(),
-                    url: url.clone(),
+                    url: shown,
                     expected: item.sha256.clone(),
                     actual,
                 });
@@ -527,12 +483,14 @@ async fn fetch_url(
     if let Some(rest) = url.strip_prefix("file://") {
         return copy_file(item, rest, part, task).await;
     }
-    let mut failures = 0u32;
+    // Bounded: a resumed attempt that added bytes earns more room than one that got
+    // nothing or started again from byte 0, and no attempt starts after the deadline.
+    let mut retry = ctx.retry.start();
     let mut authorized = false;
     loop {
         let (p, result) = attempt(ctx, item, url, part, task).await?;
         part = p;
-        let (what, retry_after) = match result {
+        let (what, retry_after, progress) = match result {
             Ok(()) => return Ok((part, UrlEnd::Done)),
             Err(Attempt::Next(what)) => return Ok((part, UrlEnd::Next(what))),
             // Once per URL: a second 401 with a fresh token is a refusal, not a challenge.
@@ -546,25 +504,16 @@ async fn fetch_url(
                     UrlEnd::Next("HTTP 401: the registry refused the token it asked for".into()),
                 ))
             }
-            Err(Attempt::Transient { what, retry_after, progressed }) => {
-                // Bytes arrived: the server works, the connection does not. Keep going
-                // as long as each attempt makes progress (curl resets its count too).
-                if progressed {
-                    failures = 0;
-                }
-                (what, retry_after)
-            }
+            Err(Attempt::Transient { what, retry_after, progress }) => (what, retry_after, progress),
         };
-        if failures >= RETRIES {
-            return Ok((part, UrlEnd::Next(format!("{what} (gave up after {RETRIES} retries)"))));
-        }
-        let backoff = BACKOFF_BASE.saturating_mul(1 << failures.min(16)).min(BACKOFF_CAP);
-        let wait = retry_after.map_or(backoff, |r| r.min(BACKOFF_CAP).max(backoff));
-        failures += 1;
+        let Some(wait) = retry.failed(progress, retry_after) else {
+            return Ok((part, UrlEnd::Next(format!("{what} ({})", retry.why_stopped()))));
+        };
         ctx.progress.status(format!(
-            "{} {}: {what}; retry {failures}/{RETRIES} in {:.1} s",
+            "{} {}: {what}; attempt {} failed, retrying in {:.1} s",
             item.name,
             item.version,
+            retry.attempts(),
             wait.as_secs_f64()
         ));
         tokio::time::sleep(wait).await;
@@ -580,7 +529,8 @@ async fn attempt(
     mut part: Partial,
     task: &Task,
 ) -> Result<(Partial, Result<(), Attempt>), FetchError> {
-    let transient = |what: String| Attempt::Transient { what, retry_after: None, progressed: false };
+    let transient = |what: String| Attempt::Transient { what, retry_after: None, progress: Progress::None };
+    let limit = item.size.unwrap_or_else(|| size_limit(item.kind));
     let truncate =
         |part: &mut Partial| part.reset().map_err(|e| io_err(item, "truncating the partial download", e));
     let offset = part.len;
@@ -601,7 +551,7 @@ async fn attempt(
         Err(e) => {
             // The URL is in the outcome list already; reqwest would repeat it.
             let builder = e.is_builder();
-            let what = chain(&e.without_url());
+            let what = crate::net::chain(&e.without_url());
             // A name that does not resolve will not start resolving in a few
             // seconds (curl does not retry it either); a refused or reset connection may.
             if builder || what.contains("dns error") {
@@ -633,14 +583,9 @@ async fn attempt(
             || s == StatusCode::TOO_MANY_REQUESTS
             || s.is_server_error() =>
         {
-            let retry_after = resp
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = crate::net::get::retry_after(&resp);
             let what = format!("HTTP {s}");
-            return Ok((part, Err(Attempt::Transient { what, retry_after, progressed: false })));
+            return Ok((part, Err(Attempt::Transient { what, retry_after, progress: Progress::None })));
         }
         StatusCode::UNAUTHORIZED => {
             let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -653,10 +598,15 @@ async fn attempt(
         s => return Ok((part, Err(Attempt::Next(format!("HTTP {s}"))))),
     }
     if let Some(len) = resp.content_length() {
+        if part.len.saturating_add(len) > limit {
+            truncate(&mut part)?;
+            return Ok((part, Err(Attempt::Next(too_large(limit, Some(offset + len))))));
+        }
         task.set_total(part.len + len);
     }
     task.set_position(part.len);
-    stream_body(item, resp, part, task).await
+    let resumed = status == StatusCode::PARTIAL_CONTENT;
+    stream_body(item, resp, part, task, limit, resumed).await
 }
 
 /// What a registry token is for: the repository part of a distribution API URL
@@ -675,20 +625,14 @@ async fn token(ctx: &Ctx, scope: &str, sent: Option<&str>, header: &str) -> Resu
         return Ok(());
     }
     ctx.tokens.forget(&ch);
-    let url = rewrite(&ch.token_url(), &ctx.mirrors);
-    let r = ctx.client.get(&url).send().await.map_err(|e| format!("token endpoint {url}: {}", chain(&e)))?;
-    if !r.status().is_success() {
-        return Err(format!("token endpoint {url}: HTTP {}", r.status()));
-    }
-    let mut body = Vec::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        body.extend_from_slice(&chunk.map_err(|e| format!("token endpoint {url}: {}", chain(&e)))?);
-        if body.len() > 1 << 20 {
-            return Err(format!("token endpoint {url}: answer larger than 1 MiB"));
-        }
-    }
-    let t = crate::bearer::parse_token(&body, &url).map_err(|e| e.to_string())?;
+    // The token request is a small GET like any other (net::get: retries, size limit,
+    // redacted URL); it blocks, so it runs beside the download tasks.
+    let mirrors = ctx.mirrors.clone();
+    let asked = ch.clone();
+    let t = tokio::task::spawn_blocking(move || crate::bearer::request_token(&asked, &mirrors))
+        .await
+        .map_err(|e| format!("token request: {e}"))?
+        .map_err(|e| e.to_string())?;
     ctx.tokens.put(scope, ch, t);
     Ok(())
 }
@@ -706,7 +650,10 @@ async fn stream_body(
     resp: reqwest::Response,
     mut part: Partial,
     task: &Task,
+    limit: u64,
+    resumed: bool,
 ) -> Result<(Partial, Result<(), Attempt>), FetchError> {
+    let start = part.len;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(8);
     let writer = tokio::task::spawn_blocking(move || {
         let mut res = Ok(());
@@ -722,10 +669,15 @@ async fn stream_body(
     let mut buf = Vec::with_capacity(BUF);
     let mut received = 0u64;
     let mut net_err = None;
+    let mut oversized = false;
     while let Some(chunk) = stream.next().await {
         match chunk {
             Ok(c) => {
                 received += c.len() as u64;
+                if start + received > limit {
+                    oversized = true;
+                    break;
+                }
                 task.inc(c.len() as u64);
                 buf.extend_from_slice(&c);
                 if buf.len() >= BUF {
@@ -745,18 +697,30 @@ async fn stream_body(
         let _ = tx.send(buf).await;
     }
     drop(tx);
-    let (part, res) =
+    let (mut part, res) =
         writer.await.map_err(|e| io_err(item, "writing the download", std::io::Error::other(e)))?;
     res.map_err(|e| io_err(item, "writing the partial download in the cache", e))?;
+    if oversized {
+        // Not worth keeping for a resume: no byte past the limit can be the pinned file.
+        part.reset().map_err(|e| io_err(item, "truncating the partial download", e))?;
+        return Ok((part, Err(Attempt::Next(too_large(limit, None)))));
+    }
     let end = match net_err {
         None => Ok(()),
         Some(e) => Err(Attempt::Transient {
-            what: format!("connection lost after {received} bytes: {}", chain(&e)),
+            what: format!("connection lost after {received} bytes: {}", crate::net::chain(&e)),
             retry_after: None,
-            progressed: received > 0,
+            // Only a resume that added bytes is progress; a body that started again
+            // from byte 0 (a 200 after a cut) has gained nothing.
+            progress: if resumed && received > 0 { Progress::Resumed } else { Progress::None },
         }),
     };
     Ok((part, end))
+}
+
+fn too_large(limit: u64, declared: Option<u64>) -> String {
+    let declared = declared.map(|d| format!(" (it declares {})", human_bytes(d))).unwrap_or_default();
+    format!("larger than the {} limit for this kind of download{declared}", human_bytes(limit))
 }
 
 /// A `file://` source (an air-gapped mirror): copy it, hashing, from the start.
@@ -767,6 +731,7 @@ async fn copy_file(
     task: &Task,
 ) -> Result<(Partial, UrlEnd), FetchError> {
     let src = PathBuf::from(path);
+    let limit = item.size.unwrap_or_else(|| size_limit(item.kind));
     // Outer io::Result: our cache file failed (fatal); inner: the source failed (next URL).
     let joined = tokio::task::spawn_blocking(move || {
         let res = (|| -> std::io::Result<Result<u64, std::io::Error>> {
@@ -783,6 +748,10 @@ async fn copy_file(
                 };
                 if n == 0 {
                     return Ok(Ok(part.len));
+                }
+                if part.len + n as u64 > limit {
+                    part.reset()?;
+                    return Ok(Err(std::io::Error::other(too_large(limit, None))));
                 }
                 part.append(&buf[..n])?;
             }
@@ -802,36 +771,9 @@ async fn copy_file(
     }
 }
 
-/// An error with its sources: reqwest hides the interesting part (refused, reset) there.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            let _ = write!(s, ": {m}");
-        }
-        cur = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mirror_parse_and_rewrite() {
-        let m = |s| Mirror::parse(s).unwrap();
-        let ms =
-            vec![m("https://dl.k8s.io=http://127.0.0.1:1/k8s"), m("https://dl.k8s.io/release=file:///srv")];
-        assert_eq!(rewrite("https://dl.k8s.io/release/v1/x", &ms), "file:///srv/v1/x");
-        assert_eq!(rewrite("https://dl.k8s.io/other", &ms), "http://127.0.0.1:1/k8s/other");
-        assert_eq!(rewrite("https://get.helm.sh/h", &ms), "https://get.helm.sh/h");
-        for bad in ["nope", "https://a", "=http://b", "https://a=", "ftp://a=http://b", "https://a=b"] {
-            assert!(matches!(Mirror::parse(bad), Err(FetchError::BadMirror(_))), "{bad}");
-        }
-    }
 
     #[test]
     fn integrity_outranks_other_failures() {

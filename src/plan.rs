@@ -54,6 +54,10 @@ pub struct Item {
     /// Tried in order.
     pub urls: Vec<String>,
     pub sha256: Sha256,
+    /// The exact size in bytes, where the recipe or the lock file says it: a download
+    /// that would be larger is given up at once (else [`crate::fetch::size_limit`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
     /// Where an artifact's files land; empty for other kinds.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub install: Vec<InstallStep>,
@@ -213,13 +217,35 @@ pub struct SignaturePolicy {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CosignPolicy {
-    /// PEM bundle of the Fulcio root and intermediates.
-    pub trust_root: PathBuf,
+    /// The Fulcio root and intermediates.
+    pub trust_root: TrustRootSource,
     /// The certificate's expected identity (SAN) and OIDC issuer.
     pub identity: String,
     pub issuer: String,
     /// URL prefixes whose files carry signatures next to them.
     pub hosts: Vec<String>,
+    /// Artifacts from those hosts the recipe says are not signed (`signature: none`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsigned: Vec<String>,
+}
+
+/// Where the cosign trust root comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustRootSource {
+    /// The Sigstore public-good Fulcio root and intermediate compiled into the binary.
+    Embedded,
+    /// A PEM bundle (`--cosign-trust-root`).
+    File(PathBuf),
+}
+
+impl std::fmt::Display for TrustRootSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustRootSource::Embedded => f.write_str("embedded Sigstore public-good Fulcio root"),
+            TrustRootSource::File(p) => write!(f, "{}", p.display()),
+        }
+    }
 }
 
 /// What the build writes.
@@ -309,6 +335,20 @@ impl PlanOptions {
     }
 }
 
+/// The options' signature policy, with the artifacts the recipe exempts.
+fn signatures(r: &crate::recipe::Recipe, o: &SignaturePolicy) -> SignaturePolicy {
+    let mut s = o.clone();
+    if let Some(c) = &mut s.cosign {
+        c.unsigned = r
+            .artifacts
+            .iter()
+            .filter(|a| a.signature == Some(crate::recipe::ArtifactSignature::None))
+            .map(|a| a.name.clone())
+            .collect();
+    }
+    s
+}
+
 impl BuildPlan {
     /// Resolve `lr` for `o.role`/`o.arch`. Input errors (exit 2): the recipe does not pin
     /// the arch, a bad disk size, a stale lock file.
@@ -335,6 +375,7 @@ impl BuildPlan {
             version: b.version.clone(),
             urls: b.urls.iter().map(|u| expand(u, &b.name, &b.version, arch)).collect(),
             sha256: digest(&b.sha256)?,
+            size: None,
             install: Vec::new(),
         };
         let mut artifacts = Vec::new();
@@ -346,6 +387,7 @@ impl BuildPlan {
                 version: a.version.clone(),
                 urls: a.urls.iter().map(|u| x(u)).collect(),
                 sha256: digest(&a.sha256)?,
+                size: a.size.as_ref().and_then(|m| m.get(arch.as_str()).copied()),
                 install: a
                     .install
                     .iter()
@@ -406,7 +448,7 @@ impl BuildPlan {
             images,
             image_items: Vec::new(),
             addons,
-            signatures: o.signatures.clone(),
+            signatures: signatures(r, &o.signatures),
             output: OutputPlan {
                 format: o.format,
                 dir: o.output_dir.clone(),
@@ -455,7 +497,7 @@ impl BuildPlan {
         let mut items: Vec<Item> = Vec::new();
         for img in &self.images {
             let Some(r) = &img.resolved else { continue };
-            for (d, _, kind) in r.blobs() {
+            for (d, size, kind) in r.blobs() {
                 let path = match kind {
                     BlobKind::Manifest => "manifests",
                     BlobKind::Blob => "blobs",
@@ -470,6 +512,8 @@ impl BuildPlan {
                         version: img.reference.to_string(),
                         urls: vec![url],
                         sha256: d.sha256().clone(),
+                        // The descriptor's size: a registry that sends more is cut off.
+                        size: Some(size),
                         install: Vec::new(),
                     }),
                 }
@@ -519,6 +563,7 @@ pub fn package_items(al: &ArchLock) -> Vec<Item> {
             version: d.version.clone(),
             urls: vec![d.url.clone()],
             sha256: d.sha256.clone(),
+            size: Some(d.size),
             install: Vec::new(),
         })
         .collect()

@@ -174,6 +174,23 @@ pub struct Artifact {
     pub urls: Vec<String>,
     pub sha256: PerArch,
     pub install: Vec<Install>,
+    /// `none`: this artifact is not signed upstream's way (a stand-in, a re-packaged
+    /// file), so a build does not look for a cosign signature next to it even when it
+    /// comes from a host that signs its files. Absent: a file from a signing host must
+    /// carry `<url>.sig` and `<url>.cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<ArtifactSignature>,
+    /// Exact size in bytes per arch, optional: caps the download (a server that sends
+    /// more is given up at once instead of filling the cache first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<BTreeMap<String, u64>>,
+}
+
+/// An artifact's `signature:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArtifactSignature {
+    None,
 }
 
 /// A Helm chart the control plane installs after init (see `crate::chart::addons`).
@@ -471,6 +488,14 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
         }
         check_urls(&p, &a.urls)?;
         check_arches(&p, &a.sha256)?;
+        for (arch, n) in a.size.iter().flatten() {
+            if !a.sha256.contains_key(arch) {
+                return err(format!("{p}.size.{arch}"), format!("no sha256 for arch {arch:?}"));
+            }
+            if *n == 0 {
+                return err(format!("{p}.size.{arch}"), "a size must be at least 1 byte".into());
+            }
+        }
         if a.install.is_empty() {
             return err(format!("{p}.install"), "at least one install entry is required".into());
         }

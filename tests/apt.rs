@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::http::Server;
+use common::http::{Fault, Server};
 use imgbuild::apt::{self, control, AptError};
 use imgbuild::layer::{Content, Kind, Layer};
 use imgbuild::plan::{BuildPlan, PackagePlan, PlanOptions};
@@ -383,6 +383,28 @@ fn signature_by_a_signing_subkey_of_the_key_is_good() {
     // The same InRelease does not verify with an unrelated key.
     let r = recipe(f, "subkey-other", "/subkey", "good.asc", &["tool"]);
     assert_eq!(lock(f, &r).status.code(), Some(3));
+}
+
+/// InRelease is read before its signature can be checked: an endless one is cut at its
+/// limit (it once grew in memory until the process died), exit 1, no lock written.
+#[test]
+fn an_endless_inrelease_is_cut_at_its_limit() {
+    let Some(f) = fixture() else { return };
+    f.server.fault_always("/endless/dists/test/InRelease", Fault::Endless);
+    let r = recipe(f, "endless", "/endless", "good.asc", &["tool"]);
+    let out = common::run_limited(
+        common::bin()
+            .args(["--quiet", "lock", "--recipe"])
+            .arg(&r)
+            .arg("--base-status")
+            .arg(f.dir.path().join("status"))
+            .arg("--cache-dir")
+            .arg(r.parent().unwrap().join("cache")),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("larger than the 16777216-byte limit"), "{}", stderr(&out));
+    assert!(!r.with_extension("yaml.lock").exists());
 }
 
 #[test]

@@ -61,7 +61,8 @@ fn dry_run_text_and_recipe_show_agree() {
         "image    registry.k8s.io/pause:3.9 (no lock entry: resolved when building",
         "packages conntrack=",
         "no lock file ubuntu-24.04-k8s-v1.30.3.yaml.lock",
-        "signatures none checked",
+        "signatures cosign krel-staging@k8s-releng-prod.iam.gserviceaccount.com (https://accounts.google.com) \
+         for https://dl.k8s.io/, trust root embedded Sigstore public-good Fulcio root",
         "\nkubelet v1.30.3\n  kind   artifact\n",
         "  url    https://dl.k8s.io/release/v1.30.3/bin/linux/amd64/kubelet\n",
     ] {

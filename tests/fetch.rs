@@ -71,6 +71,12 @@ impl Fixture {
             text = text.replace(item.sha256.as_str(), &sha);
             let paths: Vec<String> = item.urls.iter().map(|u| server_path(u)).collect();
             server.add_bytes(&paths[0], b.clone());
+            // fetch keeps the cosign signature files of dl.k8s.io downloads for an
+            // --offline build, which verifies them; fetch itself only stores them.
+            if item.urls[0].starts_with("https://dl.k8s.io/") {
+                server.add_bytes(&format!("{}.sig", paths[0]), b"sig".to_vec());
+                server.add_bytes(&format!("{}.cert", paths[0]), b"cert".to_vec());
+            }
             arts.push(Art { name: item.name.clone(), paths, bytes: b, sha });
         }
         if rewrite {
@@ -370,8 +376,11 @@ fn mirrors_from_the_command_line_and_the_environment_rewrite_url_prefixes() {
     let out = c.env("IMGBUILD_MIRROR", release).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     g.assert_all_cached();
-    // dl.k8s.io/release came from HTTP (longer prefix), the rest from files.
-    assert_eq!(g.server.log().len(), 3, "{:?}", g.server.log());
+    // dl.k8s.io/release came from HTTP (longer prefix), the rest from files: three
+    // binaries and their .sig and .cert, which fetch keeps for an --offline build.
+    assert_eq!(g.server.log().len(), 9, "{:?}", g.server.log());
+    let kept = std::fs::read_dir(g.cache().join("cosign")).unwrap().count();
+    assert_eq!(kept, 6);
 }
 
 #[test]
@@ -515,4 +524,112 @@ fn recipe_show_lists_the_pinned_digests_of_pins_md() {
         base["urls"][0],
         "https://cloud-images-archive.ubuntu.com/releases/noble/release-20240821/ubuntu-24.04-server-cloudimg-amd64.img"
     );
+}
+
+/// A server that misbehaves the same way on every request used to keep fetch busy
+/// forever (each attempt that received a byte reset the retry count) or for minutes
+/// (a server that never answers): now every URL gets a bounded number of attempts,
+/// each bounded by the read timeout, and fails naming why it gave up.
+#[test]
+fn servers_that_cut_lie_stall_or_never_answer_are_given_up_after_bounded_attempts() {
+    let faults = [
+        ("200 ignoring Range, cut each time", Fault::IgnoreRangeCut(50_000)),
+        ("Content-Length larger than the body", Fault::LongerLength(1_000)),
+        ("stalls after the headers", Fault::StallAfter(0)),
+        ("never answers", Fault::Silent),
+    ];
+    for (what, fault) in faults {
+        let f = Fixture::new(true);
+        let kubelet = f.art("kubelet");
+        f.server.fault_always(&kubelet.paths[0], fault);
+        let start = std::time::Instant::now();
+        let o = common::run_limited(
+            f.cmd(&[]).env("IMGBUILD_HTTP_TIMEOUT", "1").env("IMGBUILD_HTTP_RETRIES", "3"),
+            Duration::from_secs(60),
+        );
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains("gave up after 3 attempts"), "{what}: {}", stderr(&o));
+        assert_eq!(f.server.requests(&kubelet.paths[0]), 3, "{what}: {:?}", f.server.log());
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}: took {:?}", start.elapsed());
+        // Everything else arrived; only kubelet is missing.
+        assert!(files(&f.cache(), "sha256").len() == f.arts.len() - 1, "{what}");
+    }
+}
+
+/// Bad timeout and retry settings are refused before anything starts.
+#[test]
+fn bad_network_settings_are_bad_input() {
+    let f = Fixture::new(true);
+    for (k, v) in
+        [("IMGBUILD_HTTP_TIMEOUT", "0"), ("IMGBUILD_HTTP_TIMEOUT", "soon"), ("IMGBUILD_HTTP_RETRIES", "0")]
+    {
+        let o = f.cmd(&[]).env(k, v).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{k}={v}: {}", stderr(&o));
+        assert!(stderr(&o).contains(k), "{}", stderr(&o));
+    }
+    assert!(f.server.log().is_empty());
+}
+
+/// A download larger than it can be (`file:///dev/zero`, a mirror sending more than
+/// the recipe's `size`) is given up at once instead of filling the cache's filesystem.
+#[test]
+fn downloads_are_capped_by_the_recipes_size() {
+    let f = Fixture::new(true);
+    let kubeadm = f.art("kubeadm");
+    // The recipe pins kubeadm's size; the server (and /dev/zero) send more.
+    let text = std::fs::read_to_string(&f.recipe).unwrap();
+    let pinned = format!("    sha256:\n      amd64: {}", kubeadm.sha);
+    let sized = format!("    size:\n      amd64: 1000\n{pinned}");
+    assert_eq!(text.matches(&pinned).count(), 1);
+    std::fs::write(&f.recipe, text.replace(&pinned, &sized)).unwrap();
+    let o = f.fetch(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than the 1000 B limit"), "{}", stderr(&o));
+    assert_eq!(f.server.requests(&kubeadm.paths[0]), 1, "not retried: {:?}", f.server.log());
+    assert!(files(&f.cache(), "partial").is_empty());
+
+    let url = format!("{}{}", f.server.base(), kubeadm.paths[0]);
+    let o = common::run_limited(
+        &mut f.cmd(&["--mirror", &format!("{url}=file:///dev/zero")]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than the 1000 B limit"), "{}", stderr(&o));
+    assert!(files(&f.cache(), "partial").is_empty());
+}
+
+/// Credentials in a mirror (or a recipe URL) never appear in progress or errors.
+#[test]
+fn credentials_in_urls_are_never_printed() {
+    let f = Fixture::new(false);
+    // Nothing listens on port 1: every URL fails and is named in the error.
+    let o = f
+        .cmd(&["--mirror", "https://dl.k8s.io=http://robot:s3cr3t-t0ken@127.0.0.1:1/k8s"])
+        .env("IMGBUILD_HTTP_RETRIES", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let all = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(all.contains("http://robot:****@127.0.0.1:1/k8s/release/"), "{all}");
+    assert!(!all.contains("s3cr3t"), "{all}");
+    // A malformed mirror is refused without repeating its secret either.
+    let o = f.cmd(&["--mirror", "http://robot:s3cr3t@host"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(!stderr(&o).contains("s3cr3t"), "{}", stderr(&o));
+}
+
+/// `base-digest` reads SHA256SUMS before it can check its signature: an endless one is
+/// cut at the limit for such files instead of exhausting memory.
+#[test]
+fn an_endless_checksum_list_is_refused_at_its_limit() {
+    let f = Fixture::new(true);
+    let base = &f.arts[0];
+    let dir = base.paths[0].rsplit_once('/').unwrap().0;
+    f.server.fault_always(&format!("{dir}/SHA256SUMS"), Fault::Endless);
+    let o = common::run_limited(
+        common::bin().args(["base-digest", "--arch", "amd64", "--recipe"]).arg(&f.recipe),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("larger than the 4194304-byte limit"), "{}", stderr(&o));
 }

@@ -14,23 +14,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Run `c` and kill it after `limit`: a hang is a failure, not a stuck test.
-fn run_limited(c: &mut Command, limit: Duration) -> Output {
-    let mut child =
-        c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let start = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!("{c:?} still running after {limit:?} (killed): {}", stderr(&o));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use common::run_limited;
 
 fn imgbuild() -> Command {
     let mut c = common::bin();

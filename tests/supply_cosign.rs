@@ -301,8 +301,17 @@ fn published_next_to_the_url_and_fail_closed_without_trust_root() {
     let url = "https://dl.k8s.io/release/v1.30.3/bin/linux/amd64/kubectl";
     assert_rejected(&f.verify(&file, &["--url", url, "--mirror", &mirror]), "no signature published");
 
-    // No Fulcio root is embedded (not available from a verified source): bad input, exit 2.
-    let o = common::bin().arg("verify-blob").arg(&file).output().unwrap();
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("--trust-root"), "{}", text(&o));
+    // Without --trust-root the embedded Sigstore public-good root is the anchor: a
+    // certificate from the test CA does not chain to it (exit 3).
+    let o = common::bin()
+        .arg("verify-blob")
+        .arg(&file)
+        .arg("--signature")
+        .arg(d.join("kubelet.sig"))
+        .arg("--certificate")
+        .arg(d.join("kubelet.cert"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(text(&o).contains("does not chain to the trust root"), "{}", text(&o));
 }

@@ -162,6 +162,21 @@ impl TestFulcio {
 #[test]
 fn cosign_signatures_are_verified_at_build_and_recorded() {
     let fx = fixture::noble_fixture();
+    // The fixture's recipe exempts its unsigned stand-ins; this one is the default
+    // recipe's policy: every dl.k8s.io file must be signed.
+    let fixture_recipe = std::fs::read_to_string(&fx.recipe).unwrap();
+    assert!(fixture_recipe.contains("signature: none"));
+    let recipe = fx.dir.path().join("signed.yaml");
+    std::fs::write(&recipe, fixture_recipe.replace("signature: none", "")).unwrap();
+    let recipe = recipe.to_str().unwrap().to_string();
+
+    // Nothing published next to kubeadm & co: an integrity failure before any image.
+    let out0 = fx.dir.path().join("out0");
+    let o = fixture::build(&fx, "worker", &["--output", out0.to_str().unwrap(), "--recipe", &recipe]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("no signature published"), "{}", text(&o));
+    assert!(!out0.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2").exists());
+
     let ca = TestFulcio::new();
     let trust = fx.dir.path().join("fulcio.pem");
     std::fs::write(&trust, ca.trust_pem()).unwrap();
@@ -172,11 +187,39 @@ fn cosign_signatures_are_verified_at_build_and_recorded() {
         fx.server.add_bytes(&format!("{}.sig", b.url_path), sig);
         fx.server.add_bytes(&format!("{}.cert", b.url_path), cert);
     }
+    // By default the embedded Sigstore root is the anchor, and the test CA is not it.
+    let o = fixture::build(&fx, "worker", &["--output", out0.to_str().unwrap(), "--recipe", &recipe]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("does not chain to the trust root"), "{}", text(&o));
+
     let out = fx.dir.path().join("out");
     let o = fixture::build(
         &fx,
         "worker",
-        &["--output", out.to_str().unwrap(), "--cosign-trust-root", trust.to_str().unwrap()],
+        &[
+            "--output",
+            out.to_str().unwrap(),
+            "--recipe",
+            &recipe,
+            "--cosign-trust-root",
+            trust.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    // The signature files are kept in the cache: an --offline build verifies them again.
+    let out_offline = fx.dir.path().join("out-offline");
+    let o = fixture::build(
+        &fx,
+        "worker",
+        &[
+            "--offline",
+            "--output",
+            out_offline.to_str().unwrap(),
+            "--recipe",
+            &recipe,
+            "--cosign-trust-root",
+            trust.to_str().unwrap(),
+        ],
     );
     assert!(o.status.success(), "{}", text(&o));
     let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
@@ -202,7 +245,14 @@ fn cosign_signatures_are_verified_at_build_and_recorded() {
     let o = fixture::build(
         &fx,
         "worker",
-        &["--output", out2.to_str().unwrap(), "--cosign-trust-root", trust.to_str().unwrap()],
+        &[
+            "--output",
+            out2.to_str().unwrap(),
+            "--recipe",
+            &recipe,
+            "--cosign-trust-root",
+            trust.to_str().unwrap(),
+        ],
     );
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(text(&o).contains("kubelet"), "{}", text(&o));
@@ -235,7 +285,7 @@ fn a_non_deterministic_build_is_caught() {
     };
     let mut plan = BuildPlan::resolve(&r, &o).unwrap();
     fx.resolve_images(&mut plan);
-    let mut steps = imgbuild::build::default_steps(&[]);
+    let mut steps = imgbuild::build::default_steps(&Default::default());
     steps.push(Box::new(Unstable));
     let rep = imgbuild::reporter::Reporter::silent();
     let e = imgbuild::cmd::check_reproducible(&plan, &fx.fetched(&plan), &steps, &rep).unwrap_err();

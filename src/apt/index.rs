@@ -60,7 +60,7 @@ pub fn load(src: &Source<'_>) -> Result<Universe, AptError> {
     for suite in src.suites {
         let url = format!("{root}/dists/{suite}/InRelease");
         src.reporter.status(format_args!("apt: verifying {url}"));
-        let bytes = match net::get(&url, src.mirrors)? {
+        let bytes = match net::get(&url, src.mirrors, net::INRELEASE_LIMIT)? {
             Got::Body(b) => b,
             Got::NotFound => {
                 return Err(AptError::Download { url, msg: "not found (HTTP 404/410)".into() });
@@ -125,7 +125,8 @@ fn fetch_verified(url: &str, l: &inrelease::Listed, src: &Source<'_>) -> Result<
             return std::fs::read(&p).map(Some).map_err(super::io(p.display().to_string()));
         }
     }
-    let bytes = match net::get(url, src.mirrors)? {
+    // The signed Release says its size: more than that cannot be the index it signs.
+    let bytes = match net::get_signed(url, src.mirrors, l.size)? {
         Got::Body(b) => b,
         Got::NotFound => return Ok(None),
     };

@@ -1,33 +1,29 @@
 //! Small downloads for `imgbuild lock` (InRelease, Packages indexes) through
-//! [`crate::smallget`]. The `.deb` files themselves go through
+//! [`crate::net::get`]. The `.deb` files themselves go through
 //! [`crate::fetch::fetch`] in `build`.
 
-use std::time::Duration;
-
 use super::AptError;
-use crate::fetch::Mirror;
-pub use crate::smallget::Got;
+pub use crate::net::get::Got;
+pub use crate::net::{rewrite, Mirror};
 
-/// The same rewrite as fetch's (longest matching prefix).
-pub fn rewrite(url: &str, mirrors: &[Mirror]) -> String {
-    crate::fetch::rewrite(url, mirrors)
+/// GET `url` (after mirror rewriting) into memory, at most `limit` bytes.
+pub fn get(url: &str, mirrors: &[Mirror], limit: u64) -> Result<Got, AptError> {
+    crate::net::get::get(url, mirrors, limit)
+        .map_err(|e| AptError::Download { url: e.url.to_string(), msg: e.msg })
 }
 
-/// GET `url` (after mirror rewriting) into memory.
-pub fn get(url: &str, mirrors: &[Mirror]) -> Result<Got, AptError> {
-    crate::smallget::get(url, mirrors, Duration::from_secs(600))
-        .map_err(|e| AptError::Download { url: e.url, msg: e.msg })
+/// GET a file whose size a signed Release states: more bytes than that cannot be the
+/// file the signature covers (an integrity failure, like a wrong digest).
+pub fn get_signed(url: &str, mirrors: &[Mirror], size: u64) -> Result<Got, AptError> {
+    crate::net::get::get(url, mirrors, size).map_err(|e| match e.too_large {
+        true => AptError::Integrity {
+            url: e.url.to_string(),
+            msg: format!("index does not match the signed InRelease (size {size}): {}", e.msg),
+        },
+        false => AptError::Download { url: e.url.to_string(), msg: e.msg },
+    })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirror_rewrite() {
-        let m = Mirror::parse_all(["http://archive.ubuntu.com/ubuntu=http://m/u"]).unwrap();
-        assert_eq!(rewrite("http://archive.ubuntu.com/ubuntu/dists/x", &m), "http://m/u/dists/x");
-        assert_eq!(rewrite("http://other/x", &m), "http://other/x");
-        assert!(Mirror::parse_all(["nope"]).is_err());
-    }
-}
+/// The most an InRelease may have (noble's is ~250 KiB); read before its signature is
+/// checked.
+pub const INRELEASE_LIMIT: u64 = 16 << 20;

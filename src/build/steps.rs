@@ -20,11 +20,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::apt::BaseImage;
-use crate::fetch::{Fetched, Mirror};
+use crate::fetch::Fetched;
 use crate::layer::{Content, Layer};
 use crate::manifest::SignatureRecord;
 use crate::plan::{BuildPlan, PackagePlan};
 use crate::reporter::Reporter;
+use crate::verify::cosign::SignatureSource;
 
 /// What a step works with, and what the steps build up.
 pub struct Compose<'a> {
@@ -71,8 +72,9 @@ pub fn compose<'a>(
     Ok(cx)
 }
 
-/// The steps of a build, in order; `mirrors` rewrite the signature URLs as fetch does.
-pub fn default_steps(mirrors: &[Mirror]) -> Vec<Box<dyn Step>> {
+/// The steps of a build, in order; `signatures` says where the cosign signature files
+/// come from (mirrors, offline, the cache), as fetch does for the downloads.
+pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
     vec![
         Box::new(Artifacts),
         Box::new(Files),
@@ -80,7 +82,7 @@ pub fn default_steps(mirrors: &[Mirror]) -> Vec<Box<dyn Step>> {
         Box::new(Addons),
         Box::new(Packages),
         Box::new(Images),
-        Box::new(Signatures { mirrors: mirrors.to_vec() }),
+        Box::new(Signatures { source: signatures.clone() }),
     ]
 }
 
@@ -217,7 +219,7 @@ impl Step for Images {
 
 /// Cosign signatures of the artifacts from signing hosts, when the plan asks for them.
 pub struct Signatures {
-    pub mirrors: Vec<Mirror>,
+    pub source: SignatureSource,
 }
 
 impl Step for Signatures {
@@ -229,7 +231,7 @@ impl Step for Signatures {
         let records = crate::verify::cosign::verify_plan_artifacts(
             cx.plan,
             cx.fetched,
-            &self.mirrors,
+            &self.source,
             policy,
             cx.reporter,
         )?;

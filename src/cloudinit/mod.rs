@@ -65,6 +65,8 @@ pub struct CloudInitOptions {
     /// The recipe the control-plane image was built from (its add-ons; default: the
     /// embedded one).
     pub recipe: Option<PathBuf>,
+    /// Disaster recovery: the first control plane restores etcd from this snapshot.
+    pub restore: Option<render::Restore>,
     /// NoCloud vendor-data put next to every node's user-data (and into its seed).
     pub vendor_data: Option<PathBuf>,
 }
@@ -99,7 +101,13 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
     for w in &addons.warnings {
         rep.warn(w);
     }
-    let r = render::Renderer::new(&loaded, &secrets)?.with_join_token(join_token).with_addons(&addons);
+    if let Some(rs) = &a.restore {
+        rs.check()?;
+    }
+    let r = render::Renderer::new(&loaded, &secrets)?
+        .with_join_token(join_token)
+        .with_addons(&addons)
+        .with_restore(a.restore.clone());
     let rendered = r.render_many(&nodes)?;
     for w in &loaded.warnings {
         rep.warn(w.display(&loaded.origin));

@@ -38,6 +38,45 @@ pub mod paths {
     pub const ADDON_VALUES: &str = "/etc/imgbuild/addons/values.yaml";
     /// The cluster's networks (`KIND CIDR` lines); loaded by imgbuild-firewall.service.
     pub const CLUSTER_NETWORKS: &str = "/etc/imgbuild/cluster-networks";
+    /// Where the first control plane's bootstrap fetches an etcd snapshot to restore from.
+    pub const RESTORE: &str = "/etc/imgbuild/restore.env";
+    /// Snapshot retention and interval; read by the control-plane image's etcd-snapshot.
+    pub const BACKUP_ENV: &str = "/etc/imgbuild/backup.env";
+}
+
+/// An etcd snapshot the first control plane restores before `kubeadm init` (disaster
+/// recovery): fetched by the bootstrap with curl, checked against `sha256` first.
+#[derive(Debug, Clone)]
+pub struct Restore {
+    pub url: String,
+    /// Hex SHA-256 of the whole snapshot file (what `cluster backup` prints).
+    pub sha256: String,
+}
+
+impl Restore {
+    /// http(s) URL without whitespace or quotes (it is data for curl, on one line), and
+    /// a SHA-256 in hex.
+    pub fn check(&self) -> Result<(), CloudInitError> {
+        let u = &self.url;
+        let scheme_ok = u.starts_with("https://") || u.starts_with("http://");
+        if !scheme_ok
+            || u.len() > 2048
+            || !u.bytes().all(|b| b.is_ascii_graphic() && !b"\"'\\`$".contains(&b))
+        {
+            return Err(CloudInitError::Invalid(format!(
+                "--restore-url {u:?}: expected an http(s) URL without spaces, quotes, backslashes, $ or `"
+            )));
+        }
+        if self.sha256.len() != 64
+            || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(CloudInitError::Invalid(format!(
+                "--restore-sha256 {:?}: expected 64 lowercase hex digits (the first field `cluster backup` prints)",
+                self.sha256
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +126,7 @@ pub struct Renderer<'a> {
     /// The token joining nodes use instead of the initial one (`cluster token create`).
     join_token: Option<String>,
     cluster_networks: String,
+    restore: Option<Restore>,
 }
 
 fn rendered_err(what: &str, e: impl std::fmt::Display) -> CloudInitError {
@@ -217,6 +257,7 @@ impl<'a> Renderer<'a> {
             addon_files: Vec::new(),
             join_token: None,
             cluster_networks,
+            restore: None,
         })
     }
 
@@ -234,8 +275,14 @@ impl<'a> Renderer<'a> {
         self
     }
 
+    /// The first control plane restores etcd from `restore` instead of starting empty.
+    pub fn with_restore(mut self, restore: Option<Restore>) -> Self {
+        self.restore = restore;
+        self
+    }
+
     /// The sections of user-data, in the order their parts appear.
-    fn sections() -> [(&'static str, Section<'a>); 9] {
+    fn sections() -> [(&'static str, Section<'a>); 11] {
         [
             ("bootstrap.env", Self::bootstrap_env),
             ("kubeadm", Self::kubeadm),
@@ -244,6 +291,8 @@ impl<'a> Renderer<'a> {
             ("kube-vip", Self::kube_vip),
             ("add-on values", Self::addon_values),
             ("cluster networks", Self::cluster_networks),
+            ("etcd backups", Self::backups),
+            ("etcd restore", Self::restore),
             ("time", Self::time),
             ("registry mirrors", Self::registry_mirrors),
         ]
@@ -381,6 +430,34 @@ impl<'a> Renderer<'a> {
 
     fn cluster_networks(&self, _: &NodePlan) -> Result<Part, CloudInitError> {
         Ok(Part::file(paths::CLUSTER_NETWORKS, "0644", self.cluster_networks.clone()))
+    }
+
+    /// Every control plane snapshots its etcd member (see the image's etcd-snapshot).
+    fn backups(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
+        if !n.is_control_plane() {
+            return Ok(Part::default());
+        }
+        let b = &self.l.spec.backups;
+        Ok(Part::file(
+            paths::BACKUP_ENV,
+            "0644",
+            format!(
+                "IMGBUILD_BACKUP_RETENTION={}\nIMGBUILD_BACKUP_INTERVAL_HOURS={}\n",
+                b.retention, b.interval_hours
+            ),
+        ))
+    }
+
+    /// 0600: a presigned URL is a credential.
+    fn restore(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
+        match (&self.restore, n.mode) {
+            (Some(r), JoinMode::Init) => Ok(Part::file(
+                paths::RESTORE,
+                "0600",
+                format!("IMGBUILD_RESTORE_SHA256={}\nIMGBUILD_RESTORE_URL={}\n", r.sha256, r.url),
+            )),
+            _ => Ok(Part::default()),
+        }
     }
 
     fn time(&self, n: &NodePlan) -> Result<Part, CloudInitError> {

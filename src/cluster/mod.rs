@@ -5,14 +5,17 @@
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
 pub mod addnode;
+pub mod backup;
 pub mod diag;
 pub mod init;
 pub mod net;
 pub mod pki;
 pub mod plan;
 pub mod registries;
+pub mod remove;
 pub mod spec;
 pub mod token;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +40,9 @@ pub enum ClusterError {
     Secrets(String),
     #[error("certificate generation: {0}")]
     Pki(String),
+    /// A day-2 change that would harm the cluster (etcd quorum, version skew).
+    #[error("refusing: {0}")]
+    Refused(String),
 }
 
 impl ClusterError {
@@ -52,7 +58,7 @@ impl Classify for ClusterError {
             | ClusterError::Spec(_)
             | ClusterError::Exists(_)
             | ClusterError::Secrets(_) => Code::Input,
-            ClusterError::Io(..) | ClusterError::Pki(_) => Code::Runtime,
+            ClusterError::Io(..) | ClusterError::Pki(_) | ClusterError::Refused(_) => Code::Runtime,
         }
     }
 }

@@ -409,14 +409,38 @@ pub fn admin_client_cert(
     days: u32,
     rng: &mut Rng,
 ) -> Result<ClientCert, ClusterError> {
-    let key = SigningKey::random(rng);
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
     let (cn, org) = match kind {
         AdminKind::Admin => ("kubernetes-admin", "kubeadm:cluster-admins"),
         AdminKind::SuperAdmin => ("kubernetes-super-admin", "system:masters"),
     };
-    dn.push(DnType::OrganizationName, org);
+    client_cert(ca, Some(org), cn, days, rng)
+}
+
+/// A client certificate for etcd, signed by the cluster's etcd CA: etcd (with
+/// `--client-cert-auth`, as kubeadm runs it) admits any client its CA signed, like
+/// kubeadm's own `apiserver-etcd-client` (which carries no organisation either).
+pub fn etcd_client_cert(
+    etcd_ca: &Ca,
+    cn: &str,
+    days: u32,
+    rng: &mut Rng,
+) -> Result<ClientCert, ClusterError> {
+    client_cert(etcd_ca, None, cn, days, rng)
+}
+
+fn client_cert(
+    ca: &Ca,
+    org: Option<&str>,
+    cn: &str,
+    days: u32,
+    rng: &mut Rng,
+) -> Result<ClientCert, ClusterError> {
+    let key = SigningKey::random(rng);
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    if let Some(org) = org {
+        dn.push(DnType::OrganizationName, org);
+    }
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];

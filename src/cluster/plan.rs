@@ -533,6 +533,12 @@ fn validate(
     if spec.bootstrap.retry_budget_seconds == 0 {
         c.err("bootstrap.retry_budget_seconds", "must be positive");
     }
+    if !(1..=1000).contains(&spec.backups.retention) {
+        c.err("backups.retention", "snapshots kept per control plane: 1 to 1000");
+    }
+    if !(1..=168).contains(&spec.backups.interval_hours) {
+        c.err("backups.interval_hours", "hours between snapshots: 1 to 168");
+    }
     for (i, k) in spec.ssh_authorized_keys.iter().enumerate() {
         if !is_ssh_key(k) {
             c.err(

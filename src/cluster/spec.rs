@@ -41,6 +41,8 @@ pub struct ClusterSpec {
     /// Registry mirrors, kubeadm's imageRepository and pull policy ([`super::registries`]).
     #[serde(default)]
     pub registries: Option<super::registries::Registries>,
+    #[serde(default)]
+    pub backups: Backups,
 }
 
 fn default_version() -> String {
@@ -158,6 +160,32 @@ pub struct Node {
     /// Replaces `networking.dhcp_interfaces` for this node (names or MAC addresses).
     #[serde(default)]
     pub dhcp_interfaces: Option<Vec<String>>,
+}
+
+/// Scheduled etcd snapshots on every control plane (the image's
+/// imgbuild-etcd-snapshot.timer, written to /etc/imgbuild/backup.env).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backups {
+    /// Snapshots kept on each control plane (1–1000).
+    #[serde(default = "default_retention")]
+    pub retention: u32,
+    /// Hours between snapshots (1–168).
+    #[serde(default = "default_interval")]
+    pub interval_hours: u32,
+}
+
+fn default_retention() -> u32 {
+    7
+}
+fn default_interval() -> u32 {
+    6
+}
+
+impl Default for Backups {
+    fn default() -> Self {
+        Self { retention: default_retention(), interval_hours: default_interval() }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use crate::build::{Built, Step};
 use crate::disk;
 use crate::fetch::Fetched;
-use crate::plan::{BuildPlan, Item, PlanOptions, SignaturePolicy};
+use crate::plan::{BuildPlan, Item, PlanOptions, SignaturePolicy, TrustRootSource};
 use crate::reporter::Reporter;
 use crate::tools;
 use crate::types::OutFormat;
@@ -41,7 +41,8 @@ pub struct BuildArgs {
     #[arg(long)]
     pub check_reproducible: bool,
     /// Verify the cosign signatures of dl.k8s.io downloads against this Fulcio trust root
-    /// (PEM) and record them in the manifest
+    /// (PEM) instead of the embedded Sigstore public-good root (they are verified and
+    /// recorded in the manifest either way)
     #[arg(long, value_name = "FILE.pem")]
     pub cosign_trust_root: Option<PathBuf>,
     /// Print the build plan (everything the build would download, install and write) and
@@ -60,11 +61,13 @@ impl BuildArgs {
             compress: self.compress,
             output_dir: self.output.clone(),
             disk_size: self.disk_size.clone(),
+            // the target's default policy, with the root the user gave
             signatures: SignaturePolicy {
-                cosign: self
-                    .cosign_trust_root
-                    .as_deref()
-                    .map(crate::verify::cosign::kubernetes_release_policy),
+                cosign: Some(crate::verify::cosign::kubernetes_release_policy(
+                    self.cosign_trust_root
+                        .as_ref()
+                        .map_or(TrustRootSource::Embedded, |p| TrustRootSource::File(p.clone())),
+                )),
             },
             ..self.source.target.plan_options()
         }
@@ -87,7 +90,12 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
-    let steps = crate::build::default_steps(&opts.mirrors);
+    let sigs = crate::verify::cosign::SignatureSource {
+        mirrors: opts.mirrors.clone(),
+        offline: opts.offline,
+        cache: Some(cache.clone()),
+    };
+    let steps = crate::build::default_steps(&sigs);
     let built = if a.check_reproducible {
         check_reproducible(&plan, &fetched, &steps, rep)
     } else {

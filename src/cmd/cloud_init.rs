@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::cloudinit::render::Restore;
 use crate::cloudinit::{CloudInitOptions, SeedKind};
 use crate::reporter::Reporter;
 
@@ -29,6 +30,13 @@ pub struct CloudInitArgs {
     /// its add-ons (default: the embedded recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Disaster recovery: the first control plane fetches this etcd snapshot (http/https) and
+    /// restores it before `kubeadm init` (see docs/disaster-recovery.md)
+    #[arg(long, requires = "restore_sha256")]
+    pub restore_url: Option<String>,
+    /// SHA-256 of the snapshot file (the first field `cluster backup` prints)
+    #[arg(long, requires = "restore_url")]
+    pub restore_sha256: Option<String>,
     /// NoCloud vendor-data (at most 1 MiB) written next to every node's user-data and
     /// into its seed: site settings that are not the cluster's, e.g. a local apt proxy
     #[arg(long, value_name = "FILE")]
@@ -42,6 +50,10 @@ pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
         out: a.out.clone(),
         seed: a.seed,
         recipe: a.recipe.clone(),
+        restore: match (&a.restore_url, &a.restore_sha256) {
+            (Some(url), Some(sha256)) => Some(Restore { url: url.clone(), sha256: sha256.clone() }),
+            _ => None,
+        },
         vendor_data: a.vendor_data.clone(),
     };
     crate::cloudinit::write(&opts, rep)

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::cluster::{addnode, pki, token, InitOptions};
+use crate::cluster::{addnode, backup, pki, token, upgrade, InitOptions};
 use crate::reporter::Reporter;
 use crate::types::Role;
 
@@ -91,6 +91,43 @@ pub enum ClusterCmd {
     /// Bootstrap tokens for nodes that join later
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Take an etcd snapshot through etcd's API (client certificate signed offline by the
+    /// cluster's etcd CA); writes FILE 0600 and prints its SHA-256
+    Backup(BackupArgs),
+    /// Roll to a new Kubernetes version by replacing nodes: updates kubeadm-config (before new
+    /// machines join), kube-proxy and optionally CoreDNS (once every control plane runs the new
+    /// version), enforcing version skew; prints the nodes still to replace, in order
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Target Kubernetes version (vX.Y.Z): a later patch, or the next minor
+    #[arg(long)]
+    pub to: String,
+    /// Kubeconfig of a cluster admin (e.g. from `imgbuild cluster kubeconfig`)
+    #[arg(long)]
+    pub kubeconfig: PathBuf,
+    /// Context in the kubeconfig (default: its current-context)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Also roll the coredns Deployment to this image tag (with kube-proxy)
+    #[arg(long)]
+    pub coredns_tag: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BackupArgs {
+    /// The cluster spec; the etcd CA is read from secrets/ next to it
+    #[arg(long)]
+    pub cluster: PathBuf,
+    /// Where to write the snapshot (replaced atomically once verified)
+    #[arg(long)]
+    pub out: PathBuf,
+    /// etcd client URL to ask, in order (repeatable; default: every control plane's static
+    /// address, port 2379)
+    #[arg(long = "endpoint")]
+    pub endpoints: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +215,45 @@ pub fn run(c: &ClusterCmd, rep: &Reporter) -> Result<()> {
             };
             let path = token::create(&o, rep)?;
             writeln!(std::io::stdout().lock(), "{}", path.display())?;
+            Ok(())
+        }
+        ClusterCmd::Backup(a) => {
+            let o = backup::BackupOptions {
+                cluster: a.cluster.clone(),
+                out: a.out.clone(),
+                endpoints: a.endpoints.clone(),
+            };
+            let snap = backup::backup(&o, rep)?;
+            rep.status(format_args!(
+                "wrote {} ({}, SHA-256 trailer verified)",
+                a.out.display(),
+                crate::reporter::human_bytes(snap.size)
+            ));
+            writeln!(std::io::stdout().lock(), "{}  {}", snap.file_sha256, a.out.display())?;
+            Ok(())
+        }
+        ClusterCmd::Upgrade(a) => {
+            let o = upgrade::UpgradeOptions {
+                kubeconfig: a.kubeconfig.clone(),
+                context: a.context.clone(),
+                to: a.to.clone(),
+                coredns_tag: a.coredns_tag.clone(),
+            };
+            let r = upgrade::upgrade(&o, rep)?;
+            if let Some(i) = &r.kube_proxy {
+                rep.status(format_args!("kube-proxy DaemonSet -> {i}"));
+            }
+            if let Some(i) = &r.coredns {
+                rep.status(format_args!("coredns Deployment -> {i}"));
+            }
+            for p in &r.pending {
+                rep.status(format_args!("waiting: {p}"));
+            }
+            // stdout: the replacement order, one node a line, control planes first
+            let mut out = std::io::stdout().lock();
+            for (name, v, cp) in &r.order {
+                writeln!(out, "{name}\t{}\t{v}", if *cp { "control-plane" } else { "worker" })?;
+            }
             Ok(())
         }
     }

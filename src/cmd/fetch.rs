@@ -51,7 +51,7 @@ impl SourceArgs {
 /// `--mirror FROM=TO` flags, then the space-separated `$IMGBUILD_MIRROR`.
 pub fn mirrors(flags: &[String]) -> Result<Vec<Mirror>, FetchError> {
     let env = std::env::var(MIRROR_ENV).unwrap_or_default();
-    Mirror::parse_all(flags.iter().map(String::as_str).chain(env.split_whitespace()))
+    Ok(Mirror::parse_all(flags.iter().map(String::as_str).chain(env.split_whitespace()))?)
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +70,16 @@ pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
+    // The signature files too, so that an --offline build can verify them (it always
+    // verifies them; which root it trusts is the build's choice, not fetch's).
+    if let (Some(cosign), false) = (&plan.signatures.cosign, opts.offline) {
+        let src = crate::verify::cosign::SignatureSource {
+            mirrors: opts.mirrors.clone(),
+            offline: false,
+            cache: Some(cache.clone()),
+        };
+        crate::verify::cosign::fetch_signatures(&plan, cosign, &src, rep)?;
+    }
     let mut out = std::io::stdout().lock();
     for item in items {
         if let Some(path) = fetched.get(item) {

@@ -12,6 +12,7 @@ mod fetch;
 mod inspect;
 mod lint;
 mod lock;
+mod node;
 mod recipe;
 mod upload;
 mod values;
@@ -82,6 +83,9 @@ pub enum Cmd {
     Verify(verify::VerifyImageArgs),
     /// Lint a cluster across layers: user-data schema, kubeadm config, size budgets, image paths
     Lint(lint::LintArgs),
+    /// Day-2 node operations on a running cluster
+    #[command(subcommand)]
+    Node(node::NodeCmd),
     /// Upload a built image to libvirt, OpenStack Glance or Proxmox VE; prints the target's id
     Upload(upload::UploadArgs),
 }
@@ -108,6 +112,8 @@ pub fn main() -> ExitCode {
 /// Run one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     let rep = Reporter::new(cli.global.quiet);
+    // A bad timeout or retry setting is bad input before anything starts.
+    crate::net::Settings::from_env()?;
     match cli.cmd {
         Cmd::Recipe(c) => recipe::run(&c),
         Cmd::Fetch(a) => fetch::run(&a, &rep),
@@ -122,6 +128,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Verify(a) => verify::run_verify_image(&a, &rep),
         Cmd::Lint(a) => lint::run(&a, &rep),
         Cmd::Upload(a) => upload::run(&a, &rep),
+        Cmd::Node(c) => node::run(&c, &rep),
     }
 }
 
@@ -147,7 +154,8 @@ pub fn render_error(e: &anyhow::Error) -> String {
             let _ = writeln!(s, "  {}", c.replace('\n', "\n  "));
         }
     }
-    s
+    // The last line of defence: whatever error quoted a URL, its credentials stay out.
+    crate::net::redact(&s)
 }
 
 /// Try each known error type against one link of the chain.
@@ -172,7 +180,8 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);
     classify_as!(e, crate::upload::glance::GlanceError);
-    classify_as!(e, crate::kube::KubeError);
+    classify_as!(e, crate::kube::KubeError, crate::kube::node::DrainError, crate::etcd::EtcdError);
+    classify_as!(e, crate::net::NetError);
     if e.downcast_ref::<clap::Error>().is_some() {
         return Some(Code::Input);
     }

@@ -38,8 +38,15 @@ impl TargetArgs {
     }
 
     /// Plan options for this target, the rest at `build`'s defaults.
+    /// Signatures: the dl.k8s.io files' cosign signatures against the embedded
+    /// Sigstore root (`build --cosign-trust-root` replaces the root).
     pub fn plan_options(&self) -> PlanOptions {
-        PlanOptions { recipe_path: self.recipe.clone(), ..PlanOptions::new(self.role, self.arch) }
+        let cosign = crate::verify::cosign::kubernetes_release_policy(crate::plan::TrustRootSource::Embedded);
+        PlanOptions {
+            recipe_path: self.recipe.clone(),
+            signatures: crate::plan::SignaturePolicy { cosign: Some(cosign) },
+            ..PlanOptions::new(self.role, self.arch)
+        }
     }
 }
 
@@ -115,11 +122,16 @@ pub fn print_plan(plan: &BuildPlan, json: bool) -> Result<()> {
         None => writeln!(out, "signatures none checked")?,
         Some(c) => writeln!(
             out,
-            "signatures cosign {} ({}) for {}, trust root {}",
+            "signatures cosign {} ({}) for {}{}, trust root {}",
             c.identity,
             c.issuer,
             c.hosts.join(" "),
-            c.trust_root.display()
+            if c.unsigned.is_empty() {
+                String::new()
+            } else {
+                format!(" except {} (signature: none)", c.unsigned.join(", "))
+            },
+            c.trust_root
         )?,
     }
     for a in &plan.addons {

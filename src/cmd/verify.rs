@@ -62,7 +62,8 @@ pub struct VerifyBlobArgs {
     /// Rewrite a URL prefix: FROM=TO (repeatable)
     #[arg(long = "mirror", value_name = "FROM=TO")]
     pub mirrors: Vec<String>,
-    /// PEM bundle of Fulcio root + intermediate certificates (none is embedded yet)
+    /// PEM bundle of Fulcio root + intermediate certificates (default: the embedded
+    /// Sigstore public-good root)
     #[arg(long, value_name = "FILE.pem")]
     pub trust_root: Option<PathBuf>,
     /// Expected certificate identity (SAN email or URI)

@@ -1,6 +1,7 @@
 //! A small Kubernetes API client on reqwest, for the day-2 commands (`cluster token
-//! create` today; node drain and eviction, ConfigMap patches, etcd member management
-//! later): a kubeconfig ([`config`]) gives a client that trusts only the cluster's CA
+//! create`, `cluster upgrade`'s ConfigMap and workload patches, `node remove`'s cordon,
+//! eviction and delete in [`node`]; [`crate::etcd`] rides on the same transport): a
+//! kubeconfig ([`config`]) gives a client that trusts only the cluster's CA
 //! (no built-in roots), authenticates with the kubeconfig's client certificate or
 //! token, and turns the API's `Status` answers into typed errors that name the
 //! kubeconfig.
@@ -10,6 +11,7 @@
 //! create that may have happened is reported, not repeated).
 
 pub mod config;
+pub mod node;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +25,8 @@ use crate::exit::{Classify, Code};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 const READ_RETRIES: u32 = 3;
+/// The largest answer read (a Secret or a node list is kilobytes).
+const MAX_BODY: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -75,6 +79,20 @@ pub struct ObjectMeta {
     pub resource_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owner_references: Vec<OwnerReference>,
+}
+
+/// `metav1.OwnerReference`, the fields read.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerReference {
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub controller: Option<bool>,
 }
 
 /// `core/v1 Secret`. `data` values are base64 on the wire; this type holds them
@@ -144,7 +162,6 @@ pub struct Status {
 
 /// A connection to one API server, from a kubeconfig.
 pub struct Client {
-    rt: tokio::runtime::Runtime,
     http: reqwest::Client,
     config: Kubeconfig,
 }
@@ -152,33 +169,18 @@ pub struct Client {
 impl Client {
     pub fn new(config: Kubeconfig) -> Result<Client, KubeError> {
         let bad = |msg: String| KubeError::Config { path: config.path.clone(), msg };
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            // the cluster's CA and nothing else: a public CA must not vouch for an API server
-            .tls_built_in_root_certs(false)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(TIMEOUT)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
-        let cas = reqwest::Certificate::from_pem_bundle(&config.ca_pem)
-            .map_err(|e| bad(format!("certificate authority: {e}")))?;
-        for c in cas {
-            b = b.add_root_certificate(c);
-        }
-        if let Credentials::ClientCert { pem } = &config.credentials {
-            let id =
-                reqwest::Identity::from_pem(pem).map_err(|e| bad(format!("client certificate/key: {e}")))?;
-            b = b.identity(id);
-        }
-        let http = b.build().map_err(|e| bad(format!("HTTP client: {e}")))?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(
-                bad("the Kubernetes client is blocking; it was called inside a tokio runtime".into()),
-            );
-        }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-            KubeError::Transport { what: "starting the HTTP runtime".into(), detail: e.to_string() }
-        })?;
-        Ok(Client { rt, http, config })
+        // the cluster's CA and nothing else: a public CA must not vouch for an API server
+        let opts = crate::net::ClientOptions {
+            trust: crate::net::Trust::OnlyCa(config.ca_pem.clone()),
+            identity: match &config.credentials {
+                Credentials::ClientCert { pem } => Some(pem.clone()),
+                _ => None,
+            },
+            total_timeout: Some(TIMEOUT),
+            ..Default::default()
+        };
+        let http = opts.build().map_err(|e| bad(e.to_string()))?.http;
+        Ok(Client { http, config })
     }
 
     pub fn from_kubeconfig(path: &std::path::Path, context: Option<&str>) -> Result<Client, KubeError> {
@@ -218,6 +220,19 @@ impl Client {
         self.json(what, reqwest::Method::PATCH, path, Some(("application/merge-patch+json", body)))
     }
 
+    /// PATCH with a JSON patch (RFC 6902): list elements addressed by index, guarded by
+    /// `test` operations (a merge patch would replace a whole list).
+    pub fn json_patch<R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        ops: &serde_json::Value,
+    ) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(ops)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::PATCH, path, Some(("application/json-patch+json", body)))
+    }
+
     /// DELETE `path`; the answer (a Status or the deleted object) is not interpreted.
     pub fn delete(&self, what: &str, path: &str) -> Result<(), KubeError> {
         self.json::<serde_json::Value>(what, reqwest::Method::DELETE, path, None).map(|_| ())
@@ -228,6 +243,83 @@ impl Client {
         let ns = s.metadata.namespace.as_deref().unwrap_or("default");
         let name = s.metadata.name.as_deref().unwrap_or("");
         self.create(&format!("creating Secret {ns}/{name}"), &format!("/api/v1/namespaces/{ns}/secrets"), s)
+    }
+
+    /// POST a JSON body and read a JSON answer (APIs that use POST for every call,
+    /// like etcd's gRPC gateway). Not retried, like every write.
+    pub fn post<T: Serialize, R: DeserializeOwned>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+    ) -> Result<R, KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        self.json(what, reqwest::Method::POST, path, Some(("application/json", body)))
+    }
+
+    /// POST a JSON body and hand the answer's body to `sink` chunk by chunk as it
+    /// arrives (a streamed answer too large to hold, e.g. an etcd snapshot), within
+    /// `limit` in total. An error status is read whole (bounded) and typed as usual.
+    pub fn post_stream<T: Serialize>(
+        &self,
+        what: &str,
+        path: &str,
+        body: &T,
+        limit: Duration,
+        mut sink: impl FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), KubeError> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: format!("encoding: {e}") })?;
+        let url = format!("{}{path}", self.config.server);
+        let mut req = self
+            .http
+            .post(&url)
+            .timeout(limit)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Credentials::Token(t) = &self.config.credentials {
+            req = req.bearer_auth(t);
+        }
+        enum Fail {
+            Http(reqwest::Error),
+            Status(u16, Vec<u8>),
+            Sink(String),
+        }
+        // The sink is the caller's (not Send): run on the process runtime from this
+        // thread, which a blocking client is called from by contract.
+        let rt = crate::net::runtime()
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: e.to_string() })?;
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(KubeError::Transport {
+                what: what.into(),
+                detail: "the Kubernetes client is blocking; it was called inside a tokio runtime".into(),
+            });
+        }
+        let r = rt.block_on(async {
+            let mut resp = req.send().await.map_err(Fail::Http)?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let mut b = Vec::new();
+                while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                    if b.len() < 64 << 10 {
+                        b.extend_from_slice(&c);
+                    }
+                }
+                return Err(Fail::Status(status, b));
+            }
+            while let Some(c) = resp.chunk().await.map_err(Fail::Http)? {
+                sink(&c).map_err(Fail::Sink)?;
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(Fail::Http(e)) => Err(self.transport_error(what, &e)),
+            Err(Fail::Status(code, b)) => Err(self.status_error(what, code, &b)),
+            Err(Fail::Sink(detail)) => Err(KubeError::Transport { what: what.into(), detail }),
+        }
     }
 
     fn json<R: DeserializeOwned>(
@@ -248,19 +340,25 @@ impl Client {
             if let Some((ct, b)) = &body {
                 req = req.header("Content-Type", *ct).body(b.clone());
             }
-            let result = self.rt.block_on(async {
+            let result = crate::net::block_on(async {
                 let resp = req.send().await?;
                 let status = resp.status().as_u16();
-                let bytes = resp.bytes().await?;
-                Ok::<_, reqwest::Error>((status, bytes.to_vec()))
-            });
+                let bytes = crate::net::read_capped(resp, MAX_BODY).await.map_err(|e| e.to_string());
+                Ok::<_, reqwest::Error>((status, bytes))
+            })
+            .map_err(|e| KubeError::Transport { what: what.into(), detail: e.to_string() })?;
+            let result = match result {
+                Ok((status, Ok(bytes))) => Ok((status, bytes)),
+                Ok((_, Err(detail))) => return Err(KubeError::Transport { what: what.into(), detail }),
+                Err(e) => Err(e),
+            };
             let transient = match &result {
                 Err(e) => !is_tls(e),
                 Ok((code, _)) => *code == 429 || *code >= 500,
             };
             if transient && attempt < retries {
                 attempt += 1;
-                std::thread::sleep(Duration::from_millis(300 * u64::from(attempt)));
+                std::thread::sleep(crate::net::RetryPolicy::small(READ_RETRIES + 1).backoff(attempt));
                 continue;
             }
             let (code, bytes) = result.map_err(|e| self.transport_error(what, &e))?;
@@ -307,45 +405,12 @@ impl Client {
     }
 }
 
-/// The whole source chain of an error, on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+use crate::net::chain;
 
 /// A failed TLS handshake (certificate not trusted, wrong name, client certificate
 /// refused): not worth retrying, and a configuration problem to name.
 fn is_tls(e: &reqwest::Error) -> bool {
-    // rustls' error reaches here wrapped in io::Errors (hyper's connector, the TLS
-    // stream), whose source() skips the error they wrap: unwrap those by hand
-    fn is_rustls(mut c: &(dyn std::error::Error + 'static)) -> bool {
-        loop {
-            if c.downcast_ref::<rustls::Error>().is_some() {
-                return true;
-            }
-            match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-                Some(inner) => c = inner,
-                None => return false,
-            }
-        }
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if is_rustls(c) {
-            return true;
-        }
-        cur = c.source();
-    }
-    false
+    crate::net::tls::is_tls_error(e)
 }
 
 #[cfg(test)]

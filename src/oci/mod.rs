@@ -3,7 +3,7 @@
 //!
 //! - [`spec`]: OCI / Docker v2 manifests, indexes, media types, platform selection.
 //! - [`registry`]: the distribution API for manifests and small blobs (`imgbuild lock`),
-//!   with the anonymous token flow of [`crate::bearer`].
+//!   with the anonymous token flow of [`crate::bearer`], on the network layer [`crate::net`].
 //! - [`lock`]: tags and pinned indexes resolved to per-arch manifest digests in `<recipe>.lock`.
 //! - [`layout`]: the OCI image layout's index and name list written into the image
 //!   (the blobs themselves go in through [`crate::layer`]) and what the boot-time
@@ -19,6 +19,7 @@ use std::fmt::Write as _;
 pub use crate::types::{Digest, ImageRef};
 
 use crate::exit::{Classify, Code};
+use crate::net::SafeUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -26,7 +27,7 @@ pub enum OciError {
     #[error("{0}")]
     Input(String),
     #[error("{image}: {what} does not exist ({url})")]
-    NotFound { image: String, what: String, url: String },
+    NotFound { image: String, what: String, url: SafeUrl },
     #[error("{image}: {msg}")]
     Unsupported { image: String, msg: String },
     #[error("{image}: {source}")]
@@ -37,9 +38,9 @@ pub enum OciError {
              run `imgbuild lock`:{}", .images.len(), list(.images))]
     Offline { arch: String, images: Vec<String> },
     #[error("{url}: {msg}")]
-    Http { url: String, msg: String },
+    Http { url: SafeUrl, msg: String },
     #[error("{url}: {source}")]
-    Auth { url: String, source: crate::bearer::AuthError },
+    Auth { url: SafeUrl, source: crate::bearer::AuthError },
     /// A cached document that can no longer be trusted, or an unreadable cache.
     #[error(transparent)]
     Cache(#[from] crate::cache::CacheError),

@@ -3,20 +3,19 @@
 //! [`spec::ACCEPT`], answers the anonymous token flow of [`crate::bearer`], and every document
 //! is checked against the digest asked for (or, for a tag, the `Docker-Content-Digest`
 //! the registry names) before it is parsed. Large blobs (layers) go through
-//! [`crate::fetch`] into the content-addressed cache instead.
-
-use std::time::Duration;
+//! [`crate::fetch`] into the content-addressed cache instead. Every request goes
+//! through the one network layer ([`crate::net::get::request`]: mirrors, the retry
+//! policy, a size limit, redacted URLs).
 
 use super::spec::{self, Document};
 use super::OciError;
 use crate::bearer::{self as auth, TokenCache};
-use crate::fetch::Mirror;
-use crate::smallget;
+use crate::net::get::{request, Response};
+use crate::net::Mirror;
 use crate::types::{Digest, ImageRef};
 
-const TIMEOUT: Duration = Duration::from_secs(120);
 /// Image configs are a few KiB; Windows images' run to some hundred.
-const CONFIG_MAX: usize = 4 << 20;
+const CONFIG_MAX: u64 = 4 << 20;
 
 /// A manifest or index as the registry served it, checked against its digest.
 #[derive(Debug, Clone)]
@@ -75,8 +74,8 @@ impl Registry {
         what: &str,
         url: &str,
         accept: Option<&str>,
-        max: usize,
-    ) -> Result<smallget::Response, OciError> {
+        max: u64,
+    ) -> Result<Response, OciError> {
         let r = self.get(image, url, accept, max)?;
         match r.status {
             200..=299 => Ok(r),
@@ -87,13 +86,7 @@ impl Registry {
 
     /// One GET with the token flow: a cached token for the repository goes along; a
     /// 401 is answered with a (new) token and the request is sent once more.
-    fn get(
-        &self,
-        image: &ImageRef,
-        url: &str,
-        accept: Option<&str>,
-        max: usize,
-    ) -> Result<smallget::Response, OciError> {
+    fn get(&self, image: &ImageRef, url: &str, accept: Option<&str>, max: u64) -> Result<Response, OciError> {
         let repo = image.api_base();
         let send = |token: Option<&str>| {
             let mut h: Vec<(&str, String)> = Vec::new();
@@ -103,8 +96,7 @@ impl Registry {
             if let Some(t) = token {
                 h.push(("authorization", format!("Bearer {t}")));
             }
-            smallget::request(url, &self.mirrors, TIMEOUT, &h, Some(max))
-                .map_err(|e| OciError::Http { url: e.url, msg: e.msg })
+            request(url, &self.mirrors, &h, max).map_err(|e| OciError::Http { url: e.url, msg: e.msg })
         };
         let sent = self.tokens.for_repo(&repo);
         let r = send(sent.as_deref())?;
@@ -118,7 +110,8 @@ impl Registry {
             Some(t) if sent.as_deref() != Some(t.as_str()) => t,
             _ => {
                 self.tokens.forget(&ch);
-                let t = self.token(&ch)?;
+                let t = auth::request_token(&ch, &self.mirrors)
+                    .map_err(|e| OciError::Auth { url: r.url.clone(), source: e })?;
                 let v = t.value.clone();
                 self.tokens.put(&repo, ch.clone(), t);
                 v
@@ -130,26 +123,12 @@ impl Registry {
             return Err(OciError::Auth {
                 url: r.url,
                 source: auth::AuthError::Token {
-                    url: ch.realm,
+                    url: crate::net::SafeUrl::new(ch.realm).to_string(),
                     msg: "the registry refused the token it asked for".into(),
                 },
             });
         }
         Ok(r)
-    }
-
-    fn token(&self, ch: &auth::Challenge) -> Result<auth::Token, OciError> {
-        let url = ch.token_url();
-        let r = smallget::request(&url, &self.mirrors, TIMEOUT, &[], Some(1 << 20))
-            .map_err(|e| OciError::Http { url: e.url, msg: e.msg })?;
-        let fail = |msg: String| OciError::Auth {
-            url: r.url.clone(),
-            source: auth::AuthError::Token { url: r.url.clone(), msg },
-        };
-        if !(200..300).contains(&r.status) {
-            return Err(fail(format!("HTTP {}", r.status)));
-        }
-        auth::parse_token(&r.body, &r.url).map_err(|e| OciError::Auth { url: r.url.clone(), source: e })
     }
 }
 
@@ -157,7 +136,7 @@ impl Registry {
 fn verified(
     image: &ImageRef,
     what: &str,
-    r: &smallget::Response,
+    r: &Response,
     expected: Option<&Digest>,
 ) -> Result<Digest, OciError> {
     let actual = Digest::of(&r.body);

@@ -30,7 +30,7 @@ pub const LAYER_TYPES: [&str; 5] = [
 pub use crate::types::image::MANIFEST_ACCEPT as ACCEPT;
 
 /// Refuse documents larger than this (the spec suggests registries accept 4 MiB).
-pub const MANIFEST_MAX: usize = 4 << 20;
+pub const MANIFEST_MAX: u64 = 4 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Platform {
@@ -137,7 +137,7 @@ impl Document {
     /// `mediaType`, else the `Content-Type` the registry sent, else the shape (an OCI
     /// document may omit it); Docker schema 1 and unknown types are refused.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Document, SpecError> {
-        if bytes.len() > MANIFEST_MAX {
+        if bytes.len() as u64 > MANIFEST_MAX {
             return Err(SpecError::Invalid { what: "manifest", msg: format!("{} bytes", bytes.len()) });
         }
         #[derive(Deserialize)]

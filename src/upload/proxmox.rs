@@ -19,17 +19,11 @@
 //! PVE's upload cannot resume: an upload that fails mid-stream is started again from byte 0.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION};
 use reqwest::{Method, StatusCode};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::{file_stream, ImageInfo, Meter, Outcome};
 use crate::exit::{Classify, Code};
@@ -40,7 +34,6 @@ pub const TOKEN_ENV: &str = "PVE_API_TOKEN";
 /// Formats PVE accepts as `import` content (`UPLOAD_IMPORT_EXT_RE_1` in pve-storage).
 pub const IMPORT_FORMATS: [&str; 4] = ["qcow2", "raw", "vmdk", "ova"];
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Whole-request limit for the small JSON calls (not the upload).
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Attempts for idempotent GETs (connection failures and 5xx).
@@ -272,70 +265,7 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], ProxmoxError> {
     bytes.try_into().map_err(|_| ProxmoxError::BadFingerprint(s.to_string()))
 }
 
-/// The form PVE shows: `SHA256:AA:BB:...`.
-pub fn format_fingerprint(d: &[u8]) -> String {
-    let mut s = String::from("SHA256:");
-    for (i, b) in d.iter().enumerate() {
-        if i > 0 {
-            s.push(':');
-        }
-        let _ = write!(s, "{b:02X}");
-    }
-    s
-}
-
-/// Accepts exactly the certificate whose DER hashes to the pin (chain, name and validity
-/// are what the user vouched for by pinning), but still checks the handshake signature,
-/// so the peer must hold that certificate's private key.
-#[derive(Debug)]
-struct PinVerifier {
-    pin: [u8; 32],
-    algs: WebPkiSupportedAlgorithms,
-    /// Fingerprint of a rejected certificate, for the error message.
-    rejected: Mutex<Option<String>>,
-}
-
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if got == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        if let Ok(mut r) = self.rejected.lock() {
-            *r = Some(format_fingerprint(&got));
-        }
-        Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
+pub use crate::net::tls::format_fingerprint;
 
 /// Percent-encode one path segment (UPIDs carry `:`, `@` and `!`).
 fn seg(s: &str) -> String {
@@ -364,8 +294,14 @@ fn upid_node(upid: &str) -> Option<&str> {
     (parts.next() == Some("UPID")).then(|| parts.next()).flatten().filter(|n| !n.is_empty())
 }
 
+/// The one backoff formula ([`crate::net::RetryPolicy`]) from `base`, capped.
 fn backoff(base: Duration, attempt: u32) -> Duration {
-    base.saturating_mul(1 << attempt.min(6)).min(BACKOFF_CAP)
+    let p = crate::net::RetryPolicy {
+        backoff_base: base,
+        backoff_cap: BACKOFF_CAP,
+        ..crate::net::RetryPolicy::small(1)
+    };
+    p.backoff(attempt + 1)
 }
 
 /// A failed call: whether trying again may help.
@@ -375,13 +311,14 @@ struct Failure {
 }
 
 struct Api {
-    rt: tokio::runtime::Runtime,
     http: reqwest::Client,
+    /// The client as built (to name a certificate the pin refused).
+    client: crate::net::Client,
     /// Origin as given (for messages) and the API root (`…/api2/json`).
     origin: String,
     root: String,
     token: Token,
-    pin: Option<Arc<PinVerifier>>,
+    pin: Option<[u8; 32]>,
 }
 
 impl Api {
@@ -400,42 +337,16 @@ impl Api {
         }
         let origin = root.trim_end_matches("/api2/json").to_string();
         // PVE speaks HTTP/1.1 only; its upload handler needs Content-Length, which http1 sends.
-        let mut b = reqwest::Client::builder()
-            .http1_only()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")));
-        let pin = pin.map(|pin| {
-            let provider = rustls::crypto::ring::default_provider();
-            Arc::new(PinVerifier {
-                pin,
-                algs: provider.signature_verification_algorithms,
-                rejected: Mutex::new(None),
-            })
-        });
-        if let Some(v) = &pin {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| ProxmoxError::Net { what: "TLS setup".into(), detail: e.to_string() })?
-                .dangerous()
-                .with_custom_certificate_verifier(v.clone())
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            b = b.use_preconfigured_tls(cfg);
-        }
-        let http =
-            b.build().map_err(|e| ProxmoxError::Net { what: "HTTP client".into(), detail: chain(&e) })?;
-        // block_on inside a caller's runtime would panic; this API is blocking by contract.
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(ProxmoxError::Net {
-                what: "proxmox::upload".into(),
-                detail: "called from inside a tokio runtime; call it from a blocking thread".into(),
-            });
-        }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-            ProxmoxError::Net { what: "starting the HTTP runtime".into(), detail: e.to_string() }
-        })?;
-        Ok(Api { rt, http, origin, root, token, pin })
+        let opts = crate::net::ClientOptions {
+            trust: pin.map_or(crate::net::Trust::System, crate::net::Trust::Pin),
+            http1_only: true,
+            ..Default::default()
+        };
+        let client = opts
+            .build()
+            .map_err(|e| ProxmoxError::Net { what: "HTTP client".into(), detail: e.to_string() })?;
+        let http = client.http.clone();
+        Ok(Api { http, client, origin, root, token, pin })
     }
 
     fn url(&self, path: &str) -> String {
@@ -445,11 +356,11 @@ impl Api {
     /// Turn a transport error into the clearest error we can name.
     fn transport(&self, what: &str, e: &reqwest::Error) -> Failure {
         if let Some(pin) = &self.pin {
-            if let Some(actual) = pin.rejected.lock().ok().and_then(|mut r| r.take()) {
+            if let Some(actual) = self.client.rejected_fingerprint() {
                 return Failure {
                     err: ProxmoxError::FingerprintMismatch {
                         url: self.origin.clone(),
-                        expected: format_fingerprint(&pin.pin),
+                        expected: format_fingerprint(pin),
                         actual,
                     },
                     transient: false,
@@ -457,7 +368,7 @@ impl Api {
             }
         }
         let detail = chain(e);
-        if has_source::<rustls::Error>(e) {
+        if crate::net::tls::is_tls_error(e) {
             return Failure { err: ProxmoxError::Tls { url: self.origin.clone(), detail }, transient: false };
         }
         Failure { err: ProxmoxError::Net { what: what.to_string(), detail }, transient: true }
@@ -530,7 +441,7 @@ impl Api {
     ) -> Result<Value, ProxmoxError> {
         let what = format!("{method} {path}");
         let attempts = if method == Method::GET { GET_ATTEMPTS } else { 1 };
-        self.rt.block_on(async {
+        crate::net::block_on(async {
             let mut attempt = 0;
             loop {
                 let mut req = self
@@ -558,6 +469,7 @@ impl Api {
                 }
             }
         })
+        .map_err(|e| ProxmoxError::Net { what, detail: e.to_string() })?
     }
 
     fn get(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ProxmoxError> {
@@ -621,7 +533,11 @@ impl Api {
         let mut attempt = 0u32;
         let upid = loop {
             meter.reset();
-            let result = self.rt.block_on(self.upload_once(img, &path, &what, file, meter.clone()));
+            let result = match crate::net::block_on(self.upload_once(img, &path, &what, file, meter.clone()))
+            {
+                Ok(r) => r,
+                Err(e) => return Err(ProxmoxError::Net { what, detail: e.to_string() }),
+            };
             match result {
                 Ok(upid) => break upid,
                 Err(f) if f.transient && attempt < retries => {
@@ -799,32 +715,7 @@ impl Api {
     }
 }
 
-/// An error and its sources, `: `-joined (reqwest hides the useful part in the chain).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let _ = write!(s, ": {c}");
-        cur = c.source();
-    }
-    s
-}
-
-fn has_source<T: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.downcast_ref::<T>().is_some() {
-            return true;
-        }
-        // io::Error's `source` skips its payload (rustls errors arrive as io::Error inside
-        // io::Error), so descend into the payload instead.
-        cur = match c.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => c.source(),
-        };
-    }
-    false
-}
+use crate::net::chain;
 
 #[cfg(test)]
 mod tests {

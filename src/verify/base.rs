@@ -49,7 +49,7 @@ pub fn signed_base_digest(
         let sums = match net::get(&sums_url, mirrors)? {
             Got::Body(b) => b,
             Got::NotFound => {
-                tried.push(net::rewrite(&sums_url, mirrors));
+                tried.push(net::shown(&sums_url, mirrors));
                 continue;
             }
         };
@@ -59,12 +59,12 @@ pub fn signed_base_digest(
             // An unsigned list proves nothing: never fall back to trusting it.
             Got::NotFound => {
                 return Err(VerifyError::integrity(
-                    net::rewrite(&sig_url, mirrors),
+                    net::shown(&sig_url, mirrors),
                     "no signature next to SHA256SUMS",
                 ))
             }
         };
-        let what = net::rewrite(&sums_url, mirrors);
+        let what = net::shown(&sums_url, mirrors);
         let signed_by = openpgp::verify_detached(&sums, &sig, key, signer, &what)?;
         let text = String::from_utf8_lossy(&sums);
         let Some(sha) = crate::types::digest::find_in_sums(&text, file) else {

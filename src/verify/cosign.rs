@@ -28,14 +28,17 @@ pub const K8S_RELEASE_IDENTITY: &str = "krel-staging@k8s-releng-prod.iam.gservic
 /// OIDC issuer of that identity.
 pub const K8S_RELEASE_ISSUER: &str = "https://accounts.google.com";
 
-/// The production Sigstore Fulcio trust root (root + intermediate, PEM).
-///
-/// MISSING: the real Fulcio certificates are not in the project's reference material
-/// (shared/reference has no Sigstore trust root), and a trust anchor must never be
-/// typed from memory. Until one is added from a verified source (sigstore/root-signing
-/// `targets/trusted_root.json`), callers must pass one explicitly (`--trust-root`);
-/// verification without one fails closed.
-pub const EMBEDDED_FULCIO_TRUST_ROOT: Option<&str> = None;
+/// The Sigstore public-good Fulcio trust root: the root (O=sigstore.dev, CN=sigstore)
+/// and the intermediate (CN=sigstore-intermediate), PEM. Sources and checks:
+/// keys/README.md; [`EMBEDDED_FULCIO_FINGERPRINTS`] pins them, so a changed file fails
+/// the tests.
+pub const EMBEDDED_FULCIO_TRUST_ROOT: &str = include_str!("../../keys/sigstore-fulcio-v1.pem");
+
+/// SHA-256 of the DER of the embedded root and intermediate, in file order.
+pub const EMBEDDED_FULCIO_FINGERPRINTS: [&str; 2] = [
+    "3ba7b6cc4e95469d4d334b49cb257ad8537076fa84b0ca87ff4ecfe6a54680c1",
+    "15d795348226b4649f750f5802592c393bee7cc53c3b86982175b7ad087efe47",
+];
 
 const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
 const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
@@ -82,16 +85,20 @@ impl TrustRoot {
         Ok(TrustRoot { certs })
     }
 
-    /// The embedded production root, which this build does not have (see
-    /// [`EMBEDDED_FULCIO_TRUST_ROOT`]).
+    /// The embedded Sigstore public-good root ([`EMBEDDED_FULCIO_TRUST_ROOT`]).
     pub fn embedded() -> Result<TrustRoot, VerifyError> {
-        match EMBEDDED_FULCIO_TRUST_ROOT {
-            Some(pem) => TrustRoot::from_pem(pem.as_bytes(), "embedded Fulcio trust root"),
-            None => Err(VerifyError::Input(
-                "no Sigstore Fulcio trust root is embedded in this build (it was not available from a \
-                 verified source); pass --trust-root FILE.pem"
-                    .into(),
-            )),
+        TrustRoot::from_pem(EMBEDDED_FULCIO_TRUST_ROOT.as_bytes(), "embedded Sigstore Fulcio trust root")
+    }
+
+    /// The trust root a plan names.
+    pub fn load(source: &crate::plan::TrustRootSource) -> Result<TrustRoot, VerifyError> {
+        match source {
+            crate::plan::TrustRootSource::Embedded => TrustRoot::embedded(),
+            crate::plan::TrustRootSource::File(p) => {
+                let pem = std::fs::read(p)
+                    .map_err(|source| VerifyError::Io { what: p.display().to_string(), source })?;
+                TrustRoot::from_pem(&pem, &p.display().to_string())
+            }
         }
     }
 }
@@ -308,56 +315,161 @@ pub fn verify_published(
         let u = format!("{url}{suffix}");
         match net::get(&u, mirrors)? {
             Got::Body(b) => Ok(b),
-            Got::NotFound => Err(VerifyError::integrity(net::rewrite(&u, mirrors), "no signature published")),
+            Got::NotFound => Err(VerifyError::integrity(net::shown(&u, mirrors), "no signature published")),
         }
     };
     let (sig, cert) = (get(".sig")?, get(".cert")?);
-    verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::rewrite(url, mirrors))
+    verify_blob(blob, &sig, &cert, trust, policy, signed_at, &net::shown(url, mirrors))
 }
 
 /// Hosts whose files carry cosign `.sig`/`.cert` next to them.
 pub const SIGNED_HOSTS: &[&str] = &["https://dl.k8s.io/"];
 
 /// The plan's cosign policy for a build: the Kubernetes release identity over the files
-/// of [`SIGNED_HOSTS`], against the Fulcio trust root at `trust_root`.
-pub fn kubernetes_release_policy(trust_root: &std::path::Path) -> crate::plan::CosignPolicy {
+/// of [`SIGNED_HOSTS`], against `trust_root`.
+pub fn kubernetes_release_policy(trust_root: crate::plan::TrustRootSource) -> crate::plan::CosignPolicy {
     let p = Policy::kubernetes_release();
     crate::plan::CosignPolicy {
-        trust_root: trust_root.to_path_buf(),
+        trust_root,
         identity: p.identity,
         issuer: p.issuer,
         hosts: SIGNED_HOSTS.iter().map(|h| h.to_string()).collect(),
+        unsigned: Vec::new(),
     }
 }
 
+/// Where a build gets the `.sig`/`.cert` files: online, from next to the artifact's URL
+/// (mirrors applied), kept in the cache under `cosign/<artifact sha256>.{sig,cert}`;
+/// offline, from there. They are verified every time they are used, so the cache copy
+/// needs no trust of its own.
+#[derive(Debug, Clone, Default)]
+pub struct SignatureSource {
+    pub mirrors: Vec<crate::net::Mirror>,
+    pub offline: bool,
+    pub cache: Option<crate::cache::Cache>,
+}
+
+/// The artifacts of `plan` that `cosign` wants a signature for, with the URL it sits next to.
+fn signed_artifacts<'a>(
+    plan: &'a crate::plan::BuildPlan,
+    cosign: &'a crate::plan::CosignPolicy,
+) -> impl Iterator<Item = (&'a crate::plan::Item, &'a str)> {
+    plan.artifacts.iter().filter(|a| !cosign.unsigned.contains(&a.name)).filter_map(|a| {
+        a.urls
+            .iter()
+            .find(|u| cosign.hosts.iter().any(|h| u.starts_with(h.as_str())))
+            .map(|u| (a, u.as_str()))
+    })
+}
+
+impl SignatureSource {
+    fn cached(&self, sha: &crate::types::Sha256, suffix: &str) -> Option<std::path::PathBuf> {
+        self.cache.as_ref().map(|c| c.root().join("cosign").join(format!("{}{suffix}", sha.as_str())))
+    }
+
+    /// `<url>.sig` and `<url>.cert` of the artifact with digest `sha`.
+    pub fn files(&self, url: &str, sha: &crate::types::Sha256) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
+        let mut out = Vec::new();
+        for suffix in [".sig", ".cert"] {
+            let cached = self.cached(sha, suffix);
+            if self.offline {
+                let Some(p) = cached else {
+                    return Err(VerifyError::Input("--offline cosign verification needs a cache".into()));
+                };
+                let limit = crate::net::get::limit::SMALL;
+                match crate::net::body::read_file_capped(&p, limit) {
+                    Ok(Ok(b)) => out.push(b),
+                    Ok(Err(e)) => return Err(VerifyError::integrity(p.display().to_string(), e.to_string())),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(VerifyError::Download {
+                            url: net::shown(&format!("{url}{suffix}"), &self.mirrors),
+                            msg: format!(
+                                "--offline: the cosign signature is not in the cache ({}); run `imgbuild \
+                                 fetch` online first, or mark the artifact `signature: none` in the recipe",
+                                p.display()
+                            ),
+                        })
+                    }
+                    Err(source) => return Err(VerifyError::Io { what: p.display().to_string(), source }),
+                }
+                continue;
+            }
+            let u = format!("{url}{suffix}");
+            let body = match net::get(&u, &self.mirrors)? {
+                Got::Body(b) => b,
+                Got::NotFound => {
+                    return Err(VerifyError::integrity(
+                        net::shown(&u, &self.mirrors),
+                        "no signature published",
+                    ))
+                }
+            };
+            if let Some(p) = cached {
+                store(&p, &body)
+                    .map_err(|source| VerifyError::Io { what: p.display().to_string(), source })?;
+            }
+            out.push(body);
+        }
+        let cert = out.pop().unwrap_or_default();
+        let sig = out.pop().unwrap_or_default();
+        Ok((sig, cert))
+    }
+}
+
+/// Temp file + rename: a reader never sees half a signature.
+fn store(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(data)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Put the signature files of every artifact `cosign` wants signed into the cache
+/// (`imgbuild fetch`, so that an `--offline` build can verify them later).
+pub fn fetch_signatures(
+    plan: &crate::plan::BuildPlan,
+    cosign: &crate::plan::CosignPolicy,
+    src: &SignatureSource,
+    rep: &Reporter,
+) -> Result<usize, VerifyError> {
+    let mut n = 0;
+    for (a, url) in signed_artifacts(plan, cosign) {
+        src.files(url, &a.sha256)?;
+        rep.status(format_args!("cosign: fetched the signature of {}", a.name));
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Verify the published signature of every plan artifact downloaded from one of the
-/// policy's hosts (its first such URL), over the verified blob. In plan order.
+/// policy's hosts (its first such URL), over the verified blob. In plan order. An
+/// artifact the recipe marks `signature: none` is skipped; any other without a
+/// signature is an integrity failure.
 pub fn verify_plan_artifacts(
     plan: &crate::plan::BuildPlan,
     fetched: &crate::fetch::Fetched,
-    mirrors: &[crate::fetch::Mirror],
+    src: &SignatureSource,
     cosign: &crate::plan::CosignPolicy,
     rep: &Reporter,
 ) -> Result<Vec<SignatureRecord>, VerifyError> {
-    let root = &cosign.trust_root;
-    let pem =
-        std::fs::read(root).map_err(|source| VerifyError::Io { what: root.display().to_string(), source })?;
-    let trust = TrustRoot::from_pem(&pem, &root.display().to_string())?;
+    let trust = TrustRoot::load(&cosign.trust_root)?;
     let policy = Policy { identity: cosign.identity.clone(), issuer: cosign.issuer.clone() };
     let mut out = Vec::new();
-    for a in &plan.artifacts {
-        let Some(url) = a.urls.iter().find(|u| cosign.hosts.iter().any(|h| u.starts_with(h.as_str()))) else {
-            continue;
-        };
+    for (a, url) in signed_artifacts(plan, cosign) {
         let Some(blob) = fetched.get(a) else {
             return Err(VerifyError::Input(format!("no download for artifact {}", a.name)));
         };
         let bytes = std::fs::read(blob)
             .map_err(|source| VerifyError::Io { what: blob.display().to_string(), source })?;
         rep.status(format_args!("cosign: verifying {} ({})", a.name, policy.identity));
-        let mut r = verify_published(url, &bytes, mirrors, &trust, &policy, None)?;
+        let (sig, cert) = src.files(url, &a.sha256)?;
+        let shown = net::shown(url, &src.mirrors);
+        let mut r = verify_blob(&bytes, &sig, &cert, &trust, &policy, None, &shown)?;
         if r.file_sha256 != a.sha256.as_str() {
-            return Err(VerifyError::integrity(url, "signed file is not the pinned download"));
+            return Err(VerifyError::integrity(shown, "signed file is not the pinned download"));
         }
         r.artifact = a.name.clone();
         out.push(r);
@@ -377,9 +489,13 @@ mod tests {
     }
 
     #[test]
-    fn missing_embedded_root_fails_closed() {
-        assert!(EMBEDDED_FULCIO_TRUST_ROOT.is_none());
-        assert!(matches!(TrustRoot::embedded(), Err(VerifyError::Input(_))));
+    fn the_embedded_root_is_sigstores_public_good_root_and_intermediate() {
+        let t = TrustRoot::embedded().unwrap();
+        let got: Vec<String> = t.certs.iter().map(|d| sha256_hex(d)).collect();
+        assert_eq!(got, EMBEDDED_FULCIO_FINGERPRINTS);
+        let subjects: Vec<String> =
+            t.certs.iter().map(|d| parse_cert(d, "t").unwrap().subject().to_string()).collect();
+        assert_eq!(subjects, ["O=sigstore.dev, CN=sigstore", "O=sigstore.dev, CN=sigstore-intermediate"]);
     }
 
     #[test]

@@ -24,6 +24,17 @@ pub enum Fault {
     /// Wait this long before answering, then serve normally (keeps a download in
     /// flight, e.g. so that two clients overlap).
     Delay(std::time::Duration),
+    /// Answer 200 with the whole length whatever the `Range`, send `n` bytes, close
+    /// (a server that ignores Range and cuts the body).
+    IgnoreRangeCut(u64),
+    /// Declare `extra` bytes more than the body has, send the body, close.
+    LongerLength(u64),
+    /// Send the headers and `n` bytes, then nothing more, keeping the connection open.
+    StallAfter(u64),
+    /// Read the request and never answer.
+    Silent,
+    /// 200 without a length, then bytes until the client hangs up.
+    Endless,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +55,8 @@ struct State {
     /// URLs ("Only one auth mechanism allowed").
     refuse_authorization: bool,
     faults: HashMap<String, VecDeque<Fault>>,
+    /// Faults applied to every request of a path (after the queued ones).
+    always: HashMap<String, Fault>,
     log: Vec<Logged>,
 }
 
@@ -100,6 +113,16 @@ impl Server {
         self.state.lock().unwrap().faults.insert(path.to_string(), faults.into());
     }
 
+    /// Misbehave the same way on every request for `path`.
+    pub fn fault_always(&self, path: &str, fault: Fault) {
+        self.state.lock().unwrap().always.insert(path.to_string(), fault);
+    }
+
+    /// Requests for `path` so far, whatever their answer.
+    pub fn requests(&self, path: &str) -> usize {
+        self.log().iter().filter(|l| l.path == path).count()
+    }
+
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
     }
@@ -141,6 +164,7 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         let (body, fault, refuse) = {
             let mut s = st.lock().unwrap();
             let fault = s.faults.get_mut(&path).and_then(|q| q.pop_front());
+            let fault = fault.or_else(|| s.always.get(&path).cloned());
             let from_dir = || {
                 s.dirs.iter().find_map(|(prefix, dir)| {
                     let rel = path.strip_prefix(prefix.as_str())?.split('?').next()?;
@@ -172,6 +196,19 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             write!(conn, "HTTP/1.1 {code} Test\r\nContent-Length: 0\r\n\r\n")?;
             continue;
         }
+        if let Some(Fault::Silent) = fault {
+            record(0);
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            return Ok(());
+        }
+        if let Some(Fault::Endless) = fault {
+            record(200);
+            write!(conn, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![b'x'; 64 * 1024];
+            loop {
+                conn.write_all(&chunk)?; // ends when the client hangs up
+            }
+        }
         let Some(body) = body else {
             record(404);
             write!(conn, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
@@ -187,15 +224,20 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             .and_then(|r| r.split('-').next())
             .and_then(|s| s.parse::<u64>().ok())
             .filter(|s| *s < len);
-        let (status, from) = match start {
-            Some(s) => (206, s),
-            None => (200, 0),
+        let (status, from) = match (start, &fault) {
+            (_, Some(Fault::IgnoreRangeCut(_))) => (200, 0),
+            (Some(s), _) => (206, s),
+            (None, _) => (200, 0),
+        };
+        let declared = match fault {
+            Some(Fault::LongerLength(extra)) => len - from + extra,
+            _ => len - from,
         };
         record(status);
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nAccept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n",
             if status == 206 { "Partial Content" } else { "OK" },
-            len - from
+            declared
         );
         if status == 206 {
             head.push_str(&format!("Content-Range: bytes {from}-{}/{len}\r\n", len - 1));
@@ -206,7 +248,8 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
             continue;
         }
         let limit = match fault {
-            Some(Fault::CutAfter(n)) => Some(n),
+            Some(Fault::CutAfter(n) | Fault::IgnoreRangeCut(n) | Fault::StallAfter(n)) => Some(n),
+            Some(Fault::LongerLength(_)) => Some(len - from),
             _ => None,
         };
         let mut sent = 0u64;
@@ -234,6 +277,11 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
                     }
                 }
             }
+        }
+        if let Some(Fault::StallAfter(_)) = fault {
+            conn.flush()?;
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            return Ok(());
         }
         if limit.is_some() {
             // Simulate a dropped connection.

@@ -76,3 +76,76 @@ pub fn write_files_to(user_data: &str, root: &std::path::Path) {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
+
+/// Run `c` and kill it after `limit`: a hang is a failure, not a stuck test.
+pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) -> std::process::Output {
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("{c:?} still running after {limit:?} (killed): {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
+/// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
+pub fn openssl_sign(
+    dir: &std::path::Path,
+    ca_crt: &std::path::Path,
+    ca_key: &std::path::Path,
+    subject: &str,
+    ext: &str,
+    days: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        ok(&std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap())
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+    ]);
+    std::fs::write(dir.join("ext"), ext).unwrap();
+    let days = days.to_string();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-set_serial",
+        "9",
+        "-days",
+        &days,
+        "-extfile",
+        "ext",
+        "-out",
+        "crt.pem",
+    ]);
+    (dir.join("crt.pem"), dir.join("key.pem"))
+}

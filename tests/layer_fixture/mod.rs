@@ -84,7 +84,7 @@ pub fn compose_layer(plan: &Plan, dl: &BTreeMap<String, PathBuf>, work: &Path) -
     }
     let no_base = |_: &str| -> Result<Option<Vec<u8>>, imgbuild::apt::AptError> { Ok(None) };
     let rep = imgbuild::reporter::Reporter::silent();
-    let steps = imgbuild::build::default_steps(&[]);
+    let steps = imgbuild::build::default_steps(&Default::default());
     Ok(imgbuild::build::compose(plan, &fetched, work, &no_base, &rep, &steps)?.layer)
 }
 
