@@ -296,4 +296,28 @@ fn a_missing_arch_a_tampered_blob_and_an_interrupted_download() {
     assert!(std::fs::read_dir(&out)
         .map(|d| d.filter_map(|e| e.ok()).all(|e| e.file_name().to_string_lossy().starts_with('.')))
         .unwrap_or(true));
+
+    // A blob storage that sends more than the manifest's descriptor says: the download
+    // is capped at that size, given up at once (not retried), nothing kept.
+    let long = image(&[("amd64", vec![layer(&[("z", &noise(40_000))])])], false, true);
+    reg.push_image("team/long", "1", &long);
+    let m: serde_json::Value = serde_json::from_slice(&long.manifest_for("amd64").bytes).unwrap();
+    let (grown, size) =
+        (m["layers"][0]["digest"].as_str().unwrap().to_string(), m["layers"][0]["size"].as_u64().unwrap());
+    let f = reg.blob_file(&grown);
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes.extend_from_slice(&noise(10_000));
+    std::fs::write(&f, bytes).unwrap();
+    let r = registry_recipe(&fx, &d.join("long"), &[("registry.test/team/long:1", "worker")], None);
+    let o = build_with(&fx, &reg, &r, &cache, &d.join("out-long"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("larger than the {} limit", imgbuild::reporter::human_bytes(size))),
+        "{}",
+        stderr(&o)
+    );
+    let hex = grown.trim_start_matches("sha256:");
+    let storage_path = format!("/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    assert_eq!(reg.storage.requests(&storage_path), 1, "not retried: {:?}", reg.storage.log());
+    assert!(!cache.join("sha256").join(hex).exists() && !cache.join("partial").join(hex).exists());
 }
