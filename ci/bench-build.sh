@@ -146,13 +146,58 @@ for f in "$base" "$art"/{kubeadm,kubelet,kubectl,containerd,runc,cni-plugins,cri
 done
 recipe=$work/recipe.yaml
 awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
-  /^packages:/ { skip = 1 } /^[a-z_]+:/ && !/^packages:/ { skip = 0 }
+  /^(packages|images|addons):/ { skip = 1 } /^[a-z_]+:/ && !/^(packages|images|addons):/ { skip = 0 }
+  /^disk_size:/ { next }
   skip { next }
   /^ *amd64: [0-9a-f]+$/ { i++; sub(/[0-9a-f]+$/, d[i]) } { print }
   /^      - https:\/\/dl\.k8s\.io\// { print "    signature: none" }' \
   image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml >"$recipe"
-# (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file.
-# The stand-ins of the dl.k8s.io binaries carry no cosign signature: `signature: none`.)
+# (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file. The
+# container images and add-ons too: the images run is below. disk_size too: the baseline
+# converts the base at its own size. The stand-ins of the dl.k8s.io binaries carry no
+# cosign signature: `signature: none`.)
+
+# --- container images: the same recipe plus BENCH_IMAGES images pinned by digest, their
+# blobs (BENCH_IMAGE_MIB MiB of incompressible data each, plus one shared base layer of the
+# same size) in the cache, built offline like the rest --------------------------------------
+nimg=${BENCH_IMAGES:-15}
+img_mib=${BENCH_IMAGE_MIB:-16}
+recipe_img=$work/recipe-images.yaml
+cp "$recipe" "$recipe_img"
+python3 - "$cache/sha256" "$nimg" "$img_mib" >>"$recipe_img" <<'PY'
+import gzip, hashlib, io, json, os, random, sys, tarfile
+store, n, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(7)
+def put(b):
+    d = hashlib.sha256(b).hexdigest()
+    p = os.path.join(store, d)
+    if not os.path.exists(p):
+        open(p, "wb").write(b)
+    return {"digest": "sha256:" + d, "size": len(b)}
+def layer(name):
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as t:
+        data = rnd.randbytes(mib << 20)
+        ti = tarfile.TarInfo(name); ti.size = len(data); ti.mtime = 1724198400
+        t.addfile(ti, io.BytesIO(data))
+    gz = gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+    return gz, "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+base = layer("base.bin")
+print("images:")
+for i in range(n):
+    own = layer(f"img{i}.bin")
+    cfg = put(json.dumps({"architecture": "amd64", "os": "linux",
+                          "rootfs": {"type": "layers", "diff_ids": [base[1], own[1]]}}).encode())
+    ls = [put(base[0]), put(own[0])]
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
+         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **l} for l in ls]}
+    md = put(json.dumps(m).encode())
+    idx = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+           "manifests": [{"mediaType": m["mediaType"], **md, "platform": {"architecture": "amd64", "os": "linux"}}]}
+    x = put(json.dumps(idx).encode())
+    print(f"  - ref: registry.bench.invalid/img{i}:1@{x['digest']}\n    roles: [control-plane, worker]")
+PY
 
 # --- the runs ------------------------------------------------------------------
 echo "bench-build: building release binary" >&2
@@ -233,4 +278,23 @@ for role in $roles; do
     echo "  ($role layer: ~${layer} MiB of binaries)"
   fi
 done
+# With and without the images (same role, qcow2, one warm build each): time and bytes.
+role=${roles%% *}
+build "$role" qcow2
+t0=$(secs "$work/time.txt")
+s0=$(du -m "$(out_file qcow2)" | cut -f1)
+build_images() {
+  rm -rf "$work/out-img"
+  /usr/bin/time -v -o "$work/time-img.txt" "$bin" --quiet build --offline --role "$role" --recipe "$recipe_img" \
+    --cache-dir "$cache" --output "$work/out-img" >/dev/null
+}
+build_images
+build_images
+t1=$(secs "$work/time-img.txt")
+s1=$(du -m "$work/out-img"/*.qcow2 | cut -f1)
+v1=$(qemu-img info --output=json "$work/out-img"/*.qcow2 | awk -F': ' '/"virtual-size"/ { gsub(/,/, "", $2); print int($2 / 1048576) }')
+layout=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(sum(f.get("size",0) for f in m["files"] if f["path"].startswith("/usr/share/imgbuild/images/")) >> 20)' "$work/out-img"/*.manifest.json)
+echo "images ($role): $nimg images of 2 x ${img_mib} MiB (one layer shared by all): ${layout} MiB in the layout"
+echo "  build without images: ${t0} s, ${s0} MiB qcow2; with them: ${t1} s, ${s1} MiB qcow2 (virtual disk ${v1} MiB: grown to keep 3x the images free)"
+echo "  images add: +$(awk -v a="$t1" -v b="$t0" 'BEGIN { printf "%.1f", a - b }') s, +$((s1 - s0)) MiB"
 exit $status

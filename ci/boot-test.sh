@@ -44,6 +44,7 @@ done
 deps=(
   "mmdebstrap mmdebstrap" "sgdisk gdisk" "gpg gnupg" "gpg-agent gnupg" "dpkg-deb dpkg" "sfdisk fdisk" "mkfs.vfat dosfstools" "mmd mtools"
   "genisoimage genisoimage" "debugfs e2fsprogs" "qemu-img qemu-utils"
+  "docker-registry docker-registry" "busybox busybox-static" "curl curl"
 )
 missing=()
 for d in "${deps[@]}"; do
@@ -68,8 +69,10 @@ else
   work=$(mktemp -d "${TMPDIR:-/tmp}/imgbuild-boot-test.XXXXXX")
 fi
 server_pid=
+registry_pid=
 cleanup() {
   [ -z "$server_pid" ] || kill "$server_pid" 2>/dev/null || true
+  [ -z "$registry_pid" ] || kill "$registry_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 say "work dir $work"
@@ -237,6 +240,7 @@ for s in "${scenarios[@]}"; do
   r=$(head -n1 "$dir/result" 2>/dev/null || echo FAIL)
   [ "$r" = PASS ] && grep -q '^SKIP' "$dir/log" 2>/dev/null && sed -n 's/^SKIP/  '"$s"': SKIP/p' "$dir/log"
   sed -n 's/^packages:/  '"$s"': packages:/p' "$dir/log" 2>/dev/null || true
+  sed -n 's/^images:/  '"$s"': images:/p' "$dir/log" 2>/dev/null || true
   if [ "$r" != PASS ]; then
     echo "---- $s: $r"
     grep -a '^FAIL' "$dir/log" || true

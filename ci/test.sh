@@ -34,6 +34,12 @@ deps=(
   "xz xz-utils"
   "virsh libvirt-clients"
   "libvirtd libvirt-daemon"
+  # oci: a real registry (tests/oci_registry.rs); containerd 1.6, runc and a static busybox
+  # (tests/oci_containerd.rs, which runs its own containerd on a private socket)
+  "docker-registry docker-registry"
+  "containerd containerd"
+  "runc runc"
+  "busybox busybox-static"
   # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
   "etcd etcd-server"
   "etcdctl etcd-client"

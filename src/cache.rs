@@ -181,6 +181,18 @@ impl Cache {
         Ok(blob)
     }
 
+    /// The bytes of a small cached blob (documents parsed from the cache), trusted as
+    /// [`Cache::lookup`] trusts it and hashed again on read: `Ok(None)` when absent; a
+    /// blob that no longer matches its name is removed and an error, as in `lookup`.
+    pub fn read_verified(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some(path) = self.lookup(sha)? else { return Ok(None) };
+        let b = std::fs::read(&path).map_err(|source| CacheError::Io { what: "reading", path, source })?;
+        if Sha256::of(&b) != *sha {
+            return Err(self.evict(sha, format!("now holds content with sha256 {}", Sha256::of(&b))));
+        }
+        Ok(Some(b))
+    }
+
     /// Where an unfinished download of this digest is kept.
     pub fn partial_path(&self, sha: &Sha256) -> PathBuf {
         self.root.join("partial").join(sha.as_str())
@@ -251,6 +263,25 @@ mod tests {
         assert_eq!(c.lookup(&sha).unwrap(), Some(p));
         assert!(!c.partial_path(&sha).exists());
         c.discard(&sha, &lock).unwrap();
+    }
+
+    /// Image documents read from the cache go through the same trust as downloads: a
+    /// symlinked one is refused (exit 3) and removed, never read through.
+    #[test]
+    fn read_verified_trusts_what_lookup_trusts() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(Some(dir.path())).unwrap();
+        let sha = Sha256::of(b"{}");
+        assert!(c.read_verified(&sha).unwrap().is_none());
+        let blob = c.put(&sha, b"{}").unwrap();
+        assert_eq!(c.read_verified(&sha).unwrap().as_deref(), Some(&b"{}"[..]));
+        std::fs::remove_file(&blob).unwrap();
+        let target = dir.path().join("other.json");
+        std::fs::write(&target, b"{}").unwrap();
+        std::os::unix::fs::symlink(&target, &blob).unwrap();
+        let e = c.read_verified(&sha).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(std::fs::symlink_metadata(&blob).is_err() && target.exists());
     }
 
     /// A blob edited in place (same size, mtime put back), replaced by a symlink, or

@@ -9,7 +9,9 @@
 //! download has a size limit ([`size_limit`]): a server or `file://` source that sends
 //! more is given up at once. URLs are printed redacted ([`crate::net::SafeUrl`]).
 //! A per-digest file lock lets several processes share one cache: the second waits,
-//! then finds the blob. Callers see a synchronous API ([`fetch`]) and get the verified
+//! then finds the blob. A `401` with a `Bearer` challenge (container registries) is
+//! answered with an anonymous token ([`crate::bearer`]), cached per repository; image
+//! items also send the manifest `Accept` list. Callers see a synchronous API ([`fetch`]) and get the verified
 //! blobs keyed by plan item ([`Fetched`]).
 
 use std::collections::BTreeMap;
@@ -22,18 +24,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_RANGE, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256 as Hasher};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::bearer::TokenCache;
 use crate::cache::Cache;
 use crate::exit::{Classify, Code};
 pub use crate::net::{rewrite, Mirror};
 use crate::net::{Progress, RetryPolicy, SafeUrl};
 use crate::plan::{Item, ItemKey};
 use crate::reporter::{human_bytes, Reporter, Task};
-use crate::types::Sha256;
+use crate::types::{ItemKind, Sha256};
 
 /// Write/hash granularity: large enough that per-chunk overhead vanishes.
 const BUF: usize = 256 * 1024;
@@ -41,15 +44,16 @@ const BUF: usize = 256 * 1024;
 /// The most bytes a download of `kind` may have: a pinned digest proves nothing until
 /// the last byte, so without a limit a hostile mirror (or `file:///dev/zero`) fills
 /// the cache's filesystem first. Each is far above its real size (the noble cloud
-/// image is ~600 MB, the largest artifact ~100 MB, the largest .deb a few MB).
+/// image is ~600 MB, the largest artifact ~100 MB, the largest .deb a few MB, the
+/// largest container layer some hundred MB).
 pub fn size_limit(kind: crate::types::ItemKind) -> u64 {
     use crate::types::ItemKind;
     match kind {
         ItemKind::Base => 8 << 30,
         ItemKind::Artifact => 2 << 30,
         ItemKind::Package => 1 << 30,
-        #[allow(unreachable_patterns)]
-        _ => 4 << 30,
+        // Image blobs carry their descriptor's size; this bounds one that does not.
+        ItemKind::Image => 4 << 30,
     }
 }
 
@@ -210,6 +214,10 @@ struct Ctx {
     progress: Reporter,
     jobs: Semaphore,
     retry: RetryPolicy,
+    /// Registry tokens (anonymous bearer flow), shared by every download of the run.
+    tokens: TokenCache,
+    /// For token endpoints, rewritten like every other URL.
+    mirrors: Vec<Mirror>,
 }
 
 fn fetch_all(
@@ -221,7 +229,15 @@ fn fetch_all(
     let jobs = if opts.jobs == 0 { 4 } else { opts.jobs.min(MAX_JOBS) };
     let client = crate::net::get::shared_client().context("creating the HTTP client")?.clone();
     let retry = RetryPolicy::downloads(crate::net::settings().attempts);
-    let ctx = Arc::new(Ctx { client, cache, progress, jobs: Semaphore::new(jobs), retry });
+    let ctx = Arc::new(Ctx {
+        client,
+        cache,
+        progress,
+        jobs: Semaphore::new(jobs),
+        retry,
+        tokens: TokenCache::default(),
+        mirrors: opts.mirrors.clone(),
+    });
     let results = crate::net::block_on(async {
         let handles: Vec<_> = items.into_iter().map(|i| tokio::spawn(fetch_one(ctx.clone(), i))).collect();
         let mut out = Vec::new();
@@ -337,6 +353,8 @@ enum Attempt {
     Transient { what: String, retry_after: Option<Duration>, progress: Progress },
     /// Do not retry this URL.
     Next(String),
+    /// A token was obtained for the registry's challenge: send the request again now.
+    Authorized,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -468,12 +486,24 @@ async fn fetch_url(
     // Bounded: a resumed attempt that added bytes earns more room than one that got
     // nothing or started again from byte 0, and no attempt starts after the deadline.
     let mut retry = ctx.retry.start();
+    let mut authorized = false;
     loop {
         let (p, result) = attempt(ctx, item, url, part, task).await?;
         part = p;
         let (what, retry_after, progress) = match result {
             Ok(()) => return Ok((part, UrlEnd::Done)),
             Err(Attempt::Next(what)) => return Ok((part, UrlEnd::Next(what))),
+            // Once per URL: a second 401 with a fresh token is a refusal, not a challenge.
+            Err(Attempt::Authorized) if !authorized => {
+                authorized = true;
+                continue;
+            }
+            Err(Attempt::Authorized) => {
+                return Ok((
+                    part,
+                    UrlEnd::Next("HTTP 401: the registry refused the token it asked for".into()),
+                ))
+            }
             Err(Attempt::Transient { what, retry_after, progress }) => (what, retry_after, progress),
         };
         let Some(wait) = retry.failed(progress, retry_after) else {
@@ -507,6 +537,14 @@ async fn attempt(
     let mut req = ctx.client.get(url);
     if offset > 0 {
         req = req.header(RANGE, format!("bytes={offset}-"));
+    }
+    if item.kind == ItemKind::Image {
+        req = req.header(ACCEPT, crate::types::image::MANIFEST_ACCEPT);
+    }
+    let scope = token_scope(url);
+    let sent = ctx.tokens.for_repo(scope);
+    if let Some(t) = &sent {
+        req = req.header(AUTHORIZATION, format!("Bearer {t}"));
     }
     let resp = match req.send().await {
         Ok(r) => r,
@@ -549,6 +587,14 @@ async fn attempt(
             let what = format!("HTTP {s}");
             return Ok((part, Err(Attempt::Transient { what, retry_after, progress: Progress::None })));
         }
+        StatusCode::UNAUTHORIZED => {
+            let challenge = resp.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let next = match token(ctx, scope, sent.as_deref(), challenge).await {
+                Ok(()) => Attempt::Authorized,
+                Err(what) => Attempt::Next(format!("HTTP 401: {what}")),
+            };
+            return Ok((part, Err(next)));
+        }
         s => return Ok((part, Err(Attempt::Next(format!("HTTP {s}"))))),
     }
     if let Some(len) = resp.content_length() {
@@ -561,6 +607,34 @@ async fn attempt(
     task.set_position(part.len);
     let resumed = status == StatusCode::PARTIAL_CONTENT;
     stream_body(item, resp, part, task, limit, resumed).await
+}
+
+/// What a registry token is for: the repository part of a distribution API URL
+/// (`…/v2/<name>/blobs/…` or `…/manifests/…`); other URLs stand for themselves.
+fn token_scope(url: &str) -> &str {
+    ["/blobs/", "/manifests/"].iter().find_map(|p| url.rfind(p).map(|i| &url[..i])).unwrap_or(url)
+}
+
+/// Answer a `401`'s challenge: a token another download of the run already holds for
+/// it (when it is not the one `sent` and refused), else a new one from its realm
+/// (anonymous: no credentials are sent); remembered for `scope`.
+async fn token(ctx: &Ctx, scope: &str, sent: Option<&str>, header: &str) -> Result<(), String> {
+    let ch = crate::bearer::parse_challenge(header).map_err(|e| e.to_string())?;
+    if ctx.tokens.get(&ch).is_some_and(|t| Some(t.as_str()) != sent) {
+        ctx.tokens.adopt(scope, &ch);
+        return Ok(());
+    }
+    ctx.tokens.forget(&ch);
+    // The token request is a small GET like any other (net::get: retries, size limit,
+    // redacted URL); it blocks, so it runs beside the download tasks.
+    let mirrors = ctx.mirrors.clone();
+    let asked = ch.clone();
+    let t = tokio::task::spawn_blocking(move || crate::bearer::request_token(&asked, &mirrors))
+        .await
+        .map_err(|e| format!("token request: {e}"))?
+        .map_err(|e| e.to_string())?;
+    ctx.tokens.put(scope, ch, t);
+    Ok(())
 }
 
 fn content_range_start(resp: &reqwest::Response) -> Option<u64> {

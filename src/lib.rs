@@ -16,6 +16,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod apt;
+pub mod bearer;
 pub mod build;
 pub mod cache;
 pub mod chart;
@@ -35,6 +36,7 @@ pub mod lockfile;
 pub mod manifest;
 pub mod net;
 pub mod nodup;
+pub mod oci;
 pub mod output;
 pub mod plan;
 pub mod recipe;

@@ -2,6 +2,9 @@
 //! `imgbuild lock` (name, version, URL, SHA-256, size) against the signed archive, next
 //! to the recipe. A build installs exactly that set; a lock that no longer matches the
 //! recipe's `packages:` section or base image is refused (run `imgbuild lock` again).
+//! The same file pins the recipe's container images: each reference's index (or single
+//! manifest) digest and each arch's manifest ([`LockedImage`]); an image without an
+//! entry is resolved by the build (online) instead.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -11,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Code};
 use crate::recipe::{LoadedRecipe, Packages};
-use crate::types::{Arch, Sha256};
+use crate::types::{Arch, Digest, ImageRef, Sha256};
 
 pub const LOCK_VERSION: u32 = 1;
 
@@ -43,12 +46,15 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LockError {
 pub struct LockFile {
     pub lock_version: u32,
     pub recipe: String,
-    /// SHA-256 of the recipe's `packages:` section (canonical JSON).
+    /// SHA-256 of the recipe's `packages:` section (canonical JSON; `null` when absent).
     pub packages_digest: Sha256,
     pub arches: BTreeMap<String, ArchLock>,
     /// The recipe's `chart:` artifacts resolved against their repositories' index.yaml.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub charts: Vec<LockedChart>,
+    /// The recipe's container images resolved to digests (see [`crate::oci::lock`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<LockedImage>,
 }
 
 /// A chart version resolved against its Helm repository (see [`crate::chart::repo`]).
@@ -73,6 +79,38 @@ pub fn read_charts(lr: &LoadedRecipe, path: &Path) -> Result<Vec<LockedChart>, L
     }
     let lock = read_lock(path)?;
     Ok(if lock.recipe == lr.recipe.name { lock.charts } else { Vec::new() })
+}
+
+/// One image in the lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    /// The reference as the recipe names it (normalised).
+    pub reference: ImageRef,
+    /// What the reference points at: an image index or a single manifest.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// Per arch (`amd64`, `arm64`): that platform's manifest.
+    pub platforms: BTreeMap<String, LockedManifest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedManifest {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+impl LockedImage {
+    /// Whether this entry pins `image` for `arch`: the same reference and, when the
+    /// reference carries a digest, that digest.
+    pub fn covers(&self, image: &ImageRef, arch: Arch) -> bool {
+        self.reference == *image
+            && image.digest.as_ref().is_none_or(|d| *d == self.digest)
+            && self.platforms.contains_key(arch.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,6 +211,16 @@ pub fn read_lock(path: &Path) -> Result<LockFile, LockError> {
         )));
     }
     Ok(lock)
+}
+
+/// The images the lock at `path` pins for recipe `lr` (none when there is no lock file,
+/// or it is another recipe's); an unreadable lock is an error.
+pub fn read_images(lr: &LoadedRecipe, path: &Path) -> Result<Vec<LockedImage>, LockError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let lock = read_lock(path)?;
+    Ok(if lock.recipe == lr.recipe.name { lock.images } else { Vec::new() })
 }
 
 /// The packages a build of `lr` for `arch` installs, from its lock at `path`; the lock

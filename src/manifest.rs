@@ -24,6 +24,10 @@ pub struct Manifest {
     /// The Ubuntu packages installed from the recipe's lock, by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<Download>,
+    /// The container images embedded (an OCI image layout, imported at boot), in plan
+    /// order; their blobs are files of the layer and listed in `files` too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageEntry>,
     /// Every entry the layer adds, in path order.
     pub files: Vec<FileEntry>,
     /// Verified cosign signatures of downloads (`build --cosign-trust-root`), in plan order.
@@ -48,6 +52,24 @@ pub struct Download {
     pub version: String,
     pub urls: Vec<String>,
     pub sha256: String,
+}
+
+/// One embedded container image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// As the recipe names it (normalised), e.g. `registry.k8s.io/pause:3.9`.
+    pub reference: String,
+    /// What the reference resolved to (`sha256:…`): the index, or the only manifest.
+    pub digest: String,
+    pub media_type: String,
+    /// This image's manifest for the image's arch.
+    pub manifest: String,
+    pub config: String,
+    /// Layer digests, bottom first.
+    pub layers: Vec<String>,
+    /// Bytes of the top document, the manifest, the config and the layers together.
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

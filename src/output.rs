@@ -248,12 +248,14 @@ pub fn sbom(
         // Names are unique within a kind; packages get their own namespace.
         match kind {
             ItemKind::Package => format!("SPDXRef-Package-deb-{clean}"),
+            ItemKind::Image => format!("SPDXRef-Package-image-{clean}"),
             ItemKind::Base | ItemKind::Artifact => format!("SPDXRef-Package-{clean}"),
         }
     };
     let purpose = |kind: ItemKind| match kind {
         ItemKind::Base => "OPERATING-SYSTEM",
         ItemKind::Artifact | ItemKind::Package => "APPLICATION",
+        ItemKind::Image => "CONTAINER",
     };
     let mut packages = vec![json!({
         "name": image_name,
@@ -285,6 +287,7 @@ pub fn sbom(
         }));
         rels.push(json!({"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": id(kind, &d.name)}));
     }
+    images_in_sbom(m, &mut packages, &mut rels);
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -298,6 +301,74 @@ pub fn sbom(
         "packages": packages,
         "relationships": rels,
     })
+}
+
+/// The embedded container images: one CONTAINER package per image (the digest its
+/// reference resolved to as checksum, a `pkg:oci` purl with repository, tag and arch, the
+/// platform manifest and config in its comment), each CONTAINS its layers: one ARCHIVE
+/// package per distinct layer digest (a layer several images share is listed once).
+fn images_in_sbom(m: &Manifest, packages: &mut Vec<serde_json::Value>, rels: &mut Vec<serde_json::Value>) {
+    let hex = |d: &str| d.trim_start_matches("sha256:").to_string();
+    let mut layers_listed = std::collections::BTreeSet::new();
+    for (n, img) in m.images.iter().enumerate() {
+        let h = hex(&img.digest);
+        let id = format!("SPDXRef-ContainerImage-{n}-{}", h.get(..12).unwrap_or(&h));
+        let parsed = crate::types::ImageRef::parse(&img.reference).ok();
+        let (location, purl, version) = match &parsed {
+            Some(r) => {
+                let short = r.path.rsplit('/').next().unwrap_or(&r.path);
+                let mut purl = format!(
+                    "pkg:oci/{short}@{}?repository_url={}&arch={}",
+                    img.digest.replace(':', "%3A"),
+                    r.name(),
+                    m.arch
+                );
+                if let Some(t) = &r.tag {
+                    purl.push_str(&format!("&tag={t}"));
+                }
+                let location = format!("https://{}/v2/{}/manifests/{}", r.api_host(), r.path, img.digest);
+                (location, purl, r.tag.clone().unwrap_or_else(|| img.digest.clone()))
+            }
+            None => ("NOASSERTION".into(), String::new(), img.digest.clone()),
+        };
+        let mut p = json!({
+            "name": img.reference,
+            "SPDXID": id,
+            "versionInfo": version,
+            "downloadLocation": location,
+            "filesAnalyzed": false,
+            "checksums": [{"algorithm": "SHA256", "checksumValue": hex(&img.digest)}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": "NOASSERTION",
+            "copyrightText": "NOASSERTION",
+            "primaryPackagePurpose": "CONTAINER",
+            "comment": format!("linux/{} manifest {}, config {}", m.arch, img.manifest, img.config),
+        });
+        if !purl.is_empty() {
+            p["externalRefs"] = json!([{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl", "referenceLocator": purl}]);
+        }
+        packages.push(p);
+        rels.push(json!({"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": id}));
+        for l in &img.layers {
+            let lid = format!("SPDXRef-Layer-{}", hex(l));
+            if layers_listed.insert(lid.clone()) {
+                packages.push(json!({
+                    "name": l,
+                    "SPDXID": lid,
+                    "downloadLocation": "NOASSERTION",
+                    "filesAnalyzed": false,
+                    "checksums": [{"algorithm": "SHA256", "checksumValue": hex(l)}],
+                    "licenseConcluded": "NOASSERTION",
+                    "licenseDeclared": "NOASSERTION",
+                    "copyrightText": "NOASSERTION",
+                    "primaryPackagePurpose": "ARCHIVE",
+                }));
+            }
+            rels.push(
+                json!({"spdxElementId": id, "relationshipType": "CONTAINS", "relatedSpdxElement": lid}),
+            );
+        }
+    }
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`. Recipe validation keeps a

@@ -2,8 +2,8 @@
 //! downloaded. The recipe is what a person writes (raw, per role and arch); the plan is
 //! that recipe resolved for one role and arch plus the command's choices: the base
 //! image, every artifact with its final URLs and where its files land, the locked Ubuntu
-//! packages, the add-ons, the signature policy, and the output (format, disk size, file
-//! stem). `recipe show` and `build --dry-run` print it; every later stage (fetch, layer,
+//! packages, the container images, the add-ons, the signature policy, and the output
+//! (format, disk size, file stem). `recipe show` and `build --dry-run` print it; every later stage (fetch, layer,
 //! disk, output) works from it.
 //!
 //! Everything a build downloads is an [`Item`] of some [`ItemKind`]; [`BuildPlan::items`]
@@ -15,9 +15,9 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::exit::{Classify, Code};
-use crate::lockfile::{self, ArchLock, LockError};
+use crate::lockfile::{self, ArchLock, LockError, LockedImage, LockedManifest};
 use crate::recipe::{expand, LoadedRecipe};
-use crate::types::{Arch, ItemKind, OutFormat, Role, Sha256};
+use crate::types::{Arch, Digest, ImageRef, ItemKind, OutFormat, Role, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -126,6 +126,96 @@ pub enum PackagePlan {
     Unresolved { lock_file: PathBuf, requested: Vec<String> },
 }
 
+/// A container image of the role: its reference and, once known, what it resolved to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePlan {
+    pub reference: ImageRef,
+    /// `None` until resolved (see `build::resolve_images`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<ResolvedImage>,
+}
+
+/// Where an image's digests came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageSource {
+    /// `<recipe>.lock`.
+    Lock,
+    /// A pinned digest whose documents are in the cache.
+    Cache,
+    /// Resolved through the registry by this build (no lock entry).
+    Registry,
+}
+
+impl ImageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageSource::Lock => "lock file",
+            ImageSource::Cache => "cache",
+            ImageSource::Registry => "registry",
+        }
+    }
+}
+
+/// An image resolved for the plan's arch.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedImage {
+    pub source: ImageSource,
+    /// What the reference points at: an index (the digest containerd records) or the
+    /// only manifest.
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+    /// This arch's manifest (the same document for a single-platform image).
+    pub manifest: LockedManifest,
+    /// The config and the layers, once the manifest was read (`build::resolve_images`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<BlobRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<BlobRef>,
+}
+
+/// A blob a manifest names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BlobRef {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl ResolvedImage {
+    pub fn from_lock(l: &LockedImage, arch: Arch, source: ImageSource) -> Option<ResolvedImage> {
+        Some(ResolvedImage {
+            source,
+            digest: l.digest.clone(),
+            media_type: l.media_type.clone(),
+            size: l.size,
+            manifest: l.platforms.get(arch.as_str())?.clone(),
+            config: None,
+            layers: Vec::new(),
+        })
+    }
+
+    /// Every blob of the image for this arch, in walk order: the top document, the
+    /// platform manifest (when the top is an index), the config, the layers.
+    pub fn blobs(&self) -> Vec<(&Digest, u64, BlobKind)> {
+        let mut v = vec![(&self.digest, self.size, BlobKind::Manifest)];
+        if self.manifest.digest != self.digest {
+            v.push((&self.manifest.digest, self.manifest.size, BlobKind::Manifest));
+        }
+        v.extend(self.config.iter().chain(&self.layers).map(|b| (&b.digest, b.size, BlobKind::Blob)));
+        v
+    }
+}
+
+/// How the registry serves a blob: manifests and indexes under `/manifests/`, the rest
+/// under `/blobs/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    Manifest,
+    Blob,
+}
+
 /// Which signatures a build verifies and records in the manifest.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SignaturePolicy {
@@ -178,10 +268,20 @@ pub struct OutputPlan {
     /// Virtual disk size in bytes (`--disk-size`, else the recipe's); `None` keeps the
     /// base's size and grows only when the layer does not fit.
     pub disk_size: Option<u64>,
+    /// Bytes the root filesystem must keep free after the layer when no size is asked
+    /// for: [`UNPACK_FACTOR`] times the embedded images' size (containerd's copy of the
+    /// blobs and the unpacked layers at the first boot); 0 without images. Room for
+    /// workloads comes from the recipe's `disk_size` (the default recipe's is 20G).
+    pub reserve: u64,
     /// qcow2 clusters zstd-compressed (`--compress`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub compress: bool,
 }
+
+/// What importing embedded images costs a node, in multiples of their (compressed)
+/// size: containerd copies every blob into its content store (1×) and unpacks the
+/// layers into snapshots (about twice the compressed size for binaries and text).
+pub const UNPACK_FACTOR: u64 = 3;
 
 /// Everything one build will do.
 #[derive(Debug, Clone, Serialize)]
@@ -198,6 +298,12 @@ pub struct BuildPlan {
     pub base: Item,
     pub artifacts: Vec<Item>,
     pub packages: PackagePlan,
+    /// The role's container images, in recipe order (embedded, imported at boot).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImagePlan>,
+    /// The images' blobs as downloads, each digest once (derived from `images`).
+    #[serde(skip)]
+    image_items: Vec<Item>,
     /// Helm add-ons in install order; empty except for control planes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addons: Vec<AddonItem>,
@@ -361,7 +467,20 @@ impl BuildPlan {
             Some(s) => Some(crate::types::size::parse(s).map_err(PlanError::DiskSize)?),
             None => None,
         };
-        Ok(BuildPlan {
+        let wanted = r.images_for(role);
+        let locked = match wanted.is_empty() {
+            true => Vec::new(),
+            false => lockfile::read_images(lr, &lockfile::lock_path(lr, o.recipe_path.as_deref()))?,
+        };
+        let images = wanted
+            .into_iter()
+            .map(|reference| {
+                let l = locked.iter().find(|l| l.covers(&reference, arch));
+                let resolved = l.and_then(|l| ResolvedImage::from_lock(l, arch, ImageSource::Lock));
+                ImagePlan { reference, resolved }
+            })
+            .collect();
+        let mut plan = BuildPlan {
             recipe: r.name.clone(),
             recipe_origin: lr.origin.clone(),
             recipe_digest: lr.digest.clone(),
@@ -373,6 +492,8 @@ impl BuildPlan {
             base,
             artifacts,
             packages,
+            images,
+            image_items: Vec::new(),
             addons,
             signatures: signatures(r, &o.signatures),
             output: OutputPlan {
@@ -380,15 +501,81 @@ impl BuildPlan {
                 dir: o.output_dir.clone(),
                 stem: format!("{}-{role}-{arch}", r.name),
                 disk_size,
+                reserve: 0,
                 compress: o.compress,
             },
-        })
+        };
+        plan.refresh_image_items();
+        Ok(plan)
     }
 
     /// Every download of the build, by kind: the base image, the artifacts, the locked
-    /// packages. Fetch, the inputs digest, the manifest and the SBOM all follow this.
+    /// packages, the images' blobs. Fetch, the inputs digest, the manifest and the SBOM
+    /// all follow this.
     pub fn items(&self) -> impl Iterator<Item = &Item> {
-        std::iter::once(&self.base).chain(self.artifacts.iter()).chain(self.packages().iter())
+        std::iter::once(&self.base)
+            .chain(self.artifacts.iter())
+            .chain(self.packages().iter())
+            .chain(self.image_items.iter())
+    }
+
+    /// The images' blobs known so far, each digest once.
+    pub fn image_items(&self) -> &[Item] {
+        &self.image_items
+    }
+
+    /// The download of an image blob by its digest.
+    pub fn image_item(&self, d: &Digest) -> Option<&Item> {
+        self.image_items.iter().find(|i| i.sha256 == *d.sha256())
+    }
+
+    /// Set what image `i` resolved to (or its config and layers, once read) and derive
+    /// the downloads again.
+    pub fn resolve_image(&mut self, i: usize, r: ResolvedImage) {
+        if let Some(img) = self.images.get_mut(i) {
+            img.resolved = Some(r);
+        }
+        self.refresh_image_items();
+    }
+
+    /// One download per distinct blob, in image order; a blob several repositories
+    /// serve gets each repository's URL (tried in order).
+    fn refresh_image_items(&mut self) {
+        let mut items: Vec<Item> = Vec::new();
+        for img in &self.images {
+            let Some(r) = &img.resolved else { continue };
+            for (d, size, kind) in r.blobs() {
+                let path = match kind {
+                    BlobKind::Manifest => "manifests",
+                    BlobKind::Blob => "blobs",
+                };
+                let url = format!("{}/{path}/{d}", img.reference.api_base());
+                match items.iter_mut().find(|i| i.sha256 == *d.sha256()) {
+                    Some(i) if !i.urls.contains(&url) => i.urls.push(url),
+                    Some(_) => {}
+                    None => items.push(Item {
+                        kind: ItemKind::Image,
+                        name: d.to_string(),
+                        version: img.reference.to_string(),
+                        urls: vec![url],
+                        sha256: d.sha256().clone(),
+                        // The descriptor's size: a registry that sends more is cut off.
+                        size: Some(size),
+                        install: Vec::new(),
+                    }),
+                }
+            }
+        }
+        let sizes: std::collections::BTreeMap<&Digest, u64> = self
+            .images
+            .iter()
+            .filter_map(|i| i.resolved.as_ref())
+            .flat_map(|r| r.blobs())
+            .map(|(d, s, _)| (d, s))
+            .collect();
+        let bytes: u64 = sizes.values().sum();
+        self.output.reserve = UNPACK_FACTOR * bytes;
+        self.image_items = items;
     }
 
     /// The locked packages (empty when there are none or they are not resolved yet).

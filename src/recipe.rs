@@ -11,7 +11,7 @@ use include_dir::{include_dir, Dir};
 use serde::{Deserialize, Serialize};
 
 use crate::exit::{Classify, Code};
-use crate::types::{Arch, PackageRequest, PodSecurity, Profile, Role, Sha256};
+use crate::types::{Arch, ImageRef, PackageRequest, PodSecurity, Profile, Role, Sha256};
 
 /// Recipes shipped inside the binary; the first is the default.
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/image-recipes");
@@ -74,6 +74,49 @@ pub struct Recipe {
     /// Ubuntu packages installed offline from a signed archive (see [`crate::apt`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Packages>,
+    /// Container images embedded per role and imported into containerd at boot (see
+    /// [`crate::oci`]); add-on images (`addons[].images`) come on top, for every role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+impl Recipe {
+    /// The images a `role` carries, in recipe order: `images:` entries for the role,
+    /// then each add-on's images (every role: the add-ons' DaemonSets run on every node
+    /// and their Deployments may be scheduled on any), each reference once.
+    pub fn images_for(&self, role: Role) -> Vec<ImageRef> {
+        let mut out: Vec<ImageRef> = Vec::new();
+        let top = self.images.iter().filter(|i| i.roles.contains(&role)).map(|i| i.reference.clone());
+        let addons = self.addons.iter().flat_map(|a| a.images.iter()).filter_map(|s| ImageRef::parse(s).ok());
+        for i in top.chain(addons) {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+
+    /// Every image of the recipe (any role), each once.
+    pub fn all_images(&self) -> Vec<ImageRef> {
+        let mut out = self.images_for(Role::ControlPlane);
+        for i in self.images_for(Role::Worker) {
+            if !out.contains(&i) {
+                out.push(i);
+            }
+        }
+        out
+    }
+}
+
+/// `images[]`: a container image the roles in `roles` carry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// `registry/repository:tag`, optionally `@sha256:…` (the index digest; else
+    /// `imgbuild lock` pins it).
+    #[serde(rename = "ref")]
+    pub reference: ImageRef,
+    pub roles: Vec<Role>,
 }
 
 /// `packages:`: Ubuntu packages resolved against a signed archive index and pinned in
@@ -189,7 +232,8 @@ pub struct Addon {
     /// Helm values baked into the image next to the chart.
     #[serde(default)]
     pub values: serde_json::Value,
-    /// Every image the chart deploys with these values (for pre-pulling and audits).
+    /// Every image the chart deploys with these values: embedded in every role's image
+    /// (DaemonSets run on every node, Deployments may land on any).
     pub images: Vec<String>,
     /// The Pod Security level the add-on's namespace enforces (label
     /// `pod-security.kubernetes.io/enforce`); a namespace shared by several add-ons gets
@@ -271,9 +315,11 @@ fn template_problem(template: &str) -> Option<String> {
 }
 
 /// Directories that belong to imgbuild in every image it builds (the manifest, the
-/// release file, signatures, add-on values; the bootstrap and add-on scripts). A
-/// recipe may not install anything there: imgbuild's own file would silently win.
-pub const IMGBUILD_DIRS: [&str; 2] = ["/etc/imgbuild", "/usr/libexec/imgbuild"];
+/// release file, signatures, add-on values; the bootstrap and add-on scripts; the
+/// embedded images' layout). A recipe may not install anything there: imgbuild's own
+/// file would silently win, or a file of its own would be imported as an image blob.
+/// (The last is where the layer writes the embedded images' layout.)
+pub const IMGBUILD_DIRS: [&str; 3] = ["/etc/imgbuild", "/usr/libexec/imgbuild", "/usr/share/imgbuild/images"];
 
 /// The latest `source_date_epoch`: 2446-05-10T22:38:55Z, the last second an ext4
 /// inode with extra timestamp fields (the 256-byte inodes of every cloud image) can
@@ -674,9 +720,47 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
             return Err((format!("{p}.images"), "list the images the chart deploys".into()));
         }
         for (j, img) in a.images.iter().enumerate() {
-            if img.is_empty() || img.contains(char::is_whitespace) || !img.contains(':') {
-                return Err((format!("{p}.images[{j}]"), format!("{img:?} is not an image reference")));
+            ImageRef::parse(img).map_err(|e| (format!("{p}.images[{j}]"), e))?;
+        }
+    }
+    validate_images(r)
+}
+
+/// `images:` checks: roles given once each, no image listed twice (add-on images
+/// included), and no two images claiming one `name:tag` in containerd.
+fn validate_images(r: &Recipe) -> Result<(), (String, String)> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut tags: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut claim = |path: String, i: &ImageRef| -> Result<(), (String, String)> {
+        let key = i.to_string();
+        if let Some(first) = seen.insert(key.clone(), path.clone()) {
+            return Err((path, format!("{key} is already listed at {first}")));
+        }
+        if let Some(t) = i.tagged_name() {
+            if let Some((first, other)) = tags.insert(t.clone(), (path.clone(), key.clone())) {
+                return Err((path, format!("{key} and {other} ({first}) would both be {t} in containerd")));
             }
+        }
+        Ok(())
+    };
+    for (k, img) in r.images.iter().enumerate() {
+        let p = format!("images[{k}]");
+        if img.roles.is_empty() {
+            return Err((format!("{p}.roles"), "at least one role is required".into()));
+        }
+        let mut roles = img.roles.clone();
+        roles.sort();
+        roles.dedup();
+        if roles.len() != img.roles.len() {
+            return Err((format!("{p}.roles"), "a role is listed twice".into()));
+        }
+        claim(format!("{p}.ref"), &img.reference)?;
+    }
+    for (i, a) in r.addons.iter().enumerate() {
+        for (j, s) in a.images.iter().enumerate() {
+            let p = format!("addons[{i}].images[{j}]");
+            let img = ImageRef::parse(s).map_err(|e| (p.clone(), e))?;
+            claim(p, &img)?;
         }
     }
     Ok(())
@@ -778,6 +862,55 @@ mod tests {
         assert!(e.contains("addons[2].namespace"), "{e}");
         let e = addon_err("    order: 10", "    order: 10\n    colour: red");
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn roles_get_what_may_run_on_them() {
+        let r = load(None).unwrap().recipe;
+        let names = |role| r.images_for(role).iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let cp = names(Role::ControlPlane);
+        let w = names(Role::Worker);
+        for kubeadm in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
+            assert!(cp.iter().any(|i| i.contains(&format!("/{kubeadm}:"))), "{kubeadm} on control planes");
+            assert!(!w.iter().any(|i| i.contains(&format!("/{kubeadm}:"))), "{kubeadm} not on workers");
+        }
+        for both in
+            ["kube-proxy:v1.30.3", "coredns/coredns:v1.11.1", "pause:3.9", "cilium/cilium:", "cilium-envoy:"]
+        {
+            assert!(cp.iter().any(|i| i.contains(both)) && w.iter().any(|i| i.contains(both)), "{both}");
+        }
+        assert!(cp.iter().any(|i| i.contains("kube-vip")) && !w.iter().any(|i| i.contains("kube-vip")));
+        assert!(w.iter().any(|i| i.contains("podinfo")) && !cp.iter().any(|i| i.contains("podinfo")));
+        // The charts' digests stay as the recipe pins them.
+        let cilium = "@sha256:0b4a3ab41a4760d86b7fc945b8783747ba27f29dac30dd434d94f2c9e3679f39";
+        assert!(w.iter().any(|i| i.ends_with(cilium)));
+        assert_eq!(r.all_images().len(), cp.len() + w.iter().filter(|i| !cp.contains(i)).count());
+    }
+
+    #[test]
+    fn image_errors_name_the_entry() {
+        let e = addon_err(
+            "  - ref: registry.k8s.io/kube-apiserver:v1.30.3",
+            "  - ref: registry.k8s.io/kube-apiserver",
+        );
+        assert!(e.contains("images[0].ref") && e.contains("(line "), "{e}");
+        let e = addon_err(
+            "  - ref: registry.k8s.io/kube-scheduler:v1.30.3",
+            "  - ref: registry.k8s.io/kube-apiserver:v1.30.3",
+        );
+        assert!(e.contains("images[2].ref") && e.contains("already listed at images[0].ref"), "{e}");
+        let e = addon_err(
+            "  - ref: registry.k8s.io/kube-scheduler:v1.30.3",
+            "  - ref: registry.k8s.io/kube-apiserver:v1.30.3@sha256:0b4a3ab41a4760d86b7fc945b8783747ba27f29dac30dd434d94f2c9e3679f39",
+        );
+        assert!(e.contains("would both be registry.k8s.io/kube-apiserver:v1.30.3"), "{e}");
+        let e = addon_err("quay.io/cilium/cilium:v1.16.1@", "quay.io/cilium/Cilium:v1.16.1@");
+        assert!(e.contains("addons[0].images[0]"), "{e}");
+        let e = addon_err(
+            "  - ref: registry.k8s.io/kube-proxy:v1.30.3\n    roles: [control-plane, worker]",
+            "  - ref: registry.k8s.io/kube-proxy:v1.30.3\n    roles: [worker, worker]",
+        );
+        assert!(e.contains("images[3].roles") && e.contains("twice"), "{e}");
     }
 
     #[test]

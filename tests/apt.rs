@@ -581,7 +581,9 @@ fn build_installs_the_packages_into_the_image() {
     assert!(v.status.success(), "{}", stderr(&v));
     let lr = imgbuild::recipe::load(Some(&r)).unwrap();
     let o = PlanOptions { recipe_path: Some(r.clone()), ..PlanOptions::new(Role::Worker, Arch::Amd64) };
-    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    let mut plan = BuildPlan::resolve(&lr, &o).unwrap();
+    // The fixture's (pinned, cached) add-on images complete the plan as the build does.
+    fx.resolve_images(&mut plan);
     let inputs = imgbuild::layer::seal::inputs_text(&plan);
     for p in &locked {
         assert!(inputs.contains(&format!("package={} {} {}\n", p.name, p.version, p.sha256)), "{inputs}");

@@ -50,7 +50,7 @@ fn half_cached(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
         }
     }
     let recipe = dir.join("recipe.yaml");
-    std::fs::write(&recipe, text).unwrap();
+    std::fs::write(&recipe, common::without_images(&text)).unwrap();
     (recipe, cache)
 }
 

@@ -1026,6 +1026,29 @@ fn shellcheck_and_systemd_analyze_verify() {
     assert!(all.trim().is_empty(), "{all}");
 }
 
+#[test]
+fn bootstrap_status_carries_the_image_import_status() {
+    let (_t, ud) = rendered_user_data("demo-worker-1");
+    let n = node_root(&ud, "0");
+    // Without an import (an image built without images:) the field is null.
+    ok(&n.run(&[]));
+    assert!(n.status()["images"].is_null(), "{}", n.status());
+    // With imgbuild-images.service's status (it runs first), bootstrap.json embeds it.
+    fs::remove_dir_all(n.p("run")).unwrap();
+    fs::create_dir_all(n.p("run/imgbuild")).unwrap();
+    let line =
+        r#"{"phase": "done", "images": 12, "imported": 12, "seconds": 41, "last_error": "", "updated": "x"}"#;
+    fs::write(n.p("run/imgbuild/images.json"), format!("{line}\n")).unwrap();
+    ok(&n.run(&[]));
+    let s = n.status();
+    assert_eq!(
+        (s["images"]["phase"].as_str(), s["images"]["imported"].as_u64()),
+        (Some("done"), Some(12)),
+        "{s}"
+    );
+    assert_eq!(s["phase"], "done");
+}
+
 /// Replace the golden cluster's spec with `spec` (same secrets) and render `node`.
 fn render_spec(t: &Path, spec: &str, node: &str) -> (Output, PathBuf) {
     let c = golden_cluster(t);

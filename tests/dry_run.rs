@@ -57,7 +57,8 @@ fn dry_run_text_and_recipe_show_agree() {
     for want in [
         "recipe   ubuntu-24.04-k8s-v1.30.3 (embedded:ubuntu-24.04-k8s-v1.30.3)",
         "target   worker amd64 kubernetes v1.30.3",
-        "output   out/ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2 (disk size: the base image's",
+        "output   out/ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2 (disk size: 20G)",
+        "image    registry.k8s.io/pause:3.9 (no lock entry: resolved when building",
         "packages conntrack=",
         "no lock file ubuntu-24.04-k8s-v1.30.3.yaml.lock",
         "signatures cosign krel-staging@k8s-releng-prod.iam.gserviceaccount.com (https://accounts.google.com) \

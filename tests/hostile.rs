@@ -139,6 +139,7 @@ fn checkers_refuse_a_gpt_with_256_byte_entries() {
             base: d,
             artifacts: vec![],
             packages: vec![],
+            images: vec![],
             files: vec![],
             signatures: vec![],
         };
@@ -206,7 +207,12 @@ fn destination_root_is_refused() {
 /// listed it).
 #[test]
 fn destinations_imgbuild_owns_are_refused() {
-    for to in ["/etc/imgbuild/manifest.json", "/etc/imgbuild/release", "/usr/libexec/imgbuild/bootstrap"] {
+    for to in [
+        "/etc/imgbuild/manifest.json",
+        "/etc/imgbuild/release",
+        "/usr/libexec/imgbuild/bootstrap",
+        "/usr/share/imgbuild/images/index.json",
+    ] {
         let o = show(&[(KUBEADM_TO, &format!("      - to: {to}\n"))]);
         refused_at(&o, "artifacts[0].install[0].to", kubeadm_to_line(), "which imgbuild itself writes");
     }
@@ -540,12 +546,9 @@ fn chart_package_never_packs_a_file_outside_the_chart() {
 /// and `fetch` succeeded and `build` failed without file, field or line.
 #[test]
 fn a_bad_recipe_disk_size_is_refused_when_the_recipe_is_read() {
-    let line = recipe_text(&[]).lines().position(|l| l.starts_with("source_date_epoch:")).unwrap() + 2;
+    let line = recipe_text(&[]).lines().position(|l| l.starts_with("disk_size:")).unwrap() + 1;
     for (size, why) in [("lots", "expected a number"), ("8X", "unknown suffix"), ("4096T", "2 PiB")] {
-        let o = show(&[(
-            "source_date_epoch: 1724198400\n",
-            &format!("source_date_epoch: 1724198400\ndisk_size: {size}\n"),
-        )]);
+        let o = show(&[("\ndisk_size: 20G\n", &format!("\ndisk_size: {size}\n"))]);
         refused_at(&o, "disk_size", line, why);
     }
 }

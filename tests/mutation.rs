@@ -468,6 +468,13 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
         .stderr(Stdio::piped());
     let cmdline = format!("{c:?}");
     let mut child = c.spawn().unwrap();
+    // Read stderr while the case runs: a child blocked on a full pipe would look hung.
+    let mut e = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut e, &mut err);
+        String::from_utf8_lossy(&err).into_owned()
+    });
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
@@ -480,10 +487,7 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let err = reader.join().unwrap_or_default();
     let verdict = (|| {
         let Some(status) = status else { return Err(format!("hung: killed after {CASE_TIMEOUT:?}")) };
         let Some(code) = status.code() else { return Err(format!("killed by a signal: {status}")) };

@@ -283,7 +283,8 @@ fn a_non_deterministic_build_is_caught() {
         output_dir: out.clone(),
         ..PlanOptions::new(Role::Worker, Arch::Amd64)
     };
-    let plan = BuildPlan::resolve(&r, &o).unwrap();
+    let mut plan = BuildPlan::resolve(&r, &o).unwrap();
+    fx.resolve_images(&mut plan);
     let mut steps = imgbuild::build::default_steps(&Default::default());
     steps.push(Box::new(Unstable));
     let rep = imgbuild::reporter::Reporter::silent();

@@ -643,6 +643,7 @@ fn image() -> Image {
         base: download("ubuntu-24.04"),
         artifacts: vec![download("kubeadm")],
         packages: vec![],
+        images: vec![],
         files: vec![],
         signatures: vec![],
     };

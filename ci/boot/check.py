@@ -7,6 +7,10 @@
                                               -> the last successful kubeadm SUBCMD call got STR
   check.py packages BOOTDIR LOCK BASE_PACKAGES ARCHIVE_VERSIONS
                                               -> the locked packages are installed and work
+  check.py runtime BOOTDIR RUNTIME_VERSIONS   -> the real containerd and runc run, no network
+  check.py images BOOTDIR RECDIR IMAGES_TSV BOOT
+                                              -> the embedded images are in containerd at their
+                                                 digests, imported once, one runs; kubeadm saw them
   check.py network BOOTDIR [--static MAC=CIDR] [--dhcp MAC] [--dns IP]... [--search D]...
                    [--ntp SERVER]...          -> the address is on that NIC only, the resolvers
                                                  are in systemd-resolved, NTP is configured
@@ -358,6 +362,71 @@ def cmd_packages(bootdir, lock_path, base_path, archive_path):
     return failed
 
 
+def cmd_runtime(bootdir, versions_path):
+    """The REAL containerd (Debian's, repacked like upstream's tarball) runs under the
+    product's unit and config.toml, with the real runc; the guest has no network."""
+    want = dict(line.strip().split("=", 1) for line in read(versions_path).splitlines() if "=" in line)
+    bootdir = os.path.join(bootdir, "runtime")
+    rc, text = captured(bootdir, "containerd-active") or (-1, "<not captured>")
+    (ok if text.strip() == "active" else fail)(f"containerd.service is {text.strip()!r}")
+    rc, text = captured(bootdir, "ctr-version") or (-1, "<not captured>")
+    server = text.split("Server:", 1)[1] if "Server:" in text else ""
+    m = re.search(r"^\s*Version:\s*(\S+)", server, re.M)
+    upstream = want.get("containerd", "?").split("-")[0]
+    (ok if rc == 0 and m and m.group(1) == upstream else fail)(
+        f"ctr version: the server is containerd {m.group(1) if m else '?'} (want {upstream}, exit {rc})"
+    )
+    rc, text = captured(bootdir, "runc-version") or (-1, "<not captured>")
+    runc = want.get("runc", "?").split("-")[0]
+    (ok if rc == 0 and f"runc version {runc}" in text else fail)(
+        f"/usr/local/sbin/runc --version: {(text.strip().splitlines() or ['?'])[0]!r} (want {runc})"
+    )
+    rc, text = captured(bootdir, "net-probe") or (0, "<not captured>")
+    (ok if rc != 0 else fail)(f"no network: a registry is unreachable from the guest (curl exit {rc})")
+    return failed
+
+
+def cmd_images(bootdir, recdir, tsv_path, boot):
+    """The role's embedded images (IMAGES_TSV, read from the image before it booted) are in
+    containerd's k8s.io namespace at their digests; the import ran once (boot 1) and
+    imported nothing later; one ran as a container (boot 1); the kubeadm stand-in asked
+    containerd for its images before init/join and found them."""
+    boot = int(boot)
+    want = [tuple(line.split("\t")) for line in read(tsv_path).splitlines() if line and not line.startswith("#")]
+    rc, text = captured(os.path.join(bootdir, "runtime"), "ctr-images") or (-1, "")
+    have = {tuple(f[0:3:2]) for f in (line.split() for line in text.splitlines()[1:]) if len(f) >= 3}
+    missing = [f"{n}@{d}" for n, d in want if (n, d) not in have]
+    (ok if rc == 0 and want and not missing else fail)(
+        f"ctr -n k8s.io images ls: all {len(want)} embedded image names at their pinned digests"
+        + (f"; missing: {missing[:3]}" if missing else "")
+    )
+    p = os.path.join(bootdir, "run-imgbuild", "images.json")
+    doc = json.loads(read(p)) if os.path.exists(p) else {}
+    phase, imported = doc.get("phase"), doc.get("imported")
+    if boot == 1:
+        (ok if phase == "done" and imported == len(want) else fail)(
+            f"boot 1: imgbuild-images imported {imported} of {len(want)} names (phase {phase!r})"
+        )
+    else:
+        (ok if phase == "present" and imported == 0 else fail)(
+            f"boot {boot}: imgbuild-images imported nothing (phase {phase!r}, imported {imported})"
+        )
+    seconds = doc.get("seconds")
+    bs = bootstrap_json(bootdir) or {}
+    (ok if bs.get("images") == doc and doc else fail)("bootstrap.json carries the import status")
+    if boot == 1:
+        rc, text = captured(os.path.join(bootdir, "runtime"), "ctr-run") or (-1, "<not captured>")
+        (ok if rc == 0 and text.strip() == "registry.k8s.io/pause:3.9 amd64" else fail)(
+            f"ctr run of an imported image through runc: exit {rc}, {text.strip()[:80]!r}"
+        )
+        calls = [c for c in kubeadm_calls(recdir) if c[3] == "ok"]
+        rec = read(os.path.join(calls[-1][1], "images")).strip() if calls and os.path.exists(
+            os.path.join(calls[-1][1], "images")) else "<none>"
+        (ok if rec.startswith("present:") else fail)(f"the kubeadm stand-in found its images in containerd: {rec[:100]}")
+    print(f"images: {counts['ok']} ok, {counts['FAIL']} failed; {len(want)} names, import {seconds} s (boot {boot})")
+    return failed
+
+
 def captured_text(bootdir, name):
     p = os.path.join(bootdir, name)
     return read(p) if os.path.exists(p) else None
@@ -552,6 +621,10 @@ def main():
         sys.exit(cmd_packages(*a[1:5]))
     if a[0] == "kubeadm":
         sys.exit(cmd_kubeadm(a[1], a[2], a[3:]))
+    if a[0] == "runtime":
+        sys.exit(cmd_runtime(a[1], a[2]))
+    if a[0] == "images":
+        sys.exit(cmd_images(*a[1:5]))
     if a[0] == "network":
         sys.exit(cmd_network(a[1], a[2:]))
     if a[0] == "firewall":

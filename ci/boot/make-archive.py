@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+import testcache
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIST = os.path.join(HERE, "archive-packages.txt")
 SUITE, VERSION, COMPONENT, ARCH = "bookworm", "12", "main", "amd64"
@@ -51,16 +53,6 @@ def digest(data, algo):
 def names():
     with open(LIST) as f:
         return [x.strip() for x in f if x.strip() and not x.lstrip().startswith("#")]
-
-
-def download(pkgs, dest):
-    """The real .debs, as the host's apt has them (one apt-get update when it lacks them)."""
-    cmd = ["apt-get", "download", "-qq", *pkgs]
-    r = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-    if r.returncode != 0:
-        log("apt-get download failed; apt-get update and retry")
-        run(["apt-get", "update", "-qq"])
-        run(cmd, cwd=dest)
 
 
 def pool_path(fields, deb):
@@ -93,7 +85,7 @@ def build(dest):
     dl = os.path.join(dest, "dl")
     os.makedirs(dl)
     pkgs = names()
-    download(pkgs, dl)
+    testcache.apt_download(pkgs, dl)
     stanzas, versions = [], []
     for f in sorted(os.listdir(dl)):
         deb = os.path.join(dl, f)
@@ -156,29 +148,7 @@ def build(dest):
 
 
 def main():
-    h = hashlib.sha256()
-    for p in (os.path.abspath(__file__), LIST):
-        h.update(open(p, "rb").read())
-    key = h.hexdigest()[:16]
-    cache = os.environ.get("IMGBUILD_TEST_CACHE") or os.path.join(
-        os.environ.get("HOME", "/root"), ".cache", "imgbuild-test"
-    )
-    dest = os.path.join(cache, "archive", key)
-    if os.path.isfile(os.path.join(dest, "versions")):
-        log(f"cached {dest}")
-        print(dest)
-        return
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=os.path.dirname(dest))
-    try:
-        t = time.time()
-        build(tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.rename(tmp, dest)
-        log(f"built {dest} in {time.time() - t:.0f}s")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(dest)
+    print(testcache.cached("archive", [os.path.abspath(__file__), LIST], "versions", build))
 
 
 if __name__ == "__main__":

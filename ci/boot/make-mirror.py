@@ -15,15 +15,29 @@ ci/boot/make-archive.py (ARCHIVE_DIR: real Debian 12 .debs, its own test key): t
 package names, each pinned to the archive's version, plus the archive's TEST-ONLY
 extra requests (EXTRA_REQUESTS below), served under ARCHIVE_URL's layout.
 
-Usage: make-mirror.py RECIPE BASE_QCOW2 STANDIN ARCHIVE_DIR OUT
+With RUNTIME_DIR (ci/boot/make-runtime.py), containerd and runc are REAL: Debian 12's
+containerd 1.6 and runc, in the upstream release layout (the tarball's bin/*, the runc
+binary), instead of the stand-in.
+
+Every container image of the recipe (`images[].ref`, `addons[].images[]`) becomes a small
+TEST image under the same name (make_images below): an OCI index with a linux/amd64
+manifest (Debian's static busybox as its first layer, shared by all of them, plus a
+layer with /etc/imgbuild-test-image naming the image) and a linux/arm64 one. OUT/images/
+holds their blobs and images.json; ci/boot/push-images.py pushes them into the boot
+test's real registry (docker-registry). A reference that pins a digest gets the test
+image's index digest instead; tags stay tags, for `imgbuild lock` to resolve.
+
+Usage: make-mirror.py RECIPE BASE_QCOW2 STANDIN ARCHIVE_DIR OUT [RUNTIME_DIR]
 Writes OUT/www/..., OUT/test-recipe.yaml (+ OUT/boot-archive-key.asc), OUT/hosts.txt
-(one https://host per line).
+(one https://host per line), OUT/images/ (blobs/, images.json), OUT/registries.txt (one
+registry host per line).
 """
 import copy
 import fnmatch
 import gzip
 import hashlib
 import io
+import json
 import os
 import sys
 import tarfile
@@ -32,6 +46,8 @@ from urllib.parse import urlsplit
 import yaml
 
 ARCH = "amd64"
+# Artifacts served from RUNTIME_DIR when it is given: artifact -> file there.
+REAL_RUNTIME = {"containerd": "containerd.tar.gz", "runc": "runc"}
 # Members of the upstream tarballs that a glob `from` picks up (only what a node
 # uses; the stand-in does not need the full set).
 GLOB_MEMBERS = {
@@ -172,10 +188,112 @@ def packages(p, archive, www, out):
     return [f"{s.scheme}://{s.netloc}"]
 
 
+BUSYBOX = "/bin/busybox"
+# Where the test images keep their marker: what `ctr run` prints in the guest.
+MARKER = "etc/imgbuild-test-image"
+
+
+def split_ref(ref):
+    """host/path:tag@digest -> (host/path, tag or None, digest or None)."""
+    name, _, digest = ref.partition("@")
+    slash = name.rfind("/")
+    tag = None
+    if ":" in name[slash + 1 :]:
+        name, _, tag = name.rpartition(":")
+    return name, tag, digest or None
+
+
+def layer(files):
+    """A deterministic tar.gz of (path, bytes, mode): (blob, diff_id)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dirs = sorted({os.path.dirname(p) for p, _, _ in files if os.path.dirname(p)})
+        for d in dirs:
+            ti = tarfile.TarInfo(d)
+            ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, MTIME
+            tar.addfile(ti)
+        for path, data, mode in files:
+            ti = tarfile.TarInfo(path)
+            ti.size, ti.mode, ti.mtime = len(data), mode, MTIME
+            tar.addfile(ti, io.BytesIO(data))
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
+        gz.write(raw.getvalue())
+    return out.getvalue(), "sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()
+
+
+def make_images(test, out):
+    """One two-arch TEST image per recipe image; rewrites pinned digests in `test`."""
+    with open(BUSYBOX, "rb") as f:
+        busybox = f.read()
+    if b"ld-linux" in busybox[:4096] or b"/lib64/ld-" in busybox:
+        sys.exit(f"make-mirror: {BUSYBOX} is dynamically linked; install busybox-static")
+    blobs_dir = os.path.join(out, "images", "blobs")
+    os.makedirs(blobs_dir, exist_ok=True)
+
+    def put(data):
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs_dir, d[7:]), "wb") as f:
+            f.write(data)
+        return {"digest": d, "size": len(data)}
+
+    base = layer([("bin/busybox", busybox, 0o755)])
+    refs = [(i, "ref") for i in test.get("images", [])]
+    for a in test.get("addons", []):
+        refs += [(a["images"], j) for j in range(len(a["images"]))]
+    entries, hosts = [], set()
+    for holder, key in refs:
+        ref = holder[key]
+        repo, tag, pinned = split_ref(ref)
+        hosts.add(repo.split("/", 1)[0])
+        manifests, blobs = [], []
+        for arch in ("amd64", "arm64"):
+            mark = layer([(MARKER, f"{repo}:{tag or ''} {arch}\n".encode(), 0o644)])
+            layers = [base, mark] if arch == "amd64" else [mark]
+            cfg = {
+                "architecture": arch,
+                "os": "linux",
+                "config": {"Entrypoint": ["/bin/busybox"], "Cmd": ["cat", "/" + MARKER]},
+                "rootfs": {"type": "layers", "diff_ids": [d for _, d in layers]},
+            }
+            if arch == "arm64":
+                cfg["variant"] = "v8"
+            c = put(json.dumps(cfg, sort_keys=True).encode())
+            ls = [put(b) for b, _ in layers]
+            blobs += [c["digest"]] + [x["digest"] for x in ls]
+            m = {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **c},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **x} for x in ls],
+            }
+            md = put(json.dumps(m, sort_keys=True).encode())
+            platform = {"architecture": arch, "os": "linux", **({"variant": "v8"} if arch == "arm64" else {})}
+            manifests.append({"mediaType": m["mediaType"], **md, "platform": platform})
+        idx = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
+        i = put(json.dumps(idx, sort_keys=True).encode())
+        entries.append(
+            {
+                "repo": repo,
+                "tag": tag,
+                "blobs": sorted(set(blobs)),
+                "manifests": [{"digest": m["digest"], "media_type": m["mediaType"]} for m in manifests],
+                "index": {"digest": i["digest"], "media_type": idx["mediaType"]},
+            }
+        )
+        if pinned:  # the charts pin the upstream index digest: pin the test image's
+            holder[key] = f"{repo}:{tag}@{i['digest']}" if tag else f"{repo}@{i['digest']}"
+    with open(os.path.join(out, "images", "images.json"), "w") as f:
+        json.dump(entries, f, indent=1, sort_keys=True)
+    with open(os.path.join(out, "registries.txt"), "w") as f:
+        f.write("".join(h + "\n" for h in sorted(hosts)))
+
+
 def main():
-    if len(sys.argv) != 6:
+    if len(sys.argv) not in (6, 7):
         sys.exit(__doc__)
-    recipe_path, base, standin, archive, out = sys.argv[1:]
+    recipe_path, base, standin, archive, out = sys.argv[1:6]
+    runtime = sys.argv[6] if len(sys.argv) == 7 else None
     with open(recipe_path) as f:
         recipe = yaml.safe_load(f)
     with open(standin, "rb") as f:
@@ -193,9 +311,10 @@ def main():
     b["sha256"] = {ARCH: sha256_file(base)}
 
     known = {"name", "description", "kubernetes_version", "arches", "source_date_epoch", "disk_size"}
-    known |= {"base", "artifacts", "addons", "packages"}
+    known |= {"base", "artifacts", "addons", "packages", "images"}
     if "packages" in test:
         hosts += packages(test["packages"], archive, www, out)
+    make_images(test, out)
     for key in test:
         if key not in known:
             sys.exit(f"make-mirror: recipe section {key!r} has no test stand-in yet; extend {__file__}")
@@ -206,7 +325,15 @@ def main():
         members = members_for(art)
         url0 = render(art["urls"][0], art)
         is_tar = url0.endswith(".tar.gz") or url0.endswith(".tgz")
-        if members:
+        if runtime and art["name"] in REAL_RUNTIME:
+            with open(os.path.join(runtime, REAL_RUNTIME[art["name"]]), "rb") as f:
+                data = f.read()
+            if members:
+                with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
+                    have = set(t.getnames())
+                if not set(members) <= have:
+                    sys.exit(f"make-mirror: {art['name']}: the real tarball lacks {sorted(set(members) - have)}")
+        elif members:
             if not is_tar:
                 sys.exit(f"make-mirror: {art['name']}: members from a non-tarball {url0!r}")
             data = tarball(members, script)

@@ -25,9 +25,12 @@ prepare() {
 
   # The signed test apt archive (real Debian .debs, own key; cached like the base).
   archive_dir=$("$py" ci/boot/make-archive.py)
+  # The real containerd and runc (Debian 12's, in the upstream release layout; cached).
+  runtime_dir=$("$py" ci/boot/make-runtime.py)
   "$py" ci/boot/make-mirror.py image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml "$base_dir/base.qcow2" \
-    ci/boot/stub/standin "$archive_dir" "$work/mirror"
+    ci/boot/stub/standin "$archive_dir" "$work/mirror" "$runtime_dir"
   cp "$archive_dir/versions" "$work/archive-versions"
+  cp "$runtime_dir/versions" "$work/runtime-versions"
   # Loopback only; the port is picked by the kernel and written to a file.
   "$py" -c '
 import functools, http.server, sys
@@ -45,6 +48,11 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
   while read -r h; do
     mirror_args+=(--mirror "$h=http://127.0.0.1:$port/${h#*://}")
   done <"$work/mirror/hosts.txt"
+  start_registry
+  # Each upstream registry's API under /v2/<host>/ of the test registry.
+  while read -r h; do
+    mirror_args+=(--mirror "https://$h/v2/=http://127.0.0.1:$registry_port/v2/$h/")
+  done <"$work/mirror/registries.txt"
 
   # The recipe's packages the ordinary way: the verified base into the cache (its dpkg
   # status is what the resolver subtracts), then `imgbuild lock` against the signed
@@ -82,6 +90,9 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     if disk_exists "$work/images/$role.raw" cloudimg-rootfs /etc/systemd/system/imgbuild-addons.service; then
       touch "$work/images/$role.has-addons"
     fi
+    # The names and digests of the embedded images, as the image carries them.
+    disk_cat "$work/images/$role.raw" cloudimg-rootfs /usr/share/imgbuild/images/images.tsv \
+      >"$work/images/$role.images.tsv" 2>/dev/null || rm -f "$work/images/$role.images.tsv"
     rm -f "$work/images/$role.raw"
   done
 
@@ -138,6 +149,32 @@ for n in spec["nodes"]:
   for a in ca etcd-ca front-proxy-ca sa; do
     grep -v '^-----' "$work/cluster/secrets/$a.key" | tail -n +2
   done >"$work/secret-needles"
+}
+
+# A REAL registry (Debian's docker-registry) on loopback with the recipe's test images
+# (ci/boot/make-mirror.py made them, ci/boot/push-images.py pushes them).
+start_registry() {
+  local data="$work/registry"
+  rm -rf "$data" && mkdir -p "$data"
+  registry_port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$data/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $data/storage
+http:
+  addr: 127.0.0.1:$registry_port
+  secret: imgbuild-boot-test
+EOF
+  docker-registry serve "$data/config.yml" >"$data/registry.log" 2>&1 &
+  # shellcheck disable=SC2034 # read by the EXIT trap of boot-test.sh
+  registry_pid=$!
+  for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$registry_port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$py" ci/boot/push-images.py "http://127.0.0.1:$registry_port" "$work/mirror/images"
 }
 
 node_name() { awk -v r="$1" '$1 == r {print $2}' "$work/nodes" | sed -n "${2}p"; }
@@ -218,6 +255,22 @@ check_packages() {
   check packages "$1" "$work/mirror/test-recipe.yaml.lock" "$base_dir/packages.txt" "$work/archive-versions"
 }
 
+# The real containerd (the product's unit and config.toml) and runc run; no network.
+check_runtime() {
+  check runtime "$1" "$work/runtime-versions"
+}
+
+# The embedded images (when the role image has them): in containerd at their digests,
+# imported on the first boot only, one runs through runc, kubeadm found them.
+check_images() { # DIR BOOT ROLE
+  local dir=$1 boot=$2 role=$3
+  if [ -f "$work/images/$role.images.tsv" ]; then
+    check images "$dir/boot$boot.disk/boot-$boot" "$dir/boot$boot.disk" "$work/images/$role.images.tsv" "$boot"
+  else
+    echo "SKIP images: the $role image embeds none (build without image plan items)"
+  fi
+}
+
 boot_node() { # DIR ROLE NODE BOOTNAME [EXTRA_CMDLINE] [NICS (see boot_vm)]
   local dir=$1 role=$2 node=$3 name=$4 extra=${5:-} nics=${6:-}
   [ -n "$node" ] || { echo "no $role node in the cluster spec"; return 1; }
@@ -280,6 +333,8 @@ scenario_worker() {
   check kubeadm "$dir/boot1.disk" join --no-control-plane --attempts 1 $(join_expectations) || bad=1
   check hardening "$work/images/worker.etc" "$dir/boot1.disk/boot-1" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  check_runtime "$dir/boot1.disk/boot-1" || bad=1
+  check_images "$dir" 1 worker || bad=1
   # DHCP node (its resolvers are the DHCP server's; slirp with restrict=on offers none):
   # the cluster's NTP servers still come through cloud-init's ntp module
   check network "$dir/boot1.disk/boot-1" --ntp "${ntp_servers%,*}" --ntp "${ntp_servers#*,}" || bad=1
@@ -303,6 +358,7 @@ scenario_worker() {
     || { echo "FAIL second boot ran runcmd again"; bad=1; }
   [ ! -s "$dir/boot2.disk/boot-2/failed-units.txt" ] && echo "ok   second boot: no failed units" \
     || { echo "FAIL second boot failed units: $(cat "$dir/boot2.disk/boot-2/failed-units.txt")"; bad=1; }
+  check_images "$dir" 2 worker || bad=1
   check_attempts_kept "$dir/boot2.disk/boot-2" 1 || bad=1
   return $bad
 }
@@ -321,6 +377,8 @@ scenario_cp_init() {
     --expect-kind ClusterConfiguration --expect "endpoint=$endpoint" --expect "version=v1.30.3" \
     --expect "token=$(cat "$work/expect-token")" --pki "$(pki_expectations)" || bad=1
   check_packages "$dir/boot1.disk/boot-1" || bad=1
+  check_runtime "$dir/boot1.disk/boot-1" || bad=1
+  check_images "$dir" 1 control-plane || bad=1
   check_etcd_snapshot "$dir/boot1.disk" || bad=1
   if [ -e "$work/images/control-plane.has-addons" ]; then
     t_init=$(cat "$dir"/boot1.disk/kubeadm.1/uptime 2>/dev/null || echo 0)
@@ -368,6 +426,7 @@ scenario_cp_init() {
       || { echo "FAIL second boot repeated add-on steps ($u1 -> $u2 helm upgrade calls)"; bad=1; }
     [ "$k1" = "$k2" ] && echo "ok   second boot: kubeadm init not run again" \
       || { echo "FAIL second boot ran kubeadm again ($k1 -> $k2 calls)"; bad=1; }
+    check_images "$dir" 2 control-plane || bad=1
   else
     echo "SKIP add-on installer: imgbuild-addons.service is not in the control-plane image (chart issue not landed)"
   fi

@@ -3,6 +3,9 @@
 //!
 //! 1. ([`resolve_packages`], before fetching) a plan whose packages have no lock file
 //!    gets them resolved against the signed archive, as `imgbuild lock` would;
+//!    ([`resolve_images`]) its container images without a lock entry are resolved (a
+//!    pinned digest from the cache, else through the registry), their manifests fetched
+//!    and read, so every config and layer is a download of the plan;
 //! 2. the base image is opened as a [`disk::Working`] image (fast path or raw copy);
 //! 3. the layer is composed by an ordered list of [`Step`]s ([`default_steps`]), each
 //!    adding its part, with the base's root filesystem readable;
@@ -21,11 +24,13 @@ use crate::disk::{self, ImageSpec, Working};
 use crate::fetch::{FetchOptions, Fetched};
 use crate::lockfile::LockError;
 use crate::manifest::Manifest;
+use crate::oci::spec::Document;
+use crate::oci::OciError;
 use crate::output::OutputSet;
-use crate::plan::{BuildPlan, PackagePlan};
+use crate::plan::{BlobRef, BuildPlan, ImageSource, Item, PackagePlan, ResolvedImage};
 use crate::recipe::LoadedRecipe;
 use crate::reporter::Reporter;
-use crate::types::Sha256;
+use crate::types::{Digest, Sha256};
 
 pub use steps::{compose, default_steps, Compose, Step};
 
@@ -83,6 +88,7 @@ fn build_in(
         format: plan.output.format,
         compress: plan.output.compress,
         disk_size: plan.output.disk_size,
+        reserve: plan.output.reserve,
         source_date_epoch: plan.source_date_epoch,
         seed: &sealed.manifest.inputs_digest,
         name: plan.stem(),
@@ -125,5 +131,98 @@ pub fn resolve_packages(
     let key = crate::apt::lock::recipe_key(p, recipe_path)?;
     let al = crate::apt::lock::lock_arch(lr, p, plan.arch, &key, &status, &opts.mirrors, Some(cache), rep)?;
     plan.lock_packages(&al);
+    Ok(())
+}
+
+/// Complete the plan's images: each one without a lock entry is resolved for the plan's
+/// arch (a pinned digest whose documents are cached needs no network; else the registry,
+/// with a note recommending the lock; `--offline` refuses, exit 2, naming them); then
+/// the top documents and platform manifests are fetched (verified, into the cache) and
+/// read, so every config and layer becomes a download of the plan.
+pub fn resolve_images(
+    plan: &mut BuildPlan,
+    cache: &Cache,
+    opts: &FetchOptions,
+    rep: &Reporter,
+) -> Result<()> {
+    if plan.images.is_empty() {
+        return Ok(());
+    }
+    let arch = plan.arch;
+    let cached = |d: &Digest| cache.read_verified(d.sha256());
+    let registry = crate::oci::registry::Registry::new(opts.mirrors.clone());
+    let mut missing = Vec::new();
+    for i in 0..plan.images.len() {
+        if plan.images[i].resolved.is_some() {
+            continue;
+        }
+        let reference = plan.images[i].reference.clone();
+        let (locked, source) = match crate::oci::lock::resolve_cached(&reference, arch, &cached)? {
+            Some(l) => (l, ImageSource::Cache),
+            None if opts.offline => {
+                missing.push(reference.to_string());
+                continue;
+            }
+            None => {
+                let l = crate::oci::lock::resolve(&registry, &reference, &[arch])?;
+                rep.status(format_args!(
+                    "image {reference}: not in the lock; resolved online to {} ({arch} {}); run \
+                     `imgbuild lock` to pin it",
+                    l.digest,
+                    l.platforms.get(arch.as_str()).map(|m| m.digest.to_string()).unwrap_or_default()
+                ));
+                (l, ImageSource::Registry)
+            }
+        };
+        if let Some(r) = ResolvedImage::from_lock(&locked, arch, source) {
+            plan.resolve_image(i, r);
+        }
+    }
+    if !missing.is_empty() {
+        return Err(OciError::Offline { arch: arch.to_string(), images: missing }.into());
+    }
+    let docs: Vec<&Item> = plan.image_items().iter().collect();
+    crate::fetch::fetch(&docs, cache, opts, rep)?;
+    for i in 0..plan.images.len() {
+        let img = &plan.images[i];
+        let Some(r) = img.resolved.clone().filter(|r| r.config.is_none()) else { continue };
+        let image = img.reference.to_string();
+        let read = |d: &Digest| {
+            cache
+                .read_verified(d.sha256())?
+                .with_context(|| format!("{image}: {d} is not in the cache after the fetch"))
+        };
+        let unsupported = |msg: String| OciError::Unsupported { image: image.clone(), msg };
+        let top = Document::parse(&read(&r.digest)?, Some(&r.media_type))
+            .map_err(|e| unsupported(e.to_string()))?;
+        // The lock's manifest must be the one the (verified) index names for this arch.
+        if let Document::Index { index, .. } = &top {
+            let named =
+                index.select(arch).map_err(|source| OciError::NoPlatform { image: image.clone(), source })?;
+            if named.digest != r.manifest.digest {
+                return Err(OciError::Integrity {
+                    image,
+                    what: format!("the {arch} manifest the lock names"),
+                    expected: named.digest.to_string(),
+                    actual: r.manifest.digest.to_string(),
+                }
+                .into());
+            }
+        }
+        let doc = Document::parse(&read(&r.manifest.digest)?, Some(&r.manifest.media_type))
+            .map_err(|e| unsupported(e.to_string()))?;
+        let Document::Manifest { manifest, .. } = doc else {
+            return Err(unsupported(format!("{} is not an image manifest", r.manifest.digest)).into());
+        };
+        let blob = |d: &crate::oci::spec::Descriptor| BlobRef {
+            digest: d.digest.clone(),
+            size: d.size,
+            media_type: d.media_type.clone(),
+        };
+        let mut r = r;
+        r.config = Some(blob(&manifest.config));
+        r.layers = manifest.layers.iter().map(blob).collect();
+        plan.resolve_image(i, r);
+    }
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! | hardening | masked units, the firewall | [`crate::layer::hardening`] |
 //! | add-ons | backend chart, add-on values, installer index (control planes) | [`crate::chart::addons`] |
 //! | packages | the locked .debs, on top of the base's dpkg database | [`crate::apt::install_locked`] |
+//! | images | the role's container images as an OCI image layout, each blob once | [`crate::layer::images`] |
 //! | signatures | verified cosign records for the manifest (no files) | [`crate::verify::cosign`] |
 //!
 //! A new kind of content is a new [`Step`] in this list; it reads the plan, the verified
@@ -80,6 +81,7 @@ pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
         Box::new(Hardening),
         Box::new(Addons),
         Box::new(Packages),
+        Box::new(Images),
         Box::new(Signatures { source: signatures.clone() }),
     ]
 }
@@ -166,6 +168,51 @@ impl Step for Packages {
         let got = crate::apt::install_locked(&mut cx.layer, &want, &paths, &text, cx.base, cx.work)?;
         let names: Vec<_> = got.packages.iter().map(|(n, v)| format!("{n} {v}")).collect();
         cx.reporter.status(format_args!("apt: installed {}", names.join(", ")));
+        Ok(())
+    }
+}
+
+/// The role's container images: an OCI image layout, imported by imgbuild-images.service.
+pub struct Images;
+
+impl Step for Images {
+    fn name(&self) -> &'static str {
+        "images"
+    }
+    fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
+        if cx.plan.images.is_empty() {
+            return Ok(());
+        }
+        let mut embedded = Vec::new();
+        for img in &cx.plan.images {
+            let r = img.resolved.as_ref().filter(|r| r.config.is_some()).with_context(|| {
+                format!("image {} is not resolved (build::resolve_images runs before fetch)", img.reference)
+            })?;
+            let mut blobs = Vec::new();
+            for (d, size, _) in r.blobs() {
+                let path = cx
+                    .plan
+                    .image_item(d)
+                    .and_then(|i| cx.fetched.get(i))
+                    .with_context(|| format!("image {}: blob {d} was not fetched", img.reference))?;
+                blobs.push((d.clone(), size, path.to_path_buf()));
+            }
+            embedded.push(crate::oci::layout::Embedded {
+                reference: img.reference.clone(),
+                digest: r.digest.clone(),
+                media_type: r.media_type.clone(),
+                size: r.size,
+                blobs,
+            });
+        }
+        let st = crate::layer::images::add(&mut cx.layer, &embedded)?;
+        cx.reporter.status(format_args!(
+            "images: {} image(s), {} blob(s), {} in the layout ({} if each image were stored apart)",
+            st.images,
+            st.blobs,
+            crate::reporter::human_bytes(st.bytes),
+            crate::reporter::human_bytes(st.bytes_if_separate)
+        ));
         Ok(())
     }
 }

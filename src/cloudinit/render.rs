@@ -293,7 +293,7 @@ impl<'a> Renderer<'a> {
     }
 
     /// The sections of user-data, in the order their parts appear.
-    fn sections() -> [(&'static str, Section<'a>); 10] {
+    fn sections() -> [(&'static str, Section<'a>); 11] {
         [
             ("bootstrap.env", Self::bootstrap_env),
             ("kubeadm", Self::kubeadm),
@@ -305,6 +305,7 @@ impl<'a> Renderer<'a> {
             ("etcd backups", Self::backups),
             ("etcd restore", Self::restore),
             ("time", Self::time),
+            ("registry mirrors", Self::registry_mirrors),
         ]
     }
 
@@ -344,6 +345,8 @@ impl<'a> Renderer<'a> {
                     node_ip, bind_port => API_BIND_PORT, kubernetes_version => spec.kubernetes_version, endpoint,
                     pod_cidr => l.pod_cidr.to_string(), service_cidr => l.service_cidr.to_string(),
                     dns_domain => spec.networking.dns_domain, cert_sans => sans,
+                    image_repository => self.l.registries.image_repository,
+                    pull_policy => self.l.registries.pull_policy.as_str(),
                 },
             )?;
             check_kinds(
@@ -364,6 +367,7 @@ impl<'a> Renderer<'a> {
                     node => n.name, role => n.role.as_str(), cluster => spec.name, endpoint,
                     token => self.join_token.as_deref().unwrap_or(&self.s.token), ca_hash => self.ca_hash,
                     node_ip, bind_port => API_BIND_PORT,
+                    pull_policy => self.l.registries.pull_policy.as_str(),
                 },
             )?;
             check_kinds(&t, &[("kubeadm.k8s.io/v1beta3", "JoinConfiguration")])
@@ -486,6 +490,15 @@ impl<'a> Renderer<'a> {
 
     fn time(&self, n: &NodePlan) -> Result<Part, CloudInitError> {
         Ok(Part { files: Vec::new(), ntp: (!n.ntp.is_empty()).then(|| n.ntp.clone()) })
+    }
+
+    /// containerd's hosts.toml (and CA files) per mirrored registry, on every node.
+    fn registry_mirrors(&self, _: &NodePlan) -> Result<Part, CloudInitError> {
+        let files = crate::cluster::registries::files(&self.l.registries)
+            .into_iter()
+            .map(|(path, mode, content)| File { path, mode, content })
+            .collect();
+        Ok(Part { files, ntp: None })
     }
 
     /// user-data from every section, checked as a whole.

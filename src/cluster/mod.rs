@@ -11,6 +11,7 @@ pub mod init;
 pub mod net;
 pub mod pki;
 pub mod plan;
+pub mod registries;
 pub mod remove;
 pub mod s3;
 pub mod spec;

@@ -12,6 +12,7 @@ use super::diag::{Collector, Diagnostic, Diagnostics, Severity};
 use super::net::{
     is_dns1123_label, is_dns1123_subdomain, is_hostname, unroutable, Cidr, Endpoint, IfName, Nic,
 };
+use super::registries::{self, RegistryPlan};
 use super::spec::{self, ClusterSpec, HaMode, KUBERNETES_VERSION};
 use super::ClusterError;
 use crate::types::Role;
@@ -111,6 +112,8 @@ pub struct ClusterPlan {
     pub service_cidr: Cidr,
     pub node_sources: NodeSources,
     pub nodes: Vec<NodePlan>,
+    /// Registry mirrors and kubeadm's image repository and pull policy.
+    pub registries: RegistryPlan,
     pub warnings: Vec<Diagnostic>,
     /// `backups.s3`, checked (the credentials are read when cloud-init is rendered).
     pub backup_s3: Option<super::s3::S3Target>,
@@ -547,6 +550,7 @@ fn validate(
             );
         }
     }
+    let registries = registries::plan(&mut c, spec.registries.as_ref());
 
     let items = std::mem::take(&mut c.items);
     let failed = items.iter().any(|x| x.severity == Severity::Error);
@@ -564,6 +568,7 @@ fn validate(
         service_cidr,
         node_sources,
         nodes,
+        registries,
         warnings: items,
         backup_s3,
     })

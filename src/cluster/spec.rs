@@ -38,6 +38,9 @@ pub struct ClusterSpec {
     pub nodes: Vec<Node>,
     #[serde(default)]
     pub addons: Option<Addons>,
+    /// Registry mirrors, kubeadm's imageRepository and pull policy ([`super::registries`]).
+    #[serde(default)]
+    pub registries: Option<super::registries::Registries>,
     #[serde(default)]
     pub backups: Backups,
 }

@@ -86,6 +86,7 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     let cache = s.cache()?;
     let opts = s.fetch_options()?;
     crate::build::resolve_packages(&mut plan, &lr, s.target.recipe.as_deref(), &cache, &opts, rep)?;
+    crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
     let sigs = crate::verify::cosign::SignatureSource {

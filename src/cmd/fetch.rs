@@ -71,12 +71,13 @@ struct Fetched<'a> {
 }
 
 /// `imgbuild fetch`: resolve the plan, fetch every download (the base, the artifacts, the
-/// locked packages), print one line per download.
+/// locked packages, the images' blobs), print one line per download.
 pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
     let t = &a.source.target;
-    let plan = BuildPlan::resolve(&t.load()?, &t.plan_options())?;
+    let mut plan = BuildPlan::resolve(&t.load()?, &t.plan_options())?;
     let cache = a.source.cache()?;
+    crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
     // The signature files too, so that an --offline build can verify them (it always

@@ -1,4 +1,5 @@
-//! `imgbuild lock`: resolve the recipe's Ubuntu packages into `<recipe>.lock`.
+//! `imgbuild lock`: resolve the recipe's Ubuntu packages and container images into
+//! `<recipe>.lock`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,55 +46,71 @@ pub struct LockArgs {
 
 pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
+    let images = lr.recipe.all_images();
     let mirrors = super::fetch::mirrors(&a.mirrors)?;
     let charts = resolve_charts(&lr, &a.profiles, &mirrors, rep)?;
-    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
-    let Some(p) = &lr.recipe.packages else {
-        if charts.is_empty() {
-            return Err(AptError::Input(format!(
-                "{}: recipe has no packages: section and no charts",
-                lr.origin
-            ))
-            .into());
-        }
-        let lock = LockFile {
-            lock_version: LOCK_VERSION,
-            recipe: lr.recipe.name.clone(),
-            packages_digest: lockfile::packages_digest(None),
-            arches: BTreeMap::new(),
-            charts,
-        };
-        lockfile::write_lock(&path, &lock)?;
-        return super::emit(a.json, &serde_json::json!({ "lock": path }), |out| {
-            writeln!(out, "{}", path.display())
-        });
-    };
-    let key = lock::recipe_key(p, a.recipe.as_deref())?;
-    let cache = Cache::open(a.cache_dir.as_deref())
-        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?;
+    if lr.recipe.packages.is_none() && images.is_empty() && charts.is_empty() {
+        return Err(AptError::Input(format!(
+            "{}: recipe has no packages:, no images: and no charts to lock",
+            lr.origin
+        ))
+        .into());
+    }
     let arches = if a.arches.is_empty() { lr.recipe.arches.clone() } else { a.arches.clone() };
+    let mut lock = LockFile {
+        lock_version: LOCK_VERSION,
+        recipe: lr.recipe.name.clone(),
+        packages_digest: lockfile::packages_digest(lr.recipe.packages.as_ref()),
+        arches: BTreeMap::new(),
+        charts,
+        images: Vec::new(),
+    };
+    if let Some(p) = &lr.recipe.packages {
+        lock.arches = lock_packages(a, &lr, p, &arches, &mirrors, rep)?;
+    }
+    if !images.is_empty() {
+        let reg = crate::oci::registry::Registry::new(mirrors.clone());
+        // Pinned images whose documents a build already fetched need no registry.
+        let cache = open_cache(a)?;
+        let cached = |d: &crate::types::Digest| cache.read_verified(d.sha256());
+        lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches, &cached)?;
+        for l in &lock.images {
+            let per: Vec<String> = l.platforms.iter().map(|(a, m)| format!("{a} {}", m.digest)).collect();
+            rep.status(format_args!("image {}: {} ({})", l.reference, l.digest, per.join(", ")));
+        }
+    }
+    let path = a.output.clone().unwrap_or_else(|| lockfile::lock_path(&lr, a.recipe.as_deref()));
+    lockfile::write_lock(&path, &lock)?;
+    super::emit(a.json, &serde_json::json!({ "lock": path }), |out| writeln!(out, "{}", path.display()))
+}
+
+/// The `packages:` part: each arch resolved against the signed archive, its .debs downloaded.
+fn lock_packages(
+    a: &LockArgs,
+    lr: &recipe::LoadedRecipe,
+    p: &recipe::Packages,
+    arches: &[Arch],
+    mirrors: &[crate::fetch::Mirror],
+    rep: &Reporter,
+) -> Result<BTreeMap<String, lockfile::ArchLock>> {
+    let key = lock::recipe_key(p, a.recipe.as_deref())?;
+    let cache = open_cache(a)?;
     let override_status = match &a.base_status {
         Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
         None => None,
     };
-    let mut lock = LockFile {
-        lock_version: LOCK_VERSION,
-        recipe: lr.recipe.name.clone(),
-        packages_digest: lockfile::packages_digest(Some(p)),
-        charts,
-        arches: BTreeMap::new(),
-    };
-    for arch in arches {
+    let mut out = BTreeMap::new();
+    for &arch in arches {
         let status = match &override_status {
             Some(s) => s.clone(),
-            None => crate::apt::base::status_from_cache(&lr, arch, &cache)?,
+            None => crate::apt::base::status_from_cache(lr, arch, &cache)?,
         };
-        let al = lock::lock_arch(&lr, p, arch, &key, &status, &mirrors, Some(&cache), rep)?;
+        let al = lock::lock_arch(lr, p, arch, &key, &status, mirrors, Some(&cache), rep)?;
         // Download the .debs now: the cache then serves `build --offline`, and a package
         // whose maintainer scripts cannot be reproduced is refused before it is locked.
         let debs = crate::plan::package_items(&al);
         let items: Vec<&Item> = debs.iter().collect();
-        let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.clone(), jobs: 4 };
+        let opts = crate::fetch::FetchOptions { offline: false, mirrors: mirrors.to_vec(), jobs: 4 };
         let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;
         for item in items {
             let Some(path) = fetched.get(item) else { continue };
@@ -109,10 +126,9 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
                 format!(", already in the base: {}", al.already_in_base.join(", "))
             }
         ));
-        lock.arches.insert(arch.as_str().to_string(), al);
+        out.insert(arch.as_str().to_string(), al);
     }
-    lockfile::write_lock(&path, &lock)?;
-    super::emit(a.json, &serde_json::json!({ "lock": path }), |out| writeln!(out, "{}", path.display()))
+    Ok(out)
 }
 
 /// Every `chart:` artifact of the recipe resolved against its repository's index.yaml;
@@ -144,4 +160,9 @@ fn resolve_charts(
         out.push(r);
     }
     Ok(out)
+}
+
+fn open_cache(a: &LockArgs) -> Result<Cache> {
+    Ok(Cache::open(a.cache_dir.as_deref())
+        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?)
 }

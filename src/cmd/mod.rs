@@ -74,7 +74,7 @@ pub enum Cmd {
     /// Helm chart tooling
     #[command(subcommand)]
     Chart(chart::ChartCmd),
-    /// Resolve the recipe's Ubuntu packages against the signed archive into <recipe>.lock
+    /// Resolve the recipe's Ubuntu packages and container images into <recipe>.lock
     Lock(lock::LockArgs),
     /// Verify the base image's signed SHA256SUMS (Ubuntu key) and check or write the recipe digest
     BaseDigest(verify::BaseDigestArgs),
@@ -200,6 +200,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<Code> {
     classify_as!(e, crate::disk::DiskError);
     classify_as!(e, crate::cluster::ClusterError, crate::cloudinit::CloudInitError);
     classify_as!(e, crate::apt::AptError);
+    classify_as!(e, crate::oci::OciError);
     classify_as!(e, crate::verify::VerifyError, crate::lint::LintFailed);
     classify_as!(e, crate::upload::UploadError, crate::upload::proxmox::ProxmoxError);
     classify_as!(e, crate::upload::libvirt::LibvirtError);

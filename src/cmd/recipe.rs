@@ -174,6 +174,25 @@ pub fn print_plan(plan: &BuildPlan, json: bool) -> Result<()> {
             a.name, a.version, a.release, a.namespace, a.order
         )?;
     }
+    for img in &plan.images {
+        match &img.resolved {
+            None => writeln!(
+                out,
+                "image    {} (no lock entry: resolved when building, from the cache when pinned and \
+                 cached, else the registry)",
+                img.reference
+            )?,
+            Some(r) => writeln!(
+                out,
+                "image    {} -> {} ({} manifest {}, from the {})",
+                img.reference,
+                r.digest,
+                plan.arch,
+                r.manifest.digest,
+                r.source.as_str()
+            )?,
+        }
+    }
     for item in plan.items() {
         writeln!(
             out,

@@ -87,7 +87,7 @@ impl Debugfs {
         let errors = error_lines(&out.stderr);
         if !errors.is_empty() {
             let op = if writable { "writing the layer" } else { "reading the filesystem" };
-            return Err(DiskError::Debugfs { op, detail: errors.join("\n") });
+            return Err(DiskError::Debugfs { op, detail: summarize(&errors) });
         }
         Ok(out.stdout)
     }
@@ -235,6 +235,24 @@ impl Debugfs {
     }
 }
 
+/// The first distinct error lines, and how many more there were: a broken filesystem makes
+/// debugfs repeat one error for every command (thousands of lines for a layer with
+/// embedded images), which would bury the cause.
+fn summarize(errors: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut seen = std::collections::HashSet::new();
+    let distinct: Vec<&String> = errors.iter().filter(|e| seen.insert(e.as_str())).collect();
+    let mut out: Vec<String> = distinct.iter().take(SHOWN).map(|e| e.to_string()).collect();
+    if errors.len() > out.len() {
+        out.push(format!(
+            "… {} more error line(s) ({} distinct)",
+            errors.len() - out.len(),
+            distinct.len().saturating_sub(SHOWN)
+        ));
+    }
+    out.join("\n")
+}
+
 fn read_err(detail: String) -> DiskError {
     DiskError::Debugfs { op: "reading the filesystem", detail }
 }
@@ -298,6 +316,16 @@ fn parse_entry(line: &str) -> Option<DirEntry> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn repeated_errors_are_summarized() {
+        let errors: Vec<String> =
+            (0..5000).map(|i| format!("/etc/x{}: File not found by ext2_lookup", i % 30)).collect();
+        let d = super::summarize(&errors);
+        assert_eq!(d.lines().count(), 21, "{d}");
+        assert!(d.ends_with("… 4980 more error line(s) (10 distinct)"), "{d}");
+        assert_eq!(super::summarize(&errors[..2]), format!("{}\n{}", errors[0], errors[1]));
+    }
+
     use super::*;
 
     #[test]

@@ -24,8 +24,11 @@ pub struct ImageSpec<'a> {
     /// zstd-compressed qcow2 clusters.
     pub compress: bool,
     /// The virtual disk size asked for; `None` keeps the base's and grows only when the
-    /// layer does not fit.
+    /// layer (and `reserve`) does not fit.
     pub disk_size: Option<u64>,
+    /// Bytes the root filesystem must still have free after the layer, on top of the
+    /// layer itself (what the node needs at boot: see `plan::OutputPlan::reserve`).
+    pub reserve: u64,
     /// Every time written into the filesystem and the output format.
     pub source_date_epoch: u64,
     /// The build's inputs digest: replaces the random identifiers of output formats.
@@ -132,7 +135,8 @@ fn finish_fast(
     clock: &Clock,
 ) -> Result<Sha256, DiskError> {
     let need = rootfs::layer_bytes(layer, ov.root.superblock().block_size)?;
-    if let Some((want, msg)) = target_size(spec.disk_size, ov.disk_size(), need, ov.root.available())? {
+    let want_free = need + spec.reserve;
+    if let Some((want, msg)) = target_size(spec.disk_size, ov.disk_size(), want_free, ov.root.available())? {
         clock.say(msg);
         ov.grow(want, work, spec.source_date_epoch)?;
     }
@@ -164,7 +168,8 @@ fn finish_raw(
 ) -> Result<Sha256, DiskError> {
     let need = rootfs::layer_bytes(layer, root.superblock().block_size)?;
     let cur = len_of(root.image())?;
-    if let Some((want, msg)) = target_size(spec.disk_size, cur, need, root.available())? {
+    let want_free = need + spec.reserve;
+    if let Some((want, msg)) = target_size(spec.disk_size, cur, want_free, root.available())? {
         clock.say(msg);
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
@@ -194,8 +199,8 @@ fn finish_raw(
 }
 
 /// The disk size to grow to (with what to say), if any: the requested size, or (none
-/// requested) enough for a layer of `need` bytes plus headroom when the `avail` bytes
-/// of the root filesystem are too few. Disks never shrink.
+/// requested) enough for `need` bytes (the layer and the reserve) plus headroom when the
+/// `avail` bytes of the root filesystem are too few. Disks never shrink.
 fn target_size(
     requested: Option<u64>,
     cur: u64,
@@ -212,8 +217,8 @@ fn target_size(
             let headroom = (need / 4).max(256 << 20);
             let want = (cur + need - avail + headroom).div_ceil(1 << 20) << 20;
             let msg = format!(
-                "the layer needs {} MiB but the root filesystem has {} MiB free: growing the disk to {} \
-                 (set --disk-size to choose)",
+                "the layer (and the room the node needs at boot) takes {} MiB but the root filesystem \
+                 has {} MiB free: growing the disk to {} (set --disk-size to choose)",
                 need >> 20,
                 avail >> 20,
                 size::human(want)

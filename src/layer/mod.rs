@@ -12,6 +12,7 @@ use crate::exit::{Classify, Code};
 pub mod artifacts;
 pub mod firewall;
 pub mod hardening;
+pub mod images;
 pub mod seal;
 pub mod tree;
 

@@ -5,7 +5,7 @@
 //! same plan and same blobs, same bytes.
 
 use super::{Content, Entry, Kind, Layer, LayerError};
-use crate::manifest::{self, Download, FileEntry, FileKind, Manifest, SignatureRecord};
+use crate::manifest::{self, Download, FileEntry, FileKind, ImageEntry, Manifest, SignatureRecord};
 use crate::plan::{BuildPlan, Item};
 use crate::types::Sha256;
 
@@ -26,6 +26,7 @@ pub const RELEASE_PATH: &str = "/etc/imgbuild/release";
 /// base=<name> <version> <sha256>
 /// artifact=<name> <version> <sha256>
 /// package=<name> <version> <sha256>
+/// image=sha256:<digest> <first image reference using it> <sha256>
 /// ```
 ///
 /// The embedded static files are covered by the imgbuild version.
@@ -88,6 +89,25 @@ fn download(i: &Item) -> Download {
         urls: i.urls.clone(),
         sha256: i.sha256.to_string(),
     }
+}
+
+/// The manifest's list of embedded images (resolved ones: the layer step requires all).
+fn images(plan: &BuildPlan) -> Vec<ImageEntry> {
+    plan.images
+        .iter()
+        .filter_map(|i| {
+            let r = i.resolved.as_ref()?;
+            Some(ImageEntry {
+                reference: i.reference.to_string(),
+                digest: r.digest.to_string(),
+                media_type: r.media_type.clone(),
+                manifest: r.manifest.digest.to_string(),
+                config: r.config.as_ref().map(|c| c.digest.to_string()).unwrap_or_default(),
+                layers: r.layers.iter().map(|l| l.digest.to_string()).collect(),
+                size: r.blobs().iter().map(|(_, s, _)| s).sum(),
+            })
+        })
+        .collect()
 }
 
 /// (sha256, size) of a file's content.
@@ -170,6 +190,7 @@ pub fn seal(
         base: download(&plan.base),
         artifacts: plan.artifacts.iter().map(download).collect(),
         packages: plan.packages().iter().map(download).collect(),
+        images: images(plan),
         files,
         signatures,
     };

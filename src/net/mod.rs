@@ -10,8 +10,8 @@
 //! - [`get`]: small whole-file GETs (checksum lists, signatures, apt indexes).
 //! - [`tls`]: certificate pinning.
 //!
-//! Users: `fetch` (the cache downloads), `get` callers (`apt`, `verify`), `upload`
-//! (Glance, Proxmox), `kube`.
+//! Users: `fetch` (the cache downloads), `get` callers (`apt`, `verify`, `oci`'s
+//! registry client, `bearer`'s token request), `upload` (Glance, Proxmox), `kube`.
 
 pub mod body;
 pub mod client;

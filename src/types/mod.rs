@@ -5,6 +5,7 @@
 //! - [`Role`], [`Arch`], [`OutFormat`]: what a build targets and writes;
 //! - [`ItemKind`]: the kinds of things a build downloads and installs;
 //! - [`debian`]: Debian versions and package requests (`name` or `name=version`);
+//! - [`image`]: container image references and their `sha256:` digests;
 //! - [`size`]: disk sizes as people write them (`8G`);
 //! - [`private_ranges`]: the private address ranges the firewall defaults to;
 //! - [`PodSecurity`]: a Pod Security Standards level;
@@ -13,6 +14,7 @@
 
 pub mod debian;
 pub mod digest;
+pub mod image;
 mod pod_security;
 pub mod private_ranges;
 mod profile;
@@ -21,6 +23,7 @@ mod target;
 
 pub use debian::PackageRequest;
 pub use digest::Sha256;
+pub use image::{Digest, ImageRef};
 pub use pod_security::PodSecurity;
 pub use profile::Profile;
 pub use target::{Arch, ItemKind, OutFormat, Role};

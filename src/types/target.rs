@@ -103,6 +103,9 @@ pub enum ItemKind {
     Artifact,
     /// An Ubuntu package (.deb) from the recipe's lock.
     Package,
+    /// A blob of a container image (index, manifest, config, layer), fetched by digest
+    /// from its registry.
+    Image,
 }
 
 impl ItemKind {
@@ -111,6 +114,7 @@ impl ItemKind {
             ItemKind::Base => "base",
             ItemKind::Artifact => "artifact",
             ItemKind::Package => "package",
+            ItemKind::Image => "image",
         }
     }
 }

@@ -140,7 +140,19 @@ impl Fixture {
         for a in &plan.artifacts {
             f.insert(a, self.blobs[&a.name].path.clone());
         }
+        // The add-on images' blobs sit in the fixture's cache, under their digests.
+        for i in plan.image_items() {
+            f.insert(i, self.cache.join("sha256").join(i.sha256.as_str()));
+        }
         f
+    }
+
+    /// Complete `plan`'s images from the fixture's cache, offline, as a build does.
+    pub fn resolve_images(&self, plan: &mut imgbuild::plan::BuildPlan) {
+        let cache = imgbuild::cache::Cache::open(Some(&self.cache)).unwrap();
+        let offline = imgbuild::fetch::FetchOptions { offline: true, mirrors: Vec::new(), jobs: 1 };
+        imgbuild::build::resolve_images(plan, &cache, &offline, &imgbuild::reporter::Reporter::silent())
+            .unwrap();
     }
 }
 
@@ -389,12 +401,19 @@ pub fn make_artifacts(dir: &Path) -> BTreeMap<String, PathBuf> {
 }
 
 /// The embedded default recipe with the amd64 digests of `blobs`.
-pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>) -> PathBuf {
+pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>, cache: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
     let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     v["base"]["sha256"]["amd64"] = blobs["base"].sha256.clone().into();
     // apt (issue 6): Ubuntu packages need the archive; tests/apt.rs adds its own repository.
     v.as_mapping_mut().unwrap().remove("packages");
+    // oci: tags need a registry (tests/oci_*.rs run a real one); the add-on images become
+    // small test images pinned by digest whose blobs are already in the fixture's cache,
+    // as an earlier fetch would have left them, so every build embeds them offline.
+    v.as_mapping_mut().unwrap().remove("images");
+    seed_addon_images(&mut v, cache);
+    // The tests choose disk sizes themselves (the fixture bases are small).
+    v.as_mapping_mut().unwrap().remove("disk_size");
     for a in v["artifacts"].as_sequence_mut().unwrap() {
         let name = a["name"].as_str().unwrap().to_string();
         let Some(blob) = blobs.get(&name) else { continue }; // a lock-pinned profile chart
@@ -408,6 +427,32 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>) -> PathBuf {
     let p = dir.join("recipe.yaml");
     std::fs::write(&p, serde_yaml::to_string(&v).unwrap()).unwrap();
     p
+}
+
+/// Replace every add-on image of recipe `v` by a two-arch test image (one small layer
+/// each, named after the reference) pinned by its index digest, its blobs put in `cache`.
+fn seed_addon_images(v: &mut serde_yaml::Value, cache: &Path) {
+    use super::registry::{image, layer, sha256};
+    let dir = cache.join("sha256");
+    std::fs::create_dir_all(&dir).unwrap();
+    let put = |b: &[u8]| std::fs::write(dir.join(sha256(b).trim_start_matches("sha256:")), b).unwrap();
+    for a in v["addons"].as_sequence_mut().unwrap() {
+        for i in a["images"].as_sequence_mut().unwrap() {
+            let name = i.as_str().unwrap().split('@').next().unwrap().to_string();
+            let img = image(
+                &[
+                    ("amd64", vec![layer(&[("etc/image", format!("{name} amd64\n").as_bytes())])]),
+                    ("arm64", vec![layer(&[("etc/image", format!("{name} arm64\n").as_bytes())])]),
+                ],
+                false,
+                true,
+            );
+            put(&img.top);
+            img.manifests.iter().for_each(|m| put(&m.bytes));
+            img.blobs.iter().for_each(|b| put(b));
+            *i = format!("{name}@{}", img.digest()).into();
+        }
+    }
 }
 
 /// The default fixture: noble-shaped base, all stand-ins, recipe, server.
@@ -455,7 +500,8 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
         });
         serve(name, path.clone(), &a["urls"], version);
     }
-    let recipe = make_recipe(dir.path(), &blobs);
+    let cache = dir.path().join("cache");
+    let recipe = make_recipe(dir.path(), &blobs, &cache);
     // One prefix rewrite per upstream host: https://HOST/ → http://127.0.0.1:PORT/HOST/.
     let mut hosts: Vec<String> = blobs
         .values()
@@ -469,7 +515,6 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
     hosts.sort();
     hosts.dedup();
     let mirrors = hosts.iter().map(|h| format!("https://{h}/={}/{h}/", server.base())).collect();
-    let cache = dir.path().join("cache");
     Fixture { dir, server, recipe, base, blobs, mirrors, cache }
 }
 
@@ -504,7 +549,7 @@ impl Fixture {
         }
         let dir = self.dir.path().join(format!("recipe-{}", &sha[..12]));
         std::fs::create_dir_all(&dir).unwrap();
-        make_recipe(&dir, &blobs)
+        make_recipe(&dir, &blobs, &self.cache)
     }
 }
 

@@ -42,11 +42,18 @@ pub struct Logged {
     pub path: String,
     pub range: Option<String>,
     pub status: u16,
+    /// The request carried an `Authorization` header.
+    pub authorization: bool,
 }
 
 #[derive(Default)]
 struct State {
     files: HashMap<String, Body>,
+    /// URL prefix -> directory: files found there at request time (blob storage).
+    dirs: Vec<(String, PathBuf)>,
+    /// Answer requests that carry `Authorization` with 400, as S3 does for presigned
+    /// URLs ("Only one auth mechanism allowed").
+    refuse_authorization: bool,
     faults: HashMap<String, VecDeque<Fault>>,
     /// Faults applied to every request of a path (after the queued ones).
     always: HashMap<String, Fault>,
@@ -91,6 +98,17 @@ impl Server {
         self.state.lock().unwrap().files.insert(path.to_string(), Body::File(file));
     }
 
+    /// Serve the files below `dir` under the URL prefix `prefix` (e.g. `/`).
+    pub fn add_dir(&self, prefix: &str, dir: PathBuf) {
+        self.state.lock().unwrap().dirs.push((prefix.to_string(), dir));
+    }
+
+    /// Refuse (400) any request with an `Authorization` header, like blob storage
+    /// behind a registry's redirect.
+    pub fn refuse_authorization(&self) {
+        self.state.lock().unwrap().refuse_authorization = true;
+    }
+
     pub fn fault(&self, path: &str, faults: Vec<Fault>) {
         self.state.lock().unwrap().faults.insert(path.to_string(), faults.into());
     }
@@ -126,6 +144,7 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
         let method = parts.next().unwrap_or("").to_string();
         let path = parts.next().unwrap_or("/").to_string();
         let mut range = None;
+        let mut authorization = false;
         loop {
             let mut h = String::new();
             if reader.read_line(&mut h)? == 0 {
@@ -139,17 +158,36 @@ fn handle(mut conn: TcpStream, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
                 if k.eq_ignore_ascii_case("range") {
                     range = Some(v.trim().to_string());
                 }
+                authorization |= k.eq_ignore_ascii_case("authorization");
             }
         }
-        let (body, fault) = {
+        let (body, fault, refuse) = {
             let mut s = st.lock().unwrap();
             let fault = s.faults.get_mut(&path).and_then(|q| q.pop_front());
             let fault = fault.or_else(|| s.always.get(&path).cloned());
-            (s.files.get(&path).cloned(), fault)
+            let from_dir = || {
+                s.dirs.iter().find_map(|(prefix, dir)| {
+                    let rel = path.strip_prefix(prefix.as_str())?.split('?').next()?;
+                    let f = dir.join(rel.trim_start_matches('/'));
+                    (!rel.contains("..") && f.is_file()).then_some(Body::File(f))
+                })
+            };
+            let body = s.files.get(&path).cloned().or_else(from_dir);
+            (body, fault, s.refuse_authorization && authorization)
         };
         let record = |status: u16| {
-            st.lock().unwrap().log.push(Logged { path: path.clone(), range: range.clone(), status });
+            st.lock().unwrap().log.push(Logged {
+                path: path.clone(),
+                range: range.clone(),
+                status,
+                authorization,
+            });
         };
+        if refuse {
+            record(400);
+            write!(conn, "HTTP/1.1 400 Only one auth mechanism allowed\r\nContent-Length: 0\r\n\r\n")?;
+            continue;
+        }
         if let Some(Fault::Delay(d)) = fault {
             std::thread::sleep(d);
         }

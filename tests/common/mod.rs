@@ -4,6 +4,7 @@
 pub mod fixture;
 pub mod hostile;
 pub mod http;
+pub mod registry;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
@@ -35,6 +36,16 @@ pub fn validate_spdx(path: &std::path::Path) {
         }
         Err(e) => panic!("pyspdxtools is required in CI: {e}"),
     }
+}
+
+/// Recipe text without container images and add-ons (for tests about other downloads:
+/// pinned add-on images would need their registry or a cache holding them).
+pub fn without_images(recipe_text: &str) -> String {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(recipe_text).expect("recipe YAML");
+    let m = v.as_mapping_mut().expect("a mapping");
+    m.remove("images");
+    m.remove("addons");
+    serde_yaml::to_string(&v).expect("YAML")
 }
 
 /// Assert that a command succeeded, showing its exit code and output when it did not.
