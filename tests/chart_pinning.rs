@@ -52,13 +52,20 @@ fn recipe(dir: &Path, repo: &str, extra: &str) -> std::path::PathBuf {
              mode: \"0644\"\n\n# Installed by imgbuild-addons.service"
         ),
     );
+    // Container images need a registry (tests/oci_*.rs run a real one): as in the build
+    // fixture, the add-on images become test images pinned by digest whose documents sit in
+    // the cache `lock` is given (see `lock`), and the node images are left out.
+    let mut v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    v.as_mapping_mut().unwrap().remove("images");
+    common::fixture::seed_addon_images(&mut v, &dir.join("cache"));
     let p = dir.join("recipe.yaml");
-    std::fs::write(&p, text).unwrap();
+    std::fs::write(&p, serde_yaml::to_string(&v).unwrap()).unwrap();
     p
 }
 
 fn lock(recipe: &Path) -> std::process::Output {
-    common::bin().args(["lock", "--json", "--recipe"]).arg(recipe).output().unwrap()
+    let cache = recipe.parent().unwrap().join("cache");
+    common::bin().args(["lock", "--json", "--recipe"]).arg(recipe).arg("--cache-dir").arg(cache).output().unwrap()
 }
 
 #[test]
@@ -165,11 +172,13 @@ fn what_cannot_be_pinned_is_bad_input_naming_the_chart() {
         ("0.0.30", srv.url("/nothing"), "not found"),
     ] {
         let r = recipe(d.path(), &repo, "").to_path_buf();
-        let text = std::fs::read_to_string(&r).unwrap().replace(
-            "version: 0.0.30\n    roles: [control-plane]\n    chart",
-            &format!("version: {version}\n    roles: [control-plane]\n    chart"),
-        );
-        std::fs::write(&r, text).unwrap();
+        let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&r).unwrap()).unwrap();
+        for a in v["artifacts"].as_sequence_mut().unwrap() {
+            if a["name"] == "local-path-provisioner" {
+                a["version"] = version.into();
+            }
+        }
+        std::fs::write(&r, serde_yaml::to_string(&v).unwrap()).unwrap();
         let o = lock(&r);
         assert_eq!(o.status.code(), Some(2), "{version}: {}", common::stderr(&o));
         assert!(common::stderr(&o).contains(want), "{version}: {}", common::stderr(&o));

@@ -49,7 +49,10 @@ pub fn guard() {
                 let mut sig = 0;
                 if libc::sigwait(&set, &mut sig) == 0 {
                     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                    if let Ok(dirs) = DIRS.lock() {
+                    // Held until the process exits: a [`work_dir`] the build starts meanwhile
+                    // waits for it, so no dir is made after the cleanup and left behind.
+                    let dirs = DIRS.lock();
+                    if let Ok(dirs) = &dirs {
                         // The build keeps running meanwhile and may recreate paths
                         // under a dir being removed: retry until it stays gone.
                         for d in dirs.iter() {
@@ -128,10 +131,14 @@ impl Drop for WorkDir {
 /// the `.imgbuild-*` dirs in `parent` whose owner died (returned, for the caller to say).
 pub fn work_dir(parent: &Path, kind: &str) -> std::io::Result<(WorkDir, Vec<PathBuf>)> {
     let swept = sweep(parent);
+    // Made and registered under the lock the signal thread takes for the cleanup: a dir
+    // is either registered before the cleanup runs or never made.
+    let mut dirs = DIRS.lock().map_err(|_| std::io::Error::other("the temp dir registry is poisoned"))?;
     let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{kind}")).tempdir_in(parent)?;
+    dirs.push(dir.path().to_path_buf());
+    drop(dirs);
     let owner = File::create(dir.path().join(OWNER))?;
     fs4::fs_std::FileExt::lock_exclusive(&owner)?;
-    register(dir.path().to_path_buf());
     Ok((WorkDir { dir: Some(dir), _owner: owner }, swept))
 }
 

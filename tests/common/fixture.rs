@@ -431,7 +431,7 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>, cache: &Path) -> 
 
 /// Replace every add-on image of recipe `v` by a two-arch test image (one small layer
 /// each, named after the reference) pinned by its index digest, its blobs put in `cache`.
-fn seed_addon_images(v: &mut serde_yaml::Value, cache: &Path) {
+pub fn seed_addon_images(v: &mut serde_yaml::Value, cache: &Path) {
     use super::registry::{image, layer, sha256};
     let dir = cache.join("sha256");
     std::fs::create_dir_all(&dir).unwrap();
