@@ -10,9 +10,10 @@
 //! more is given up at once. URLs are printed redacted ([`crate::net::SafeUrl`]).
 //! A per-digest file lock lets several processes share one cache: the second waits,
 //! then finds the blob. A `401` with a `Bearer` challenge (container registries) is
-//! answered with an anonymous token ([`crate::bearer`]), cached per repository; image
-//! items also send the manifest `Accept` list. Callers see a synchronous API ([`fetch`]) and get the verified
-//! blobs keyed by plan item ([`Fetched`]).
+//! answered with an anonymous token ([`crate::bearer::request_token`], a small GET of
+//! the network layer), cached per repository; image items also send the manifest
+//! `Accept` list. Callers see a synchronous API ([`fetch`]) and get the verified blobs
+//! keyed by plan item ([`Fetched`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
