@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proof by boot (issue 7): build role images with imgbuild from a Debian-made,
+# Proof by boot: build role images with imgbuild from a Debian-made,
 # noble-shaped test base and stand-in Kubernetes binaries served by a local mirror (the
 # recipe's packages: real Debian .debs from a signed test apt archive, via imgbuild lock),
 # generate a cluster and its NoCloud seeds with imgbuild, boot every scenario in QEMU

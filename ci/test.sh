@@ -188,7 +188,7 @@ ci/msrv.sh
 # Includes tests/module_graph.rs: no dependency cycle between the top-level modules of src/.
 cargo test --all-targets
 
-# --- boot tests (issue 7): the slow tier, once everything above passed ---
+# --- boot tests: the slow tier, once everything above passed ---
 # Boots every role image in QEMU (TCG when KVM does not work) and asserts offline on the
 # disks; installs its own Debian packages (mmdebstrap, QEMU 7.2 unpacked next to qemu-utils
 # 10) and caches the Debian-made test base in $IMGBUILD_TEST_CACHE (~/.cache/imgbuild-test).

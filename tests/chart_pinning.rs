@@ -65,7 +65,13 @@ fn recipe(dir: &Path, repo: &str, extra: &str) -> std::path::PathBuf {
 
 fn lock(recipe: &Path) -> std::process::Output {
     let cache = recipe.parent().unwrap().join("cache");
-    common::bin().args(["lock", "--json", "--recipe"]).arg(recipe).arg("--cache-dir").arg(cache).output().unwrap()
+    common::bin()
+        .args(["lock", "--json", "--recipe"])
+        .arg(recipe)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Acceptance tests of `imgbuild upload --target proxmox` (issue 8) against a loopback
+//! Acceptance tests of `imgbuild upload --target proxmox` against a loopback
 //! server that follows the Proxmox VE API reference: HTTPS with a self-signed certificate
 //! (rcgen; the client pins it with --pve-fingerprint), `PVEAPIToken` auth, storage status
 //! and import content listings, pveproxy's multipart upload rules (file part named

@@ -54,7 +54,7 @@ use crate::exit::{Classify, Code};
 use crate::output::{OutputError, OutputSet};
 use crate::reporter::{Reporter, Task};
 
-/// Formats `build` (and the output-format work of issue 8) can write, by file extension.
+/// Formats `build` can write, by file extension.
 pub const FORMATS: [&str; 6] = ["qcow2", "raw", "vmdk", "vhdx", "vhd", "ova"];
 /// Hex digits of the sha256 in the stable name.
 pub const SHORT_DIGEST: usize = 12;

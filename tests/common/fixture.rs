@@ -405,7 +405,7 @@ pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>, cache: &Path) -> 
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
     let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
     v["base"]["sha256"]["amd64"] = blobs["base"].sha256.clone().into();
-    // apt (issue 6): Ubuntu packages need the archive; tests/apt.rs adds its own repository.
+    // apt: Ubuntu packages need the archive; tests/apt.rs adds its own repository.
     v.as_mapping_mut().unwrap().remove("packages");
     // oci: tags need a registry (tests/oci_*.rs run a real one); the add-on images become
     // small test images pinned by digest whose blobs are already in the fixture's cache,
@@ -493,7 +493,7 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
         if a["urls"].is_null() {
             continue; // a profile's chart, pinned by the lock: not in a build without --profile
         }
-        // Add-on charts (issue 5's artifacts): a minimal chart package per name.
+        // Add-on charts (the recipe's chart artifacts): a minimal chart package per name.
         let path = arts.entry(name.to_string()).or_insert_with(|| {
             let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n").into_bytes();
             tarball(dir.path(), &format!("{name}.tgz"), &[(&format!("{name}/Chart.yaml"), chart)])
