@@ -14,7 +14,7 @@ case "$msrv" in *.*.*) toolchain=$msrv ;; *) toolchain=$msrv.0 ;; esac
 
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
   echo "ci/msrv.sh: installing Rust $toolchain (rust-version)" >&2
-  if ! timeout 300 rustup toolchain install "$toolchain" --profile minimal >&2; then
+  if ! timeout 90 rustup toolchain install "$toolchain" --profile minimal >&2; then
     # A CI machine has exactly one toolchain and cannot fetch another (only the package
     # registries are reachable). What still checks rust-version there: clippy's
     # incompatible_msrv lint (on by default, -D warnings in ci/test.sh) refuses std APIs newer
