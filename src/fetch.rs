@@ -1,16 +1,16 @@
-//! Verified, concurrent downloads into the [`crate::cache`].
+//! Verified, concurrent downloads into the `cache`.
 //!
 //! Each artifact is streamed into `partial/<sha256>` in the cache while it is hashed,
 //! and renamed to `sha256/<sha256>` only when the digest matches. URLs are tried in
 //! order: 404/410 (and other non-transient answers) move on to the next URL; transient
 //! failures (connect/reset/timeout, 408, 429, 5xx, a cut or stalled body) are retried
-//! under the one bounded policy of [`crate::net::retry`] (attempts, resumes and a
+//! under the one bounded policy of `net::retry` (attempts, resumes and a
 //! deadline per URL), resuming with `Range` from what is already on disk. Every
 //! download has a size limit ([`size_limit`]): a server or `file://` source that sends
-//! more is given up at once. URLs are printed redacted ([`crate::net::SafeUrl`]).
+//! more is given up at once. URLs are printed redacted (`net::SafeUrl`).
 //! A per-digest file lock lets several processes share one cache: the second waits,
 //! then finds the blob. A `401` with a `Bearer` challenge (container registries) is
-//! answered with an anonymous token ([`crate::bearer::request_token`], a small GET of
+//! answered with an anonymous token (`bearer::request_token`, a small GET of
 //! the network layer), cached per repository; image items also send the manifest
 //! `Accept` list. Callers see a synchronous API ([`fetch`]) and get the verified blobs
 //! keyed by plan item ([`Fetched`]).
@@ -140,7 +140,7 @@ pub struct FetchOptions {
     pub jobs: usize,
 }
 
-/// The verified blobs of a build, by item (see [`crate::plan::ItemKey`]).
+/// The verified blobs of a build, by item (see `plan::ItemKey`).
 #[derive(Debug, Clone, Default)]
 pub struct Fetched {
     blobs: BTreeMap<ItemKey, PathBuf>,

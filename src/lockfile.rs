@@ -52,12 +52,12 @@ pub struct LockFile {
     /// The recipe's `chart:` artifacts resolved against their repositories' index.yaml.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub charts: Vec<LockedChart>,
-    /// The recipe's container images resolved to digests (see [`crate::oci::lock`]).
+    /// The recipe's container images resolved to digests (see `oci::lock`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<LockedImage>,
 }
 
-/// A chart version resolved against its Helm repository (see [`crate::chart::repo`]).
+/// A chart version resolved against its Helm repository (see `chart::repo`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockedChart {

@@ -59,7 +59,7 @@ pub struct Item {
     pub urls: Vec<String>,
     pub sha256: Sha256,
     /// The exact size in bytes, where the recipe or the lock file says it: a download
-    /// that would be larger is given up at once (else [`crate::fetch::size_limit`]).
+    /// that would be larger is given up at once (else `fetch::size_limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     /// Where an artifact's files land; empty for other kinds.
@@ -106,7 +106,7 @@ pub struct AddonItem {
     pub sha256: Sha256,
     pub values: serde_json::Value,
     pub images: Vec<String>,
-    /// The level the add-on's namespace enforces (see [`crate::chart::addons::namespaces`]).
+    /// The level the add-on's namespace enforces (see `chart::addons::namespaces`).
     pub pod_security: crate::types::PodSecurity,
     /// The profile the add-on belongs to (installed only where the cluster turns it on).
     #[serde(skip_serializing_if = "Option::is_none")]

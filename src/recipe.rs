@@ -2,7 +2,7 @@
 //! rejected, every error names the file, the field path and the line.
 //!
 //! A recipe is *data*: URL templates, digests, the roles that need an artifact and
-//! where its files land. [`crate::plan`] resolves it for one role and arch.
+//! where its files land. `plan` resolves it for one role and arch.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -71,11 +71,11 @@ pub struct Recipe {
     /// names a control-plane-only artifact (the pinned chart .tgz).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addons: Vec<Addon>,
-    /// Ubuntu packages installed offline from a signed archive (see [`crate::apt`]).
+    /// Ubuntu packages installed offline from a signed archive (see `apt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packages: Option<Packages>,
     /// Container images embedded per role and imported into containerd at boot (see
-    /// [`crate::oci`]); add-on images (`addons[].images`) come on top, for every role.
+    /// `oci`); add-on images (`addons[].images`) come on top, for every role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
 }
@@ -215,7 +215,7 @@ pub enum ArtifactSignature {
     None,
 }
 
-/// A Helm chart the control plane installs after init (see `crate::chart::addons`).
+/// A Helm chart the control plane installs after init (see `chart::addons`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Addon {

@@ -1,5 +1,5 @@
 //! The base image's `/var/lib/dpkg/status` for `imgbuild lock`: the verified base from
-//! the cache, opened read-only ([`crate::disk::open_read_only`]: debugfs, rootless).
+//! the cache, opened read-only (`disk::open_read_only`: debugfs, rootless).
 //! `build` reads it from the working image it already has (the packages step).
 
 use crate::cache::Cache;

@@ -1,5 +1,5 @@
 //! Resolving a recipe's packages for one arch (what `imgbuild lock` writes into the lock
-//! file, [`crate::lockfile`]), and installing the locked set into a layer.
+//! file, `lockfile`), and installing the locked set into a layer.
 
 use std::path::{Path, PathBuf};
 

@@ -4,10 +4,10 @@
 //!
 //! - [`inrelease`]: OpenPGP clearsigned verification (rpgp), Release parsing.
 //! - [`index`]: downloading and verifying the `Packages` indexes.
-//! - [`relation`], [`control`]: dependency fields, deb822 (versions: [`crate::types::debian`]).
+//! - [`relation`], [`control`]: dependency fields, deb822 (versions: `types::debian`).
 //! - [`resolve`]: the dependency closure minus what the base image already has.
-//! - [`lock`]: resolving the packages `imgbuild lock` writes into [`crate::lockfile`].
-//! - [`deb`]: reading `.deb` archives; [`install`]: unpacking into a [`crate::layer::Layer`]
+//! - [`lock`]: resolving the packages `imgbuild lock` writes into `lockfile`.
+//! - [`deb`]: reading `.deb` archives; [`install`]: unpacking into a `layer::Layer`
 //!   and writing the dpkg database; [`scripts`]: what maintainer scripts may do.
 //! - [`base`]: the base image's `/var/lib/dpkg/status`.
 

@@ -1,6 +1,6 @@
 //! Small downloads for `imgbuild lock` (InRelease, Packages indexes) through
-//! [`crate::net::get`]. The `.deb` files themselves go through
-//! [`crate::fetch::fetch`] in `build`.
+//! `net::get`. The `.deb` files themselves go through
+//! `fetch::fetch` in `build`.
 
 use super::AptError;
 pub use crate::net::get::Got;

@@ -9,7 +9,7 @@
 //! 2. the base image is opened as a [`disk::Working`] image (fast path or raw copy);
 //! 3. the layer is composed by an ordered list of [`Step`]s ([`default_steps`]), each
 //!    adding its part, with the base's root filesystem readable;
-//! 4. the layer is sealed ([`crate::layer::seal`]): the manifest, built once, as a value;
+//! 4. the layer is sealed (`layer::seal`): the manifest, built once, as a value;
 //! 5. the disk writes the layer and the output format ([`disk::Working::finish`]);
 //! 6. the [`OutputSet`] is written next to it: manifest (the same bytes), checksum, SBOM.
 

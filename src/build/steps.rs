@@ -3,13 +3,13 @@
 //!
 //! | step | adds | code |
 //! |------|------|------|
-//! | artifacts | the recipe's downloads, installed as its `install:` says | [`crate::layer::artifacts`] |
-//! | files | `image-files/{common,<role>}`, units enabled | [`crate::layer::tree`] |
-//! | hardening | masked units, the firewall | [`crate::layer::hardening`] |
-//! | add-ons | backend chart, add-on values, installer index (control planes) | [`crate::chart::addons`] |
-//! | packages | the locked .debs, on top of the base's dpkg database | [`crate::apt::install_locked`] |
-//! | images | the role's container images as an OCI image layout, each blob once | [`crate::layer::images`] |
-//! | signatures | verified cosign records for the manifest (no files) | [`crate::verify::cosign`] |
+//! | artifacts | the recipe's downloads, installed as its `install:` says | `layer::artifacts` |
+//! | files | `image-files/{common,<role>}`, units enabled | `layer::tree` |
+//! | hardening | masked units, the firewall | `layer::hardening` |
+//! | add-ons | backend chart, add-on values, installer index (control planes) | `chart::addons` |
+//! | packages | the locked .debs, on top of the base's dpkg database | `apt::install_locked` |
+//! | images | the role's container images as an OCI image layout, each blob once | `layer::images` |
+//! | signatures | verified cosign records for the manifest (no files) | `verify::cosign` |
 //!
 //! A new kind of content is a new [`Step`] in this list; it reads the plan, the verified
 //! blobs and (read-only) the base image, and writes only into [`Compose::layer`] or

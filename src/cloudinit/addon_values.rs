@@ -1,7 +1,7 @@
 //! The add-on values the first control plane's user-data carries, checked before they
 //! are written: `addons.backend` (the backend chart's values) and `addons.values.<release>`
 //! (overrides of a recipe add-on, applied after the values baked into the image),
-//! validated like helm validates them ([`crate::chart::values`]); each violation names
+//! validated like helm validates them (`chart::values`); each violation names
 //! the field and its line in cluster.yaml.
 //!
 //! A cluster without workers: the backend would stay Pending on control planes tainted

@@ -1,6 +1,6 @@
 //! `cluster.yaml`: the human-editable cluster spec as written (strings, unknown fields
 //! rejected). [`super::plan`] validates it into typed values; every problem names the
-//! field path and its line (via [`crate::yamlpos`]).
+//! field path and its line (via `yamlpos`).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,7 +1,7 @@
 //! An etcd v3 client over etcd's gRPC gateway (JSON over HTTPS on the client port,
 //! `/v3/...`, served by etcd 3.4 and later): the maintenance `Status` and `Snapshot`
 //! calls and the cluster `MemberList` / `MemberRemove` calls, which is what the
-//! day-2 commands need. The transport is the Kubernetes client's ([`crate::kube`]):
+//! day-2 commands need. The transport is the Kubernetes client's (`kube`):
 //! TLS that trusts only the cluster's etcd CA and a client certificate it signed.
 //!
 //! The gateway's JSON follows protojson: 64-bit integers (member ids, revisions,

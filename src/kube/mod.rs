@@ -1,6 +1,6 @@
 //! A small Kubernetes API client on reqwest, for the day-2 commands (`cluster token
 //! create`, `cluster upgrade`'s ConfigMap and workload patches, `node remove`'s cordon,
-//! eviction and delete in [`node`]; [`crate::etcd`] rides on the same transport): a
+//! eviction and delete in [`node`]; `etcd` rides on the same transport): a
 //! kubeconfig ([`config`]) gives a client that trusts only the cluster's CA
 //! (no built-in roots), authenticates with the kubeconfig's client certificate or
 //! token, and turns the API's `Status` answers into typed errors that name the

@@ -89,7 +89,7 @@ pub fn rules(role: Role) -> Vec<Rule> {
     COMMON.iter().chain(extra).copied().collect()
 }
 
-/// Default members of the cluster network sets (see [`crate::types::private_ranges`]).
+/// Default members of the cluster network sets (see `types::private_ranges`).
 pub use crate::types::private_ranges::{V4 as DEFAULT_CLUSTER_V4, V6 as DEFAULT_CLUSTER_V6};
 
 /// Where an operator drops extra rules (included last).

@@ -1,5 +1,5 @@
 //! The container images of a role in the layer: the OCI image layout of
-//! [`crate::oci::layout`] at [`IMAGES_DIR`], every blob once (a layer several images
+//! `oci::layout` at [`IMAGES_DIR`], every blob once (a layer several images
 //! share is one file), plus `oci-layout`, `index.json` and `images.tsv`.
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! with owner, mode and content fixed up front. It is pure data: the build's steps
 //! (`build::steps`) fill it — [`artifacts`], [`tree`], [`hardening`] are the ones this
 //! module owns — [`seal`] adds the release file and the manifest and returns the
-//! manifest, and [`crate::disk`] writes it into the image.
+//! manifest, and `disk` writes it into the image.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

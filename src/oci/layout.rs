@@ -1,7 +1,7 @@
 //! The images inside a node image: one OCI image layout (image-spec `image-layout.md`)
 //! at [`IMAGES_DIR`], imported at boot by `imgbuild-images.service` with containerd's
 //! own `ctr images import` (a tar stream of the layout, made on the node). This module
-//! makes its documents; [`crate::layer`] writes them and the blobs into the image.
+//! makes its documents; `layer` writes them and the blobs into the image.
 //!
 //! - `blobs/sha256/<hex>`: every blob under its digest, so a layer that several images
 //!   share is stored once. The bytes are exactly what the registry served and the

@@ -3,10 +3,10 @@
 //!
 //! - [`spec`]: OCI / Docker v2 manifests, indexes, media types, platform selection.
 //! - [`registry`]: the distribution API for manifests and small blobs (`imgbuild lock`),
-//!   with the anonymous token flow of [`crate::bearer`], on the network layer [`crate::net`].
+//!   with the anonymous token flow of `bearer`, on the network layer `net`.
 //! - [`lock`]: tags and pinned indexes resolved to per-arch manifest digests in `<recipe>.lock`.
 //! - [`layout`]: the OCI image layout's index and name list written into the image
-//!   (the blobs themselves go in through [`crate::layer`]) and what the boot-time
+//!   (the blobs themselves go in through `layer`) and what the boot-time
 //!   import checks containerd against.
 
 pub mod layout;

@@ -1,10 +1,10 @@
 //! The OCI distribution API, read side: manifests by tag or digest and small blobs
 //! (configs) into memory, for `imgbuild lock`. Every request sends the Accept list of
-//! [`spec::ACCEPT`], answers the anonymous token flow of [`crate::bearer`], and every document
+//! [`spec::ACCEPT`], answers the anonymous token flow of `bearer`, and every document
 //! is checked against the digest asked for (or, for a tag, the `Docker-Content-Digest`
 //! the registry names) before it is parsed. Large blobs (layers) go through
-//! [`crate::fetch`] into the content-addressed cache instead. Every request goes
-//! through the one network layer ([`crate::net::get::request`]: mirrors, the retry
+//! `fetch` into the content-addressed cache instead. Every request goes
+//! through the one network layer (`net::get::request`: mirrors, the retry
 //! policy, a size limit, redacted URLs).
 
 use super::spec::{self, Document};

@@ -294,7 +294,7 @@ fn upid_node(upid: &str) -> Option<&str> {
     (parts.next() == Some("UPID")).then(|| parts.next()).flatten().filter(|n| !n.is_empty())
 }
 
-/// The one backoff formula ([`crate::net::RetryPolicy`]) from `base`, capped.
+/// The one backoff formula (`net::RetryPolicy`) from `base`, capped.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let p = crate::net::RetryPolicy {
         backoff_base: base,

@@ -1,7 +1,7 @@
 //! `imgbuild verify IMAGE`: check a built image against its sidecars.
 //!
 //! 1. `<image>.sha256` (sha256sum format) names the image and matches its bytes;
-//! 2. the in-image manifest re-verifies entry by entry ([`crate::inspect::inspect`]);
+//! 2. the in-image manifest re-verifies entry by entry (`inspect::inspect`);
 //! 3. the sidecar `<stem>.manifest.json` is the same manifest as the in-image one;
 //! 4. recorded signatures (`build --cosign-trust-root`): each names an artifact of the
 //!    manifest and covers exactly that artifact's sha256, as the identity and issuer of

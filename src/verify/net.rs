@@ -1,5 +1,5 @@
 //! Small whole-file downloads (checksum lists, signatures, certificates) through
-//! [`crate::net::get`], each at most [`limit::SMALL`] bytes: they are read before
+//! `net::get`, each at most [`limit::SMALL`] bytes: they are read before
 //! their signature is checked.
 
 use super::VerifyError;
