@@ -366,3 +366,46 @@ impl<'a> Sources<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's pieces come out with its bytes and a zeroed tail; read in file order
+    /// they are hashed on the way, read out of order the source is hashed once more;
+    /// either way a source that is not what the manifest says is exit 3.
+    #[test]
+    fn sources_are_read_hashed_and_checked() {
+        use crate::exit::{Classify, Code};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        // File blocks 0-1 at fs blocks 9-10, file block 2 at fs block 1 (first on disk).
+        let placed =
+            vec![Placed { path: "/f".into(), source: src, size: 3000, extents: vec![(0, 9, 2), (2, 1, 1)] }];
+        let sha = crate::types::Sha256::of(&data).to_string();
+        let ps = pieces(&placed, 4096, 1024);
+        assert_eq!(ps.iter().map(|p| (p.guest, p.at)).collect::<Vec<_>>(), [(5120, 2048), (13312, 0)]);
+        for in_file_order in [false, true] {
+            let mut s = Sources::new(&placed);
+            let order: Vec<&Piece> =
+                if in_file_order { ps.iter().rev().collect() } else { ps.iter().collect() };
+            for p in order {
+                let mut buf = vec![0xFFu8; p.len as usize];
+                s.read(p, 0, &mut buf).unwrap();
+                let end = (p.at + p.len).min(3000);
+                assert_eq!(&buf[..(end - p.at) as usize], &data[p.at as usize..end as usize]);
+                assert!(buf[(end - p.at) as usize..].iter().all(|&b| b == 0));
+            }
+            assert_eq!(s.hashed[0].is_some(), in_file_order);
+            s.check(&|_| Some(sha.clone())).unwrap();
+        }
+        let mut s = Sources::new(&placed);
+        for p in ps.iter().rev() {
+            s.read(p, 0, &mut vec![0u8; p.len as usize]).unwrap();
+        }
+        let e = s.check(&|_| Some("0".repeat(64))).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+    }
+}

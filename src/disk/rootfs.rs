@@ -681,4 +681,50 @@ mod tests {
         ex.insert("/etc/b".to_string(), de("b", 0o040755));
         assert!(matches!(write_script(&l, &ex, d.path(), None), Err(DiskError::TypeClash { .. })));
     }
+
+    /// The bytes of a placed file go into its blocks (the last block's tail zeroed),
+    /// once, checked against the expected sha256; a source that does not hash to it is
+    /// an integrity failure (exit 3).
+    #[test]
+    fn placed_files_are_laid_in_and_checked() {
+        use crate::exit::{Classify, Code};
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk");
+        std::fs::write(&img, vec![0xAAu8; 16 * 1024]).unwrap();
+        let src = d.path().join("src");
+        let data: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&src, &data).unwrap();
+        // 1024-byte blocks at offset 2048: file blocks 0 and 1 at fs blocks 5 and 2.
+        let p = Placed {
+            path: "/usr/bin/x".into(),
+            source: src.clone(),
+            size: data.len() as u64,
+            extents: vec![(0, 5, 1), (1, 2, 1)],
+        };
+        let sha = crate::types::Sha256::of(&data).to_string();
+        lay_data(&img, 2048, 1024, std::slice::from_ref(&p), &|_| Some(sha.clone())).unwrap();
+        let disk = std::fs::read(&img).unwrap();
+        assert_eq!(&disk[2048 + 5 * 1024..2048 + 6 * 1024], &data[..1024]);
+        assert_eq!(&disk[2048 + 2 * 1024..2048 + 2 * 1024 + 476], &data[1024..]);
+        assert!(disk[2048 + 2 * 1024 + 476..2048 + 3 * 1024].iter().all(|&b| b == 0));
+        assert!(disk[..2048 + 2 * 1024].iter().all(|&b| b == 0xAA));
+        let e = lay_data(&img, 2048, 1024, &[p], &|_| Some("0".repeat(64))).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(e.to_string().contains("/usr/bin/x") && e.to_string().contains(&sha), "{e}");
+    }
+
+    #[test]
+    fn leaf_extents_are_parsed_from_debugfs_output() {
+        let out = "debugfs: write empty /a\nAllocated inode: 12\ndebugfs: ex -l /a\n\
+                   Level Entries       Logical        Physical Length Flags\n \
+                   1/ 1   1/ 83     0 -    39   7986 -   8025     40 Uninit\n \
+                   1/ 1   2/ 83    40 -    40   8066 -   8066      1 \n\
+                   debugfs: ex -l /b\ndebugfs: sif /b size 3\n";
+        let m = parse_leaf_extents(out);
+        assert_eq!(m["/a"], [(0, 7986, 40, true), (40, 8066, 1, false)]);
+        assert!(m["/b"].is_empty());
+        assert_eq!(check_extents("/a", &m["/a"], 41).unwrap(), [(0, 7986, 40), (40, 8066, 1)]);
+        assert!(check_extents("/a", &m["/a"], 42).is_err());
+        assert!(check_extents("/a", &[(1, 5, 1, false)], 1).is_err());
+    }
 }
