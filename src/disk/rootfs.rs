@@ -611,6 +611,21 @@ fn write_script(
                 match content {
                     Content::Bytes(b) => std::fs::write(&dst, b),
                     Content::Path(p) => {
+                        // debugfs copies it: a digest nothing checked yet is checked here.
+                        if let Some(want) = layer.known_digest(path) {
+                            let got = std::fs::File::open(p)
+                                .and_then(|mut f| crate::types::Sha256::of_reader(&mut f, |_| {}))
+                                .map_err(DiskError::io(format!("{path}: reading {}", p.display())))?
+                                .0;
+                            if &got != want {
+                                return Err(DiskError::Changed {
+                                    path: path.clone(),
+                                    source_file: p.display().to_string(),
+                                    expected: want.to_string(),
+                                    actual: got.to_string(),
+                                });
+                            }
+                        }
                         let abs = std::fs::canonicalize(p)
                             .map_err(DiskError::io(format!("{path}: source {}", p.display())))?;
                         std::os::unix::fs::symlink(abs, &dst)
