@@ -25,12 +25,17 @@ pub fn install(
     fetched: &Fetched,
     workdir: &Path,
 ) -> Result<(), LayerError> {
+    let blobs = plan
+        .artifacts
+        .iter()
+        .map(|item| {
+            Ok((item, fetched.get(item).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?))
+        })
+        .collect::<Result<Vec<(&Item, &Path)>, LayerError>>()?;
     // Which artifact installed a path first: two artifacts claiming one path is a recipe bug.
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for item in &plan.artifacts {
-        let blob = fetched.get(item).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
-        let files = files_of(item, blob, workdir)?;
-        for (to, path, mode, sha) in files {
+    for ((item, _), files) in blobs.iter().zip(extract_all(&blobs, workdir)) {
+        for (to, path, mode, sha) in files? {
             // (Within one artifact a later archive member of the same name wins, as in tar.)
             if let Some(prev) = owners.insert(to.clone(), item.name.clone()).filter(|p| *p != item.name) {
                 return Err(LayerError::Conflict { path: to, first: prev, second: item.name.clone() });
@@ -40,6 +45,47 @@ pub fn install(
         }
     }
     Ok(())
+}
+
+/// [`files_of`] for every (item, blob), on all cores: each gzip stream decompresses on
+/// one core, and a control plane has five archives. The results come back in the
+/// order of `blobs`, so the layer (and the first error reported) does not depend on
+/// which thread finished first.
+fn extract_all(blobs: &[(&Item, &Path)], workdir: &Path) -> Vec<Result<Vec<Installed>, LayerError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blobs.len()).max(1);
+    let next = AtomicUsize::new(0);
+    let done: Vec<(usize, Result<Vec<Installed>, LayerError>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(item, blob)) = blobs.get(i) else { break };
+                        done.push((i, files_of(item, blob, workdir)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let mut out: Vec<Option<Result<Vec<Installed>, LayerError>>> = blobs.iter().map(|_| None).collect();
+    for (i, r) in done {
+        out[i] = Some(r);
+    }
+    out.into_iter()
+        .zip(blobs)
+        .map(|(r, (item, _))| {
+            r.unwrap_or_else(|| {
+                Err(LayerError::Archive {
+                    artifact: item.name.clone(),
+                    msg: "the extracting thread panicked".into(),
+                })
+            })
+        })
+        .collect()
 }
 
 /// A file an artifact installs: (path in image, file on host, mode, its sha256).
