@@ -361,7 +361,7 @@ impl<'a> Sources<'a> {
                         .to_string()
                 }
             };
-            rootfs::check_digest(p, &actual, expected)?;
+            rootfs::check_digest(&p.path, &p.source, &actual, &expected(&p.path).unwrap_or_default())?;
         }
         Ok(())
     }

@@ -458,24 +458,19 @@ pub fn lay_data(
                 (at, to) = (at + want as u64, to + want as u64);
             }
         }
-        check_digest(p, &hex::encode(h.finalize()), expected)?;
+        check_digest(&p.path, &p.source, &hex::encode(h.finalize()), &expected(&p.path).unwrap_or_default())?;
     }
     Ok(())
 }
 
-/// The bytes laid in for `p` hash to what the manifest records for it, else the source
-/// changed after it was verified (exit 3).
-pub fn check_digest(
-    p: &Placed,
-    actual: &str,
-    expected: &dyn Fn(&str) -> Option<String>,
-) -> Result<(), DiskError> {
-    let want = expected(&p.path).unwrap_or_default();
+/// The bytes read from `source` for the layer file `path` hash to `want` (what the
+/// manifest records), else the source changed after it was verified (exit 3).
+pub fn check_digest(path: &str, source: &Path, actual: &str, want: &str) -> Result<(), DiskError> {
     if want != actual {
         return Err(DiskError::Changed {
-            path: p.path.clone(),
-            source_file: p.source.display().to_string(),
-            expected: want,
+            path: path.to_string(),
+            source_file: source.display().to_string(),
+            expected: want.to_string(),
             actual: actual.to_string(),
         });
     }
@@ -617,14 +612,7 @@ fn write_script(
                                 .and_then(|mut f| crate::types::Sha256::of_reader(&mut f, |_| {}))
                                 .map_err(DiskError::io(format!("{path}: reading {}", p.display())))?
                                 .0;
-                            if &got != want {
-                                return Err(DiskError::Changed {
-                                    path: path.clone(),
-                                    source_file: p.display().to_string(),
-                                    expected: want.to_string(),
-                                    actual: got.to_string(),
-                                });
-                            }
+                            check_digest(path, p, got.as_str(), want.as_str())?;
                         }
                         let abs = std::fs::canonicalize(p)
                             .map_err(DiskError::io(format!("{path}: source {}", p.display())))?;
