@@ -401,3 +401,203 @@ fn the_generated_profile_example_is_valid_when_uncommented() {
         "monitoring\nlogging\ngitops\n"
     );
 }
+
+// --- admin credentials generated with the cluster's secrets --------------------------------
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// The Secret documents user-data hands the installer for `profile` (mode, parsed YAML).
+fn profile_secret(
+    files: &std::collections::BTreeMap<String, (String, String)>,
+    profile: &str,
+) -> (String, serde_yaml::Value) {
+    let (m, text) = &files[&format!("{}/{profile}.yaml", imgbuild::chart::addons::PROFILE_SECRETS_DIR)];
+    (m.clone(), serde_yaml::from_str(text).unwrap())
+}
+
+fn secret_value(s: &serde_yaml::Value, key: &str) -> String {
+    use base64::Engine;
+    let b = s["data"][key].as_str().unwrap_or_else(|| panic!("no data.{key} in {s:?}"));
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap()).unwrap()
+}
+
+/// `kubernetes-validate --strict` for 1.30 on `text` (skipped loudly without the tool).
+fn validate_k8s(text: &str) {
+    let Some(kv) = imgbuild::tools::for_test("kubernetes-validate") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("objects.yaml");
+    std::fs::write(&f, text).unwrap();
+    let o = Command::new(&kv).args(["-k", "1.30.0", "--strict", "--quiet"]).arg(&f).output().unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success() && all.trim().is_empty(), "{all}\n{text}");
+}
+
+/// The recipe add-on of `profile` in the embedded recipe (its baked values).
+fn recipe_addon(profile: Profile) -> imgbuild::recipe::Addon {
+    let lr = imgbuild::recipe::load(None).unwrap();
+    lr.recipe.addons.iter().find(|a| a.profile == Some(profile)).cloned().expect("profile add-on")
+}
+
+#[test]
+fn cluster_init_generates_the_admin_passwords_once_and_never_into_cluster_yaml() {
+    use imgbuild::cluster::admin::{ARGOCD_FILE, GRAFANA_FILE};
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path(), "");
+    let secrets = d.path().join("c/secrets");
+    let before: Vec<Vec<u8>> =
+        [GRAFANA_FILE, ARGOCD_FILE].iter().map(|f| std::fs::read(secrets.join(f)).unwrap()).collect();
+    for f in [GRAFANA_FILE, ARGOCD_FILE] {
+        assert_eq!(mode(&secrets.join(f)), 0o600, "{f}");
+    }
+    let admin = imgbuild::cluster::admin::AdminSecrets::load(&secrets).unwrap().unwrap();
+    let spec = std::fs::read_to_string(&c).unwrap();
+    for v in admin.values() {
+        assert!(!spec.contains(&v), "an admin secret in cluster.yaml");
+    }
+    // Argo CD checks the hash with Go's bcrypt; a second implementation (APR's) agrees.
+    if let Some(htpasswd) = imgbuild::tools::for_test("htpasswd") {
+        let f = d.path().join("htpasswd");
+        std::fs::write(&f, format!("admin:{}\n", admin.argocd.bcrypt)).unwrap();
+        let ok = Command::new(&htpasswd)
+            .arg("-vb")
+            .arg(&f)
+            .args(["admin", &admin.argocd.password])
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{}", common::stderr(&ok));
+        let bad = Command::new(&htpasswd).arg("-vb").arg(&f).args(["admin", "not-it"]).output().unwrap();
+        assert!(!bad.status.success());
+    }
+    // A second `cluster init` into the same directory keeps every secret as it was.
+    let o = common::bin()
+        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
+        .args(["--control-planes", "1", "--workers", "1", "--dir"])
+        .arg(d.path().join("c"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let after: Vec<Vec<u8>> =
+        [GRAFANA_FILE, ARGOCD_FILE].iter().map(|f| std::fs::read(secrets.join(f)).unwrap()).collect();
+    assert_eq!(before, after);
+    // A cluster directory from before these secrets gets them once, from `cloud-init`.
+    for f in [GRAFANA_FILE, ARGOCD_FILE] {
+        std::fs::remove_file(secrets.join(f)).unwrap();
+    }
+    let text =
+        std::fs::read_to_string(&c).unwrap().replace("\naddons:\n", "\naddons:\n  profiles: [monitoring]\n");
+    std::fs::write(&c, text).unwrap();
+    let o = cloud_init(&c, &d.path().join("out"));
+    common::ok(&o);
+    assert!(common::stderr(&o).contains(GRAFANA_FILE), "{}", common::stderr(&o));
+    let made = std::fs::read(secrets.join(GRAFANA_FILE)).unwrap();
+    assert_eq!(mode(&secrets.join(ARGOCD_FILE)), 0o600);
+    common::ok(&cloud_init(&c, &d.path().join("out2")));
+    assert_eq!(std::fs::read(secrets.join(GRAFANA_FILE)).unwrap(), made, "generated twice");
+}
+
+#[test]
+fn admin_passwords_reach_the_first_control_plane_only_as_the_secrets_the_charts_read() {
+    use imgbuild::cloudinit::addon_secrets::{ARGOCD_SECRET, GRAFANA_SECRET};
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path(), "  profiles: [monitoring, gitops]\n  gitops:\n    repo_url: https://git.example.test/platform/app.git\n");
+    let admin = imgbuild::cluster::admin::AdminSecrets::load(&d.path().join("c/secrets")).unwrap().unwrap();
+    let out = d.path().join("out");
+    common::ok(&cloud_init(&c, &out));
+    let files = cp1_files(&out);
+
+    let (m, grafana) = profile_secret(&files, "monitoring");
+    assert_eq!(m, "0600");
+    assert_eq!(
+        (grafana["kind"].as_str(), grafana["metadata"]["name"].as_str()),
+        (Some("Secret"), Some(GRAFANA_SECRET))
+    );
+    assert_eq!(grafana["metadata"]["namespace"], Profile::Monitoring.namespace());
+    assert_eq!(secret_value(&grafana, "admin-user"), admin.grafana.user);
+    assert_eq!(secret_value(&grafana, "admin-password"), admin.grafana.password);
+
+    let (m, argo) = profile_secret(&files, "gitops");
+    assert_eq!(m, "0600");
+    assert_eq!(argo["metadata"]["name"], ARGOCD_SECRET);
+    assert_eq!(argo["metadata"]["namespace"], Profile::Gitops.namespace());
+    assert_eq!(argo["metadata"]["labels"]["app.kubernetes.io/part-of"], "argocd");
+    assert_eq!(secret_value(&argo, "admin.password"), admin.argocd.bcrypt);
+    assert_eq!(secret_value(&argo, "admin.passwordMtime"), admin.argocd.mtime);
+    // Never the plain Argo CD password, anywhere in user-data.
+    let cp = std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap();
+    assert!(!cp.contains(&admin.argocd.password));
+    let worker = std::fs::read_to_string(out.join("demo-worker-1/user-data")).unwrap();
+    for (path, _) in &files {
+        if path.starts_with(imgbuild::chart::addons::PROFILE_SECRETS_DIR) {
+            assert!(!worker.contains(path.as_str()), "{path} on a worker");
+        }
+    }
+    for v in admin.values() {
+        assert!(!worker.contains(&v) && !worker.contains(&base64_of(&v)), "an admin secret on a worker");
+    }
+    // Valid Kubernetes 1.30 objects.
+    validate_k8s(&format!(
+        "{}\n---\n{}",
+        files[&format!("{}/monitoring.yaml", imgbuild::chart::addons::PROFILE_SECRETS_DIR)].1,
+        files[&format!("{}/gitops.yaml", imgbuild::chart::addons::PROFILE_SECRETS_DIR)].1
+    ));
+
+    // The charts' baked values point at these Secrets (the keys read from the pinned
+    // charts' sources: grafana 8.3.x `admin.*`, argo-cd 7.3.11 `configs.secret.createSecret`).
+    let m = recipe_addon(Profile::Monitoring).values;
+    assert_eq!(m["grafana"]["admin"]["existingSecret"], GRAFANA_SECRET);
+    assert_eq!(m["grafana"]["admin"]["userKey"], "admin-user");
+    assert_eq!(m["grafana"]["admin"]["passwordKey"], "admin-password");
+    assert!(m["grafana"].get("adminPassword").is_none(), "a password baked into the image");
+    let g = recipe_addon(Profile::Gitops).values;
+    assert_eq!(g["configs"]["secret"]["createSecret"], false);
+    common::ok(&lint(&c));
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+#[test]
+fn the_installer_applies_a_profiles_secrets_right_before_its_chart() {
+    let mut p = plan(None, &[]).unwrap();
+    let mut m = p.addons[1].clone();
+    m.release = "monitoring".into();
+    m.namespace = "monitoring".into();
+    m.order = 50;
+    m.profile = Some(Profile::Monitoring);
+    p.addons.push(m);
+    let backend = imgbuild::chart::package_backend(0).unwrap();
+    let index = imgbuild::chart::addons::index(&p, &backend).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("root");
+    let dir = root.join("usr/share/imgbuild/addons");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("addons.tsv"), imgbuild::chart::addons::tsv(&index)).unwrap();
+    std::fs::write(dir.join("profiles.tsv"), imgbuild::chart::addons::profiles_tsv(&index)).unwrap();
+    let secrets = root.join(imgbuild::chart::addons::PROFILE_SECRETS_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(root.join("etc/imgbuild/addons/profiles"), "monitoring\n").unwrap();
+    std::fs::write(secrets.join("monitoring.yaml"), "kind: Secret\n").unwrap();
+    let stub = d.path().join("stub");
+    std::fs::create_dir_all(&stub).unwrap();
+    for b in ["helm", "kubectl"] {
+        std::fs::write(stub.join(b), STUB).unwrap();
+        std::fs::set_permissions(stub.join(b), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let (o, _) = installer_run(&root, &stub);
+    common::ok(&o);
+    let calls = std::fs::read_to_string(stub.join("calls")).unwrap();
+    let lines: Vec<&str> = calls.lines().collect();
+    let apply = lines
+        .iter()
+        .position(|l| l.starts_with("kubectl apply") && l.ends_with("secrets/monitoring.yaml"))
+        .unwrap_or_else(|| panic!("the Secret is not applied:\n{calls}"));
+    let install = lines.iter().position(|l| l.starts_with("helm upgrade --install monitoring ")).unwrap();
+    assert_eq!(apply + 1, install, "{calls}");
+    // No other release applies it.
+    assert_eq!(lines.iter().filter(|l| l.contains("secrets/")).count(), 1, "{calls}");
+}
