@@ -864,7 +864,30 @@ mod tests {
     fn addons_are_validated_with_paths() {
         let r = load(None).unwrap().recipe;
         let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
-        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx", "monitoring", "logging", "argocd"]);
+        assert_eq!(
+            names,
+            [
+                "cilium",
+                "metrics-server",
+                "ingress-nginx",
+                "monitoring",
+                "logging",
+                "argocd",
+                "cinder-csi",
+                "proxmox-csi",
+                "hcloud-csi"
+            ]
+        );
+        // A profile's release and namespace are its own (cloud-init renders into them).
+        let e = addon_err(
+            "    release: hcloud-csi
+    namespace: kube-system",
+            "    release: hcloud
+    namespace: kube-system",
+        );
+        assert!(e.contains("addons[8].release") && e.contains("hcloud-csi"), "{e}");
+        let e = addon_err("    namespace: csi-proxmox", "    namespace: storage");
+        assert!(e.contains("addons[7].namespace") && e.contains("csi-proxmox"), "{e}");
         // The core add-ons list their images; a profile's may leave them to the pinned chart.
         let e = addon_err("    profile: gitops\n", "");
         assert!(e.contains("addons[5].images"), "{e}");

@@ -601,3 +601,264 @@ fn the_installer_applies_a_profiles_secrets_right_before_its_chart() {
     // No other release applies it.
     assert_eq!(lines.iter().filter(|l| l.contains("secrets/")).count(), 1, "{calls}");
 }
+
+// --- the hypervisors' CSI drivers ---------------------------------------------------------
+
+const PROXMOX_ON: &str = "  profiles: [proxmox]\n  proxmox:\n    url: https://pve.example.test:8006/api2/json\n    region: pve-lab\n    storage: local-lvm\n";
+const PVE_TOKEN: &str = "5f1e8c2a-0000-4000-8000-c5b0a1d2e3f4";
+const HCLOUD_TOKEN: &str = "hcloudtokenhcloudtokenhcloudtokenhcloudtokenhcloudtokenhcloudtok";
+const CLOUD_CONF: &str = "[Global]\nauth-url = https://keystone.example.test:5000/v3\napplication-credential-id = 0c6a1b2c3d4e\napplication-credential-secret = appcredSECRETvalue\nregion = RegionOne\n\n[BlockStorage]\nignore-volume-az = true\n";
+
+/// Write a credentials file `rel` (relative to the cluster directory) with `mode`.
+fn credentials(c: &Path, rel: &str, body: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = c.parent().unwrap().join(rel);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn proxmox_credentials(id: &str) -> String {
+    format!("token_id: \"{id}\"\ntoken_secret: {PVE_TOKEN}\n")
+}
+
+#[test]
+fn csi_profiles_refuse_missing_or_unsafe_credentials_and_a_second_driver_naming_the_field() {
+    let ok_pve = proxmox_credentials("kubernetes-csi@pve!csi");
+    let hcloud = format!("token: {HCLOUD_TOKEN}\n");
+    type Case<'a> = (&'a str, Vec<(&'a str, String, u32)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "  profiles: [proxmox]\n  proxmox:\n    region: pve-lab\n    storage: local-lvm\n",
+            vec![("secrets/proxmox-csi.yaml", ok_pve.clone(), 0o600)],
+            "addons.proxmox.url",
+        ),
+        (
+            "  profiles: [proxmox]\n  proxmox:\n    url: http://pve.example.test:8006/api2/json\n    region: pve-lab\n    storage: local-lvm\n",
+            vec![("secrets/proxmox-csi.yaml", ok_pve.clone(), 0o600)],
+            "addons.proxmox.url",
+        ),
+        (PROXMOX_ON, vec![], "addons.proxmox.credentials_file"),
+        (
+            PROXMOX_ON,
+            vec![("secrets/proxmox-csi.yaml", proxmox_credentials("no-realm-or-token"), 0o600)],
+            "addons.proxmox.credentials_file",
+        ),
+        ("  profiles: [hcloud]\n", vec![], "addons.hcloud.credentials_file"),
+        ("  profiles: [hcloud]\n", vec![("secrets/hcloud.yaml", hcloud.clone(), 0o644)], "addons.hcloud.credentials_file"),
+        (
+            "  profiles: [cinder]\n",
+            vec![("secrets/cinder-cloud.conf", CLOUD_CONF.replace("auth-url", "auth-uri"), 0o600)],
+            "addons.cinder.credentials_file",
+        ),
+        (
+            "  profiles: [cinder, hcloud]\n",
+            vec![("secrets/cinder-cloud.conf", CLOUD_CONF.to_string(), 0o600), ("secrets/hcloud.yaml", hcloud.clone(), 0o600)],
+            "addons.profiles[1]",
+        ),
+        (
+            "  profiles: [hcloud]\n  values:\n    local-path:\n      storageClass:\n        default: true\n",
+            vec![("secrets/hcloud.yaml", hcloud.clone(), 0o600)],
+            "addons.values.local-path.storageClass.default",
+        ),
+    ];
+    for (addons, files, field) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let c = cluster(d.path(), addons);
+        for (rel, body, m) in &files {
+            credentials(&c, rel, body, *m);
+        }
+        let o = cloud_init(&c, &d.path().join("out"));
+        let err = common::stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{addons}: {err}");
+        assert!(err.contains(field), "{addons}: want {field}: {err}");
+        for secret in [PVE_TOKEN, HCLOUD_TOKEN, "appcredSECRETvalue"] {
+            assert!(!err.contains(secret), "a credential in the message: {err}");
+        }
+        assert!(!d.path().join("out/demo-cp-1/user-data").exists());
+        let o = lint(&c);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(2), "lint {addons}: {out}");
+        assert!(out.contains(field), "lint {addons}: want {field}: {out}");
+    }
+}
+
+/// Every leaf of a values tree as a dotted path (a list is a leaf).
+fn leaf_paths(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+    match v.as_object() {
+        Some(m) if !m.is_empty() => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                leaf_paths(x, &p, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+/// The values the recipe bakes for each CSI chart use keys its pinned version has, read
+/// from the chart sources: kubernetes/cloud-provider-openstack tag
+/// openstack-cinder-csi-2.30.3 charts/cinder-csi-plugin/values.yaml and templates;
+/// sergelogvinov/proxmox-csi-plugin tag v0.7.0 (chart 0.2.5) values.yaml and
+/// templates/storageclass.yaml + _storage.tpl; hetznercloud/csi-driver tag v2.17.0
+/// chart/values.yaml and templates/core/storageclass.yaml. (The charts themselves cannot
+/// be downloaded here, so `helm template` of them cannot run.)
+const CHART_KEYS: [(Profile, &[&str]); 3] = [
+    (
+        Profile::Cinder,
+        &[
+            "secret.enabled",
+            "secret.create",
+            "secret.hostMount",
+            "secret.name",
+            "secret.filename",
+            "storageClass.enabled",
+            "storageClass.delete.isDefault",
+            "storageClass.delete.allowVolumeExpansion",
+            "storageClass.retain.isDefault",
+            "storageClass.retain.allowVolumeExpansion",
+            "csi.plugin.controllerPlugin.tolerations",
+        ],
+    ),
+    (Profile::Proxmox, &["existingConfigSecret", "existingConfigSecretKey", "tolerations", "storageClass"]),
+    (
+        Profile::Hcloud,
+        &[
+            "controller.hcloudToken.existingSecret.name",
+            "controller.hcloudToken.existingSecret.key",
+            "controller.tolerations",
+            "storageClasses",
+        ],
+    ),
+];
+
+/// The fields of one `storageClass[]` item proxmox-csi-plugin 0.2.5's template reads.
+const PROXMOX_CLASS_KEYS: [&str; 8] =
+    ["name", "storage", "reclaimPolicy", "fstype", "cache", "ssd", "annotations", "labels"];
+
+#[test]
+fn csi_credentials_become_the_secret_each_chart_reads_and_its_class_the_only_default() {
+    use imgbuild::cloudinit::addon_secrets as s;
+    let cases = [
+        (
+            Profile::Cinder,
+            "  profiles: [cinder]\n".to_string(),
+            "secrets/cinder-cloud.conf",
+            CLOUD_CONF.to_string(),
+            s::CINDER_SECRET,
+            s::CINDER_KEY,
+        ),
+        (
+            Profile::Proxmox,
+            PROXMOX_ON.to_string(),
+            "secrets/proxmox-csi.yaml",
+            proxmox_credentials("kubernetes-csi@pve!csi"),
+            s::PROXMOX_SECRET,
+            s::PROXMOX_KEY,
+        ),
+        (
+            Profile::Hcloud,
+            "  profiles: [hcloud]\n".to_string(),
+            "secrets/hcloud.yaml",
+            format!("token: {HCLOUD_TOKEN}\n"),
+            s::HCLOUD_SECRET,
+            s::HCLOUD_KEY,
+        ),
+    ];
+    let mut manifests = Vec::new();
+    for (p, addons, rel, body, name, key) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let c = cluster(d.path(), &addons);
+        credentials(&c, rel, &body, 0o600);
+        let out = d.path().join("out");
+        common::ok(&cloud_init(&c, &out));
+        let files = cp1_files(&out);
+        let (m, secret) = profile_secret(&files, p.as_str());
+        assert_eq!(m, "0600", "{p}");
+        assert_eq!(secret["metadata"]["name"], name, "{p}");
+        assert_eq!(secret["metadata"]["namespace"], p.namespace(), "{p}");
+        let value = secret_value(&secret, key);
+        match p {
+            Profile::Cinder => assert_eq!(value, CLOUD_CONF),
+            Profile::Hcloud => assert_eq!(value, HCLOUD_TOKEN),
+            _ => {
+                let cfg: serde_yaml::Value = serde_yaml::from_str(&value).unwrap();
+                let cl = &cfg["clusters"][0];
+                assert_eq!(cl["url"], "https://pve.example.test:8006/api2/json");
+                assert_eq!(cl["region"], "pve-lab");
+                assert_eq!(cl["token_id"], "kubernetes-csi@pve!csi");
+                assert_eq!(cl["token_secret"], PVE_TOKEN);
+                assert_eq!(cl["insecure"], false);
+                // The StorageClass names the Proxmox storage from cluster.yaml.
+                let (_, v) = &files[&format!("/etc/imgbuild/addons/{}.yaml", p.release())];
+                let v: serde_json::Value = serde_yaml::from_str(v).unwrap();
+                let class = &v["storageClass"][0];
+                assert_eq!(class["storage"], "local-lvm");
+                assert_eq!(class["annotations"]["storageclass.kubernetes.io/is-default-class"], "true");
+                for k in class.as_object().unwrap().keys() {
+                    assert!(PROXMOX_CLASS_KEYS.contains(&k.as_str()), "storageClass[].{k}");
+                }
+            }
+        }
+        manifests
+            .push(files[&format!("{}/{p}.yaml", imgbuild::chart::addons::PROFILE_SECRETS_DIR)].1.clone());
+        // The other StorageClass steps back: local-path is not the default any more.
+        let lp: serde_yaml::Value =
+            serde_yaml::from_str(&files["/etc/imgbuild/addons/local-path.yaml"].1).unwrap();
+        assert_eq!(lp["storageClass"]["default"], false, "{p}");
+        // The credentials reach the first control plane only.
+        let worker = std::fs::read_to_string(out.join("demo-worker-1/user-data")).unwrap();
+        assert!(
+            !worker.contains(&base64_of(&value)) && !worker.contains(&format!("secrets/{p}.yaml")),
+            "{p}"
+        );
+        assert!(!worker.contains("local-path.yaml"));
+        common::ok(&lint(&c));
+
+        // The chart's baked values point at that Secret and make its class the default,
+        // with keys the pinned chart has.
+        let a = recipe_addon(p);
+        assert_eq!((a.release.as_str(), a.namespace.as_str()), (p.release(), p.namespace()));
+        let v = &a.values;
+        match p {
+            Profile::Cinder => {
+                assert_eq!(
+                    (
+                        &v["secret"]["enabled"],
+                        &v["secret"]["create"],
+                        &v["secret"]["name"],
+                        &v["secret"]["filename"]
+                    ),
+                    (
+                        &serde_json::json!(true),
+                        &serde_json::json!(false),
+                        &serde_json::json!(name),
+                        &serde_json::json!(key)
+                    )
+                );
+                assert_eq!(v["storageClass"]["delete"]["isDefault"], true);
+                assert_eq!(v["storageClass"]["retain"]["isDefault"], false);
+            }
+            Profile::Hcloud => {
+                assert_eq!(
+                    v["controller"]["hcloudToken"]["existingSecret"],
+                    serde_json::json!({"name": name, "key": key})
+                );
+                let classes = v["storageClasses"].as_array().unwrap();
+                assert_eq!(classes.iter().filter(|c| c["defaultStorageClass"] == true).count(), 1);
+            }
+            _ => {
+                assert_eq!(
+                    (&v["existingConfigSecret"], &v["existingConfigSecretKey"]),
+                    (&serde_json::json!(name), &serde_json::json!(key))
+                );
+            }
+        }
+        let mut paths = Vec::new();
+        leaf_paths(v, "", &mut paths);
+        let known = CHART_KEYS.iter().find(|(q, _)| *q == p).unwrap().1;
+        for path in paths {
+            assert!(known.contains(&path.as_str()), "{p}: {path} is not a key of the pinned chart");
+        }
+    }
+    validate_k8s(&manifests.join("\n---\n"));
+}

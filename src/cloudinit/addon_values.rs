@@ -346,10 +346,7 @@ fn profiles(
             Ok(c) => c,
             Err(problems) => {
                 for (field, msg) in problems {
-                    // a required field's absence is reported once, above
-                    if !(msg.is_empty() || p.required().iter().any(|r| field == format!("addons.{p}.{r}"))) {
-                        errors.push(at(&field, &msg));
-                    }
+                    errors.push(at(&field, &msg));
                 }
                 continue;
             }
