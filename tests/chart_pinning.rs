@@ -1,7 +1,8 @@
 //! Charts pinned from a Helm repository: `imgbuild lock` resolves a recipe's chart name and
 //! version against the repository's index.yaml (served on loopback, shaped like the
 //! upstream indexes: relative and absolute URLs, `digest:` per version) into the lock; the
-//! plan takes URL and digest from there, and the download is verified like any other.
+//! plan takes URL and digest from there, and the download is verified like any other. A
+//! chart published in an OCI registry (`oci://`) is pinned from its manifest in a real registry.
 
 mod common;
 
@@ -188,5 +189,89 @@ fn what_cannot_be_pinned_is_bad_input_naming_the_chart() {
         let o = lock(&r);
         assert_eq!(o.status.code(), Some(2), "{version}: {}", common::stderr(&o));
         assert!(common::stderr(&o).contains(want), "{version}: {}", common::stderr(&o));
+    }
+}
+
+/// A chart published only as an OCI artifact (`helm push`, like proxmox-csi-plugin on
+/// ghcr.io): `oci://REGISTRY/PATH` in the recipe; `lock` resolves `PATH/<name>:<version>`
+/// through a REAL registry (token flow) to the digest of its chart layer, and the
+/// download of that blob (token, redirect to storage) is verified against it.
+#[test]
+fn lock_pins_an_oci_chart_from_its_manifest_and_the_download_is_verified() {
+    use common::registry::{Registry, OCI_MANIFEST};
+    let Some(reg) = Registry::start() else { return };
+    let (tgz, sha) = chart_tgz("local-path-provisioner", "0.0.30");
+    let name = "charts/local-path-provisioner";
+    let layer = reg.push_blob(name, &tgz);
+    let config = br#"{"apiVersion":"v2","name":"local-path-provisioner","version":"0.0.30"}"#;
+    let config_digest = reg.push_blob(name, config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.cncf.helm.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": imgbuild::chart::repo::HELM_CHART_LAYER, "digest": layer, "size": tgz.len()}],
+    });
+    reg.push_manifest(name, "0.0.30", OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+    // An image, not a chart, under another tag.
+    let not_chart = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": tgz.len()}],
+    });
+    reg.push_manifest(name, "0.0.29", OCI_MANIFEST, &serde_json::to_vec(&not_chart).unwrap());
+
+    let mirror = reg.mirror_for("registry.test");
+    let lock_oci = |r: &Path| {
+        let cache = r.parent().unwrap().join("cache");
+        common::bin()
+            .args(["lock", "--json", "--recipe"])
+            .arg(r)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--mirror", &mirror])
+            .output()
+            .unwrap()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), "oci://registry.test/charts", "");
+    common::ok(&lock_oci(&r));
+    let l: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("recipe.yaml.lock")).unwrap()).unwrap();
+    let c = &l["charts"][0];
+    assert_eq!(c["repo"], "oci://registry.test/charts");
+    assert_eq!(c["url"], format!("https://registry.test/v2/{name}/blobs/sha256:{sha}"));
+    assert_eq!(c["sha256"], sha.as_str());
+
+    let lr = imgbuild::recipe::load(Some(&r)).unwrap();
+    let o = PlanOptions { recipe_path: Some(r.clone()), ..PlanOptions::new(Role::ControlPlane, Arch::Amd64) };
+    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    let item = plan.artifacts.iter().find(|i| i.name == "local-path-provisioner").unwrap();
+    let cache = imgbuild::cache::Cache::open(Some(&d.path().join("cache"))).unwrap();
+    let rep = imgbuild::reporter::Reporter::new(true);
+    let mirrors = imgbuild::net::Mirror::parse_all([mirror.as_str()]).unwrap();
+    let opts = imgbuild::fetch::FetchOptions { offline: false, mirrors, jobs: 1 };
+    let got = imgbuild::fetch::fetch(&[item], &cache, &opts, &rep).unwrap();
+    assert_eq!(std::fs::read(got.get(item).unwrap()).unwrap(), tgz);
+    // Storage that serves other bytes for the blob: integrity, nothing kept.
+    let mut swapped = tgz.clone();
+    let n = swapped.len();
+    swapped[n - 5] ^= 0xff;
+    std::fs::write(reg.blob_file(&layer), swapped).unwrap();
+    let cache2 = imgbuild::cache::Cache::open(Some(&d.path().join("cache2"))).unwrap();
+    let e = imgbuild::fetch::fetch(&[item], &cache2, &opts, &rep).unwrap_err();
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Integrity);
+
+    // A version the registry does not have, and a tag that is an image: bad input naming it.
+    for (version, want) in [("9.9.9", "does not exist"), ("0.0.29", "not a Helm chart")] {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), "oci://registry.test/charts", "");
+        let text =
+            std::fs::read_to_string(&r).unwrap().replace("version: 0.0.30", &format!("version: {version}"));
+        std::fs::write(&r, text).unwrap();
+        let o = lock_oci(&r);
+        assert_eq!(o.status.code(), Some(2), "{version}: {}", common::stderr(&o));
+        assert!(common::stderr(&o).contains(want), "{version}: {}", common::stderr(&o));
+        assert!(common::stderr(&o).contains("local-path-provisioner"), "{}", common::stderr(&o));
     }
 }
