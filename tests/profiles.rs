@@ -25,7 +25,9 @@ fn plan(recipe: Option<&Path>, profiles: &[Profile]) -> Result<BuildPlan, imgbui
 fn a_build_carries_a_profile_only_when_asked_and_only_once_it_is_pinned() {
     // Default: the profiles' charts are neither downloaded nor installed.
     let p = plan(None, &[]).unwrap();
-    for name in ["kube-prometheus-stack", "opentelemetry-collector", "argo-cd"] {
+    for name in
+        ["kube-prometheus-stack", "opentelemetry-collector", "argo-cd", "openstack-cinder-csi", "proxmox-csi-plugin", "hcloud-csi"]
+    {
         assert!(p.artifacts.iter().all(|a| a.name != name), "{name} in the default plan");
     }
     assert!(p.addons.iter().all(|a| a.profile.is_none()));
