@@ -25,9 +25,14 @@ fn plan(recipe: Option<&Path>, profiles: &[Profile]) -> Result<BuildPlan, imgbui
 fn a_build_carries_a_profile_only_when_asked_and_only_once_it_is_pinned() {
     // Default: the profiles' charts are neither downloaded nor installed.
     let p = plan(None, &[]).unwrap();
-    for name in
-        ["kube-prometheus-stack", "opentelemetry-collector", "argo-cd", "openstack-cinder-csi", "proxmox-csi-plugin", "hcloud-csi"]
-    {
+    for name in [
+        "kube-prometheus-stack",
+        "opentelemetry-collector",
+        "argo-cd",
+        "openstack-cinder-csi",
+        "proxmox-csi-plugin",
+        "hcloud-csi",
+    ] {
         assert!(p.artifacts.iter().all(|a| a.name != name), "{name} in the default plan");
     }
     assert!(p.addons.iter().all(|a| a.profile.is_none()));
@@ -531,7 +536,7 @@ fn admin_passwords_reach_the_first_control_plane_only_as_the_secrets_the_charts_
     let cp = std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap();
     assert!(!cp.contains(&admin.argocd.password));
     let worker = std::fs::read_to_string(out.join("demo-worker-1/user-data")).unwrap();
-    for (path, _) in &files {
+    for path in files.keys() {
         if path.starts_with(imgbuild::chart::addons::PROFILE_SECRETS_DIR) {
             assert!(!worker.contains(path.as_str()), "{path} on a worker");
         }
