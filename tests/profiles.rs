@@ -280,10 +280,10 @@ fn installer_run(root: &Path, stub: &Path) -> (Output, Vec<String>) {
     (o, installs)
 }
 
-#[test]
-fn the_installer_installs_a_profile_only_where_the_cluster_turned_it_on() {
+/// The installer's index for the default plan plus a monitoring add-on (its chart's
+/// digest does not matter to the installer).
+fn index_with_monitoring() -> Vec<imgbuild::chart::addons::IndexEntry> {
     let mut p = plan(None, &[]).unwrap();
-    // A plan with the monitoring add-on (its chart's digest does not matter to the installer).
     let mut m = p.addons[1].clone();
     m.release = "monitoring".into();
     m.namespace = "monitoring".into();
@@ -291,7 +291,29 @@ fn the_installer_installs_a_profile_only_where_the_cluster_turned_it_on() {
     m.profile = Some(Profile::Monitoring);
     p.addons.push(m);
     let backend = imgbuild::chart::package_backend(0).unwrap();
-    let index = imgbuild::chart::addons::index(&p, &backend).unwrap();
+    imgbuild::chart::addons::index(&p, &backend).unwrap()
+}
+
+/// An image root with `index` and a stub dir whose helm and kubectl only log their calls.
+fn installer_root(d: &Path, index: &[imgbuild::chart::addons::IndexEntry]) -> (PathBuf, PathBuf) {
+    let root = d.join("root");
+    let dir = root.join("usr/share/imgbuild/addons");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("addons.tsv"), imgbuild::chart::addons::tsv(index)).unwrap();
+    std::fs::write(dir.join("profiles.tsv"), imgbuild::chart::addons::profiles_tsv(index)).unwrap();
+    std::fs::create_dir_all(root.join("etc/imgbuild/addons")).unwrap();
+    let stub = d.join("stub");
+    std::fs::create_dir_all(&stub).unwrap();
+    for b in ["helm", "kubectl"] {
+        std::fs::write(stub.join(b), STUB).unwrap();
+        std::fs::set_permissions(stub.join(b), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    (root, stub)
+}
+
+#[test]
+fn the_installer_installs_a_profile_only_where_the_cluster_turned_it_on() {
+    let index = index_with_monitoring();
     for (on, want) in [
         (None, vec!["cilium", "metrics-server", "ingress-nginx", "local-path", "backend"]),
         (Some("logging\n"), vec!["cilium", "metrics-server", "ingress-nginx", "local-path", "backend"]),
@@ -301,21 +323,9 @@ fn the_installer_installs_a_profile_only_where_the_cluster_turned_it_on() {
         ),
     ] {
         let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("root");
-        let dir = root.join("usr/share/imgbuild/addons");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("addons.tsv"), imgbuild::chart::addons::tsv(&index)).unwrap();
-        std::fs::write(dir.join("profiles.tsv"), imgbuild::chart::addons::profiles_tsv(&index)).unwrap();
-        std::fs::create_dir_all(root.join("etc/imgbuild/addons")).unwrap();
+        let (root, stub) = installer_root(d.path(), &index);
         if let Some(list) = on {
             std::fs::write(root.join("etc/imgbuild/addons/profiles"), list).unwrap();
-        }
-        let stub = d.path().join("stub");
-        std::fs::create_dir_all(&stub).unwrap();
-        for b in ["helm", "kubectl"] {
-            std::fs::write(stub.join(b), STUB).unwrap();
-            std::fs::set_permissions(stub.join(b), std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
         }
         let (o, installs) = installer_run(&root, &stub);
         common::ok(&o);
@@ -570,31 +580,13 @@ fn base64_of(s: &str) -> String {
 
 #[test]
 fn the_installer_applies_a_profiles_secrets_right_before_its_chart() {
-    let mut p = plan(None, &[]).unwrap();
-    let mut m = p.addons[1].clone();
-    m.release = "monitoring".into();
-    m.namespace = "monitoring".into();
-    m.order = 50;
-    m.profile = Some(Profile::Monitoring);
-    p.addons.push(m);
-    let backend = imgbuild::chart::package_backend(0).unwrap();
-    let index = imgbuild::chart::addons::index(&p, &backend).unwrap();
+    let index = index_with_monitoring();
     let d = tempfile::tempdir().unwrap();
-    let root = d.path().join("root");
-    let dir = root.join("usr/share/imgbuild/addons");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("addons.tsv"), imgbuild::chart::addons::tsv(&index)).unwrap();
-    std::fs::write(dir.join("profiles.tsv"), imgbuild::chart::addons::profiles_tsv(&index)).unwrap();
+    let (root, stub) = installer_root(d.path(), &index);
     let secrets = root.join(imgbuild::chart::addons::PROFILE_SECRETS_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&secrets).unwrap();
     std::fs::write(root.join("etc/imgbuild/addons/profiles"), "monitoring\n").unwrap();
     std::fs::write(secrets.join("monitoring.yaml"), "kind: Secret\n").unwrap();
-    let stub = d.path().join("stub");
-    std::fs::create_dir_all(&stub).unwrap();
-    for b in ["helm", "kubectl"] {
-        std::fs::write(stub.join(b), STUB).unwrap();
-        std::fs::set_permissions(stub.join(b), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
     let (o, _) = installer_run(&root, &stub);
     common::ok(&o);
     let calls = std::fs::read_to_string(stub.join("calls")).unwrap();
