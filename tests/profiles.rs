@@ -861,3 +861,30 @@ fn csi_credentials_become_the_secret_each_chart_reads_and_its_class_the_only_def
     }
     validate_k8s(&manifests.join("\n---\n"));
 }
+
+/// The CSI drivers' namespaces: csi-proxmox gets the `privileged` level its node plugin
+/// needs (kube-system, where cinder and hcloud go, is exempt and labelled privileged
+/// already); the Namespace objects are valid for 1.30.
+#[test]
+fn csi_namespaces_are_labelled_for_their_node_plugins() {
+    let mut p = plan(None, &[]).unwrap();
+    for (i, prof) in [Profile::Cinder, Profile::Proxmox, Profile::Hcloud].into_iter().enumerate() {
+        let mut a = p.addons[1].clone();
+        a.release = prof.release().into();
+        a.namespace = prof.namespace().into();
+        a.order = 80 + i as u32;
+        a.profile = Some(prof);
+        a.pod_security = recipe_addon(prof).pod_security;
+        p.addons.push(a);
+    }
+    let ns = imgbuild::chart::addons::namespaces(&p);
+    for name in ["csi-proxmox", "kube-system"] {
+        assert!(
+            ns.contains(&format!(
+                "name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: privileged\n"
+            )),
+            "{ns}"
+        );
+    }
+    validate_k8s(&ns);
+}
