@@ -34,7 +34,7 @@ pub struct AddonFiles {
 
 /// What the profiles need from outside cluster.yaml: the directory credentials files are
 /// relative to (cluster.yaml's), and the admin credentials of `cluster init`
-/// ([`crate::cluster::admin`]) when a profile with an admin login is on.
+/// (`cluster::admin`) when a profile with an admin login is on.
 #[derive(Debug, Clone, Copy)]
 pub struct ProfileInputs<'a> {
     pub dir: &'a Path,

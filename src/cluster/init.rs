@@ -184,7 +184,7 @@ pub(crate) fn commit(dir: &Path, staged: &Path) -> Result<(), ClusterError> {
 }
 
 /// Write `text` as DIR/cluster.yaml and fresh secrets as DIR/secrets/ (the add-on
-/// profiles' admin credentials included, [`super::admin`]), all or nothing.
+/// profiles' admin credentials included, `cluster::admin`), all or nothing.
 /// Returns the secrets and the path of cluster.yaml.
 pub fn create(dir: &Path, text: &str, rng: &mut pki::Rng) -> Result<(pki::Secrets, PathBuf), ClusterError> {
     let path = dir.join("cluster.yaml");
