@@ -888,3 +888,42 @@ fn csi_namespaces_are_labelled_for_their_node_plugins() {
     }
     validate_k8s(&ns);
 }
+
+#[test]
+fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values() {
+    let d = tempfile::tempdir().unwrap();
+    let token = "dt0c01.ABCDEFGHIJKLMNOPQRSTUVWX.0123456789abcdef";
+    let c = cluster(
+        d.path(),
+        &format!(
+            "  profiles: [monitoring, logging]\n  logging:\n    endpoint: https://abc123.live.dynatrace.com/api/v2/otlp\n    token: {token}\n  values:\n    monitoring:\n      prometheus:\n        prometheusSpec:\n          retention: 3d\n    logging:\n      mode: daemonset\n      config:\n        exporters:\n          otlphttp:\n            endpoint: https://elsewhere.example.test\n            compression: gzip\n"
+        ),
+    );
+    let out = d.path().join("out");
+    let o = cloud_init(&c, &out);
+    common::ok(&o);
+    // Not checked against a chart the plan does not load, and the user is told so.
+    assert!(common::stderr(&o).contains("addons.values.monitoring"), "{}", common::stderr(&o));
+    let files = cp1_files(&out);
+    let m: serde_yaml::Value =
+        serde_yaml::from_str(&files["/etc/imgbuild/addons/monitoring.yaml"].1).unwrap();
+    assert_eq!(m["prometheus"]["prometheusSpec"]["retention"], "3d");
+    // The user's keys survive; what imgbuild renders from addons.logging wins where both set it.
+    let (mode, logging) = &files["/etc/imgbuild/addons/logging.yaml"];
+    assert_eq!(mode, "0600");
+    let v: serde_yaml::Value = serde_yaml::from_str(logging).unwrap();
+    assert_eq!(v["mode"], "daemonset");
+    let exp = &v["config"]["exporters"]["otlphttp"];
+    assert_eq!(exp["compression"], "gzip");
+    assert_eq!(exp["endpoint"], "https://abc123.live.dynatrace.com/api/v2/otlp");
+    assert_eq!(exp["headers"]["Authorization"].as_str().unwrap(), format!("Api-Token {token}"));
+    assert_eq!(files.keys().filter(|k| k.ends_with("/logging.yaml")).count(), 1);
+    common::ok(&lint(&c));
+
+    // A profile that is not on is still not an add-on release of this cluster.
+    let d = tempfile::tempdir().unwrap();
+    let c = cluster(d.path(), "  values:\n    monitoring:\n      grafana:\n        enabled: false\n");
+    let o = cloud_init(&c, &d.path().join("out"));
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("addons.values.monitoring"), "{}", common::stderr(&o));
+}

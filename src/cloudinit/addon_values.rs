@@ -143,8 +143,21 @@ pub fn build(
     if let Some(csi) = profiles_on(l).into_iter().find(|p| p.is_csi()) {
         not_default_storage(csi, &mut user_values, &at, &mut errors)?;
     }
+    let on = profiles_on(l);
+    let mut profile_overrides = Vec::new();
     for (release, m) in &user_values {
         let path = format!("addons.values.{release}");
+        // A turned-on profile's chart is not part of the plan the overrides are checked
+        // against (it may be pinned only by `lock --profile`): its overrides are kept
+        // unchecked, and merged below with the values imgbuild renders for it.
+        if let Some(p) = on.iter().find(|p| p.release() == release.as_str()) {
+            out.warnings.push(format!(
+                "warning: {}: not checked against the {p} profile chart's values (the chart is not loaded here)",
+                at(&path, "values override").trim_end_matches(": values override"),
+            ));
+            profile_overrides.push((release.clone(), serde_yaml::Value::Mapping(m.clone())));
+            continue;
+        }
         let Some(addon) = charts.addons.iter().find(|x| &x.release == release) else {
             let known: Vec<&str> = charts.addons.iter().map(|x| x.release.as_str()).collect();
             errors.push(at(
@@ -189,10 +202,56 @@ pub fn build(
         ));
     }
     profiles(l, a, inputs, &at, &mut out, &mut errors)?;
+    for (release, user) in profile_overrides {
+        merge_override(&mut out, &release, user)?;
+    }
     if !errors.is_empty() {
         return Err(CloudInitError::Invalid(errors.join("\n")));
     }
     Ok(out)
+}
+
+/// `addons.values.<release>` of a turned-on profile: the release's values file, with the
+/// values imgbuild renders from cluster.yaml (endpoints, tokens, storage IDs) laid over the
+/// user's, so an override cannot silently drop a credential the profile needs.
+fn merge_override(
+    out: &mut AddonFiles,
+    release: &str,
+    user: serde_yaml::Value,
+) -> Result<(), CloudInitError> {
+    let path = format!("{USER_VALUES_DIR}/{release}.yaml");
+    let invalid = |e: serde_yaml::Error| CloudInitError::Invalid(e.to_string());
+    let mut merged = user;
+    let existing = out.files.iter().position(|(p, _)| *p == path);
+    if let Some(i) = existing {
+        let rendered: serde_yaml::Value = serde_yaml::from_str(&out.files[i].1).map_err(invalid)?;
+        overlay(&mut merged, rendered);
+        out.files.remove(i);
+    }
+    let body = serde_yaml::to_string(&merged).map_err(invalid)?;
+    out.files.push((
+        path,
+        format!("# Helm values for add-on {release}, from addons.values.{release} and addons.* of cluster.yaml.\n{body}"),
+    ));
+    Ok(())
+}
+
+/// Lay `top` over `base`: mappings merge key by key (as helm merges values files),
+/// anything else in `top` replaces what `base` has.
+fn overlay(base: &mut serde_yaml::Value, top: serde_yaml::Value) {
+    match (base, top) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
 }
 
 /// With a CSI profile on, its StorageClass is the default: local-path's is then not
