@@ -21,7 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::http::{ApiServer, Request, Response, Tls};
+use crate::common::http::{Fake, Request, Response, Tls};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -594,8 +594,7 @@ fn node_remove_drains_removes_the_etcd_member_and_keeps_quorum() {
             .insert("default/bare".into(), (pod_obj("default", "bare", "et-worker-1", None, json!({})), 0));
     }
     let wm = w.clone();
-    let server =
-        ApiServer::start(Some(w.server_tls()), api(store.clone(), Arc::new(move || wm.member_names(1))));
+    let server = Fake::api(Some(w.server_tls()), api(store.clone(), Arc::new(move || wm.member_names(1))));
     let kc = w.kubeconfig(&server.base());
     let y = w.yaml();
 
@@ -719,7 +718,7 @@ fn cluster_upgrade_updates_the_cluster_objects_in_order_and_enforces_skew() {
             workload("Deployment", "coredns", "registry.k8s.io/coredns/coredns:v1.11.1"),
         );
     }
-    let server = ApiServer::start(Some(w.server_tls()), api(store.clone(), Arc::new(Vec::new)));
+    let server = Fake::api(Some(w.server_tls()), api(store.clone(), Arc::new(Vec::new)));
     let kc = w.kubeconfig(&server.base());
 
     // skew: no skipped minor, no downgrade, no malformed version — and nothing changes

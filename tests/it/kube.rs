@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
-use crate::common::http::{ApiServer, Request, Response, Tls};
+use crate::common::http::{Fake, Request, Response, Tls};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -92,48 +92,18 @@ impl Cluster {
 
     /// A serving certificate for 127.0.0.1 signed by the cluster CA (what kube-apiserver presents).
     fn server_tls(&self) -> Tls {
-        let d = self.p("apiserver");
-        fs::create_dir_all(&d).unwrap();
-        let run = |args: &[&str]| ok(&Command::new("openssl").args(args).current_dir(&d).output().unwrap());
-        run(&[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=kube-apiserver",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "req.csr",
-        ]);
-        fs::write(d.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n")
-            .unwrap();
         let ca = self.secrets();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "req.csr",
-            "-CA",
-            ca.join("ca.crt").to_str().unwrap(),
-            "-CAkey",
-            ca.join("ca.key").to_str().unwrap(),
-            "-set_serial",
-            "7",
-            "-days",
-            "1",
-            "-extfile",
-            "ext",
-            "-out",
-            "crt.pem",
-        ]);
+        let (crt, key) = common::openssl_sign(
+            &self.p("apiserver"),
+            &ca.join("ca.crt"),
+            &ca.join("ca.key"),
+            "/CN=kube-apiserver",
+            "subjectAltName=IP:127.0.0.1,DNS:kubernetes\nextendedKeyUsage=serverAuth\n",
+            1,
+        );
         Tls {
-            cert_chain_pem: fs::read_to_string(d.join("crt.pem")).unwrap(),
-            key_pem: fs::read_to_string(d.join("key.pem")).unwrap(),
+            cert_chain_pem: fs::read_to_string(crt).unwrap(),
+            key_pem: fs::read_to_string(key).unwrap(),
             client_ca_pem: Some(fs::read_to_string(ca.join("ca.crt")).unwrap()),
         }
     }
@@ -305,7 +275,7 @@ fn token_create_posts_a_bootstrap_token_secret_and_the_new_seed_joins() {
     }
     let c = Cluster::new();
     let store: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
-    let api = ApiServer::start(Some(c.server_tls()), secrets_api(store.clone(), vec![]));
+    let api = Fake::api(Some(c.server_tls()), secrets_api(store.clone(), vec![]));
     let kc = c.kubeconfig_for(&api.base());
 
     // A node added weeks later: in the spec first, then a token, then its seed.
@@ -447,7 +417,7 @@ fn token_create_401_exits_1_naming_the_kubeconfig_and_writes_nothing() {
         return;
     }
     let c = Cluster::new();
-    let api = ApiServer::start(Some(c.server_tls()), secrets_api(Arc::default(), vec!["good.token"]));
+    let api = Fake::api(Some(c.server_tls()), secrets_api(Arc::default(), vec!["good.token"]));
     // a token kubeconfig with a token the server does not know
     let kc = c.p("token.conf");
     let ca = base64::engine::general_purpose::STANDARD.encode(fs::read(c.secrets().join("ca.crt")).unwrap());
@@ -485,7 +455,7 @@ fn token_create_verifies_the_api_server_against_the_cluster_ca() {
         key_pem: other.key_pair.serialize_pem(),
         client_ca_pem: None,
     };
-    let api = ApiServer::start(Some(tls), secrets_api(Arc::default(), vec![]));
+    let api = Fake::api(Some(tls), secrets_api(Arc::default(), vec![]));
     let o = token_create(&c, &c.kubeconfig_for(&api.base()), &[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = stderr(&o);
@@ -638,7 +608,7 @@ fn bootstrap_finds_etcd_with_a_real_kubectl() {
             "labels": {"component": "etcd", "tier": "control-plane"},
             "annotations": {"kubeadm.kubernetes.io/etcd.advertise-client-urls": "https://[fd00::13]:2379"}},
          "spec": {"containers": [{"name": "etcd", "image": "registry.k8s.io/etcd:3.5.15-0"}]}}]});
-    let api = ApiServer::start(Some(c.server_tls()), move |r: &Request| {
+    let api = Fake::api(Some(c.server_tls()), move |r: &Request| {
         let Some((_, groups)) = authenticate(r, &[]) else {
             return status(401, "Unauthorized", "Unauthorized");
         };

@@ -5,9 +5,10 @@
 //! the real glance-api, which logs every request and can inject faults (cut an upload, report a
 //! wrong hash).
 use crate::common;
+use crate::common::http::{Exchange, Fake, Request, Then};
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -93,10 +94,6 @@ paste.filter_factory = glance.api.middleware.version_negotiation:VersionNegotiat
 paste.filter_factory = glance.api.middleware.context:UnauthenticatedContextMiddleware.factory
 ";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn py_main(python: &str, module: &str, argv0: &str, args: &[&str]) -> Command {
     let mut c = Command::new(python);
     let argv: Vec<String> =
@@ -109,7 +106,7 @@ fn py_main(python: &str, module: &str, argv0: &str, args: &[&str]) -> Command {
 }
 
 fn start_glance(python: &str, dir: &Path) -> Glance {
-    let port = free_port();
+    let port = common::free_port();
     let store = dir.join("images");
     std::fs::create_dir_all(&store).unwrap();
     let paste = dir.join("glance-api-paste.ini");
@@ -296,32 +293,13 @@ impl Front {
 
 /// `glance_port`: where `/v2` is forwarded (None: a Keystone-only front, catalog points at it).
 fn start_front(glance_port: Option<u16>) -> Front {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let front = Front { port, log: Default::default(), faults: Default::default() };
-    let (log, faults) = (front.log.clone(), front.faults.clone());
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (log, faults) = (log.clone(), faults.clone());
-            std::thread::spawn(move || {
-                let _ = serve(conn, port, glance_port, &log, &faults);
-            });
-        }
-    });
-    front
+    let (log, faults): (Arc<Mutex<Vec<Logged>>>, Arc<Mutex<Faults>>) = Default::default();
+    let (l2, f2) = (log.clone(), faults.clone());
+    let fake = Fake::start(None, move |x| serve(x, glance_port, &l2, &f2));
+    Front { port: fake.port, log, faults }
 }
 
-fn respond(conn: &mut TcpStream, status: &str, extra: &[(&str, &str)], body: &[u8]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    conn.write_all(head.as_bytes())?;
-    conn.write_all(body)
-}
-
-fn keystone(conn: &mut TcpStream, my_port: u16, body: &Value) -> std::io::Result<()> {
+fn keystone(x: &mut Exchange, body: &Value) -> std::io::Result<()> {
     let id = &body["auth"]["identity"];
     let ok = match id["methods"][0].as_str() {
         Some("password") => id["password"]["user"]["password"] == PASSWORD,
@@ -331,14 +309,14 @@ fn keystone(conn: &mut TcpStream, my_port: u16, body: &Value) -> std::io::Result
     if !ok {
         let b = json!({"error": {"code": 401, "title": "Unauthorized",
             "message": "The request you have made requires authentication."}});
-        return respond(
-            conn,
-            "401 Unauthorized",
+        return x.respond(
+            401,
+            "Unauthorized",
             &[("Content-Type", "application/json")],
             b.to_string().as_bytes(),
         );
     }
-    let url = format!("http://127.0.0.1:{my_port}");
+    let url = format!("http://127.0.0.1:{}", x.local_port());
     let b = json!({"token": {"methods": ["password"], "catalog": [
         {"type": "identity", "name": "keystone", "endpoints": [
             {"interface": "public", "region": "RegionOne", "region_id": "RegionOne", "url": format!("{url}/v3")}]},
@@ -347,114 +325,104 @@ fn keystone(conn: &mut TcpStream, my_port: u16, body: &Value) -> std::io::Result
             {"interface": "public", "region": "RegionTwo", "region_id": "RegionTwo", "url": "http://127.0.0.1:9/"},
             {"interface": "public", "region": "RegionOne", "region_id": "RegionOne", "url": url}]}
     ]}});
-    respond(
-        conn,
-        "201 Created",
+    x.respond(
+        201,
+        "Created",
         &[("Content-Type", "application/json"), ("X-Subject-Token", TOKEN)],
         b.to_string().as_bytes(),
     )
 }
 
 fn serve(
-    mut conn: TcpStream,
-    my_port: u16,
+    x: &mut Exchange,
     glance_port: Option<u16>,
     log: &Mutex<Vec<Logged>>,
     faults: &Mutex<Faults>,
-) -> std::io::Result<()> {
-    let mut r = BufReader::new(conn.try_clone()?);
-    while let Some((start, headers)) = read_head(&mut r)? {
-        let req = Msg { start, headers, body: vec![] };
-        let mut parts = req.start.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let chunked = req.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-        let len = req.header("content-length").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
-        let cut = {
-            let mut f = faults.lock().unwrap();
-            (method == "PUT" && f.cuts_left > 0).then(|| {
-                f.cuts_left -= 1;
-                f.cut_put_after
-            })
-        };
-        let mut entry = Logged {
-            method: method.clone(),
-            path: path.clone(),
-            token: req.header("x-auth-token").map(str::to_string),
-            body: None,
-            put_content_length: if method == "PUT" {
-                req.header("content-length").map(str::to_string)
-            } else {
-                None
-            },
-        };
-        if let (Some(n), Some(gp)) = (cut, glance_port) {
-            // Forward the head and `n` body bytes, then drop both connections mid-upload.
-            log.lock().unwrap().push(entry);
-            let mut up = TcpStream::connect(("127.0.0.1", gp))?;
-            write_head(&mut up, &req, len)?;
-            let mut part = vec![0; n];
-            r.read_exact(&mut part)?;
-            up.write_all(&part)?;
-            up.flush()?;
-            std::thread::sleep(Duration::from_millis(300));
-            let _ = up.shutdown(std::net::Shutdown::Both);
-            let _ = conn.shutdown(std::net::Shutdown::Both);
-            return Ok(());
-        }
-        let body = if chunked {
-            read_chunked(&mut r)?
+) -> std::io::Result<Then> {
+    let (method, path) = (x.req.method.clone(), x.req.path.clone());
+    let len = x.req.content_length().unwrap_or(0);
+    let cut = {
+        let mut f = faults.lock().unwrap();
+        (method == "PUT" && f.cuts_left > 0).then(|| {
+            f.cuts_left -= 1;
+            f.cut_put_after
+        })
+    };
+    let mut entry = Logged {
+        method: method.clone(),
+        path: path.clone(),
+        token: x.req.header("x-auth-token").map(str::to_string),
+        body: None,
+        put_content_length: if method == "PUT" {
+            x.req.header("content-length").map(str::to_string)
         } else {
-            let mut b = vec![0; len];
-            r.read_exact(&mut b)?;
-            b
-        };
-        if method == "POST" && path.starts_with("/v3/auth/tokens") {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            entry.body = Some(v.clone());
-            log.lock().unwrap().push(entry);
-            keystone(&mut conn, my_port, &v)?;
-            continue;
-        }
+            None
+        },
+    };
+    if let (Some(n), Some(gp)) = (cut, glance_port) {
+        // Forward the head and `n` body bytes, then drop both connections mid-upload.
         log.lock().unwrap().push(entry);
-        if faults.lock().unwrap().glance_401 {
-            respond(&mut conn, "401 Unauthorized", &[], b"")?;
-            continue;
-        }
-        let Some(gp) = glance_port else {
-            respond(&mut conn, "404 Not Found", &[], b"")?;
-            continue;
-        };
         let mut up = TcpStream::connect(("127.0.0.1", gp))?;
-        write_head(&mut up, &req, body.len())?;
-        up.write_all(&body)?;
-        let resp = read_response(&mut BufReader::new(up))?;
-        let mut out = resp.body.clone();
-        let is_show = method == "GET" && path.starts_with("/v2/images/") && !path.ends_with("/file");
-        let (corrupt, force) = {
-            let f = faults.lock().unwrap();
-            (f.corrupt_hash, f.force_status.clone())
-        };
-        if is_show && (corrupt || force.is_some()) {
-            if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
-                if corrupt && v["os_hash_value"].is_string() {
-                    v["os_hash_value"] = json!("0".repeat(128));
-                }
-                if let Some(st) = force {
-                    v["status"] = json!(st);
-                }
-                out = v.to_string().into_bytes();
-            }
-        }
-        let status = resp.start.split_once(' ').map(|x| x.1).unwrap_or("502 Bad Gateway").to_string();
-        let ct = resp.header("content-type").unwrap_or("application/json").to_string();
-        respond(&mut conn, &status, &[("Content-Type", &ct)], &out)?;
+        write_head(&mut up, &x.req, len)?;
+        let mut part = vec![0; n];
+        x.reader().read_exact(&mut part)?;
+        up.write_all(&part)?;
+        up.flush()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        x.cut();
+        return Ok(Then::Close);
     }
-    Ok(())
+    let body = x.body()?;
+    if method == "POST" && path.starts_with("/v3/auth/tokens") {
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        entry.body = Some(v.clone());
+        log.lock().unwrap().push(entry);
+        keystone(x, &v)?;
+        return Ok(Then::Next);
+    }
+    log.lock().unwrap().push(entry);
+    if faults.lock().unwrap().glance_401 {
+        x.respond(401, "Unauthorized", &[], b"")?;
+        return Ok(Then::Next);
+    }
+    let Some(gp) = glance_port else {
+        x.respond(404, "Not Found", &[], b"")?;
+        return Ok(Then::Next);
+    };
+    let mut up = TcpStream::connect(("127.0.0.1", gp))?;
+    write_head(&mut up, &x.req, body.len())?;
+    up.write_all(&body)?;
+    let resp = read_response(&mut BufReader::new(up))?;
+    let mut out = resp.body.clone();
+    let is_show = method == "GET" && path.starts_with("/v2/images/") && !path.ends_with("/file");
+    let (corrupt, force) = {
+        let f = faults.lock().unwrap();
+        (f.corrupt_hash, f.force_status.clone())
+    };
+    if is_show && (corrupt || force.is_some()) {
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&out) {
+            if corrupt && v["os_hash_value"].is_string() {
+                v["os_hash_value"] = json!("0".repeat(128));
+            }
+            if let Some(st) = force {
+                v["status"] = json!(st);
+            }
+            out = v.to_string().into_bytes();
+        }
+    }
+    // Glance's own status line, passed through
+    let status = resp.start.split_once(' ').map(|x| x.1).unwrap_or("502 Bad Gateway");
+    let (code, reason) = status.split_once(' ').unwrap_or((status, ""));
+    let code = code.parse().unwrap_or(502);
+    let ct = resp.header("content-type").unwrap_or("application/json").to_string();
+    x.respond(code, reason, &[("Content-Type", &ct)], &out)?;
+    Ok(Then::Next)
 }
 
-fn write_head(up: &mut TcpStream, req: &Msg, len: usize) -> std::io::Result<()> {
-    let mut head = format!("{}\r\n", req.start);
+/// The request's head as glance-api gets it: its own length, one request per connection.
+fn write_head(up: &mut TcpStream, req: &Request, len: usize) -> std::io::Result<()> {
+    let mut head = format!("{} {} HTTP/1.1\r\n", req.method, req.path);
     for (k, v) in &req.headers {
         let k_l = k.to_ascii_lowercase();
         if !["connection", "content-length", "transfer-encoding"].contains(&k_l.as_str()) {

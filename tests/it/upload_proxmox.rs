@@ -9,10 +9,11 @@
 //! manifest and sha256 sidecars in the shape src/output.rs writes them.
 
 use crate::common;
+use crate::common::http::{Exchange, Fake, Then, Tls};
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, Write};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -86,31 +87,14 @@ impl Pve {
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
         let der = ck.cert.der().clone();
         let fingerprint = fingerprint_of(der.as_ref());
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
-        let cfg =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![der], key)
-                .unwrap();
-        let cfg = Arc::new(cfg);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let tls =
+            Tls { cert_chain_pem: ck.cert.pem(), key_pem: ck.key_pair.serialize_pem(), client_ca_pem: None };
         let mut st = State::default();
         st.storages.insert("local".into(), "iso,vztmpl,import,images".into());
         st.storages.insert("backup".into(), "backup,iso".into());
         let state = Arc::new(Mutex::new(st));
         let s2 = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (cfg, st) = (cfg.clone(), s2.clone());
-                std::thread::spawn(move || {
-                    let Ok(tls) = rustls::ServerConnection::new(cfg) else { return };
-                    let _ = serve(rustls::StreamOwned::new(tls, conn), &st);
-                });
-            }
-        });
+        let port = Fake::start(Some(tls), move |x| serve(x, &s2)).port;
         Pve { port, fingerprint, state }
     }
 
@@ -169,127 +153,82 @@ fn form_pairs(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-type Conn = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
-
-fn respond(
-    conn: &mut BufReader<Conn>,
-    code: u16,
-    reason: &str,
-    body: &serde_json::Value,
-) -> std::io::Result<()> {
-    let b = body.to_string();
-    let w = conn.get_mut();
-    write!(
-        w,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{b}",
-        b.len()
-    )?;
-    w.flush()
+fn respond(x: &mut Exchange, code: u16, reason: &str, body: &serde_json::Value) -> std::io::Result<()> {
+    x.respond(
+        code,
+        reason,
+        &[("Content-Type", "application/json;charset=UTF-8")],
+        body.to_string().as_bytes(),
+    )
 }
 
-fn serve(conn: Conn, st: &Arc<Mutex<State>>) -> std::io::Result<()> {
-    let mut conn = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if conn.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let target = parts.next().unwrap_or("/").to_string();
-        let (raw_path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let mut req = Req {
-            method,
-            path: decode(raw_path),
-            query: query.to_string(),
-            auth: None,
-            content_type: None,
-            content_length: None,
-            chunked: false,
-            body: Vec::new(),
-            cut: false,
-        };
-        loop {
-            let mut h = String::new();
-            if conn.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let v = v.trim().to_string();
-                match k.to_ascii_lowercase().as_str() {
-                    "authorization" => req.auth = Some(v),
-                    "content-type" => req.content_type = Some(v),
-                    "content-length" => req.content_length = v.parse().ok(),
-                    "transfer-encoding" => req.chunked = true,
-                    _ => {}
-                }
-            }
-        }
-        // pveproxy: chunked transfer encoding is refused outright.
-        if req.chunked {
-            st.lock().unwrap().log.push(req);
-            respond(
-                &mut conn,
-                501,
-                "chunked transfer encoding not supported",
-                &serde_json::json!({"data": null}),
-            )?;
-            return Ok(());
-        }
-        let is_upload = req.method == "POST" && req.path.ends_with("/upload");
-        let len = req.content_length.unwrap_or(0);
-        let cut = is_upload && {
-            let mut s = st.lock().unwrap();
-            let c = s.cut_uploads > 0;
-            s.cut_uploads = s.cut_uploads.saturating_sub(1);
-            c
-        };
-        if cut {
-            // Take part of the body, then drop the connection like a network failure.
-            let mut buf = vec![0u8; len / 3];
-            conn.read_exact(&mut buf)?;
-            req.body = buf;
-            req.cut = true;
-            st.lock().unwrap().log.push(req);
-            let tcp = &conn.get_ref().sock;
-            let _ = tcp.shutdown(std::net::Shutdown::Both);
-            return Ok(());
-        }
-        if is_upload && st.lock().unwrap().sink {
-            let sunk = sink_file_part(&mut conn, &req, len)?;
-            let mut s = st.lock().unwrap();
-            s.sunk = Some(sunk);
-            s.log.push(req);
-            let upid = new_task(&mut s, "imgcopy", "", "OK", None);
-            drop(s);
-            respond(&mut conn, 200, "OK", &serde_json::json!({ "data": upid }))?;
-            continue;
-        }
-        let mut body = vec![0u8; len];
-        conn.read_exact(&mut body)?;
-        req.body = body;
-        st.lock().unwrap().log.push(req.clone());
-        if req.method == "GET" && {
-            let mut s = st.lock().unwrap();
-            let fail = s.unavailable_gets > 0;
-            s.unavailable_gets = s.unavailable_gets.saturating_sub(1);
-            fail
-        } {
-            respond(&mut conn, 503, "Service Unavailable", &serde_json::json!({"data": null}))?;
-            continue;
-        }
-        let (code, reason, json) = route(&req, st);
-        respond(&mut conn, code, &reason, &json)?;
+fn serve(x: &mut Exchange, st: &Arc<Mutex<State>>) -> std::io::Result<Then> {
+    let target = x.req.path.clone();
+    let (raw_path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let mut req = Req {
+        method: x.req.method.clone(),
+        path: decode(raw_path),
+        query: query.to_string(),
+        auth: x.req.header("authorization").map(str::to_string),
+        content_type: x.req.header("content-type").map(str::to_string),
+        content_length: x.req.content_length(),
+        chunked: x.req.header("transfer-encoding").is_some(),
+        body: Vec::new(),
+        cut: false,
+    };
+    // pveproxy: chunked transfer encoding is refused outright.
+    if req.chunked {
+        st.lock().unwrap().log.push(req);
+        respond(x, 501, "chunked transfer encoding not supported", &serde_json::json!({"data": null}))?;
+        return Ok(Then::Close);
     }
+    let is_upload = req.method == "POST" && req.path.ends_with("/upload");
+    let len = req.content_length.unwrap_or(0);
+    let cut = is_upload && {
+        let mut s = st.lock().unwrap();
+        let c = s.cut_uploads > 0;
+        s.cut_uploads = s.cut_uploads.saturating_sub(1);
+        c
+    };
+    if cut {
+        // Take part of the body, then drop the connection like a network failure.
+        let mut buf = vec![0u8; len / 3];
+        x.reader().read_exact(&mut buf)?;
+        req.body = buf;
+        req.cut = true;
+        st.lock().unwrap().log.push(req);
+        x.cut();
+        return Ok(Then::Close);
+    }
+    if is_upload && st.lock().unwrap().sink {
+        let sunk = sink_file_part(x.reader(), &req, len)?;
+        let mut s = st.lock().unwrap();
+        s.sunk = Some(sunk);
+        s.log.push(req);
+        let upid = new_task(&mut s, "imgcopy", "", "OK", None);
+        drop(s);
+        respond(x, 200, "OK", &serde_json::json!({ "data": upid }))?;
+        return Ok(Then::Next);
+    }
+    req.body = x.body()?;
+    st.lock().unwrap().log.push(req.clone());
+    if req.method == "GET" && {
+        let mut s = st.lock().unwrap();
+        let fail = s.unavailable_gets > 0;
+        s.unavailable_gets = s.unavailable_gets.saturating_sub(1);
+        fail
+    } {
+        respond(x, 503, "Service Unavailable", &serde_json::json!({"data": null}))?;
+        return Ok(Then::Next);
+    }
+    let (code, reason, json) = route(&req, st);
+    respond(x, code, &reason, &json)?;
+    Ok(Then::Next)
 }
 
 /// Read a multipart upload of `len` bytes without keeping it: the file part (last, under
 /// `filename`) is hashed as it streams by. Returns its length and sha256.
-fn sink_file_part(conn: &mut BufReader<Conn>, req: &Req, len: usize) -> std::io::Result<(usize, String)> {
+fn sink_file_part(conn: &mut dyn BufRead, req: &Req, len: usize) -> std::io::Result<(usize, String)> {
     let bad = |m: &str| std::io::Error::other(m.to_string());
     let boundary = req
         .content_type

@@ -47,6 +47,15 @@ pub fn without_images(recipe_text: &str) -> String {
     serde_yaml::to_string(&v).expect("YAML")
 }
 
+/// A loopback port free right now, for a real server that must be told its port (it can
+/// be taken before the server binds it: servers that can bind port 0 should).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Assert that a command succeeded, showing its exit code and output when it did not.
 pub fn ok(o: &std::process::Output) {
     assert!(

@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -118,53 +118,32 @@ impl Signer {
 
 impl TokenServer {
     fn start(signer: Arc<Signer>) -> TokenServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
-        let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let reqs = requests.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (reqs, signer) = (reqs.clone(), signer.clone());
-                std::thread::spawn(move || {
-                    let _ = serve_token(conn, &reqs, &signer);
-                });
-            }
-        });
-        TokenServer { port, requests }
-    }
-}
-
-fn serve_token(mut conn: TcpStream, reqs: &Mutex<Vec<String>>, signer: &Signer) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
-        }
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 || h.trim_end().is_empty() {
-                break;
-            }
-        }
-        let target = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let query = target.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
-        let params: BTreeMap<String, String> = reqwest::Url::parse(&format!("http://token.test{target}"))
-            .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
-            .unwrap_or_default();
-        reqs.lock().unwrap().push(query.clone());
-        let (status, body) =
-            if !target.starts_with("/token") || params.get("service").map(String::as_str) != Some(SERVICE) {
+        let fake = http::Fake::start(None, move |x| {
+            let target = x.req.path.clone();
+            let query = target.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+            let params: BTreeMap<String, String> = reqwest::Url::parse(&format!("http://token.test{target}"))
+                .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+                .unwrap_or_default();
+            reqs.lock().unwrap().push(query);
+            let (status, body) = if !target.starts_with("/token")
+                || params.get("service").map(String::as_str) != Some(SERVICE)
+            {
                 (400, r#"{"details":"unknown service"}"#.to_string())
             } else {
                 let t = signer.token(params.get("scope").map(String::as_str).unwrap_or(""));
                 (200, serde_json::json!({"token": t, "access_token": t, "expires_in": 300}).to_string())
             };
-        write!(
-            conn,
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
+            x.respond(
+                status,
+                http::reason(status),
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )?;
+            Ok(http::Then::Next)
+        });
+        TokenServer { port: fake.port, requests }
     }
 }
 
