@@ -277,6 +277,7 @@ struct Front {
     port: u16,
     log: Arc<Mutex<Vec<Logged>>>,
     faults: Arc<Mutex<Faults>>,
+    _fake: Fake,
 }
 
 impl Front {
@@ -296,7 +297,7 @@ fn start_front(glance_port: Option<u16>) -> Front {
     let (log, faults): (Arc<Mutex<Vec<Logged>>>, Arc<Mutex<Faults>>) = Default::default();
     let (l2, f2) = (log.clone(), faults.clone());
     let fake = Fake::start(None, move |x| serve(x, glance_port, &l2, &f2));
-    Front { port: fake.port, log, faults }
+    Front { port: fake.port, log, faults, _fake: fake }
 }
 
 fn keystone(x: &mut Exchange, body: &Value) -> std::io::Result<()> {

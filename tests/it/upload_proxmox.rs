@@ -80,6 +80,7 @@ struct Pve {
     port: u16,
     fingerprint: String,
     state: Arc<Mutex<State>>,
+    _fake: Fake,
 }
 
 impl Pve {
@@ -94,8 +95,8 @@ impl Pve {
         st.storages.insert("backup".into(), "backup,iso".into());
         let state = Arc::new(Mutex::new(st));
         let s2 = state.clone();
-        let port = Fake::start(Some(tls), move |x| serve(x, &s2)).port;
-        Pve { port, fingerprint, state }
+        let fake = Fake::start(Some(tls), move |x| serve(x, &s2));
+        Pve { port: fake.port, fingerprint, state, _fake: fake }
     }
 
     fn url(&self) -> String {

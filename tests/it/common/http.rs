@@ -200,11 +200,22 @@ impl Exchange<'_> {
 
 type Handler = dyn Fn(&mut Exchange) -> std::io::Result<Then> + Send + Sync;
 
-/// A running fake: its port and request log. Its threads end with the test process.
+/// A running fake: its port and request log. Dropping it stops accepting connections and
+/// lets go of the handler (and whatever the handler holds: a test's world with its child
+/// processes and temp dir) once the open connections end.
 pub struct Fake {
     pub port: u16,
     pub tls: bool,
     log: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // wake the accept loop so that it sees the flag
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
 }
 
 impl Fake {
@@ -218,9 +229,13 @@ impl Fake {
         let port = listener.local_addr().expect("addr").port();
         let log: Arc<Mutex<Vec<Request>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
-        let (log2, is_tls) = (log.clone(), cfg.is_some());
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (log2, stop2, is_tls) = (log.clone(), stop.clone(), cfg.is_some());
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
                 let (cfg, log, handler) = (cfg.clone(), log2.clone(), handler.clone());
                 std::thread::spawn(move || {
                     let Ok(tcp2) = tcp.try_clone() else { return };
@@ -247,7 +262,7 @@ impl Fake {
                 });
             }
         });
-        Fake { port, tls: is_tls, log }
+        Fake { port, tls: is_tls, log, stop }
     }
 
     /// An API fake: each request is read whole and answered by `handler`.
@@ -399,6 +414,7 @@ struct State {
 pub struct Server {
     pub port: u16,
     state: Arc<Mutex<State>>,
+    _fake: Fake,
 }
 
 impl Server {
@@ -406,7 +422,7 @@ impl Server {
         let state = Arc::new(Mutex::new(State::default()));
         let st = state.clone();
         let fake = Fake::start(None, move |x| handle(x, &st));
-        Server { port: fake.port, state }
+        Server { port: fake.port, state, _fake: fake }
     }
 
     pub fn base(&self) -> String {

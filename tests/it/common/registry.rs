@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -57,10 +57,6 @@ pub fn docker_registry() -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
 /// The loopback token endpoint: `GET /token?service=…&scope=repository:NAME:ACTIONS`
 /// answers `{"token": JWT, "expires_in": 300}` for anyone (anonymous pulls), granting
 /// the actions asked for.
@@ -68,6 +64,7 @@ pub struct TokenServer {
     pub port: u16,
     /// Every token request's query string.
     pub requests: Arc<Mutex<Vec<String>>>,
+    _fake: http::Fake,
 }
 
 struct Signer {
@@ -143,7 +140,7 @@ impl TokenServer {
             )?;
             Ok(http::Then::Next)
         });
-        TokenServer { port: fake.port, requests }
+        TokenServer { port: fake.port, requests, _fake: fake }
     }
 }
 
@@ -180,7 +177,7 @@ impl Registry {
         storage.add_dir("/", data.clone());
         storage.refuse_authorization();
         for attempt in 0..5 {
-            let port = free_port();
+            let port = super::free_port();
             let config = format!(
                 "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n  delete:\n    enabled: true\n\
