@@ -1,7 +1,9 @@
 //! How the command layer talks: errors as a cargo-style chain on stderr, and no panic
 //! when stderr (or stdout) is a closed pipe, as with `imgbuild build … 2>&1 | head -1`.
+//! The messages users meet most (bad input: exit 2, and the top `--help`) are insta
+//! snapshots: a change in wording shows up in review.
 
-use crate::common;
+use crate::common::{self, ok};
 
 use std::process::Stdio;
 
@@ -100,4 +102,72 @@ fn a_filesystem_error_names_its_path_in_the_chain() {
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr).replace(d.path().to_str().unwrap(), "[TMP]");
     insta::assert_snapshot!("fs_error_chain", err);
+}
+
+/// `imgbuild ARGS` in `dir` (relative paths in the messages), its transcript.
+fn transcript_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let o = common::bin().current_dir(dir).env_remove("COLUMNS").args(args).output().unwrap();
+    common::transcript(&o, dir)
+}
+
+#[test]
+fn top_level_help() {
+    let d = tempfile::tempdir().unwrap();
+    insta::assert_snapshot!("help", transcript_in(d.path(), &["--help"]));
+}
+
+/// A recipe field with a bad value, and a bad flag: exit 2 before anything is fetched.
+#[test]
+fn build_bad_input_exits_2() {
+    let d = tempfile::tempdir().unwrap();
+    let recipe = include_str!("../../image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
+    assert!(recipe.contains("\ndisk_size: 20G\n"));
+    std::fs::write(d.path().join("bad.yaml"), recipe.replace("\ndisk_size: 20G\n", "\ndisk_size: 20Q\n"))
+        .unwrap();
+    let args =
+        ["build", "--recipe", "bad.yaml", "--role", "worker", "--output", "out", "--cache-dir", "cache"];
+    insta::assert_snapshot!("build_bad_recipe_field", transcript_in(d.path(), &args));
+    assert!(!d.path().join("out").exists() && !d.path().join("cache").exists(), "wrote before refusing");
+    insta::assert_snapshot!("build_bad_role", transcript_in(d.path(), &["build", "--role", "nonsense"]));
+}
+
+#[test]
+fn cluster_init_bad_field_exits_2() {
+    let d = tempfile::tempdir().unwrap();
+    let init = ["cluster", "init", "--endpoint", "10.0.0.10", "--control-planes", "1", "--dir", "c"];
+    let bad_name = [&init[..], &["--name", "Bad_Name"]].concat();
+    insta::assert_snapshot!("cluster_init_bad_name", transcript_in(d.path(), &bad_name));
+    let bad_cidr = [&init[..], &["--name", "demo", "--pod-cidr", "10.244.0.0/33"]].concat();
+    insta::assert_snapshot!("cluster_init_bad_pod_cidr", transcript_in(d.path(), &bad_cidr));
+    assert!(!d.path().join("c/secrets").exists(), "secrets written for a refused spec");
+}
+
+/// A cluster.yaml edited by hand into an invalid one: `cloud-init` and `lint` refuse it
+/// with the file, line and field.
+#[test]
+fn cloud_init_and_lint_bad_field_exit_2() {
+    let d = tempfile::tempdir().unwrap();
+    let init = [
+        "cluster",
+        "init",
+        "--name",
+        "demo",
+        "--endpoint",
+        "10.0.0.10",
+        "--control-planes",
+        "1",
+        "--dir",
+        "c",
+    ];
+    ok(&common::bin().current_dir(d.path()).args(init).output().unwrap());
+    let spec = std::fs::read_to_string(d.path().join("c/cluster.yaml")).unwrap();
+    assert!(spec.contains("pod_cidr: \"10.244.0.0/16\""));
+    std::fs::write(d.path().join("c/cluster.yaml"), spec.replace("10.244.0.0/16", "10.244.0.0/33")).unwrap();
+    let cloud_init = ["cloud-init", "--cluster", "c/cluster.yaml", "--all", "--out", "seeds"];
+    insta::assert_snapshot!("cloud_init_bad_pod_cidr", transcript_in(d.path(), &cloud_init));
+    assert!(!d.path().join("seeds").exists(), "rendered from a refused spec");
+    insta::assert_snapshot!(
+        "lint_bad_pod_cidr",
+        transcript_in(d.path(), &["lint", "--cluster", "c/cluster.yaml"])
+    );
 }

@@ -67,6 +67,19 @@ pub fn ok(o: &std::process::Output) {
     );
 }
 
+/// What a user sees of a command, for a snapshot: the exit code, then stdout and stderr
+/// (each when not empty), with `tmp` (a test's temp dir) shown as `[TMP]`.
+pub fn transcript(o: &std::process::Output, tmp: &std::path::Path) -> String {
+    let tmp = tmp.to_str().expect("UTF-8 temp path");
+    let mut t = format!("exit: {:?}\n", o.status.code());
+    for (name, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        if !bytes.is_empty() {
+            t.push_str(&format!("--- {name}\n{}", String::from_utf8_lossy(bytes).replace(tmp, "[TMP]")));
+        }
+    }
+    t
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
