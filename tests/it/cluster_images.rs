@@ -67,7 +67,9 @@ fn role_images_carry_the_bootstrap_and_no_secrets() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/golden/cluster/secrets");
+    let golden = t.path().join("golden");
+    fs::create_dir_all(&golden).unwrap();
+    let golden = crate::cloudinit::golden_cluster(&golden).parent().unwrap().join("secrets");
     let mut all = needles(&Secrets::load(&d.join("secrets")).unwrap());
     all.extend(needles(&Secrets::load(&golden).unwrap()));
     // and no private key of any kind
