@@ -1,6 +1,7 @@
 //! `imgbuild build --dry-run`: the complete build plan, printed before anything is
-//! downloaded or written. Snapshots (insta, `tests/snapshots/`) pin the JSON for both
-//! roles of the embedded recipe; `cargo insta review` shows a change, CI (CI=1) fails on one.
+//! downloaded or written. Snapshots (insta, `tests/it/snapshots/`) pin the JSON for both
+//! roles of the embedded recipe; a change fails (locally with a `.snap.new` beside the
+//! snapshot to review, docs/testing.md).
 
 use crate::common;
 
