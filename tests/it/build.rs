@@ -1,15 +1,11 @@
 //! `imgbuild build` end to end over loopback HTTP from the noble-shaped fixture, and
 //! its error paths.
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::fixture::{self, sh, BaseSpec};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn to_raw(img: &Path) -> PathBuf {
     let raw = img.with_extension("check.raw");

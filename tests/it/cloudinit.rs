@@ -4,7 +4,7 @@
 //! Debian's cloud-init), hostile inputs, seeds, secrets hygiene, and the baked
 //! bootstrap script driven by a kubeadm stub.
 
-use crate::common::{self, ok};
+use crate::common::{self, ok, stderr};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,10 +23,6 @@ fn root() -> PathBuf {
 
 fn run(args: &[&str]) -> Output {
     common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, SEED).args(args).output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `cluster init` of the golden cluster into `dir`.

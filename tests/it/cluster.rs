@@ -1,26 +1,12 @@
 //! `imgbuild cluster init` and `imgbuild cluster kubeconfig`: secrets, refusal to
 //! overwrite, validation with line numbers, offline-signed admin kubeconfig.
 
-use crate::common;
+use crate::common::{self, ok, stderr};
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn init(dir: &Path, extra: &[&str]) -> Output {
     common::bin()

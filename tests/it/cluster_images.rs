@@ -1,7 +1,7 @@
 //! The role images carry the bootstrap logic (script + enabled unit) and none of a
 //! cluster's secrets: secrets only ever travel in per-node user-data.
 
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,10 +9,6 @@ use std::process::Command;
 
 use crate::common::fixture::{self, sh};
 use imgbuild::cluster::pki::Secrets;
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// Every string that must never appear in an image: whole secret values, each
 /// base64 line of every private key, the token and both of its halves.

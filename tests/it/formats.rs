@@ -1,22 +1,18 @@
 //! `imgbuild build --format vmdk|vhdx|vhd|ova` from the noble-shaped fixture: two
 //! builds give the same bytes, qemu-img accepts every output, the OVA's descriptor is
 //! valid XML naming the right disk, and `inspect` reads every format.
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use crate::common::fixture::{self, sh};
 
 const STEM: &str = "ubuntu-24.04-k8s-v1.30.3-worker-amd64";
 /// `source_date_epoch` of the embedded recipe the fixture copies.
 const SDE: u64 = 1724198400;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn build(fx: &fixture::Fixture, format: &str, out: &Path) -> PathBuf {
     let o = fixture::build(fx, "worker", &["--format", format, "--output", out.to_str().unwrap()]);

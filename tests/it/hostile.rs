@@ -1,7 +1,7 @@
 //! Hostile and clumsy inputs, each one a defect that once crashed, hung or
 //! succeeded wrongly: they must now end with a clear error and the right exit code
 //! (2 for a bad input), within a time limit, leaving nothing behind.
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 
 use crate::common::fixture::{self, sh, Fixture};
 use crate::common::hostile;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 use crate::common::run_limited;
 

@@ -6,7 +6,7 @@
 //! online resolution without a lock entry, `--offline` refusal (2), a missing arch (2),
 //! a tampered blob (3, nothing kept), an interrupted blob download resumed.
 
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -16,10 +16,6 @@ use crate::common::fixture::{self, Fixture};
 use crate::common::http::Fault;
 use crate::common::registry::{image, layer, Registry, TestImage};
 use imgbuild::manifest::Manifest;
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn inspect(image: &Path) -> Manifest {
     let o = common::bin()

@@ -3,7 +3,7 @@
 //! digest and each arch's manifest digest through the anonymous token flow, keeps
 //! digests a reference pins, refuses a missing arch (2) and tampered storage (3).
 
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +42,6 @@ fn lock(reg: &Registry, recipe: &Path, extra: &[&str]) -> std::process::Output {
 fn read_lock(recipe: &Path) -> serde_json::Value {
     let p = format!("{}.lock", recipe.display());
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// A two-arch image whose first layer (the "base") is shared with `other`.

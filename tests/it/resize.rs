@@ -1,16 +1,12 @@
 //! `--disk-size` and the recipe's `disk_size`: the disk grows offline, the backup GPT
 //! moves to the new end, partition 1 (last on disk) and its ext4 fill the new space,
 //! nothing else changes; a layer that does not fit grows the disk or fails clearly.
-use crate::common;
+use crate::common::{self, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::fixture::{self, sh, BaseSpec, Fixture};
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
     use std::os::unix::fs::FileExt;

@@ -8,8 +8,8 @@
 //! The image is a real qcow2 (`qemu-img convert` of pseudo-random bytes) with the
 //! manifest and sha256 sidecars in the shape src/output.rs writes them.
 
-use crate::common;
 use crate::common::http::{Exchange, Fake, Then, Tls};
+use crate::common::{self, stderr};
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
@@ -636,10 +636,6 @@ fn upload_cmd(
 
 fn good_token() -> String {
     format!("{TOKEN_ID}={SECRET}")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]
