@@ -122,7 +122,7 @@ if ! command -v pyspdxtools >/dev/null 2>&1; then
   export PATH="$PATH:$spdx_venv/bin"
 fi
 
-# --- backups.s3: a real S3 API for tests/day2.rs (PyPI moto[server] with its IAM authentication
+# --- backups.s3: a real S3 API for tests/it/day2.rs (PyPI moto[server] with its IAM authentication
 # on, which checks every SigV4 signature), in its own venv under ~/.cache keyed by version. ---
 moto_version=5.2.1
 if [ -z "${IMGBUILD_MOTO_PYTHON:-}" ]; then
