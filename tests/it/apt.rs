@@ -1,7 +1,7 @@
 //! Offline Ubuntu package installation against a real signed apt repository made here:
 //! .deb files built with `dpkg-deb --build`, a Packages index, an InRelease clearsigned
 //! by a gpg key generated for the test, served over loopback HTTP.
-use crate::common;
+use crate::common::{self, gpg::Gpg, run_ok};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,62 +22,6 @@ fn tools_present() -> bool {
 
 fn sha256(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-struct Gpg {
-    home: PathBuf,
-}
-
-impl Gpg {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", &self.home).args([
-            "--batch",
-            "--yes",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ]);
-        c
-    }
-    /// Generate an RSA signing key; returns its fingerprint.
-    fn gen(&self, uid: &str) -> String {
-        run(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "sign", "never"]));
-        self.fpr(uid)
-    }
-    /// Fingerprint of the primary key of `uid`.
-    fn fpr(&self, uid: &str) -> String {
-        let out = run(self.cmd().args(["--with-colons", "--list-keys", uid]));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_string()).unwrap()
-    }
-    fn export(&self, fpr: &str) -> String {
-        String::from_utf8(run(self.cmd().args(["--armor", "--export", fpr])).stdout).unwrap()
-    }
-    fn clearsign(&self, fpr: &str, text: &str, dir: &Path) -> Vec<u8> {
-        let (i, o) = (dir.join("Release"), dir.join(format!("InRelease.{fpr}")));
-        std::fs::write(&i, text).unwrap();
-        run(self
-            .cmd()
-            .args(["--local-user", fpr, "--digest-algo", "SHA512", "--clearsign", "-o"])
-            .arg(&o)
-            .arg(&i));
-        std::fs::read(o).unwrap()
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        // Stop the agent this test started (only ours: it is bound to our GNUPGHOME).
-        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).output();
-    }
 }
 
 /// A package to build: control fields, files (path, mode, content), symlinks, scripts.
@@ -122,10 +66,12 @@ fn build_deb(dir: &Path, p: &Pkg) -> PathBuf {
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(*mode)).unwrap();
     }
     let out = dir.join(format!("{}_{}_amd64.deb", p.name, p.version));
-    run(Command::new("dpkg-deb")
-        .args(["--root-owner-group", &format!("-Z{}", p.compress), "--build"])
-        .arg(&root)
-        .arg(&out));
+    run_ok(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", &format!("-Z{}", p.compress), "--build"])
+            .arg(&root)
+            .arg(&out),
+    );
     out
 }
 
@@ -181,17 +127,15 @@ fn fixture() -> Option<&'static Fixture> {
             return None;
         }
         let dir = common::process_tempdir("apt");
-        let gpg = Gpg { home: dir.join("g") };
-        std::fs::create_dir(&gpg.home).unwrap();
+        let gpg = Gpg::new(&dir);
         let good = gpg.gen("imgbuild test archive <good@test.invalid>");
         let other = gpg.gen("someone else <other@test.invalid>");
         std::fs::write(dir.join("good.asc"), gpg.export(&good)).unwrap();
         std::fs::write(dir.join("other.asc"), gpg.export(&other)).unwrap();
         std::fs::write(dir.join("good.fpr"), &good).unwrap();
         // Archive keys usually sign with a subkey (Debian's do): certify-only primary.
-        run(gpg.cmd().args(["--quick-gen-key", "subkey signer <sub@test.invalid>", "rsa2048", "cert", "never"]));
-        let sub_primary = gpg.fpr("subkey signer <sub@test.invalid>");
-        run(gpg.cmd().args(["--quick-add-key", &sub_primary, "rsa2048", "sign", "never"]));
+        let sub_primary = gpg.gen_certify_only("subkey signer <sub@test.invalid>");
+        gpg.add_signing_subkey(&sub_primary);
         std::fs::write(dir.join("sub.asc"), gpg.export(&sub_primary)).unwrap();
 
         let pkgs = [
@@ -263,7 +207,7 @@ fn fixture() -> Option<&'static Fixture> {
         for p in &pkgs {
             let deb = build_deb(&dir, p);
             let bytes = std::fs::read(&deb).unwrap();
-            let fields = run(Command::new("dpkg-deb").arg("--field").arg(&deb)).stdout;
+            let fields = run_ok(Command::new("dpkg-deb").arg("--field").arg(&deb)).stdout;
             let pool = format!("pool/main/{}/{}", &p.name[..1], deb.file_name().unwrap().to_str().unwrap());
             index.push_str(&String::from_utf8(fields).unwrap());
             index.push_str(&format!("Filename: {pool}\nSize: {}\nSHA256: {}\n\n", bytes.len(), sha256(&bytes)));
@@ -275,7 +219,7 @@ fn fixture() -> Option<&'static Fixture> {
         let plain = index.into_bytes();
         let xz_path = dir.join("Packages");
         std::fs::write(&xz_path, &plain).unwrap();
-        run(Command::new("xz").args(["-k", "-9"]).arg(&xz_path));
+        run_ok(Command::new("xz").args(["-k", "-9"]).arg(&xz_path));
         let xz = std::fs::read(dir.join("Packages.xz")).unwrap();
         let release = format!(
             "Origin: imgbuild-test\nSuite: test\nCodename: test\nArchitectures: amd64\nComponents: main\nSHA256:\n \
@@ -614,11 +558,11 @@ fn build_installs_the_packages_into_the_image() {
 
     // Read the image offline.
     let raw = d.join("image.raw");
-    run(Command::new("qemu-img").args(["convert", "-O", "raw", &image2]).arg(&raw));
+    run_ok(Command::new("qemu-img").args(["convert", "-O", "raw", &image2]).arg(&raw));
     let part = common::fixture::read_parts(&raw).into_iter().find(|p| p.number == 1).unwrap();
     let spec = format!("{}?offset={}", raw.display(), part.offset);
     let cat = |p: &str| {
-        let o = run(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
+        let o = run_ok(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
             "-R",
             &format!("cat {p}"),
             &spec,
@@ -638,7 +582,7 @@ fn build_installs_the_packages_into_the_image() {
     assert!(cat("/var/lib/dpkg/info/libdep:amd64.list").contains("/usr/lib/x86_64-linux-gnu/libdep.so.1"));
     assert_eq!(cat("/usr/bin/tool"), "#!/bin/sh\necho tool\n");
     assert_eq!(cat("/etc/tool.conf"), "setting = 1\n");
-    let stat = run(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
+    let stat = run_ok(Command::new("debugfs").env("PATH", common::fixture::path_with_sbin()).args([
         "-R",
         "stat /etc/alternatives/alty",
         &spec,
@@ -781,7 +725,7 @@ fn materialise(layer: &Layer) -> tempfile::TempDir {
 fn dpkg_check(layer: &Layer) {
     let root = materialise(layer);
     let admin = root.path().join("var/lib/dpkg");
-    let q = run(Command::new("dpkg-query").arg(format!("--admindir={}", admin.display())).args([
+    let q = run_ok(Command::new("dpkg-query").arg(format!("--admindir={}", admin.display())).args([
         "-W",
         "-f",
         "${Package} ${Version} ${db:Status-Abbrev}\n",
@@ -792,9 +736,11 @@ fn dpkg_check(layer: &Layer) {
         q.contains("tool 1.0-1 ii") && q.contains("libdep 1.2-1 ii") && q.contains("basepkg 2.1-1 ii"),
         "{q}"
     );
-    let l = run(Command::new("dpkg-query")
-        .arg(format!("--admindir={}", admin.display()))
-        .args(["-L", "tool", "libdep"]));
+    let l = run_ok(
+        Command::new("dpkg-query")
+            .arg(format!("--admindir={}", admin.display()))
+            .args(["-L", "tool", "libdep"]),
+    );
     let l = String::from_utf8_lossy(&l.stdout).to_string();
     assert!(l.contains("/usr/bin/tool\n") && l.contains("/usr/lib/x86_64-linux-gnu/libdep.so.1"), "{l}");
     let v = Command::new("dpkg")
@@ -845,7 +791,7 @@ fn real_update_alternatives(files: &[&str], existing: Option<&str>) -> (String, 
         "10",
     ]);
     c.args(["--slave", "/usr/sbin/alty-save", "alty-save", "/usr/sbin/alty-legacy-save"]);
-    run(&mut c);
+    run_ok(&mut c);
     let db = std::fs::read_to_string(r.path().join("var/lib/dpkg/alternatives/alty")).unwrap();
     let l1 = std::fs::read_link(r.path().join("usr/sbin/alty")).unwrap().display().to_string();
     let l2 = std::fs::read_link(r.path().join("etc/alternatives/alty")).unwrap().display().to_string();
@@ -918,7 +864,7 @@ fn lock_reads_the_base_status_from_the_cached_base_image() {
     );
     std::fs::write(rootdir.join("var/lib/dpkg/status"), status).unwrap();
     let raw = d.join("disk.raw");
-    let sh = |c: &str| run(Command::new("sh").args(["-c", &format!("PATH=$PATH:/sbin:/usr/sbin; {c}")]));
+    let sh = |c: &str| run_ok(Command::new("sh").args(["-c", &format!("PATH=$PATH:/sbin:/usr/sbin; {c}")]));
     // mkfs first: mke2fs clears the start of the device, GPT included.
     sh(&format!(
         "truncate -s 24M {1} && mkfs.ext4 -q -F -L cloudimg-rootfs -d {0} -E offset=1048576 {1} 20M",
@@ -1011,7 +957,7 @@ fn ldconfig_unit_passes_systemd_analyze_verify() {
     let root = materialise(&layer);
     let r = root.path();
     std::fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
-    run(Command::new("cp").args(["-a", "/usr/lib/systemd/system"]).arg(r.join("usr/lib/systemd/")));
+    run_ok(Command::new("cp").args(["-a", "/usr/lib/systemd/system"]).arg(r.join("usr/lib/systemd/")));
     std::fs::create_dir_all(r.join("sbin")).unwrap();
     std::fs::write(r.join("sbin/ldconfig"), "#!/bin/sh\n").unwrap();
     use std::os::unix::fs::PermissionsExt;

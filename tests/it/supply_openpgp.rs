@@ -1,9 +1,8 @@
 //! `imgbuild base-digest`: a SHA256SUMS signed (detached) by gpg keys made here, served
 //! over loopback HTTP in the cloud-images directory layout, verified with rpgp.
-use crate::common;
+use crate::common::{self, gpg::Gpg};
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use crate::common::http::Server;
 
@@ -17,76 +16,6 @@ const PRIMARY: &str = "https://cloud-images.ubuntu.com";
 /// In CI (`CI` set) a missing gpg is a failure, not a skip.
 fn gpg_present() -> bool {
     common::tool("gpg") && common::tool("gpg-agent")
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-struct Gpg {
-    home: PathBuf,
-}
-
-impl Gpg {
-    fn new(dir: &Path) -> Gpg {
-        let home = dir.join("g");
-        std::fs::create_dir(&home).unwrap();
-        Gpg { home }
-    }
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", &self.home).args([
-            "--batch",
-            "--yes",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ]);
-        c
-    }
-    fn fprs(&self, uid: &str) -> Vec<String> {
-        let out = run(self.cmd().args(["--with-colons", "--list-keys", uid]));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.lines().filter_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_string()).collect()
-    }
-    /// An RSA signing key (like Ubuntu's); returns its fingerprint.
-    fn gen(&self, uid: &str) -> String {
-        run(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "sign", "never"]));
-        self.fprs(uid)[0].clone()
-    }
-    /// Add a signing subkey to `primary`; returns the subkey fingerprint.
-    fn add_signing_subkey(&self, primary: &str) -> String {
-        run(self.cmd().args(["--quick-add-key", primary, "rsa2048", "sign", "never"]));
-        self.fprs(primary)[1].clone()
-    }
-    fn export(&self, fpr: &str, dir: &Path, name: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, run(self.cmd().args(["--armor", "--export", fpr])).stdout).unwrap();
-        p
-    }
-    /// Detached signature, binary or armored. A trailing `!` forces exactly that (sub)key.
-    fn sign(&self, signer: &str, data: &[u8], dir: &Path, armor: bool) -> Vec<u8> {
-        let (i, o) = (dir.join("to-sign"), dir.join("sig"));
-        std::fs::write(&i, data).unwrap();
-        let mut c = self.cmd();
-        c.args(["--local-user", &format!("{signer}!"), "--digest-algo", "SHA512", "--detach-sign", "-o"])
-            .arg(&o);
-        if armor {
-            c.arg("--armor");
-        }
-        run(c.arg(&i));
-        std::fs::read(o).unwrap()
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        // Stop the agent this test started (only ours: it is bound to our GNUPGHOME).
-        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).output();
-    }
 }
 
 fn sums(amd64: &str) -> Vec<u8> {
@@ -134,7 +63,7 @@ fn detached_signatures_pinned_to_one_signer() {
     let gpg = Gpg::new(d);
     let good = gpg.gen("imgbuild test cloud images <good@test.invalid>");
     let other = gpg.gen("another key <other@test.invalid>");
-    let good_asc = gpg.export(&good, d, "good.asc");
+    let good_asc = gpg.export_to(&good, d.join("good.asc"));
     let key = good_asc.to_str().unwrap();
     let srv = Server::start();
     let body = sums(AMD64);
@@ -211,7 +140,7 @@ fn signing_subkey_must_be_the_pinned_one() {
     let gpg = Gpg::new(d);
     let primary = gpg.gen("subkey signer <sub@test.invalid>");
     let sub = gpg.add_signing_subkey(&primary);
-    let key = gpg.export(&primary, d, "k.asc");
+    let key = gpg.export_to(&primary, d.join("k.asc"));
     let key = key.to_str().unwrap();
     let srv = Server::start();
     let body = sums(AMD64);
@@ -233,7 +162,7 @@ fn mismatching_recipe_digest_fails_or_is_written() {
     let d = dir.path();
     let gpg = Gpg::new(d);
     let good = gpg.gen("imgbuild test cloud images <good@test.invalid>");
-    let key = gpg.export(&good, d, "good.asc");
+    let key = gpg.export_to(&good, d.join("good.asc"));
     let key = key.to_str().unwrap();
     let srv = Server::start();
     // Upstream's signed list says a different amd64 digest than the recipe pins.

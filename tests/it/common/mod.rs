@@ -1,6 +1,7 @@
 //! Shared test support. Each integration test file does `mod common;`.
 
 pub mod fixture;
+pub mod gpg;
 pub mod hostile;
 pub mod http;
 pub mod registry;
@@ -54,6 +55,13 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
+}
+
+/// Run `c`, which must succeed: the command and its stderr otherwise.
+pub fn run_ok(c: &mut std::process::Command) -> std::process::Output {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 /// Assert that a command succeeded, showing its exit code and output when it did not.
