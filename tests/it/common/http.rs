@@ -106,12 +106,15 @@ pub struct Exchange<'a> {
     tcp: &'a TcpStream,
     log: &'a Mutex<Vec<Request>>,
     logged: bool,
+    /// The handler read the body (whole or as a stream).
+    body_taken: bool,
 }
 
 impl Exchange<'_> {
     /// Read the whole body (`Content-Length` or chunked), bounded by `MAX_BODY`; the request
     /// log keeps it.
     pub fn body(&mut self) -> std::io::Result<Vec<u8>> {
+        self.body_taken = true;
         let too_big = || std::io::Error::other("request body larger than the fake accepts");
         let body = if self.req.chunked() {
             let mut out = Vec::new();
@@ -146,6 +149,7 @@ impl Exchange<'_> {
     /// The body as a stream, for a handler that must not hold it in memory (it reads at
     /// most `Content-Length` bytes itself).
     pub fn reader(&mut self) -> &mut dyn BufRead {
+        self.body_taken = true;
         self.conn
     }
 
@@ -347,11 +351,19 @@ fn serve(
             }
         }
         let req = Request { method, path, headers, body: Vec::new(), client_certs: client_certs.clone() };
-        let mut x = Exchange { req, conn: &mut conn, tcp, log, logged: false };
+        let mut x = Exchange { req, conn: &mut conn, tcp, log, logged: false, body_taken: false };
         let then = handler(&mut x);
         x.log_once();
         if let Then::Close = then? {
             return Ok(());
+        }
+        // a body the handler left unread must not be parsed as the next request
+        if !x.body_taken {
+            if x.req.chunked() {
+                return Ok(());
+            }
+            let len = x.req.content_length().unwrap_or(0) as u64;
+            std::io::copy(&mut (&mut conn).take(len), &mut std::io::sink())?;
         }
     }
 }
