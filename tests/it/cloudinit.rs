@@ -97,7 +97,8 @@ fn need(cmd: &'static str, why: &str) -> bool {
 /// `text` with the cluster's secret material replaced by placeholders, for a snapshot: every
 /// PEM block (raw, or with JSON-escaped newlines inside a quoted string) becomes
 /// `[PEM <type>]`, base64 `*-data:` values of a kubeconfig `[BASE64]`, the values of the
-/// secrets files (bootstrap token and its two halves, encryption key) `[<file>]`, and
+/// secrets files (bootstrap token and its two halves, encryption key, the add-ons' admin
+/// passwords and hash) `[<file>…]`, and
 /// `sha256:<hex>` (the CA public key hash that discovery pins) `sha256:[HASH]`.
 pub(crate) fn redact_secrets(text: &str, secrets: &Path) -> String {
     let mut out = String::with_capacity(text.len());
@@ -120,6 +121,15 @@ pub(crate) fn redact_secrets(text: &str, secrets: &Path) -> String {
         }
     }
     let mut out = lines.join("\n") + if text.ends_with('\n') { "\n" } else { "" };
+    // the add-ons' admin credentials: every value but the user name and the date
+    for f in [imgbuild::cluster::admin::GRAFANA_FILE, imgbuild::cluster::admin::ARGOCD_FILE] {
+        for (k, v) in fs::read_to_string(secrets.join(f)).unwrap().lines().filter_map(|l| l.split_once(": "))
+        {
+            if !["user", "mtime"].contains(&k) {
+                out = out.replace(v.trim(), &format!("[{f} {k}]"));
+            }
+        }
+    }
     for f in ["bootstrap-token", "encryption-key"] {
         let v = fs::read_to_string(secrets.join(f)).unwrap();
         let v = v.trim();
@@ -152,11 +162,18 @@ fn golden(rel: &str, actual: &[u8], secrets: &Path) {
     let text = std::str::from_utf8(actual).unwrap_or_else(|e| panic!("{rel}: {e}"));
     let name = format!("golden_{}", rel.replace(['/', '-', '.'], "_"));
     let redacted = redact_secrets(text, secrets);
-    // no line of any secrets file (PEM base64, token, key) is left in the snapshot
-    for f in imgbuild::cluster::pki::FILES {
+    // no line of any secrets file (PEM base64, token, key, password) is left in the snapshot
+    let admin = [imgbuild::cluster::admin::GRAFANA_FILE, imgbuild::cluster::admin::ARGOCD_FILE];
+    for f in imgbuild::cluster::pki::FILES.into_iter().chain(admin) {
         let secret = fs::read_to_string(secrets.join(f)).unwrap();
-        for line in secret.lines().filter(|l| l.len() >= 16 && !l.starts_with("-----")) {
-            assert!(!redacted.contains(line), "{rel}: secrets/{f} left in the snapshot");
+        for line in secret.lines().filter(|l| !l.starts_with("-----")) {
+            // a YAML file's values (not its user name and date), any other file's lines
+            let value = match line.split_once(": ") {
+                Some(("user" | "mtime", _)) => continue,
+                Some((_, v)) => v,
+                None => line,
+            };
+            assert!(value.len() < 16 || !redacted.contains(value), "{rel}: secrets/{f} left in the snapshot");
         }
     }
     insta::assert_snapshot!(name, redacted);
@@ -172,7 +189,8 @@ fn golden_files_for_three_control_planes_and_two_workers() {
     // the seed makes the secrets themselves reproducible (the snapshots leave them out)
     fs::create_dir_all(t.path().join("again")).unwrap();
     let again = golden_cluster(&t.path().join("again"));
-    for f in imgbuild::cluster::pki::FILES {
+    let admin = [imgbuild::cluster::admin::GRAFANA_FILE, imgbuild::cluster::admin::ARGOCD_FILE];
+    for f in imgbuild::cluster::pki::FILES.into_iter().chain(admin) {
         let other = again.parent().unwrap().join("secrets").join(f);
         assert_eq!(fs::read(secrets.join(f)).unwrap(), fs::read(other).unwrap(), "secrets/{f} differs");
     }
