@@ -5,8 +5,9 @@
 //! the root partition is the one whose ext4 superblock carries the recipe's root label
 //! ([`ext4`]), never a partition number; files are written into it with batched
 //! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
-//! offline ([`resize`]); `qemu-img convert` produces the requested output format
-//! ([`formats`] adds the fixed vhd footer and the OVA package).
+//! offline ([`resize`]); the output formats are written from the finished disk as a
+//! stream ([`stream`], [`formats`]: [`qcow2`], [`vmdk`], [`vhd`], the OVA), vhdx by
+//! `qemu-img convert`.
 
 pub mod debugfs;
 pub mod ext4;
@@ -22,6 +23,9 @@ pub mod qemu;
 pub mod resize;
 pub mod rootfs;
 pub mod sparse;
+pub mod stream;
+pub mod vhd;
+pub mod vmdk;
 pub mod working;
 
 pub use format::{detect, BaseFormat};

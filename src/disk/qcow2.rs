@@ -372,27 +372,10 @@ impl Write for Cursor<'_> {
     }
 }
 
-/// The writer's cluster size (qemu-img's default).
-pub const OUT_CLUSTER_BITS: u32 = 16;
+/// The writer's cluster size (qemu-img's default): the stream's cluster.
+pub const OUT_CLUSTER_BITS: u32 = super::stream::CLUSTER_BITS;
 const OUT_CS: u64 = 1 << OUT_CLUSTER_BITS;
-/// Guest clusters filled and written per chunk.
-const CHUNK_CLUSTERS: u64 = 16;
-
-/// The chunks [`write`] and [`write_zstd`] fill: runs of consecutive guest clusters,
-/// at most [`CHUNK_CLUSTERS`] each, as (first cluster, count).
-fn runs(clusters: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    let mut i = 0usize;
-    std::iter::from_fn(move || {
-        let first = *clusters.get(i)?;
-        let mut n = 1u64;
-        while i + (n as usize) < clusters.len() && n < CHUNK_CLUSTERS && clusters[i + n as usize] == first + n
-        {
-            n += 1;
-        }
-        i += n as usize;
-        Some((first, n))
-    })
-}
+use super::stream::runs;
 
 /// Write a qcow2 image of virtual `size` whose allocated guest clusters are
 /// `clusters` (sorted, unique, 64 KiB each); `fill(first, n, buf)` supplies the bytes

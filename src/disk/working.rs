@@ -5,8 +5,9 @@
 //!
 //! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
 //! read in place, only the root filesystem's metadata copied, the output streamed once)
-//! when the base is a qcow2 this crate reads and the output is qcow2; otherwise a raw
-//! working copy (`qemu-img convert`) converted to the output format at the end.
+//! when the base is a qcow2 this crate reads and the output is not vhdx; otherwise a raw
+//! working copy (`qemu-img convert`). Both end in the same writers
+//! ([`super::formats::write_stream`]); only vhdx is converted by qemu-img.
 
 use std::path::{Path, PathBuf};
 
@@ -60,7 +61,7 @@ impl Working {
         work: &Path,
         clock: &Clock,
     ) -> Result<Working, DiskError> {
-        if format == OutFormat::Qcow2 {
+        if formats::streamed(format) {
             match overlay::prepare(base, label, &work.join("root.partition"))? {
                 Ok(ov) => {
                     clock.say(format_args!(
@@ -124,7 +125,7 @@ fn len_of(p: &Path) -> Result<u64, DiskError> {
     Ok(std::fs::metadata(p).map_err(DiskError::io(format!("stat {}", p.display())))?.len())
 }
 
-/// The fast path: write the layer into the metadata copy, then stream the output qcow2
+/// The fast path: write the layer into the metadata copy, then stream the output image
 /// (hashed as it is written) while e2fsck checks the copy.
 fn finish_fast(
     mut ov: Overlay,
@@ -141,12 +142,20 @@ fn finish_fast(
         ov.grow(want, work, spec.source_date_epoch)?;
     }
     check_space(ov.disk_size(), need, ov.root.available())?;
+    if let Some(want) = vhd_size(spec.format, ov.disk_size()) {
+        clock.say(format_args!(
+            "growing the disk to {} (a VHD must be a whole number of MiB)",
+            size::human(want)
+        ));
+        ov.grow(want, work, spec.source_date_epoch)?;
+    }
     clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
     ov.root.write_layer(layer, work)?;
     let fs_spec = ov.root.spec().to_string();
-    clock.say("streaming the qcow2 image while e2fsck -fn checks the root filesystem");
+    clock
+        .say(format_args!("streaming the {} image while e2fsck -fn checks the root filesystem", spec.format));
     let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
-    let written = ov.write_qcow2(out, spec.compress);
+    let written = ov.write(out, spec.format, spec.compress, &stamp(spec));
     clock.say("image written");
     let checked = fsck
         .join()
@@ -174,10 +183,7 @@ fn finish_raw(
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
     check_space(len_of(root.image())?, need, root.available())?;
-    // Azure wants a VHD's virtual size in whole MiB.
-    let cur = len_of(root.image())?;
-    if spec.format == OutFormat::Vhd && cur % formats::VHD_ALIGN != 0 {
-        let want = cur.div_ceil(formats::VHD_ALIGN) * formats::VHD_ALIGN;
+    if let Some(want) = vhd_size(spec.format, len_of(root.image())?) {
         clock.say(format_args!(
             "growing the disk to {} (a VHD must be a whole number of MiB)",
             size::human(want)
@@ -188,14 +194,35 @@ fn finish_raw(
     root.write_layer(layer, work)?;
     clock.say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
-    clock.say(format_args!("converting to {}", spec.format));
-    let stamp =
-        formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name };
-    formats::write(&raw, spec.format, spec.compress, out, &stamp)?;
-    // Free the working copy before hashing: it can be several GiB.
-    let _ = std::fs::remove_file(&raw);
-    clock.say("hashing the image");
-    Sha256::of_file(out).map_err(DiskError::io(format!("hashing {}", out.display())))
+    clock.say(format_args!("writing the {} image", spec.format));
+    let sha = if formats::streamed(spec.format) {
+        let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
+        let size = len_of(&raw)?;
+        let (clusters, fill) =
+            super::stream::of_file(&f, size).map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+        formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?
+    } else {
+        qemu::convert_out(&raw, spec.format, out, spec.seed)?;
+        // Free the working copy before hashing: it can be several GiB.
+        let _ = std::fs::remove_file(&raw);
+        clock.say("hashing the image");
+        Sha256::of_file(out)
+            .map_err(DiskError::io(format!("hashing {}", out.display())))?
+            .as_str()
+            .to_string()
+    };
+    Sha256::parse(&sha).map_err(|msg| DiskError::Corrupt { path: out.display().to_string(), msg })
+}
+
+fn stamp<'a>(spec: &ImageSpec<'a>) -> formats::Stamp<'a> {
+    formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name }
+}
+
+/// Azure wants a VHD's virtual size in whole MiB: the size to grow a disk of `cur`
+/// bytes to, if it is not.
+fn vhd_size(format: OutFormat, cur: u64) -> Option<u64> {
+    (format == OutFormat::Vhd && cur % formats::VHD_ALIGN != 0)
+        .then(|| cur.div_ceil(formats::VHD_ALIGN) * formats::VHD_ALIGN)
 }
 
 /// The disk size to grow to (with what to say), if any: the requested size, or (none
