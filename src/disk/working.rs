@@ -5,7 +5,7 @@
 //!
 //! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
 //! read in place, only the root filesystem's metadata copied, the output streamed once)
-//! when the base is a qcow2 this crate reads and the output is not vhdx; otherwise a raw
+//! when the base is a qcow2 this crate reads and the output is not vhdx or raw; otherwise a raw
 //! working copy (`qemu-img convert`). Both end in the same writers
 //! ([`super::formats::write_stream`]); only vhdx is converted by qemu-img.
 
@@ -61,7 +61,9 @@ impl Working {
         work: &Path,
         clock: &Clock,
     ) -> Result<Working, DiskError> {
-        if formats::streamed(format) {
+        // A raw output has the raw working copy's own layout: it takes that path (and
+        // tests compare the two paths through it).
+        if formats::streamed(format) && format != OutFormat::Raw {
             match overlay::prepare(base, label, &work.join("root.partition"))? {
                 Ok(ov) => {
                     clock.say(format_args!(
