@@ -169,21 +169,24 @@ impl<W: std::io::Write> std::io::Write for Hashing<W> {
     }
 }
 
-/// Fill the chunks of `clusters` in order on the calling thread, run `compress(first,
-/// chunk)` on them on `threads` threads, and hand the results to `consume(first, n,
+/// Fill the chunks of `clusters` in order on the calling thread, run `compress(state,
+/// first, chunk)` on them on `threads` threads (each with its own `state` from
+/// `new_state`, e.g. a compressor context), and hand the results to `consume(first, n,
 /// result)` on one more thread, in cluster order. Each chunk is compressed on its own,
 /// so what `consume` sees does not depend on `threads`.
-pub fn compress_in_order<T, F, C, W>(
+pub fn compress_in_order<S, T, F, N, C, W>(
     clusters: &[u64],
     threads: usize,
     mut fill: F,
+    new_state: N,
     compress: C,
     consume: W,
 ) -> std::io::Result<()>
 where
     T: Send,
     F: FnMut(u64, u64, &mut [u8]) -> std::io::Result<()>,
-    C: Fn(u64, &[u8]) -> std::io::Result<T> + Sync,
+    N: Fn() -> std::io::Result<S> + Sync,
+    C: Fn(&mut S, u64, &[u8]) -> std::io::Result<T> + Sync,
     W: FnMut(u64, u64, T) -> std::io::Result<()> + Send,
 {
     type Job = (usize, u64, u64, Vec<u8>);
@@ -195,14 +198,15 @@ where
     std::thread::scope(|s| -> std::io::Result<()> {
         let mut workers = Vec::new();
         for _ in 0..threads {
-            let (done_tx, back_tx, work_rx, compress) =
-                (done_tx.clone(), back_tx.clone(), &work_rx, &compress);
+            let (done_tx, back_tx, work_rx, compress, new_state) =
+                (done_tx.clone(), back_tx.clone(), &work_rx, &compress, &new_state);
             workers.push(s.spawn(move || -> std::io::Result<()> {
+                let mut state = new_state()?;
                 loop {
                     let job =
                         work_rx.lock().map_err(|_| std::io::Error::other("worker lock poisoned"))?.recv();
                     let Ok((seq, first, n, buf)) = job else { return Ok(()) };
-                    let out = compress(first, &buf)?;
+                    let out = compress(&mut state, first, &buf)?;
                     let _ = back_tx.send(buf);
                     if done_tx.send((seq, first, n, out)).is_err() {
                         return Ok(());
@@ -255,6 +259,28 @@ pub fn write_unless_zero(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
     f.write_all_at(buf, at)
 }
 
+/// Test content by cluster: zeros, pseudo-random (incompressible) bytes or text.
+#[cfg(test)]
+pub(crate) fn test_pattern(g: u64, buf: &mut [u8]) {
+    match g % 5 {
+        0 => buf.fill(0),
+        1 => {
+            let mut x = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+        _ => {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = b"kubelet binary text "[(i + g as usize) % 20];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +306,8 @@ mod tests {
                     buf.fill(first as u8 ^ n as u8);
                     Ok(())
                 },
-                |first, buf| Ok((first, buf.len())),
+                || Ok(()),
+                |_, first, buf| Ok((first, buf.len())),
                 |first, n, (f2, len)| {
                     assert_eq!((first, n * CLUSTER), (f2, len as u64));
                     seen.push(first);

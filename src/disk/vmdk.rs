@@ -199,21 +199,22 @@ where
     let gd_len = usize::try_from(gts).map_err(|_| std::io::Error::other("disk too large for a VMDK"))?;
     let mut t =
         Tables { pos: OVERHEAD, gt: vec![0; GTES_PER_GT as usize], gt_index: None, gd: vec![0; gd_len] };
-    let compress = |first: u64, buf: &[u8]| -> std::io::Result<Vec<Option<Vec<u8>>>> {
-        let mut c = flate2::Compress::new(flate2::Compression::new(LEVEL), true);
-        buf.chunks(CLUSTER as usize)
-            .enumerate()
-            .map(|(i, g)| {
-                let grain = first + i as u64;
-                // The last grain holds only what is left of the disk, as VMware writes it.
-                let valid = (size - grain * CLUSTER).min(CLUSTER) as usize;
-                compress_grain(grain, &g[..valid.min(g.len())], &mut c)
-            })
-            .collect()
-    };
+    let new_state = || Ok(flate2::Compress::new(flate2::Compression::new(LEVEL), true));
+    let compress =
+        |c: &mut flate2::Compress, first: u64, buf: &[u8]| -> std::io::Result<Vec<Option<Vec<u8>>>> {
+            buf.chunks(CLUSTER as usize)
+                .enumerate()
+                .map(|(i, g)| {
+                    let grain = first + i as u64;
+                    // The last grain holds only what is left of the disk, as VMware writes it.
+                    let valid = (size - grain * CLUSTER).min(CLUSTER) as usize;
+                    compress_grain(grain, &g[..valid.min(g.len())], c)
+                })
+                .collect()
+        };
     {
         let (w, t) = (&mut w, &mut t);
-        stream::compress_in_order(clusters, threads, fill, compress, move |first, _n, pieces| {
+        stream::compress_in_order(clusters, threads, fill, new_state, compress, move |first, _n, pieces| {
             for (i, p) in pieces.into_iter().enumerate() {
                 let Some(p) = p else { continue };
                 let g = first + i as u64;
@@ -257,26 +258,7 @@ mod tests {
         found
     }
 
-    /// Text, zeros and random bytes, by cluster.
-    fn pattern(g: u64, buf: &mut [u8]) {
-        match g % 5 {
-            0 => buf.fill(0),
-            1 => {
-                let mut x = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                for b in buf.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
-            _ => {
-                for (i, b) in buf.iter_mut().enumerate() {
-                    *b = b"kubelet binary text "[(i + g as usize) % 20];
-                }
-            }
-        }
-    }
+    use crate::disk::stream::test_pattern as pattern;
 
     /// `qemu-img check` clean and streamOptimized, qemu reads every byte back as
     /// written, the same bytes for 1 and 3 threads, the layout the spec asks for.
