@@ -3,7 +3,7 @@
 //! cluster reads as zeros) and a `fill(first, n, buf)` that supplies the bytes of `n`
 //! consecutive clusters. The fast path ([`super::overlay`]) fills from the base with the
 //! layer laid over it, the raw working copy path from the raw file
-//! ([`of_file`]). The writers ([`super::qcow2`], [`super::vmdk`], [`super::vhd`],
+//! ([`clusters_of`], [`fill_from`]). The writers ([`super::qcow2`], [`super::vmdk`], [`super::vhd`],
 //! [`super::formats`] for the OVA) consume it front to back, once.
 //!
 //! Also here: the helpers the writers share: the chunking of the cluster list
@@ -39,11 +39,8 @@ pub fn runs(clusters: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
 }
 
 /// The clusters of a sparse raw disk of `size` bytes that hold data (from its
-/// `SEEK_DATA`/`SEEK_HOLE` extents), and a fill that reads them (zeros past its end).
-pub fn of_file(
-    f: &File,
-    size: u64,
-) -> std::io::Result<(Vec<u64>, impl FnMut(u64, u64, &mut [u8]) -> std::io::Result<()> + '_)> {
+/// `SEEK_DATA`/`SEEK_HOLE` extents).
+pub fn clusters_of(f: &File, size: u64) -> std::io::Result<Vec<u64>> {
     let mut clusters: Vec<u64> = Vec::new();
     for (s, l) in super::sparse::data_extents(f)? {
         let end = (s + l).min(size);
@@ -53,12 +50,16 @@ pub fn of_file(
     }
     clusters.sort_unstable();
     clusters.dedup();
-    let fill = move |first: u64, _n: u64, buf: &mut [u8]| {
+    Ok(clusters)
+}
+
+/// The fill of a raw disk: its bytes (zeros past its end).
+pub fn fill_from(f: &File) -> impl FnMut(u64, u64, &mut [u8]) -> std::io::Result<()> + '_ {
+    move |first: u64, _n: u64, buf: &mut [u8]| {
         let got = super::qcow2::read_upto(f, buf, first * CLUSTER)?;
         buf[got..].fill(0);
         Ok(())
-    };
-    Ok((clusters, fill))
+    }
 }
 
 /// What the hashing thread digests next.

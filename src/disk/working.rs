@@ -200,8 +200,9 @@ fn finish_raw(
     let sha = if formats::streamed(spec.format) {
         let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
         let size = len_of(&raw)?;
-        let (clusters, fill) =
-            super::stream::of_file(&f, size).map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+        let clusters = super::stream::clusters_of(&f, size)
+            .map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+        let fill = super::stream::fill_from(&f);
         formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?
     } else {
         qemu::convert_out(&raw, spec.format, out, spec.seed)?;
