@@ -330,3 +330,21 @@ fn streamed_formats_hold_the_qcow2_builds_disk_on_both_paths() {
         }
     }
 }
+
+/// A vmdk (or OVA) holds at most 2 TiB: a larger --disk-size is refused as bad input
+/// before the disk is grown or anything is written.
+#[test]
+fn vmdk_larger_than_two_tib_is_refused() {
+    let fx = fixture::noble_fixture();
+    for format in ["vmdk", "ova"] {
+        let out = fx.dir.path().join(format!("big-{format}"));
+        let o = fixture::build(
+            &fx,
+            "worker",
+            &["--format", format, "--disk-size", "3T", "--output", out.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(2), "{format}: {}", stderr(&o));
+        assert!(stderr(&o).contains("at most 2 TiB"), "{format}: {}", stderr(&o));
+        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "{format}: output left");
+    }
+}

@@ -59,6 +59,8 @@ pub enum DiskError {
         "--disk-size {requested} is smaller than the base image's disk ({current} bytes); disks only grow"
     )]
     Shrink { requested: String, current: u64 },
+    #[error("a {format} holds a disk of at most {max}; this one is {size}: choose a smaller --disk-size or another format")]
+    FormatLimit { format: crate::types::OutFormat, size: String, max: &'static str },
     #[error("{tool} failed: {msg}")]
     Tool { tool: &'static str, msg: String },
     #[error("debugfs reported errors {op}:\n{detail}")]
@@ -113,6 +115,7 @@ impl Classify for DiskError {
             | DiskError::BadFs { .. }
             | DiskError::NoSpace { .. }
             | DiskError::Shrink { .. }
+            | DiskError::FormatLimit { .. }
             | DiskError::BadPath(_)
             | DiskError::TypeClash { .. }
             | DiskError::ThroughSymlink { .. }

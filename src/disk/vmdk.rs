@@ -38,6 +38,9 @@ const MARKER_EOS: u32 = 0;
 const MARKER_GT: u32 = 1;
 const MARKER_GD: u32 = 2;
 const MARKER_FOOTER: u32 = 3;
+/// The largest disk a sparse VMDK holds: grain and table offsets are 32-bit sector
+/// numbers (qemu reads no larger VMDK4 extent either).
+pub const MAX_SIZE: u64 = SECTOR << 32;
 /// zlib level of the grains: qemu's (zlib's default).
 pub const LEVEL: u32 = 6;
 

@@ -140,6 +140,7 @@ fn finish_fast(
     let need = rootfs::layer_bytes(layer, ov.root.superblock().block_size)?;
     let want_free = need + spec.reserve;
     if let Some((want, msg)) = target_size(spec.disk_size, ov.disk_size(), want_free, ov.root.available())? {
+        fits_format(spec.format, want)?;
         clock.say(msg);
         ov.grow(want, work, spec.source_date_epoch)?;
     }
@@ -151,6 +152,7 @@ fn finish_fast(
         ));
         ov.grow(want, work, spec.source_date_epoch)?;
     }
+    fits_format(spec.format, ov.disk_size())?;
     clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
     ov.root.write_layer(layer, work)?;
     let fs_spec = ov.root.spec().to_string();
@@ -181,6 +183,7 @@ fn finish_raw(
     let cur = len_of(root.image())?;
     let want_free = need + spec.reserve;
     if let Some((want, msg)) = target_size(spec.disk_size, cur, want_free, root.available())? {
+        fits_format(spec.format, want)?;
         clock.say(msg);
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
@@ -192,6 +195,7 @@ fn finish_raw(
         ));
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
+    fits_format(spec.format, len_of(root.image())?)?;
     clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
     root.write_layer(layer, work)?;
     clock.say("checking the root filesystem with e2fsck -fn");
@@ -219,6 +223,14 @@ fn finish_raw(
 
 fn stamp<'a>(spec: &ImageSpec<'a>) -> formats::Stamp<'a> {
     formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name }
+}
+
+/// A disk of `size` bytes fits the output format (before anything is written).
+fn fits_format(format: OutFormat, size: u64) -> Result<(), DiskError> {
+    if matches!(format, OutFormat::Vmdk | OutFormat::Ova) && size > super::vmdk::MAX_SIZE {
+        return Err(DiskError::FormatLimit { format, size: size::human(size), max: "2 TiB" });
+    }
+    Ok(())
 }
 
 /// Azure wants a VHD's virtual size in whole MiB: the size to grow a disk of `cur`
