@@ -292,6 +292,10 @@ fn streamed_formats_hold_the_qcow2_builds_disk_on_both_paths() {
             }
             "vhd" => to_raw("vpc", img, &dir),
             _ => {
+                // GNU tar reads the archive as the tar crate does, without a warning.
+                let t = sh(Command::new("tar").arg("-tvf").arg(img));
+                assert!(t.stderr.is_empty(), "{}", stderr(&t));
+                assert_eq!(String::from_utf8_lossy(&t.stdout).lines().count(), 3);
                 let members = tar_members(img);
                 let vmdk = dir.join(&members[2].0);
                 std::fs::write(&vmdk, &members[2].2).unwrap();
