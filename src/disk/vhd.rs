@@ -81,8 +81,10 @@ where
             }
             let len = (n * CLUSTER).min(size - lo) as usize;
             let mut buf = hash.buffer();
-            buf.resize(len, 0);
+            buf.resize((n * CLUSTER) as usize, 0);
             fill(first, n, &mut buf)?;
+            // The last cluster may reach past the end of the disk.
+            buf.truncate(len);
             stream::write_unless_zero(&f, &buf, lo)?;
             hash.zeros(lo - at)?;
             hash.bytes(buf)?;
@@ -157,6 +159,28 @@ mod tests {
             .unwrap();
         assert!(st.success());
         assert!(std::fs::read(&raw).unwrap() == bytes[..size as usize]);
+    }
+
+    /// Raw output of a disk that ends inside a cluster: the file is the disk's size, the
+    /// last cluster cut where the disk ends (the fill still gets whole clusters).
+    #[test]
+    fn raw_ends_inside_the_last_cluster() {
+        let d = tempfile::tempdir().unwrap();
+        let size = (1u64 << 20) + 4096;
+        let out = d.path().join("a.raw");
+        let digest = write(&out, size, &[0, 16], None, |_, n, buf: &mut [u8]| {
+            assert_eq!(buf.len() as u64, n * CLUSTER);
+            buf.fill(7);
+            Ok(())
+        })
+        .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        use sha2::Digest;
+        assert_eq!(digest, hex::encode(sha2::Sha256::digest(&bytes)));
+        assert!(bytes[..CLUSTER as usize].iter().all(|&b| b == 7));
+        assert!(bytes[CLUSTER as usize..1 << 20].iter().all(|&b| b == 0));
+        assert!(bytes[1 << 20..].iter().all(|&b| b == 7));
     }
 
     /// The footer is byte for byte what qemu-img writes for the same disk, but for the
