@@ -240,8 +240,9 @@ pub struct Addons {
     /// on the first control plane and applied after the values baked into the image.
     #[serde(default)]
     pub values: BTreeMap<String, serde_yaml::Mapping>,
-    /// Optional add-on profiles to install (`monitoring`, `logging`, `gitops`); the
-    /// control-plane image must carry them (`imgbuild build --profile`).
+    /// Optional add-on profiles to install (`monitoring`, `logging`, `gitops`, and at most
+    /// one CSI driver: `cinder`, `proxmox`, `hcloud`); the control-plane image must carry
+    /// them (`imgbuild build --profile`).
     #[serde(default)]
     pub profiles: Vec<String>,
     /// The `logging` profile's destination: an OTLP/HTTP endpoint and its API token
@@ -253,6 +254,56 @@ pub struct Addons {
     /// keeps the backend in sync with it.
     #[serde(default)]
     pub gitops: Option<GitopsSpec>,
+    /// The `cinder` profile: OpenStack credentials for the Cinder CSI driver.
+    #[serde(default)]
+    pub cinder: Option<CinderSpec>,
+    /// The `proxmox` profile: the Proxmox VE API the CSI driver creates disks through.
+    #[serde(default)]
+    pub proxmox: Option<ProxmoxSpec>,
+    /// The `hcloud` profile: the Hetzner Cloud API token of the CSI driver.
+    #[serde(default)]
+    pub hcloud: Option<HcloudSpec>,
+}
+
+/// The Cinder CSI driver's credentials: a `cloud.conf` (the INI file
+/// cloud-provider-openstack reads: `[Global]` with `auth-url` and a user or an
+/// application credential) kept out of cluster.yaml, 0600.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CinderSpec {
+    /// Relative to cluster.yaml's directory. Default: `secrets/cinder-cloud.conf`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxSpec {
+    /// `https://HOST:8006/api2/json`, the API of the Proxmox VE cluster the nodes run on.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The name the driver gives that Proxmox cluster (the nodes' `topology.kubernetes.io/region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The Proxmox storage new disks are created on (`local-lvm`, a Ceph pool's storage ID).
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// Accept the API's self-signed certificate (Proxmox's default one).
+    #[serde(default)]
+    pub insecure: bool,
+    /// YAML with `token_id` (`USER@REALM!TOKEN`) and `token_secret`, 0600; relative to
+    /// cluster.yaml's directory. Default: `secrets/proxmox-csi.yaml`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HcloudSpec {
+    /// YAML with `token` (a Read & Write API token of the project), 0600; relative to
+    /// cluster.yaml's directory. Default: `secrets/hcloud.yaml`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -282,6 +333,18 @@ fn yes() -> bool {
     true
 }
 
+/// serde_yaml's message without what the diagnostic already says: its own
+/// `<path>: ` prefix and ` at line L column C` suffix.
+fn bare_message(msg: &str, path: &str) -> String {
+    let m = msg.strip_prefix(&format!("{path}: ")).unwrap_or(msg);
+    match m.rfind(" at line ") {
+        Some(i) if m[i + " at line ".len()..].split(" column ").all(|n| n.parse::<u64>().is_ok()) => {
+            m[..i].to_string()
+        }
+        _ => m.to_string(),
+    }
+}
+
 /// Deserialize `cluster.yaml` text (types and unknown fields only; no semantics).
 /// Also returns the line of every field path.
 pub fn parse(src: &str, origin: &str) -> Result<(ClusterSpec, HashMap<String, usize>), Diagnostics> {
@@ -303,10 +366,34 @@ pub fn parse(src: &str, origin: &str) -> Result<(ClusterSpec, HashMap<String, us
             let inner = e.into_inner();
             let line = inner.location().map(|l| l.line()).or_else(|| crate::yamlpos::line_of(&lines, &path));
             let path = if path == "." { String::new() } else { path };
+            let message = bare_message(&inner.to_string(), &path);
             Err(Diagnostics {
                 origin: origin.to_string(),
-                items: vec![Diagnostic { severity: Severity::Error, path, line, message: inner.to_string() }],
+                items: vec![Diagnostic { severity: Severity::Error, path, line, message }],
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_error_names_its_field_and_line_once() {
+        let src = "name: demo\nha:\n  mode: magic\n";
+        let d = parse(src, "c.yaml").expect_err("bad variant");
+        let item = &d.items[0];
+        assert_eq!(item.path, "ha.mode");
+        assert_eq!(item.line, Some(3));
+        assert!(item.message.starts_with("unknown variant `magic`"), "{}", item.message);
+        assert!(!item.message.contains("ha.mode") && !item.message.contains(" at line "), "{}", item.message);
+    }
+
+    #[test]
+    fn bare_message_keeps_what_it_does_not_recognise() {
+        assert_eq!(bare_message("a.b: oops at line 3 column 9", "a.b"), "oops");
+        assert_eq!(bare_message("oops at line x", "a.b"), "oops at line x");
+        assert_eq!(bare_message("other: oops", "a.b"), "other: oops");
     }
 }
