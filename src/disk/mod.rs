@@ -5,8 +5,9 @@
 //! the root partition is the one whose ext4 superblock carries the recipe's root label
 //! ([`ext4`]), never a partition number; files are written into it with batched
 //! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
-//! offline ([`resize`]); `qemu-img convert` produces the requested output format
-//! ([`formats`] adds the fixed vhd footer and the OVA package).
+//! offline ([`resize`]); the output formats are written from the finished disk as a
+//! stream ([`stream`], [`formats`]: [`qcow2`], [`vmdk`], [`vhd`], the OVA), vhdx by
+//! `qemu-img convert`.
 
 pub mod debugfs;
 pub mod ext4;
@@ -22,6 +23,9 @@ pub mod qemu;
 pub mod resize;
 pub mod rootfs;
 pub mod sparse;
+pub mod stream;
+pub mod vhd;
+pub mod vmdk;
 pub mod working;
 
 pub use format::{detect, BaseFormat};
@@ -55,6 +59,8 @@ pub enum DiskError {
         "--disk-size {requested} is smaller than the base image's disk ({current} bytes); disks only grow"
     )]
     Shrink { requested: String, current: u64 },
+    #[error("a {format} holds a disk of at most {max}; this one is {size}: choose a smaller --disk-size or another format")]
+    FormatLimit { format: crate::types::OutFormat, size: String, max: &'static str },
     #[error("{tool} failed: {msg}")]
     Tool { tool: &'static str, msg: String },
     #[error("debugfs reported errors {op}:\n{detail}")]
@@ -116,6 +122,7 @@ impl Classify for DiskError {
             | DiskError::BadFs { .. }
             | DiskError::NoSpace { .. }
             | DiskError::Shrink { .. }
+            | DiskError::FormatLimit { .. }
             | DiskError::BadPath(_)
             | DiskError::TypeClash { .. }
             | DiskError::ThroughSymlink { .. }

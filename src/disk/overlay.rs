@@ -1,26 +1,29 @@
 //! The build's fast path: the base qcow2 is read in place, only the root
 //! filesystem's metadata is copied into a sparse partition-sized working file
 //! ([`super::ext4meta`]), debugfs writes the layer into that copy, and the output qcow2
-//! is streamed in one pass from the base with the copy's data extents laid over the
-//! root partition, hashed as it is written ([`super::qcow2::write`]). Each byte of the
-//! base is read once and written once, which is what `qemu-img convert` alone costs.
+//! (or vmdk, ova, vhd) is streamed in one pass from the base with the copy's data
+//! extents laid over the root partition, hashed as it is written
+//! ([`super::formats::write_stream`]). Each byte of the base is read once and written
+//! once, which is what `qemu-img convert` alone costs.
 //!
 //! Growing the disk works here too, as on the raw path: the GPT regions are copied into
 //! a sparse shadow of the disk and grown there ([`super::gpt::grow`]), the partition
 //! copy is grown with resize2fs, and both are laid over the base.
 //!
-//! Used when the base is a qcow2 this crate reads and the output is qcow2; other
-//! output formats take the raw working copy path.
+//! Used when the base is a qcow2 this crate reads and the output is qcow2, vmdk, ova
+//! or vhd; vhdx (qemu-img), raw output and other bases take the raw working copy path.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::ext4::{self, Probe};
+use super::formats::Stamp;
 use super::gpt::{self, Partition};
 use super::qcow2::{self, Reader};
 use super::rootfs::{self, Backing, Placed, RootFs};
 use super::DiskError;
+use crate::types::OutFormat;
 
 /// A prepared fast-path build.
 #[derive(Debug)]
@@ -155,15 +158,17 @@ impl Overlay {
         Ok(())
     }
 
-    /// Stream the output qcow2 to `out`: the base with the copy's data extents over
-    /// the root partition, and the bytes of the `placed` layer files (allocated by
-    /// debugfs, never written into the copy) read from their sources into their blocks,
-    /// hashed on the way and checked against `expected`. Returns the image's sha256.
-    /// With `compress`, every cluster is zstd-compressed on all cores.
-    pub fn write_qcow2(
+    /// Stream the output image to `out` in `fmt` (any format but vhdx, see
+    /// [`super::formats::write_stream`]): the base with the copy's data extents over the
+    /// root partition, and the bytes of the `placed` layer files (allocated by debugfs,
+    /// never written into the copy) read from their sources into their blocks, hashed on
+    /// the way and checked against `expected`. Returns the image's sha256.
+    pub fn write(
         self,
         out: &Path,
+        fmt: OutFormat,
         compress: bool,
+        st: &Stamp,
         placed: &[Placed],
         expected: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, DiskError> {
@@ -242,13 +247,7 @@ impl Overlay {
             }
             Ok(())
         };
-        let sha = if compress {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            qcow2::write_zstd(out, self.size, &clusters, threads, fill)
-        } else {
-            qcow2::write(out, self.size, &clusters, fill)
-        }
-        .map_err(io(format!("writing {}", out.display())))?;
+        let sha = super::formats::write_stream(fmt, compress, out, st, self.size, &clusters, fill)?;
         files.check(expected)?;
         Ok(sha)
     }

@@ -372,27 +372,10 @@ impl Write for Cursor<'_> {
     }
 }
 
-/// The writer's cluster size (qemu-img's default).
-pub const OUT_CLUSTER_BITS: u32 = 16;
+/// The writer's cluster size (qemu-img's default): the stream's cluster.
+pub const OUT_CLUSTER_BITS: u32 = super::stream::CLUSTER_BITS;
 const OUT_CS: u64 = 1 << OUT_CLUSTER_BITS;
-/// Guest clusters filled and written per chunk.
-const CHUNK_CLUSTERS: u64 = 16;
-
-/// The chunks [`write`] and [`write_zstd`] fill: runs of consecutive guest clusters,
-/// at most [`CHUNK_CLUSTERS`] each, as (first cluster, count).
-fn runs(clusters: &[u64]) -> impl Iterator<Item = (u64, u64)> + '_ {
-    let mut i = 0usize;
-    std::iter::from_fn(move || {
-        let first = *clusters.get(i)?;
-        let mut n = 1u64;
-        while i + (n as usize) < clusters.len() && n < CHUNK_CLUSTERS && clusters[i + n as usize] == first + n
-        {
-            n += 1;
-        }
-        i += n as usize;
-        Some((first, n))
-    })
-}
+use super::stream::runs;
 
 /// Write a qcow2 image of virtual `size` whose allocated guest clusters are
 /// `clusters` (sorted, unique, 64 KiB each); `fill(first, n, buf)` supplies the bytes
@@ -568,63 +551,28 @@ pub fn write_zstd<F>(
     size: u64,
     clusters: &[u64],
     threads: usize,
-    mut fill: F,
+    fill: F,
 ) -> std::io::Result<String>
 where
     F: FnMut(u64, u64, &mut [u8]) -> std::io::Result<()>,
 {
-    use std::sync::mpsc::sync_channel;
-
     // An incompressible cluster costs up to a cluster of padding before it.
     let g = geometry(size, clusters, 2 * clusters.len() as u64 + 1);
-    let threads = threads.max(1);
     let mut f = File::create(out)?;
     let data_start = g.data_at * OUT_CS;
-
-    let (work_tx, work_rx) = sync_channel::<(usize, Vec<u8>)>(threads * 2);
-    let work_rx = Mutex::new(work_rx);
-    let (done_tx, done_rx) = sync_channel::<(usize, Vec<Piece>)>(threads * 2);
-    let (entries, data_refc) = std::thread::scope(|s| -> std::io::Result<(Vec<u64>, Vec<u16>)> {
-        let mut workers = Vec::new();
-        for _ in 0..threads {
-            let (done_tx, work_rx) = (done_tx.clone(), &work_rx);
-            workers.push(s.spawn(move || -> std::io::Result<()> {
-                let mut z = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
-                loop {
-                    let job =
-                        work_rx.lock().map_err(|_| std::io::Error::other("worker lock poisoned"))?.recv();
-                    let Ok((seq, buf)) = job else { return Ok(()) };
-                    let pieces = buf
-                        .chunks(OUT_CS as usize)
-                        .map(|c| compress_cluster(c, &mut z))
-                        .collect::<Result<_, _>>()?;
-                    if done_tx.send((seq, pieces)).is_err() {
-                        return Ok(());
-                    }
-                }
-            }));
-        }
-        drop(done_tx);
-        let file = &mut f;
-        let writer = s.spawn(move || write_pieces(file, data_start, done_rx));
-        let fed = (|| -> std::io::Result<()> {
-            for (seq, (first, n)) in runs(clusters).enumerate() {
-                let mut buf = vec![0u8; (n * OUT_CS) as usize];
-                fill(first, n, &mut buf)?;
-                work_tx.send((seq, buf)).map_err(|_| std::io::Error::other("compression stopped"))?;
-            }
-            Ok(())
-        })();
-        drop(work_tx);
-        for w in workers {
-            w.join().map_err(|_| std::io::Error::other("a compression thread panicked"))??;
-        }
-        // The writer's error first: a full disk stops it, and then the feeder only
-        // sees that compression stopped.
-        let written = writer.join().map_err(|_| std::io::Error::other("the writer thread panicked"))??;
-        fed?;
-        Ok(written)
-    })?;
+    f.seek(SeekFrom::Start(data_start))?;
+    let mut placer = Placer::new(data_start, std::io::BufWriter::with_capacity(1 << 20, &mut f));
+    super::stream::compress_in_order(
+        clusters,
+        threads,
+        fill,
+        || zstd::bulk::Compressor::new(ZSTD_LEVEL),
+        |z, _, buf| {
+            buf.chunks(OUT_CS as usize).map(|c| compress_cluster(c, z)).collect::<Result<Vec<_>, _>>()
+        },
+        |_, _, pieces| pieces.into_iter().try_for_each(|p| placer.put(p)),
+    )?;
+    let (entries, data_refc) = placer.finish()?;
     let host = g.data_at + data_refc.len() as u64;
     let meta = tables(
         size,
@@ -640,17 +588,7 @@ where
     f.set_len(host * OUT_CS)?;
     drop(f);
     // The tables are at the front, so the hash reads the file once more.
-    let mut h = <sha2::Sha256 as sha2::Digest>::new();
-    let mut r = File::open(out)?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        sha2::Digest::update(&mut h, &buf[..n]);
-    }
-    Ok(hex::encode(sha2::Digest::finalize(h)))
+    Ok(crate::types::Sha256::of_file(out)?.as_str().to_string())
 }
 
 /// One guest cluster of a compressed image: how it is stored and its bytes.
@@ -676,58 +614,60 @@ fn compress_cluster(c: &[u8], z: &mut zstd::bulk::Compressor<'_>) -> std::io::Re
 /// bits of host offset, then the count of 512-byte sectors after the first.
 const CSIZE_SHIFT: u32 = 62 - (OUT_CLUSTER_BITS - 8);
 
-/// Write the pieces arriving on `rx` in sequence order from `start`; returns each
-/// guest cluster's L2 entry and the reference count of each host cluster from `start`.
-fn write_pieces(
-    f: &mut File,
+/// Lays the pieces out from `start`, in guest order: each guest cluster's L2 entry and
+/// the reference count of each host cluster from `start`.
+struct Placer<W> {
+    w: W,
     start: u64,
-    rx: std::sync::mpsc::Receiver<(usize, Vec<Piece>)>,
-) -> std::io::Result<(Vec<u64>, Vec<u16>)> {
-    let cs = OUT_CS;
-    f.seek(SeekFrom::Start(start))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let (mut entries, mut refc) = (Vec::new(), Vec::<u16>::new());
-    let mut pos = start;
-    let mut pending = std::collections::BTreeMap::new();
-    let mut next = 0usize;
-    let count = |refc: &mut Vec<u16>, lo: u64, hi: u64| {
-        let (a, b) = ((lo - start) / cs, (hi - 1 - start) / cs);
-        if refc.len() <= b as usize {
-            refc.resize(b as usize + 1, 0);
+    pos: u64,
+    entries: Vec<u64>,
+    refc: Vec<u16>,
+}
+
+impl<W: Write> Placer<W> {
+    fn new(start: u64, w: W) -> Self {
+        Placer { w, start, pos: start, entries: Vec::new(), refc: Vec::new() }
+    }
+
+    /// Count a reference to every host cluster in `lo..hi`.
+    fn count(&mut self, lo: u64, hi: u64) {
+        let (a, b) = ((lo - self.start) / OUT_CS, (hi - 1 - self.start) / OUT_CS);
+        if self.refc.len() <= b as usize {
+            self.refc.resize(b as usize + 1, 0);
         }
         for c in a..=b {
-            refc[c as usize] += 1;
-        }
-    };
-    for (seq, pieces) in rx {
-        pending.insert(seq, pieces);
-        while let Some(pieces) = pending.remove(&next) {
-            next += 1;
-            for p in pieces {
-                match p {
-                    Piece::Zero => entries.push(0),
-                    Piece::Zstd(z) => {
-                        let sectors = ((pos + z.len() as u64 - 1) >> 9) - (pos >> 9);
-                        entries.push(COMPRESSED | (sectors << CSIZE_SHIFT) | pos);
-                        // qemu counts every host cluster the descriptor's sectors touch
-                        count(&mut refc, pos & !511, (pos & !511) + (sectors + 1) * 512);
-                        w.write_all(&z)?;
-                        pos += z.len() as u64;
-                    }
-                    Piece::Plain(d) => {
-                        let at = pos.div_ceil(cs) * cs;
-                        w.write_all(&vec![0u8; (at - pos) as usize])?;
-                        entries.push(at | COPIED);
-                        count(&mut refc, at, at + cs);
-                        w.write_all(&d)?;
-                        pos = at + cs;
-                    }
-                }
-            }
+            self.refc[c as usize] += 1;
         }
     }
-    w.flush()?;
-    Ok((entries, refc))
+
+    fn put(&mut self, p: Piece) -> std::io::Result<()> {
+        let pos = self.pos;
+        match p {
+            Piece::Zero => self.entries.push(0),
+            Piece::Zstd(z) => {
+                let sectors = ((pos + z.len() as u64 - 1) >> 9) - (pos >> 9);
+                self.entries.push(COMPRESSED | (sectors << CSIZE_SHIFT) | pos);
+                // qemu counts every host cluster the descriptor's sectors touch
+                self.count(pos & !511, (pos & !511) + (sectors + 1) * 512);
+                self.w.write_all(&z)?;
+                self.pos += z.len() as u64;
+            }
+            Piece::Plain(d) => {
+                let at = pos.div_ceil(OUT_CS) * OUT_CS;
+                self.w.write_all(&vec![0u8; (at - pos) as usize])?;
+                self.entries.push(at | COPIED);
+                self.count(at, at + OUT_CS);
+                self.w.write_all(&d)?;
+                self.pos = at + OUT_CS;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<(Vec<u64>, Vec<u16>)> {
+        self.w.flush()?;
+        Ok((self.entries, self.refc))
+    }
 }
 
 #[cfg(test)]
@@ -810,23 +750,7 @@ mod tests {
         let mut clusters: Vec<u64> = (0..40).chain(8190..8195).chain(9000..9003).collect();
         clusters.push((size - 1) / OUT_CS);
         // compressible text, zeros, and pseudo-random (incompressible) clusters
-        let pattern = |g: u64, buf: &mut [u8]| match g % 5 {
-            0 => buf.fill(0),
-            1 => {
-                let mut x = g.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-                for b in buf.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-            }
-            _ => {
-                for (i, b) in buf.iter_mut().enumerate() {
-                    *b = b"kubelet binary text "[(i + g as usize) % 20];
-                }
-            }
-        };
+        let pattern = crate::disk::stream::test_pattern;
         let fill = |first: u64, n: u64, buf: &mut [u8]| {
             for i in 0..n {
                 pattern(first + i, &mut buf[(i * OUT_CS) as usize..((i + 1) * OUT_CS) as usize]);

@@ -1,5 +1,5 @@
-//! qemu-img: base → raw working copy, raw → output format, with options fixed so
-//! the same raw bytes always give the same output bytes.
+//! qemu-img: base → raw working copy, raw → vhdx, with options fixed and random
+//! identifiers replaced so the same raw bytes always give the same output bytes.
 
 use std::path::Path;
 
@@ -7,23 +7,10 @@ use super::{BaseFormat, DiskError};
 use crate::tools::{self, Tool};
 use crate::types::OutFormat;
 
-/// qemu-img's format name and creation options, spelled out (rather than qemu-img's
-/// defaults, which may change between versions): no compression for qcow2, fixed
-/// cluster size, no preallocation. vmdk is streamOptimized (what vSphere imports)
-/// on an LSI Logic adapter (what the OVA's descriptor declares); vhd is fixed with
-/// the exact size (Azure). `None`: not a qemu-img format (OVA, see [`super::formats`]).
-pub fn qemu_format(fmt: OutFormat) -> Option<(&'static str, &'static str)> {
-    match fmt {
-        OutFormat::Qcow2 => {
-            Some(("qcow2", "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off"))
-        }
-        OutFormat::Raw => Some(("raw", "preallocation=off")),
-        OutFormat::Vmdk => Some(("vmdk", "subformat=streamOptimized,adapter_type=lsilogic")),
-        OutFormat::Vhdx => Some(("vhdx", "subformat=dynamic,block_size=33554432")),
-        OutFormat::Vhd => Some(("vpc", "subformat=fixed,force_size=on")),
-        OutFormat::Ova => None,
-    }
-}
+/// qemu-img's creation options for vhdx (the one output format qemu-img still writes),
+/// spelled out rather than left to qemu-img's defaults, which may change between
+/// versions: dynamic, 32 MiB blocks.
+const VHDX_OPTIONS: &str = "subformat=dynamic,block_size=33554432";
 
 /// Run a tool found through [`tools::find`], failing with its stderr.
 pub(crate) fn run(tool: &Tool, args: &[&std::ffi::OsStr]) -> Result<std::process::Output, DiskError> {
@@ -59,79 +46,27 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
     Ok(())
 }
 
-/// Convert the finished raw image to `fmt` at `dst`. `seed` (the build's inputs
-/// digest) replaces the random identifiers some formats carry, so same inputs give
-/// the same bytes. vhd's footer and OVA need more than the seed: builds go through
-/// [`super::formats::write`], which calls this for the plain qemu-img formats.
-pub fn convert_out(
-    raw: &Path,
-    fmt: OutFormat,
-    compress: bool,
-    dst: &Path,
-    seed: &str,
-) -> Result<(), DiskError> {
-    let Some((name, options)) = qemu_format(fmt) else {
-        return Err(DiskError::Tool { tool: "qemu-img", msg: format!("{fmt} is not a qemu-img format") });
-    };
-    let compress = compress && fmt == OutFormat::Qcow2;
-    // Compressed writes of qemu-img convert are sequential, so the output stays a
-    // function of the guest bytes.
-    let options = if compress { format!("{options},compression_type=zstd") } else { options.to_string() };
-    let mut args: Vec<&std::ffi::OsStr> = vec!["convert".as_ref(), "-f".as_ref(), "raw".as_ref()];
-    if compress {
-        args.push("-c".as_ref());
+/// Convert the finished raw image to `fmt` (vhdx: every other format is written by
+/// this crate, [`super::formats::write_stream`]) at `dst`. `seed` (the build's inputs
+/// digest) replaces the random identifiers qemu-img writes, so same inputs give the
+/// same bytes.
+pub fn convert_out(raw: &Path, fmt: OutFormat, dst: &Path, seed: &str) -> Result<(), DiskError> {
+    if fmt != OutFormat::Vhdx {
+        return Err(DiskError::Tool { tool: "qemu-img", msg: format!("{fmt} is not written by qemu-img") });
     }
-    args.extend::<[&std::ffi::OsStr; 6]>([
+    let args: [&std::ffi::OsStr; 9] = [
+        "convert".as_ref(),
+        "-f".as_ref(),
+        "raw".as_ref(),
         "-O".as_ref(),
-        name.as_ref(),
+        "vhdx".as_ref(),
         "-o".as_ref(),
-        options.as_ref(),
+        VHDX_OPTIONS.as_ref(),
         raw.as_os_str(),
         dst.as_os_str(),
-    ]);
+    ];
     run(&tools::QEMU_IMG, &args)?;
-    match fmt {
-        OutFormat::Vmdk => fix_vmdk_cid(dst, seed)?,
-        OutFormat::Vhdx => fix_vhdx_ids(dst, seed)?,
-        OutFormat::Qcow2 | OutFormat::Raw | OutFormat::Vhd | OutFormat::Ova => {}
-    }
-    Ok(())
-}
-
-/// qemu-img writes a random content ID (`CID=xxxxxxxx`, unpadded hex) into the
-/// embedded VMDK descriptor; rewrite the descriptor with one derived from `seed`,
-/// zero-padded to the descriptor area so nothing else moves.
-fn fix_vmdk_cid(path: &Path, seed: &str) -> Result<(), DiskError> {
-    use std::os::unix::fs::FileExt;
-    let corrupt = |msg: &str| DiskError::Corrupt { path: path.display().to_string(), msg: msg.into() };
-    let io = |c: &str| DiskError::io(format!("{c} {}", path.display()));
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io("opening"))?;
-    let mut hdr = [0u8; 512];
-    f.read_exact_at(&mut hdr, 0).map_err(io("reading VMDK header of"))?;
-    if &hdr[..4] != b"KDMV" {
-        return Err(corrupt("VMDK header signature missing"));
-    }
-    let u64at = |o: usize| u64::from_le_bytes(hdr[o..o + 8].try_into().unwrap_or_default());
-    let (off, len) = (u64at(28) * 512, u64at(36) * 512);
-    if off == 0 || len == 0 || len > 1 << 20 {
-        return Err(corrupt("VMDK without an embedded descriptor"));
-    }
-    let mut desc = vec![0u8; len as usize];
-    f.read_exact_at(&mut desc, off).map_err(io("reading VMDK descriptor of"))?;
-    let end = desc.iter().position(|&b| b == 0).unwrap_or(desc.len());
-    let text = String::from_utf8_lossy(&desc[..end]).into_owned();
-    let cid = &crate::types::Sha256::of(seed.as_bytes()).to_string()[..8];
-    let fixed: Vec<String> = text
-        .lines()
-        .map(|l| if l.starts_with("CID=") { format!("CID={cid}") } else { l.to_string() })
-        .collect();
-    let mut out = (fixed.join("\n") + "\n").into_bytes();
-    if out.len() > desc.len() {
-        return Err(corrupt("VMDK descriptor grew past its area"));
-    }
-    out.resize(desc.len(), 0);
-    f.write_all_at(&out, off).map_err(io("writing VMDK descriptor of"))?;
-    Ok(())
+    fix_vhdx_ids(dst, seed)
 }
 
 /// Virtual size in bytes, from `qemu-img info`.
@@ -245,9 +180,9 @@ mod tests {
     use super::*;
 
     /// qemu-img's random identifiers are replaced: two conversions of the same raw
-    /// bytes are identical in every format, and qemu-img still accepts them.
+    /// bytes are identical, and qemu-img still accepts them.
     #[test]
-    fn conversions_are_reproducible() {
+    fn vhdx_conversion_is_reproducible() {
         let d = tempfile::tempdir().unwrap();
         let raw = d.path().join("in.raw");
         let mut bytes = vec![0u8; 8 << 20];
@@ -255,26 +190,20 @@ mod tests {
         bytes[511] = 0xaa;
         bytes[3 << 20..(3 << 20) + 5].copy_from_slice(b"hello");
         std::fs::write(&raw, &bytes).unwrap();
-        for fmt in [OutFormat::Qcow2, OutFormat::Raw, OutFormat::Vmdk, OutFormat::Vhdx] {
-            let a = d.path().join(format!("a.{fmt}"));
-            let b = d.path().join(format!("b.{fmt}"));
-            convert_out(&raw, fmt, false, &a, "seed").unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(1100));
-            // Same file name: VMDK descriptors name their extent file.
-            std::fs::rename(&a, d.path().join("keep")).unwrap();
-            convert_out(&raw, fmt, false, &a, "seed").unwrap();
-            std::fs::rename(&a, &b).unwrap();
-            std::fs::rename(d.path().join("keep"), &a).unwrap();
-            let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-            let diff: Vec<usize> = (0..x.len().min(y.len())).filter(|&i| x[i] != y[i]).take(8).collect();
-            assert!(x == y, "{fmt}: differs at {diff:?}");
-            let out = std::process::Command::new("qemu-img")
-                .args(["compare", "-f", "raw", "-F", qemu_format(fmt).unwrap().0])
-                .arg(&raw)
-                .arg(&a)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{fmt}: {}", String::from_utf8_lossy(&out.stdout));
-        }
+        let (a, b) = (d.path().join("a.vhdx"), d.path().join("b.vhdx"));
+        convert_out(&raw, OutFormat::Vhdx, &a, "seed").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        convert_out(&raw, OutFormat::Vhdx, &b, "seed").unwrap();
+        let (x, y) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let diff: Vec<usize> = (0..x.len().min(y.len())).filter(|&i| x[i] != y[i]).take(8).collect();
+        assert!(x == y, "differs at {diff:?}");
+        let out = std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "vhdx"])
+            .arg(&raw)
+            .arg(&a)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(convert_out(&raw, OutFormat::Vmdk, &a, "seed").is_err());
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
 //! read in place, only the root filesystem's metadata copied, the output streamed once)
-//! when the base is a qcow2 this crate reads and the output is qcow2; otherwise a raw
-//! working copy (`qemu-img convert`) converted to the output format at the end.
+//! when the base is a qcow2 this crate reads and the output is not vhdx or raw; otherwise a raw
+//! working copy (`qemu-img convert`). Both end in the same writers
+//! ([`super::formats::write_stream`]); only vhdx is converted by qemu-img.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,7 +62,9 @@ impl Working {
         work: &Path,
         clock: &Clock,
     ) -> Result<Working, DiskError> {
-        if format == OutFormat::Qcow2 {
+        // A raw output has the raw working copy's own layout: it takes that path (and
+        // tests compare the two paths through it).
+        if formats::streamed(format) && format != OutFormat::Raw {
             match overlay::prepare(base, label, &work.join("root.partition"))? {
                 Ok(ov) => {
                     clock.say(format_args!(
@@ -135,7 +138,7 @@ fn len_of(p: &Path) -> Result<u64, DiskError> {
     Ok(std::fs::metadata(p).map_err(DiskError::io(format!("stat {}", p.display())))?.len())
 }
 
-/// The fast path: write the layer into the metadata copy, then stream the output qcow2
+/// The fast path: write the layer into the metadata copy, then stream the output image
 /// (hashed as it is written) while e2fsck checks the copy.
 fn finish_fast(
     mut ov: Overlay,
@@ -149,20 +152,30 @@ fn finish_fast(
     let need = rootfs::layer_bytes(layer, ov.root.superblock().block_size)?;
     let want_free = need + spec.reserve;
     if let Some((want, msg)) = target_size(spec.disk_size, ov.disk_size(), want_free, ov.root.available())? {
+        fits_format(spec.format, want)?;
         clock.say(msg);
         ov.grow(want, work, spec.source_date_epoch)?;
     }
     check_space(ov.disk_size(), need, ov.root.available())?;
+    if let Some(want) = vhd_size(spec.format, ov.disk_size()) {
+        clock.say(format_args!(
+            "growing the disk to {} (a VHD must be a whole number of MiB)",
+            size::human(want)
+        ));
+        ov.grow(want, work, spec.source_date_epoch)?;
+    }
+    fits_format(spec.format, ov.disk_size())?;
     clock.say(format_args!("writing {} layer entries with debugfs (files allocated only)", layer.len()));
     let placed = ov.root.write_layer(layer, work)?;
     let fs_spec = ov.root.spec().to_string();
     clock.say(format_args!(
-        "streaming the qcow2 image ({} layer files laid in from their sources) while e2fsck -fn checks \
+        "streaming the {} image ({} layer files laid in from their sources) while e2fsck -fn checks \
          the root filesystem",
+        spec.format,
         placed.len()
     ));
     let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
-    let written = ov.write_qcow2(out, spec.compress, &placed, expected);
+    let written = ov.write(out, spec.format, spec.compress, &stamp(spec), &placed, expected);
     clock.say("image written");
     let checked = fsck
         .join()
@@ -188,34 +201,63 @@ fn finish_raw(
     let cur = len_of(root.image())?;
     let want_free = need + spec.reserve;
     if let Some((want, msg)) = target_size(spec.disk_size, cur, want_free, root.available())? {
+        fits_format(spec.format, want)?;
         clock.say(msg);
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
     check_space(len_of(root.image())?, need, root.available())?;
-    // Azure wants a VHD's virtual size in whole MiB.
-    let cur = len_of(root.image())?;
-    if spec.format == OutFormat::Vhd && cur % formats::VHD_ALIGN != 0 {
-        let want = cur.div_ceil(formats::VHD_ALIGN) * formats::VHD_ALIGN;
+    if let Some(want) = vhd_size(spec.format, len_of(root.image())?) {
         clock.say(format_args!(
             "growing the disk to {} (a VHD must be a whole number of MiB)",
             size::human(want)
         ));
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
+    fits_format(spec.format, len_of(root.image())?)?;
     clock.say(format_args!("writing {} layer entries with debugfs (files allocated only)", layer.len()));
     let placed = root.write_layer(layer, work)?;
     clock.say(format_args!("laying in {} layer files from their sources", placed.len()));
     rootfs::lay_data(root.image(), root.offset(), root.superblock().block_size, &placed, expected)?;
     clock.say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
-    clock.say(format_args!("converting to {}", spec.format));
-    let stamp =
-        formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name };
-    formats::write(&raw, spec.format, spec.compress, out, &stamp)?;
-    // Free the working copy before hashing: it can be several GiB.
-    let _ = std::fs::remove_file(&raw);
-    clock.say("hashing the image");
-    Sha256::of_file(out).map_err(DiskError::io(format!("hashing {}", out.display())))
+    clock.say(format_args!("writing the {} image", spec.format));
+    let sha = if formats::streamed(spec.format) {
+        let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
+        let size = len_of(&raw)?;
+        let clusters = super::stream::clusters_of(&f, size)
+            .map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+        let fill = super::stream::fill_from(&f);
+        formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?
+    } else {
+        qemu::convert_out(&raw, spec.format, out, spec.seed)?;
+        // Free the working copy before hashing: it can be several GiB.
+        let _ = std::fs::remove_file(&raw);
+        clock.say("hashing the image");
+        Sha256::of_file(out)
+            .map_err(DiskError::io(format!("hashing {}", out.display())))?
+            .as_str()
+            .to_string()
+    };
+    Sha256::parse(&sha).map_err(|msg| DiskError::Corrupt { path: out.display().to_string(), msg })
+}
+
+fn stamp<'a>(spec: &ImageSpec<'a>) -> formats::Stamp<'a> {
+    formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name }
+}
+
+/// A disk of `size` bytes fits the output format (before anything is written).
+fn fits_format(format: OutFormat, size: u64) -> Result<(), DiskError> {
+    if matches!(format, OutFormat::Vmdk | OutFormat::Ova) && size > super::vmdk::MAX_SIZE {
+        return Err(DiskError::FormatLimit { format, size: size::human(size), max: "2 TiB" });
+    }
+    Ok(())
+}
+
+/// Azure wants a VHD's virtual size in whole MiB: the size to grow a disk of `cur`
+/// bytes to, if it is not.
+fn vhd_size(format: OutFormat, cur: u64) -> Option<u64> {
+    (format == OutFormat::Vhd && cur % formats::VHD_ALIGN != 0)
+        .then(|| cur.div_ceil(formats::VHD_ALIGN) * formats::VHD_ALIGN)
 }
 
 /// The disk size to grow to (with what to say), if any: the requested size, or (none

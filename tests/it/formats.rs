@@ -245,3 +245,106 @@ fn inspect_refuses_a_tar_that_is_not_an_ova() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("not an OVA"), "{}", stderr(&o));
 }
+
+/// `qemu-img convert -O raw` of `img` (format `fmt`) into `dir`.
+fn to_raw(fmt: &str, img: &Path, dir: &Path) -> PathBuf {
+    let raw = dir.join(format!("{}.raw", img.file_name().unwrap().to_string_lossy()));
+    sh(Command::new("qemu-img").args(["convert", "-f", fmt, "-O", "raw"]).arg(img).arg(&raw));
+    raw
+}
+
+/// Two files hold the same bytes (compared a MiB at a time).
+fn same_bytes(a: &Path, b: &Path, what: &str) {
+    let (la, lb) = (std::fs::metadata(a).unwrap().len(), std::fs::metadata(b).unwrap().len());
+    assert_eq!(la, lb, "{what}: sizes differ");
+    let (mut fa, mut fb) = (std::fs::File::open(a).unwrap(), std::fs::File::open(b).unwrap());
+    let (mut x, mut y) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    while at < la {
+        let n = (la - at).min(1 << 20) as usize;
+        fa.read_exact(&mut x[..n]).unwrap();
+        fb.read_exact(&mut y[..n]).unwrap();
+        assert!(x[..n] == y[..n], "{what}: bytes differ in the MiB at {at}");
+        at += n as u64;
+    }
+}
+
+/// The streamed writers hold exactly the qcow2 build's disk: `qemu-img convert -O raw`
+/// of the vmdk (alone and inside the OVA) and of the vhd byte-equals the raw of the
+/// qcow2 build of the same inputs, on the fast path (a qcow2 base read in place: no raw
+/// working copy) and on the raw working copy path (a raw base: other inputs, so its own
+/// qcow2 reference), and `qemu-img check` finds every qcow2 and vmdk clean.
+#[test]
+fn streamed_formats_hold_the_qcow2_builds_disk_on_both_paths() {
+    let fx = fixture::noble_fixture();
+    let d = fx.dir.path();
+    let disk_of = |format: &str, img: &Path, tag: &str| -> PathBuf {
+        let dir = d.join(format!("raw-{tag}-{format}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        match format {
+            "qcow2" | "vmdk" => {
+                qemu_check(format, img);
+                to_raw(format, img, &dir)
+            }
+            "vhd" => to_raw("vpc", img, &dir),
+            _ => {
+                // GNU tar reads the archive as the tar crate does, without a warning.
+                let t = sh(Command::new("tar").arg("-tvf").arg(img));
+                assert!(t.stderr.is_empty(), "{}", stderr(&t));
+                assert_eq!(String::from_utf8_lossy(&t.stdout).lines().count(), 3);
+                let members = tar_members(img);
+                let vmdk = dir.join(&members[2].0);
+                std::fs::write(&vmdk, &members[2].2).unwrap();
+                qemu_check("vmdk", &vmdk);
+                to_raw("vmdk", &vmdk, &dir)
+            }
+        }
+    };
+    // The fast path first: recipe_with_base serves the raw base at the same URLs.
+    for (tag, log) in
+        [("fast", "base read in place"), ("slow", "converting base (raw) to a raw working copy")]
+    {
+        let recipe = (tag == "slow").then(|| fx.recipe_with_base(&fx.base.raw));
+        let mut want = None;
+        for format in ["qcow2", "vmdk", "vhd", "ova"] {
+            let out = d.join(format!("{tag}-{format}"));
+            let mut args = vec!["--format", format, "--output", out.to_str().unwrap()];
+            if let Some(r) = &recipe {
+                args.extend(["--recipe", r.to_str().unwrap()]);
+            }
+            let o = fixture::build(&fx, "worker", &args);
+            assert!(o.status.success(), "{tag} {format}: {}", stderr(&o));
+            assert!(stderr(&o).contains(log), "{tag} {format}: {}", stderr(&o));
+            let img = out.join(format!("{STEM}.{format}"));
+            let sum = std::fs::read_to_string(out.join(format!("{STEM}.{format}.sha256"))).unwrap();
+            assert_eq!(sum, format!("{}  {STEM}.{format}\n", fixture::sha256_file(&img)), "{tag} {format}");
+            let raw = disk_of(format, &img, tag);
+            match &want {
+                None => want = Some(raw),
+                Some(w) => {
+                    same_bytes(&raw, w, &format!("{format} ({tag} path)"));
+                    std::fs::remove_file(raw).unwrap();
+                }
+            }
+            std::fs::remove_dir_all(out).unwrap();
+        }
+    }
+}
+
+/// A vmdk (or OVA) holds at most 2 TiB: a larger --disk-size is refused as bad input
+/// before the disk is grown or anything is written.
+#[test]
+fn vmdk_larger_than_two_tib_is_refused() {
+    let fx = fixture::noble_fixture();
+    for format in ["vmdk", "ova"] {
+        let out = fx.dir.path().join(format!("big-{format}"));
+        let o = fixture::build(
+            &fx,
+            "worker",
+            &["--format", format, "--disk-size", "3T", "--output", out.to_str().unwrap()],
+        );
+        assert_eq!(o.status.code(), Some(2), "{format}: {}", stderr(&o));
+        assert!(stderr(&o).contains("at most 2 TiB"), "{format}: {}", stderr(&o));
+        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "{format}: output left");
+    }
+}
