@@ -13,7 +13,7 @@ use imgbuild::apt::{self, control, AptError};
 use imgbuild::layer::{Content, Kind, Layer};
 use imgbuild::plan::{BuildPlan, PackagePlan, PlanOptions};
 use imgbuild::types::{Arch, Role};
-use sha2::{Digest, Sha256};
+use imgbuild_testkit::archive;
 
 /// Tools this test needs; in CI (`CI` set) a missing one is a failure, not a skip.
 fn tools_present() -> bool {
@@ -21,63 +21,13 @@ fn tools_present() -> bool {
 }
 
 fn sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+    imgbuild_testkit::sha256_hex(b)
 }
 
 fn run(c: &mut Command) -> Output {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
     out
-}
-
-struct Gpg {
-    home: PathBuf,
-}
-
-impl Gpg {
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", &self.home).args([
-            "--batch",
-            "--yes",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ]);
-        c
-    }
-    /// Generate an RSA signing key; returns its fingerprint.
-    fn gen(&self, uid: &str) -> String {
-        run(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "sign", "never"]));
-        self.fpr(uid)
-    }
-    /// Fingerprint of the primary key of `uid`.
-    fn fpr(&self, uid: &str) -> String {
-        let out = run(self.cmd().args(["--with-colons", "--list-keys", uid]));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.lines().find_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_string()).unwrap()
-    }
-    fn export(&self, fpr: &str) -> String {
-        String::from_utf8(run(self.cmd().args(["--armor", "--export", fpr])).stdout).unwrap()
-    }
-    fn clearsign(&self, fpr: &str, text: &str, dir: &Path) -> Vec<u8> {
-        let (i, o) = (dir.join("Release"), dir.join(format!("InRelease.{fpr}")));
-        std::fs::write(&i, text).unwrap();
-        run(self
-            .cmd()
-            .args(["--local-user", fpr, "--digest-algo", "SHA512", "--clearsign", "-o"])
-            .arg(&o)
-            .arg(&i));
-        std::fs::read(o).unwrap()
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        // Stop the agent this test started (only ours: it is bound to our GNUPGHOME).
-        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).output();
-    }
 }
 
 /// A package to build: control fields, files (path, mode, content), symlinks, scripts.
@@ -180,18 +130,16 @@ fn fixture() -> Option<&'static Fixture> {
             return None;
         }
         let dir = tempfile::Builder::new().prefix("apt").tempdir_in("/tmp").unwrap();
-        let gpg = Gpg { home: dir.path().join("g") };
-        std::fs::create_dir(&gpg.home).unwrap();
-        let good = gpg.gen("imgbuild test archive <good@test.invalid>");
-        let other = gpg.gen("someone else <other@test.invalid>");
-        std::fs::write(dir.path().join("good.asc"), gpg.export(&good)).unwrap();
-        std::fs::write(dir.path().join("other.asc"), gpg.export(&other)).unwrap();
+        let gpg = archive::Gpg::new(&dir.path().join("g")).unwrap();
+        let good = gpg.gen("imgbuild test archive <good@test.invalid>", "rsa2048", "sign").unwrap();
+        let other = gpg.gen("someone else <other@test.invalid>", "rsa2048", "sign").unwrap();
+        std::fs::write(dir.path().join("good.asc"), gpg.export(&good).unwrap()).unwrap();
+        std::fs::write(dir.path().join("other.asc"), gpg.export(&other).unwrap()).unwrap();
         std::fs::write(dir.path().join("good.fpr"), &good).unwrap();
         // Archive keys usually sign with a subkey (Debian's do): certify-only primary.
-        run(gpg.cmd().args(["--quick-gen-key", "subkey signer <sub@test.invalid>", "rsa2048", "cert", "never"]));
-        let sub_primary = gpg.fpr("subkey signer <sub@test.invalid>");
-        run(gpg.cmd().args(["--quick-add-key", &sub_primary, "rsa2048", "sign", "never"]));
-        std::fs::write(dir.path().join("sub.asc"), gpg.export(&sub_primary)).unwrap();
+        let sub_primary = gpg.gen("subkey signer <sub@test.invalid>", "rsa2048", "cert").unwrap();
+        gpg.add_signing_subkey(&sub_primary, "rsa2048").unwrap();
+        std::fs::write(dir.path().join("sub.asc"), gpg.export(&sub_primary).unwrap()).unwrap();
 
         let pkgs = [
             Pkg {
@@ -258,47 +206,33 @@ fn fixture() -> Option<&'static Fixture> {
         ];
         let server = Server::start();
         let mut debs = BTreeMap::new();
-        let mut index = String::new();
         for p in &pkgs {
-            let deb = build_deb(dir.path(), p);
-            let bytes = std::fs::read(&deb).unwrap();
-            let fields = run(Command::new("dpkg-deb").arg("--field").arg(&deb)).stdout;
-            let pool = format!("pool/main/{}/{}", &p.name[..1], deb.file_name().unwrap().to_str().unwrap());
-            index.push_str(&String::from_utf8(fields).unwrap());
-            index.push_str(&format!("Filename: {pool}\nSize: {}\nSHA256: {}\n\n", bytes.len(), sha256(&bytes)));
-            for prefix in ["/repo", "/tampered", "/subkey"] {
-                server.add_file(&format!("{prefix}/{pool}"), deb.clone());
-            }
-            debs.insert(p.name.to_string(), deb);
+            debs.insert(p.name.to_string(), build_deb(dir.path(), p));
         }
-        let plain = index.into_bytes();
-        let xz_path = dir.path().join("Packages");
-        std::fs::write(&xz_path, &plain).unwrap();
-        run(Command::new("xz").args(["-k", "-9"]).arg(&xz_path));
-        let xz = std::fs::read(dir.path().join("Packages.xz")).unwrap();
-        let release = format!(
-            "Origin: imgbuild-test\nSuite: test\nCodename: test\nArchitectures: amd64\nComponents: main\nSHA256:\n \
-             {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
-            sha256(&plain),
-            plain.len(),
-            sha256(&xz),
-            xz.len()
-        );
-        let inrelease = gpg.clearsign(&good, &release, dir.path());
-        let by_subkey = gpg.clearsign(&sub_primary, &release, dir.path());
+        // The archive as the shared builder lays it out (testkit/, the boot test's too).
+        let spec = archive::Spec {
+            origin: "imgbuild-test".into(),
+            suite: "test".into(),
+            version: None,
+            component: "main".into(),
+            arch: "amd64".into(),
+            description: "TEST ONLY: packages built by tests/apt.rs".into(),
+        };
+        let debs_list: Vec<PathBuf> = debs.values().cloned().collect();
+        let a = archive::write_archive(&dir.path().join("archive"), &debs_list, &spec, &gpg, &good).unwrap();
+        let index = spec.index_dir();
+        for prefix in ["/repo", "/tampered", "/subkey"] {
+            server.add_dir(prefix, a.www.clone());
+        }
+        // The same index signed by the subkey.
+        let by_subkey = gpg.clearsign(&sub_primary, &a.release).unwrap();
         server.add_bytes("/subkey/dists/test/InRelease", by_subkey);
-        server.add_bytes("/subkey/dists/test/main/binary-amd64/Packages.xz", xz.clone());
-        let dists = "dists/test";
-        server.add_bytes(&format!("/repo/{dists}/InRelease"), inrelease.clone());
-        server.add_bytes(&format!("/repo/{dists}/main/binary-amd64/Packages.xz"), xz.clone());
-        server.add_bytes(&format!("/repo/{dists}/main/binary-amd64/Packages"), plain.clone());
         // Same signed InRelease, but an index that differs from what it signs.
-        let mut bad = plain.clone();
+        let mut bad = a.packages.clone();
         let at = bad.len() - 20;
         bad[at] ^= 1;
-        server.add_bytes(&format!("/tampered/{dists}/InRelease"), inrelease);
-        server.add_bytes(&format!("/tampered/{dists}/main/binary-amd64/Packages.xz"), bad.clone());
-        server.add_bytes(&format!("/tampered/{dists}/main/binary-amd64/Packages"), bad);
+        server.add_bytes(&format!("/tampered/{index}/Packages.xz"), bad.clone());
+        server.add_bytes(&format!("/tampered/{index}/Packages"), bad);
         std::fs::write(dir.path().join("status"), BASE_STATUS).unwrap();
         drop(gpg); // stops its agent: the fixture lives in a static and is never dropped
         Some(Fixture { dir, server, debs })

@@ -235,7 +235,10 @@ pub fn make(recipe: &Value, base: &Path, opts: &Options, out: &Path) -> Result<M
         }
     }
 
-    let (images, registries) = images(&mut test, opts)?;
+    if !opts.keep_recipe_images {
+        test.as_mapping_mut().context("a mapping")?.remove("images");
+    }
+    let (images, registries) = test_images(&mut test, &opts.image_blobs, opts.busybox.as_deref())?;
 
     for art in test["artifacts"].as_sequence_mut().into_iter().flatten() {
         let name = art["name"].as_str().context("an artifact without a name")?.to_string();
@@ -355,12 +358,13 @@ fn packages(
     Ok(hosts)
 }
 
-/// Replace every image reference of recipe `test` by a test image; returns them and the
-/// registry hosts.
-fn images(test: &mut Value, opts: &Options) -> Result<(Vec<ImageEntry>, Vec<String>)> {
-    if !opts.keep_recipe_images {
-        test.as_mapping_mut().context("a mapping")?.remove("images");
-    }
+/// Replace every image of recipe `test` (`images[].ref`, `addons[].images[]`) by a test
+/// image ([`test_image`]) whose blobs go to `blob_dir`; returns them and the registry hosts.
+pub fn test_images(
+    test: &mut Value,
+    blob_dir: &Path,
+    busybox: Option<&[u8]>,
+) -> Result<(Vec<ImageEntry>, Vec<String>)> {
     let mut refs: Vec<&mut Value> = Vec::new();
     let (top, addons) = {
         let m = test.as_mapping_mut().context("a mapping")?;
@@ -383,13 +387,13 @@ fn images(test: &mut Value, opts: &Options) -> Result<(Vec<ImageEntry>, Vec<Stri
     }
     let mut entries = Vec::new();
     let mut registries = Vec::new();
-    let busybox = opts.busybox.as_ref().map(|b| oci::layer(&[("bin/busybox", b)]));
+    let busybox = busybox.map(|b| oci::layer(&[("bin/busybox", b)]));
     for r in refs {
         let text = r.as_str().context("an image reference is a string")?.to_string();
         let (repo, tag, pinned) = split_ref(&text);
         registries.push(repo.split('/').next().unwrap_or_default().to_string());
         let img = test_image(&repo, tag.as_deref(), busybox.as_ref());
-        img.write_blobs(&opts.image_blobs)?;
+        img.write_blobs(blob_dir)?;
         if pinned.is_some() {
             // The charts pin the upstream index digest: pin the test image's.
             *r = match &tag {
