@@ -205,8 +205,9 @@ impl Cache {
         let path = self.root.join("locks").join(sha.as_str());
         let (file, path) =
             fs_err::OpenOptions::new().create(true).truncate(false).write(true).open(path)?.into_parts();
-        // Fully qualified: fs4's trait, not std's inherent `File::lock*` of the same name.
-        fs4::fs_std::FileExt::lock_exclusive(&file).map_err(|e| {
+        // flock(2): released by the kernel when the process dies, so a killed build never
+        // leaves a blob locked.
+        file.lock().map_err(|e| {
             std::io::Error::new(e.kind(), format!("failed to lock `{}`: {e}", path.display()))
         })?;
         Ok(BlobLock { _file: file })

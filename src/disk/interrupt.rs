@@ -138,7 +138,7 @@ pub fn work_dir(parent: &Path, kind: &str) -> std::io::Result<(WorkDir, Vec<Path
     dirs.push(dir.path().to_path_buf());
     drop(dirs);
     let owner = File::create(dir.path().join(OWNER))?;
-    fs4::fs_std::FileExt::lock_exclusive(&owner)?;
+    owner.lock()?;
     Ok((WorkDir { dir: Some(dir), _owner: owner }, swept))
 }
 
@@ -160,9 +160,7 @@ pub fn sweep(parent: &Path) -> Vec<PathBuf> {
             continue;
         }
         let Ok(f) = File::open(&marker) else { continue };
-        if fs4::fs_std::FileExt::try_lock_exclusive(&f).is_ok_and(|locked| locked)
-            && std::fs::remove_dir_all(&path).is_ok()
-        {
+        if f.try_lock().is_ok() && std::fs::remove_dir_all(&path).is_ok() {
             removed.push(path);
         }
     }
