@@ -47,6 +47,8 @@ deps=(
   "man man-db"
   "zsh zsh"
   "fish fish"
+  # tests/profiles.rs: Argo CD's admin hash checked by a second bcrypt (APR's htpasswd -vb)
+  "htpasswd apache2-utils"
 )
 missing=()
 for d in "${deps[@]}"; do

@@ -505,7 +505,35 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
     };
     // The add-on values of the spec against their charts' schemas (in Rust, no helm).
     let charts = crate::cloudinit::addon_values::charts_for(&l, a.recipe.as_deref())?;
-    let addon_files = match crate::cloudinit::addon_values::build(&l, &charts) {
+    // The profiles' admin credentials: lint never writes secrets; without the files (a
+    // cluster directory older than them) it checks with throwaway ones and says so.
+    let admin = match crate::cloudinit::addon_values::needs_admin(&l) {
+        false => None,
+        true => match crate::cluster::admin::AdminSecrets::load(&crate::cluster::secrets_dir(&a.cluster))? {
+            Some(s) => Some(s),
+            None => {
+                c.warn(
+                    "values",
+                    None,
+                    &cluster_file,
+                    format!(
+                        "{}/{{{},{}}} do not exist yet: `imgbuild cloud-init` generates them once",
+                        crate::cluster::secrets_dir(&a.cluster).display(),
+                        crate::cluster::admin::GRAFANA_FILE,
+                        crate::cluster::admin::ARGOCD_FILE
+                    ),
+                );
+                Some(
+                    crate::cluster::admin::AdminSecrets::generate(&mut crate::cluster::pki::Rng::from_env())?,
+                )
+            }
+        },
+    };
+    let inputs = crate::cloudinit::addon_values::ProfileInputs {
+        dir: a.cluster.parent().unwrap_or(Path::new(".")),
+        admin: admin.as_ref(),
+    };
+    let addon_files = match crate::cloudinit::addon_values::build(&l, &charts, inputs) {
         Ok(f) => {
             for w in &f.warnings {
                 c.warn("values", None, &cluster_file, w.clone());

@@ -197,7 +197,8 @@ pub struct Artifact {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChartSource {
-    /// The Helm repository URL (the directory holding `index.yaml`).
+    /// The Helm repository URL (the directory holding `index.yaml`), or `oci://REGISTRY/PATH`
+    /// for a chart published as an OCI artifact (`helm push`; the chart is `PATH/<name>:<version>`).
     pub repo: String,
 }
 
@@ -518,10 +519,14 @@ fn validate(r: &Recipe) -> Result<(), (String, String)> {
             return err(format!("{p}.roles"), "at least one role is required".into());
         }
         if let Some(c) = &a.chart {
-            if !(c.repo.starts_with("https://") || c.repo.starts_with("http://")) {
+            let oci = c
+                .repo
+                .strip_prefix("oci://")
+                .is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace));
+            if !(c.repo.starts_with("https://") || c.repo.starts_with("http://") || oci) {
                 return err(
                     format!("{p}.chart.repo"),
-                    format!("{:?} is not an http(s) Helm repository URL", c.repo),
+                    format!("{:?} is not an http(s) Helm repository URL or an oci:// registry path", c.repo),
                 );
             }
         }
@@ -708,6 +713,23 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
         if !dns_label(&a.namespace, 63) {
             return Err((format!("{p}.namespace"), format!("{:?} is not a DNS label", a.namespace)));
         }
+        // cloud-init renders a profile's Secrets into its namespace and its cluster values
+        // into <release>.yaml: both are the profile's own.
+        if let Some(prof) = a.profile.filter(|p| p.release() != a.release) {
+            return Err((
+                format!("{p}.release"),
+                format!("the {prof} profile's release is {:?}", prof.release()),
+            ));
+        }
+        if let Some(prof) = a.profile.filter(|p| p.namespace() != a.namespace) {
+            return Err((
+                format!("{p}.namespace"),
+                format!(
+                    "the {prof} profile installs into {:?} (the cluster's Secrets for it are created there)",
+                    prof.namespace()
+                ),
+            ));
+        }
         if !orders.insert(a.order) {
             return Err((format!("{p}.order"), format!("duplicate order {}", a.order)));
         }
@@ -842,7 +864,30 @@ mod tests {
     fn addons_are_validated_with_paths() {
         let r = load(None).unwrap().recipe;
         let names: Vec<_> = r.addons.iter().map(|a| a.release.as_str()).collect();
-        assert_eq!(names, ["cilium", "metrics-server", "ingress-nginx", "monitoring", "logging", "argocd"]);
+        assert_eq!(
+            names,
+            [
+                "cilium",
+                "metrics-server",
+                "ingress-nginx",
+                "monitoring",
+                "logging",
+                "argocd",
+                "cinder-csi",
+                "proxmox-csi",
+                "hcloud-csi"
+            ]
+        );
+        // A profile's release and namespace are its own (cloud-init renders into them).
+        let e = addon_err(
+            "    release: hcloud-csi
+    namespace: kube-system",
+            "    release: hcloud
+    namespace: kube-system",
+        );
+        assert!(e.contains("addons[8].release") && e.contains("hcloud-csi"), "{e}");
+        let e = addon_err("    namespace: csi-proxmox", "    namespace: storage");
+        assert!(e.contains("addons[7].namespace") && e.contains("csi-proxmox"), "{e}");
         // The core add-ons list their images; a profile's may leave them to the pinned chart.
         let e = addon_err("    profile: gitops\n", "");
         assert!(e.contains("addons[5].images"), "{e}");

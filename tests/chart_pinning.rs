@@ -1,7 +1,8 @@
 //! Charts pinned from a Helm repository: `imgbuild lock` resolves a recipe's chart name and
 //! version against the repository's index.yaml (served on loopback, shaped like the
 //! upstream indexes: relative and absolute URLs, `digest:` per version) into the lock; the
-//! plan takes URL and digest from there, and the download is verified like any other.
+//! plan takes URL and digest from there, and the download is verified like any other. A
+//! chart published in an OCI registry (`oci://`) is pinned from its manifest in a real registry.
 
 mod common;
 
@@ -189,4 +190,143 @@ fn what_cannot_be_pinned_is_bad_input_naming_the_chart() {
         assert_eq!(o.status.code(), Some(2), "{version}: {}", common::stderr(&o));
         assert!(common::stderr(&o).contains(want), "{version}: {}", common::stderr(&o));
     }
+}
+
+/// Push `tgz` as `helm push` does: the chart's metadata as config, the `.tgz` as the one
+/// layer, tagged `version`; returns the layer's digest and the config's digest and size.
+fn push_chart(
+    reg: &common::registry::Registry,
+    name: &str,
+    version: &str,
+    tgz: &[u8],
+) -> (String, String, usize) {
+    let layer = reg.push_blob(name, tgz);
+    let config = format!(r#"{{"apiVersion":"v2","name":"{name}","version":"{version}"}}"#);
+    let config_digest = reg.push_blob(name, config.as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": common::registry::OCI_MANIFEST,
+        "config": {"mediaType": imgbuild::chart::repo::HELM_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": imgbuild::chart::repo::HELM_CHART_LAYER, "digest": layer, "size": tgz.len()}],
+    });
+    reg.push_manifest(name, version, common::registry::OCI_MANIFEST, &serde_json::to_vec(&manifest).unwrap());
+    (layer, config_digest, config.len())
+}
+
+/// A chart published only as an OCI artifact (`helm push`, like proxmox-csi-plugin on
+/// ghcr.io): `oci://REGISTRY/PATH` in the recipe; `lock` resolves `PATH/<name>:<version>`
+/// through a REAL registry (token flow) to the digest of its chart layer, and the
+/// download of that blob (token, redirect to storage) is verified against it.
+#[test]
+fn lock_pins_an_oci_chart_from_its_manifest_and_the_download_is_verified() {
+    use common::registry::{Registry, OCI_MANIFEST};
+    let Some(reg) = Registry::start() else { return };
+    let (tgz, sha) = chart_tgz("local-path-provisioner", "0.0.30");
+    let name = "charts/local-path-provisioner";
+    let (layer, config_digest, config_len) = push_chart(&reg, name, "0.0.30", &tgz);
+    // An image, not a chart, under another tag.
+    let not_chart = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_len},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer, "size": tgz.len()}],
+    });
+    reg.push_manifest(name, "0.0.29", OCI_MANIFEST, &serde_json::to_vec(&not_chart).unwrap());
+
+    let mirror = reg.mirror_for("registry.test");
+    let lock_oci = |r: &Path| {
+        let cache = r.parent().unwrap().join("cache");
+        common::bin()
+            .args(["lock", "--json", "--recipe"])
+            .arg(r)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--mirror", &mirror])
+            .output()
+            .unwrap()
+    };
+    let d = tempfile::tempdir().unwrap();
+    let r = recipe(d.path(), "oci://registry.test/charts", "");
+    common::ok(&lock_oci(&r));
+    let l: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("recipe.yaml.lock")).unwrap()).unwrap();
+    let c = &l["charts"][0];
+    assert_eq!(c["repo"], "oci://registry.test/charts");
+    assert_eq!(c["url"], format!("https://registry.test/v2/{name}/blobs/sha256:{sha}"));
+    assert_eq!(c["sha256"], sha.as_str());
+
+    let lr = imgbuild::recipe::load(Some(&r)).unwrap();
+    let o = PlanOptions { recipe_path: Some(r.clone()), ..PlanOptions::new(Role::ControlPlane, Arch::Amd64) };
+    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    let item = plan.artifacts.iter().find(|i| i.name == "local-path-provisioner").unwrap();
+    let cache = imgbuild::cache::Cache::open(Some(&d.path().join("cache"))).unwrap();
+    let rep = imgbuild::reporter::Reporter::new(true);
+    let mirrors = imgbuild::net::Mirror::parse_all([mirror.as_str()]).unwrap();
+    let opts = imgbuild::fetch::FetchOptions { offline: false, mirrors, jobs: 1 };
+    let got = imgbuild::fetch::fetch(&[item], &cache, &opts, &rep).unwrap();
+    assert_eq!(std::fs::read(got.get(item).unwrap()).unwrap(), tgz);
+    // Storage that serves other bytes for the blob: integrity, nothing kept.
+    let mut swapped = tgz.clone();
+    let n = swapped.len();
+    swapped[n - 5] ^= 0xff;
+    std::fs::write(reg.blob_file(&layer), swapped).unwrap();
+    let cache2 = imgbuild::cache::Cache::open(Some(&d.path().join("cache2"))).unwrap();
+    let e = imgbuild::fetch::fetch(&[item], &cache2, &opts, &rep).unwrap_err();
+    assert_eq!(imgbuild::cmd::code_for(&e), imgbuild::exit::Code::Integrity);
+
+    // A version the registry does not have, and a tag that is an image: bad input naming it.
+    for (version, want) in [("9.9.9", "does not exist"), ("0.0.29", "not a Helm chart")] {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), "oci://registry.test/charts", "");
+        let text =
+            std::fs::read_to_string(&r).unwrap().replace("version: 0.0.30", &format!("version: {version}"));
+        std::fs::write(&r, text).unwrap();
+        let o = lock_oci(&r);
+        assert_eq!(o.status.code(), Some(2), "{version}: {}", common::stderr(&o));
+        assert!(common::stderr(&o).contains(want), "{version}: {}", common::stderr(&o));
+        assert!(common::stderr(&o).contains("local-path-provisioner"), "{}", common::stderr(&o));
+    }
+}
+
+/// The embedded recipe's proxmox profile: `lock --profile proxmox` pins
+/// proxmox-csi-plugin 0.2.5 from oci://ghcr.io/sergelogvinov/charts (here a real registry
+/// behind `--mirror`), and the control-plane plan with the profile then installs it as
+/// release proxmox-csi in csi-proxmox.
+#[test]
+fn lock_pins_the_proxmox_profile_chart_from_its_oci_registry() {
+    let Some(reg) = common::registry::Registry::start() else { return };
+    let (tgz, sha) = chart_tgz("proxmox-csi-plugin", "0.2.5");
+    push_chart(&reg, "sergelogvinov/charts/proxmox-csi-plugin", "0.2.5", &tgz);
+    let d = tempfile::tempdir().unwrap();
+    let text = imgbuild::recipe::load(None).unwrap().text;
+    let mut v: serde_yaml::Value =
+        serde_yaml::from_str(&text[..text.find("\npackages:\n").unwrap()]).unwrap();
+    v.as_mapping_mut().unwrap().remove("images");
+    common::fixture::seed_addon_images(&mut v, &d.path().join("cache"));
+    let r = d.path().join("recipe.yaml");
+    std::fs::write(&r, serde_yaml::to_string(&v).unwrap()).unwrap();
+    let o = common::bin()
+        .args(["lock", "--recipe"])
+        .arg(&r)
+        .arg("--cache-dir")
+        .arg(d.path().join("cache"))
+        .args(["--profile", "proxmox", "--mirror", &reg.mirror_for("ghcr.io")])
+        .output()
+        .unwrap();
+    common::ok(&o);
+    let lr = imgbuild::recipe::load(Some(&r)).unwrap();
+    let o = PlanOptions {
+        recipe_path: Some(r.clone()),
+        profiles: vec![imgbuild::types::Profile::Proxmox],
+        ..PlanOptions::new(Role::ControlPlane, Arch::Amd64)
+    };
+    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    let item = plan.artifacts.iter().find(|i| i.name == "proxmox-csi-plugin").unwrap();
+    assert_eq!(item.sha256, sha);
+    assert_eq!(
+        item.urls,
+        [format!("https://ghcr.io/v2/sergelogvinov/charts/proxmox-csi-plugin/blobs/sha256:{sha}")]
+    );
+    let a = plan.addons.iter().find(|a| a.release == "proxmox-csi").unwrap();
+    assert_eq!((a.namespace.as_str(), a.profile), ("csi-proxmox", Some(imgbuild::types::Profile::Proxmox)));
 }

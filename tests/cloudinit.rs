@@ -131,7 +131,8 @@ fn golden_files_for_three_control_planes_and_two_workers() {
     let c = golden_cluster(t.path());
     let dir = c.parent().unwrap();
     golden("cluster.yaml", &fs::read(&c).unwrap());
-    for f in imgbuild::cluster::pki::FILES {
+    let admin = [imgbuild::cluster::admin::GRAFANA_FILE, imgbuild::cluster::admin::ARGOCD_FILE];
+    for f in imgbuild::cluster::pki::FILES.into_iter().chain(admin) {
         golden(&format!("secrets/{f}"), &fs::read(dir.join("secrets").join(f)).unwrap());
     }
     let out = t.path().join("out");

@@ -70,6 +70,8 @@ fn role_images_carry_the_bootstrap_and_no_secrets() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cluster/secrets");
     let mut all = needles(&Secrets::load(&d.join("secrets")).unwrap());
     all.extend(needles(&Secrets::load(&golden).unwrap()));
+    // the profiles' admin passwords (and Argo CD's hash) never enter an image either
+    all.extend(imgbuild::cluster::admin::AdminSecrets::load(&d.join("secrets")).unwrap().unwrap().values());
     // and no private key of any kind
     all.push("PRIVATE KEY-----".into());
 

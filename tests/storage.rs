@@ -181,3 +181,71 @@ fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
         common::stderr(&o)
     );
 }
+
+/// With a hypervisor's CSI profile on, its chart's StorageClass is the default and
+/// local-path's is not: the values cloud-init writes for local-path, rendered by real helm,
+/// give a StorageClass without the default annotation (the CSI chart's default is checked
+/// against its baked values in tests/profiles.rs; the chart itself cannot be fetched here).
+#[test]
+fn a_csi_profile_leaves_exactly_one_default_storageclass() {
+    let Some(helm) = tool("helm") else { return };
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("c");
+    common::ok(
+        &common::bin()
+            .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
+            .args(["--control-planes", "1", "--workers", "1", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+    );
+    let cluster = dir.join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster).unwrap().replacen(
+        "\naddons:\n",
+        "\naddons:\n  profiles: [hcloud]\n",
+        1,
+    );
+    std::fs::write(&cluster, text).unwrap();
+    let creds = dir.join("secrets/hcloud.yaml");
+    std::fs::write(&creds, "token: 0123456789012345678901234567890123456789012345678901234567890123\n")
+        .unwrap();
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = d.path().join("out");
+    common::ok(
+        &common::bin()
+            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+            .arg(&cluster)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap(),
+    );
+    let ud: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
+    let values = ud["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/etc/imgbuild/addons/local-path.yaml")
+        .expect("local-path values")["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, docs) = render(&helm, &values);
+    let classes: Vec<_> = docs.iter().filter(|d| d["kind"] == "StorageClass").collect();
+    assert_eq!(classes.len(), 1);
+    assert!(
+        classes[0]["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"].is_null(),
+        "{values}"
+    );
+    let lr = imgbuild::recipe::load(None).unwrap();
+    let hcloud =
+        lr.recipe.addons.iter().find(|a| a.profile == Some(imgbuild::types::Profile::Hcloud)).unwrap();
+    let defaults = hcloud.values["storageClasses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["defaultStorageClass"] == true)
+        .count();
+    assert_eq!(defaults, 1, "exactly one default StorageClass");
+}

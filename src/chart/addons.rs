@@ -295,6 +295,11 @@ pub fn profiles_tsv(index: &[IndexEntry]) -> String {
 /// The profiles a cluster turns on, one per line (user-data, from `addons.profiles`).
 pub const PROFILES_FILE: &str = "/etc/imgbuild/addons/profiles";
 
+/// Kubernetes Secrets a turned-on profile needs (admin credentials, a CSI driver's cloud
+/// credentials), `<dir>/<profile>.yaml` from user-data (0600): the installer applies a
+/// profile's file right before each of its releases, into the namespace the chart reads.
+pub const PROFILE_SECRETS_DIR: &str = "/etc/imgbuild/addons/secrets";
+
 /// The tab-separated index the installer reads.
 pub fn tsv(index: &[IndexEntry]) -> String {
     let mut s = String::from("# order\tname\trelease\tnamespace\tcni\tchart\tvalues\tuser-values\n");

@@ -34,6 +34,9 @@ pub enum ChartError {
     Io { path: String, source: std::io::Error },
     #[error("{url}: {msg}")]
     Fetch { url: String, msg: String },
+    /// Resolving a chart published in an OCI registry (`oci://`).
+    #[error("chart {chart}: {source}")]
+    Oci { chart: String, source: Box<crate::oci::OciError> },
 }
 
 impl Classify for ChartError {
@@ -41,6 +44,7 @@ impl Classify for ChartError {
         match self {
             ChartError::Invalid { .. } => Code::Input,
             ChartError::Io { .. } | ChartError::Fetch { .. } => Code::Runtime,
+            ChartError::Oci { source, .. } => source.code(),
         }
     }
 }

@@ -98,13 +98,79 @@ fn absolute(repo: &str, url: &str) -> Result<String, String> {
     Ok(format!("{}/{}", repo.trim_end_matches('/'), url.trim_start_matches("./")))
 }
 
-/// Fetch the repository's index (through the mirrors) and resolve `name` `version`.
+/// The media types `helm push` writes (helm `pkg/registry` `ConfigMediaType`,
+/// `ChartLayerMediaType`): a chart is an OCI image manifest whose config is the chart's
+/// metadata and whose layer is the `.tgz` itself, so the layer's digest is its sha256.
+pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChartManifest {
+    schema_version: u32,
+    config: ChartDescriptor,
+    layers: Vec<ChartDescriptor>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChartDescriptor {
+    media_type: String,
+    digest: crate::types::Digest,
+}
+
+/// Resolve `name` `version` in an OCI registry (`oci://REGISTRY/PATH`, helm's form): the
+/// manifest of `PATH/<name>:<version>` (helm writes `+` of a version as `_` in the tag)
+/// through the distribution API with the anonymous token flow, and its one chart layer,
+/// downloaded later from `/v2/PATH/<name>/blobs/<digest>` and verified against that digest.
+pub fn resolve_oci(
+    repo: &str,
+    name: &str,
+    version: &str,
+    mirrors: &[crate::fetch::Mirror],
+) -> Result<ResolvedChart, ChartError> {
+    let bad = |msg: String| ChartError::Invalid { origin: repo.to_string(), msg };
+    let path = repo.strip_prefix("oci://").unwrap_or(repo).trim_end_matches('/');
+    let tag = version.replace('+', "_");
+    let image = crate::types::ImageRef::parse(&format!("{path}/{name}:{tag}"))
+        .map_err(|e| bad(format!("chart {name} {version}: {e}")))?;
+    let oci =
+        |e: crate::oci::OciError| ChartError::Oci { chart: format!("{name} {version}"), source: Box::new(e) };
+    let reg = crate::oci::registry::Registry::new(mirrors.to_vec());
+    let (_, body, _) =
+        reg.raw_manifest(&image, &image.api_reference(), crate::oci::spec::OCI_MANIFEST).map_err(oci)?;
+    let not_chart = |why: String| bad(format!("{image}: not a Helm chart ({why})"));
+    let manifest: ChartManifest = serde_json::from_slice(&body).map_err(|e| not_chart(e.to_string()))?;
+    if manifest.schema_version != 2 || manifest.config.media_type != HELM_CONFIG {
+        return Err(not_chart(format!(
+            "config of type {:?}, expected {HELM_CONFIG}",
+            manifest.config.media_type
+        )));
+    }
+    let layers: Vec<_> = manifest.layers.iter().filter(|l| l.media_type == HELM_CHART_LAYER).collect();
+    let [layer] = layers.as_slice() else {
+        return Err(not_chart(format!("{} layers of type {HELM_CHART_LAYER}, expected one", layers.len())));
+    };
+    Ok(ResolvedChart {
+        name: name.to_string(),
+        version: version.to_string(),
+        repo: repo.to_string(),
+        url: format!("{}/blobs/{}", image.api_base(), layer.digest),
+        sha256: layer.digest.sha256().clone(),
+    })
+}
+
+/// Fetch the repository's index (through the mirrors) and resolve `name` `version`; an
+/// `oci://` repository is resolved through the registry API ([`resolve_oci`]).
 pub fn resolve_online(
     repo: &str,
     name: &str,
     version: &str,
     mirrors: &[crate::fetch::Mirror],
 ) -> Result<ResolvedChart, ChartError> {
+    if repo.starts_with("oci://") {
+        return resolve_oci(repo, name, version, mirrors);
+    }
     let url = index_url(repo);
     let bad = |msg: String| ChartError::Invalid { origin: url.clone(), msg };
     match crate::net::get::get(&url, mirrors, MAX_INDEX_BYTES as u64) {

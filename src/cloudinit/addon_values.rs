@@ -16,8 +16,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::CloudInitError;
-use crate::chart::addons::{BACKEND_USER_VALUES, USER_VALUES_DIR};
+use crate::chart::addons::{BACKEND_USER_VALUES, PROFILE_SECRETS_DIR, STORAGE_RELEASE, USER_VALUES_DIR};
 use crate::chart::values::{self, Charts};
+use crate::cluster::admin::AdminSecrets;
 use crate::cluster::plan::ClusterPlan;
 use crate::types::{Arch, Profile, Role};
 
@@ -31,11 +32,34 @@ pub struct AddonFiles {
     pub warnings: Vec<String>,
 }
 
+/// What the profiles need from outside cluster.yaml: the directory credentials files are
+/// relative to (cluster.yaml's), and the admin credentials of `cluster init`
+/// (`cluster::admin`) when a profile with an admin login is on.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileInputs<'a> {
+    pub dir: &'a Path,
+    pub admin: Option<&'a AdminSecrets>,
+}
+
+/// The known profiles `addons.profiles` turns on (unknown names are reported by [`build`]).
+pub fn profiles_on(l: &ClusterPlan) -> Vec<Profile> {
+    let Some(a) = l.spec.addons.as_ref().filter(|a| a.enabled) else { return Vec::new() };
+    let mut on: Vec<Profile> = a.profiles.iter().filter_map(|p| Profile::parse(p)).collect();
+    on.dedup();
+    on
+}
+
+/// Does a turned-on profile log in with an admin password `cluster init` generates?
+pub fn needs_admin(l: &ClusterPlan) -> bool {
+    profiles_on(l).iter().any(|p| matches!(p, Profile::Monitoring | Profile::Gitops))
+}
+
 /// What the spec's values are checked against: the backend chart always; the recipe's
-/// add-ons (default: the embedded recipe) when the spec overrides any of them, their
-/// charts from the download cache.
+/// add-ons (default: the embedded recipe) when the spec overrides any of them (a CSI
+/// profile overrides local-path's default flag), their charts from the download cache.
 pub fn charts_for(l: &ClusterPlan, recipe: Option<&Path>) -> anyhow::Result<Charts> {
-    let overrides = l.spec.addons.as_ref().is_some_and(|a| a.enabled && !a.values.is_empty());
+    let overrides = l.spec.addons.as_ref().is_some_and(|a| a.enabled && !a.values.is_empty())
+        || profiles_on(l).iter().any(|p| p.is_csi());
     if !overrides {
         return Ok(Charts::backend_only()?);
     }
@@ -57,7 +81,11 @@ fn tolerates_control_plane(t: &serde_yaml::Value) -> bool {
 }
 
 /// The add-on files of the first control plane, or every problem with the values.
-pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitError> {
+pub fn build(
+    l: &ClusterPlan,
+    charts: &Charts,
+    inputs: ProfileInputs<'_>,
+) -> Result<AddonFiles, CloudInitError> {
     let mut out = AddonFiles::default();
     let Some(a) = l.spec.addons.as_ref().filter(|a| a.enabled) else { return Ok(out) };
     let mut errors = Vec::new();
@@ -111,8 +139,25 @@ pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitEr
     };
     out.files.push((BACKEND_USER_VALUES.to_string(), format!("{header}{body}")));
 
-    for (release, m) in &a.values {
+    let mut user_values = a.values.clone();
+    if let Some(csi) = profiles_on(l).into_iter().find(|p| p.is_csi()) {
+        not_default_storage(csi, &mut user_values, &at, &mut errors)?;
+    }
+    let on = profiles_on(l);
+    let mut profile_overrides = Vec::new();
+    for (release, m) in &user_values {
         let path = format!("addons.values.{release}");
+        // A turned-on profile's chart is not part of the plan the overrides are checked
+        // against (it may be pinned only by `lock --profile`): its overrides are kept
+        // unchecked, and merged below with the values imgbuild renders for it.
+        if let Some(p) = on.iter().find(|p| p.release() == release.as_str()) {
+            out.warnings.push(format!(
+                "warning: {}: not checked against the {p} profile chart's values (the chart is not loaded here)",
+                at(&path, "values override").trim_end_matches(": values override"),
+            ));
+            profile_overrides.push((release.clone(), serde_yaml::Value::Mapping(m.clone())));
+            continue;
+        }
         let Some(addon) = charts.addons.iter().find(|x| &x.release == release) else {
             let known: Vec<&str> = charts.addons.iter().map(|x| x.release.as_str()).collect();
             errors.push(at(
@@ -156,11 +201,85 @@ pub fn build(l: &ClusterPlan, charts: &Charts) -> Result<AddonFiles, CloudInitEr
             ),
         ));
     }
-    profiles(l, a, &at, &mut out, &mut errors)?;
+    profiles(l, a, inputs, &at, &mut out, &mut errors)?;
+    for (release, user) in profile_overrides {
+        merge_override(&mut out, &release, user)?;
+    }
     if !errors.is_empty() {
         return Err(CloudInitError::Invalid(errors.join("\n")));
     }
     Ok(out)
+}
+
+/// `addons.values.<release>` of a turned-on profile: the release's values file, with the
+/// values imgbuild renders from cluster.yaml (endpoints, tokens, storage IDs) laid over the
+/// user's, so an override cannot silently drop a credential the profile needs.
+fn merge_override(
+    out: &mut AddonFiles,
+    release: &str,
+    user: serde_yaml::Value,
+) -> Result<(), CloudInitError> {
+    let path = format!("{USER_VALUES_DIR}/{release}.yaml");
+    let invalid = |e: serde_yaml::Error| CloudInitError::Invalid(e.to_string());
+    let mut merged = user;
+    let existing = out.files.iter().position(|(p, _)| *p == path);
+    if let Some(i) = existing {
+        let rendered: serde_yaml::Value = serde_yaml::from_str(&out.files[i].1).map_err(invalid)?;
+        overlay(&mut merged, rendered);
+        out.files.remove(i);
+    }
+    let body = serde_yaml::to_string(&merged).map_err(invalid)?;
+    out.files.push((
+        path,
+        format!("# Helm values for add-on {release}, from addons.values.{release} and addons.* of cluster.yaml.\n{body}"),
+    ));
+    Ok(())
+}
+
+/// Lay `top` over `base`: mappings merge key by key (as helm merges values files),
+/// anything else in `top` replaces what `base` has.
+fn overlay(base: &mut serde_yaml::Value, top: serde_yaml::Value) {
+    match (base, top) {
+        (serde_yaml::Value::Mapping(b), serde_yaml::Value::Mapping(t)) => {
+            for (k, v) in t {
+                match b.get_mut(&k) {
+                    Some(slot) => overlay(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, t) => *b = t,
+    }
+}
+
+/// With a CSI profile on, its StorageClass is the default: local-path's is then not
+/// (exactly one default, or a claim without a class gets whichever admission picks).
+/// `addons.values.local-path.storageClass.default: true` contradicts it.
+fn not_default_storage(
+    csi: Profile,
+    values: &mut std::collections::BTreeMap<String, serde_yaml::Mapping>,
+    at: &dyn Fn(&str, &str) -> String,
+    errors: &mut Vec<String>,
+) -> Result<(), CloudInitError> {
+    let lp = values.entry(STORAGE_RELEASE.to_string()).or_default();
+    let sc = lp
+        .entry(serde_yaml::Value::from("storageClass"))
+        .or_insert_with(|| serde_yaml::Value::Mapping(Default::default()));
+    let Some(sc) = sc.as_mapping_mut() else { return Ok(()) };
+    let key = serde_yaml::Value::from("default");
+    match sc.get(&key) {
+        Some(serde_yaml::Value::Bool(true)) => errors.push(at(
+            "addons.values.local-path.storageClass.default",
+            &format!("the {csi} profile's StorageClass is the cluster's default; only one class may be"),
+        )),
+        Some(_) => {}
+        None => {
+            sc.insert(key, serde_yaml::Value::Bool(false));
+        }
+    }
+    Ok(())
 }
 
 /// With the monitoring profile on, the backend announces its metrics port to Prometheus
@@ -194,6 +313,7 @@ fn scraped_by_monitoring(backend: &mut serde_yaml::Mapping) -> Result<(), CloudI
 fn profiles(
     l: &ClusterPlan,
     a: &crate::cluster::spec::Addons,
+    inputs: ProfileInputs<'_>,
     at: &dyn Fn(&str, &str) -> String,
     out: &mut AddonFiles,
     errors: &mut Vec<String>,
@@ -203,6 +323,15 @@ fn profiles(
         let path = format!("addons.profiles[{i}]");
         match Profile::parse(name) {
             Some(p) if on.contains(&p) => errors.push(at(&path, &format!("{name} is listed twice"))),
+            // One hypervisor's driver: its StorageClass is the one default, and its node
+            // plugin asks its own cloud's metadata for the node's identity.
+            Some(p) if p.is_csi() && on.iter().any(|o: &Profile| o.is_csi()) => {
+                let other = on.iter().find(|o| o.is_csi()).map(|o| o.as_str()).unwrap_or_default();
+                errors.push(at(
+                    &path,
+                    &format!("{name} and {other} are both CSI drivers: a cluster runs on one hypervisor and turns on at most one"),
+                ))
+            }
             Some(p) => on.push(p),
             None => {
                 let known: Vec<&str> = Profile::ALL.iter().map(|p| p.as_str()).collect();
@@ -210,9 +339,16 @@ fn profiles(
             }
         }
     }
-    if a.logging.is_some() && !on.contains(&Profile::Logging) {
-        out.warnings
-            .push(format!("warning: {}: addons.logging is set but the logging profile is not on", l.origin));
+    for (p, set) in [
+        (Profile::Logging, a.logging.is_some()),
+        (Profile::Cinder, a.cinder.is_some()),
+        (Profile::Proxmox, a.proxmox.is_some()),
+        (Profile::Hcloud, a.hcloud.is_some()),
+    ] {
+        if set && !on.contains(&p) {
+            out.warnings
+                .push(format!("warning: {}: addons.{p} is set but the {p} profile is not on", l.origin));
+        }
     }
     for p in &on {
         for field in p.required() {
@@ -220,6 +356,9 @@ fn profiles(
                 (Profile::Logging, "endpoint") => a.logging.as_ref().and_then(|g| g.endpoint.as_deref()),
                 (Profile::Logging, "token") => a.logging.as_ref().and_then(|g| g.token.as_deref()),
                 (Profile::Gitops, "repo_url") => a.gitops.as_ref().and_then(|g| g.repo_url.as_deref()),
+                (Profile::Proxmox, "url") => a.proxmox.as_ref().and_then(|g| g.url.as_deref()),
+                (Profile::Proxmox, "region") => a.proxmox.as_ref().and_then(|g| g.region.as_deref()),
+                (Profile::Proxmox, "storage") => a.proxmox.as_ref().and_then(|g| g.storage.as_deref()),
                 _ => None,
             };
             let path = format!("addons.{p}.{field}");
@@ -261,6 +400,37 @@ fn profiles(
     }
     let list: String = on.iter().map(|p| format!("{p}\n")).collect();
     out.files.push((crate::chart::addons::PROFILES_FILE.to_string(), list));
+    for p in &on {
+        let csi = match super::addon_secrets::load_csi(*p, a, inputs.dir) {
+            Ok(c) => c,
+            Err(problems) => {
+                for (field, msg) in problems {
+                    errors.push(at(&field, &msg));
+                }
+                continue;
+            }
+        };
+        if matches!(p, Profile::Monitoring | Profile::Gitops) && inputs.admin.is_none() {
+            return Err(CloudInitError::Rendered {
+                what: format!("the {p} profile's Secret"),
+                msg: "the admin credentials were not loaded".into(),
+            });
+        }
+        if let Some(m) =
+            super::addon_secrets::manifest(*p, inputs.admin, csi.as_ref().map(|c| c.value.as_str()))?
+        {
+            out.files.push((format!("{PROFILE_SECRETS_DIR}/{p}.yaml"), m));
+        }
+        if let Some(v) = csi.as_ref().and_then(super::addon_secrets::csi_values) {
+            let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
+            out.files.push((
+                format!("{USER_VALUES_DIR}/{}.yaml", p.release()),
+                format!(
+                    "# Helm values for the {p} profile's chart, from addons.{p} of cluster.yaml.\n{body}"
+                ),
+            ));
+        }
+    }
     if let (true, Some(g)) = (on.contains(&Profile::Logging), a.logging.as_ref()) {
         let (Some(endpoint), Some(token)) = (g.endpoint.as_deref(), g.token.as_deref()) else {
             return Ok(());
@@ -271,7 +441,7 @@ fn profiles(
         }}}});
         let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
         out.files.push((
-            format!("{USER_VALUES_DIR}/logging.yaml"),
+            format!("{USER_VALUES_DIR}/{}.yaml", Profile::Logging.release()),
             format!("# Helm values for the logging profile's collector, from addons.logging of cluster.yaml.\n{body}"),
         ));
     }

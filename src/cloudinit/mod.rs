@@ -7,6 +7,7 @@
 //! parsed back and checked (cloud-init 24.1 schema, kubeadm kinds, byte-exact file
 //! contents) before anything is written.
 
+pub mod addon_secrets;
 pub mod addon_values;
 pub mod iso;
 pub mod render;
@@ -97,7 +98,21 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
         None => None,
     };
     let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
-    let addons = addon_values::build(&loaded, &charts)?;
+    // A cluster directory from before the profiles' admin credentials: made once, now.
+    let admin = match addon_values::needs_admin(&loaded) {
+        true => {
+            let (s, created) =
+                crate::cluster::admin::AdminSecrets::load_or_create(&secrets_dir, &mut pki::Rng::from_env())?;
+            for f in created {
+                rep.status(format_args!("generated {} (0600)", f.display()));
+            }
+            Some(s)
+        }
+        false => None,
+    };
+    let dir = a.cluster.parent().unwrap_or(std::path::Path::new("."));
+    let inputs = addon_values::ProfileInputs { dir, admin: admin.as_ref() };
+    let addons = addon_values::build(&loaded, &charts, inputs)?;
     for w in &addons.warnings {
         rep.warn(w);
     }

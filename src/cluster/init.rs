@@ -183,7 +183,8 @@ pub(crate) fn commit(dir: &Path, staged: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
-/// Write `text` as DIR/cluster.yaml and fresh secrets as DIR/secrets/, all or nothing.
+/// Write `text` as DIR/cluster.yaml and fresh secrets as DIR/secrets/ (the add-on
+/// profiles' admin credentials included, `cluster::admin`), all or nothing.
 /// Returns the secrets and the path of cluster.yaml.
 pub fn create(dir: &Path, text: &str, rng: &mut pki::Rng) -> Result<(pki::Secrets, PathBuf), ClusterError> {
     let path = dir.join("cluster.yaml");
@@ -193,6 +194,7 @@ pub fn create(dir: &Path, text: &str, rng: &mut pki::Rng) -> Result<(pki::Secret
         }
     }
     let secrets = pki::Secrets::generate(rng)?;
+    let admin = super::admin::AdminSecrets::generate(rng)?;
     let created = !dir.exists();
     let result = (|| {
         fs::create_dir_all(dir).map_err(|e| ClusterError::Io(format!("creating {}", dir.display()), e))?;
@@ -202,6 +204,7 @@ pub fn create(dir: &Path, text: &str, rng: &mut pki::Rng) -> Result<(pki::Secret
             .tempdir_in(dir)
             .map_err(|e| ClusterError::Io(format!("creating a staging directory in {}", dir.display()), e))?;
         secrets.write(&staged.path().join("secrets"))?;
+        admin.write(&staged.path().join("secrets"))?;
         pki::write_private(&staged.path().join("cluster.yaml"), text.as_bytes())?;
         commit(dir, staged.path())
     })();

@@ -5,7 +5,9 @@
 //! so all nodes can be rendered before any exists and boot at the same moment.
 
 pub mod addnode;
+pub mod admin;
 pub mod backup;
+pub mod credfile;
 pub mod diag;
 pub mod init;
 pub mod net;

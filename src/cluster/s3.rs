@@ -182,35 +182,10 @@ impl S3Target {
                 }],
             })
         };
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            bad(format!(
-                "{}: {e} (a YAML file with access_key_id and secret_access_key, mode 0600)",
-                path.display()
-            ))
-        })?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(bad(format!(
-                    "{} is readable by others (mode {mode:04o}); run chmod 600 on it",
-                    path.display()
-                )));
-            }
-        }
-        if meta.len() > 64 * 1024 {
-            return Err(bad(format!("{} is larger than 64 KiB", path.display())));
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
-        // serde_yaml's message may quote the input: only its location is kept.
-        let creds: S3Credentials = serde_yaml::from_str(&text).map_err(|e| {
-            let at = e.location().map(|l| format!(" at line {}", l.line())).unwrap_or_default();
-            bad(format!(
-                "{}{at}: expected exactly the keys access_key_id and secret_access_key",
-                path.display()
-            ))
-        })?;
+        let text = super::credfile::read(&path, "a YAML file with access_key_id and secret_access_key")
+            .map_err(bad)?;
+        let creds: S3Credentials =
+            super::credfile::yaml(&path, &text, "access_key_id and secret_access_key").map_err(bad)?;
         if !is_credential(&creds.access_key_id, false) {
             return Err(bad(format!(
                 "{}: access_key_id must be 1-256 printable characters without ':', quotes, '\\', '$' or '`'",

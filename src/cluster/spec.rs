@@ -240,8 +240,9 @@ pub struct Addons {
     /// on the first control plane and applied after the values baked into the image.
     #[serde(default)]
     pub values: BTreeMap<String, serde_yaml::Mapping>,
-    /// Optional add-on profiles to install (`monitoring`, `logging`, `gitops`); the
-    /// control-plane image must carry them (`imgbuild build --profile`).
+    /// Optional add-on profiles to install (`monitoring`, `logging`, `gitops`, and at most
+    /// one CSI driver: `cinder`, `proxmox`, `hcloud`); the control-plane image must carry
+    /// them (`imgbuild build --profile`).
     #[serde(default)]
     pub profiles: Vec<String>,
     /// The `logging` profile's destination: an OTLP/HTTP endpoint and its API token
@@ -253,6 +254,56 @@ pub struct Addons {
     /// keeps the backend in sync with it.
     #[serde(default)]
     pub gitops: Option<GitopsSpec>,
+    /// The `cinder` profile: OpenStack credentials for the Cinder CSI driver.
+    #[serde(default)]
+    pub cinder: Option<CinderSpec>,
+    /// The `proxmox` profile: the Proxmox VE API the CSI driver creates disks through.
+    #[serde(default)]
+    pub proxmox: Option<ProxmoxSpec>,
+    /// The `hcloud` profile: the Hetzner Cloud API token of the CSI driver.
+    #[serde(default)]
+    pub hcloud: Option<HcloudSpec>,
+}
+
+/// The Cinder CSI driver's credentials: a `cloud.conf` (the INI file
+/// cloud-provider-openstack reads: `[Global]` with `auth-url` and a user or an
+/// application credential) kept out of cluster.yaml, 0600.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CinderSpec {
+    /// Relative to cluster.yaml's directory. Default: `secrets/cinder-cloud.conf`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxSpec {
+    /// `https://HOST:8006/api2/json`, the API of the Proxmox VE cluster the nodes run on.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The name the driver gives that Proxmox cluster (the nodes' `topology.kubernetes.io/region`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// The Proxmox storage new disks are created on (`local-lvm`, a Ceph pool's storage ID).
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// Accept the API's self-signed certificate (Proxmox's default one).
+    #[serde(default)]
+    pub insecure: bool,
+    /// YAML with `token_id` (`USER@REALM!TOKEN`) and `token_secret`, 0600; relative to
+    /// cluster.yaml's directory. Default: `secrets/proxmox-csi.yaml`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HcloudSpec {
+    /// YAML with `token` (a Read & Write API token of the project), 0600; relative to
+    /// cluster.yaml's directory. Default: `secrets/hcloud.yaml`.
+    #[serde(default)]
+    pub credentials_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

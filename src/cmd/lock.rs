@@ -151,7 +151,7 @@ fn resolve_charts(
                     art.name,
                     art.version,
                     r.sha256,
-                    crate::chart::repo::index_url(&c.repo)
+                    if c.repo.starts_with("oci://") { c.repo.clone() } else { crate::chart::repo::index_url(&c.repo) }
                 ))
                 .into());
             }

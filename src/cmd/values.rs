@@ -41,6 +41,9 @@ value_enum!(crate::types::Profile {
     Monitoring => "monitoring": "Prometheus, Alertmanager, Grafana (kube-prometheus-stack); the backend scraped",
     Logging => "logging": "OpenTelemetry collector: node and pod logs to an OTLP endpoint (e.g. Dynatrace)",
     Gitops => "gitops": "Argo CD with an Application for the backend chart",
+    Cinder => "cinder": "OpenStack Cinder CSI driver, its StorageClass the default",
+    Proxmox => "proxmox": "Proxmox VE CSI driver, its StorageClass the default",
+    Hcloud => "hcloud": "Hetzner Cloud CSI driver, its StorageClass the default",
 });
 value_enum!(crate::cloudinit::SeedKind {
     Iso => "iso": "ISO 9660 + Joliet + Rock Ridge, written in Rust (no tools needed)",

@@ -45,17 +45,30 @@ impl Registry {
 
     /// `GET /v2/<name>/manifests/<reference>` (a tag or a digest), verified.
     pub fn manifest(&self, image: &ImageRef, reference: &str) -> Result<Fetched, OciError> {
+        let (digest, body, content_type) = self.raw_manifest(image, reference, spec::ACCEPT)?;
+        let doc = Document::parse(&body, content_type.as_deref())
+            .map_err(|e| OciError::Unsupported { image: image.to_string(), msg: e.to_string() })?;
+        Ok(Fetched { digest, bytes: body, doc })
+    }
+
+    /// A manifest's verified bytes and Content-Type, not parsed as an image's: for OCI
+    /// artifacts (Helm charts) whose config and layers are not an image's.
+    pub fn raw_manifest(
+        &self,
+        image: &ImageRef,
+        reference: &str,
+        accept: &str,
+    ) -> Result<(Digest, Vec<u8>, Option<String>), OciError> {
         let what = format!("manifest {reference}");
         let url = format!("{}/manifests/{reference}", image.api_base());
-        let r = self.get_ok(image, &what, &url, Some(spec::ACCEPT), spec::MANIFEST_MAX)?;
+        let r = self.get_ok(image, &what, &url, Some(accept), spec::MANIFEST_MAX)?;
         // By tag, the registry names the digest it resolved (optional in the spec).
         let expected = Digest::parse(reference)
             .ok()
             .or_else(|| r.header("docker-content-digest").and_then(|h| Digest::parse(h.trim()).ok()));
         let digest = verified(image, &what, &r, expected.as_ref())?;
-        let doc = Document::parse(&r.body, r.header("content-type"))
-            .map_err(|e| OciError::Unsupported { image: image.to_string(), msg: e.to_string() })?;
-        Ok(Fetched { digest, bytes: r.body, doc })
+        let content_type = r.header("content-type").map(str::to_string);
+        Ok((digest, r.body, content_type))
     }
 
     /// `GET /v2/<name>/blobs/<digest>` into memory (small blobs only), verified.
