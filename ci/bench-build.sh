@@ -17,6 +17,9 @@
 # each is timed and put as a ratio to the qcow2 build (time and output size). Every run's time is printed (the spread), then the median of BENCH_RUNS
 # (default 3). Peak RSS (/usr/bin/time -v) of every build is printed; target < 200 MB.
 #
+# BENCH_BIN=PATH benchmarks that imgbuild binary instead of building this tree's (e.g. an
+# older release, to compare before/after against floors measured in the same run).
+#
 # Usage: ci/bench-build.sh [WORKDIR]   (needs sgdisk, mke2fs, qemu-img, python3, /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -145,13 +148,20 @@ for f in "$base" "$art"/{kubeadm,kubelet,kubectl,containerd,runc,cni-plugins,cri
   [ -f "$cache/sha256/$d" ] || ln "$f" "$cache/sha256/$d" 2>/dev/null || cp "$f" "$cache/sha256/$d"
 done
 recipe=$work/recipe.yaml
-awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
+# The optional profiles' charts (a `chart:` repository, no digest until `imgbuild lock
+# --profile`) are dropped: an unlocked chart stops a control-plane plan.
+awk 'function flush() { if (!drop) printf "%s", buf; buf = ""; drop = 0 }
+  /^[a-z_]+:/ { flush(); inart = /^artifacts:/; print; next }
+  inart && /^  - name: / { flush() }
+  inart { buf = buf $0 "\n"; if (/^    chart:/) drop = 1; next }
+  { print }
+  END { flush() }' image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml |
+  awk -v list="${digests[*]}" 'BEGIN { n = split(list, d, " "); i = 0 }
   /^(packages|images|addons):/ { skip = 1 } /^[a-z_]+:/ && !/^(packages|images|addons):/ { skip = 0 }
   /^disk_size:/ { next }
   skip { next }
   /^ *amd64: [0-9a-f]+$/ { i++; sub(/[0-9a-f]+$/, d[i]) } { print }
-  /^      - https:\/\/dl\.k8s\.io\// { print "    signature: none" }' \
-  image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml >"$recipe"
+  /^      - https:\/\/dl\.k8s\.io\// { print "    signature: none" }' >"$recipe"
 # (The Ubuntu packages section is dropped: it needs the Ubuntu archive or a lock file. The
 # container images and add-ons too: the images run is below. disk_size too: the baseline
 # converts the base at its own size. The stand-ins of the dl.k8s.io binaries carry no
@@ -200,9 +210,13 @@ for i in range(n):
 PY
 
 # --- the runs ------------------------------------------------------------------
-echo "bench-build: building release binary" >&2
-cargo build --release --quiet
-bin=$PWD/target/release/imgbuild
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin=$(realpath "$BENCH_BIN")
+else
+  echo "bench-build: building release binary" >&2
+  cargo build --release --quiet
+  bin=$PWD/target/release/imgbuild
+fi
 secs() { awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i]; print s }' "$1"; }
 rss() { awk -F': ' '/Maximum resident set size/ { print $2 }' "$1"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }

@@ -13,5 +13,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-images: needs root (containerd)" >&2; exit 1; }
-cargo test --quiet --test oci_containerd -- --ignored --exact bench_import_against_a_pull \
+cargo test --quiet --test it -- --ignored --exact oci_containerd::bench_import_against_a_pull \
   --nocapture 2>&1 | grep '^bench-images:'

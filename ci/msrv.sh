@@ -2,7 +2,7 @@
 # MSRV check: the library and the binary build with the toolchain that Cargo.toml's
 # `rust-version` names, against the locked dependencies (`cargo check`, no codegen).
 # The toolchain comes from rustup; its target dir is cached under ~/.cache, so a rerun checks
-# only imgbuild itself. tests/house_rules.rs checks the cheaper half on every `cargo test`:
+# only imgbuild itself. tests/it/house_rules.rs checks the cheaper half on every `cargo test`:
 # no locked dependency declares a newer rust-version than ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +18,10 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     # A CI machine has exactly one toolchain and cannot fetch another (only the package
     # registries are reachable). What still checks rust-version there: clippy's
     # incompatible_msrv lint (on by default, -D warnings in ci/test.sh) refuses std APIs newer
-    # than rust-version in our code, and tests/house_rules.rs refuses dependencies that need a
+    # than rust-version in our code, and tests/it/house_rules.rs refuses dependencies that need a
     # newer Rust. Only the compile with the old toolchain itself is missing; say so loudly.
     echo "ci/msrv.sh: NOT CHECKED: Rust $toolchain cannot be installed on this machine;" >&2
-    echo "ci/msrv.sh: rust-version is covered only by clippy's incompatible_msrv and tests/house_rules.rs" >&2
+    echo "ci/msrv.sh: rust-version is covered only by clippy's incompatible_msrv and tests/it/house_rules.rs" >&2
     exit 0
   fi
 fi

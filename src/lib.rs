@@ -7,7 +7,7 @@
 //!
 //! Dependencies point down: [`cmd`] (clap types, dispatch, exit codes) uses everything;
 //! nothing uses [`cmd`]; [`types`], [`exit`], [`reporter`] and [`keys`] use nothing of
-//! the crate. `tests/module_graph.rs` fails on any cycle between these modules.
+//! the crate. `tests/it/module_graph.rs` fails on any cycle between these modules.
 
 // Library code never panics on a failure and never prints: errors travel up with context to
 // the command layer, progress goes through `reporter::Reporter`, data to stdout only from

@@ -55,7 +55,7 @@ fn is_executable(p: &std::path::Path) -> bool {
 
 /// For tests that drive a real tool: its path, or None (after a loud note) when it is missing
 /// here. Under CI (env `CI` set) a missing tool is a failure, never a quiet skip: ci/test.sh
-/// installs every tool the suite uses. Integration tests reach it through `tests/common`.
+/// installs every tool the suite uses. Integration tests reach it through `tests/it/common`.
 #[doc(hidden)]
 pub fn for_test(name: &'static str) -> Option<PathBuf> {
     match find(&Tool { name, hint: "ci/test.sh installs it" }) {

@@ -93,7 +93,7 @@ fn build_in(
         seed: &sealed.manifest.inputs_digest,
         name: plan.stem(),
     };
-    let image_sha256 = image.finish(&sealed.layer, &spec, &staged, clock)?;
+    let image_sha256 = image.finish(&sealed, &spec, &staged, clock)?;
     clock.say("writing the manifest, checksum and SBOM");
     outputs.write(work, &staged, &image_sha256, &sealed, plan.source_date_epoch)?;
     Ok(Built { outputs, image_sha256, manifest: sealed.manifest })

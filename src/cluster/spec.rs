@@ -333,6 +333,18 @@ fn yes() -> bool {
     true
 }
 
+/// serde_yaml's message without what the diagnostic already says: its own
+/// `<path>: ` prefix and ` at line L column C` suffix.
+fn bare_message(msg: &str, path: &str) -> String {
+    let m = msg.strip_prefix(&format!("{path}: ")).unwrap_or(msg);
+    match m.rfind(" at line ") {
+        Some(i) if m[i + " at line ".len()..].split(" column ").all(|n| n.parse::<u64>().is_ok()) => {
+            m[..i].to_string()
+        }
+        _ => m.to_string(),
+    }
+}
+
 /// Deserialize `cluster.yaml` text (types and unknown fields only; no semantics).
 /// Also returns the line of every field path.
 pub fn parse(src: &str, origin: &str) -> Result<(ClusterSpec, HashMap<String, usize>), Diagnostics> {
@@ -354,10 +366,34 @@ pub fn parse(src: &str, origin: &str) -> Result<(ClusterSpec, HashMap<String, us
             let inner = e.into_inner();
             let line = inner.location().map(|l| l.line()).or_else(|| crate::yamlpos::line_of(&lines, &path));
             let path = if path == "." { String::new() } else { path };
+            let message = bare_message(&inner.to_string(), &path);
             Err(Diagnostics {
                 origin: origin.to_string(),
-                items: vec![Diagnostic { severity: Severity::Error, path, line, message: inner.to_string() }],
+                items: vec![Diagnostic { severity: Severity::Error, path, line, message }],
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_error_names_its_field_and_line_once() {
+        let src = "name: demo\nha:\n  mode: magic\n";
+        let d = parse(src, "c.yaml").expect_err("bad variant");
+        let item = &d.items[0];
+        assert_eq!(item.path, "ha.mode");
+        assert_eq!(item.line, Some(3));
+        assert!(item.message.starts_with("unknown variant `magic`"), "{}", item.message);
+        assert!(!item.message.contains("ha.mode") && !item.message.contains(" at line "), "{}", item.message);
+    }
+
+    #[test]
+    fn bare_message_keeps_what_it_does_not_recognise() {
+        assert_eq!(bare_message("a.b: oops at line 3 column 9", "a.b"), "oops");
+        assert_eq!(bare_message("oops at line x", "a.b"), "oops at line x");
+        assert_eq!(bare_message("other: oops", "a.b"), "other: oops");
     }
 }

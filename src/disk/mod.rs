@@ -73,6 +73,13 @@ pub enum DiskError {
          {inode_size}-byte inodes can store"
     )]
     TimeRange { epoch: u64, limit: &'static str, inode_size: u64 },
+    /// A layer file's bytes, read to lay them into the image, are not the ones the
+    /// manifest records (the cache or the build's temp dir changed under the build).
+    #[error(
+        "{path}: its source {source_file} changed after it was verified (sha256 {actual}, the \
+         manifest records {expected}); nothing is written"
+    )]
+    Changed { path: String, source_file: String, expected: String, actual: String },
     #[error("e2fsck found problems in the root filesystem after writing:\n{0}")]
     Fsck(String),
     #[error("{path}: {msg}")]
@@ -116,6 +123,7 @@ impl Classify for DiskError {
             | DiskError::BadImage { .. }
             | DiskError::NoImage { .. }
             | DiskError::NotAnImage { .. } => Code::Input,
+            DiskError::Changed { .. } => Code::Integrity,
             DiskError::Tool { .. }
             | DiskError::Debugfs { .. }
             | DiskError::Fsck(_)

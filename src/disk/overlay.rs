@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use super::ext4::{self, Probe};
 use super::gpt::{self, Partition};
 use super::qcow2::{self, Reader};
-use super::rootfs::{Backing, RootFs};
+use super::rootfs::{self, Backing, Placed, RootFs};
 use super::DiskError;
 
 /// A prepared fast-path build.
@@ -156,9 +156,17 @@ impl Overlay {
     }
 
     /// Stream the output qcow2 to `out`: the base with the copy's data extents over
-    /// the root partition. Returns its sha256.
+    /// the root partition, and the bytes of the `placed` layer files (allocated by
+    /// debugfs, never written into the copy) read from their sources into their blocks,
+    /// hashed on the way and checked against `expected`. Returns the image's sha256.
     /// With `compress`, every cluster is zstd-compressed on all cores.
-    pub fn write_qcow2(self, out: &Path, compress: bool) -> Result<String, DiskError> {
+    pub fn write_qcow2(
+        self,
+        out: &Path,
+        compress: bool,
+        placed: &[Placed],
+        expected: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, DiskError> {
         let io = |what: String| DiskError::io(what);
         let base = &self.backing()?.base;
         let work = File::open(&self.work).map_err(io(format!("opening {}", self.work.display())))?;
@@ -173,9 +181,14 @@ impl Overlay {
         }
         let ext = super::sparse::data_extents(&work).map_err(io("mapping the partition copy".into()))?;
         layers.push((work, off, ext));
+        // Last, the layer files' blocks: they may reuse blocks the copy still holds
+        // data of (a file of the base the layer replaced).
+        let bs = self.root.superblock().block_size;
+        let pieces = pieces(placed, off, bs);
         // Every guest range some layer writes, sorted, for the allocation map.
         let mut ext: Vec<(u64, u64)> =
             layers.iter().flat_map(|(_, o, e)| e.iter().map(move |&(s, l)| (s + o, l))).collect();
+        ext.extend(pieces.iter().map(|p| (p.guest, p.len)));
         ext.sort_unstable();
         let cs = 1u64 << qcow2::OUT_CLUSTER_BITS;
         let bcs = base.cluster_size();
@@ -194,6 +207,8 @@ impl Overlay {
         clusters.sort_unstable();
         clusters.dedup();
         let mut next = vec![0usize; layers.len()];
+        let mut files = Sources::new(placed);
+        let mut pi = 0usize;
         let fill = |first: u64, n: u64, buf: &mut [u8]| -> std::io::Result<()> {
             let (lo, hi) = (first * cs, (first + n) * cs);
             if lo >= base.size() {
@@ -215,6 +230,16 @@ impl Overlay {
                     k += 1;
                 }
             }
+            while pi < pieces.len() && pieces[pi].guest + pieces[pi].len <= lo {
+                pi += 1;
+            }
+            let mut k = pi;
+            while k < pieces.len() && pieces[k].guest < hi {
+                let p = &pieces[k];
+                let (s, t) = (p.guest.max(lo), (p.guest + p.len).min(hi));
+                files.read(p, s - p.guest, &mut buf[(s - lo) as usize..(t - lo) as usize])?;
+                k += 1;
+            }
             Ok(())
         };
         let sha = if compress {
@@ -224,6 +249,163 @@ impl Overlay {
             qcow2::write(out, self.size, &clusters, fill)
         }
         .map_err(io(format!("writing {}", out.display())))?;
+        files.check(expected)?;
         Ok(sha)
+    }
+}
+
+/// A run of a layer file's blocks in the guest disk.
+struct Piece {
+    /// Guest byte offset and length (whole blocks).
+    guest: u64,
+    len: u64,
+    /// Index into the placed files, and the file offset the run starts at.
+    file: usize,
+    at: u64,
+}
+
+/// The guest runs of the `placed` files of a filesystem at guest offset `off`, sorted.
+fn pieces(placed: &[Placed], off: u64, bs: u64) -> Vec<Piece> {
+    let mut v: Vec<Piece> = placed
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| {
+            p.extents.iter().map(move |&(l, b, n)| Piece {
+                guest: off + b * bs,
+                len: n * bs,
+                file: i,
+                at: l * bs,
+            })
+        })
+        .collect();
+    v.sort_unstable_by_key(|p| p.guest);
+    v
+}
+
+/// The placed files' sources as the stream reads them: one open at a time, each hashed
+/// while its bytes are read in file order.
+struct Sources<'a> {
+    placed: &'a [Placed],
+    open: Option<(usize, File)>,
+    hashes: Vec<sha2::Sha256>,
+    /// Bytes hashed so far per file; `None` once a file was read out of order (its
+    /// blocks are not in file order on disk): it is hashed again from its source.
+    hashed: Vec<Option<u64>>,
+}
+
+impl<'a> Sources<'a> {
+    fn new(placed: &'a [Placed]) -> Self {
+        use sha2::Digest;
+        Sources {
+            placed,
+            open: None,
+            hashes: placed.iter().map(|_| sha2::Sha256::new()).collect(),
+            hashed: vec![Some(0); placed.len()],
+        }
+    }
+
+    /// Fill `buf` with the bytes of piece `p` from `skip` bytes into it: the file's
+    /// bytes, zeros past its end.
+    fn read(&mut self, p: &Piece, skip: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use sha2::Digest;
+        let i = p.file;
+        let placed = &self.placed[i];
+        let at = p.at + skip;
+        let data = (placed.size.saturating_sub(at) as usize).min(buf.len());
+        if data > 0 {
+            if self.open.as_ref().is_none_or(|(j, _)| *j != i) {
+                let f = File::open(&placed.source).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("{}: opening {}: {e}", placed.path, placed.source.display()),
+                    )
+                })?;
+                self.open = Some((i, f));
+            }
+            if let Some((_, f)) = &self.open {
+                f.read_exact_at(&mut buf[..data], at).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("{}: reading {}: {e}", placed.path, placed.source.display()),
+                    )
+                })?;
+            }
+            self.hashed[i] = match self.hashed[i] {
+                Some(n) if n == at => {
+                    self.hashes[i].update(&buf[..data]);
+                    Some(n + data as u64)
+                }
+                _ => None,
+            };
+        }
+        buf[data..].fill(0);
+        Ok(())
+    }
+
+    /// Every file's bytes as laid in hash to what the manifest records.
+    fn check(self, expected: &dyn Fn(&str) -> Option<String>) -> Result<(), DiskError> {
+        use sha2::Digest;
+        for ((p, h), n) in self.placed.iter().zip(self.hashes).zip(self.hashed) {
+            let actual = match n {
+                Some(n) if n == p.size => hex::encode(h.finalize()),
+                // Read out of order (or not at all): hash the source once more.
+                _ => {
+                    let mut f = File::open(&p.source).map_err(DiskError::io(format!(
+                        "{}: opening {}",
+                        p.path,
+                        p.source.display()
+                    )))?;
+                    crate::types::Sha256::of_reader(&mut f, |_| {})
+                        .map_err(DiskError::io(format!("{}: reading {}", p.path, p.source.display())))?
+                        .0
+                        .to_string()
+                }
+            };
+            rootfs::check_digest(&p.path, &p.source, &actual, &expected(&p.path).unwrap_or_default())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file's pieces come out with its bytes and a zeroed tail; read in file order
+    /// they are hashed on the way, read out of order the source is hashed once more;
+    /// either way a source that is not what the manifest says is exit 3.
+    #[test]
+    fn sources_are_read_hashed_and_checked() {
+        use crate::exit::{Classify, Code};
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("f");
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&src, &data).unwrap();
+        // File blocks 0-1 at fs blocks 9-10, file block 2 at fs block 1 (first on disk).
+        let placed =
+            vec![Placed { path: "/f".into(), source: src, size: 3000, extents: vec![(0, 9, 2), (2, 1, 1)] }];
+        let sha = crate::types::Sha256::of(&data).to_string();
+        let ps = pieces(&placed, 4096, 1024);
+        assert_eq!(ps.iter().map(|p| (p.guest, p.at)).collect::<Vec<_>>(), [(5120, 2048), (13312, 0)]);
+        for in_file_order in [false, true] {
+            let mut s = Sources::new(&placed);
+            let order: Vec<&Piece> =
+                if in_file_order { ps.iter().rev().collect() } else { ps.iter().collect() };
+            for p in order {
+                let mut buf = vec![0xFFu8; p.len as usize];
+                s.read(p, 0, &mut buf).unwrap();
+                let end = (p.at + p.len).min(3000);
+                assert_eq!(&buf[..(end - p.at) as usize], &data[p.at as usize..end as usize]);
+                assert!(buf[(end - p.at) as usize..].iter().all(|&b| b == 0));
+            }
+            assert_eq!(s.hashed[0].is_some(), in_file_order);
+            s.check(&|_| Some(sha.clone())).unwrap();
+        }
+        let mut s = Sources::new(&placed);
+        for p in ps.iter().rev() {
+            s.read(p, 0, &mut vec![0u8; p.len as usize]).unwrap();
+        }
+        let e = s.check(&|_| Some("0".repeat(64))).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
     }
 }

@@ -24,6 +24,21 @@ pub struct RootFs {
     backing: Option<std::sync::Arc<Backing>>,
 }
 
+/// A layer file whose blocks debugfs allocated without writing them: its bytes are laid
+/// in from `source` afterwards, once ([`lay_data`] on a raw disk, the output stream on
+/// the fast path), instead of being copied into the filesystem by debugfs first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The path in the image.
+    pub path: String,
+    /// Where the bytes are on the build host (a verified blob, or a file extracted from one).
+    pub source: PathBuf,
+    pub size: u64,
+    /// (first file block, first filesystem block, blocks), in file order, covering
+    /// every block of the file.
+    pub extents: Vec<(u64, u64, u64)>,
+}
+
 /// The base a metadata-only copy was made from: file data is faulted in from here.
 #[derive(Debug)]
 pub struct Backing {
@@ -220,8 +235,10 @@ impl RootFs {
     }
 
     /// Write every entry of `layer` (see [`write_script`]). `workdir` holds the
-    /// temp files for generated content.
-    pub fn write_layer(&mut self, layer: &Layer, workdir: &Path) -> Result<(), DiskError> {
+    /// temp files for generated content. Files the layer takes from the build host
+    /// (`Content::Path`) are only allocated, where the filesystem allows it (extents,
+    /// no inline data): their data is the caller's to lay in, at the returned places.
+    pub fn write_layer(&mut self, layer: &Layer, workdir: &Path) -> Result<Vec<Placed>, DiskError> {
         if self.sb.needs_recovery() {
             return Err(DiskError::Corrupt {
                 path: self.image.display().to_string(),
@@ -254,13 +271,41 @@ impl RootFs {
         self.refuse_base_symlinks(layer, &existing)?;
         let src = workdir.join("layer-src");
         std::fs::create_dir_all(&src).map_err(DiskError::io(format!("creating {}", src.display())))?;
-        let script = write_script(layer, &existing, &src)?;
+        let allocate = (self.sb.incompat & (INCOMPAT_EXTENTS | INCOMPAT_INLINE_DATA) == INCOMPAT_EXTENTS)
+            .then_some(self.sb.block_size);
+        let (script, pending) = write_script(layer, &existing, &src, allocate)?;
         let mut c_script = String::new();
         // Relative source names (0, 1, …) keep host paths out of the command parser.
         let _ = writeln!(c_script, "set_current_time @{}", layer.mtime);
         c_script.push_str(&script);
-        self.dfs.batch(&c_script, true, Some(layer.mtime), Some(&src))?;
-        self.refresh()
+        // Where fallocate put each allocated file (leaf extents), read in the same run.
+        for (path, _, _) in &pending {
+            let _ = writeln!(c_script, "ex -l {path}");
+        }
+        let out = self.dfs.batch(&c_script, true, Some(layer.mtime), Some(&src))?;
+        let mut found = parse_leaf_extents(&String::from_utf8_lossy(&out));
+        let bs = self.sb.block_size;
+        let mut placed = Vec::with_capacity(pending.len());
+        let mut init = String::new();
+        for (path, source, size) in pending {
+            let raw = found.remove(&path).unwrap_or_default();
+            let extents = check_extents(&path, &raw, size.div_ceil(bs))?;
+            // fallocate maps blocks as unwritten extents (read as zeros): mark each
+            // one written, as the data goes there before anything reads the file.
+            if raw.iter().any(|e| e.3) {
+                let _ = writeln!(init, "eo {path}");
+                for &(l, p, n, _) in &raw {
+                    let _ = writeln!(init, "goto_block {l}\nreplace_node {l} {n} {p}");
+                }
+                init.push_str("ec\n");
+            }
+            placed.push(Placed { path, source, size, extents });
+        }
+        if !init.is_empty() {
+            self.dfs.batch(&init, true, Some(layer.mtime), None)?;
+        }
+        self.refresh()?;
+        Ok(placed)
     }
 }
 
@@ -311,6 +356,127 @@ fn normalize(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+const INCOMPAT_EXTENTS: u32 = 0x40;
+const INCOMPAT_INLINE_DATA: u32 = 0x8000;
+
+/// Leaf extents per file from the `ex -l PATH` sections of a debugfs run's output:
+/// (first logical block, first physical block, blocks, unwritten).
+fn parse_leaf_extents(out: &str) -> BTreeMap<String, Vec<(u64, u64, u64, bool)>> {
+    let mut map: BTreeMap<String, Vec<(u64, u64, u64, bool)>> = BTreeMap::new();
+    let mut cur: Option<String> = None;
+    for line in out.lines() {
+        if let Some(cmd) = line.strip_prefix("debugfs: ") {
+            cur = cmd.strip_prefix("ex -l ").map(|p| p.trim().to_string());
+            if let Some(p) = &cur {
+                map.entry(p.clone()).or_default();
+            }
+            continue;
+        }
+        let Some(path) = &cur else { continue };
+        // ` 1/ 1   2/ 83    40 -    79   8066 -   8105     40 Uninit`: level/depth,
+        // entry/entries, logical first - last, physical first - last, length, flags.
+        let nums: Vec<u64> = line
+            .split(|c: char| c.is_whitespace() || c == '/' || c == '-')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if nums.len() == 9 && nums[0] == nums[1] {
+            let uninit = line.trim_end().ends_with("Uninit");
+            if let Some(v) = map.get_mut(path) {
+                v.push((nums[4], nums[6], nums[8], uninit));
+            }
+        }
+    }
+    map
+}
+
+/// The extents of an allocated file as (file block, fs block, blocks), checked to map
+/// blocks 0..`blocks` each exactly once, in order.
+fn check_extents(
+    path: &str,
+    raw: &[(u64, u64, u64, bool)],
+    blocks: u64,
+) -> Result<Vec<(u64, u64, u64)>, DiskError> {
+    let mut next = 0;
+    let mut out = Vec::with_capacity(raw.len());
+    for &(l, p, n, _) in raw {
+        if l != next || n == 0 {
+            break;
+        }
+        out.push((l, p, n));
+        next += n;
+    }
+    if next != blocks || out.len() != raw.len() {
+        return Err(DiskError::Debugfs {
+            op: "writing the layer",
+            detail: format!("{path}: fallocate mapped blocks {raw:?}, expected 0..{blocks} in order"),
+        });
+    }
+    Ok(out)
+}
+
+/// Lay the data of `placed` files into the raw disk `image` whose root filesystem
+/// (blocks of `block_size`) starts at `fs_offset`: each file is read once, hashed as
+/// it is read and checked against `expected` (its sha256), and written at its blocks,
+/// the last block's tail zeroed.
+pub fn lay_data(
+    image: &Path,
+    fs_offset: u64,
+    block_size: u64,
+    placed: &[Placed],
+    expected: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), DiskError> {
+    use sha2::Digest;
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(image)
+        .map_err(DiskError::io(format!("opening {}", image.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for p in placed {
+        let mut src = std::fs::File::open(&p.source).map_err(DiskError::io(format!(
+            "{}: opening {}",
+            p.path,
+            p.source.display()
+        )))?;
+        let mut h = sha2::Sha256::new();
+        for &(l, b, n) in &p.extents {
+            let (mut at, end) = (l * block_size, (l + n) * block_size);
+            let mut to = fs_offset + b * block_size;
+            while at < end {
+                let want = ((end - at) as usize).min(buf.len());
+                let data = (p.size.saturating_sub(at) as usize).min(want);
+                src.read_exact(&mut buf[..data]).map_err(DiskError::io(format!(
+                    "{}: reading {}",
+                    p.path,
+                    p.source.display()
+                )))?;
+                h.update(&buf[..data]);
+                buf[data..want].fill(0);
+                f.write_all_at(&buf[..want], to)
+                    .map_err(DiskError::io(format!("writing {}", image.display())))?;
+                (at, to) = (at + want as u64, to + want as u64);
+            }
+        }
+        check_digest(&p.path, &p.source, &hex::encode(h.finalize()), &expected(&p.path).unwrap_or_default())?;
+    }
+    Ok(())
+}
+
+/// The bytes read from `source` for the layer file `path` hash to `want` (what the
+/// manifest records), else the source changed after it was verified (exit 3).
+pub fn check_digest(path: &str, source: &Path, actual: &str, want: &str) -> Result<(), DiskError> {
+    if want != actual {
+        return Err(DiskError::Changed {
+            path: path.to_string(),
+            source_file: source.display().to_string(),
+            expected: want.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// `e2fsck -fn SPEC` (SPEC may be `image?offset=BYTES`).
 pub fn fsck_spec(spec: &str) -> Result<(), DiskError> {
     let exe =
@@ -351,14 +517,24 @@ pub fn layer_bytes(layer: &Layer, block: u64) -> Result<u64, DiskError> {
     Ok(total + total / 50)
 }
 
+/// A file to allocate only: (path in the image, file on the host, size).
+type Pending = (String, PathBuf, u64);
+
 /// The debugfs commands for `layer`, given what already exists. Generated content
 /// is written to `src/<n>`; host files are linked there, so commands name sources
-/// by number relative to `src`.
+/// by number relative to `src`. With `allocate` (the block size), host files are not
+/// copied: each becomes an empty file `fallocate`d to its size (returned as pending).
 fn write_script(
     layer: &Layer,
     existing: &BTreeMap<String, DirEntry>,
     src: &Path,
-) -> Result<String, DiskError> {
+    allocate: Option<u64>,
+) -> Result<(String, Vec<Pending>), DiskError> {
+    let mut pending = Vec::new();
+    let empty = "empty";
+    if allocate.is_some() {
+        std::fs::write(src.join(empty), b"").map_err(DiskError::io(format!("staging {}", src.display())))?;
+    }
     let t = layer.mtime;
     let mut s = String::new();
     let mut touched: BTreeSet<String> = BTreeSet::new();
@@ -409,11 +585,35 @@ fn write_script(
                     }
                     let _ = writeln!(s, "rm {path}");
                 }
+                if let (Some(bs), Content::Path(p)) = (allocate, content) {
+                    let len = std::fs::metadata(p)
+                        .map_err(DiskError::io(format!("{path}: source {}", p.display())))?
+                        .len();
+                    let _ = writeln!(s, "write {empty} {path}");
+                    if len > 0 {
+                        let _ = writeln!(s, "fallocate {path} 0 {}", (len - 1) / bs);
+                        let _ = writeln!(s, "sif {path} size {len}");
+                        pending.push((path.clone(), p.clone(), len));
+                    }
+                    let _ = writeln!(s, "sif {path} mode 0{:o}", 0o100000 | (e.mode & 0o7777));
+                    owner(&mut s, path, e.uid, e.gid);
+                    times(&mut s, path);
+                    touched.insert(parent(path).to_string());
+                    continue;
+                }
                 let name = n.to_string();
                 let dst = src.join(&name);
                 match content {
                     Content::Bytes(b) => std::fs::write(&dst, b),
                     Content::Path(p) => {
+                        // debugfs copies it: a digest nothing checked yet is checked here.
+                        if let Some(want) = layer.known_digest(path) {
+                            let got = std::fs::File::open(p)
+                                .and_then(|mut f| crate::types::Sha256::of_reader(&mut f, |_| {}))
+                                .map_err(DiskError::io(format!("{path}: reading {}", p.display())))?
+                                .0;
+                            check_digest(path, p, got.as_str(), want.as_str())?;
+                        }
                         let abs = std::fs::canonicalize(p)
                             .map_err(DiskError::io(format!("{path}: source {}", p.display())))?;
                         std::os::unix::fs::symlink(abs, &dst)
@@ -443,7 +643,7 @@ fn write_script(
     for d in touched {
         times(&mut s, &d);
     }
-    Ok(s)
+    Ok((s, pending))
 }
 
 fn parent(p: &str) -> &str {
@@ -475,13 +675,59 @@ mod tests {
         let de = |name: &str, mode| DirEntry { name: name.into(), inode: 1, mode, uid: 0, gid: 0, size: 0 };
         ex.insert("/etc".to_string(), de("etc", 0o040755));
         ex.insert("/etc/a.conf".to_string(), de("a.conf", 0o100644));
-        let s = write_script(&l, &ex, d.path()).unwrap();
+        let (s, _) = write_script(&l, &ex, d.path(), None).unwrap();
         assert!(!s.contains("mkdir /etc\n"));
         assert!(s.contains("rm /etc/a.conf\nwrite 1 /etc/a.conf\nsif /etc/a.conf mode 0100640\n"));
         assert!(s.contains("symlink /etc/b /etc/a.conf\n"));
         assert!(s.contains("sif /etc mtime @100\n"));
         assert_eq!(std::fs::read(d.path().join("1")).unwrap(), b"x");
         ex.insert("/etc/b".to_string(), de("b", 0o040755));
-        assert!(matches!(write_script(&l, &ex, d.path()), Err(DiskError::TypeClash { .. })));
+        assert!(matches!(write_script(&l, &ex, d.path(), None), Err(DiskError::TypeClash { .. })));
+    }
+
+    /// The bytes of a placed file go into its blocks (the last block's tail zeroed),
+    /// once, checked against the expected sha256; a source that does not hash to it is
+    /// an integrity failure (exit 3).
+    #[test]
+    fn placed_files_are_laid_in_and_checked() {
+        use crate::exit::{Classify, Code};
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("disk");
+        std::fs::write(&img, vec![0xAAu8; 16 * 1024]).unwrap();
+        let src = d.path().join("src");
+        let data: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8 + 1).collect();
+        std::fs::write(&src, &data).unwrap();
+        // 1024-byte blocks at offset 2048: file blocks 0 and 1 at fs blocks 5 and 2.
+        let p = Placed {
+            path: "/usr/bin/x".into(),
+            source: src.clone(),
+            size: data.len() as u64,
+            extents: vec![(0, 5, 1), (1, 2, 1)],
+        };
+        let sha = crate::types::Sha256::of(&data).to_string();
+        lay_data(&img, 2048, 1024, std::slice::from_ref(&p), &|_| Some(sha.clone())).unwrap();
+        let disk = std::fs::read(&img).unwrap();
+        assert_eq!(&disk[2048 + 5 * 1024..2048 + 6 * 1024], &data[..1024]);
+        assert_eq!(&disk[2048 + 2 * 1024..2048 + 2 * 1024 + 476], &data[1024..]);
+        assert!(disk[2048 + 2 * 1024 + 476..2048 + 3 * 1024].iter().all(|&b| b == 0));
+        assert!(disk[..2048 + 2 * 1024].iter().all(|&b| b == 0xAA));
+        let e = lay_data(&img, 2048, 1024, &[p], &|_| Some("0".repeat(64))).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(e.to_string().contains("/usr/bin/x") && e.to_string().contains(&sha), "{e}");
+    }
+
+    #[test]
+    fn leaf_extents_are_parsed_from_debugfs_output() {
+        let out = "debugfs: write empty /a\nAllocated inode: 12\ndebugfs: ex -l /a\n\
+                   Level Entries       Logical        Physical Length Flags\n \
+                   1/ 1   1/ 83     0 -    39   7986 -   8025     40 Uninit\n \
+                   1/ 1   2/ 83    40 -    40   8066 -   8066      1 \n\
+                   debugfs: ex -l /b\ndebugfs: sif /b size 3\n";
+        let m = parse_leaf_extents(out);
+        assert_eq!(m["/a"], [(0, 7986, 40, true), (40, 8066, 1, false)]);
+        assert!(m["/b"].is_empty());
+        assert_eq!(check_extents("/a", &m["/a"], 41).unwrap(), [(0, 7986, 40), (40, 8066, 1)]);
+        assert!(check_extents("/a", &m["/a"], 42).is_err());
+        assert!(check_extents("/a", &[(1, 5, 1, false)], 1).is_err());
     }
 }

@@ -8,12 +8,13 @@
 //! when the base is a qcow2 this crate reads and the output is qcow2; otherwise a raw
 //! working copy (`qemu-img convert`) converted to the output format at the end.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::overlay::{self, Overlay};
 use super::rootfs::{self, RootFs};
 use super::{formats, qemu, resize, DiskError};
-use crate::layer::Layer;
+use crate::layer::{Layer, Sealed};
 use crate::reporter::Clock;
 use crate::types::{size, OutFormat, Sha256};
 
@@ -99,22 +100,32 @@ impl Working {
         }
     }
 
-    /// Write `layer` and produce the image at `out` as `spec` says; returns its sha256.
+    /// Write the sealed layer and produce the image at `out` as `spec` says; returns
+    /// its sha256. Every file the layer takes from the build host is read once, while
+    /// it is laid into the image, and checked against the manifest's sha256.
     pub fn finish(
         self,
-        layer: &Layer,
+        sealed: &Sealed,
         spec: &ImageSpec,
         out: &Path,
         clock: &Clock,
     ) -> Result<Sha256, DiskError> {
         let work = self.work;
+        let digests: BTreeMap<&str, &str> = sealed
+            .manifest
+            .files
+            .iter()
+            .filter_map(|f| Some((f.path.as_str(), f.sha256.as_deref()?)))
+            .collect();
+        let expected = |path: &str| digests.get(path).map(|s| s.to_string());
+        let layer = &sealed.layer;
         match self.path {
-            WorkPath::Fast(ov) => finish_fast(ov, layer, spec, out, &work, clock),
+            WorkPath::Fast(ov) => finish_fast(ov, layer, &expected, spec, out, &work, clock),
             WorkPath::Raw { raw, root, flusher } => {
                 if let Some(t) = flusher {
                     let _ = t.join();
                 }
-                finish_raw(raw, root, layer, spec, out, &work, clock)
+                finish_raw(raw, root, layer, &expected, spec, out, &work, clock)
             }
         }
     }
@@ -129,6 +140,7 @@ fn len_of(p: &Path) -> Result<u64, DiskError> {
 fn finish_fast(
     mut ov: Overlay,
     layer: &Layer,
+    expected: &dyn Fn(&str) -> Option<String>,
     spec: &ImageSpec,
     out: &Path,
     work: &Path,
@@ -141,12 +153,16 @@ fn finish_fast(
         ov.grow(want, work, spec.source_date_epoch)?;
     }
     check_space(ov.disk_size(), need, ov.root.available())?;
-    clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
-    ov.root.write_layer(layer, work)?;
+    clock.say(format_args!("writing {} layer entries with debugfs (files allocated only)", layer.len()));
+    let placed = ov.root.write_layer(layer, work)?;
     let fs_spec = ov.root.spec().to_string();
-    clock.say("streaming the qcow2 image while e2fsck -fn checks the root filesystem");
+    clock.say(format_args!(
+        "streaming the qcow2 image ({} layer files laid in from their sources) while e2fsck -fn checks \
+         the root filesystem",
+        placed.len()
+    ));
     let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
-    let written = ov.write_qcow2(out, spec.compress);
+    let written = ov.write_qcow2(out, spec.compress, &placed, expected);
     clock.say("image written");
     let checked = fsck
         .join()
@@ -157,10 +173,12 @@ fn finish_fast(
 }
 
 /// The raw working copy: make the layer fit, write it, check, convert, hash.
+#[allow(clippy::too_many_arguments)]
 fn finish_raw(
     raw: PathBuf,
     mut root: RootFs,
     layer: &Layer,
+    expected: &dyn Fn(&str) -> Option<String>,
     spec: &ImageSpec,
     out: &Path,
     work: &Path,
@@ -184,8 +202,10 @@ fn finish_raw(
         ));
         resize::grow(&mut root, want, work, spec.source_date_epoch)?;
     }
-    clock.say(format_args!("writing {} layer entries with debugfs", layer.len()));
-    root.write_layer(layer, work)?;
+    clock.say(format_args!("writing {} layer entries with debugfs (files allocated only)", layer.len()));
+    let placed = root.write_layer(layer, work)?;
+    clock.say(format_args!("laying in {} layer files from their sources", placed.len()));
+    rootfs::lay_data(root.image(), root.offset(), root.superblock().block_size, &placed, expected)?;
     clock.say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
     clock.say(format_args!("converting to {}", spec.format));

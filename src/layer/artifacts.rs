@@ -14,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use super::{Content, Layer, LayerError};
 use crate::fetch::Fetched;
 use crate::plan::{BuildPlan, InstallStep, Item};
+use crate::types::Sha256;
 
 /// Install every artifact of `plan` from its verified blob in `fetched`. `workdir` is a
 /// build-private temp dir for extracted archive members; it must outlive the layer
@@ -24,28 +25,79 @@ pub fn install(
     fetched: &Fetched,
     workdir: &Path,
 ) -> Result<(), LayerError> {
+    let blobs = plan
+        .artifacts
+        .iter()
+        .map(|item| {
+            Ok((item, fetched.get(item).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?))
+        })
+        .collect::<Result<Vec<(&Item, &Path)>, LayerError>>()?;
     // Which artifact installed a path first: two artifacts claiming one path is a recipe bug.
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for item in &plan.artifacts {
-        let blob = fetched.get(item).ok_or_else(|| LayerError::MissingDownload(item.name.clone()))?;
-        let files = files_of(item, blob, workdir)?;
-        for (to, path, mode) in files {
+    for ((item, _), files) in blobs.iter().zip(extract_all(&blobs, workdir)) {
+        for (to, path, mode, sha) in files? {
             // (Within one artifact a later archive member of the same name wins, as in tar.)
             if let Some(prev) = owners.insert(to.clone(), item.name.clone()).filter(|p| *p != item.name) {
                 return Err(LayerError::Conflict { path: to, first: prev, second: item.name.clone() });
             }
             layer.artifact_file(&to, Content::Path(path), mode, &item.name);
+            layer.know_digest(&to, sha);
         }
     }
     Ok(())
 }
 
-/// (path in image, file on host, mode) for each file `item` installs.
-fn files_of(item: &Item, blob: &Path, workdir: &Path) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
+/// [`files_of`] for every (item, blob), on all cores: each gzip stream decompresses on
+/// one core, and a control plane has five archives. The results come back in the
+/// order of `blobs`, so the layer (and the first error reported) does not depend on
+/// which thread finished first.
+fn extract_all(blobs: &[(&Item, &Path)], workdir: &Path) -> Vec<Result<Vec<Installed>, LayerError>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(blobs.len()).max(1);
+    let next = AtomicUsize::new(0);
+    let done: Vec<(usize, Result<Vec<Installed>, LayerError>)> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(&(item, blob)) = blobs.get(i) else { break };
+                        done.push((i, files_of(item, blob, workdir)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let mut out: Vec<Option<Result<Vec<Installed>, LayerError>>> = blobs.iter().map(|_| None).collect();
+    for (i, r) in done {
+        out[i] = Some(r);
+    }
+    out.into_iter()
+        .zip(blobs)
+        .map(|(r, (item, _))| {
+            r.unwrap_or_else(|| {
+                Err(LayerError::Archive {
+                    artifact: item.name.clone(),
+                    msg: "the extracting thread panicked".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// A file an artifact installs: (path in image, file on host, mode, its sha256).
+type Installed = (String, PathBuf, u32, Sha256);
+
+/// The files `item` installs: the verified blob itself (its pinned digest), or members
+/// extracted from it (hashed as they are extracted).
+fn files_of(item: &Item, blob: &Path, workdir: &Path) -> Result<Vec<Installed>, LayerError> {
     let mut out = Vec::new();
     let archived: Vec<&InstallStep> = item.install.iter().filter(|s| s.from.is_some()).collect();
     for step in item.install.iter().filter(|s| s.from.is_none()) {
-        out.push((step.to.clone(), blob.to_path_buf(), step.mode));
+        out.push((step.to.clone(), blob.to_path_buf(), step.mode, item.sha256.clone()));
     }
     if !archived.is_empty() {
         out.extend(extract(item, &archived, blob, workdir)?);
@@ -94,7 +146,7 @@ fn extract(
     steps: &[&InstallStep],
     blob: &Path,
     workdir: &Path,
-) -> Result<Vec<(String, PathBuf, u32)>, LayerError> {
+) -> Result<Vec<Installed>, LayerError> {
     let bad = |msg: String| LayerError::Archive { artifact: item.name.clone(), msg };
     let io = |e: std::io::Error| LayerError::Io { path: blob.to_path_buf(), source: e };
     let gz = is_gzip(blob).map_err(io)?;
@@ -145,7 +197,7 @@ fn extract(
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&host).map_err(|e| {
             LayerError::Extract { artifact: item.name.clone(), member: name.clone(), source: e }
         })?;
-        copy_member(&mut entry, &mut f, &item.name, &name)?;
+        let sha = copy_member(&mut entry, &mut f, &item.name, &name)?;
         for i in wanted {
             let step = steps[i];
             let to = if step.from.as_deref().unwrap_or_default().ends_with('*') {
@@ -162,7 +214,7 @@ fn extract(
                 step.to.clone()
             };
             hits[i] += 1;
-            out.push((to, host.clone(), step.mode));
+            out.push((to, host.clone(), step.mode, sha.clone()));
         }
     }
     for (i, step) in steps.iter().enumerate() {
@@ -182,19 +234,22 @@ fn extract(
 /// The longest file name ext4 stores (bytes).
 const NAME_MAX: usize = 255;
 
-/// Copy an archive member to its host file. A read failure is the archive's fault
-/// (corrupt: bad input); a write failure is the build host's (its disk is full: a
+/// Copy an archive member to its host file; returns the sha256 of its bytes (hashed
+/// here, so nothing reads the file again to know it). A read failure is the archive's
+/// fault (corrupt: bad input); a write failure is the build host's (its disk is full: a
 /// runtime failure). Both name the member, not the host path.
 fn copy_member(
     src: &mut impl Read,
     dst: &mut impl Write,
     artifact: &str,
     member: &str,
-) -> Result<(), LayerError> {
+) -> Result<Sha256, LayerError> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match src.read(&mut buf) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(Sha256::of_hasher(h)),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -204,6 +259,7 @@ fn copy_member(
                 })
             }
         };
+        h.update(&buf[..n]);
         dst.write_all(&buf[..n]).map_err(|source| LayerError::Extract {
             artifact: artifact.to_string(),
             member: member.to_string(),

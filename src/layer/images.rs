@@ -42,11 +42,10 @@ pub fn add(layer: &mut Layer, images: &[Embedded]) -> Result<Stats, OciError> {
         }
     }
     for (d, (size, path)) in &blobs {
-        layer.file(
-            &format!("{IMAGES_DIR}/blobs/sha256/{}", d.sha256()),
-            Content::Path(path.to_path_buf()),
-            0o644,
-        );
+        let to = format!("{IMAGES_DIR}/blobs/sha256/{}", d.sha256());
+        layer.file(&to, Content::Path(path.to_path_buf()), 0o644);
+        // The blob was verified against its digest when it was fetched.
+        layer.know_digest(&to, d.sha256().clone());
         stats.bytes += size;
     }
     stats.blobs = blobs.len();

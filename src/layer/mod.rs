@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::exit::{Classify, Code};
+use crate::types::Sha256;
 
 pub mod artifacts;
 pub mod firewall;
@@ -95,6 +96,11 @@ pub struct Layer {
     artifact_paths: BTreeMap<String, String>,
     /// Clashes seen while composing; [`seal`] refuses the layer when there are any.
     clashes: Vec<String>,
+    /// The sha256 of host files whose bytes were verified or hashed already (a
+    /// downloaded blob, an archive member hashed as it was extracted): the seal records
+    /// it without reading the file again, and the disk checks the bytes against it as
+    /// it lays them into the image.
+    known: BTreeMap<String, Sha256>,
 }
 
 impl Layer {
@@ -113,6 +119,17 @@ impl Layer {
         }
         self.insert(path, Entry { kind: Kind::File(content), mode, uid: 0, gid: 0 });
         self.artifact_paths.insert(key, artifact.to_string());
+    }
+
+    /// Record the sha256 of the host file at `path` (see `known`); replacing the entry
+    /// forgets it.
+    pub fn know_digest(&mut self, path: &str, sha256: Sha256) {
+        self.known.insert(normalize(path), sha256);
+    }
+
+    /// The recorded sha256 of the host file at `path`, if any.
+    pub fn known_digest(&self, path: &str) -> Option<&Sha256> {
+        self.known.get(&normalize(path))
     }
 
     /// What composing found clashing (see [`seal`]).
@@ -154,6 +171,7 @@ impl Layer {
                 self.clashes.push(format!("{path}: its parent {parent} is not a directory in the layer"));
             }
         }
+        self.known.remove(&path);
         if let Some(old) = self.entries.get(&path) {
             let was_dir = matches!(old.kind, Kind::Dir);
             if was_dir != matches!(entry.kind, Kind::Dir) {

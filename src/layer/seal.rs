@@ -110,12 +110,16 @@ fn images(plan: &BuildPlan) -> Vec<ImageEntry> {
         .collect()
 }
 
-/// (sha256, size) of a file's content.
-fn digest(content: &Content) -> Result<(String, u64), LayerError> {
+/// (sha256, size) of a file's content; a host file whose digest is `known` is not
+/// read (the disk checks its bytes against it as it lays them in).
+fn digest(content: &Content, known: Option<&Sha256>) -> Result<(String, u64), LayerError> {
     match content {
         Content::Bytes(b) => Ok((Sha256::of(b).to_string(), b.len() as u64)),
         Content::Path(p) => {
             let io = |e| LayerError::Io { path: p.clone(), source: e };
+            if let Some(sha) = known {
+                return Ok((sha.to_string(), std::fs::metadata(p).map_err(io)?.len()));
+            }
             let mut f = std::fs::File::open(p).map_err(io)?;
             let (sha, size) = Sha256::of_reader(&mut f, |_| {}).map_err(io)?;
             Ok((sha.to_string(), size))
@@ -123,8 +127,8 @@ fn digest(content: &Content) -> Result<(String, u64), LayerError> {
     }
 }
 
-/// The manifest entry for one layer entry.
-pub fn file_entry(path: &str, e: &Entry) -> Result<FileEntry, LayerError> {
+/// The manifest entry for one layer entry (`known`: its content's sha256, if recorded).
+pub fn file_entry(path: &str, e: &Entry, known: Option<&Sha256>) -> Result<FileEntry, LayerError> {
     let mut f = FileEntry {
         path: path.to_string(),
         kind: FileKind::Dir,
@@ -138,7 +142,7 @@ pub fn file_entry(path: &str, e: &Entry) -> Result<FileEntry, LayerError> {
     match &e.kind {
         Kind::Dir => {}
         Kind::File(c) => {
-            let (sha, size) = digest(c)?;
+            let (sha, size) = digest(c, known)?;
             f.kind = FileKind::File;
             f.sha256 = Some(sha);
             f.size = Some(size);
@@ -177,7 +181,7 @@ pub fn seal(
     let files = layer
         .iter()
         .filter(|(p, _)| p.as_str() != manifest::IN_IMAGE_PATH)
-        .map(|(p, e)| file_entry(p, e))
+        .map(|(p, e)| file_entry(p, e, layer.known_digest(p)))
         .collect::<Result<Vec<_>, _>>()?;
     let manifest = Manifest {
         imgbuild_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -20,6 +20,10 @@ impl Sha256 {
             Err(format!("{s:?} is not a sha256 digest (64 lowercase hex characters)"))
         }
     }
+    /// The digest a hasher fed elsewhere arrived at.
+    pub fn of_hasher(h: Sha256Hasher) -> Self {
+        Self(hex::encode(h.finalize()))
+    }
     pub fn of(bytes: &[u8]) -> Self {
         Self(hex::encode(Sha256Hasher::digest(bytes)))
     }

@@ -1,0 +1,244 @@
+//! Shared test support. Each integration test file does `mod common;`.
+
+pub mod fixture;
+pub mod gpg;
+pub mod hostile;
+pub mod http;
+pub mod registry;
+
+/// The imgbuild binary under test.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
+    c.env_remove("IMGBUILD_CACHE_DIR").env_remove("IMGBUILD_MIRROR");
+    c
+}
+
+/// Whether the external `tool` a test needs can run here: the one place a test decides to
+/// skip. When it is missing the test panics if `CI` is set (ci/test.sh installs every tool, so
+/// CI never passes by skipping), and otherwise prints a loud note and returns false for the
+/// test to return early.
+pub fn tool(tool: &'static str) -> bool {
+    imgbuild::tools::for_test(tool).is_some()
+}
+
+/// Validate an SPDX document with the reference validator (PyPI spdx-tools' `pyspdxtools`,
+/// installed by ci/test.sh): required in CI, skipped with a note elsewhere.
+pub fn validate_spdx(path: &std::path::Path) {
+    match std::process::Command::new("pyspdxtools").arg("--infile").arg(path).output() {
+        Ok(o) => assert!(
+            o.status.success() && !String::from_utf8_lossy(&o.stdout).contains("invalid"),
+            "pyspdxtools: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) if std::env::var_os("CI").is_none() => {
+            eprintln!("note: pyspdxtools not installed (pip install spdx-tools); SPDX validation skipped")
+        }
+        Err(e) => panic!("pyspdxtools is required in CI: {e}"),
+    }
+}
+
+/// Recipe text without container images and add-ons (for tests about other downloads:
+/// pinned add-on images would need their registry or a cache holding them).
+pub fn without_images(recipe_text: &str) -> String {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(recipe_text).expect("recipe YAML");
+    let m = v.as_mapping_mut().expect("a mapping");
+    m.remove("images");
+    m.remove("addons");
+    serde_yaml::to_string(&v).expect("YAML")
+}
+
+/// A loopback port free right now, for a real server that must be told its port (it can
+/// be taken before the server binds it: servers that can bind port 0 should).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Run `c`, which must succeed: the command and its stderr otherwise.
+pub fn run_ok(c: &mut std::process::Command) -> std::process::Output {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Assert that a command succeeded, showing its exit code and output when it did not.
+pub fn ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// What a user sees of a command, for a snapshot: the exit code, then stdout and stderr
+/// (each when not empty), with `tmp` (a test's temp dir) shown as `[TMP]`.
+pub fn transcript(o: &std::process::Output, tmp: &std::path::Path) -> String {
+    let tmp = tmp.to_str().expect("UTF-8 temp path");
+    let mut t = format!("exit: {:?}\n", o.status.code());
+    for (name, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+        if !bytes.is_empty() {
+            t.push_str(&format!("--- {name}\n{}", String::from_utf8_lossy(bytes).replace(tmp, "[TMP]")));
+        }
+    }
+    t
+}
+
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write a `#cloud-config`'s `write_files` under `root` (path, permissions, content), as
+/// cloud-init would on the node: the root a bootstrap script runs against.
+pub fn write_files_to(user_data: &str, root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
+    for f in doc["write_files"].as_sequence().unwrap() {
+        let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, f["content"].as_str().unwrap()).unwrap();
+        let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// Run `c` and kill it after `limit`: a hang is a failure, not a stuck test.
+pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) -> std::process::Output {
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!("{c:?} still running after {limit:?} (killed): {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
+/// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
+pub fn openssl_sign(
+    dir: &std::path::Path,
+    ca_crt: &std::path::Path,
+    ca_key: &std::path::Path,
+    subject: &str,
+    ext: &str,
+    days: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        ok(&std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap())
+    };
+    run(&[
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        "key.pem",
+        "-out",
+        "req.csr",
+    ]);
+    std::fs::write(dir.join("ext"), ext).unwrap();
+    let days = days.to_string();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "req.csr",
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_key.to_str().unwrap(),
+        "-set_serial",
+        "9",
+        "-days",
+        &days,
+        "-extfile",
+        "ext",
+        "-out",
+        "crt.pem",
+    ]);
+    (dir.join("crt.pem"), dir.join("key.pem"))
+}
+
+/// Run `c` to completion like `Command::output`, and also return the peak resident set of
+/// that one child in KiB: its `VmHWM`, sampled every few milliseconds (a high-water mark, so
+/// a sample misses only growth in the last milliseconds of its life). Not `ru_maxrss`: Linux
+/// counts into it the memory the child shared with this test process before its exec, and
+/// this process holds every other test's data.
+pub fn output_with_peak_rss(c: &mut std::process::Command) -> (std::process::Output, u64) {
+    use std::io::Read;
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).unwrap();
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        // spawn returns after the exec: this is the new program's memory from the first read
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            let hwm =
+                s.lines().find_map(|l| l.strip_prefix("VmHWM:")).map(|v| v.trim().trim_end_matches(" kB"));
+            if let Some(kib) = hwm.and_then(|v| v.trim().parse::<u64>().ok()) {
+                peak_kib = peak_kib.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(peak_kib > 0, "{c:?}: no VmHWM sample in {status_file}");
+    let output = std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() };
+    (output, peak_kib)
+}
+
+/// A temp dir for a fixture that lives as long as the test process (a `static` the tests of
+/// a module share): statics are never dropped, so it is removed by an `atexit` hook instead,
+/// which runs when the harness returns from main or exits with a failure.
+pub fn process_tempdir(prefix: &str) -> std::path::PathBuf {
+    use std::sync::{Mutex, Once};
+    static DIRS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
+    static HOOK: Once = Once::new();
+    extern "C" fn remove_all() {
+        if let Ok(dirs) = DIRS.lock() {
+            for d in dirs.iter() {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+    // SAFETY: registers a plain extern "C" function without arguments, as atexit(3) requires.
+    HOOK.call_once(|| assert_eq!(unsafe { libc::atexit(remove_all) }, 0));
+    // Short paths under /tmp: gpg-agent's socket path must fit sockaddr_un (108 bytes).
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").unwrap().keep();
+    DIRS.lock().unwrap().push(dir.clone());
+    dir
+}

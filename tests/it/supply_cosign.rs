@@ -1,0 +1,317 @@
+//! `imgbuild verify-blob`: cosign keyless signatures made here with a test Fulcio-like
+//! CA chain (rcgen) and a short-lived leaf carrying the Fulcio extensions, checked the
+//! way dl.k8s.io publishes them (`.sig` base64, `.cert` base64 of PEM).
+use crate::common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use crate::common::http::Server;
+use base64::Engine;
+use rcgen::{
+    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+
+const IDENTITY: &str = "krel-staging@k8s-releng-prod.iam.gserviceaccount.com";
+const ISSUER: &str = "https://accounts.google.com";
+/// 2024-07-16T00:00:00Z, the leaf's notBefore.
+const SIGNED: i64 = 1721088000;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+fn ca(cn: &str, parent: Option<&Ca>, from: (i32, u8, u8), to: (i32, u8, u8)) -> Ca {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::OrganizationName, "sigstore.dev");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+    let cert = match parent {
+        None => p.self_signed(&key).unwrap(),
+        Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
+    };
+    Ca { cert, key }
+}
+
+/// DER UTF8String, as Fulcio encodes the .1.8 extension.
+fn utf8string(s: &str) -> Vec<u8> {
+    assert!(s.len() < 128);
+    let mut v = vec![0x0c, s.len() as u8];
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+struct Leaf<'a> {
+    identity: &'a str,
+    issuer_v1: Option<&'a str>,
+    issuer_v2: Option<&'a str>,
+    code_signing: bool,
+    not_before: i64,
+}
+
+impl Default for Leaf<'_> {
+    fn default() -> Self {
+        Leaf {
+            identity: IDENTITY,
+            issuer_v1: Some(ISSUER),
+            issuer_v2: Some(ISSUER),
+            code_signing: true,
+            not_before: SIGNED,
+        }
+    }
+}
+
+/// A 10-minute Fulcio-style leaf (P-256) issued by `by`; returns (PEM, key).
+fn leaf(by: &Ca, l: &Leaf) -> (String, KeyPair) {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = vec![SanType::Rfc822Name(l.identity.try_into().unwrap())];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    if l.code_signing {
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    }
+    if let Some(i) = l.issuer_v1 {
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 1], i.into()));
+    }
+    if let Some(i) = l.issuer_v2 {
+        p.custom_extensions
+            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 8], utf8string(i)));
+    }
+    let start = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(l.not_before as u64);
+    p.not_before = start;
+    p.not_after = start + Duration::from_secs(600);
+    (p.signed_by(&key, &by.cert, &by.key).unwrap().pem(), key)
+}
+
+/// ECDSA P-256 / SHA-256, ASN.1 DER, as cosign signs blobs.
+fn sign(key: &KeyPair, blob: &[u8]) -> Vec<u8> {
+    let rng = ring::rand::SystemRandom::new();
+    let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &key.serialize_der(),
+        &rng,
+    )
+    .unwrap();
+    kp.sign(&rng, blob).unwrap().as_ref().to_vec()
+}
+
+fn b64(b: &[u8]) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.encode(b).into_bytes()
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    root: Ca,
+    inter: Ca,
+    trust: PathBuf,
+    blob: Vec<u8>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = ca("sigstore", None, (2021, 1, 1), (2035, 1, 1));
+        let inter = ca("sigstore-intermediate", Some(&root), (2022, 1, 1), (2031, 1, 1));
+        let trust = dir.path().join("trust.pem");
+        std::fs::write(&trust, format!("{}{}", inter.cert.pem(), root.cert.pem())).unwrap();
+        let blob: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        Fixture { dir, root, inter, trust, blob }
+    }
+
+    /// Write blob, blob.sig and blob.cert (dl.k8s.io encodings) under `name`.
+    fn publish(&self, name: &str, blob: &[u8], cert_pem: &str, sig: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, blob).unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.sig")), b64(sig)).unwrap();
+        std::fs::write(self.dir.path().join(format!("{name}.cert")), b64(cert_pem.as_bytes())).unwrap();
+        p
+    }
+
+    /// A correctly signed blob for the given leaf options.
+    fn signed(&self, name: &str, l: &Leaf) -> PathBuf {
+        let (pem, key) = leaf(&self.inter, l);
+        let sig = sign(&key, &self.blob);
+        self.publish(name, &self.blob, &pem, &sig)
+    }
+
+    fn verify(&self, file: &Path, extra: &[&str]) -> Output {
+        let mut c = common::bin();
+        c.arg("verify-blob").arg(file).arg("--trust-root").arg(&self.trust).args(extra);
+        c.output().unwrap()
+    }
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_rejected(o: &Output, needle: &str) {
+    assert_eq!(code(o), 3, "{}", text(o));
+    assert!(text(o).contains(needle), "expected {needle:?} in\n{}", text(o));
+}
+
+#[test]
+fn good_signature_is_accepted_and_recorded() {
+    let f = Fixture::new();
+    let file = f.signed("kubeadm", &Leaf::default());
+    let o = f.verify(&file, &[]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rec["kind"], "cosign-keyless");
+    assert_eq!(rec["identity"], IDENTITY);
+    assert_eq!(rec["issuer"], ISSUER);
+    assert_eq!(rec["not_before"], SIGNED);
+    assert_eq!(rec["not_after"], SIGNED + 600);
+    let sha = imgbuild::types::Sha256::of(&f.blob);
+    assert_eq!(rec["file_sha256"], sha.as_str());
+    let root_der = f.root.cert.der().to_vec();
+    assert_eq!(rec["root_sha256"], imgbuild::types::Sha256::of(&root_der).as_str());
+
+    // Only the legacy (.1.1) or only the new (.1.8) issuer extension: both forms work.
+    for l in [Leaf { issuer_v2: None, ..Leaf::default() }, Leaf { issuer_v1: None, ..Leaf::default() }] {
+        let file = f.signed("one-ext", &l);
+        let o = f.verify(&file, &[]);
+        assert_eq!(code(&o), 0, "{}", text(&o));
+    }
+
+    // Plain PEM certificate and raw DER signature given explicitly; a trusted signing
+    // time inside the 10-minute window is accepted, one outside is not.
+    let (pem, key) = leaf(&f.inter, &Leaf::default());
+    let sig = sign(&key, &f.blob);
+    let d = f.dir.path();
+    std::fs::write(d.join("x.pem"), &pem).unwrap();
+    std::fs::write(d.join("x.der-sig"), &sig).unwrap();
+    let args = |t: i64| {
+        vec![
+            "--certificate".to_string(),
+            d.join("x.pem").display().to_string(),
+            "--signature".to_string(),
+            d.join("x.der-sig").display().to_string(),
+            "--signed-at".to_string(),
+            t.to_string(),
+        ]
+    };
+    let a = args(SIGNED + 60);
+    let o = f.verify(&file, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let a = args(SIGNED + 3600);
+    let o = f.verify(&file, &a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_rejected(&o, "outside the certificate's validity");
+}
+
+#[test]
+fn wrong_identity_issuer_chain_or_blob_is_exit_3() {
+    let f = Fixture::new();
+
+    // Image-signing identity, not the binaries' one.
+    let file = f.signed(
+        "id",
+        &Leaf { identity: "krel-trust@k8s-releng-prod.iam.gserviceaccount.com", ..Leaf::default() },
+    );
+    assert_rejected(&f.verify(&file, &[]), "is not the expected krel-staging@");
+
+    // Another OIDC issuer, in both extensions or only in one of them.
+    let gh = "https://token.actions.githubusercontent.com";
+    let file = f.signed("iss", &Leaf { issuer_v1: Some(gh), issuer_v2: Some(gh), ..Leaf::default() });
+    assert_rejected(&f.verify(&file, &[]), "OIDC issuer");
+    let file = f.signed("iss2", &Leaf { issuer_v2: Some(gh), ..Leaf::default() });
+    assert_rejected(&f.verify(&file, &[]), "OIDC issuer");
+    let file = f.signed("iss3", &Leaf { issuer_v1: None, issuer_v2: None, ..Leaf::default() });
+    assert_rejected(&f.verify(&file, &[]), "no OIDC issuer");
+
+    // A look-alike chain (same names, other keys) that the trust root does not hold.
+    let evil_root = ca("sigstore", None, (2021, 1, 1), (2035, 1, 1));
+    let evil_inter = ca("sigstore-intermediate", Some(&evil_root), (2022, 1, 1), (2031, 1, 1));
+    let (pem, key) = leaf(&evil_inter, &Leaf::default());
+    let file = f.publish("chain", &f.blob, &pem, &sign(&key, &f.blob));
+    assert_rejected(&f.verify(&file, &[]), "does not chain to the trust root");
+    // ...even when the attacker's intermediate is in the bundle: its claimed root's
+    // key did not sign it, so the chain still fails.
+    let bundle = f.dir.path().join("bad-trust.pem");
+    std::fs::write(&bundle, format!("{}{}", evil_inter.cert.pem(), f.root.cert.pem())).unwrap();
+    let o = common::bin().arg("verify-blob").arg(&file).arg("--trust-root").arg(&bundle).output().unwrap();
+    assert_rejected(&o, "does not chain to the trust root");
+    // A bundle with only an intermediate has no anchor: a correct leaf is refused too.
+    let good = f.signed("anchorless", &Leaf::default());
+    std::fs::write(&bundle, f.inter.cert.pem()).unwrap();
+    let o = common::bin().arg("verify-blob").arg(&good).arg("--trust-root").arg(&bundle).output().unwrap();
+    assert_rejected(&o, "does not chain to the trust root");
+
+    // Tampered blob: one byte changed after signing.
+    let file = f.signed("tamper", &Leaf::default());
+    let mut b = f.blob.clone();
+    b[4242] ^= 1;
+    std::fs::write(&file, b).unwrap();
+    assert_rejected(&f.verify(&file, &[]), "does not verify over the file");
+
+    // Signature by a different key than the certificate's.
+    let (pem, _) = leaf(&f.inter, &Leaf::default());
+    let (_, other_key) = leaf(&f.inter, &Leaf::default());
+    let file = f.publish("swap", &f.blob, &pem, &sign(&other_key, &f.blob));
+    assert_rejected(&f.verify(&file, &[]), "does not verify over the file");
+
+    // Leaf issued while the intermediate was not valid (before 2022).
+    let file = f.signed("early", &Leaf { not_before: 1609459200 + 86400, ..Leaf::default() });
+    assert_rejected(&f.verify(&file, &[]), "was not valid");
+
+    // Not a code-signing certificate.
+    let file = f.signed("eku", &Leaf { code_signing: false, ..Leaf::default() });
+    assert_rejected(&f.verify(&file, &[]), "code signing");
+
+    // A caller expecting another identity gets exit 3 for the real one.
+    let file = f.signed("policy", &Leaf::default());
+    let o = f.verify(&file, &["--certificate-identity", "someone@example.com"]);
+    assert_rejected(&o, "someone@example.com");
+    let o = f.verify(&file, &["--certificate-oidc-issuer", "https://issuer.example"]);
+    assert_rejected(&o, "https://issuer.example");
+}
+
+#[test]
+fn published_next_to_the_url_and_fail_closed_without_trust_root() {
+    let f = Fixture::new();
+    let file = f.signed("kubelet", &Leaf::default());
+    let srv = Server::start();
+    let path = "/release/v1.30.3/bin/linux/amd64/kubelet";
+    let d = f.dir.path();
+    srv.add_bytes(&format!("{path}.sig"), std::fs::read(d.join("kubelet.sig")).unwrap());
+    srv.add_bytes(&format!("{path}.cert"), std::fs::read(d.join("kubelet.cert")).unwrap());
+    let url = format!("https://dl.k8s.io{path}");
+    let mirror = format!("https://dl.k8s.io={}", srv.base());
+    let o = f.verify(&file, &["--url", &url, "--mirror", &mirror]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(srv.hits(&format!("{path}.cert")), 1);
+
+    // No .sig published: integrity failure, never "unsigned is fine".
+    let url = "https://dl.k8s.io/release/v1.30.3/bin/linux/amd64/kubectl";
+    assert_rejected(&f.verify(&file, &["--url", url, "--mirror", &mirror]), "no signature published");
+
+    // Without --trust-root the embedded Sigstore public-good root is the anchor: a
+    // certificate from the test CA does not chain to it (exit 3).
+    let o = common::bin()
+        .arg("verify-blob")
+        .arg(&file)
+        .arg("--signature")
+        .arg(d.join("kubelet.sig"))
+        .arg("--certificate")
+        .arg(d.join("kubelet.cert"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(text(&o).contains("does not chain to the trust root"), "{}", text(&o));
+}
