@@ -13,7 +13,7 @@
 //!   crate's own source (a changed builder never reuses an old result).
 //!
 //! The bootable Debian-made base of the boot test stays ci/boot/build-base.sh (mmdebstrap:
-//! no Rust twin); the small noble-shaped base of the Rust tests is tests/common/fixture.rs.
+//! no Rust twin); the small noble-shaped base of the Rust tests is tests/it/common/fixture.rs.
 
 pub mod archive;
 pub mod cache;

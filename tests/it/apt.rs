@@ -213,7 +213,7 @@ fn fixture() -> Option<&'static Fixture> {
             version: None,
             component: "main".into(),
             arch: "amd64".into(),
-            description: "TEST ONLY: packages built by tests/apt.rs".into(),
+            description: "TEST ONLY: packages built by tests/it/apt.rs".into(),
         };
         let debs_list: Vec<PathBuf> = debs.values().cloned().collect();
         let a = archive::write_archive(&dir.join("archive"), &debs_list, &spec, &gpg, &good).unwrap();
