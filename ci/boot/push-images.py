@@ -1,6 +1,6 @@
 #!/usr/bin/python3
-"""Push the boot tests' TEST images (ci/boot/make-mirror.py: IMAGES_DIR/images.json and
-IMAGES_DIR/blobs/) into a running registry through the distribution API: each blob once
+"""Push the boot tests' TEST images (`imgbuild-testkit mirror`: IMAGES_DIR/images.json
+and IMAGES_DIR/blobs/) into a running registry through the distribution API: each blob once
 per repository (monolithic upload: POST, then PUT with the digest), each platform manifest
 by digest, the index by tag (or by digest when the reference has no tag).
 

@@ -20,15 +20,20 @@ prepare() {
   done
   [ $((need_cp + need_worker)) -gt 0 ] || return 0
 
-  cargo build --quiet --bin imgbuild
+  # The product and the test world's builder (testkit/, shared with the Rust tests), in the
+  # target dir `cargo test` already filled.
+  cargo build --quiet -p imgbuild -p imgbuild-testkit --bins
   bin="$repo/target/debug/imgbuild"
+  local testkit="$repo/target/debug/imgbuild-testkit"
 
   # The signed test apt archive (real Debian .debs, own key; cached like the base).
-  archive_dir=$("$py" ci/boot/make-archive.py)
+  archive_dir=$("$testkit" archive --packages ci/boot/archive-packages.txt)
   # The real containerd and runc (Debian 12's, in the upstream release layout; cached).
-  runtime_dir=$("$py" ci/boot/make-runtime.py)
-  "$py" ci/boot/make-mirror.py image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml "$base_dir/base.qcow2" \
-    ci/boot/stub/standin "$archive_dir" "$work/mirror" "$runtime_dir"
+  runtime_dir=$("$testkit" runtime)
+  # ipset: a TEST-ONLY extra request (ci/boot/archive-packages.txt says why).
+  "$testkit" mirror --recipe image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml --base "$base_dir/base.qcow2" \
+    --standin ci/boot/stub/standin --archive "$archive_dir" --runtime "$runtime_dir" \
+    --extra-package ipset --out "$work/mirror" >/dev/null
   cp "$archive_dir/versions" "$work/archive-versions"
   cp "$runtime_dir/versions" "$work/runtime-versions"
   # Loopback only; the port is picked by the kernel and written to a file.
@@ -152,7 +157,7 @@ for n in spec["nodes"]:
 }
 
 # A REAL registry (Debian's docker-registry) on loopback with the recipe's test images
-# (ci/boot/make-mirror.py made them, ci/boot/push-images.py pushes them).
+# (`imgbuild-testkit mirror` made them, ci/boot/push-images.py pushes them).
 start_registry() {
   local data="$work/registry"
   rm -rf "$data" && mkdir -p "$data"

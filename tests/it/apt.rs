@@ -1,7 +1,7 @@
 //! Offline Ubuntu package installation against a real signed apt repository made here:
 //! .deb files built with `dpkg-deb --build`, a Packages index, an InRelease clearsigned
 //! by a gpg key generated for the test, served over loopback HTTP.
-use crate::common::{self, gpg::Gpg, run_ok};
+use crate::common::{self, run_ok};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use imgbuild::apt::{self, control, AptError};
 use imgbuild::layer::{Content, Kind, Layer};
 use imgbuild::plan::{BuildPlan, PackagePlan, PlanOptions};
 use imgbuild::types::{Arch, Role};
-use sha2::{Digest, Sha256};
+use imgbuild_testkit::archive;
 
 /// Tools this test needs; in CI (`CI` set) a missing one is a failure, not a skip.
 fn tools_present() -> bool {
@@ -21,7 +21,7 @@ fn tools_present() -> bool {
 }
 
 fn sha256(b: &[u8]) -> String {
-    hex::encode(Sha256::digest(b))
+    imgbuild_testkit::sha256_hex(b)
 }
 
 /// A package to build: control fields, files (path, mode, content), symlinks, scripts.
@@ -127,16 +127,16 @@ fn fixture() -> Option<&'static Fixture> {
             return None;
         }
         let dir = common::process_tempdir("apt");
-        let gpg = Gpg::new(&dir);
-        let good = gpg.gen("imgbuild test archive <good@test.invalid>");
-        let other = gpg.gen("someone else <other@test.invalid>");
-        std::fs::write(dir.join("good.asc"), gpg.export(&good)).unwrap();
-        std::fs::write(dir.join("other.asc"), gpg.export(&other)).unwrap();
+        let gpg = archive::Gpg::new(&dir.join("g")).unwrap();
+        let good = gpg.gen("imgbuild test archive <good@test.invalid>", "rsa2048", "sign").unwrap();
+        let other = gpg.gen("someone else <other@test.invalid>", "rsa2048", "sign").unwrap();
+        std::fs::write(dir.join("good.asc"), gpg.export(&good).unwrap()).unwrap();
+        std::fs::write(dir.join("other.asc"), gpg.export(&other).unwrap()).unwrap();
         std::fs::write(dir.join("good.fpr"), &good).unwrap();
         // Archive keys usually sign with a subkey (Debian's do): certify-only primary.
-        let sub_primary = gpg.gen_certify_only("subkey signer <sub@test.invalid>");
-        gpg.add_signing_subkey(&sub_primary);
-        std::fs::write(dir.join("sub.asc"), gpg.export(&sub_primary)).unwrap();
+        let sub_primary = gpg.gen("subkey signer <sub@test.invalid>", "rsa2048", "cert").unwrap();
+        gpg.add_signing_subkey(&sub_primary, "rsa2048").unwrap();
+        std::fs::write(dir.join("sub.asc"), gpg.export(&sub_primary).unwrap()).unwrap();
 
         let pkgs = [
             Pkg {
@@ -203,47 +203,33 @@ fn fixture() -> Option<&'static Fixture> {
         ];
         let server = Server::start();
         let mut debs = BTreeMap::new();
-        let mut index = String::new();
         for p in &pkgs {
-            let deb = build_deb(&dir, p);
-            let bytes = std::fs::read(&deb).unwrap();
-            let fields = run_ok(Command::new("dpkg-deb").arg("--field").arg(&deb)).stdout;
-            let pool = format!("pool/main/{}/{}", &p.name[..1], deb.file_name().unwrap().to_str().unwrap());
-            index.push_str(&String::from_utf8(fields).unwrap());
-            index.push_str(&format!("Filename: {pool}\nSize: {}\nSHA256: {}\n\n", bytes.len(), sha256(&bytes)));
-            for prefix in ["/repo", "/tampered", "/subkey"] {
-                server.add_file(&format!("{prefix}/{pool}"), deb.clone());
-            }
-            debs.insert(p.name.to_string(), deb);
+            debs.insert(p.name.to_string(), build_deb(&dir, p));
         }
-        let plain = index.into_bytes();
-        let xz_path = dir.join("Packages");
-        std::fs::write(&xz_path, &plain).unwrap();
-        run_ok(Command::new("xz").args(["-k", "-9"]).arg(&xz_path));
-        let xz = std::fs::read(dir.join("Packages.xz")).unwrap();
-        let release = format!(
-            "Origin: imgbuild-test\nSuite: test\nCodename: test\nArchitectures: amd64\nComponents: main\nSHA256:\n \
-             {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.xz\n",
-            sha256(&plain),
-            plain.len(),
-            sha256(&xz),
-            xz.len()
-        );
-        let inrelease = gpg.clearsign(&good, &release, &dir);
-        let by_subkey = gpg.clearsign(&sub_primary, &release, &dir);
+        // The archive as the shared builder lays it out (testkit/, the boot test's too).
+        let spec = archive::Spec {
+            origin: "imgbuild-test".into(),
+            suite: "test".into(),
+            version: None,
+            component: "main".into(),
+            arch: "amd64".into(),
+            description: "TEST ONLY: packages built by tests/it/apt.rs".into(),
+        };
+        let debs_list: Vec<PathBuf> = debs.values().cloned().collect();
+        let a = archive::write_archive(&dir.join("archive"), &debs_list, &spec, &gpg, &good).unwrap();
+        let index = spec.index_dir();
+        for prefix in ["/repo", "/tampered", "/subkey"] {
+            server.add_dir(prefix, a.www.clone());
+        }
+        // The same index signed by the subkey.
+        let by_subkey = gpg.clearsign(&sub_primary, &a.release).unwrap();
         server.add_bytes("/subkey/dists/test/InRelease", by_subkey);
-        server.add_bytes("/subkey/dists/test/main/binary-amd64/Packages.xz", xz.clone());
-        let dists = "dists/test";
-        server.add_bytes(&format!("/repo/{dists}/InRelease"), inrelease.clone());
-        server.add_bytes(&format!("/repo/{dists}/main/binary-amd64/Packages.xz"), xz.clone());
-        server.add_bytes(&format!("/repo/{dists}/main/binary-amd64/Packages"), plain.clone());
         // Same signed InRelease, but an index that differs from what it signs.
-        let mut bad = plain.clone();
+        let mut bad = a.packages.clone();
         let at = bad.len() - 20;
         bad[at] ^= 1;
-        server.add_bytes(&format!("/tampered/{dists}/InRelease"), inrelease);
-        server.add_bytes(&format!("/tampered/{dists}/main/binary-amd64/Packages.xz"), bad.clone());
-        server.add_bytes(&format!("/tampered/{dists}/main/binary-amd64/Packages"), bad);
+        server.add_bytes(&format!("/tampered/{index}/Packages.xz"), bad.clone());
+        server.add_bytes(&format!("/tampered/{index}/Packages"), bad);
         std::fs::write(dir.join("status"), BASE_STATUS).unwrap();
         drop(gpg); // stops its agent: the fixture lives in a static and is never dropped
         Some(Fixture { dir, server, debs })

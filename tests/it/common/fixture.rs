@@ -1,6 +1,8 @@
 //! An upstream-shaped test world for `imgbuild build`: a small Ubuntu-noble-shaped
 //! base image, stand-ins for every artifact, a recipe pinning their digests, and a
-//! loopback HTTP server serving it all under upstream-shaped paths.
+//! loopback HTTP server serving it all under upstream-shaped paths. The stand-ins, the
+//! mirror layout and the test recipe come from testkit/ (`imgbuild_testkit::mirror`), the
+//! builder the boot test uses too; the base image is made here.
 //!
 //! ```ignore
 //! let fx = common::fixture::noble_fixture();
@@ -91,14 +93,8 @@ impl Base {
     }
 }
 
-/// One stand-in download.
-#[derive(Debug, Clone)]
-pub struct Blob {
-    pub path: PathBuf,
-    pub sha256: String,
-    /// Server path (the upstream URL without `https:/`).
-    pub url_path: String,
-}
+/// One download as the fixture's server has it (the shared builder's, testkit/).
+pub use imgbuild_testkit::mirror::Blob;
 
 /// Everything a build test needs.
 pub struct Fixture {
@@ -107,6 +103,8 @@ pub struct Fixture {
     pub server: Server,
     /// The test recipe (the embedded default with the stand-ins' digests).
     pub recipe: PathBuf,
+    /// The test recipe as written.
+    pub recipe_value: serde_yaml::Value,
     pub base: Base,
     /// Stand-in blobs by artifact name (amd64), plus "base".
     pub blobs: BTreeMap<String, Blob>,
@@ -174,8 +172,7 @@ pub fn path_with_sbin() -> String {
 }
 
 pub fn sha256_file(p: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
+    imgbuild_testkit::sha256_file(p).unwrap()
 }
 
 /// Build a base image of shape `spec` in `dir`.
@@ -310,149 +307,16 @@ pub fn pseudo_random(seed: &[u8], len: usize) -> Vec<u8> {
     out
 }
 
-fn script(name: &str) -> Vec<u8> {
-    format!("#!/bin/sh\n# imgbuild test stand-in for {name}\necho \"{name} stand-in\"\n").into_bytes()
-}
-
-/// A gzip tarball of `members` (path inside the archive, bytes), made with tar.
-fn tarball(dir: &Path, name: &str, members: &[(&str, Vec<u8>)]) -> PathBuf {
-    let tree = dir.join(format!("{name}.tree"));
-    for (p, b) in members {
-        let at = tree.join(p.trim_start_matches("./"));
-        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-        std::fs::write(&at, b).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let out = dir.join(name);
-    let mut c = Command::new("tar");
-    c.arg("-czf").arg(&out).arg("-C").arg(&tree).args(["--owner=0", "--group=0", "--numeric-owner"]);
-    // cni-plugins lists its members as ./bridge etc.; the others without "./".
-    if members.iter().all(|(p, _)| p.starts_with("./")) {
-        c.arg(".");
-    } else {
-        let mut tops: Vec<&str> = members.iter().map(|(p, _)| p.split('/').next().unwrap()).collect();
-        tops.dedup();
-        c.args(tops);
-    }
-    sh(&mut c);
-    out
-}
-
-/// The stand-in artifacts (amd64), shaped like the real downloads.
-pub fn make_artifacts(dir: &Path) -> BTreeMap<String, PathBuf> {
-    let d = dir.join("artifacts");
-    std::fs::create_dir_all(&d).unwrap();
-    let mut m = BTreeMap::new();
-    for n in ["kubeadm", "kubelet", "kubectl", "runc"] {
-        let p = d.join(n);
-        std::fs::write(&p, script(n)).unwrap();
-        m.insert(n.to_string(), p);
-    }
-    m.insert(
-        "containerd".into(),
-        tarball(
-            &d,
-            "containerd.tar.gz",
-            &[
-                ("bin/containerd", script("containerd")),
-                ("bin/containerd-shim-runc-v2", script("containerd-shim-runc-v2")),
-                ("bin/ctr", script("ctr")),
-            ],
-        ),
-    );
-    m.insert(
-        "cni-plugins".into(),
-        tarball(
-            &d,
-            "cni.tgz",
-            &[
-                ("./bridge", script("bridge")),
-                ("./host-local", script("host-local")),
-                ("./loopback", script("loopback")),
-                ("./portmap", script("portmap")),
-            ],
-        ),
-    );
-    m.insert("crictl".into(), tarball(&d, "crictl.tgz", &[("crictl", script("crictl"))]));
-    m.insert(
-        "etcd".into(),
-        tarball(
-            &d,
-            "etcd.tgz",
-            &[
-                ("etcd-v3.5.12-linux-amd64/etcd", script("etcd")),
-                ("etcd-v3.5.12-linux-amd64/etcdctl", script("etcdctl")),
-                ("etcd-v3.5.12-linux-amd64/etcdutl", script("etcdutl")),
-            ],
-        ),
-    );
-    m.insert("helm".into(), tarball(&d, "helm.tgz", &[("linux-amd64/helm", script("helm"))]));
-    // Add-on Helm charts (control plane): minimal charts shaped like the real packages.
-    for (name, version) in [("cilium", "1.16.1"), ("metrics-server", "3.12.2"), ("ingress-nginx", "4.11.5")] {
-        let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n");
-        let member = format!("{name}/Chart.yaml");
-        m.insert(
-            name.into(),
-            tarball(&d, &format!("{name}-{version}.tgz"), &[(member.as_str(), chart.into_bytes())]),
-        );
-    }
-    m
-}
-
-/// The embedded default recipe with the amd64 digests of `blobs`.
-pub fn make_recipe(dir: &Path, blobs: &BTreeMap<String, Blob>, cache: &Path) -> PathBuf {
+/// The embedded default recipe.
+pub fn default_recipe() -> serde_yaml::Value {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml");
-    let mut v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap();
-    v["base"]["sha256"]["amd64"] = blobs["base"].sha256.clone().into();
-    // apt: Ubuntu packages need the archive; tests/apt.rs adds its own repository.
-    v.as_mapping_mut().unwrap().remove("packages");
-    // oci: tags need a registry (tests/oci_*.rs run a real one); the add-on images become
-    // small test images pinned by digest whose blobs are already in the fixture's cache,
-    // as an earlier fetch would have left them, so every build embeds them offline.
-    v.as_mapping_mut().unwrap().remove("images");
-    seed_addon_images(&mut v, cache);
-    // The tests choose disk sizes themselves (the fixture bases are small).
-    v.as_mapping_mut().unwrap().remove("disk_size");
-    for a in v["artifacts"].as_sequence_mut().unwrap() {
-        let name = a["name"].as_str().unwrap().to_string();
-        let Some(blob) = blobs.get(&name) else { continue }; // a lock-pinned profile chart
-        a["sha256"]["amd64"] = blob.sha256.clone().into();
-        // Stand-ins carry no cosign signature (tests/supply_verify.rs signs them with a
-        // test CA and uses a recipe without this line).
-        if a["urls"][0].as_str().unwrap().starts_with("https://dl.k8s.io/") {
-            a.as_mapping_mut().unwrap().insert("signature".into(), "none".into());
-        }
-    }
-    let p = dir.join("recipe.yaml");
-    std::fs::write(&p, serde_yaml::to_string(&v).unwrap()).unwrap();
-    p
+    serde_yaml::from_str(&std::fs::read_to_string(src).unwrap()).unwrap()
 }
 
-/// Replace every add-on image of recipe `v` by a two-arch test image (one small layer
-/// each, named after the reference) pinned by its index digest, its blobs put in `cache`.
+/// Replace every add-on image of recipe `v` by a two-arch test image pinned by its index
+/// digest, its blobs put in `cache` (as an earlier fetch would have left them).
 pub fn seed_addon_images(v: &mut serde_yaml::Value, cache: &Path) {
-    use super::registry::{image, layer, sha256};
-    let dir = cache.join("sha256");
-    std::fs::create_dir_all(&dir).unwrap();
-    let put = |b: &[u8]| std::fs::write(dir.join(sha256(b).trim_start_matches("sha256:")), b).unwrap();
-    for a in v["addons"].as_sequence_mut().unwrap() {
-        for i in a["images"].as_sequence_mut().unwrap() {
-            let name = i.as_str().unwrap().split('@').next().unwrap().to_string();
-            let img = image(
-                &[
-                    ("amd64", vec![layer(&[("etc/image", format!("{name} amd64\n").as_bytes())])]),
-                    ("arm64", vec![layer(&[("etc/image", format!("{name} arm64\n").as_bytes())])]),
-                ],
-                false,
-                true,
-            );
-            put(&img.top);
-            img.manifests.iter().for_each(|m| put(&m.bytes));
-            img.blobs.iter().for_each(|b| put(b));
-            *i = format!("{name}@{}", img.digest()).into();
-        }
-    }
+    imgbuild_testkit::mirror::test_images(v, &cache.join("sha256"), None).unwrap();
 }
 
 /// The default fixture: noble-shaped base, all stand-ins, recipe, server.
@@ -464,58 +328,44 @@ pub fn noble_fixture() -> Fixture {
 pub fn fixture_with(spec: &BaseSpec) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let base = make_base(dir.path(), spec);
-    let server = Server::start();
-    let recipe_src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml"),
-    )
-    .unwrap();
-    let recipe_v: serde_yaml::Value = serde_yaml::from_str(&recipe_src).unwrap();
-    let expand = |u: &str, name: &str, version: &str| {
-        u.replace("{version}", version).replace("{arch}", "amd64").replace("{name}", name)
-    };
-    let mut blobs = BTreeMap::new();
-    let mut serve = |name: &str, path: PathBuf, urls: &serde_yaml::Value, version: &str| {
-        let mut first = None;
-        for u in urls.as_sequence().unwrap() {
-            let url = expand(u.as_str().unwrap(), name, version);
-            let url_path = url.trim_start_matches("https:/").to_string();
-            server.add_file(&url_path, path.clone());
-            first.get_or_insert(url_path);
-        }
-        blobs.insert(name.to_string(), Blob { sha256: sha256_file(&path), path, url_path: first.unwrap() });
-    };
-    let b = &recipe_v["base"];
-    serve("base", base.qcow2.clone(), &b["urls"], b["version"].as_str().unwrap());
-    let mut arts = make_artifacts(dir.path());
-    for a in recipe_v["artifacts"].as_sequence().unwrap() {
-        let name = a["name"].as_str().unwrap();
-        let version = a["version"].as_str().unwrap();
-        if a["urls"].is_null() {
-            continue; // a profile's chart, pinned by the lock: not in a build without --profile
-        }
-        // Add-on charts (the recipe's chart artifacts): a minimal chart package per name.
-        let path = arts.entry(name.to_string()).or_insert_with(|| {
-            let chart = format!("apiVersion: v2\nname: {name}\nversion: {version}\n").into_bytes();
-            tarball(dir.path(), &format!("{name}.tgz"), &[(&format!("{name}/Chart.yaml"), chart)])
-        });
-        serve(name, path.clone(), &a["urls"], version);
-    }
     let cache = dir.path().join("cache");
-    let recipe = make_recipe(dir.path(), &blobs, &cache);
+    let opts = imgbuild_testkit::mirror::Options {
+        standin: imgbuild_testkit::standin::Standin::PerName,
+        real: BTreeMap::new(),
+        // apt: Ubuntu packages need the archive; tests/apt.rs adds its own repository.
+        packages: imgbuild_testkit::mirror::Packages::Remove,
+        // oci: tags need a registry (tests/oci_*.rs run a real one): the node images are
+        // left out, the add-on images become test images pinned by digest whose blobs are
+        // already in the fixture's cache, as an earlier fetch would have left them, so every
+        // build embeds them offline.
+        image_blobs: cache.join("sha256"),
+        images_json: None,
+        keep_recipe_images: false,
+        busybox: None,
+        // The tests choose disk sizes themselves (the fixture bases are small).
+        keep_disk_size: false,
+        only_arch: false,
+    };
+    let m = imgbuild_testkit::mirror::make(&default_recipe(), &base.qcow2, &opts, &dir.path().join("mirror"))
+        .unwrap();
+    let server = Server::start();
+    server.add_dir("/", m.www.clone());
     // One prefix rewrite per upstream host: https://HOST/ → http://127.0.0.1:PORT/HOST/.
-    let mut hosts: Vec<String> = blobs
-        .values()
-        .map(|b| b.url_path.trim_start_matches('/').split('/').next().unwrap().to_string())
+    let mirrors = m
+        .hosts
+        .iter()
+        .map(|h| format!("{h}/={}/{}/", server.base(), h.split_once("://").unwrap().1))
         .collect();
-    hosts.extend(
-        base_paths_of(&recipe_v)
-            .iter()
-            .map(|p| p.trim_start_matches('/').split('/').next().unwrap().to_string()),
-    );
-    hosts.sort();
-    hosts.dedup();
-    let mirrors = hosts.iter().map(|h| format!("https://{h}/={}/{h}/", server.base())).collect();
-    Fixture { dir, server, recipe, base, blobs, mirrors, cache }
+    Fixture {
+        dir,
+        server,
+        recipe: m.recipe_path,
+        recipe_value: m.recipe,
+        base,
+        blobs: m.blobs,
+        mirrors,
+        cache,
+    }
 }
 
 /// Run `imgbuild build --role ROLE` against the fixture (its recipe, cache and
@@ -539,42 +389,20 @@ impl Fixture {
     /// Serve `file` as the base image instead (at every base URL) and write a recipe
     /// pinning its digest; returns that recipe's path.
     pub fn recipe_with_base(&self, file: &Path) -> PathBuf {
-        let mut blobs = self.blobs.clone();
         let sha = sha256_file(file);
-        blobs.get_mut("base").unwrap().sha256 = sha.clone();
+        let mut v = self.recipe_value.clone();
         // The content-addressed cache keys by digest, so a new digest means a new URL
         // fetch: serve the new file at every base path.
-        for p in base_paths(self) {
-            self.server.add_file(&p, file.to_path_buf());
+        let version = v["base"]["version"].as_str().unwrap().to_string();
+        for u in v["base"]["urls"].as_sequence().unwrap() {
+            let url = u.as_str().unwrap().replace("{version}", &version).replace("{arch}", "amd64");
+            self.server.add_file(url.trim_start_matches("https:/"), file.to_path_buf());
         }
+        v["base"]["sha256"]["amd64"] = sha.clone().into();
         let dir = self.dir.path().join(format!("recipe-{}", &sha[..12]));
         std::fs::create_dir_all(&dir).unwrap();
-        make_recipe(&dir, &blobs, &self.cache)
+        let p = dir.join("recipe.yaml");
+        std::fs::write(&p, serde_yaml::to_string(&v).unwrap()).unwrap();
+        p
     }
-}
-
-fn base_paths(_fx: &Fixture) -> Vec<String> {
-    let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("image-recipes/ubuntu-24.04-k8s-v1.30.3.yaml"),
-    )
-    .unwrap();
-    let v: serde_yaml::Value = serde_yaml::from_str(&src).unwrap();
-    base_paths_of(&v)
-}
-
-fn base_paths_of(v: &serde_yaml::Value) -> Vec<String> {
-    let version = v["base"]["version"].as_str().unwrap();
-    v["base"]["urls"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|u| {
-            u.as_str()
-                .unwrap()
-                .replace("{version}", version)
-                .replace("{arch}", "amd64")
-                .trim_start_matches("https:/")
-                .to_string()
-        })
-        .collect()
 }

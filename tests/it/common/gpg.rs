@@ -1,5 +1,6 @@
 //! Throwaway OpenPGP keys made by a real gpg in their own GNUPGHOME: the signing keys of
-//! the test apt archives and of the test cloud-image checksums.
+//! the test cloud-image checksums (the test apt archives sign through
+//! `imgbuild_testkit::archive`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,12 +51,6 @@ impl Gpg {
         self.fpr(uid)
     }
 
-    /// A certify-only primary key, as archive keys that sign with a subkey have.
-    pub fn gen_certify_only(&self, uid: &str) -> String {
-        run_ok(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "cert", "never"]));
-        self.fpr(uid)
-    }
-
     /// Add a signing subkey to `primary`; returns the subkey's fingerprint.
     pub fn add_signing_subkey(&self, primary: &str) -> String {
         run_ok(self.cmd().args(["--quick-add-key", primary, "rsa2048", "sign", "never"]));
@@ -71,19 +66,6 @@ impl Gpg {
     pub fn export_to(&self, fpr: &str, path: PathBuf) -> PathBuf {
         std::fs::write(&path, self.export(fpr)).unwrap();
         path
-    }
-
-    /// `text` clearsigned by `signer` (an apt InRelease); `dir` holds the work files.
-    pub fn clearsign(&self, signer: &str, text: &str, dir: &Path) -> Vec<u8> {
-        let (i, o) = (dir.join("Release"), dir.join(format!("InRelease.{signer}")));
-        std::fs::write(&i, text).unwrap();
-        run_ok(
-            self.cmd()
-                .args(["--local-user", signer, "--digest-algo", "SHA512", "--clearsign", "-o"])
-                .arg(&o)
-                .arg(&i),
-        );
-        std::fs::read(o).unwrap()
     }
 
     /// A detached signature over `data`, binary or armored, by exactly the (sub)key `signer`.

@@ -8,12 +8,11 @@
 //!   server (`storage`) that serves the registry's own files and, like S3 behind a
 //!   presigned URL, refuses requests that carry an `Authorization` header.
 //!
-//! Test images are written here, by hand, from the image spec: deterministic tar.gz
-//! layers, configs, manifests, indexes; pushed through the registry API.
+//! Test images (deterministic tar.gz layers, configs, manifests, indexes) come from the
+//! shared builder (`imgbuild_testkit::oci`) and are pushed here through the registry API.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,25 +20,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use sha2::{Digest as _, Sha256};
 
 use super::http;
 
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+// The test images themselves come from the shared builder (testkit/).
+pub use imgbuild_testkit::oci::*;
 
 const SERVICE: &str = "imgbuild-test-registry";
 const ISSUER: &str = "imgbuild-test-token-issuer";
-
-pub fn sha256(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
 
 /// `None` (with a loud message) when docker-registry is not installed, unless `CI` is
 /// set: then a missing registry fails the test.
@@ -316,121 +304,4 @@ pub fn send(
             .collect();
         (status, headers, r.bytes().await.expect("body").to_vec())
     })
-}
-
-/// A gzipped layer and its diff ID (the sha256 of the uncompressed tar).
-pub type TestLayer = (Vec<u8>, String);
-
-/// A deterministic gzipped tar layer of `files` (path, content).
-pub fn layer(files: &[(&str, &[u8])]) -> TestLayer {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, content) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(content.len() as u64);
-        h.set_mode(if path.contains("bin/") { 0o755 } else { 0o644 });
-        h.set_mtime(1_724_198_400);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, *content).expect("tar entry");
-    }
-    let raw = tar.into_inner().expect("tar");
-    let diff_id = sha256(&raw);
-    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&raw).expect("gzip");
-    (gz.finish().expect("gzip"), diff_id)
-}
-
-#[derive(Clone, Debug)]
-pub struct Pushed {
-    pub media_type: String,
-    pub digest: String,
-    pub bytes: Vec<u8>,
-    pub arch: String,
-}
-
-/// An image as pushed: its blobs (configs, layers), platform manifests and the top
-/// document (an index, or the only manifest).
-#[derive(Clone, Debug)]
-pub struct TestImage {
-    pub blobs: Vec<Vec<u8>>,
-    pub manifests: Vec<Pushed>,
-    pub top: Vec<u8>,
-    pub top_media_type: String,
-}
-
-impl TestImage {
-    pub fn digest(&self) -> String {
-        sha256(&self.top)
-    }
-    pub fn manifest_for(&self, arch: &str) -> &Pushed {
-        self.manifests.iter().find(|m| m.arch == arch).expect("arch")
-    }
-}
-
-/// Build an image with one manifest per `(arch, layers)`; `docker` picks Docker v2
-/// media types, `index` false makes a single-manifest image (one platform only).
-pub fn image(platforms: &[(&str, Vec<TestLayer>)], docker: bool, index: bool) -> TestImage {
-    let (mt_m, mt_c, mt_l, mt_i) = if docker {
-        (DOCKER_MANIFEST, DOCKER_CONFIG, DOCKER_LAYER, DOCKER_LIST)
-    } else {
-        (OCI_MANIFEST, OCI_CONFIG, OCI_LAYER, OCI_INDEX)
-    };
-    let mut blobs = Vec::new();
-    let mut manifests = Vec::new();
-    for (arch, layers) in platforms {
-        let diff_ids: Vec<&String> = layers.iter().map(|(_, d)| d).collect();
-        let mut cfg = serde_json::json!({
-            "architecture": arch, "os": "linux",
-            "config": {"Entrypoint": ["/bin/busybox"], "Cmd": ["echo", "hello"]},
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        });
-        if *arch == "arm64" {
-            cfg["variant"] = "v8".into();
-        }
-        let cfg = serde_json::to_vec(&cfg).expect("config");
-        let m = serde_json::json!({
-            "schemaVersion": 2, "mediaType": mt_m,
-            "config": {"mediaType": mt_c, "digest": sha256(&cfg), "size": cfg.len()},
-            "layers": layers.iter().map(|(b, _)| serde_json::json!({"mediaType": mt_l, "digest": sha256(b), "size": b.len()})).collect::<Vec<_>>(),
-        });
-        let m = serde_json::to_vec_pretty(&m).expect("manifest");
-        blobs.push(cfg);
-        for (b, _) in layers {
-            if !blobs.contains(b) {
-                blobs.push(b.clone());
-            }
-        }
-        manifests.push(Pushed {
-            media_type: mt_m.into(),
-            digest: sha256(&m),
-            bytes: m,
-            arch: arch.to_string(),
-        });
-    }
-    if !index {
-        assert_eq!(manifests.len(), 1, "a single-manifest image has one platform");
-        let m = manifests[0].clone();
-        return TestImage {
-            blobs,
-            top: m.bytes.clone(),
-            top_media_type: m.media_type.clone(),
-            manifests: vec![m],
-        };
-    }
-    let entries: Vec<serde_json::Value> = manifests
-        .iter()
-        .map(|m| {
-            let mut p = serde_json::json!({"architecture": m.arch, "os": "linux"});
-            if m.arch == "arm64" {
-                p["variant"] = "v8".into();
-            }
-            serde_json::json!({"mediaType": m.media_type, "digest": m.digest, "size": m.bytes.len(), "platform": p})
-        })
-        .collect();
-    let idx = serde_json::to_vec_pretty(
-        &serde_json::json!({"schemaVersion": 2, "mediaType": mt_i, "manifests": entries}),
-    )
-    .expect("index");
-    TestImage { blobs, manifests, top: idx, top_media_type: mt_i.into() }
 }
