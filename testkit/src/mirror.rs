@@ -265,7 +265,7 @@ pub fn make(recipe: &Value, base: &Path, opts: &Options, out: &Path) -> Result<M
         hosts.extend(h);
         let sha = sha256_hex(&data);
         pin(art, &sha, opts.only_arch);
-        // Stand-ins carry no cosign signature (tests/supply_verify.rs signs its own).
+        // Stand-ins carry no cosign signature (tests/it/supply_verify.rs signs its own).
         if urls.first().is_some_and(|u| u.starts_with("https://dl.k8s.io/")) {
             art["signature"] = "none".into();
         }

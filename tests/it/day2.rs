@@ -1,6 +1,6 @@
 //! Day-2 operations against a REAL etcd (Debian's etcd-server, TLS with certificates
 //! signed by the cluster's own etcd CA, one process per member on loopback addresses)
-//! and the loopback HTTPS Kubernetes API fake (tests/common/http.rs) following the API
+//! and the loopback HTTPS Kubernetes API fake (tests/it/common/http.rs) following the API
 //! reference for Nodes, Pods and the Eviction subresource:
 //! - `cluster backup` through imgbuild's offline-signed etcd client certificate, the
 //!   snapshot accepted by `etcdctl snapshot status`, restored into a new data directory

@@ -1,6 +1,6 @@
 //! Nodes added later: `imgbuild cluster add-node`, `imgbuild cluster token create`
 //! (the Kubernetes client in src/kube) against a loopback HTTPS server that follows
-//! the Kubernetes API reference for Secrets (tests/common/http.rs's API fake; TLS
+//! the Kubernetes API reference for Secrets (tests/it/common/http.rs's API fake; TLS
 //! with the cluster CA, client certificates verified), the seed rendered with the new
 //! token accepted by the join path (the real bootstrap script, a kubeadm stand-in
 //! that applies the API server's bootstrap-token authenticator rules), and the

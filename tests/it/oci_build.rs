@@ -2,7 +2,7 @@
 //! into the content-addressed cache, written into the image as an OCI image layout with
 //! shared layers stored once, and listed in the in-image manifest, the inputs digest and
 //! the SPDX SBOM. Against the build fixture (its add-on images are pinned and cached)
-//! and against a REAL registry (tests/common/registry.rs: token auth, blob redirects):
+//! and against a REAL registry (tests/it/common/registry.rs: token auth, blob redirects):
 //! online resolution without a lock entry, `--offline` refusal (2), a missing arch (2),
 //! a tampered blob (3, nothing kept), an interrupted blob download resumed.
 

@@ -1,5 +1,5 @@
 //! Images against a REAL registry (Debian's docker-registry with token auth and blob
-//! redirects, tests/common/registry.rs): `imgbuild lock` resolves tags to the index
+//! redirects, tests/it/common/registry.rs): `imgbuild lock` resolves tags to the index
 //! digest and each arch's manifest digest through the anonymous token flow, keeps
 //! digests a reference pins, refuses a missing arch (2) and tampered storage (3).
 
