@@ -7,30 +7,22 @@ use std::process::Command;
 
 use super::run_ok;
 
+/// testkit's keyring (one gpg invocation, one agent shutdown on drop) with the extra
+/// operations the signature tests need: subkey fingerprints and detached signatures by
+/// an exact (sub)key.
 pub struct Gpg {
-    pub home: PathBuf,
+    inner: imgbuild_testkit::archive::Gpg,
 }
 
 impl Gpg {
     /// A new keyring in `dir/g` (short: gpg-agent's socket path must fit sockaddr_un).
     pub fn new(dir: &Path) -> Gpg {
-        let home = dir.join("g");
-        std::fs::create_dir(&home).unwrap();
-        Gpg { home }
+        Gpg { inner: imgbuild_testkit::archive::Gpg::new(&dir.join("g")).unwrap() }
     }
 
     /// gpg on this keyring, without prompts.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new("gpg");
-        c.env("GNUPGHOME", &self.home).args([
-            "--batch",
-            "--yes",
-            "--pinentry-mode",
-            "loopback",
-            "--passphrase",
-            "",
-        ]);
-        c
+        self.inner.cmd()
     }
 
     /// Fingerprints of the keys of `uid`: the primary first, then its subkeys.
@@ -40,26 +32,20 @@ impl Gpg {
         text.lines().filter_map(|l| l.strip_prefix("fpr:")).map(|l| l.trim_matches(':').to_string()).collect()
     }
 
-    /// Fingerprint of the primary key of `uid`.
-    pub fn fpr(&self, uid: &str) -> String {
-        self.fprs(uid)[0].clone()
-    }
-
     /// An RSA signing key (like Ubuntu's and Debian's); returns its fingerprint.
     pub fn gen(&self, uid: &str) -> String {
-        run_ok(self.cmd().args(["--quick-gen-key", uid, "rsa2048", "sign", "never"]));
-        self.fpr(uid)
+        self.inner.gen(uid, "rsa2048", "sign").unwrap()
     }
 
     /// Add a signing subkey to `primary`; returns the subkey's fingerprint.
     pub fn add_signing_subkey(&self, primary: &str) -> String {
-        run_ok(self.cmd().args(["--quick-add-key", primary, "rsa2048", "sign", "never"]));
+        self.inner.add_signing_subkey(primary, "rsa2048").unwrap();
         self.fprs(primary)[1].clone()
     }
 
     /// The armored public key of `fpr` (with its subkeys).
     pub fn export(&self, fpr: &str) -> String {
-        String::from_utf8(run_ok(self.cmd().args(["--armor", "--export", fpr])).stdout).unwrap()
+        self.inner.export(fpr).unwrap()
     }
 
     /// `export` written to `path`, which it returns.
@@ -81,12 +67,5 @@ impl Gpg {
         }
         run_ok(c.arg(&i));
         std::fs::read(o).unwrap()
-    }
-}
-
-impl Drop for Gpg {
-    fn drop(&mut self) {
-        // Stop the agent this keyring started (only ours: it is bound to our GNUPGHOME).
-        let _ = Command::new("gpgconf").env("GNUPGHOME", &self.home).args(["--kill", "gpg-agent"]).output();
     }
 }
