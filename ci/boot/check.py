@@ -789,20 +789,27 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
         (ok if good else fail)(
             f"{prof}: user-data writes {path}: Secret {name} in {ns} holding the cluster's {', '.join(keys)}"
         )
-        pos = got.index(release) if release in got else None
-        if pos is None:
-            fail(f"{prof}: release {release} not installed, its Secret not checked")
-            continue
-        hi = upgrades[pos][0]
-        lo = upgrades[pos - 1][0] if pos > 0 else -1
+        # The installer applies it before EACH release of the profile (gitops: Argo CD
+        # and the backend's Application), each time the same bytes.
+        releases = [a["release"] for a in rows if a.get("profile") == prof] + ([GITOPS_APP] if prof == "gitops" else [])
         applied = [
             (j, c) for j, c in enumerate(calls)
             if c[1] == "kubectl" and "apply" in c[2] and path in opt_values(c[2], "-f")
         ]
-        ins = [j for j, c in applied if lo < j < hi and inputs.get((c[0], "kubectl"), {}).get(path) == sha(text or "")]
-        (ok if ins and len(applied) == 1 else fail)(
-            f"{prof}: kubectl apply -f {path} (the same bytes) right before helm installs {release}"
-            + ("" if ins else f" (applied at calls {[j for j, _ in applied]}, release at {hi})")
+        for rel in releases:
+            if rel not in got:
+                fail(f"{prof}: release {rel} not installed, its Secret not checked")
+                continue
+            pos = got.index(rel)
+            hi = upgrades[pos][0]
+            lo = upgrades[pos - 1][0] if pos > 0 else -1
+            ins = [j for j, c in applied if lo < j < hi and inputs.get((c[0], "kubectl"), {}).get(path) == sha(text or "")]
+            (ok if len(ins) == 1 else fail)(
+                f"{prof}: kubectl apply -f {path} (the same bytes) right before helm installs {rel}"
+                + ("" if len(ins) == 1 else f" (applied at calls {[j for j, _ in applied]}, release at {hi})")
+            )
+        (ok if len(applied) == len(releases) else fail)(
+            f"{prof}: its Secret applied {len(applied)} time(s), once per release of the profile ({len(releases)})"
         )
 
     # The logging profile's destination: a values file from user-data, never the image.
@@ -819,7 +826,8 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
     if "gitops" in on:
         g = addons_spec.get("gitops") or {}
         pa, pb = (got.index(r) if r in got else -1 for r in ("argocd", GITOPS_APP))
-        _, merged, problems = values_of(*upgrades[pb][1][::2]) if pb >= 0 else ([], {}, ["not installed"])
+        t, _, args = upgrades[pb][1] if pb >= 0 else (None, None, [])
+        _, merged, problems = values_of(t, args) if t else ([], {}, ["not installed"])
         (ok if 0 <= pa < pb and not problems and merged.get("repoURL") == g.get("repo_url") else fail)(
             f"gitops: {GITOPS_APP} (the backend's Application, repoURL {merged.get('repoURL')}) installed after argocd"
         )
@@ -842,7 +850,8 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
             local = os.path.join(image_dir, os.path.basename(chart))
             files, merged, _ = values_of(t, args)
             with tarfile.open(local) as tf:
-                meta = yaml.safe_load(tf.extractfile(next(m for m in tf.getmembers() if m.name.endswith("/Chart.yaml"))).read())
+                top = next(m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml"))
+                meta = yaml.safe_load(tf.extractfile(top).read())
             if meta.get("description") == "imgbuild test stand-in":
                 got_classes = standin_default_classes(meta["name"], merged)
                 if got_classes is None:
@@ -856,9 +865,8 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
             for k, path in enumerate(files):
                 vf = os.path.join(tmp, f"{n}-{k}.yaml")
                 with open(vf, "w") as f:
-                    f.write(yaml.safe_dump(yaml.safe_load(
-                        read(os.path.join(image_dir, os.path.basename(path))) if path.startswith("/usr/share/") else written[path]
-                    ) or {}))
+                    f.write(read(os.path.join(image_dir, os.path.basename(path)))
+                            if path.startswith("/usr/share/") else written.get(path, ""))
                 vargs += ["--values", vf]
             r = subprocess.run([helm, "template", release, local, "--namespace", ns, "--kube-version", "1.30.3", *vargs],
                                capture_output=True, text=True)
