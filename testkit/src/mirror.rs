@@ -359,7 +359,7 @@ fn index_entry(name: &str, version: &str, sha: &str, file: &str) -> serde_json::
 }
 
 /// A repository's `index.yaml` (apiVersion v1, entries by chart name).
-pub fn helm_index(entries: &[serde_json::Value]) -> Result<Vec<u8>> {
+fn helm_index(entries: &[serde_json::Value]) -> Result<Vec<u8>> {
     let mut by_name: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for e in entries {
         by_name.entry(e["name"].as_str().unwrap_or_default().to_string()).or_default().push(e.clone());
