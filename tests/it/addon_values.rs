@@ -15,27 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn init(dir: &Path, workers: u32) -> PathBuf {
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "demo",
-            "--endpoint",
-            "10.0.0.10:6443",
-            "--node-cidr",
-            "10.0.0.0/24",
-            "--interface",
-            "ens3",
-            "--dns",
-            "10.0.0.2",
-        ])
-        .args(["--control-planes", "1", "--workers", &workers.to_string(), "--dir"])
-        .arg(dir.join("c"))
-        .output()
-        .unwrap();
-    ok(&o);
-    dir.join("c/cluster.yaml")
+    common::cluster_init(dir.join("c")).lan().nodes(1, workers).ok()
 }
 
 fn cloud_init(cluster: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -29,31 +29,12 @@ fn run(args: &[&str]) -> Output {
 pub(crate) fn golden_cluster(dir: &Path) -> PathBuf {
     let key = dir.join("id.pub");
     fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
-    let d = dir.join("c");
-    let o = run(&[
-        "cluster",
-        "init",
-        "--name",
-        "demo",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--node-cidr",
-        "10.0.0.0/24",
-        "--vip-interface",
-        "ens3",
-        "--dns",
-        "10.0.0.2,10.0.0.3",
-        "--dns-search",
-        "demo.internal",
-        "--ntp",
-        "10.0.0.4,ntp.demo.internal",
-        "--ssh-key",
-        key.to_str().unwrap(),
-        "--dir",
-        d.to_str().unwrap(),
-    ]);
-    ok(&o);
-    d.join("cluster.yaml")
+    common::cluster_init(dir.join("c"))
+        .args(["--node-cidr", "10.0.0.0/24", "--vip-interface", "ens3", "--dns", "10.0.0.2,10.0.0.3"])
+        .args(["--dns-search", "demo.internal", "--ntp", "10.0.0.4,ntp.demo.internal", "--ssh-key"])
+        .args([key])
+        .seed(SEED)
+        .ok()
 }
 
 fn render(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -568,12 +549,13 @@ fn files_are_private_and_secrets_never_printed() {
     fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
     let d = t.path().join("c");
     // real randomness here: no test seed
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "prod", "--endpoint", "10.1.0.10", "--node-cidr", "10.1.0.0/24"])
-        .args(["--interface", "ens3", "--dns", "10.1.0.2"])
-        .args(["--external-lb", "--ssh-key", key.to_str().unwrap(), "--dir", d.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&d)
+        .name("prod")
+        .endpoint("10.1.0.10")
+        .args(["--node-cidr", "10.1.0.0/24", "--interface", "ens3", "--dns", "10.1.0.2"])
+        .external_lb()
+        .args(["--ssh-key", key.to_str().unwrap()])
+        .output();
     ok(&o);
     let mut printed = o.stdout.clone();
     printed.extend(&o.stderr);

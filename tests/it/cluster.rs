@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn init(dir: &Path, extra: &[&str]) -> Output {
-    common::bin()
-        .args(["cluster", "init", "--name", "lab", "--endpoint", "192.168.50.10:6443"])
-        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1", "--dir"])
-        .arg(dir)
+    common::cluster_init(dir)
+        .name("lab")
+        .endpoint("192.168.50.10:6443")
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1"])
         .args(extra)
         .output()
-        .unwrap()
 }
 
 fn cluster(t: &Path) -> PathBuf {
@@ -253,13 +252,13 @@ fn validation_errors_name_the_line() {
 fn warnings_for_even_control_planes_and_endpoint_outside() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("w");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "w", "--endpoint", "10.9.9.9", "--control-planes", "2"])
+    let o = common::cluster_init(&d)
+        .name("w")
+        .endpoint("10.9.9.9")
+        .args(["--control-planes", "2"])
         .args(["--node-cidr", "192.168.50.0/24", "--interface", "ens3", "--dns", "192.168.50.1"])
-        .args(["--external-lb", "--dir"])
-        .arg(&d)
-        .output()
-        .unwrap();
+        .external_lb()
+        .output();
     ok(&o);
     let e = stderr(&o);
     assert!(e.contains("warning:") && e.contains("2 control planes"), "{e}");
@@ -310,23 +309,12 @@ fn bad_init_arguments_exit_2() {
     let k = t.path().join("k.pub");
     fs::write(&k, "not a key\n").unwrap();
     let d = t.path().join("dk");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "ok",
-            "--endpoint",
-            "10.0.0.1",
-            "--control-planes",
-            "1",
-            "--ssh-key",
-        ])
-        .arg(&k)
-        .arg("--dir")
-        .arg(&d)
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&d)
+        .name("ok")
+        .endpoint("10.0.0.1")
+        .args(["--control-planes", "1", "--ssh-key"])
+        .args([&k])
+        .output();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -367,21 +355,11 @@ fn init_is_all_or_nothing() {
     assert!(!l.iter().any(|p| p.starts_with('.')), "staging left behind: {l:?}");
     // an invalid invocation creates nothing, not even the directory
     let fresh = t.path().join("new/deeper");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "lab",
-            "--endpoint",
-            "192.168.50.10",
-            "--node-cidr",
-            "192.168.50.0/24",
-        ])
-        .args(["--vip-interface", "eth0", "--dir"])
-        .arg(&fresh)
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&fresh)
+        .name("lab")
+        .endpoint("192.168.50.10")
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0"])
+        .output();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!fresh.exists());
 }
@@ -432,13 +410,7 @@ fn init_takes_dns_ntp_and_the_nic() {
     ];
     for (i, (args, want)) in cases.iter().enumerate() {
         let d = t.path().join(format!("bad{i}"));
-        let o = common::bin()
-            .args(["cluster", "init", "--name", "lab", "--endpoint", "10.0.0.10"])
-            .args(*args)
-            .arg("--dir")
-            .arg(&d)
-            .output()
-            .unwrap();
+        let o = common::cluster_init(&d).name("lab").endpoint("10.0.0.10").args(*args).output();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: want {want:?} in {}", stderr(&o));
         assert!(!d.exists(), "{args:?} wrote {d:?}");

@@ -47,22 +47,7 @@ fn role_images_carry_the_bootstrap_and_no_secrets() {
     let t = tempfile::tempdir().unwrap();
     // a real cluster (OS randomness) and the golden test cluster
     let d = t.path().join("c");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "scan",
-            "--endpoint",
-            "10.0.0.10",
-            "--control-planes",
-            "1",
-            "--dir",
-        ])
-        .arg(&d)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    common::cluster_init(&d).name("scan").endpoint("10.0.0.10").args(["--control-planes", "1"]).ok();
     let golden = t.path().join("golden");
     fs::create_dir_all(&golden).unwrap();
     let golden = crate::cloudinit::golden_cluster(&golden).parent().unwrap().join("secrets");

@@ -9,8 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+const SEED: &str = "registries-test";
+
 fn run(args: &[&str]) -> Output {
-    common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, "registries-test").args(args).output().unwrap()
+    common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, SEED).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -19,23 +21,7 @@ fn text(o: &Output) -> String {
 
 /// A 1 cp + 1 worker cluster whose cluster.yaml ends with `registries` (YAML text).
 fn cluster(dir: &Path, registries: &str) -> PathBuf {
-    let d = dir.join("c");
-    let o = run(&[
-        "cluster",
-        "init",
-        "--name",
-        "reg",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--control-planes",
-        "1",
-        "--workers",
-        "1",
-        "--dir",
-        d.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let p = d.join("cluster.yaml");
+    let p = common::cluster_init(dir.join("c")).name("reg").nodes(1, 1).seed(SEED).ok();
     let mut y = fs::read_to_string(&p).unwrap();
     y.push_str(registries);
     fs::write(&p, y).unwrap();

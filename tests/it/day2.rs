@@ -51,13 +51,12 @@ impl World {
     fn new(net_index: u8) -> World {
         let t = tempfile::tempdir().unwrap();
         let net = format!("127.{}.{}", 90 + net_index, std::process::id() % 250 + 1);
-        let o = common::bin()
-            .args(["cluster", "init", "--name", "et", "--endpoint", "127.0.0.1:6443"])
-            .args(["--control-planes", "3", "--workers", "1", "--external-lb", "--dir"])
-            .arg(t.path().join("c"))
-            .output()
-            .unwrap();
-        ok(&o);
+        common::cluster_init(t.path().join("c"))
+            .name("et")
+            .endpoint("127.0.0.1:6443")
+            .nodes(3, 1)
+            .external_lb()
+            .ok();
         World { t, net, etcds: Mutex::default() }
     }
     fn p(&self, rel: &str) -> PathBuf {
@@ -273,23 +272,7 @@ fn backup_refuses_an_etcd_of_another_cluster() {
     w.etcd_cluster(1);
     // another cluster's secrets: its etcd CA neither trusts our etcd nor is trusted by it
     let other = w.p("other");
-    ok(&common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "ot",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "1",
-            "--workers",
-            "0",
-            "--dir",
-        ])
-        .arg(&other)
-        .output()
-        .unwrap());
+    common::cluster_init(&other).name("ot").endpoint("127.0.0.1:6443").nodes(1, 0).ok();
     let out = w.p("snap.db");
     let o = common::bin()
         .args(["cluster", "backup", "--cluster"])
@@ -1216,24 +1199,7 @@ fn certificates_close_to_expiry_are_renewed_and_static_pods_restarted() {
 fn backups_section_errors_name_field_and_line() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("c");
-    ok(&common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "bk",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "1",
-            "--workers",
-            "0",
-            "--dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap());
-    let y = dir.join("cluster.yaml");
+    let y = common::cluster_init(&dir).name("bk").endpoint("127.0.0.1:6443").nodes(1, 0).ok();
     let base = fs::read_to_string(&y).unwrap();
     let line = base.lines().count() + 2;
     for (section, field) in [
@@ -1277,13 +1243,7 @@ fn backups_section_errors_name_field_and_line() {
 fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_only() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("c");
-    ok(&common::bin()
-        .args(["cluster", "init", "--name", "bk", "--endpoint", "127.0.0.1:6443"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap());
-    let y = dir.join("cluster.yaml");
+    let y = common::cluster_init(&dir).name("bk").endpoint("127.0.0.1:6443").nodes(1, 1).ok();
     let base = fs::read_to_string(&y).unwrap();
     // line numbers of the appended section: backups: is base+1, s3: base+2, its first field base+3
     let s3 = |fields: &str| format!("{base}backups:\n  s3:\n{fields}");

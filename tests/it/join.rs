@@ -62,14 +62,12 @@ impl World {
         // a loopback /24 of its own per test and process: etcd binds IP:2379/2380
         let net = format!("127.{}.{}", 60 + net_index, std::process::id() % 250 + 1);
         let dir = t.path().join("cluster");
-        let out = common::bin()
-            .args(["cluster", "init", "--name", "jt", "--endpoint", &format!("{net}.10:6443")])
-            .args(["--control-planes", &control_planes.to_string(), "--workers", "1", "--external-lb"])
-            .arg("--dir")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        ok(&out);
+        common::cluster_init(&dir)
+            .name("jt")
+            .endpoint(&format!("{net}.10:6443"))
+            .nodes(control_planes, 1)
+            .external_lb()
+            .ok();
         let seeds = t.path().join("seeds");
         let out = common::bin()
             .args(["cloud-init", "--all", "--seed", "none", "--cluster"])

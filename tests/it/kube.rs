@@ -42,26 +42,12 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let t = tempfile::tempdir().unwrap();
-        let o = common::bin()
-            .args([
-                "cluster",
-                "init",
-                "--name",
-                "demo",
-                "--endpoint",
-                "127.0.0.1:6443",
-                "--node-cidr",
-                "10.0.0.0/24",
-                "--interface",
-                "ens3",
-                "--dns",
-                "10.0.0.2",
-            ])
-            .args(["--control-planes", "1", "--workers", "1", "--external-lb", "--dir"])
-            .arg(t.path().join("c"))
-            .output()
-            .unwrap();
-        ok(&o);
+        common::cluster_init(t.path().join("c"))
+            .endpoint("127.0.0.1:6443")
+            .lan()
+            .nodes(1, 1)
+            .external_lb()
+            .ok();
         let o = common::bin()
             .args(["cluster", "kubeconfig", "--cluster"])
             .arg(t.path().join("c/cluster.yaml"))
@@ -579,25 +565,12 @@ fn bootstrap_finds_etcd_with_a_real_kubectl() {
         },
     };
     let t = tempfile::tempdir().unwrap();
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "kt",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "3",
-            "--workers",
-            "0",
-            "--external-lb",
-            "--dir",
-        ])
-        .arg(t.path().join("c"))
-        .output()
-        .unwrap();
-    ok(&o);
+    common::cluster_init(t.path().join("c"))
+        .name("kt")
+        .endpoint("127.0.0.1:6443")
+        .nodes(3, 0)
+        .external_lb()
+        .ok();
     let c = Cluster { t };
     let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": [
         {"metadata": {"name": "etcd-kt-cp-1", "namespace": "kube-system",

@@ -100,14 +100,7 @@ fn admission_configuration_enforces_baseline_and_audits_restricted() {
 fn kubeadm_points_the_apiserver_at_the_baked_admission_configuration() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "0", "--dir"])
-        .arg(&dir)
-        .env("IMGBUILD_TEST_SEED", "pod-security")
-        .output()
-        .unwrap();
-    common::ok(&o);
+    common::cluster_init(&dir).external_lb().nodes(1, 0).seed("pod-security").ok();
     let out = d.path().join("seeds");
     let o = common::bin()
         .args(["cloud-init", "--all", "--seed", "none", "--cluster"])

@@ -134,14 +134,7 @@ fn installer_index_puts_storage_after_the_recipe_add_ons_and_before_the_backend(
 fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    common::ok(&o);
-    let cluster = dir.join("cluster.yaml");
+    let cluster = common::cluster_init(&dir).external_lb().nodes(1, 1).ok();
     let base = std::fs::read_to_string(&cluster).unwrap();
     let with = |values: &str| {
         let text = if base.contains("\naddons:\n") {
@@ -191,15 +184,7 @@ fn a_csi_profile_leaves_exactly_one_default_storageclass() {
     let Some(helm) = tool("helm") else { return };
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    common::ok(
-        &common::bin()
-            .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-            .args(["--control-planes", "1", "--workers", "1", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap(),
-    );
-    let cluster = dir.join("cluster.yaml");
+    let cluster = common::cluster_init(&dir).external_lb().nodes(1, 1).ok();
     let text = std::fs::read_to_string(&cluster).unwrap().replacen(
         "\naddons:\n",
         "\naddons:\n  profiles: [hcloud]\n",

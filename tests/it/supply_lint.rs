@@ -29,23 +29,10 @@ fn ok(o: &Output) {
 /// `cluster init` + rendered user-data for every node, in `dir/name`.
 fn cluster(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
-    ok(&run(&[
-        "cluster",
-        "init",
-        "--name",
-        "demo",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--node-cidr",
-        "10.0.0.0/24",
-        "--vip-interface",
-        "ens3",
-        "--dns",
-        "10.0.0.2",
-        "--dir",
-        d.to_str().unwrap(),
-    ]));
-    let y = d.join("cluster.yaml");
+    let y = common::cluster_init(&d)
+        .args(["--node-cidr", "10.0.0.0/24", "--vip-interface", "ens3", "--dns", "10.0.0.2"])
+        .seed(SEED)
+        .ok();
     ok(&run(&[
         "cloud-init",
         "--cluster",

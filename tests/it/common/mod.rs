@@ -1,10 +1,13 @@
 //! Shared test support. Each integration test file does `mod common;`.
 
+pub mod cluster;
 pub mod fixture;
 pub mod gpg;
 pub mod hostile;
 pub mod http;
 pub mod registry;
+
+pub use cluster::cluster_init;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
