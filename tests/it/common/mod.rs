@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod fixture;
+pub mod fulcio;
 pub mod gpg;
 pub mod hostile;
 pub mod http;
@@ -89,6 +90,15 @@ pub fn transcript(o: &std::process::Output, tmp: &std::path::Path) -> String {
         }
     }
     t
+}
+
+/// A command's stdout and stderr, labelled, for an assertion's message or a `contains`.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn stderr(o: &std::process::Output) -> String {
