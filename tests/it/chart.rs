@@ -480,6 +480,12 @@ fn plan_for(text: &str, role: Role) -> imgbuild::plan::BuildPlan {
     p
 }
 
+/// The installer's actions on a first start: reach the API, create the namespaces,
+/// install the CNI, wait for its own node and for CoreDNS, then `rest`.
+fn after_coredns<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    [&["api", "namespaces", "install cilium", "wait node", "wait coredns"][..], rest].concat()
+}
+
 #[test]
 fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let inst = Installer::new();
@@ -489,18 +495,13 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         inst.actions(),
-        [
-            "api",
-            "namespaces",
-            "install cilium",
-            "wait node",
-            "wait coredns",
+        after_coredns(&[
             "install metrics-server",
             "install metrics-server",
             "install ingress-nginx",
             "install local-path",
             "install backend"
-        ]
+        ])
     );
     let calls = inst.calls();
     let root = inst.root.display().to_string();
@@ -602,16 +603,7 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
     // the others are installed; the invalid one is never sent to the cluster
     assert_eq!(
         inst.actions(),
-        [
-            "api",
-            "namespaces",
-            "install cilium",
-            "wait node",
-            "wait coredns",
-            "install ingress-nginx",
-            "install local-path",
-            "install backend"
-        ]
+        after_coredns(&["install ingress-nginx", "install local-path", "install backend"])
     );
     let st = inst.status();
     assert_eq!(st["state"], "failed");
@@ -674,20 +666,14 @@ esac
 "#;
 
 fn csr_b64(subject: &str, san: &str) -> String {
-    let out = run(Command::new("openssl").args([
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+    let san = format!("subjectAltName={san}");
+    let out = run(Command::new("openssl").args(common::OPENSSL_NEW_P256).args([
         "-keyout",
         "/dev/null",
         "-subj",
         subject,
         "-addext",
-        &format!("subjectAltName={san}"),
+        &san,
     ]));
     use std::io::Write;
     let mut c = Command::new("base64")

@@ -209,28 +209,28 @@ fn validation_errors_name_the_line() {
         assert!(o.stdout.is_empty());
     };
     let file = c.display().to_string();
+    // `from` replaced by `to` is refused with `msg`, at the line that holds `at`
+    let refused_at = |at: &str, from: &str, to: &str, msg: &str| {
+        check(base.replace(from, to), &[format!("{file}:{}: {msg}", line_of(at))])
+    };
     // duplicate node name
-    let l2 = line_of("name: \"lab-cp-2\"");
-    check(
-        base.replace("name: \"lab-cp-2\"", "name: \"lab-cp-1\""),
-        &[format!("{file}:{l2}: nodes[1].name: duplicate node name")],
-    );
+    let cp2 = "name: \"lab-cp-2\"";
+    refused_at(cp2, cp2, "name: \"lab-cp-1\"", "nodes[1].name: duplicate node name");
     // not a DNS-1123 label
-    let lw = line_of("name: \"lab-worker-1\"");
-    check(
-        base.replace("name: \"lab-worker-1\"", "name: \"Lab_Worker\""),
-        &[format!("{file}:{lw}: nodes[3].name: \"Lab_Worker\" is not a DNS-1123 label")],
-    );
+    let w1 = "name: \"lab-worker-1\"";
+    refused_at(w1, w1, "name: \"Lab_Worker\"", "nodes[3].name: \"Lab_Worker\" is not a DNS-1123 label");
     // overlapping CIDRs: service inside pods, pods covering the nodes
-    let ls = line_of("service_cidr");
-    check(
-        base.replace("service_cidr: \"10.96.0.0/12\"", "service_cidr: \"10.244.10.0/24\""),
-        &[format!("{file}:{ls}: networking.service_cidr: 10.244.10.0/24 overlaps 10.244.0.0/16")],
+    refused_at(
+        "service_cidr",
+        "service_cidr: \"10.96.0.0/12\"",
+        "service_cidr: \"10.244.10.0/24\"",
+        "networking.service_cidr: 10.244.10.0/24 overlaps 10.244.0.0/16",
     );
-    let ln = line_of("node_cidr");
-    check(
-        base.replace("pod_cidr: \"10.244.0.0/16\"", "pod_cidr: \"192.168.0.0/16\""),
-        &[format!("{file}:{ln}: networking.node_cidr: 192.168.50.0/24 overlaps 192.168.0.0/16")],
+    refused_at(
+        "node_cidr",
+        "pod_cidr: \"10.244.0.0/16\"",
+        "pod_cidr: \"192.168.0.0/16\"",
+        "networking.node_cidr: 192.168.50.0/24 overlaps 192.168.0.0/16",
     );
     // no control plane
     check(

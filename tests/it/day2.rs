@@ -1425,17 +1425,7 @@ fn first_control_plane_boots_into_a_cluster_restored_from_a_snapshot() {
     );
     // the restored member serves the data of before, alone, under this node's name
     let pki = root.join("etc/kubernetes/pki");
-    let ctl = |args: &[&str]| {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{node_ip}:2379"))
-            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
-            .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| common::etcdctl_as_apiserver(&pki, &node_ip, args);
     let g = ctl(&["get", "/registry/configmaps/default/survivor", "--print-value-only"]);
     ok(&g);
     assert_eq!(String::from_utf8_lossy(&g.stdout).trim(), "still here");

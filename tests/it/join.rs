@@ -168,16 +168,11 @@ impl World {
 
     /// real etcdctl with the first control plane's etcd client certificate
     fn etcdctl(&self, args: &[&str]) -> Output {
-        let pki = self.root("jt-cp-1").join("etc/kubernetes/pki");
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{}:2379", self.ip("jt-cp-1")))
-            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
-            .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
-            .args(args)
-            .output()
-            .unwrap()
+        common::etcdctl_as_apiserver(
+            &self.root("jt-cp-1").join("etc/kubernetes/pki"),
+            &self.ip("jt-cp-1"),
+            args,
+        )
     }
 
     /// (id, status, name, peer URLs, is learner) of every etcd member.

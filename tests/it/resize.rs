@@ -6,15 +6,7 @@ use crate::common::{self, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixture::{self, sh, BaseSpec, Fixture};
-
-fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).unwrap();
-    let mut b = vec![0u8; len as usize];
-    f.read_exact_at(&mut b, off).unwrap();
-    b
-}
+use crate::common::fixture::{self, read_range, sh, BaseSpec, Fixture};
 
 fn build_ok(fx: &Fixture, out: &str, extra: &[&str]) -> (PathBuf, String) {
     let dir = fx.dir.path().join(out);
@@ -45,7 +37,7 @@ fn assert_grown(fx: &Fixture, image: &Path, size: u64) {
         let (a, b) = (fx.base.part(n), parts.iter().find(|p| p.number == n).copied().unwrap());
         assert_eq!(a, b, "partition {n} moved");
         assert!(
-            range(&raw, a.offset, a.len) == range(&fx.base.raw, a.offset, a.len),
+            read_range(&raw, a.offset, a.len) == read_range(&fx.base.raw, a.offset, a.len),
             "partition {n} changed"
         );
     }

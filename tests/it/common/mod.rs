@@ -140,6 +140,53 @@ pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) ->
     }
 }
 
+/// `openssl req` arguments for a new certificate request with a new P-256 key, unencrypted.
+pub const OPENSSL_NEW_P256: [&str; 7] =
+    ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// A built worker image's stand-in for the upload tests, in `dir`: the raw `payload` as a
+/// real qcow2 (hypervisors check the format of what they store), `k8s-worker-amd64.qcow2`,
+/// with the sidecars `imgbuild build` writes next to it (`<image>.sha256` and
+/// `k8s-worker-amd64.manifest.json`). Returns the image's path and SHA-256 (hex).
+pub fn stand_in_image(dir: &std::path::Path, payload: &[u8]) -> (std::path::PathBuf, String) {
+    let raw = dir.join("payload.raw");
+    std::fs::write(&raw, payload).unwrap();
+    let path = dir.join("k8s-worker-amd64.qcow2");
+    run_ok(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&path),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    let sha256 = imgbuild::types::Sha256::of_file(&path).unwrap().to_string();
+    std::fs::write(dir.join("k8s-worker-amd64.qcow2.sha256"), format!("{sha256}  k8s-worker-amd64.qcow2\n"))
+        .unwrap();
+    let manifest = serde_json::json!({
+        "imgbuild_version": "0.1.0", "recipe": "k8s", "recipe_digest": "0".repeat(64),
+        "role": "worker", "arch": "amd64", "kubernetes_version": "v1.30.3", "inputs_digest": "1".repeat(64),
+        "base": {"name": "ubuntu-24.04", "version": "20240821", "urls": [], "sha256": "2".repeat(64)},
+        "artifacts": [], "files": [],
+    });
+    std::fs::write(dir.join("k8s-worker-amd64.manifest.json"), manifest.to_string()).unwrap();
+    (path, sha256)
+}
+
+/// Real etcdctl (API v3) against the member at `https://{ip}:2379`, authenticated the way
+/// a control plane's API server is: the etcd CA and kubeadm's apiserver-etcd-client
+/// certificate under `pki` (a node's /etc/kubernetes/pki).
+pub fn etcdctl_as_apiserver(pki: &std::path::Path, ip: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{ip}:2379"))
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
+        .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
 /// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
 pub fn openssl_sign(
@@ -154,21 +201,7 @@ pub fn openssl_sign(
     let run = |args: &[&str]| {
         ok(&std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap())
     };
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        subject,
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-    ]);
+    run(&[&OPENSSL_NEW_P256[..], &["-subj", subject, "-keyout", "key.pem", "-out", "req.csr"]].concat());
     std::fs::write(dir.join("ext"), ext).unwrap();
     let days = days.to_string();
     run(&[
