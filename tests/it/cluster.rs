@@ -264,13 +264,7 @@ fn warnings_for_even_control_planes_and_endpoint_outside() {
     assert!(e.contains("warning:") && e.contains("2 control planes"), "{e}");
     assert!(e.contains("endpoint 10.9.9.9 is outside the nodes' network"), "{e}");
     // the same warnings when rendering, which still succeeds
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(d.join("cluster.yaml"))
-        .arg("--out")
-        .arg(t.path().join("o"))
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(d.join("cluster.yaml"), t.path().join("o"));
     ok(&o);
     assert!(stderr(&o).contains("2 control planes"));
     // --quiet silences warnings and progress

@@ -815,13 +815,7 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
     let root = snapshot_node(&w);
     // the files cloud-init writes on a control plane (rendered by imgbuild itself)
     let seeds = w.p("seeds");
-    ok(&common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(w.yaml())
-        .arg("--out")
-        .arg(&seeds)
-        .output()
-        .unwrap());
+    ok(&common::cloud_init_all(w.yaml(), &seeds));
     common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
     assert_eq!(
         fs::read_to_string(root.join("etc/imgbuild/backup.env")).unwrap(),
@@ -997,13 +991,7 @@ fn scheduled_snapshot_uploads_to_s3_and_keeps_it_when_refused() {
         .unwrap();
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
     let seeds = w.p("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(w.yaml())
-        .arg("--out")
-        .arg(&seeds)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(w.yaml(), &seeds);
     ok(&o);
     assert!(!format!("{o:?}").contains(&s3.writer.1));
     common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
@@ -1208,13 +1196,7 @@ fn backups_section_errors_name_field_and_line() {
         ("backups:\n  every: 3\n", "backups"),
     ] {
         fs::write(&y, format!("{base}{section}")).unwrap();
-        let o = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&y)
-            .arg("--out")
-            .arg(t.path().join("o"))
-            .output()
-            .unwrap();
+        let o = common::cloud_init_all(&y, t.path().join("o"));
         assert_eq!(o.status.code(), Some(2), "{section}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(
@@ -1224,13 +1206,7 @@ fn backups_section_errors_name_field_and_line() {
     }
     fs::write(&y, format!("{base}backups:\n  retention: 3\n  interval_hours: 12\n")).unwrap();
     let out = t.path().join("ok");
-    ok(&common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(&y)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap());
+    ok(&common::cloud_init_all(&y, &out));
     assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
         .unwrap()
         .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
@@ -1281,15 +1257,7 @@ fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_on
     fs::write(&y, s3(full)).unwrap();
     fs::write(&creds, "access_key_id: AKIDEXAMPLE\nsecret_access_key: wJalr/K7MDENG+bPxRfi\n").unwrap();
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
-    let render = |out: &Path| {
-        common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&y)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
+    let render = |out: &Path| common::cloud_init_all(&y, out);
     let o = render(&t.path().join("o"));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("chmod 600") && !stderr(&o).contains("wJalr"), "{}", stderr(&o));

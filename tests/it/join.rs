@@ -69,13 +69,7 @@ impl World {
             .external_lb()
             .ok();
         let seeds = t.path().join("seeds");
-        let out = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(dir.join("cluster.yaml"))
-            .arg("--out")
-            .arg(&seeds)
-            .output()
-            .unwrap();
+        let out = common::cloud_init_all(dir.join("cluster.yaml"), &seeds);
         ok(&out);
         for i in 1..=control_planes {
             let node = format!("jt-cp-{i}");

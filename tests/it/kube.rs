@@ -336,13 +336,7 @@ fn token_create_posts_a_bootstrap_token_secret_and_the_new_seed_joins() {
 
     // The new node's seed carries the new token; the first control plane keeps the initial one.
     let out = c.p("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--all", "--seed", "none", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(c.yaml(), &out);
     ok(&o);
     let ud = fs::read_to_string(out.join("demo-worker-2/user-data")).unwrap();
     assert_eq!(kubeadm_token(&ud), token);
@@ -476,13 +470,7 @@ fn token_create_refuses_bad_input_with_exit_2() {
         format!("{{\"token\": \"abcdef.0123456789abcdef\", \"expiration\": \"{exp}\"}}"),
     )
     .unwrap();
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--all", "--seed", "none", "--out"])
-        .arg(c.p("seeds"))
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(c.yaml(), c.p("seeds"));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expired at"), "{}", stderr(&o));
 }

@@ -102,13 +102,7 @@ fn kubeadm_points_the_apiserver_at_the_baked_admission_configuration() {
     let dir = d.path().join("c");
     common::cluster_init(&dir).external_lb().nodes(1, 0).seed("pod-security").ok();
     let out = d.path().join("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(dir.join("cluster.yaml"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(dir.join("cluster.yaml"), &out);
     common::ok(&o);
     let ud: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();

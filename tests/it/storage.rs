@@ -145,13 +145,7 @@ fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
         std::fs::write(&cluster, text).unwrap();
         let out = d.path().join("out");
         let _ = std::fs::remove_dir_all(&out);
-        let o = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&cluster)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = common::cloud_init_all(&cluster, &out);
         (o, out)
     };
     let (o, out) = with("      storageClass:\n        default: false\n");
@@ -196,15 +190,7 @@ fn a_csi_profile_leaves_exactly_one_default_storageclass() {
         .unwrap();
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = d.path().join("out");
-    common::ok(
-        &common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&cluster)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap(),
-    );
+    common::ok(&common::cloud_init_all(&cluster, &out));
     let ud: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
     let values = ud["write_files"]

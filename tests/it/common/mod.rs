@@ -105,6 +105,21 @@ pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// `imgbuild cloud-init --all --seed none` of `cluster` into `out`: every node's
+/// user-data in its own directory, no seed images. The result, whatever it is.
+pub fn cloud_init_all(
+    cluster: impl AsRef<std::path::Path>,
+    out: impl AsRef<std::path::Path>,
+) -> std::process::Output {
+    bin()
+        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+        .arg(cluster.as_ref())
+        .arg("--out")
+        .arg(out.as_ref())
+        .output()
+        .unwrap()
+}
+
 /// Write a `#cloud-config`'s `write_files` under `root` (path, permissions, content), as
 /// cloud-init would on the node: the root a bootstrap script runs against.
 pub fn write_files_to(user_data: &str, root: &std::path::Path) {
