@@ -4,7 +4,7 @@
 //! Debian's cloud-init), hostile inputs, seeds, secrets hygiene, and the baked
 //! bootstrap script driven by a kubeadm stub.
 
-use crate::common::{self, ok, stderr};
+use crate::common::{self, ok, stderr, write_files};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -45,22 +45,6 @@ fn render(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
 
 fn yaml(text: &str) -> serde_yaml::Value {
     serde_yaml::from_str(text).unwrap()
-}
-
-/// path -> (permissions, content) of a user-data's write_files.
-fn write_files(user_data: &str) -> BTreeMap<String, (String, String)> {
-    let v = yaml(user_data);
-    v["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                (f["permissions"].as_str().unwrap().to_string(), f["content"].as_str().unwrap().to_string()),
-            )
-        })
-        .collect()
 }
 
 fn in_ci() -> bool {

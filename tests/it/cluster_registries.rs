@@ -28,19 +28,6 @@ fn cluster(dir: &Path, registries: &str) -> PathBuf {
     p
 }
 
-fn write_files(user_data: &str) -> Vec<(String, String, String)> {
-    let v: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    v["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let s = |k: &str| f[k].as_str().unwrap().to_string();
-            (s("path"), s("permissions"), s("content"))
-        })
-        .collect()
-}
-
 fn ca_pem() -> String {
     let kp = rcgen::KeyPair::generate().unwrap();
     rcgen::CertificateParams::new(vec!["harbor.example.com".into()]).unwrap().self_signed(&kp).unwrap().pem()
@@ -84,11 +71,9 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         text(&o)
     );
     for node in ["reg-cp-1", "reg-worker-1"] {
-        let ud = fs::read_to_string(out.join(node).join("user-data")).unwrap();
-        let files = write_files(&ud);
-        let get =
-            |p: &str| files.iter().find(|f| f.0 == p).unwrap_or_else(|| panic!("{node}: no {p}")).clone();
-        let (_, mode, k8s) = get("/etc/containerd/certs.d/registry.k8s.io/hosts.toml");
+        let files = common::node_files(&out, node);
+        let get = |p: &str| files.get(p).unwrap_or_else(|| panic!("{node}: no {p}")).clone();
+        let (mode, k8s) = get("/etc/containerd/certs.d/registry.k8s.io/hosts.toml");
         assert_eq!(mode, "0644");
         let k8s: toml::Value = toml::from_str(&k8s).unwrap();
         assert_eq!(k8s["server"].as_str(), Some("https://registry.k8s.io"), "falls back to the upstream");
@@ -96,9 +81,9 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         assert_eq!(h["override_path"].as_bool(), Some(true));
         assert_eq!(h["capabilities"].as_array().unwrap().len(), 2);
         let ca_file = h["ca"].as_str().unwrap();
-        assert_eq!(get(&format!("/etc/containerd/certs.d/registry.k8s.io/{ca_file}")).2, ca);
+        assert_eq!(get(&format!("/etc/containerd/certs.d/registry.k8s.io/{ca_file}")).1, ca);
         // fallback: false -> the last endpoint is the server; nothing goes upstream.
-        let (_, _, d) = get("/etc/containerd/certs.d/_default/hosts.toml");
+        let (_, d) = get("/etc/containerd/certs.d/_default/hosts.toml");
         let d: toml::Value = toml::from_str(&d).unwrap();
         assert_eq!(d["server"].as_str(), Some("http://10.0.0.5:5000"));
         assert_eq!(
@@ -108,7 +93,7 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         let hosts: Vec<&String> = d["host"].as_table().unwrap().keys().collect();
         assert_eq!(hosts, ["http://10.0.0.5:5000", "https://mirror-a.example.com:5443"]);
         // kubeadm: the pull policy on every node, the repository in the ClusterConfiguration.
-        let (_, _, k) = get("/etc/imgbuild/kubeadm.yaml");
+        let (_, k) = get("/etc/imgbuild/kubeadm.yaml");
         assert!(k.contains("  imagePullPolicy: Always\n"), "{k}");
         if node == "reg-cp-1" {
             assert!(k.contains("\nimageRepository: harbor.example.com/k8s\n"), "{k}");

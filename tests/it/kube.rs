@@ -238,14 +238,8 @@ fn render_node(cluster: &Path, node: &str, out: &Path) -> Output {
 }
 
 fn kubeadm_token(user_data: &str) -> String {
-    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    let f = doc["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/kubeadm.yaml")
-        .unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(f["content"].as_str().unwrap())
+    let kubeadm = &common::write_files(user_data)["/etc/imgbuild/kubeadm.yaml"].1;
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(kubeadm)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     match docs[0]["kind"].as_str() {

@@ -150,15 +150,8 @@ fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
     };
     let (o, out) = with("      storageClass:\n        default: false\n");
     common::ok(&o);
-    let ud: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
-    let f = ud["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/addons/local-path.yaml")
-        .expect("local-path values in user-data");
-    assert!(f["content"].as_str().unwrap().contains("default: false"));
+    let f = common::node_file(&out, "demo-cp-1", "/etc/imgbuild/addons/local-path.yaml");
+    assert!(f.contains("default: false"));
 
     let (o, _) = with("      storageClass:\n        reclaimPolicy: Recycle\n");
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
@@ -191,17 +184,7 @@ fn a_csi_profile_leaves_exactly_one_default_storageclass() {
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = d.path().join("out");
     common::ok(&common::cloud_init_all(&cluster, &out));
-    let ud: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
-    let values = ud["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/addons/local-path.yaml")
-        .expect("local-path values")["content"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let values = common::node_file(&out, "demo-cp-1", "/etc/imgbuild/addons/local-path.yaml");
     let (_, docs) = render(&helm, &values);
     let classes: Vec<_> = docs.iter().filter(|d| d["kind"] == "StorageClass").collect();
     assert_eq!(classes.len(), 1);

@@ -156,14 +156,7 @@ impl Fixture {
 
 /// Run a command, panicking with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.env("PATH", path_with_sbin()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    super::run_ok(cmd.env("PATH", path_with_sbin()))
 }
 
 /// PATH plus /usr/sbin and /sbin (where e2fsprogs, sgdisk and mkfs.vfat live).

@@ -61,10 +61,10 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Run `c`, which must succeed: the command and its stderr otherwise.
+/// Run `c`, which must succeed: the command and its output otherwise.
 pub fn run_ok(c: &mut std::process::Command) -> std::process::Output {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{c:?} failed: {}", text(&out));
     out
 }
 
@@ -120,16 +120,41 @@ pub fn cloud_init_all(
         .unwrap()
 }
 
+/// A `#cloud-config`'s `write_files`: path -> (permissions, content); every entry must
+/// have all three.
+pub fn write_files(user_data: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
+    let s = |f: &serde_yaml::Value, k: &str| {
+        f[k].as_str().unwrap_or_else(|| panic!("write_files entry without {k}: {f:?}")).to_string()
+    };
+    doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|f| (s(f, "path"), (s(f, "permissions"), s(f, "content"))))
+        .collect()
+}
+
+/// [`write_files`] of `node`'s user-data in a `cloud-init --out` directory.
+pub fn node_files(out: &std::path::Path, node: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    write_files(&std::fs::read_to_string(out.join(node).join("user-data")).unwrap())
+}
+
+/// The content of the file at `path` that `node`'s user-data writes.
+pub fn node_file(out: &std::path::Path, node: &str, path: &str) -> String {
+    let mut files = node_files(out, node);
+    files.remove(path).unwrap_or_else(|| panic!("{node}'s user-data writes no {path}")).1
+}
+
 /// Write a `#cloud-config`'s `write_files` under `root` (path, permissions, content), as
 /// cloud-init would on the node: the root a bootstrap script runs against.
 pub fn write_files_to(user_data: &str, root: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
-    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    for f in doc["write_files"].as_sequence().unwrap() {
-        let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
+    for (path, (permissions, content)) in write_files(user_data) {
+        let p = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, f["content"].as_str().unwrap()).unwrap();
-        let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
+        std::fs::write(&p, content).unwrap();
+        let mode = u32::from_str_radix(&permissions, 8).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
