@@ -67,8 +67,7 @@ fn init_writes_spec_and_private_secrets_once() {
     // second init refuses, and changes nothing
     let before = fs::read(s.join("ca.key")).unwrap();
     let o = init(&d, &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "refusing to overwrite");
     assert_eq!(before, fs::read(s.join("ca.key")).unwrap());
     // even when only the secrets are left
     fs::remove_file(d.join("cluster.yaml")).unwrap();

@@ -76,8 +76,7 @@ fn recipe_disk_size_is_the_default_and_bad_sizes_are_refused() {
     for (size, msg) in [("8X", "invalid disk size"), ("100M", "smaller than the base image")] {
         let out = fx.dir.path().join("bad");
         let o = fixture::build(&fx, "worker", &["--disk-size", size, "--output", out.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(stderr(&o).contains(msg), "{}", stderr(&o));
+        common::exits_with(&o, 2, msg);
     }
 }
 
@@ -90,8 +89,7 @@ fn a_layer_that_does_not_fit_grows_the_disk_or_names_disk_size() {
 
     let out = fx.dir.path().join("fixed");
     let o = fixture::build(&fx, "control-plane", &["--disk-size", "128M", "--output", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not enough free space in the root filesystem"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "not enough free space in the root filesystem");
     assert!(stderr(&o).contains("--disk-size"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
 

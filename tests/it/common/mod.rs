@@ -101,6 +101,13 @@ pub fn text(o: &std::process::Output) -> String {
     )
 }
 
+/// `o` exited with `code` and its stderr says `needle` (the stderr shown when not).
+#[track_caller]
+pub fn exits_with(o: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
