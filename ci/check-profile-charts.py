@@ -46,6 +46,26 @@ EXTRA_KEYS = {
     # values.yaml has it commented out; templates/{controllerplugin-deployment,
     # nodeplugin-daemonset}.yaml mount `secretName: {{ .Values.secret.name }}`.
     "cinder-csi": [("secret", "name")],
+    # The collector's own configuration: merged verbatim into its ConfigMap, checked
+    # against the collector below (check_collector_config).
+    "logging": [("config",)],
+}
+
+# The components of the otel/opentelemetry-collector-k8s 0.99.0 image the logging profile
+# runs (opentelemetry-collector-releases v0.99.0, distributions/otelcol-k8s/manifest.yaml).
+# A configuration naming another type is refused by the collector at start.
+OTELCOL_K8S = {
+    "receivers": {"otlp", "filelog", "fluentforward", "hostmetrics", "httpcheck", "jaeger", "journald",
+                  "k8s_cluster", "k8s_events", "k8sobjects", "kubeletstats", "opencensus", "prometheus",
+                  "receiver_creator", "zipkin"},
+    "processors": {"batch", "memory_limiter", "attributes", "cumulativetodelta", "deltatorate", "filter",
+                   "groupbyattrs", "groupbytrace", "k8sattributes", "metricstransform",
+                   "probabilistic_sampler", "redaction", "remotetap", "resourcedetection", "resource",
+                   "tail_sampling", "transform"},
+    "exporters": {"debug", "otlp", "otlphttp", "file", "loadbalancing"},
+    "extensions": {"zpages", "basicauth", "bearertokenauth", "headers_setter", "health_check",
+                   "oauth2client", "host_observer", "k8s_observer", "oidc", "pprof", "file_storage"},
+    "connectors": {"forward", "count", "routing", "servicegraph", "spanmetrics"},
 }
 
 # Secrets the pods read that a Job of the chart creates at install time (not rendered).
@@ -326,6 +346,36 @@ def check_secret_refs(where, docs, ns, provided):
                             fail(where, f"{owner} reads key {k!r} of Secret {dns}/{name}, which has {sorted(have)}")
 
 
+def check_collector_config(where, docs):
+    """The collector's rendered configuration as the collector validates it at start:
+    every component of a pipeline (and every extension in service) defined, every
+    component a type the image has; ${env:VAR} only for variables the pod sets."""
+    for d in docs:
+        if d.get("kind") != "ConfigMap" or "relay" not in (d.get("data") or {}):
+            continue
+        cfg = yaml.safe_load(d["data"]["relay"])
+        for section, types in OTELCOL_K8S.items():
+            for cid in cfg.get(section) or {}:
+                if cid.split("/")[0] not in types:
+                    fail(where, f"collector {section}: {cid}: not a component of otelcol-k8s 0.99.0")
+        svc = cfg.get("service") or {}
+        for ext in svc.get("extensions") or []:
+            if ext not in (cfg.get("extensions") or {}):
+                fail(where, f"collector service.extensions: {ext} is not defined")
+        for name, pl in (svc.get("pipelines") or {}).items():
+            for section in ("receivers", "processors", "exporters"):
+                defined = set(cfg.get(section) or {}) | set(cfg.get("connectors") or {})
+                for cid in pl.get(section) or []:
+                    if cid not in defined:
+                        fail(where, f"collector pipeline {name}: {section[:-1]} {cid} is not defined")
+            if not pl.get("receivers") or not pl.get("exporters"):
+                fail(where, f"collector pipeline {name}: needs receivers and exporters")
+        env = {e["name"] for x in docs for s in pod_specs(x) for c in s.get("containers") or [] for e in c.get("env") or []}
+        for var in re.findall(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}", d["data"]["relay"]):
+            if var not in env:
+                fail(where, f"collector configuration reads ${{env:{var}}}, which the pod does not set")
+
+
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 
 
@@ -447,8 +497,13 @@ def check(src, work, imgbuild, helm, kv):
             continue
         docs = load_all(o.stdout)
         rendered[(p, rel, cl)] = (where, ns, chart, baked, docs)
-        if baked:
-            check_keys(where, chart, baked, EXTRA_KEYS.get(rel, []))
+        if p:
+            # The keys of every values file the release gets (the cluster's too).
+            given = copy.deepcopy(baked)
+            if user is not None:
+                given = deep_merge(given, yaml.safe_load(user) or {})
+            check_keys(where, chart, given, EXTRA_KEYS.get(rel, []))
+            check_collector_config(where, docs)
         print(f"{where}: rendered {len(docs)} objects", file=sys.stderr)
 
     crds = {}

@@ -231,7 +231,7 @@ fn turned_on_profiles_reach_the_first_control_plane_with_their_credentials() {
     let v: serde_yaml::Value = serde_yaml::from_str(logging).unwrap();
     let exp = &v["config"]["exporters"]["otlphttp"];
     assert_eq!(exp["endpoint"], "https://abc123.live.dynatrace.com/api/v2/otlp");
-    assert_eq!(exp["headers"]["Authorization"].as_str().unwrap(), format!("Api-Token {token}"));
+    assert_logging_token_in_its_secret(&files, token);
     // The backend announces its metrics to the monitoring profile and lets it in.
     let b: serde_yaml::Value = serde_yaml::from_str(&files["/etc/imgbuild/addons/values.yaml"].1).unwrap();
     assert_eq!(b["podAnnotations"]["prometheus.io/scrape"], "true");
@@ -252,6 +252,42 @@ fn turned_on_profiles_reach_the_first_control_plane_with_their_credentials() {
     let out = d.path().join("out");
     common::ok(&cloud_init(&c, &out));
     assert!(!cp1_files(&out).contains_key("/etc/imgbuild/addons/profiles"));
+}
+
+/// The logging profile's token reaches the collector only through the Secret the
+/// installer applies: rendering the real opentelemetry-collector 0.90.1 chart
+/// (ci/check-profile-charts.sh) showed that values under `config` land verbatim in its
+/// ConfigMap, so a token in logging.yaml ended up readable by anyone who may read
+/// ConfigMaps in `logging`. The baked values read the Secret's key into an environment
+/// variable (`extraEnvs`) that the collector expands in the exporter's header.
+fn assert_logging_token_in_its_secret(
+    files: &std::collections::BTreeMap<String, (String, String)>,
+    token: &str,
+) {
+    use imgbuild::cloudinit::addon_secrets::{LOGGING_KEY, LOGGING_SECRET};
+    assert!(!files["/etc/imgbuild/addons/logging.yaml"].1.contains(token), "the token in the chart's values");
+    let (mode, secret) = profile_secret(files, "logging");
+    assert_eq!(mode, "0600");
+    assert_eq!(
+        (secret["metadata"]["name"].as_str(), secret["metadata"]["namespace"].as_str()),
+        (Some(LOGGING_SECRET), Some("logging"))
+    );
+    assert_eq!(secret_value(&secret, LOGGING_KEY), format!("Api-Token {token}"));
+    validate_k8s(&serde_yaml::to_string(&secret).unwrap());
+    // The baked values: the variable from exactly that Secret key, the header from the variable.
+    let v = recipe_addon(Profile::Logging).values;
+    let env = v["extraEnvs"].as_array().unwrap();
+    let var = env
+        .iter()
+        .find(|e| {
+            e["valueFrom"]["secretKeyRef"] == serde_json::json!({"name": LOGGING_SECRET, "key": LOGGING_KEY})
+        })
+        .expect("an extraEnvs entry reading the Secret");
+    assert_eq!(
+        v["config"]["exporters"]["otlphttp"]["headers"]["Authorization"].as_str(),
+        Some(format!("${{env:{}}}", var["name"].as_str().unwrap()).as_str())
+    );
+    assert_eq!(v["config"]["service"]["pipelines"]["logs"]["exporters"], serde_json::json!(["otlphttp"]));
 }
 
 // --- the installer ------------------------------------------------------------------------
@@ -718,7 +754,16 @@ const CHART_KEYS: [(Profile, &[&str]); 3] = [
             "csi.plugin.controllerPlugin.tolerations",
         ],
     ),
-    (Profile::Proxmox, &["existingConfigSecret", "existingConfigSecretKey", "tolerations", "storageClass"]),
+    (
+        Profile::Proxmox,
+        &[
+            "existingConfigSecret",
+            "existingConfigSecretKey",
+            "tolerations",
+            "node.tolerations",
+            "storageClass",
+        ],
+    ),
     (
         Profile::Hcloud,
         &[
@@ -862,6 +907,56 @@ fn csi_credentials_become_the_secret_each_chart_reads_and_its_class_the_only_def
     validate_k8s(&manifests.join("\n---\n"));
 }
 
+/// Where each profile chart reads the tolerations of each of its workloads (from the
+/// templates at the pinned tags), except those whose chart default already tolerates every
+/// NoSchedule taint (node-exporter, Cinder's and Hetzner's node plugins). A cluster without
+/// workers runs every component on its tainted control planes, so each list must tolerate
+/// the taint. Rendering the real charts (ci/check-profile-charts.sh) found proxmox-csi-plugin
+/// 0.2.5's node plugin DaemonSet off the control planes: it reads `node.tolerations`, not
+/// the top-level `tolerations` (the controller's).
+const TOLERATIONS: [(Profile, &[&str]); 6] = [
+    (
+        Profile::Monitoring,
+        &[
+            "prometheus.prometheusSpec.tolerations",
+            "alertmanager.alertmanagerSpec.tolerations",
+            "prometheusOperator.tolerations",
+            "prometheusOperator.admissionWebhooks.patch.tolerations",
+            "grafana.tolerations",
+            "kube-state-metrics.tolerations",
+        ],
+    ),
+    (Profile::Logging, &["tolerations"]),
+    (Profile::Gitops, &["global.tolerations"]),
+    (Profile::Cinder, &["csi.plugin.controllerPlugin.tolerations"]),
+    (Profile::Proxmox, &["tolerations", "node.tolerations"]),
+    (Profile::Hcloud, &["controller.tolerations"]),
+];
+
+#[test]
+fn every_profile_workload_tolerates_the_control_plane_taint() {
+    let tolerates = |t: &serde_json::Value| {
+        t["key"] == imgbuild::cloudinit::addon_values::CONTROL_PLANE_TAINT
+            && t["operator"] == "Exists"
+            && t["effect"] == "NoSchedule"
+    };
+    for (p, paths) in TOLERATIONS {
+        let v = recipe_addon(p).values;
+        for path in paths {
+            let list = path.split('.').fold(&v, |v, k| &v[k]);
+            let list = list.as_array().unwrap_or_else(|| panic!("{p}: no list at {path}"));
+            assert!(list.iter().any(tolerates), "{p}: {path} does not tolerate the control-plane taint");
+        }
+    }
+    // A list replaces the chart's: the node plugin keeps proxmox-csi-plugin 0.2.5's own two.
+    let v = recipe_addon(Profile::Proxmox).values;
+    let keys: Vec<&str> =
+        v["node"]["tolerations"].as_array().unwrap().iter().filter_map(|t| t["key"].as_str()).collect();
+    for k in ["node.kubernetes.io/unschedulable", "node.kubernetes.io/disk-pressure"] {
+        assert!(keys.contains(&k), "node.tolerations lost the chart's {k}");
+    }
+}
+
 /// The CSI drivers' namespaces: csi-proxmox gets the `privileged` level its node plugin
 /// needs (kube-system, where cinder and hcloud go, is exempt and labelled privileged
 /// already); the Namespace objects are valid for 1.30.
@@ -916,8 +1011,12 @@ fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values(
     let exp = &v["config"]["exporters"]["otlphttp"];
     assert_eq!(exp["compression"], "gzip");
     assert_eq!(exp["endpoint"], "https://abc123.live.dynatrace.com/api/v2/otlp");
-    assert_eq!(exp["headers"]["Authorization"].as_str().unwrap(), format!("Api-Token {token}"));
-    assert_eq!(files.keys().filter(|k| k.ends_with("/logging.yaml")).count(), 1);
+    assert_logging_token_in_its_secret(&files, token);
+    let ud: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
+    let written = ud["write_files"].as_sequence().unwrap();
+    let n = written.iter().filter(|f| f["path"] == "/etc/imgbuild/addons/logging.yaml").count();
+    assert_eq!(n, 1, "the values file written twice");
     common::ok(&lint(&c));
 
     // A profile that is not on is still not an add-on release of this cluster.
