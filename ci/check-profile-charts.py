@@ -376,6 +376,64 @@ def check_collector_config(where, docs):
                 fail(where, f"collector configuration reads ${{env:{var}}}, which the pod does not set")
 
 
+# Pod Security Standards, baseline level (kubernetes.io/docs/concepts/security/pod-security-standards):
+# the capabilities a container may add, and the sysctls a pod may set.
+BASELINE_CAPS = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                 "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+BASELINE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                    "net.ipv4.tcp_keepalive_probes"}
+
+
+def baseline_violations(spec):
+    """What in a pod spec the baseline level refuses (the controls of the standard)."""
+    out = []
+    for k in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(k):
+            out.append(k)
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            out.append(f"hostPath volume {v['name']}")
+    for s in (spec.get("securityContext") or {}).get("sysctls") or []:
+        if s["name"] not in BASELINE_SYSCTLS:
+            out.append(f"sysctl {s['name']}")
+    scs = [("pod", spec.get("securityContext") or {})]
+    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []) + (spec.get("ephemeralContainers") or []):
+        sc = c.get("securityContext") or {}
+        scs.append((c["name"], sc))
+        if sc.get("privileged"):
+            out.append(f"{c['name']}: privileged")
+        extra = set((sc.get("capabilities") or {}).get("add") or []) - BASELINE_CAPS
+        if extra:
+            out.append(f"{c['name']}: capabilities {sorted(extra)}")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                out.append(f"{c['name']}: hostPort {port['hostPort']}")
+        if sc.get("procMount") not in (None, "Default"):
+            out.append(f"{c['name']}: procMount {sc['procMount']}")
+    for who, sc in scs:
+        if (sc.get("seccompProfile") or {}).get("type") == "Unconfined":
+            out.append(f"{who}: seccomp Unconfined")
+        if (sc.get("appArmorProfile") or {}).get("type") == "Unconfined":
+            out.append(f"{who}: AppArmor Unconfined")
+        se = sc.get("seLinuxOptions") or {}
+        if se.get("type") not in (None, "", "container_t", "container_init_t", "container_kvm_t") or se.get("user") or se.get("role"):
+            out.append(f"{who}: seLinuxOptions {se}")
+    return out
+
+
+def check_pod_security(where, docs, ns, level):
+    """A namespace enforcing `baseline` admits the chart's pods only if they pass it
+    (privileged admits anything; kube-system is exempt in the cluster's configuration)."""
+    if level != "baseline" or ns == "kube-system":
+        return
+    for d in docs:
+        for spec in pod_specs(d):
+            for v in baseline_violations(spec):
+                fail(where, f"{d['kind']}/{d['metadata']['name']} in {ns} (enforces baseline): {v}")
+
+
 CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane"
 
 
@@ -457,6 +515,7 @@ def check(src, work, imgbuild, helm, kv):
 
     # releases: (profile, release, namespace, chart dir, baked values, cluster)
     releases = []
+    levels = {}  # namespace -> the Pod Security level the recipe gives it
     for a in recipe["addons"]:
         p = a.get("profile")
         if not p:
@@ -469,6 +528,7 @@ def check(src, work, imgbuild, helm, kv):
         if have != versions[a["artifact"]]:
             sys.exit(f"{chart}: version {have}, the recipe pins {versions[a['artifact']]}")
         releases.append((p, a["release"], a["namespace"], chart, a.get("values") or {}, PROFILE_CLUSTER[p]))
+        levels[a["namespace"]] = a.get("pod_security", "baseline")
         if p == "gitops":
             releases.append((p, "backend-app", a["namespace"], REPO / "charts/gitops-backend", {}, "apps"))
     # What the profiles change in the embedded charts: the backend (scraped by monitoring),
@@ -525,6 +585,7 @@ def check(src, work, imgbuild, helm, kv):
         check_secret_refs(where, docs, ns, provided)
         if p:
             check_tolerations(where, docs)
+            check_pod_security(where, docs, ns, levels.get(ns, "baseline"))
         n_custom = len(custom)
         print(f"{where}: {len(builtin)} built-in objects (kubernetes-validate --strict 1.30), "
               f"{n_custom} custom resources (CRD schemas)", file=sys.stderr)
@@ -551,6 +612,15 @@ def check(src, work, imgbuild, helm, kv):
             for _, img, _ in cs:
                 if img:
                     r["images"].add(img)
+        for d in docs:
+            for spec in pod_specs(d):
+                who = f"{rel}: {d['kind']}/{d['metadata']['name']}"
+                if spec.get("hostNetwork"):
+                    r.setdefault("host", []).append(f"{who}: host network")
+                for c in spec.get("containers") or []:
+                    for port in c.get("ports") or []:
+                        if port.get("hostPort"):
+                            r.setdefault("host", []).append(f"{who}: hostPort {port['hostPort']}/{port.get('protocol', 'TCP')}")
         for img in operator_images(docs):
             r["images"].add(img + " (config reloader, started by the operator)")
     for p, r in report.items():
@@ -558,6 +628,7 @@ def check(src, work, imgbuild, helm, kv):
         print("images:")
         for i in sorted(r["images"]):
             print(f"  {i}")
+        print("on the nodes' network: " + ("; ".join(r.get("host", [])) or "nothing"))
         print("workloads (replicas; per container: requests / limits):")
         for rel, wl, rep, cs in r["workloads"]:
             print(f"  {rel}: {wl} x{rep}")

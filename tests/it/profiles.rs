@@ -290,6 +290,33 @@ fn assert_logging_token_in_its_secret(
     assert_eq!(v["config"]["service"]["pipelines"]["logs"]["exporters"], serde_json::json!(["otlphttp"]));
 }
 
+/// The logging collector reads the nodes' log files and listens on no host port.
+/// opentelemetry-collector 0.90.1 in daemonset mode opens its default receivers (OTLP
+/// 4317/4318, Jaeger 6831/14250/14268, Zipkin 9411) as host ports of every node, and its
+/// logs pipeline takes OTLP: rendering the real chart (ci/check-profile-charts.sh) showed
+/// anyone reaching a node could have sent logs out under the cluster's token. The baked
+/// values turn those ports off, remove the receivers (helm deletes a key set to null) and
+/// the metrics and traces pipelines that only fed the debug exporter.
+#[test]
+fn logging_collects_node_log_files_only_and_listens_on_no_host_port() {
+    let v = recipe_addon(Profile::Logging).values;
+    // The chart's ports with a hostPort in 0.90.1's values.yaml.
+    for port in ["otlp", "otlp-http", "jaeger-compact", "jaeger-thrift", "jaeger-grpc", "zipkin"] {
+        assert_eq!(v["ports"][port]["enabled"], false, "ports.{port}");
+    }
+    let c = &v["config"];
+    for r in ["otlp", "jaeger", "zipkin", "prometheus"] {
+        assert!(c["receivers"].get(r).is_some_and(|x| x.is_null()), "config.receivers.{r} not removed");
+    }
+    assert!(c["exporters"].get("debug").is_some_and(|x| x.is_null()));
+    let pipelines = &c["service"]["pipelines"];
+    for p in ["metrics", "traces"] {
+        assert!(pipelines.get(p).is_some_and(|x| x.is_null()), "pipeline {p} not removed");
+    }
+    assert_eq!(pipelines["logs"]["receivers"], serde_json::json!(["filelog"]));
+    assert_eq!(v["presets"]["logsCollection"]["enabled"], true, "filelog comes from the preset");
+}
+
 // --- the installer ------------------------------------------------------------------------
 
 const STUB: &str = "#!/usr/bin/env bash\nprintf '%s %s\\n' \"$(basename \"$0\")\" \"$*\" >>\"$STUB_LOG\"\n";
