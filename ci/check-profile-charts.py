@@ -446,7 +446,7 @@ def check_tolerations(where, docs):
         if d.get("kind") in ("Prometheus", "Alertmanager"):
             specs = [d["spec"]]
         for spec in specs:
-            if "test" in hook.split(","):
+            if any(h.startswith("test") for h in hook.split(",")):
                 continue  # `helm test` pods: the installer never runs them
             ok = any(
                 t.get("key") == CONTROL_PLANE_TAINT or (t.get("key") is None and t.get("operator") == "Exists")
@@ -473,8 +473,13 @@ def workloads(docs):
     including the Prometheus and Alertmanager the operator makes from their resources."""
     for d in docs:
         k, name = d.get("kind"), d.get("metadata", {}).get("name")
+        hook = (d.get("metadata", {}).get("annotations") or {}).get("helm.sh/hook", "")
+        if any(h.startswith("test") for h in hook.split(",")):
+            continue  # `helm test` pods: the installer never runs them
         for spec in pod_specs(d):
             rep = "per node" if k == "DaemonSet" else ("once" if k in ("Job", "CronJob", "Pod") else d["spec"].get("replicas", 1))
+            if hook:
+                rep = f"once ({hook} hook)"
             cs = [(c["name"], c.get("image"), c.get("resources") or {}) for c in spec.get("containers") or []]
             ics = [(c["name"] + " (init)", c.get("image"), c.get("resources") or {}) for c in spec.get("initContainers") or []]
             yield f"{k}/{name}", rep, cs + ics
@@ -631,7 +636,7 @@ def check(src, work, imgbuild, helm, kv):
         print("on the nodes' network: " + ("; ".join(r.get("host", [])) or "nothing"))
         print("workloads (replicas; per container: requests / limits):")
         for rel, wl, rep, cs in r["workloads"]:
-            print(f"  {rel}: {wl} x{rep}")
+            print(f"  {rel}: {wl}: {rep if isinstance(rep, str) else f'{rep} replica(s)'}")
             for cname, _, res in cs:
                 req = res.get("requests") or {}
                 lim = res.get("limits") or {}
