@@ -124,9 +124,13 @@ def load_all(text):
     return [d for d in yaml.load_all(text, Loader=Loader) if d]
 
 
+quiet = False
+
+
 def fail(where, msg):
     failures.append(f"{where}: {msg}")
-    print(f"  FAIL {where}: {msg}", file=sys.stderr)
+    if not quiet:
+        print(f"  FAIL {where}: {msg}", file=sys.stderr)
 
 
 def run(cmd, **kw):
@@ -505,7 +509,87 @@ def operator_images(docs):
 # --- main -------------------------------------------------------------------------------
 
 
+def self_test():
+    """Each check on made-up objects: it passes the good one and names what is wrong in
+    each bad one (run in CI by tests/it/profiles.rs, where the real charts are absent)."""
+    global failures, quiet
+    quiet = True
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.test"},
+        "spec": {"group": "example.test", "names": {"kind": "Widget"}, "versions": [{
+            "name": "v1", "served": True, "schema": {"openAPIV3Schema": {
+                "type": "object", "properties": {"spec": {
+                    "type": "object", "required": ["size"], "properties": {
+                        "size": {"x-kubernetes-int-or-string": True},
+                        "note": {"type": "string", "nullable": True},
+                        "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                        "template": {"type": "object", "x-kubernetes-embedded-resource": True,
+                                     "properties": {"spec": {"type": "object"}}},
+                    }}}}}}]},
+    }
+    crds = crd_schemas([crd])
+    widget = {"apiVersion": "example.test/v1", "kind": "Widget", "metadata": {"name": "w"},
+              "spec": {"size": "1Gi", "note": None, "extra": {"any": 1},
+                       "template": {"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": {}}}}
+    pod = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "d"}, "spec": {"template": {"spec": {
+        "tolerations": [{"key": CONTROL_PLANE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+        "containers": [{"name": "c", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}],
+    }}}}
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ns"}, "data": {"k": "eA=="}}
+    relay = {"receivers": {"filelog": {}}, "exporters": {"otlphttp": {"headers": {"A": "${env:T}"}}},
+             "extensions": {"health_check": {}},
+             "service": {"extensions": ["health_check"], "pipelines": {"logs": {"receivers": ["filelog"], "exporters": ["otlphttp"]}}}}
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"relay": yaml.safe_dump(relay)}}
+
+    def case(name, fn, want):
+        global failures
+        failures = []
+        fn()
+        got = "\n".join(failures)
+        ok = (not got) if want is None else (want in got)
+        print(f"self-test {name}: {'ok' if ok else 'WRONG'}", file=sys.stderr)
+        return ok if ok else f"{name}: want {want!r}, got {got!r}"
+
+    def edit(doc, f):
+        d = copy.deepcopy(doc)
+        f(d)
+        return d
+
+    spec = lambda d: d["spec"]["template"]["spec"]
+    results = [
+        case("custom resource", lambda: check_custom("t", widget, crds), None),
+        case("undeclared field", lambda: check_custom("t", edit(widget, lambda d: d["spec"].update(bogus=1)), crds), "'bogus' was unexpected"),
+        case("wrong type", lambda: check_custom("t", edit(widget, lambda d: d["spec"].update(size=[1])), crds), "spec.size"),
+        case("required field", lambda: check_custom("t", edit(widget, lambda d: d["spec"].pop("size")), crds), "'size' is a required property"),
+        case("kind without CRD", lambda: check_custom("t", edit(widget, lambda d: d.update(kind="Gadget")), crds), "no CRD for example.test/v1 Gadget"),
+        case("secret key", lambda: check_secret_refs("t", [pod], "ns", {("ns", "s"): secret}), None),
+        case("missing key", lambda: check_secret_refs("t", [pod], "ns", {("ns", "s"): edit(secret, lambda d: d.update(data={"x": ""}))}), "reads key 'k'"),
+        case("missing secret", lambda: check_secret_refs("t", [pod], "ns", {}), "neither the chart nor imgbuild creates"),
+        case("toleration", lambda: check_tolerations("t", [pod]), None),
+        case("no toleration", lambda: check_tolerations("t", [edit(pod, lambda d: spec(d).pop("tolerations"))]), "does not tolerate"),
+        case("baseline", lambda: check_pod_security("t", [pod], "ns", "baseline"), None),
+        case("host path", lambda: check_pod_security("t", [edit(pod, lambda d: spec(d).update(volumes=[{"name": "v", "hostPath": {"path": "/"}}]))], "ns", "baseline"), "hostPath volume v"),
+        case("host port", lambda: check_pod_security("t", [edit(pod, lambda d: spec(d)["containers"][0].update(ports=[{"containerPort": 1, "hostPort": 1}]))], "ns", "baseline"), "hostPort 1"),
+        case("privileged ns", lambda: check_pod_security("t", [edit(pod, lambda d: spec(d).update(hostNetwork=True))], "ns", "privileged"), None),
+        case("collector", lambda: check_collector_config("t", [cm, pod]), None),
+        case("undefined exporter", lambda: check_collector_config("t", [edit(cm, lambda d: d["data"].update(relay=yaml.safe_dump(edit(relay, lambda r: r["exporters"].pop("otlphttp"))))), pod]), "exporter otlphttp is not defined"),
+        case("unknown component", lambda: check_collector_config("t", [edit(cm, lambda d: d["data"].update(relay=yaml.safe_dump(edit(relay, lambda r: r["receivers"].update(kafka={}))))), pod]), "kafka: not a component"),
+        case("unset variable", lambda: check_collector_config("t", [cm]), "${env:T}"),
+        case("value keys", lambda: check_keys("t", REPO / "charts/backend", {"replicaCount": 1, "podAnnotations": {"a.b/c": "x"}}, []), None),
+        case("unknown key", lambda: check_keys("t", REPO / "charts/backend", {"replicaCont": 1}, []), "replicaCont is not a key"),
+        case("listed key", lambda: check_keys("t", REPO / "charts/backend", {"x": {"y": 1}}, [("x",)]), None),
+    ]
+    bad = [r for r in results if r is not True]
+    for b in bad:
+        print(f"  WRONG {b}", file=sys.stderr)
+    failures = []
+    return 1 if bad else 0
+
+
 def main():
+    if sys.argv[1:] == ["--self-test"]:
+        return self_test()
     src = Path(sys.argv[1]).resolve()
     imgbuild, helm, kv = os.environ["IMGBUILD"], os.environ["HELM"], os.environ["KUBERNETES_VALIDATE"]
     # Holds generated cluster secrets: private to this user, removed when done.

@@ -1053,3 +1053,35 @@ fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values(
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("addons.values.monitoring"), "{}", common::stderr(&o));
 }
+
+/// ci/check-profile-charts.sh checks the real profile charts by hand (they cannot be
+/// downloaded in CI); its checks run here on made-up objects, so a change that stops one
+/// from refusing what it should fails CI: undeclared fields and missing required fields of
+/// a custom resource against its CRD (int-or-string, nullable, preserved and embedded
+/// fields accepted), a kind without a CRD, a Secret or key a pod reads that nobody
+/// creates, a pod without the control-plane toleration, a hostPath volume or host port in
+/// a baseline namespace, a collector pipeline naming an undefined or foreign component or
+/// an unset variable, a value key the chart does not have.
+#[test]
+fn the_chart_checker_refuses_what_it_should() {
+    let ok = Command::new("python3")
+        .args(["-c", "import jsonschema, yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with jsonschema+pyyaml is required in CI (ci/test.sh)"
+        );
+        eprintln!("note: skipping the chart checker's self-test: pip install jsonschema pyyaml");
+        return;
+    }
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/check-profile-charts.py"))
+        .arg("--self-test")
+        .output()
+        .unwrap();
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches(": ok\n").count(), 21, "{err}");
+}
