@@ -68,6 +68,10 @@ OTELCOL_K8S = {
     "connectors": {"forward", "count", "routing", "servicegraph", "spanmetrics"},
 }
 
+# Secrets imgbuild delivers that the workload reads through the Kubernetes API by name,
+# not from a mount or variable: Argo CD reads argocd-secret (admin.password, …) itself.
+API_READ_SECRETS = {("argocd", "argocd-secret")}
+
 # Secrets the pods read that a Job of the chart creates at install time (not rendered).
 RUNTIME_SECRETS = {
     # kube-webhook-certgen's `create` Job (pre-install hook) writes the operator's
@@ -318,6 +322,7 @@ def pod_specs(d):
 def check_secret_refs(where, docs, ns, provided):
     """Every Secret key a pod reads exists: rendered by the chart or delivered by imgbuild."""
     rendered = {(x["metadata"].get("namespace", ns), x["metadata"]["name"]): x for x in docs if x.get("kind") == "Secret"}
+    read = {}
     for d in docs:
         dns = d.get("metadata", {}).get("namespace", ns)
         for spec in pod_specs(d):
@@ -336,6 +341,8 @@ def check_secret_refs(where, docs, ns, provided):
                 if r and not r.get("optional"):
                     refs.append((r["secretName"], [i["key"] for i in r.get("items") or []]))
             for name, keys in refs:
+                if (dns, name) in provided:
+                    read.setdefault((dns, name), set()).update(keys or provided[(dns, name)].get("data", {}).keys())
                 s = rendered.get((dns, name)) or provided.get((dns, name))
                 owner = f"{d['kind']}/{d['metadata']['name']}"
                 if s is None and (dns, name) in RUNTIME_SECRETS:
@@ -348,6 +355,13 @@ def check_secret_refs(where, docs, ns, provided):
                     for k in keys:
                         if k not in have:
                             fail(where, f"{owner} reads key {k!r} of Secret {dns}/{name}, which has {sorted(have)}")
+    # The other way round: every key imgbuild delivers is one a pod reads.
+    for key, s in provided.items():
+        if key in API_READ_SECRETS:
+            continue
+        unread = set((s.get("data") or {}).keys()) - read.get(key, set())
+        if unread:
+            fail(where, f"Secret {key[0]}/{key[1]}: no pod reads {sorted(unread)}")
 
 
 def check_collector_config(where, docs):
@@ -565,6 +579,7 @@ def self_test():
         case("kind without CRD", lambda: check_custom("t", edit(widget, lambda d: d.update(kind="Gadget")), crds), "no CRD for example.test/v1 Gadget"),
         case("secret key", lambda: check_secret_refs("t", [pod], "ns", {("ns", "s"): secret}), None),
         case("missing key", lambda: check_secret_refs("t", [pod], "ns", {("ns", "s"): edit(secret, lambda d: d.update(data={"x": ""}))}), "reads key 'k'"),
+        case("unread key", lambda: check_secret_refs("t", [pod], "ns", {("ns", "s"): edit(secret, lambda d: d["data"].update(j="eA=="))}), "no pod reads ['j']"),
         case("missing secret", lambda: check_secret_refs("t", [pod], "ns", {}), "neither the chart nor imgbuild creates"),
         case("toleration", lambda: check_tolerations("t", [pod]), None),
         case("no toleration", lambda: check_tolerations("t", [edit(pod, lambda d: spec(d).pop("tolerations"))]), "does not tolerate"),

@@ -1059,7 +1059,7 @@ fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values(
 /// from refusing what it should fails CI: undeclared fields and missing required fields of
 /// a custom resource against its CRD (int-or-string, nullable, preserved and embedded
 /// fields accepted), a kind without a CRD, a Secret or key a pod reads that nobody
-/// creates, a pod without the control-plane toleration, a hostPath volume or host port in
+/// creates, a delivered Secret key no pod reads, a pod without the control-plane toleration, a hostPath volume or host port in
 /// a baseline namespace, a collector pipeline naming an undefined or foreign component or
 /// an unset variable, a value key the chart does not have.
 #[test]
@@ -1083,5 +1083,5 @@ fn the_chart_checker_refuses_what_it_should() {
         .unwrap();
     let err = common::stderr(&o);
     assert!(o.status.success(), "{err}");
-    assert_eq!(err.matches(": ok\n").count(), 21, "{err}");
+    assert_eq!(err.matches(": ok\n").count(), 22, "{err}");
 }
