@@ -623,13 +623,17 @@ def cmd_secrets(raw, offset, needles_file, opts):
 EMBEDDED_AFTER = ["local-path", "backend"]
 GITOPS_APP = "backend-app"
 # The Secret each profile's chart reads (names and keys of the pinned charts' values:
-# grafana 8.3 admin.existingSecret, Argo CD's argocd-secret, openstack-cinder-csi 2.30
-# secret.name / cloud.conf) and what it must hold, from the cluster directory.
-def profile_secrets(cluster_dir, on):
+# grafana 8.3 admin.existingSecret, the collector's extraEnvs secretKeyRef, Argo CD's
+# argocd-secret, openstack-cinder-csi 2.30 secret.name / cloud.conf) and what it must
+# hold, from the cluster directory.
+def profile_secrets(cluster_dir, spec, on):
     import yaml
 
     sec = os.path.join(cluster_dir, "secrets")
     out = {}
+    if "logging" in on:
+        token = ((spec.get("addons") or {}).get("logging") or {}).get("token")
+        out["logging"] = ("logging-otlp", {"authorization": f"Api-Token {token}"})
     if "monitoring" in on:
         g = yaml.safe_load(read(os.path.join(sec, "grafana-admin.yaml")))
         out["monitoring"] = ("grafana-admin", {"admin-user": g["user"], "admin-password": g["password"]})
@@ -776,7 +780,7 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
     # installer after the previous release and before the profile's own chart.
     import base64
 
-    for prof, (name, keys) in profile_secrets(cluster_dir, on).items():
+    for prof, (name, keys) in profile_secrets(cluster_dir, spec, on).items():
         path = f"/etc/imgbuild/addons/secrets/{prof}.yaml"
         release = next((a["release"] for a in rows if a.get("profile") == prof), None)
         ns = by_release.get(release, {}).get("namespace")
@@ -812,16 +816,21 @@ def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
             f"{prof}: its Secret applied {len(applied)} time(s), once per release of the profile ({len(releases)})"
         )
 
-    # The logging profile's destination: a values file from user-data, never the image.
+    # The logging profile's destination: a values file from user-data (the endpoint), the
+    # header taken from the Secret's environment variable, never the token itself.
     if "logging" in on:
         lg = addons_spec.get("logging") or {}
-        i, (t, _, args) = upgrades[got.index("logging")] if "logging" in got else (None, (None, None, []))
+        t, _, args = upgrades[got.index("logging")][1] if "logging" in got else (None, None, [])
         path = "/etc/imgbuild/addons/logging.yaml"
         _, merged, problems = values_of(t, args) if t else ([], {}, ["not installed"])
         exp = (((merged.get("config") or {}).get("exporters") or {}).get("otlphttp")) or {}
+        header = (exp.get("headers") or {}).get("Authorization")
+        leaks = [p for p, text in written.items()
+                 if lg.get("token") in text and not p.startswith("/etc/imgbuild/addons/secrets/")]
         (ok if path in opt_values(args, "--values") and not problems and exp.get("endpoint") == lg.get("endpoint")
-         and (exp.get("headers") or {}).get("Authorization") == f"Api-Token {lg.get('token')}" else fail)(
-            f"logging: helm got {path} (the same bytes as user-data's) with the cluster's OTLP endpoint and token"
+         and header == "${env:OTLP_AUTHORIZATION}" and not leaks else fail)(
+            f"logging: helm got {path} (the same bytes as user-data's) with the cluster's OTLP endpoint; "
+            f"the header from the Secret's variable ({header}), the token in no other file" + (f": {leaks}" if leaks else "")
         )
     if "gitops" in on:
         g = addons_spec.get("gitops") or {}

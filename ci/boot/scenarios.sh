@@ -182,8 +182,8 @@ for n in spec["nodes"]:
   # The CA and service-account private keys, as the disk scan looks for them: every PEM
   # body line but the first (which starts the same for every P-256 key).
   # The profiles' secrets too: each value as plain text and as the base64 its Secret
-  # carries (admin passwords, Argo CD's bcrypt hash, the logging token, the cinder
-  # password and cloud.conf).
+  # carries (admin passwords, Argo CD's bcrypt hash, the logging token and its header,
+  # the cinder password and cloud.conf).
   {
     for a in ca etcd-ca front-proxy-ca sa; do
       grep -v '^-----' "$work/cluster/secrets/$a.key" | tail -n +2
@@ -197,7 +197,7 @@ a = yaml.safe_load(open(d + "/argocd-admin.yaml"))
 conf = open(d + "/cinder-cloud.conf").read()
 plain = [g["password"], a["password"], a["bcrypt"], s["logging"]["token"]]
 plain += [l.split("=", 1)[1].strip() for l in conf.splitlines() if l.startswith("password")]
-b64 = [g["password"], a["bcrypt"], conf]
+b64 = [g["password"], a["bcrypt"], conf, "Api-Token " + s["logging"]["token"]]
 for v in plain + [base64.b64encode(x.encode()).decode().rstrip("=")[:-2] for x in b64]:
     print(v)' "$work/cluster/secrets" "$work/cluster/cluster.yaml"
   } >"$work/secret-needles"

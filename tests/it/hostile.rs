@@ -144,12 +144,7 @@ fn checkers_refuse_a_gpt_with_256_byte_entries() {
         assert_refused(&o, "verify", "128-byte entries");
     }
     let cluster = fx.dir.path().join("c");
-    let o = imgbuild()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir", cluster.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    common::cluster_init(&cluster).external_lb().nodes(1, 1).ok();
     let o = run_limited(
         imgbuild()
             .args(["lint", "--cluster", cluster.join("cluster.yaml").to_str().unwrap(), "--image"])
@@ -272,13 +267,7 @@ fn setuid_modes_need_an_explicit_opt_in() {
 fn duplicate_keys_in_cluster_yaml_are_refused_at_the_repeat() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let o = imgbuild()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir", dir.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let spec = dir.join("cluster.yaml");
+    let spec = common::cluster_init(&dir).external_lb().nodes(1, 1).ok();
     let text = std::fs::read_to_string(&spec).unwrap();
     let pod = text.lines().find(|l| l.trim_start().starts_with("pod_cidr:")).unwrap().to_string();
     let line = text.lines().position(|l| l == pod).unwrap() + 2;
@@ -534,8 +523,7 @@ fn chart_package_never_packs_a_file_outside_the_chart() {
     // A fifo is not a chart file (Helm: "cannot load irregular file").
     sh(Command::new("mkfifo").arg(chart.join("templates/pipe")));
     let o = package();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("templates/pipe: not a regular file"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "templates/pipe: not a regular file");
 }
 
 /// The recipe's `disk_size` was not checked when the recipe was read: `recipe show`
