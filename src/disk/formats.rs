@@ -1,8 +1,9 @@
-//! Output formats: every one but vhdx is written from the disk stream
-//! ([`super::stream`]) by a writer of this crate, front to back, hashed as it goes:
+//! Output formats: every one is written from the disk stream ([`super::stream`]) by a
+//! writer of this crate, front to back, hashed as it goes:
 //!
 //! - **qcow2**: [`super::qcow2::write`], or [`super::qcow2::write_zstd`] with `--compress`;
 //! - **raw** and **vhd** (fixed, Azure): [`super::vhd`];
+//! - **vhdx** (dynamic, Hyper-V): [`super::vhdx`];
 //! - **vmdk** (streamOptimized): [`super::vmdk`], grains deflated on every core;
 //! - **ova**: a ustar archive holding the OVF descriptor first, then the manifest
 //!   (`.mf`, SHA256 lines), then the streamOptimized vmdk — the order DSP0243 asks for,
@@ -12,8 +13,6 @@
 //!   descriptor and the manifest (which needs the vmdk's digest) are written before it
 //!   afterwards: no second copy of the disk. Tar headers are fixed (mtime =
 //!   `source_date_epoch`, uid/gid 0, mode 0644).
-//!
-//! vhdx goes through `qemu-img convert` from the raw working copy ([`super::qemu`]).
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -22,7 +21,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::stream::Hashing;
-use super::{qcow2, vhd, vmdk, DiskError};
+use super::{qcow2, vhd, vhdx, vmdk, DiskError};
 use crate::types::OutFormat;
 
 /// What makes an output reproducible and names what is inside it.
@@ -42,11 +41,6 @@ pub const VHD_ALIGN: u64 = vhd::ALIGN;
 /// OVF resources of the virtual machine in an OVA; importers let users change them.
 const OVA_CPUS: u32 = 2;
 const OVA_MEMORY_MIB: u32 = 4096;
-
-/// Whether `fmt` is written from the disk stream (all but vhdx).
-pub fn streamed(fmt: OutFormat) -> bool {
-    fmt != OutFormat::Vhdx
-}
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -91,9 +85,7 @@ where
             Ok(w.finish()?.0)
         })(),
         OutFormat::Ova => return write_ova(dst, st, size, clusters, fill),
-        OutFormat::Vhdx => {
-            return Err(DiskError::Tool { tool: "imgbuild", msg: "vhdx is written by qemu-img".into() })
-        }
+        OutFormat::Vhdx => vhdx::write(dst, size, clusters, st.seed, fill),
     };
     sha.map_err(DiskError::io(ctx()))
 }

@@ -51,7 +51,7 @@ pub fn fixed_footer(size: u64, source_date_epoch: u64, seed: &str) -> [u8; 512] 
     f[58] = 16;
     f[59] = 255;
     f[60..64].copy_from_slice(&2u32.to_be_bytes()); // disk type: fixed
-    f[68..84].copy_from_slice(&super::qemu::derived_id(seed, "vhd UniqueId"));
+    f[68..84].copy_from_slice(&super::stream::derived_id(seed, "vhd UniqueId"));
     let sum = checksum(&f);
     f[64..68].copy_from_slice(&sum.to_be_bytes());
     f

@@ -5,9 +5,9 @@
 //!
 //! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
 //! read in place, only the root filesystem's metadata copied, the output streamed once)
-//! when the base is a qcow2 this crate reads and the output is not vhdx or raw; otherwise a raw
+//! when the base is a qcow2 this crate reads and the output is not raw; otherwise a raw
 //! working copy (`qemu-img convert`). Both end in the same writers
-//! ([`super::formats::write_stream`]); only vhdx is converted by qemu-img.
+//! ([`super::formats::write_stream`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ impl Working {
     ) -> Result<Working, DiskError> {
         // A raw output has the raw working copy's own layout: it takes that path (and
         // tests compare the two paths through it).
-        if formats::streamed(format) && format != OutFormat::Raw {
+        if format != OutFormat::Raw {
             match overlay::prepare(base, label, &work.join("root.partition"))? {
                 Ok(ov) => {
                     clock.say(format_args!(
@@ -221,23 +221,12 @@ fn finish_raw(
     clock.say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
     clock.say(format_args!("writing the {} image", spec.format));
-    let sha = if formats::streamed(spec.format) {
-        let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
-        let size = len_of(&raw)?;
-        let clusters = super::stream::clusters_of(&f, size)
-            .map_err(DiskError::io(format!("mapping {}", raw.display())))?;
-        let fill = super::stream::fill_from(&f);
-        formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?
-    } else {
-        qemu::convert_out(&raw, spec.format, out, spec.seed)?;
-        // Free the working copy before hashing: it can be several GiB.
-        let _ = std::fs::remove_file(&raw);
-        clock.say("hashing the image");
-        Sha256::of_file(out)
-            .map_err(DiskError::io(format!("hashing {}", out.display())))?
-            .as_str()
-            .to_string()
-    };
+    let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
+    let size = len_of(&raw)?;
+    let clusters =
+        super::stream::clusters_of(&f, size).map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+    let fill = super::stream::fill_from(&f);
+    let sha = formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?;
     Sha256::parse(&sha).map_err(|msg| DiskError::Corrupt { path: out.display().to_string(), msg })
 }
 
@@ -249,6 +238,9 @@ fn stamp<'a>(spec: &ImageSpec<'a>) -> formats::Stamp<'a> {
 fn fits_format(format: OutFormat, size: u64) -> Result<(), DiskError> {
     if matches!(format, OutFormat::Vmdk | OutFormat::Ova) && size > super::vmdk::MAX_SIZE {
         return Err(DiskError::FormatLimit { format, size: size::human(size), max: "2 TiB" });
+    }
+    if format == OutFormat::Vhdx && size > super::vhdx::MAX_SIZE {
+        return Err(DiskError::FormatLimit { format, size: size::human(size), max: "64 TiB" });
     }
     Ok(())
 }
