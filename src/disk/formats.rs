@@ -33,6 +33,8 @@ pub struct Stamp<'a> {
     pub source_date_epoch: u64,
     /// `<recipe>-<role>-<arch>`: the OVA's virtual machine and file names.
     pub name: &'a str,
+    /// vhd: the digest of the disk's first bytes, taken ahead of the stream.
+    pub ahead: Option<&'a vhd::Prefix>,
 }
 
 /// Alignment of a VHD's virtual size (Azure refuses anything else).
@@ -65,7 +67,7 @@ where
     let sha = match fmt {
         OutFormat::Qcow2 if compress => qcow2::write_zstd(dst, size, clusters, threads(), fill),
         OutFormat::Qcow2 => qcow2::write(dst, size, clusters, fill),
-        OutFormat::Raw => vhd::write(dst, size, clusters, None, fill),
+        OutFormat::Raw => vhd::write(dst, size, clusters, None, None, fill),
         OutFormat::Vhd => {
             if size % VHD_ALIGN != 0 {
                 return Err(DiskError::Corrupt {
@@ -74,7 +76,7 @@ where
                 });
             }
             let foot = vhd::fixed_footer(size, st.source_date_epoch, st.seed);
-            vhd::write(dst, size, clusters, Some(&foot), fill)
+            vhd::write(dst, size, clusters, Some(&foot), st.ahead, fill)
         }
         OutFormat::Vmdk => (|| {
             let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -271,7 +273,7 @@ mod tests {
 
     #[test]
     fn ovf_escapes_names() {
-        let st = Stamp { seed: "s", source_date_epoch: 0, name: "a&b<c>" };
+        let st = Stamp { seed: "s", source_date_epoch: 0, name: "a&b<c>", ahead: None };
         let x = ovf_descriptor(&st, "a&b.vmdk", 1, 2);
         assert!(
             x.contains("<Name>a&amp;b&lt;c&gt;</Name>") && x.contains("ovf:href=\"a&amp;b.vmdk\""),
@@ -282,7 +284,7 @@ mod tests {
     /// The descriptor is as long for any vmdk size: the OVA's layout is fixed up front.
     #[test]
     fn ovf_length_does_not_depend_on_the_disk_size() {
-        let st = Stamp { seed: "s", source_date_epoch: 0, name: "n" };
+        let st = Stamp { seed: "s", source_date_epoch: 0, name: "n", ahead: None };
         let a = ovf_descriptor(&st, "d.vmdk", 0, 5);
         for n in [1u64, 512, 123_456_789, u64::MAX] {
             let b = ovf_descriptor(&st, "d.vmdk", n, 5);

@@ -78,12 +78,16 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn spawn() -> Hasher {
+        Hasher::resume(<sha2::Sha256 as sha2::Digest>::new())
+    }
+
+    /// A hashing thread that goes on from `h`, a digest of the output's first bytes.
+    pub fn resume(mut h: sha2::Sha256) -> Hasher {
         let (tx, rx) = sync_channel::<Piece>(4);
         let (back_tx, back) = std::sync::mpsc::channel::<Vec<u8>>();
         let thread = std::thread::spawn(move || {
             use sha2::Digest;
             let zeros = vec![0u8; CLUSTER as usize * CHUNK_CLUSTERS as usize];
-            let mut h = sha2::Sha256::new();
             for p in rx {
                 match p {
                     Piece::Bytes(b) => {
