@@ -510,6 +510,60 @@ mod tests {
         }
     }
 
+    /// The metadata items of a VHDX: GUID → (flags, bytes).
+    fn items(file: &[u8]) -> std::collections::BTreeMap<[u8; 16], (u32, Vec<u8>)> {
+        let rt = &file[REGION_TABLE_AT[0] as usize..];
+        let n = u32at(rt, 8) as usize;
+        let meta =
+            (0..n).map(|i| &rt[16 + i * 32..48 + i * 32]).find(|e| e[..16] == METADATA_REGION).unwrap();
+        let m = &file[u64at(meta, 16) as usize..];
+        assert_eq!(&m[..8], b"metadata");
+        let count = u16::from_le_bytes([m[10], m[11]]) as usize;
+        (0..count)
+            .map(|i| {
+                let e = &m[32 + i * 32..64 + i * 32];
+                let (at, len) = (u32at(e, 16) as usize, u32at(e, 20) as usize);
+                (e[..16].try_into().unwrap(), (u32at(e, 24), m[at..at + len].to_vec()))
+            })
+            .collect()
+    }
+
+    /// The metadata holds the items qemu-img writes for a dynamic VHDX with 32 MiB
+    /// blocks, with the same flags and values, but for the Page 83 id (random in
+    /// qemu's) and the physical sector size (4096 here, as Hyper-V creates; qemu 512).
+    #[test]
+    fn metadata_items_match_qemu_img() {
+        if !qemu_img() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let q = d.path().join("q.vhdx");
+        let st = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "vhdx", "-o", "subformat=dynamic,block_size=33554432"])
+            .arg(&q)
+            .arg("64M")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let theirs = items(&std::fs::read(&q).unwrap());
+        let out = d.path().join("o.vhdx");
+        write(&out, 64 * MIB, &[], "s", fill).unwrap();
+        let ours = items(&std::fs::read(&out).unwrap());
+        assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>());
+        for (id, (flags, data)) in &ours {
+            let (tf, td) = &theirs[id];
+            assert_eq!(flags, tf, "flags of {id:02x?}");
+            match *id {
+                PAGE_83 => assert_eq!(data.len(), td.len()),
+                PHYSICAL_SECTOR_SIZE => assert_eq!(
+                    (data.as_slice(), td.as_slice()),
+                    (&4096u32.to_le_bytes()[..], &512u32.to_le_bytes()[..])
+                ),
+                _ => assert_eq!(data, td, "item {id:02x?}"),
+            }
+        }
+    }
+
     /// A disk with no data at all: headers, metadata and an all-ZERO BAT; qemu-img
     /// reads zeros.
     #[test]
