@@ -133,6 +133,15 @@ impl Hasher {
         self.back.try_recv().unwrap_or_default()
     }
 
+    /// Run `write`, which hands the output to the hasher, then finish: the digest, or
+    /// the error (the thread is joined either way).
+    pub fn around(self, write: impl FnOnce(&Hasher) -> std::io::Result<()>) -> std::io::Result<String> {
+        let res = write(&self);
+        let digest = self.finish()?;
+        res?;
+        Ok(digest)
+    }
+
     /// The hex SHA-256 of everything handed over.
     pub fn finish(mut self) -> std::io::Result<String> {
         drop(self.tx.take());

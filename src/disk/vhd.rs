@@ -126,7 +126,7 @@ where
         Some(p) => Hasher::resume(p.hash.clone()),
         None => Hasher::spawn(),
     };
-    let res = (|| -> std::io::Result<()> {
+    hash.around(|hash| {
         // Everything before `at` has been hashed.
         let mut at = prefix.map_or(0, |p| p.len);
         for (first, n) in stream::runs(clusters) {
@@ -159,10 +159,7 @@ where
             hash.bytes(foot.to_vec())?;
         }
         Ok(())
-    })();
-    let digest = hash.finish()?;
-    res?;
-    Ok(digest)
+    })
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ where
     let f = File::create(out)?;
     f.set_len(bat_at + bat_len)?;
     let hash = Hasher::spawn();
-    let res = (|| -> std::io::Result<()> {
+    hash.around(|hash| {
         let head = header_section(bat_at, bat_len, &ids);
         f.write_all_at(&head[..REGION_TABLE_AT[1] as usize + REGION_TABLE_SIZE], 0)?;
         hash.bytes(head)?;
@@ -316,10 +316,7 @@ where
         f.write_all_at(&bat[..(bat_entries(blocks) * 8) as usize], bat_at)?;
         hash.bytes(bat)?;
         Ok(())
-    })();
-    let digest = hash.finish()?;
-    res?;
-    Ok(digest)
+    })
 }
 
 #[cfg(test)]
