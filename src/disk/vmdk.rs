@@ -135,8 +135,8 @@ const PROBE_SLOTS: usize = 4096;
 /// hashes the 4-byte strings of the segment's first KiB, takes the ~1/32 whose hash
 /// has five leading zero bits as anchors (chosen by content, so repeats are seen at
 /// any distance) and looks each up among the grain's earlier anchors. A segment with
-/// at least 8 anchors of which fewer than 1 in 16 repeat is stored; every other one is
-/// deflated, with the stored bytes handed to the compressor as history (its dictionary)
+/// at least 8 anchors (random bytes have ~32) none of which repeats is stored; every
+/// other one is deflated, with the stored bytes handed to the compressor as history (its dictionary)
 /// so later matches may refer back to them. The choice depends only on the grain's
 /// bytes: the output is the same for any number of threads.
 pub struct GrainCompressor {
@@ -176,7 +176,7 @@ impl GrainCompressor {
             }
             self.table[slot] = (start + i) as u32 + 1;
         }
-        anchors >= 8 && repeats * 16 < anchors
+        anchors >= 8 && repeats == 0
     }
 
     /// Run `data` through the deflater with `flush`, appending to `out`.
