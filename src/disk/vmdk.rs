@@ -121,6 +121,8 @@ fn marker(sectors: u64, kind: u32) -> [u8; 512] {
 const SEGMENT: usize = 4096;
 /// The leading bytes of a segment that are probed for repeats.
 const PROBE: usize = 1024;
+/// How much of a stored run the deflater keeps as history for later matches.
+const DICTIONARY: usize = 8192;
 /// Slots of the probe's table of anchors (positions within the grain, plus one).
 const PROBE_SLOTS: usize = 4096;
 
@@ -136,8 +138,9 @@ const PROBE_SLOTS: usize = 4096;
 /// has five leading zero bits as anchors (chosen by content, so repeats are seen at
 /// any distance) and looks each up among the grain's earlier anchors. A segment with
 /// at least 8 anchors (random bytes have ~32) none of which repeats is stored; every
-/// other one is deflated, with the stored bytes handed to the compressor as history (its dictionary)
-/// so later matches may refer back to them. The choice depends only on the grain's
+/// other one is deflated, with the last 8 KiB of stored bytes handed to the compressor
+/// as history (its dictionary) so later matches may refer back to them (a block seen
+/// first in a stored segment and repeated after it). The choice depends only on the grain's
 /// bytes: the output is the same for any number of threads.
 pub struct GrainCompressor {
     deflate: flate2::Compress,
@@ -234,8 +237,12 @@ impl GrainCompressor {
             if stored[i] {
                 Self::store(run, last, out);
                 if !last {
-                    // The deflater's history must be what a reader has decoded.
-                    self.deflate.set_dictionary(run).map_err(std::io::Error::other)?;
+                    // The deflater's history must be what a reader has decoded: the
+                    // run's tail only (hashing all of it cost more than deflating the
+                    // rest), so it starts afresh, forgetting what came before the run.
+                    self.deflate.reset();
+                    let tail = &run[run.len().saturating_sub(DICTIONARY)..];
+                    self.deflate.set_dictionary(tail).map_err(std::io::Error::other)?;
                 }
             } else {
                 // Before stored blocks the deflater ends its block at a byte boundary.
