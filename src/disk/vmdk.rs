@@ -183,14 +183,21 @@ impl GrainCompressor {
     }
 
     /// Run `data` through the deflater with `flush`, appending to `out`.
-    fn deflate(&mut self, data: &[u8], out: &mut Vec<u8>, flush: flate2::FlushCompress) -> std::io::Result<()> {
+    fn deflate(
+        &mut self,
+        data: &[u8],
+        out: &mut Vec<u8>,
+        flush: flate2::FlushCompress,
+    ) -> std::io::Result<()> {
         let c = &mut self.deflate;
         let start = c.total_in();
         loop {
             if out.capacity() - out.len() < 1024 {
                 out.reserve(out.capacity().max(4096));
             }
-            let st = c.compress_vec(&data[(c.total_in() - start) as usize..], out, flush).map_err(std::io::Error::other)?;
+            let st = c
+                .compress_vec(&data[(c.total_in() - start) as usize..], out, flush)
+                .map_err(std::io::Error::other)?;
             let done = (c.total_in() - start) as usize == data.len();
             // Done when the stream ended or, with all input taken, the output was not
             // the limit (a flush may need more room than it had).
