@@ -142,14 +142,14 @@ const PROBE_SLOTS: usize = 4096;
 /// as history (its dictionary) so later matches may refer back to them (a block seen
 /// first in a stored segment and repeated after it). The choice depends only on the grain's
 /// bytes: the output is the same for any number of threads.
-pub struct GrainCompressor {
+struct GrainCompressor {
     deflate: flate2::Compress,
     table: Vec<u32>,
     stored: Vec<bool>,
 }
 
 impl GrainCompressor {
-    pub fn new() -> Self {
+    fn new() -> Self {
         GrainCompressor {
             deflate: flate2::Compress::new(flate2::Compression::new(LEVEL), false),
             table: vec![0; PROBE_SLOTS],
@@ -221,7 +221,7 @@ impl GrainCompressor {
     }
 
     /// `grain` as one zlib stream appended to `out`.
-    pub fn compress(&mut self, grain: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    fn compress(&mut self, grain: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
         use flate2::FlushCompress;
         self.deflate.reset();
         self.table.fill(0);
