@@ -403,6 +403,16 @@ mod tests {
 
     use crate::disk::stream::test_pattern as pattern;
 
+    /// `qemu-img check` of the vmdk at `p` is clean; its guest bytes (`qemu-img convert`).
+    fn checked_guest_bytes(p: &std::path::Path) -> Vec<u8> {
+        let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(p).output().unwrap();
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        let raw = p.with_extension("raw");
+        let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(p).arg(&raw).status().unwrap();
+        assert!(st.success());
+        std::fs::read(&raw).unwrap()
+    }
+
     /// `qemu-img check` clean and streamOptimized, qemu reads every byte back as
     /// written, the same bytes for 1 and 3 threads, the layout the spec asks for.
     #[test]
@@ -497,17 +507,7 @@ mod tests {
         let gd: Vec<u32> =
             bytes[gd_at..gd_at + 12].chunks(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
         assert!(gd[0] != 0 && gd[1] == 0 && gd[2] != 0, "{gd:?}");
-        let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&out).output().unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-        let raw = d.path().join("s.raw");
-        assert!(Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(&out)
-            .arg(&raw)
-            .status()
-            .unwrap()
-            .success());
-        let got = std::fs::read(&raw).unwrap();
+        let got = checked_guest_bytes(&out);
         for (g, c) in got.chunks(CLUSTER as usize).enumerate() {
             let want = if clusters.contains(&(g as u64)) { 9 } else { 0 };
             assert!(c.iter().all(|&b| b == want), "grain {g}");
@@ -590,17 +590,7 @@ mod tests {
             Ok(())
         };
         write(std::fs::File::create(&out).unwrap(), size, &clusters, 2, &m, fill).unwrap();
-        let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&out).output().unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-        let raw = d.path().join("m.raw");
-        assert!(Command::new("qemu-img")
-            .args(["convert", "-O", "raw"])
-            .arg(&out)
-            .arg(&raw)
-            .status()
-            .unwrap()
-            .success());
-        let got = std::fs::read(&raw).unwrap();
+        let got = checked_guest_bytes(&out);
         for (g, c) in got.chunks(CLUSTER as usize).enumerate() {
             assert!(c == mixed_grain(g as u64, CLUSTER as usize), "grain {g}");
         }
