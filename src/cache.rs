@@ -25,7 +25,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::exit::{Classify, Code};
+use crate::exit::{Classify, Code, PathIo};
 use crate::types::Sha256;
 
 /// A cached blob that can no longer be trusted, or the cache could not be read.
@@ -37,20 +37,15 @@ pub enum CacheError {
         path.display()
     )]
     Tampered { path: PathBuf, expected: Sha256, why: String },
-    #[error("{what} {}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
 }
 
 impl Classify for CacheError {
     fn code(&self) -> Code {
         match self {
             CacheError::Tampered { .. } => Code::Integrity,
-            CacheError::Io { .. } => Code::Runtime,
+            CacheError::Io(e) => e.code(),
         }
     }
 }
@@ -112,7 +107,7 @@ impl Cache {
     /// (see the module docs); `Ok(None)` when it is not there.
     pub fn lookup(&self, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
         let path = self.blob_path(sha);
-        let io = |what, source| CacheError::Io { what, path: path.clone(), source };
+        let io = |what, e| CacheError::from(PathIo::at(what, &path)(e));
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -186,7 +181,7 @@ impl Cache {
     /// blob that no longer matches its name is removed and an error, as in `lookup`.
     pub fn read_verified(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
         let Some(path) = self.lookup(sha)? else { return Ok(None) };
-        let b = std::fs::read(&path).map_err(|source| CacheError::Io { what: "reading", path, source })?;
+        let b = std::fs::read(&path).map_err(PathIo::at("reading", &path))?;
         if Sha256::of(&b) != *sha {
             return Err(self.evict(sha, format!("now holds content with sha256 {}", Sha256::of(&b))));
         }
