@@ -7,6 +7,9 @@
 //!   checked (device, inode, size, mtime and ctime with nanoseconds).
 //! - `partial/<hex>`: an unfinished download, kept so a retry or a later run resumes
 //!   it with an HTTP `Range` request. Never visible under a digest name.
+//! - `members/<archive hex>/`: members inflated from a verified archive, each named by
+//!   its sha256 with a `<hex>.stamp` beside it, and `index` (+ `index.stamp`): the
+//!   archive's entries with the digests of the kept members, written last.
 //! - `locks/<hex>`: one lock file per digest (`flock`); whoever holds it owns
 //!   `partial/<hex>`. Lock files are never deleted: deleting one while another
 //!   process waits on it would let two processes own the same partial file.
@@ -423,6 +426,37 @@ mod tests {
         assert_eq!(c.lookup(&sha).unwrap(), Some(blob.clone()));
         let stamp = std::fs::read_to_string(c.stamp_path(&sha)).unwrap();
         assert_eq!(stamp, stamp_of(&std::fs::symlink_metadata(&blob).unwrap()));
+    }
+
+    /// Kept archive members are trusted as blobs are (a changed one is an integrity
+    /// failure and removed); a member index that changed since it was written is not
+    /// used (and removed): the caller derives it again from the archive.
+    #[test]
+    fn members_and_their_index_are_trusted_only_as_written() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(Some(dir.path())).unwrap();
+        let archive = Sha256::of(b"containerd.tar.gz");
+        assert!(c.member_index(&archive).unwrap().is_none());
+        c.put_member_index(&archive, b"{\"entries\":[]}").unwrap();
+        assert_eq!(c.member_index(&archive).unwrap().as_deref(), Some(&b"{\"entries\":[]}"[..]));
+        let index = c.members_dir(&archive).join("index");
+        std::fs::write(&index, b"{\"entries\":[1]}").unwrap();
+        assert!(c.member_index(&archive).unwrap().is_none());
+        assert!(!index.exists(), "a changed index is removed");
+
+        let sha = Sha256::of(b"ctr");
+        let mut staged = c.staging().unwrap();
+        staged.write_all(b"ctr").unwrap();
+        let p = c.put_member(&archive, &sha, staged).unwrap();
+        assert_eq!(p, c.members_dir(&archive).join(sha.as_str()));
+        assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
+        assert_eq!(c.member(&archive, &sha).unwrap(), Some(p.clone()));
+        assert!(c.member(&archive, &Sha256::of(b"runc")).unwrap().is_none());
+        std::fs::write(&p, b"cts").unwrap();
+        let e = c.member(&archive, &sha).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(!p.exists(), "a changed member is removed");
     }
 
     #[test]
