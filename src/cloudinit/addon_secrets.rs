@@ -7,6 +7,7 @@
 //! | profile | Secret | keys | chart values that read it |
 //! | --- | --- | --- | --- |
 //! | monitoring | `grafana-admin` | `admin-user`, `admin-password` | grafana 8.3 `admin.existingSecret`/`userKey`/`passwordKey` |
+//! | logging | `logging-otlp` | `authorization` (`Api-Token <token>`) | opentelemetry-collector 0.90 `extraEnvs` (`secretKeyRef`) as `OTLP_AUTHORIZATION`, which the collector expands in `config.exporters.otlphttp.headers.Authorization: ${env:OTLP_AUTHORIZATION}` |
 //! | gitops | `argocd-secret` | `admin.password` (bcrypt), `admin.passwordMtime` | argo-cd 7.3 `configs.secret.createSecret: false`; Argo CD reads the Secret by that name |
 //! | cinder | `cinder-csi-cloud-config` | `cloud.conf` | openstack-cinder-csi 2.30 `secret.enabled`/`create: false`/`name` |
 //! | proxmox | `proxmox-csi-config` | `config.yaml` | proxmox-csi-plugin `existingConfigSecret`/`existingConfigSecretKey` |
@@ -30,6 +31,11 @@ use crate::types::Profile;
 
 pub const GRAFANA_SECRET: &str = "grafana-admin";
 pub const ARGOCD_SECRET: &str = "argocd-secret";
+/// The logging profile's OTLP `Authorization` header. A Secret, not the collector's
+/// values: the chart renders its `config` into a ConfigMap, readable with far less than
+/// Secret access, and into every `helm get values`.
+pub const LOGGING_SECRET: &str = "logging-otlp";
+pub const LOGGING_KEY: &str = "authorization";
 pub const CINDER_SECRET: &str = "cinder-csi-cloud-config";
 pub const CINDER_KEY: &str = "cloud.conf";
 pub const PROXMOX_SECRET: &str = "proxmox-csi-config";
@@ -74,13 +80,14 @@ fn secret(
 }
 
 /// The profile's Secret manifest (one YAML document), or None when it needs none.
+/// `credential`: a CSI profile's credentials file, the logging profile's header value.
 pub fn manifest(
     p: Profile,
     admin: Option<&AdminSecrets>,
-    csi: Option<&str>,
+    credential: Option<&str>,
 ) -> Result<Option<String>, CloudInitError> {
     let ns = p.namespace();
-    let doc = match (p, admin, csi) {
+    let doc = match (p, admin, credential) {
         (Profile::Monitoring, Some(a), _) => secret(
             GRAFANA_SECRET,
             ns,
@@ -95,6 +102,7 @@ pub fn manifest(
             json!({"app.kubernetes.io/name": "argocd-secret", "app.kubernetes.io/part-of": "argocd"}),
             &[("admin.password", &a.argocd.bcrypt), ("admin.passwordMtime", &a.argocd.mtime)],
         ),
+        (Profile::Logging, _, Some(h)) => secret(LOGGING_SECRET, ns, json!({}), &[(LOGGING_KEY, h)]),
         (Profile::Cinder, _, Some(c)) => secret(CINDER_SECRET, ns, json!({}), &[(CINDER_KEY, c)]),
         (Profile::Proxmox, _, Some(c)) => secret(PROXMOX_SECRET, ns, json!({}), &[(PROXMOX_KEY, c)]),
         (Profile::Hcloud, _, Some(c)) => secret(HCLOUD_SECRET, ns, json!({}), &[(HCLOUD_KEY, c)]),

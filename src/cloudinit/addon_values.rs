@@ -416,9 +416,15 @@ fn profiles(
                 msg: "the admin credentials were not loaded".into(),
             });
         }
-        if let Some(m) =
-            super::addon_secrets::manifest(*p, inputs.admin, csi.as_ref().map(|c| c.value.as_str()))?
-        {
+        // Dynatrace's scheme; the collector sends it as the Authorization header.
+        let header = match p {
+            Profile::Logging => {
+                a.logging.as_ref().and_then(|g| g.token.as_deref()).map(|t| format!("Api-Token {t}"))
+            }
+            _ => None,
+        };
+        let credential = csi.as_ref().map(|c| c.value.as_str()).or(header.as_deref());
+        if let Some(m) = super::addon_secrets::manifest(*p, inputs.admin, credential)? {
             out.files.push((format!("{PROFILE_SECRETS_DIR}/{p}.yaml"), m));
         }
         if let Some(v) = csi.as_ref().and_then(super::addon_secrets::csi_values) {
@@ -432,13 +438,11 @@ fn profiles(
         }
     }
     if let (true, Some(g)) = (on.contains(&Profile::Logging), a.logging.as_ref()) {
-        let (Some(endpoint), Some(token)) = (g.endpoint.as_deref(), g.token.as_deref()) else {
+        let Some(endpoint) = g.endpoint.as_deref() else {
             return Ok(());
         };
-        let v = serde_json::json!({"config": {"exporters": {"otlphttp": {
-            "endpoint": endpoint,
-            "headers": {"Authorization": format!("Api-Token {token}")},
-        }}}});
+        // The token is in the profile's Secret (above), which the baked values read.
+        let v = serde_json::json!({"config": {"exporters": {"otlphttp": {"endpoint": endpoint}}}});
         let body = serde_yaml::to_string(&v).map_err(|e| CloudInitError::Invalid(e.to_string()))?;
         out.files.push((
             format!("{USER_VALUES_DIR}/{}.yaml", Profile::Logging.release()),

@@ -231,7 +231,7 @@ fn turned_on_profiles_reach_the_first_control_plane_with_their_credentials() {
     let v: serde_yaml::Value = serde_yaml::from_str(logging).unwrap();
     let exp = &v["config"]["exporters"]["otlphttp"];
     assert_eq!(exp["endpoint"], "https://abc123.live.dynatrace.com/api/v2/otlp");
-    assert_eq!(exp["headers"]["Authorization"].as_str().unwrap(), format!("Api-Token {token}"));
+    assert_logging_token_in_its_secret(&files, token);
     // The backend announces its metrics to the monitoring profile and lets it in.
     let b: serde_yaml::Value = serde_yaml::from_str(&files["/etc/imgbuild/addons/values.yaml"].1).unwrap();
     assert_eq!(b["podAnnotations"]["prometheus.io/scrape"], "true");
@@ -252,6 +252,69 @@ fn turned_on_profiles_reach_the_first_control_plane_with_their_credentials() {
     let out = d.path().join("out");
     common::ok(&cloud_init(&c, &out));
     assert!(!cp1_files(&out).contains_key("/etc/imgbuild/addons/profiles"));
+}
+
+/// The logging profile's token reaches the collector only through the Secret the
+/// installer applies: rendering the real opentelemetry-collector 0.90.1 chart
+/// (ci/check-profile-charts.sh) showed that values under `config` land verbatim in its
+/// ConfigMap, so a token in logging.yaml ended up readable by anyone who may read
+/// ConfigMaps in `logging`. The baked values read the Secret's key into an environment
+/// variable (`extraEnvs`) that the collector expands in the exporter's header.
+fn assert_logging_token_in_its_secret(
+    files: &std::collections::BTreeMap<String, (String, String)>,
+    token: &str,
+) {
+    use imgbuild::cloudinit::addon_secrets::{LOGGING_KEY, LOGGING_SECRET};
+    assert!(!files["/etc/imgbuild/addons/logging.yaml"].1.contains(token), "the token in the chart's values");
+    let (mode, secret) = profile_secret(files, "logging");
+    assert_eq!(mode, "0600");
+    assert_eq!(
+        (secret["metadata"]["name"].as_str(), secret["metadata"]["namespace"].as_str()),
+        (Some(LOGGING_SECRET), Some("logging"))
+    );
+    assert_eq!(secret_value(&secret, LOGGING_KEY), format!("Api-Token {token}"));
+    validate_k8s(&serde_yaml::to_string(&secret).unwrap());
+    // The baked values: the variable from exactly that Secret key, the header from the variable.
+    let v = recipe_addon(Profile::Logging).values;
+    let env = v["extraEnvs"].as_array().unwrap();
+    let var = env
+        .iter()
+        .find(|e| {
+            e["valueFrom"]["secretKeyRef"] == serde_json::json!({"name": LOGGING_SECRET, "key": LOGGING_KEY})
+        })
+        .expect("an extraEnvs entry reading the Secret");
+    assert_eq!(
+        v["config"]["exporters"]["otlphttp"]["headers"]["Authorization"].as_str(),
+        Some(format!("${{env:{}}}", var["name"].as_str().unwrap()).as_str())
+    );
+    assert_eq!(v["config"]["service"]["pipelines"]["logs"]["exporters"], serde_json::json!(["otlphttp"]));
+}
+
+/// The logging collector reads the nodes' log files and listens on no host port.
+/// opentelemetry-collector 0.90.1 in daemonset mode opens its default receivers (OTLP
+/// 4317/4318, Jaeger 6831/14250/14268, Zipkin 9411) as host ports of every node, and its
+/// logs pipeline takes OTLP: rendering the real chart (ci/check-profile-charts.sh) showed
+/// anyone reaching a node could have sent logs out under the cluster's token. The baked
+/// values turn those ports off, remove the receivers (helm deletes a key set to null) and
+/// the metrics and traces pipelines that only fed the debug exporter.
+#[test]
+fn logging_collects_node_log_files_only_and_listens_on_no_host_port() {
+    let v = recipe_addon(Profile::Logging).values;
+    // The chart's ports with a hostPort in 0.90.1's values.yaml.
+    for port in ["otlp", "otlp-http", "jaeger-compact", "jaeger-thrift", "jaeger-grpc", "zipkin"] {
+        assert_eq!(v["ports"][port]["enabled"], false, "ports.{port}");
+    }
+    let c = &v["config"];
+    for r in ["otlp", "jaeger", "zipkin", "prometheus"] {
+        assert!(c["receivers"].get(r).is_some_and(|x| x.is_null()), "config.receivers.{r} not removed");
+    }
+    assert!(c["exporters"].get("debug").is_some_and(|x| x.is_null()));
+    let pipelines = &c["service"]["pipelines"];
+    for p in ["metrics", "traces"] {
+        assert!(pipelines.get(p).is_some_and(|x| x.is_null()), "pipeline {p} not removed");
+    }
+    assert_eq!(pipelines["logs"]["receivers"], serde_json::json!(["filelog"]));
+    assert_eq!(v["presets"]["logsCollection"]["enabled"], true, "filelog comes from the preset");
 }
 
 // --- the installer ------------------------------------------------------------------------
@@ -718,7 +781,16 @@ const CHART_KEYS: [(Profile, &[&str]); 3] = [
             "csi.plugin.controllerPlugin.tolerations",
         ],
     ),
-    (Profile::Proxmox, &["existingConfigSecret", "existingConfigSecretKey", "tolerations", "storageClass"]),
+    (
+        Profile::Proxmox,
+        &[
+            "existingConfigSecret",
+            "existingConfigSecretKey",
+            "tolerations",
+            "node.tolerations",
+            "storageClass",
+        ],
+    ),
     (
         Profile::Hcloud,
         &[
@@ -862,6 +934,56 @@ fn csi_credentials_become_the_secret_each_chart_reads_and_its_class_the_only_def
     validate_k8s(&manifests.join("\n---\n"));
 }
 
+/// Where each profile chart reads the tolerations of each of its workloads (from the
+/// templates at the pinned tags), except those whose chart default already tolerates every
+/// NoSchedule taint (node-exporter, Cinder's and Hetzner's node plugins). A cluster without
+/// workers runs every component on its tainted control planes, so each list must tolerate
+/// the taint. Rendering the real charts (ci/check-profile-charts.sh) found proxmox-csi-plugin
+/// 0.2.5's node plugin DaemonSet off the control planes: it reads `node.tolerations`, not
+/// the top-level `tolerations` (the controller's).
+const TOLERATIONS: [(Profile, &[&str]); 6] = [
+    (
+        Profile::Monitoring,
+        &[
+            "prometheus.prometheusSpec.tolerations",
+            "alertmanager.alertmanagerSpec.tolerations",
+            "prometheusOperator.tolerations",
+            "prometheusOperator.admissionWebhooks.patch.tolerations",
+            "grafana.tolerations",
+            "kube-state-metrics.tolerations",
+        ],
+    ),
+    (Profile::Logging, &["tolerations"]),
+    (Profile::Gitops, &["global.tolerations"]),
+    (Profile::Cinder, &["csi.plugin.controllerPlugin.tolerations"]),
+    (Profile::Proxmox, &["tolerations", "node.tolerations"]),
+    (Profile::Hcloud, &["controller.tolerations"]),
+];
+
+#[test]
+fn every_profile_workload_tolerates_the_control_plane_taint() {
+    let tolerates = |t: &serde_json::Value| {
+        t["key"] == imgbuild::cloudinit::addon_values::CONTROL_PLANE_TAINT
+            && t["operator"] == "Exists"
+            && t["effect"] == "NoSchedule"
+    };
+    for (p, paths) in TOLERATIONS {
+        let v = recipe_addon(p).values;
+        for path in paths {
+            let list = path.split('.').fold(&v, |v, k| &v[k]);
+            let list = list.as_array().unwrap_or_else(|| panic!("{p}: no list at {path}"));
+            assert!(list.iter().any(tolerates), "{p}: {path} does not tolerate the control-plane taint");
+        }
+    }
+    // A list replaces the chart's: the node plugin keeps proxmox-csi-plugin 0.2.5's own two.
+    let v = recipe_addon(Profile::Proxmox).values;
+    let keys: Vec<&str> =
+        v["node"]["tolerations"].as_array().unwrap().iter().filter_map(|t| t["key"].as_str()).collect();
+    for k in ["node.kubernetes.io/unschedulable", "node.kubernetes.io/disk-pressure"] {
+        assert!(keys.contains(&k), "node.tolerations lost the chart's {k}");
+    }
+}
+
 /// The CSI drivers' namespaces: csi-proxmox gets the `privileged` level its node plugin
 /// needs (kube-system, where cinder and hcloud go, is exempt and labelled privileged
 /// already); the Namespace objects are valid for 1.30.
@@ -916,8 +1038,12 @@ fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values(
     let exp = &v["config"]["exporters"]["otlphttp"];
     assert_eq!(exp["compression"], "gzip");
     assert_eq!(exp["endpoint"], "https://abc123.live.dynatrace.com/api/v2/otlp");
-    assert_eq!(exp["headers"]["Authorization"].as_str().unwrap(), format!("Api-Token {token}"));
-    assert_eq!(files.keys().filter(|k| k.ends_with("/logging.yaml")).count(), 1);
+    assert_logging_token_in_its_secret(&files, token);
+    let ud: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
+    let written = ud["write_files"].as_sequence().unwrap();
+    let n = written.iter().filter(|f| f["path"] == "/etc/imgbuild/addons/logging.yaml").count();
+    assert_eq!(n, 1, "the values file written twice");
     common::ok(&lint(&c));
 
     // A profile that is not on is still not an add-on release of this cluster.
@@ -926,4 +1052,36 @@ fn a_turned_on_profiles_overrides_are_kept_and_merged_under_its_rendered_values(
     let o = cloud_init(&c, &d.path().join("out"));
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     assert!(common::stderr(&o).contains("addons.values.monitoring"), "{}", common::stderr(&o));
+}
+
+/// ci/check-profile-charts.sh checks the real profile charts by hand (they cannot be
+/// downloaded in CI); its checks run here on made-up objects, so a change that stops one
+/// from refusing what it should fails CI: undeclared fields and missing required fields of
+/// a custom resource against its CRD (int-or-string, nullable, preserved and embedded
+/// fields accepted), a kind without a CRD, a Secret or key a pod reads that nobody
+/// creates, a delivered Secret key no pod reads, a pod without the control-plane toleration, a hostPath volume or host port in
+/// a baseline namespace, a collector pipeline naming an undefined or foreign component or
+/// an unset variable, a value key the chart does not have.
+#[test]
+fn the_chart_checker_refuses_what_it_should() {
+    let ok = Command::new("python3")
+        .args(["-c", "import jsonschema, yaml"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with jsonschema+pyyaml is required in CI (ci/test.sh)"
+        );
+        eprintln!("note: skipping the chart checker's self-test: pip install jsonschema pyyaml");
+        return;
+    }
+    let o = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("ci/check-profile-charts.py"))
+        .arg("--self-test")
+        .output()
+        .unwrap();
+    let err = common::stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(err.matches(": ok\n").count(), 22, "{err}");
 }
