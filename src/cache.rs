@@ -92,7 +92,7 @@ impl Cache {
             Some(d) => d.to_path_buf(),
             None => default_dir(),
         };
-        for sub in ["sha256", "stamps", "partial", "locks"] {
+        for sub in ["sha256", "stamps", "partial", "locks", "members"] {
             fs_err::create_dir_all(root.join(sub))?;
         }
         Ok(Cache { root })
@@ -251,10 +251,12 @@ impl Cache {
         self.trusted(&dir.join(sha.as_str()), &dir.join(format!("{sha}.stamp")), sha)
     }
 
-    /// A temp file (in `partial/`, removed when dropped) to inflate a member into, for
-    /// [`Cache::put_member`].
-    pub fn staging(&self) -> std::io::Result<tempfile::NamedTempFile> {
-        tempfile::NamedTempFile::new_in(self.root.join("partial"))
+    /// A temp file (beside the members of `archive`, removed when dropped) to inflate a
+    /// member into, for [`Cache::put_member`].
+    pub fn staging(&self, archive: &Sha256) -> std::io::Result<tempfile::NamedTempFile> {
+        let dir = self.members_dir(archive);
+        fs_err::create_dir_all(&dir)?;
+        tempfile::NamedTempFile::new_in(dir)
     }
 
     /// Publish a staged member of `archive` whose bytes the caller hashed to `sha`:
@@ -446,11 +448,16 @@ mod tests {
         assert!(!index.exists(), "a changed index is removed");
 
         let sha = Sha256::of(b"ctr");
-        let mut staged = c.staging().unwrap();
+        let mut staged = c.staging(&archive).unwrap();
         staged.write_all(b"ctr").unwrap();
         let p = c.put_member(&archive, &sha, staged).unwrap();
         assert_eq!(p, c.members_dir(&archive).join(sha.as_str()));
-        assert_eq!(std::fs::read_dir(dir.path().join("partial")).unwrap().count(), 0);
+        let mut names: Vec<String> = std::fs::read_dir(c.members_dir(&archive))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [sha.to_string(), format!("{sha}.stamp")], "no temp file is left");
         assert_eq!(c.member(&archive, &sha).unwrap(), Some(p.clone()));
         assert!(c.member(&archive, &Sha256::of(b"runc")).unwrap().is_none());
         std::fs::write(&p, b"cts").unwrap();

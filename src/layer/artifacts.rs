@@ -332,7 +332,7 @@ fn inflate(
             let extract =
                 |source| LayerError::Extract { artifact: item.name.clone(), member: name.clone(), source };
             let mut sink = match members {
-                Members::Cache(cache) => Sink::Staged(cache, cache.staging().map_err(extract)?),
+                Members::Cache(cache) => Sink::Staged(cache, cache.staging(&item.sha256).map_err(extract)?),
                 Members::Dir(workdir) => {
                     // A fresh name made of a number only: nothing in the archive picks host
                     // paths, and no member name is too long for the host.
