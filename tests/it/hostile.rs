@@ -323,8 +323,11 @@ fn a_destination_through_a_base_symlink_names_the_symlink() {
     }
 }
 
-/// How a cache entry is tampered with: (what, edit(entry, a file to link it to)).
-fn cache_edits() -> [(&'static str, fn(&Path, &Path)); 2] {
+/// Tampers with a cache entry: edit(entry, a file to link it to).
+type CacheEdit = fn(&Path, &Path);
+
+/// How a cache entry is tampered with: (what, edit).
+fn cache_edits() -> [(&'static str, CacheEdit); 2] {
     [
         ("edited", |entry, _| {
             let mut b = std::fs::read(entry).unwrap();
