@@ -28,7 +28,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::exit::{Classify, Code};
+use crate::exit::{Classify, Code, PathIo};
 use crate::types::Sha256;
 
 /// A cached blob that can no longer be trusted, or the cache could not be read.
@@ -40,20 +40,15 @@ pub enum CacheError {
         path.display()
     )]
     Tampered { path: PathBuf, expected: Sha256, why: String },
-    #[error("{what} {}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
 }
 
 impl Classify for CacheError {
     fn code(&self) -> Code {
         match self {
             CacheError::Tampered { .. } => Code::Integrity,
-            CacheError::Io { .. } => Code::Runtime,
+            CacheError::Io(e) => e.code(),
         }
     }
 }
@@ -121,7 +116,7 @@ impl Cache {
     /// matches the stamp at `stamp`, else hashed again (and re-stamped). A symlink, a
     /// non-regular file or other content is removed (with its stamp) and an error.
     fn trusted(&self, path: &Path, stamp: &Path, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
-        let io = |what, source| CacheError::Io { what, path: path.to_path_buf(), source };
+        let io = |what, e| CacheError::from(PathIo::at(what, path)(e));
         let evict = |why: String| {
             let _ = std::fs::remove_file(path);
             let _ = std::fs::remove_file(stamp);
@@ -194,7 +189,7 @@ impl Cache {
     /// blob that no longer matches its name is removed and an error, as in `lookup`.
     pub fn read_verified(&self, sha: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
         let Some(path) = self.lookup(sha)? else { return Ok(None) };
-        let b = std::fs::read(&path).map_err(|source| CacheError::Io { what: "reading", path, source })?;
+        let b = std::fs::read(&path).map_err(PathIo::at("reading", &path))?;
         if Sha256::of(&b) != *sha {
             return Err(self.evict(sha, format!("now holds content with sha256 {}", Sha256::of(&b))));
         }
@@ -214,7 +209,7 @@ impl Cache {
     pub fn member_index(&self, archive: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
         let dir = self.members_dir(archive);
         let (path, stamp) = (dir.join("index"), dir.join("index.stamp"));
-        let io = |what, source| CacheError::Io { what, path: path.clone(), source };
+        let io = |what, e| CacheError::from(PathIo::at(what, &path)(e));
         let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

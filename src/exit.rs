@@ -12,6 +12,7 @@
 //! (`cmd::code_for`). This module is at the bottom: every module may use it, it uses
 //! none.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The documented exit codes.
@@ -33,6 +34,31 @@ impl From<Code> for ExitCode {
 /// Implemented by every module error enum.
 pub trait Classify {
     fn code(&self) -> Code;
+}
+
+/// An I/O failure on a file: what was being done to it, and its path (a runtime failure).
+/// Module errors that read and write files wrap it rather than each spelling it out.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}", path.display())]
+pub struct PathIo {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl PathIo {
+    /// For `map_err`: the I/O error of doing `what` to `path`.
+    pub fn at(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PathIo {
+        let path = path.to_path_buf();
+        move |source| PathIo { what, path, source }
+    }
+}
+
+impl Classify for PathIo {
+    fn code(&self) -> Code {
+        Code::Runtime
+    }
 }
 
 /// A bare classified error for the edges (CLI validation and the like).

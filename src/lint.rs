@@ -204,17 +204,16 @@ use serde::Deserialize as _;
 fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_version: Option<&str>) {
     let spec = &c.l.spec;
     let node = Some(n.name.as_str());
+    // every finding here is an error of this node's kubeadm configuration, without a line
+    let refuse = |c: &mut Ctx, msg: String| c.error("kubeadm", node, file, None, msg);
     let docs = match kubeadm_docs(text) {
         Ok(d) => d,
-        Err(e) => return c.error("kubeadm", node, file, None, format!("{}: {e}", paths::KUBEADM)),
+        Err(e) => return refuse(c, format!("{}: {e}", paths::KUBEADM)),
     };
     for (api, kind, _) in &docs {
         if api.starts_with("kubeadm.k8s.io/") && api != "kubeadm.k8s.io/v1beta3" {
-            c.error(
-                "kubeadm",
-                node,
-                file,
-                None,
+            refuse(
+                c,
                 format!("{kind} has apiVersion {api}; Kubernetes 1.30 kubeadm needs kubeadm.k8s.io/v1beta3"),
             );
         }
@@ -227,7 +226,7 @@ fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_versio
         if !kinds.contains(k) {
             let why =
                 if first { "the first control plane initialises the cluster" } else { "this node joins" };
-            c.error("kubeadm", node, file, None, format!("no {k} in {} ({why})", paths::KUBEADM));
+            refuse(c, format!("no {k} in {} ({why})", paths::KUBEADM));
         }
     }
     let endpoint = c.l.control_plane_endpoint();
@@ -236,34 +235,19 @@ fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_versio
             "ClusterConfiguration" => {
                 let v = as_str(d.get("kubernetesVersion")).unwrap_or_default();
                 if v != spec.kubernetes_version {
-                    c.error(
-                        "kubeadm",
-                        node,
-                        file,
-                        None,
+                    refuse(
+                        c,
                         format!("kubernetesVersion {v} is not the cluster's {}", spec.kubernetes_version),
                     );
                 }
                 if let Some(iv) = image_version {
                     if v != iv {
-                        c.error(
-                            "kubeadm",
-                            node,
-                            file,
-                            None,
-                            format!("kubernetesVersion {v} is not the image's {iv}"),
-                        );
+                        refuse(c, format!("kubernetesVersion {v} is not the image's {iv}"));
                     }
                 }
                 let ep = as_str(d.get("controlPlaneEndpoint")).unwrap_or_default();
                 if ep != endpoint {
-                    c.error(
-                        "kubeadm",
-                        node,
-                        file,
-                        None,
-                        format!("controlPlaneEndpoint {ep} is not {endpoint}"),
-                    );
+                    refuse(c, format!("controlPlaneEndpoint {ep} is not {endpoint}"));
                 }
                 let sans: Vec<String> = s(d, &["apiServer", "certSANs"])
                     .and_then(|v| v.as_sequence())
@@ -271,13 +255,7 @@ fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_versio
                     .unwrap_or_default();
                 let host = c.l.endpoint.host.to_string();
                 if !sans.contains(&host) {
-                    c.error(
-                        "kubeadm",
-                        node,
-                        file,
-                        None,
-                        format!("apiServer.certSANs {sans:?} lacks the endpoint host {host}"),
-                    );
+                    refuse(c, format!("apiServer.certSANs {sans:?} lacks the endpoint host {host}"));
                 }
                 for (key, want) in [
                     ("podSubnet", &c.l.pod_cidr.to_string()),
@@ -286,13 +264,7 @@ fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_versio
                 ] {
                     let got = as_str(s(d, &["networking", key])).unwrap_or_default();
                     if got != *want {
-                        c.error(
-                            "kubeadm",
-                            node,
-                            file,
-                            None,
-                            format!("networking.{key} {got:?} is not the cluster's {want:?}"),
-                        );
+                        refuse(c, format!("networking.{key} {got:?} is not the cluster's {want:?}"));
                     }
                 }
             }
@@ -300,21 +272,12 @@ fn check_kubeadm(c: &mut Ctx, n: &NodePlan, file: &str, text: &str, image_versio
                 let ep =
                     as_str(s(d, &["discovery", "bootstrapToken", "apiServerEndpoint"])).unwrap_or_default();
                 if ep != endpoint {
-                    c.error(
-                        "kubeadm",
-                        node,
-                        file,
-                        None,
-                        format!("discovery.bootstrapToken.apiServerEndpoint {ep} is not {endpoint}"),
-                    );
+                    refuse(c, format!("discovery.bootstrapToken.apiServerEndpoint {ep} is not {endpoint}"));
                 }
                 let cp = d.get("controlPlane").is_some_and(|v| !v.is_null());
                 if cp != (n.role == Role::ControlPlane) {
-                    c.error(
-                        "kubeadm",
-                        node,
-                        file,
-                        None,
+                    refuse(
+                        c,
                         format!(
                             "JoinConfiguration {} controlPlane but the node's role is {}",
                             if cp { "has" } else { "lacks" },

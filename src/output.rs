@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::disk::{DiskError, OpenImage};
-use crate::exit::{Classify, Code};
+use crate::exit::{Classify, Code, PathIo};
 use crate::layer::Sealed;
 use crate::manifest::Manifest;
 use crate::reporter::{human_bytes, Reporter};
@@ -41,13 +41,8 @@ pub enum OutputError {
         sidecar.display()
     )]
     Mismatch { path: PathBuf, sidecar: PathBuf, expected: Sha256, actual: Sha256 },
-    #[error("{what} {}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] PathIo),
 }
 
 impl Classify for OutputError {
@@ -56,14 +51,14 @@ impl Classify for OutputError {
             OutputError::Image(e) => e.code(),
             OutputError::MissingSidecar { .. } => Code::Input,
             OutputError::BadSidecar { .. } | OutputError::Mismatch { .. } => Code::Integrity,
-            OutputError::Io { .. } => Code::Runtime,
+            OutputError::Io(e) => e.code(),
         }
     }
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OutputError {
-    let path = path.to_path_buf();
-    move |source| OutputError::Io { what, path, source }
+    let at = PathIo::at(what, path);
+    move |e| at(e).into()
 }
 
 /// The four files of one build, by path.

@@ -1,8 +1,9 @@
-//! Output formats: every one but vhdx is written from the disk stream
-//! ([`super::stream`]) by a writer of this crate, front to back, hashed as it goes:
+//! Output formats: every one is written from the disk stream ([`super::stream`]) by a
+//! writer of this crate, front to back, hashed as it goes:
 //!
 //! - **qcow2**: [`super::qcow2::write`], or [`super::qcow2::write_zstd`] with `--compress`;
 //! - **raw** and **vhd** (fixed, Azure): [`super::vhd`];
+//! - **vhdx** (dynamic, Hyper-V): [`super::vhdx`];
 //! - **vmdk** (streamOptimized): [`super::vmdk`], grains deflated on every core;
 //! - **ova**: a ustar archive holding the OVF descriptor first, then the manifest
 //!   (`.mf`, SHA256 lines), then the streamOptimized vmdk — the order DSP0243 asks for,
@@ -12,8 +13,6 @@
 //!   descriptor and the manifest (which needs the vmdk's digest) are written before it
 //!   afterwards: no second copy of the disk. Tar headers are fixed (mtime =
 //!   `source_date_epoch`, uid/gid 0, mode 0644).
-//!
-//! vhdx goes through `qemu-img convert` from the raw working copy ([`super::qemu`]).
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -22,7 +21,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::stream::Hashing;
-use super::{qcow2, vhd, vmdk, DiskError};
+use super::{qcow2, vhd, vhdx, vmdk, DiskError};
 use crate::types::OutFormat;
 
 /// What makes an output reproducible and names what is inside it.
@@ -34,6 +33,8 @@ pub struct Stamp<'a> {
     pub source_date_epoch: u64,
     /// `<recipe>-<role>-<arch>`: the OVA's virtual machine and file names.
     pub name: &'a str,
+    /// vhd: the digest of the disk's first bytes, taken ahead of the stream.
+    pub ahead: Option<&'a vhd::Prefix>,
 }
 
 /// Alignment of a VHD's virtual size (Azure refuses anything else).
@@ -42,11 +43,6 @@ pub const VHD_ALIGN: u64 = vhd::ALIGN;
 /// OVF resources of the virtual machine in an OVA; importers let users change them.
 const OVA_CPUS: u32 = 2;
 const OVA_MEMORY_MIB: u32 = 4096;
-
-/// Whether `fmt` is written from the disk stream (all but vhdx).
-pub fn streamed(fmt: OutFormat) -> bool {
-    fmt != OutFormat::Vhdx
-}
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -71,7 +67,7 @@ where
     let sha = match fmt {
         OutFormat::Qcow2 if compress => qcow2::write_zstd(dst, size, clusters, threads(), fill),
         OutFormat::Qcow2 => qcow2::write(dst, size, clusters, fill),
-        OutFormat::Raw => vhd::write(dst, size, clusters, None, fill),
+        OutFormat::Raw => vhd::write(dst, size, clusters, None, None, fill),
         OutFormat::Vhd => {
             if size % VHD_ALIGN != 0 {
                 return Err(DiskError::Corrupt {
@@ -80,7 +76,7 @@ where
                 });
             }
             let foot = vhd::fixed_footer(size, st.source_date_epoch, st.seed);
-            vhd::write(dst, size, clusters, Some(&foot), fill)
+            vhd::write(dst, size, clusters, Some(&foot), st.ahead, fill)
         }
         OutFormat::Vmdk => (|| {
             let name = dst.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -91,9 +87,7 @@ where
             Ok(w.finish()?.0)
         })(),
         OutFormat::Ova => return write_ova(dst, st, size, clusters, fill),
-        OutFormat::Vhdx => {
-            return Err(DiskError::Tool { tool: "imgbuild", msg: "vhdx is written by qemu-img".into() })
-        }
+        OutFormat::Vhdx => vhdx::write(dst, size, clusters, st.seed, fill),
     };
     sha.map_err(DiskError::io(ctx()))
 }
@@ -279,7 +273,7 @@ mod tests {
 
     #[test]
     fn ovf_escapes_names() {
-        let st = Stamp { seed: "s", source_date_epoch: 0, name: "a&b<c>" };
+        let st = Stamp { seed: "s", source_date_epoch: 0, name: "a&b<c>", ahead: None };
         let x = ovf_descriptor(&st, "a&b.vmdk", 1, 2);
         assert!(
             x.contains("<Name>a&amp;b&lt;c&gt;</Name>") && x.contains("ovf:href=\"a&amp;b.vmdk\""),
@@ -290,7 +284,7 @@ mod tests {
     /// The descriptor is as long for any vmdk size: the OVA's layout is fixed up front.
     #[test]
     fn ovf_length_does_not_depend_on_the_disk_size() {
-        let st = Stamp { seed: "s", source_date_epoch: 0, name: "n" };
+        let st = Stamp { seed: "s", source_date_epoch: 0, name: "n", ahead: None };
         let a = ovf_descriptor(&st, "d.vmdk", 0, 5);
         for n in [1u64, 512, 123_456_789, u64::MAX] {
             let b = ovf_descriptor(&st, "d.vmdk", n, 5);

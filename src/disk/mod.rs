@@ -6,8 +6,7 @@
 //! ([`ext4`]), never a partition number; files are written into it with batched
 //! `debugfs -w` on `raw?offset=BYTES` ([`debugfs`], [`rootfs`]); the disk can be grown
 //! offline ([`resize`]); the output formats are written from the finished disk as a
-//! stream ([`stream`], [`formats`]: [`qcow2`], [`vmdk`], [`vhd`], the OVA), vhdx by
-//! `qemu-img convert`.
+//! stream ([`stream`], [`formats`]: [`qcow2`], [`vmdk`], [`vhd`], [`vhdx`], the OVA).
 
 pub mod debugfs;
 pub mod ext4;
@@ -25,6 +24,7 @@ pub mod rootfs;
 pub mod sparse;
 pub mod stream;
 pub mod vhd;
+pub mod vhdx;
 pub mod vmdk;
 pub mod working;
 

@@ -1,7 +1,7 @@
 //! The build's fast path: the base qcow2 is read in place, only the root
 //! filesystem's metadata is copied into a sparse partition-sized working file
 //! ([`super::ext4meta`]), debugfs writes the layer into that copy, and the output qcow2
-//! (or vmdk, ova, vhd) is streamed in one pass from the base with the copy's data
+//! (or vmdk, ova, vhd, vhdx) is streamed in one pass from the base with the copy's data
 //! extents laid over the root partition, hashed as it is written
 //! ([`super::formats::write_stream`]). Each byte of the base is read once and written
 //! once, which is what `qemu-img convert` alone costs.
@@ -10,8 +10,8 @@
 //! a sparse shadow of the disk and grown there ([`super::gpt::grow`]), the partition
 //! copy is grown with resize2fs, and both are laid over the base.
 //!
-//! Used when the base is a qcow2 this crate reads and the output is qcow2, vmdk, ova
-//! or vhd; vhdx (qemu-img), raw output and other bases take the raw working copy path.
+//! Used when the base is a qcow2 this crate reads and the output is not raw; raw
+//! output and other bases take the raw working copy path.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -158,7 +158,7 @@ impl Overlay {
         Ok(())
     }
 
-    /// Stream the output image to `out` in `fmt` (any format but vhdx, see
+    /// Stream the output image to `out` in `fmt` (see
     /// [`super::formats::write_stream`]): the base with the copy's data extents over the
     /// root partition, and the bytes of the `placed` layer files (allocated by debugfs,
     /// never written into the copy) read from their sources into their blocks, hashed on

@@ -78,12 +78,16 @@ pub struct Hasher {
 
 impl Hasher {
     pub fn spawn() -> Hasher {
+        Hasher::resume(<sha2::Sha256 as sha2::Digest>::new())
+    }
+
+    /// A hashing thread that goes on from `h`, a digest of the output's first bytes.
+    pub fn resume(mut h: sha2::Sha256) -> Hasher {
         let (tx, rx) = sync_channel::<Piece>(4);
         let (back_tx, back) = std::sync::mpsc::channel::<Vec<u8>>();
         let thread = std::thread::spawn(move || {
             use sha2::Digest;
             let zeros = vec![0u8; CLUSTER as usize * CHUNK_CLUSTERS as usize];
-            let mut h = sha2::Sha256::new();
             for p in rx {
                 match p {
                     Piece::Bytes(b) => {
@@ -127,6 +131,15 @@ impl Hasher {
     /// A buffer the thread is done with, or a new one.
     pub fn buffer(&self) -> Vec<u8> {
         self.back.try_recv().unwrap_or_default()
+    }
+
+    /// Run `write`, which hands the output to the hasher, then finish: the digest, or
+    /// the error (the thread is joined either way).
+    pub fn around(self, write: impl FnOnce(&Hasher) -> std::io::Result<()>) -> std::io::Result<String> {
+        let res = write(&self);
+        let digest = self.finish()?;
+        res?;
+        Ok(digest)
     }
 
     /// The hex SHA-256 of everything handed over.
@@ -254,10 +267,30 @@ where
 /// Write `buf` at `at` in `f` unless it is all zeros (left a hole: the file was sized
 /// first, so holes read as zeros).
 pub fn write_unless_zero(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
-    if buf.iter().all(|&b| b == 0) {
+    if is_zero(buf) {
         return Ok(());
     }
     f.write_all_at(buf, at)
+}
+
+/// Whether `buf` is all zeros: OR-folded a page at a time, which the compiler turns
+/// into wide vector loads (a byte-wise `all` with its early exit is not vectorised).
+pub fn is_zero(buf: &[u8]) -> bool {
+    buf.chunks(4096).all(|c| c.iter().fold(0u8, |a, &b| a | b) == 0)
+}
+
+/// A GUID-sized identifier derived from `seed` (the build's inputs digest) and `what`:
+/// what the writers put where a format wants a random one.
+pub(crate) fn derived_id(seed: &str, what: &str) -> [u8; 16] {
+    let d = crate::types::Sha256::of(format!("{seed}\n{what}").as_bytes());
+    let mut id = [0u8; 16];
+    if let Ok(b) = hex::decode(&d.as_str()[..32]) {
+        id.copy_from_slice(&b);
+    }
+    // RFC 4122 version 4 / variant bits, so the value still looks like a UUID.
+    id[7] = (id[7] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
 }
 
 /// Test content by cluster: zeros, pseudo-random (incompressible) bytes or text.

@@ -10,6 +10,13 @@
 //! application `qem2`: readers take the size from the footer, not from the CHS
 //! geometry, which is set to its maximum): time stamp = the build's
 //! `source_date_epoch`, unique id derived from the inputs digest.
+//!
+//! Hashing is what a fixed VHD costs: every byte of the virtual size, holes included,
+//! goes through SHA-256 on one core, while only the data is written. So the writer
+//! can go on from a digest of the disk's first bytes taken ahead of the stream
+//! ([`Prefix`]: the build hashes the part of the base before the root partition while
+//! the layer is composed), and the zeros of the holes are hashed from one buffer that
+//! stays in the cache.
 
 use std::fs::File;
 use std::path::Path;
@@ -51,19 +58,62 @@ pub fn fixed_footer(size: u64, source_date_epoch: u64, seed: &str) -> [u8; 512] 
     f[58] = 16;
     f[59] = 255;
     f[60..64].copy_from_slice(&2u32.to_be_bytes()); // disk type: fixed
-    f[68..84].copy_from_slice(&super::qemu::derived_id(seed, "vhd UniqueId"));
+    f[68..84].copy_from_slice(&super::stream::derived_id(seed, "vhd UniqueId"));
     let sum = checksum(&f);
     f[64..68].copy_from_slice(&sum.to_be_bytes());
     f
 }
 
+/// The SHA-256 state after the first `len` bytes of the disk, taken ahead of the
+/// stream; the writer hashes from there on.
+#[derive(Clone)]
+pub struct Prefix {
+    pub hash: sha2::Sha256,
+    pub len: u64,
+}
+
+impl std::fmt::Debug for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prefix({} bytes)", self.len)
+    }
+}
+
+/// Hash the first `len` bytes of a disk read with `read(buf, offset)`, a MiB at a time;
+/// `None` once `stop` is set (the prefix will not be used).
+pub fn hash_prefix<R>(
+    read: R,
+    len: u64,
+    stop: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<Option<Prefix>>
+where
+    R: Fn(&mut [u8], u64) -> std::io::Result<()>,
+{
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; (CLUSTER * stream::CHUNK_CLUSTERS) as usize];
+    let mut at = 0u64;
+    while at < len {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let n = (len - at).min(buf.len() as u64) as usize;
+        read(&mut buf[..n], at)?;
+        hash.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(Some(Prefix { hash, len }))
+}
+
 /// Write the disk of `size` bytes (`clusters` + `fill`) to `out` as a sparse raw file,
-/// followed by `footer` when given. Returns the file's sha256 (hex).
+/// followed by `footer` when given. Returns the file's sha256 (hex). With `prefix`,
+/// the disk's first `prefix.len` bytes are written but not hashed again: the caller
+/// vouches that they are the bytes `prefix` was taken from.
 pub fn write<F>(
     out: &Path,
     size: u64,
     clusters: &[u64],
     footer: Option<&[u8; 512]>,
+    prefix: Option<&Prefix>,
     mut fill: F,
 ) -> std::io::Result<String>
 where
@@ -71,9 +121,14 @@ where
 {
     let f = File::create(out)?;
     f.set_len(size + footer.map_or(0, |_| 512))?;
-    let hash = Hasher::spawn();
-    let res = (|| -> std::io::Result<()> {
-        let mut at = 0u64;
+    let prefix = prefix.filter(|p| p.len <= size);
+    let hash = match prefix {
+        Some(p) => Hasher::resume(p.hash.clone()),
+        None => Hasher::spawn(),
+    };
+    hash.around(|hash| {
+        // Everything before `at` has been hashed.
+        let mut at = prefix.map_or(0, |p| p.len);
         for (first, n) in stream::runs(clusters) {
             let lo = first * CLUSTER;
             if lo >= size {
@@ -86,9 +141,17 @@ where
             // The last cluster may reach past the end of the disk.
             buf.truncate(len);
             stream::write_unless_zero(&f, &buf, lo)?;
-            hash.zeros(lo - at)?;
+            let end = lo + len as u64;
+            if end <= at {
+                continue;
+            }
+            if lo < at {
+                buf.drain(..(at - lo) as usize);
+            } else {
+                hash.zeros(lo - at)?;
+            }
             hash.bytes(buf)?;
-            at = lo + len as u64;
+            at = end;
         }
         hash.zeros(size - at)?;
         if let Some(foot) = footer {
@@ -96,10 +159,7 @@ where
             hash.bytes(foot.to_vec())?;
         }
         Ok(())
-    })();
-    let digest = hash.finish()?;
-    res?;
-    Ok(digest)
+    })
 }
 
 #[cfg(test)]
@@ -122,7 +182,7 @@ mod tests {
             }
             Ok(())
         };
-        let digest = write(&out, size, &clusters, Some(&foot), fill).unwrap();
+        let digest = write(&out, size, &clusters, Some(&foot), None, fill).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(bytes.len() as u64, size + 512);
         use sha2::Digest;
@@ -161,6 +221,42 @@ mod tests {
         assert!(std::fs::read(&raw).unwrap() == bytes[..size as usize]);
     }
 
+    /// Going on from a prefix digest gives the digest of the whole file, whether the
+    /// prefix ends at a run's start, inside a run or inside a hole; the bytes before
+    /// it are still written.
+    #[test]
+    fn prefix_digest_is_continued() {
+        let d = tempfile::tempdir().unwrap();
+        let size = 8u64 << 20;
+        let clusters: Vec<u64> = (0..20).chain(40..45).chain([127]).collect();
+        let fill = |first: u64, n: u64, buf: &mut [u8]| {
+            for i in 0..n {
+                stream::test_pattern(
+                    first + i,
+                    &mut buf[(i * CLUSTER) as usize..((i + 1) * CLUSTER) as usize],
+                );
+            }
+            Ok(())
+        };
+        let foot = fixed_footer(size, 0, "s");
+        let whole = d.path().join("whole.vhd");
+        let want = write(&whole, size, &clusters, Some(&foot), None, fill).unwrap();
+        let bytes = std::fs::read(&whole).unwrap();
+        let read = |buf: &mut [u8], at: u64| {
+            buf.copy_from_slice(&bytes[at as usize..at as usize + buf.len()]);
+            Ok(())
+        };
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        for len in [0, 16 * CLUSTER, 5 * CLUSTER + 512, 30 * CLUSTER, 3 << 20, size] {
+            let p = hash_prefix(read, len, &stop).unwrap().unwrap();
+            let out = d.path().join(format!("p{len}.vhd"));
+            assert_eq!(write(&out, size, &clusters, Some(&foot), Some(&p), fill).unwrap(), want, "{len}");
+            assert!(std::fs::read(&out).unwrap() == bytes, "{len}");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(hash_prefix(read, size, &stop).unwrap().is_none());
+    }
+
     /// Raw output of a disk that ends inside a cluster: the file is the disk's size, the
     /// last cluster cut where the disk ends (the fill still gets whole clusters).
     #[test]
@@ -168,7 +264,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let size = (1u64 << 20) + 4096;
         let out = d.path().join("a.raw");
-        let digest = write(&out, size, &[0, 16], None, |_, n, buf: &mut [u8]| {
+        let digest = write(&out, size, &[0, 16], None, None, |_, n, buf: &mut [u8]| {
             assert_eq!(buf.len() as u64, n * CLUSTER);
             buf.fill(7);
             Ok(())

@@ -5,16 +5,16 @@
 //!
 //! Two paths hide behind [`Working`]: the fast path ([`super::overlay`]: a qcow2 base
 //! read in place, only the root filesystem's metadata copied, the output streamed once)
-//! when the base is a qcow2 this crate reads and the output is not vhdx or raw; otherwise a raw
+//! when the base is a qcow2 this crate reads and the output is not raw; otherwise a raw
 //! working copy (`qemu-img convert`). Both end in the same writers
-//! ([`super::formats::write_stream`]); only vhdx is converted by qemu-img.
+//! ([`super::formats::write_stream`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::overlay::{self, Overlay};
 use super::rootfs::{self, RootFs};
-use super::{formats, qemu, resize, DiskError};
+use super::{formats, qemu, resize, vhd, DiskError};
 use crate::layer::{Layer, Sealed};
 use crate::reporter::Clock;
 use crate::types::{size, OutFormat, Sha256};
@@ -44,6 +44,45 @@ pub struct ImageSpec<'a> {
 pub struct Working {
     path: WorkPath,
     work: PathBuf,
+    ahead: Option<Ahead>,
+}
+
+/// A fixed VHD hashes every byte of the disk, holes included, on one core: on the fast
+/// path the part of the disk before the root partition is hashed from the base while
+/// the layer is composed, and the writer goes on from there, unless the disk grows
+/// (its GPT, at the start, changes then).
+#[derive(Debug)]
+struct Ahead {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<Option<vhd::Prefix>>>>,
+    /// The disk's size when the hashing started.
+    size: u64,
+}
+
+impl Ahead {
+    fn start(base: &Path, ov: &Overlay) -> Ahead {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (base, len, flag) = (base.to_path_buf(), ov.root.partition().offset(), stop.clone());
+        let thread = std::thread::spawn(move || -> std::io::Result<Option<vhd::Prefix>> {
+            let Ok(reader) = super::qcow2::Reader::open(&base)? else { return Ok(None) };
+            vhd::hash_prefix(|buf: &mut [u8], at: u64| reader.read_at(buf, at), len, &flag)
+        });
+        Ahead { stop, thread: Some(thread), size: ov.disk_size() }
+    }
+
+    /// The prefix digest, if the disk still starts with the base's bytes (same size).
+    fn take(mut self, size: u64) -> Option<vhd::Prefix> {
+        if size != self.size {
+            return None;
+        }
+        self.thread.take()?.join().ok()?.ok()?
+    }
+}
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -64,7 +103,7 @@ impl Working {
     ) -> Result<Working, DiskError> {
         // A raw output has the raw working copy's own layout: it takes that path (and
         // tests compare the two paths through it).
-        if formats::streamed(format) && format != OutFormat::Raw {
+        if format != OutFormat::Raw {
             match overlay::prepare(base, label, &work.join("root.partition"))? {
                 Ok(ov) => {
                     clock.say(format_args!(
@@ -74,7 +113,8 @@ impl Working {
                         ov.root.available() >> 20,
                         (ov.stats.blocks_copied * ov.stats.block_size) >> 20
                     ));
-                    return Ok(Working { path: WorkPath::Fast(ov), work: work.to_path_buf() });
+                    let ahead = (format == OutFormat::Vhd).then(|| Ahead::start(base, &ov));
+                    return Ok(Working { path: WorkPath::Fast(ov), work: work.to_path_buf(), ahead });
                 }
                 Err(why) => clock.say(format_args!("raw working copy path ({why})")),
             }
@@ -92,7 +132,7 @@ impl Working {
         // e2fsprogs fsyncs the image whenever it closes it: write the fresh working copy
         // back to disk now, while the layer is composed, instead of inside debugfs.
         let flusher = std::fs::File::open(&raw).ok().map(|f| std::thread::spawn(move || f.sync_data()));
-        Ok(Working { path: WorkPath::Raw { raw, root, flusher }, work: work.to_path_buf() })
+        Ok(Working { path: WorkPath::Raw { raw, root, flusher }, work: work.to_path_buf(), ahead: None })
     }
 
     /// The base's root filesystem, for steps that read it (e.g. the dpkg status).
@@ -123,7 +163,7 @@ impl Working {
         let expected = |path: &str| digests.get(path).map(|s| s.to_string());
         let layer = &sealed.layer;
         match self.path {
-            WorkPath::Fast(ov) => finish_fast(ov, layer, &expected, spec, out, &work, clock),
+            WorkPath::Fast(ov) => finish_fast(ov, self.ahead, layer, &expected, spec, out, &work, clock),
             WorkPath::Raw { raw, root, flusher } => {
                 if let Some(t) = flusher {
                     let _ = t.join();
@@ -140,8 +180,10 @@ fn len_of(p: &Path) -> Result<u64, DiskError> {
 
 /// The fast path: write the layer into the metadata copy, then stream the output image
 /// (hashed as it is written) while e2fsck checks the copy.
+#[allow(clippy::too_many_arguments)]
 fn finish_fast(
     mut ov: Overlay,
+    ahead: Option<Ahead>,
     layer: &Layer,
     expected: &dyn Fn(&str) -> Option<String>,
     spec: &ImageSpec,
@@ -175,7 +217,12 @@ fn finish_fast(
         placed.len()
     ));
     let fsck = std::thread::spawn(move || rootfs::fsck_spec(&fs_spec));
-    let written = ov.write(out, spec.format, spec.compress, &stamp(spec), &placed, expected);
+    let prefix = ahead.and_then(|a| a.take(ov.disk_size()));
+    if let Some(p) = &prefix {
+        clock.say(format_args!("(the first {} MiB were hashed while the layer was composed)", p.len >> 20));
+    }
+    let st = formats::Stamp { ahead: prefix.as_ref(), ..stamp(spec) };
+    let written = ov.write(out, spec.format, spec.compress, &st, &placed, expected);
     clock.say("image written");
     let checked = fsck
         .join()
@@ -221,34 +268,31 @@ fn finish_raw(
     clock.say("checking the root filesystem with e2fsck -fn");
     root.fsck()?;
     clock.say(format_args!("writing the {} image", spec.format));
-    let sha = if formats::streamed(spec.format) {
-        let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
-        let size = len_of(&raw)?;
-        let clusters = super::stream::clusters_of(&f, size)
-            .map_err(DiskError::io(format!("mapping {}", raw.display())))?;
-        let fill = super::stream::fill_from(&f);
-        formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?
-    } else {
-        qemu::convert_out(&raw, spec.format, out, spec.seed)?;
-        // Free the working copy before hashing: it can be several GiB.
-        let _ = std::fs::remove_file(&raw);
-        clock.say("hashing the image");
-        Sha256::of_file(out)
-            .map_err(DiskError::io(format!("hashing {}", out.display())))?
-            .as_str()
-            .to_string()
-    };
+    let f = std::fs::File::open(&raw).map_err(DiskError::io(format!("opening {}", raw.display())))?;
+    let size = len_of(&raw)?;
+    let clusters =
+        super::stream::clusters_of(&f, size).map_err(DiskError::io(format!("mapping {}", raw.display())))?;
+    let fill = super::stream::fill_from(&f);
+    let sha = formats::write_stream(spec.format, spec.compress, out, &stamp(spec), size, &clusters, fill)?;
     Sha256::parse(&sha).map_err(|msg| DiskError::Corrupt { path: out.display().to_string(), msg })
 }
 
 fn stamp<'a>(spec: &ImageSpec<'a>) -> formats::Stamp<'a> {
-    formats::Stamp { seed: spec.seed, source_date_epoch: spec.source_date_epoch, name: spec.name }
+    formats::Stamp {
+        seed: spec.seed,
+        source_date_epoch: spec.source_date_epoch,
+        name: spec.name,
+        ahead: None,
+    }
 }
 
 /// A disk of `size` bytes fits the output format (before anything is written).
 fn fits_format(format: OutFormat, size: u64) -> Result<(), DiskError> {
     if matches!(format, OutFormat::Vmdk | OutFormat::Ova) && size > super::vmdk::MAX_SIZE {
         return Err(DiskError::FormatLimit { format, size: size::human(size), max: "2 TiB" });
+    }
+    if format == OutFormat::Vhdx && size > super::vhdx::MAX_SIZE {
+        return Err(DiskError::FormatLimit { format, size: size::human(size), max: "64 TiB" });
     }
     Ok(())
 }

@@ -15,27 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 fn init(dir: &Path, workers: u32) -> PathBuf {
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "demo",
-            "--endpoint",
-            "10.0.0.10:6443",
-            "--node-cidr",
-            "10.0.0.0/24",
-            "--interface",
-            "ens3",
-            "--dns",
-            "10.0.0.2",
-        ])
-        .args(["--control-planes", "1", "--workers", &workers.to_string(), "--dir"])
-        .arg(dir.join("c"))
-        .output()
-        .unwrap();
-    ok(&o);
-    dir.join("c/cluster.yaml")
+    common::cluster_init(dir.join("c")).lan().nodes(1, workers).ok()
 }
 
 fn cloud_init(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -51,14 +31,7 @@ fn cloud_init(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
 
 /// path -> content of the first control plane's write_files.
 fn cp1_files(out: &Path) -> std::collections::BTreeMap<String, String> {
-    let ud = fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap();
-    let v: serde_yaml::Value = serde_yaml::from_str(&ud).unwrap();
-    v["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|f| (f["path"].as_str().unwrap().to_string(), f["content"].as_str().unwrap().to_string()))
-        .collect()
+    common::node_files(out, "demo-cp-1").into_iter().map(|(path, (_, content))| (path, content)).collect()
 }
 
 fn line_of(text: &str, needle: &str) -> usize {

@@ -5,24 +5,10 @@ use crate::common::{self, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixture::{self, sh, BaseSpec};
+use crate::common::fixture::{self, debugfs, read_range, sh, BaseSpec};
 
 fn to_raw(img: &Path) -> PathBuf {
-    let raw = img.with_extension("check.raw");
-    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
-    raw
-}
-
-fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).unwrap();
-    let mut b = vec![0u8; len as usize];
-    f.read_exact_at(&mut b, off).unwrap();
-    b
-}
-
-fn debugfs(spec: &str, req: &str) -> String {
-    String::from_utf8_lossy(&sh(Command::new("debugfs").arg("-R").arg(req).arg(spec)).stdout).into_owned()
+    fixture::to_raw(img, img.with_extension("check.raw"))
 }
 
 #[test]
@@ -55,14 +41,7 @@ fn both_roles_build_over_http_and_verify() {
         assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
 
         // inspect re-verifies every file and prints the manifest.
-        let ins = common::bin()
-            .env("PATH", fixture::path_with_sbin())
-            .args(["inspect", "--json"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(ins.status.success(), "{}", stderr(&ins));
-        let m: imgbuild::manifest::Manifest = serde_json::from_slice(&ins.stdout).unwrap();
+        let m = fixture::inspect(&image);
         let side: imgbuild::manifest::Manifest = serde_json::from_slice(
             &std::fs::read(out_dir.join(format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64.manifest.json")))
                 .unwrap(),
@@ -75,7 +54,7 @@ fn both_roles_build_over_http_and_verify() {
         for part in [14, 15, 16] {
             let p = fx.base.part(part);
             assert!(
-                range(&raw, p.offset, p.len) == range(&fx.base.raw, p.offset, p.len),
+                read_range(&raw, p.offset, p.len) == read_range(&fx.base.raw, p.offset, p.len),
                 "partition {part} changed"
             );
         }
@@ -136,13 +115,12 @@ fn two_builds_give_the_same_sha256_and_a_flipped_byte_fails_inspect() {
     let spec = format!("{}?offset={off}", raw.display());
     let blk: u64 = debugfs(&spec, "bmap /usr/local/bin/kubelet 0").trim().parse().unwrap();
     let at = off + blk * 4096 + 3;
-    let mut byte = range(&raw, at, 1);
+    let mut byte = read_range(&raw, at, 1);
     byte[0] ^= 0xff;
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new().write(true).open(&raw).unwrap().write_all_at(&byte, at).unwrap();
     let ins = common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&raw).output().unwrap();
-    assert_eq!(ins.status.code(), Some(3), "{}", stderr(&ins));
-    assert!(stderr(&ins).contains("/usr/local/bin/kubelet: sha256"), "{}", stderr(&ins));
+    common::exits_with(&ins, 3, "/usr/local/bin/kubelet: sha256");
 }
 
 #[test]
@@ -159,8 +137,7 @@ fn base_that_is_neither_qcow2_nor_raw_is_refused() {
         .args(["--output", out.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("base image is neither qcow2 nor raw"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "base image is neither qcow2 nor raw");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
     // inspect reads vmdk (an output format), but this one was not built by imgbuild.
     let ins =
@@ -193,8 +170,7 @@ fn base_without_cloudimg_rootfs_or_with_ext2_root_is_refused() {
         let old = out.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2");
         std::fs::write(&old, b"older build").unwrap();
         let o = fixture::build(&fx, "worker", &["--output", out.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(stderr(&o).contains(msg), "{}", stderr(&o));
+        common::exits_with(&o, 2, msg);
         assert_eq!(std::fs::read(&old).unwrap(), b"older build");
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1, "temp files left behind");
     }
@@ -378,8 +354,7 @@ fn compressed_qcow2_is_the_same_disk_smaller_and_reproducible() {
     let (za, zp) = (std::fs::metadata(&a).unwrap().len(), std::fs::metadata(&plain).unwrap().len());
     assert!(za < zp, "compressed {za} bytes, uncompressed {zp}");
     let o = fixture::build(&fx, "worker", &["--format", "vhd", "--compress"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--compress applies to qcow2"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "--compress applies to qcow2");
 }
 
 /// Layer files taken from the build host are only allocated by debugfs; their bytes are

@@ -1,4 +1,4 @@
-use crate::common;
+use crate::common::{self, run_ok};
 
 // The backend chart, `imgbuild chart package`, the add-on files of the control-plane
 // image and the installer/approver scripts, checked with the real tools: helm (npm),
@@ -25,17 +25,6 @@ fn cp_files() -> PathBuf {
 /// A tool on PATH, or None with a note when it is missing outside CI (in CI: panic).
 fn tool(name: &'static str) -> Option<PathBuf> {
     imgbuild::tools::for_test(name)
-}
-
-fn run(c: &mut Command) -> Output {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn text(o: &Output) -> String {
@@ -96,16 +85,20 @@ fn chart_lints_and_renders_valid_manifests_for_each_value_set() {
     for (name, values) in VALUE_SETS {
         let vf = tmp.path().join(format!("{name}.yaml"));
         std::fs::write(&vf, values).unwrap();
-        run(Command::new(&helm)
-            .args(["lint", "--strict", "--kube-version", "1.30.3"])
-            .arg(chart_dir())
-            .arg("-f")
-            .arg(&vf));
-        let out = run(Command::new(&helm)
-            .args(["template", "rel", "--namespace", "backend", "--kube-version", "1.30.3"])
-            .arg(chart_dir())
-            .arg("-f")
-            .arg(&vf));
+        run_ok(
+            Command::new(&helm)
+                .args(["lint", "--strict", "--kube-version", "1.30.3"])
+                .arg(chart_dir())
+                .arg("-f")
+                .arg(&vf),
+        );
+        let out = run_ok(
+            Command::new(&helm)
+                .args(["template", "rel", "--namespace", "backend", "--kube-version", "1.30.3"])
+                .arg(chart_dir())
+                .arg("-f")
+                .arg(&vf),
+        );
         let rendered = tmp.path().join(format!("{name}.rendered.yaml"));
         std::fs::write(&rendered, &out.stdout).unwrap();
         validate(&kv, &rendered).unwrap_or_else(|e| panic!("{name}: kubernetes-validate: {e}"));
@@ -235,7 +228,7 @@ fn package_is_byte_identical_and_readable_by_helm() {
     let mut paths = Vec::new();
     for out in ["a", "b"] {
         let o =
-            run(common::bin().args(["chart", "package"]).arg(&src).arg("--out").arg(tmp.path().join(out)));
+            run_ok(common::bin().args(["chart", "package"]).arg(&src).arg("--out").arg(tmp.path().join(out)));
         let p = PathBuf::from(text(&o).trim());
         assert_eq!(p, tmp.path().join(out).join("backend-0.1.0.tgz"));
         paths.push(p);
@@ -243,12 +236,14 @@ fn package_is_byte_identical_and_readable_by_helm() {
     let (a, b) = (std::fs::read(&paths[0]).unwrap(), std::fs::read(&paths[1]).unwrap());
     assert_eq!(Sha256::of(&a), Sha256::of(&b), "two runs differ");
     // SOURCE_DATE_EPOCH sets the entry mtime; still deterministic.
-    let o = run(common::bin()
-        .args(["chart", "package", "-q"])
-        .arg(&src)
-        .arg("--out")
-        .arg(tmp.path().join("c"))
-        .env("SOURCE_DATE_EPOCH", "1724198400"));
+    let o = run_ok(
+        common::bin()
+            .args(["chart", "package", "-q"])
+            .arg(&src)
+            .arg("--out")
+            .arg(tmp.path().join("c"))
+            .env("SOURCE_DATE_EPOCH", "1724198400"),
+    );
     assert!(o.stderr.is_empty(), "--quiet");
     let c = std::fs::read(tmp.path().join("c/backend-0.1.0.tgz")).unwrap();
     assert_ne!(c, a);
@@ -264,13 +259,13 @@ fn package_is_byte_identical_and_readable_by_helm() {
 
     let Some(helm) = tool("helm") else { return };
     // Same file set as `helm package` of the same directory.
-    run(Command::new(&helm).arg("package").arg(&src).arg("-d").arg(tmp.path().join("helm")));
+    run_ok(Command::new(&helm).arg("package").arg(&src).arg("-d").arg(tmp.path().join("helm")));
     assert_eq!(entries, tar_entries(&tmp.path().join("helm/backend-0.1.0.tgz")));
-    let show = text(&run(Command::new(&helm).args(["show", "chart"]).arg(&paths[0])));
+    let show = text(&run_ok(Command::new(&helm).args(["show", "chart"]).arg(&paths[0])));
     assert!(show.contains("name: backend") && show.contains("version: 0.1.0"), "{show}");
-    let rendered = text(&run(Command::new(&helm).args(["template", "rel"]).arg(&paths[0])));
+    let rendered = text(&run_ok(Command::new(&helm).args(["template", "rel"]).arg(&paths[0])));
     assert!(rendered.contains("kind: Deployment"));
-    run(Command::new(&helm).args(["lint", "--strict"]).arg(&paths[0]));
+    run_ok(Command::new(&helm).args(["lint", "--strict"]).arg(&paths[0]));
 }
 
 #[test]
@@ -302,9 +297,11 @@ fn scripts_pass_shellcheck_and_units_verify() {
     let scripts = ["addons-install", "kubelet-csr-approver"];
     if let Some(sc) = tool("shellcheck") {
         for s in scripts {
-            run(Command::new(&sc)
-                .args(["-S", "style", "-f", "gcc"])
-                .arg(cp_files().join("usr/libexec/imgbuild").join(s)));
+            run_ok(
+                Command::new(&sc)
+                    .args(["-S", "style", "-f", "gcc"])
+                    .arg(cp_files().join("usr/libexec/imgbuild").join(s)),
+            );
         }
     }
     let Some(sa) = tool("systemd-analyze") else { return };
@@ -314,7 +311,7 @@ fn scripts_pass_shellcheck_and_units_verify() {
     for d in ["usr/lib/systemd", "etc/systemd", "usr/libexec"] {
         std::fs::create_dir_all(r.join(d)).unwrap();
     }
-    run(Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(r.join("usr/lib/systemd/")));
+    run_ok(Command::new("cp").arg("-a").arg("/usr/lib/systemd/system").arg(r.join("usr/lib/systemd/")));
     copy_dir(&cp_files().join("etc/systemd/system"), &r.join("etc/systemd/system"));
     copy_dir(&cp_files().join("usr/libexec/imgbuild"), &r.join("usr/libexec/imgbuild"));
     for s in scripts {
@@ -480,6 +477,12 @@ fn plan_for(text: &str, role: Role) -> imgbuild::plan::BuildPlan {
     p
 }
 
+/// The installer's actions on a first start: reach the API, create the namespaces,
+/// install the CNI, wait for its own node and for CoreDNS, then `rest`.
+fn after_coredns<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    [&["api", "namespaces", "install cilium", "wait node", "wait coredns"][..], rest].concat()
+}
+
 #[test]
 fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     let inst = Installer::new();
@@ -489,18 +492,13 @@ fn installer_runs_in_order_retries_and_never_repeats_finished_steps() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         inst.actions(),
-        [
-            "api",
-            "namespaces",
-            "install cilium",
-            "wait node",
-            "wait coredns",
+        after_coredns(&[
             "install metrics-server",
             "install metrics-server",
             "install ingress-nginx",
             "install local-path",
             "install backend"
-        ]
+        ])
     );
     let calls = inst.calls();
     let root = inst.root.display().to_string();
@@ -602,16 +600,7 @@ fn installer_does_not_retry_a_chart_that_does_not_render() {
     // the others are installed; the invalid one is never sent to the cluster
     assert_eq!(
         inst.actions(),
-        [
-            "api",
-            "namespaces",
-            "install cilium",
-            "wait node",
-            "wait coredns",
-            "install ingress-nginx",
-            "install local-path",
-            "install backend"
-        ]
+        after_coredns(&["install ingress-nginx", "install local-path", "install backend"])
     );
     let st = inst.status();
     assert_eq!(st["state"], "failed");
@@ -674,20 +663,14 @@ esac
 "#;
 
 fn csr_b64(subject: &str, san: &str) -> String {
-    let out = run(Command::new("openssl").args([
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+    let san = format!("subjectAltName={san}");
+    let out = run_ok(Command::new("openssl").args(common::OPENSSL_NEW_P256).args([
         "-keyout",
         "/dev/null",
         "-subj",
         subject,
         "-addext",
-        &format!("subjectAltName={san}"),
+        &san,
     ]));
     use std::io::Write;
     let mut c = Command::new("base64")
@@ -742,11 +725,13 @@ fn approver_approves_only_matching_kubelet_serving_csrs() {
     std::fs::write(stub.join("node-n1"), "InternalIP=10.0.0.5\nInternalIP=fd00::1\nHostname=n1\n").unwrap();
     std::fs::write(stub.join("node-n2"), "InternalIP=10.0.0.6\nHostname=n2\n").unwrap();
     let path = format!("{}:{}", stub.join("bin").display(), std::env::var("PATH").unwrap_or_default());
-    let out = run(Command::new("bash")
-        .arg(cp_files().join("usr/libexec/imgbuild/kubelet-csr-approver"))
-        .env("PATH", path)
-        .env("STUB_DIR", stub)
-        .env("IMGBUILD_APPROVER_ONCE", "1"));
+    let out = run_ok(
+        Command::new("bash")
+            .arg(cp_files().join("usr/libexec/imgbuild/kubelet-csr-approver"))
+            .env("PATH", path)
+            .env("STUB_DIR", stub)
+            .env("IMGBUILD_APPROVER_ONCE", "1"),
+    );
     let approved = std::fs::read_to_string(stub.join("approved")).unwrap();
     assert_eq!(approved.lines().collect::<Vec<_>>(), ["good", "also-good"]);
     let log = String::from_utf8_lossy(&out.stderr);
@@ -898,7 +883,9 @@ fn approver_templates_work_with_real_kubectl() {
     let render = |yaml: &str, out: &str| -> String {
         let f = tmp.path().join("obj.yaml");
         std::fs::write(&f, yaml).unwrap();
-        text(&run(Command::new(&kubectl).args(["label", "--local", "-f"]).arg(&f).args(["x=y", "-o", out])))
+        text(&run_ok(
+            Command::new(&kubectl).args(["label", "--local", "-f"]).arg(&f).args(["x=y", "-o", out]),
+        ))
     };
     let csr = |signer: &str, status: &str| {
         format!(

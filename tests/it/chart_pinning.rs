@@ -161,8 +161,7 @@ fn absolute_entry_urls_and_inline_digests_that_disagree() {
     let extra = format!("    urls: [{abs}]\n    sha256:\n      amd64: {wrong}\n      arm64: {wrong}\n");
     let r = recipe(d2.path(), &srv.url("/repo"), &extra);
     let o = lock(&r);
-    assert_eq!(o.status.code(), Some(3), "{}", common::stderr(&o));
-    assert!(common::stderr(&o).contains("is not the digest"), "{}", common::stderr(&o));
+    common::exits_with(&o, 3, "is not the digest");
     assert!(!d2.path().join("recipe.yaml.lock").exists());
 }
 

@@ -171,8 +171,7 @@ fn json_output_is_the_text_output_as_data() {
 
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let args = ["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"];
-    let o = common::bin().args(args).arg("--dir").arg(&dir).arg("--json").output().unwrap();
+    let o = common::cluster_init(&dir).external_lb().args(["--json"]).output();
     common::ok(&o);
     let init: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let cluster = init["cluster"].as_str().unwrap();

@@ -3,7 +3,7 @@
 //! The messages users meet most (bad input: exit 2, and the top `--help`) are insta
 //! snapshots: a change in wording shows up in review.
 
-use crate::common::{self, ok};
+use crate::common;
 
 use std::process::Stdio;
 
@@ -147,19 +147,7 @@ fn cluster_init_bad_field_exits_2() {
 #[test]
 fn cloud_init_and_lint_bad_field_exit_2() {
     let d = tempfile::tempdir().unwrap();
-    let init = [
-        "cluster",
-        "init",
-        "--name",
-        "demo",
-        "--endpoint",
-        "10.0.0.10",
-        "--control-planes",
-        "1",
-        "--dir",
-        "c",
-    ];
-    ok(&common::bin().current_dir(d.path()).args(init).output().unwrap());
+    common::cluster_init(d.path().join("c")).endpoint("10.0.0.10").args(["--control-planes", "1"]).ok();
     let spec = std::fs::read_to_string(d.path().join("c/cluster.yaml")).unwrap();
     assert!(spec.contains("pod_cidr: \"10.244.0.0/16\""));
     std::fs::write(d.path().join("c/cluster.yaml"), spec.replace("10.244.0.0/16", "10.244.0.0/33")).unwrap();

@@ -4,7 +4,7 @@
 //! Debian's cloud-init), hostile inputs, seeds, secrets hygiene, and the baked
 //! bootstrap script driven by a kubeadm stub.
 
-use crate::common::{self, ok, stderr};
+use crate::common::{self, ok, stderr, write_files};
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -29,31 +29,12 @@ fn run(args: &[&str]) -> Output {
 pub(crate) fn golden_cluster(dir: &Path) -> PathBuf {
     let key = dir.join("id.pub");
     fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
-    let d = dir.join("c");
-    let o = run(&[
-        "cluster",
-        "init",
-        "--name",
-        "demo",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--node-cidr",
-        "10.0.0.0/24",
-        "--vip-interface",
-        "ens3",
-        "--dns",
-        "10.0.0.2,10.0.0.3",
-        "--dns-search",
-        "demo.internal",
-        "--ntp",
-        "10.0.0.4,ntp.demo.internal",
-        "--ssh-key",
-        key.to_str().unwrap(),
-        "--dir",
-        d.to_str().unwrap(),
-    ]);
-    ok(&o);
-    d.join("cluster.yaml")
+    common::cluster_init(dir.join("c"))
+        .args(["--node-cidr", "10.0.0.0/24", "--vip-interface", "ens3", "--dns", "10.0.0.2,10.0.0.3"])
+        .args(["--dns-search", "demo.internal", "--ntp", "10.0.0.4,ntp.demo.internal", "--ssh-key"])
+        .args([key])
+        .seed(SEED)
+        .ok()
 }
 
 fn render(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
@@ -64,22 +45,6 @@ fn render(cluster: &Path, out: &Path, extra: &[&str]) -> Output {
 
 fn yaml(text: &str) -> serde_yaml::Value {
     serde_yaml::from_str(text).unwrap()
-}
-
-/// path -> (permissions, content) of a user-data's write_files.
-fn write_files(user_data: &str) -> BTreeMap<String, (String, String)> {
-    let v = yaml(user_data);
-    v["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["path"].as_str().unwrap().to_string(),
-                (f["permissions"].as_str().unwrap().to_string(), f["content"].as_str().unwrap().to_string()),
-            )
-        })
-        .collect()
 }
 
 fn in_ci() -> bool {
@@ -534,8 +499,7 @@ fn hostile_values_round_trip_byte_exact_or_are_rejected() {
     );
     fs::write(&c, &bad_key).unwrap();
     let o = render(&c, &t.path().join("bad"), &["--all"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("ssh_authorized_keys[0]"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "ssh_authorized_keys[0]");
 }
 
 #[test]
@@ -552,8 +516,7 @@ fn user_data_size_limits() {
     assert!(stderr(&o).contains("warning:") && stderr(&o).contains("over 16 KiB"), "{}", stderr(&o));
     fs::write(&c, with(70_000)).unwrap();
     let o = render(&c, &t.path().join("o2"), &["--node", "demo-cp-1", "--seed", "none"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("64 KiB"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "64 KiB");
     assert!(stderr(&o).contains("cluster.yaml:"), "{}", stderr(&o));
     assert!(!t.path().join("o2/demo-cp-1/user-data").exists());
     // workers do not carry the add-on values, so they stay small
@@ -568,12 +531,13 @@ fn files_are_private_and_secrets_never_printed() {
     fs::write(&key, format!("{SSH_KEY}\n")).unwrap();
     let d = t.path().join("c");
     // real randomness here: no test seed
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "prod", "--endpoint", "10.1.0.10", "--node-cidr", "10.1.0.0/24"])
-        .args(["--interface", "ens3", "--dns", "10.1.0.2"])
-        .args(["--external-lb", "--ssh-key", key.to_str().unwrap(), "--dir", d.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&d)
+        .name("prod")
+        .endpoint("10.1.0.10")
+        .args(["--node-cidr", "10.1.0.0/24", "--interface", "ens3", "--dns", "10.1.0.2"])
+        .external_lb()
+        .args(["--ssh-key", key.to_str().unwrap()])
+        .output();
     ok(&o);
     let mut printed = o.stdout.clone();
     printed.extend(&o.stderr);
@@ -693,8 +657,7 @@ fn vendor_data_goes_next_to_user_data_and_into_the_seed() {
     // too large: bad input, nothing read unboundedly
     fs::write(&vd, vec![b'#'; (1 << 20) + 1]).unwrap();
     let o = render(&c, &out, &["--node", "demo-worker-1", "--vendor-data", vd.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("larger than 1024 KiB"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "larger than 1024 KiB");
 }
 
 #[test]

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn init(dir: &Path, extra: &[&str]) -> Output {
-    common::bin()
-        .args(["cluster", "init", "--name", "lab", "--endpoint", "192.168.50.10:6443"])
-        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1", "--dir"])
-        .arg(dir)
+    common::cluster_init(dir)
+        .name("lab")
+        .endpoint("192.168.50.10:6443")
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0", "--dns", "192.168.50.1"])
         .args(extra)
         .output()
-        .unwrap()
 }
 
 fn cluster(t: &Path) -> PathBuf {
@@ -68,8 +67,7 @@ fn init_writes_spec_and_private_secrets_once() {
     // second init refuses, and changes nothing
     let before = fs::read(s.join("ca.key")).unwrap();
     let o = init(&d, &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("refusing to overwrite"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "refusing to overwrite");
     assert_eq!(before, fs::read(s.join("ca.key")).unwrap());
     // even when only the secrets are left
     fs::remove_file(d.join("cluster.yaml")).unwrap();
@@ -210,28 +208,28 @@ fn validation_errors_name_the_line() {
         assert!(o.stdout.is_empty());
     };
     let file = c.display().to_string();
+    // `from` replaced by `to` is refused with `msg`, at the line that holds `at`
+    let refused_at = |at: &str, from: &str, to: &str, msg: &str| {
+        check(base.replace(from, to), &[format!("{file}:{}: {msg}", line_of(at))])
+    };
     // duplicate node name
-    let l2 = line_of("name: \"lab-cp-2\"");
-    check(
-        base.replace("name: \"lab-cp-2\"", "name: \"lab-cp-1\""),
-        &[format!("{file}:{l2}: nodes[1].name: duplicate node name")],
-    );
+    let cp2 = "name: \"lab-cp-2\"";
+    refused_at(cp2, cp2, "name: \"lab-cp-1\"", "nodes[1].name: duplicate node name");
     // not a DNS-1123 label
-    let lw = line_of("name: \"lab-worker-1\"");
-    check(
-        base.replace("name: \"lab-worker-1\"", "name: \"Lab_Worker\""),
-        &[format!("{file}:{lw}: nodes[3].name: \"Lab_Worker\" is not a DNS-1123 label")],
-    );
+    let w1 = "name: \"lab-worker-1\"";
+    refused_at(w1, w1, "name: \"Lab_Worker\"", "nodes[3].name: \"Lab_Worker\" is not a DNS-1123 label");
     // overlapping CIDRs: service inside pods, pods covering the nodes
-    let ls = line_of("service_cidr");
-    check(
-        base.replace("service_cidr: \"10.96.0.0/12\"", "service_cidr: \"10.244.10.0/24\""),
-        &[format!("{file}:{ls}: networking.service_cidr: 10.244.10.0/24 overlaps 10.244.0.0/16")],
+    refused_at(
+        "service_cidr",
+        "service_cidr: \"10.96.0.0/12\"",
+        "service_cidr: \"10.244.10.0/24\"",
+        "networking.service_cidr: 10.244.10.0/24 overlaps 10.244.0.0/16",
     );
-    let ln = line_of("node_cidr");
-    check(
-        base.replace("pod_cidr: \"10.244.0.0/16\"", "pod_cidr: \"192.168.0.0/16\""),
-        &[format!("{file}:{ln}: networking.node_cidr: 192.168.50.0/24 overlaps 192.168.0.0/16")],
+    refused_at(
+        "node_cidr",
+        "pod_cidr: \"10.244.0.0/16\"",
+        "pod_cidr: \"192.168.0.0/16\"",
+        "networking.node_cidr: 192.168.50.0/24 overlaps 192.168.0.0/16",
     );
     // no control plane
     check(
@@ -253,25 +251,19 @@ fn validation_errors_name_the_line() {
 fn warnings_for_even_control_planes_and_endpoint_outside() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path().join("w");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "w", "--endpoint", "10.9.9.9", "--control-planes", "2"])
+    let o = common::cluster_init(&d)
+        .name("w")
+        .endpoint("10.9.9.9")
+        .args(["--control-planes", "2"])
         .args(["--node-cidr", "192.168.50.0/24", "--interface", "ens3", "--dns", "192.168.50.1"])
-        .args(["--external-lb", "--dir"])
-        .arg(&d)
-        .output()
-        .unwrap();
+        .external_lb()
+        .output();
     ok(&o);
     let e = stderr(&o);
     assert!(e.contains("warning:") && e.contains("2 control planes"), "{e}");
     assert!(e.contains("endpoint 10.9.9.9 is outside the nodes' network"), "{e}");
     // the same warnings when rendering, which still succeeds
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(d.join("cluster.yaml"))
-        .arg("--out")
-        .arg(t.path().join("o"))
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(d.join("cluster.yaml"), t.path().join("o"));
     ok(&o);
     assert!(stderr(&o).contains("2 control planes"));
     // --quiet silences warnings and progress
@@ -310,23 +302,12 @@ fn bad_init_arguments_exit_2() {
     let k = t.path().join("k.pub");
     fs::write(&k, "not a key\n").unwrap();
     let d = t.path().join("dk");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "ok",
-            "--endpoint",
-            "10.0.0.1",
-            "--control-planes",
-            "1",
-            "--ssh-key",
-        ])
-        .arg(&k)
-        .arg("--dir")
-        .arg(&d)
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&d)
+        .name("ok")
+        .endpoint("10.0.0.1")
+        .args(["--control-planes", "1", "--ssh-key"])
+        .args([&k])
+        .output();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
@@ -367,21 +348,11 @@ fn init_is_all_or_nothing() {
     assert!(!l.iter().any(|p| p.starts_with('.')), "staging left behind: {l:?}");
     // an invalid invocation creates nothing, not even the directory
     let fresh = t.path().join("new/deeper");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "lab",
-            "--endpoint",
-            "192.168.50.10",
-            "--node-cidr",
-            "192.168.50.0/24",
-        ])
-        .args(["--vip-interface", "eth0", "--dir"])
-        .arg(&fresh)
-        .output()
-        .unwrap();
+    let o = common::cluster_init(&fresh)
+        .name("lab")
+        .endpoint("192.168.50.10")
+        .args(["--node-cidr", "192.168.50.0/24", "--vip-interface", "eth0"])
+        .output();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!fresh.exists());
 }
@@ -432,13 +403,7 @@ fn init_takes_dns_ntp_and_the_nic() {
     ];
     for (i, (args, want)) in cases.iter().enumerate() {
         let d = t.path().join(format!("bad{i}"));
-        let o = common::bin()
-            .args(["cluster", "init", "--name", "lab", "--endpoint", "10.0.0.10"])
-            .args(*args)
-            .arg("--dir")
-            .arg(&d)
-            .output()
-            .unwrap();
+        let o = common::cluster_init(&d).name("lab").endpoint("10.0.0.10").args(*args).output();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         assert!(stderr(&o).contains(want), "{args:?}: want {want:?} in {}", stderr(&o));
         assert!(!d.exists(), "{args:?} wrote {d:?}");

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixture::{self, sh};
+use crate::common::fixture;
 use imgbuild::cluster::pki::Secrets;
 
 /// Every string that must never appear in an image: whole secret values, each
@@ -47,22 +47,7 @@ fn role_images_carry_the_bootstrap_and_no_secrets() {
     let t = tempfile::tempdir().unwrap();
     // a real cluster (OS randomness) and the golden test cluster
     let d = t.path().join("c");
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "scan",
-            "--endpoint",
-            "10.0.0.10",
-            "--control-planes",
-            "1",
-            "--dir",
-        ])
-        .arg(&d)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    common::cluster_init(&d).name("scan").endpoint("10.0.0.10").args(["--control-planes", "1"]).ok();
     let golden = t.path().join("golden");
     fs::create_dir_all(&golden).unwrap();
     let golden = crate::cloudinit::golden_cluster(&golden).parent().unwrap().join("secrets");
@@ -78,19 +63,11 @@ fn role_images_carry_the_bootstrap_and_no_secrets() {
         let o = fixture::build(&fx, role, &["--output", out.to_str().unwrap()]);
         assert!(o.status.success(), "{}", stderr(&o));
         let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        let raw = image.with_extension("scan.raw");
-        sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&image).arg(&raw));
+        let raw = fixture::to_raw(&image, image.with_extension("scan.raw"));
         let hits = found(&raw, &all, t.path());
         assert!(hits.is_empty(), "{role} image contains secret material: {hits:?}");
         // the bootstrap logic is in the image, executable, and enabled
-        let ins = common::bin()
-            .env("PATH", fixture::path_with_sbin())
-            .args(["inspect", "--json"])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(ins.status.success(), "{}", stderr(&ins));
-        let m: imgbuild::manifest::Manifest = serde_json::from_slice(&ins.stdout).unwrap();
+        let m = fixture::inspect(&image);
         let f = |p: &str| m.files.iter().find(|f| f.path == p).unwrap_or_else(|| panic!("{role}: no {p}"));
         assert_eq!(f("/usr/libexec/imgbuild/bootstrap").mode, "0755");
         assert_eq!(f("/etc/systemd/system/imgbuild-bootstrap.service").mode, "0644");

@@ -9,8 +9,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+const SEED: &str = "registries-test";
+
 fn run(args: &[&str]) -> Output {
-    common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, "registries-test").args(args).output().unwrap()
+    common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, SEED).args(args).output().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -19,40 +21,11 @@ fn text(o: &Output) -> String {
 
 /// A 1 cp + 1 worker cluster whose cluster.yaml ends with `registries` (YAML text).
 fn cluster(dir: &Path, registries: &str) -> PathBuf {
-    let d = dir.join("c");
-    let o = run(&[
-        "cluster",
-        "init",
-        "--name",
-        "reg",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--control-planes",
-        "1",
-        "--workers",
-        "1",
-        "--dir",
-        d.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", text(&o));
-    let p = d.join("cluster.yaml");
+    let p = common::cluster_init(dir.join("c")).name("reg").nodes(1, 1).seed(SEED).ok();
     let mut y = fs::read_to_string(&p).unwrap();
     y.push_str(registries);
     fs::write(&p, y).unwrap();
     p
-}
-
-fn write_files(user_data: &str) -> Vec<(String, String, String)> {
-    let v: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    v["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            let s = |k: &str| f[k].as_str().unwrap().to_string();
-            (s("path"), s("permissions"), s("content"))
-        })
-        .collect()
 }
 
 fn ca_pem() -> String {
@@ -98,11 +71,9 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         text(&o)
     );
     for node in ["reg-cp-1", "reg-worker-1"] {
-        let ud = fs::read_to_string(out.join(node).join("user-data")).unwrap();
-        let files = write_files(&ud);
-        let get =
-            |p: &str| files.iter().find(|f| f.0 == p).unwrap_or_else(|| panic!("{node}: no {p}")).clone();
-        let (_, mode, k8s) = get("/etc/containerd/certs.d/registry.k8s.io/hosts.toml");
+        let files = common::node_files(&out, node);
+        let get = |p: &str| files.get(p).unwrap_or_else(|| panic!("{node}: no {p}")).clone();
+        let (mode, k8s) = get("/etc/containerd/certs.d/registry.k8s.io/hosts.toml");
         assert_eq!(mode, "0644");
         let k8s: toml::Value = toml::from_str(&k8s).unwrap();
         assert_eq!(k8s["server"].as_str(), Some("https://registry.k8s.io"), "falls back to the upstream");
@@ -110,9 +81,9 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         assert_eq!(h["override_path"].as_bool(), Some(true));
         assert_eq!(h["capabilities"].as_array().unwrap().len(), 2);
         let ca_file = h["ca"].as_str().unwrap();
-        assert_eq!(get(&format!("/etc/containerd/certs.d/registry.k8s.io/{ca_file}")).2, ca);
+        assert_eq!(get(&format!("/etc/containerd/certs.d/registry.k8s.io/{ca_file}")).1, ca);
         // fallback: false -> the last endpoint is the server; nothing goes upstream.
-        let (_, _, d) = get("/etc/containerd/certs.d/_default/hosts.toml");
+        let (_, d) = get("/etc/containerd/certs.d/_default/hosts.toml");
         let d: toml::Value = toml::from_str(&d).unwrap();
         assert_eq!(d["server"].as_str(), Some("http://10.0.0.5:5000"));
         assert_eq!(
@@ -122,7 +93,7 @@ fn mirrors_become_hosts_toml_and_kubeadm_gets_the_repository_and_policy() {
         let hosts: Vec<&String> = d["host"].as_table().unwrap().keys().collect();
         assert_eq!(hosts, ["http://10.0.0.5:5000", "https://mirror-a.example.com:5443"]);
         // kubeadm: the pull policy on every node, the repository in the ClusterConfiguration.
-        let (_, _, k) = get("/etc/imgbuild/kubeadm.yaml");
+        let (_, k) = get("/etc/imgbuild/kubeadm.yaml");
         assert!(k.contains("  imagePullPolicy: Always\n"), "{k}");
         if node == "reg-cp-1" {
             assert!(k.contains("\nimageRepository: harbor.example.com/k8s\n"), "{k}");

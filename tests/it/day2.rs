@@ -51,13 +51,12 @@ impl World {
     fn new(net_index: u8) -> World {
         let t = tempfile::tempdir().unwrap();
         let net = format!("127.{}.{}", 90 + net_index, std::process::id() % 250 + 1);
-        let o = common::bin()
-            .args(["cluster", "init", "--name", "et", "--endpoint", "127.0.0.1:6443"])
-            .args(["--control-planes", "3", "--workers", "1", "--external-lb", "--dir"])
-            .arg(t.path().join("c"))
-            .output()
-            .unwrap();
-        ok(&o);
+        common::cluster_init(t.path().join("c"))
+            .name("et")
+            .endpoint("127.0.0.1:6443")
+            .nodes(3, 1)
+            .external_lb()
+            .ok();
         World { t, net, etcds: Mutex::default() }
     }
     fn p(&self, rel: &str) -> PathBuf {
@@ -273,23 +272,7 @@ fn backup_refuses_an_etcd_of_another_cluster() {
     w.etcd_cluster(1);
     // another cluster's secrets: its etcd CA neither trusts our etcd nor is trusted by it
     let other = w.p("other");
-    ok(&common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "ot",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "1",
-            "--workers",
-            "0",
-            "--dir",
-        ])
-        .arg(&other)
-        .output()
-        .unwrap());
+    common::cluster_init(&other).name("ot").endpoint("127.0.0.1:6443").nodes(1, 0).ok();
     let out = w.p("snap.db");
     let o = common::bin()
         .args(["cluster", "backup", "--cluster"])
@@ -600,14 +583,12 @@ fn node_remove_drains_removes_the_etcd_member_and_keeps_quorum() {
 
     // a control plane without the etcd CA: refused as bad input before any change
     let o = remove(&kc, None, "et-cp-3", &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--cluster"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "--cluster");
     // member 2 dies: removing member 3 would leave 1 and 2 with one answering
     w.stop_etcd(2);
     let before = server.requests().len();
     let o = remove(&kc, Some(&y), "et-cp-3", &[]);
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("would break etcd's quorum"), "{}", stderr(&o));
+    common::exits_with(&o, 1, "would break etcd's quorum");
     assert!(server.requests()[before..].iter().all(|r| r.method == "GET"), "a refusal changes nothing");
     assert_eq!(w.member_names(1), vec!["et-cp-1", "et-cp-2", "et-cp-3"]);
 
@@ -832,13 +813,7 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
     let root = snapshot_node(&w);
     // the files cloud-init writes on a control plane (rendered by imgbuild itself)
     let seeds = w.p("seeds");
-    ok(&common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(w.yaml())
-        .arg("--out")
-        .arg(&seeds)
-        .output()
-        .unwrap());
+    ok(&common::cloud_init_all(w.yaml(), &seeds));
     common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
     assert_eq!(
         fs::read_to_string(root.join("etc/imgbuild/backup.env")).unwrap(),
@@ -1014,13 +989,7 @@ fn scheduled_snapshot_uploads_to_s3_and_keeps_it_when_refused() {
         .unwrap();
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
     let seeds = w.p("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(w.yaml())
-        .arg("--out")
-        .arg(&seeds)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(w.yaml(), &seeds);
     ok(&o);
     assert!(!format!("{o:?}").contains(&s3.writer.1));
     common::write_files_to(&fs::read_to_string(seeds.join("et-cp-1/user-data")).unwrap(), &root);
@@ -1216,24 +1185,7 @@ fn certificates_close_to_expiry_are_renewed_and_static_pods_restarted() {
 fn backups_section_errors_name_field_and_line() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("c");
-    ok(&common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "bk",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "1",
-            "--workers",
-            "0",
-            "--dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap());
-    let y = dir.join("cluster.yaml");
+    let y = common::cluster_init(&dir).name("bk").endpoint("127.0.0.1:6443").nodes(1, 0).ok();
     let base = fs::read_to_string(&y).unwrap();
     let line = base.lines().count() + 2;
     for (section, field) in [
@@ -1242,13 +1194,7 @@ fn backups_section_errors_name_field_and_line() {
         ("backups:\n  every: 3\n", "backups"),
     ] {
         fs::write(&y, format!("{base}{section}")).unwrap();
-        let o = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&y)
-            .arg("--out")
-            .arg(t.path().join("o"))
-            .output()
-            .unwrap();
+        let o = common::cloud_init_all(&y, t.path().join("o"));
         assert_eq!(o.status.code(), Some(2), "{section}: {}", stderr(&o));
         let e = stderr(&o);
         assert!(
@@ -1258,13 +1204,7 @@ fn backups_section_errors_name_field_and_line() {
     }
     fs::write(&y, format!("{base}backups:\n  retention: 3\n  interval_hours: 12\n")).unwrap();
     let out = t.path().join("ok");
-    ok(&common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(&y)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap());
+    ok(&common::cloud_init_all(&y, &out));
     assert!(fs::read_to_string(out.join("bk-cp-1/user-data"))
         .unwrap()
         .contains("IMGBUILD_BACKUP_RETENTION=3\\nIMGBUILD_BACKUP_INTERVAL_HOURS=12\\n"));
@@ -1277,13 +1217,7 @@ fn backups_section_errors_name_field_and_line() {
 fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_only() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("c");
-    ok(&common::bin()
-        .args(["cluster", "init", "--name", "bk", "--endpoint", "127.0.0.1:6443"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap());
-    let y = dir.join("cluster.yaml");
+    let y = common::cluster_init(&dir).name("bk").endpoint("127.0.0.1:6443").nodes(1, 1).ok();
     let base = fs::read_to_string(&y).unwrap();
     // line numbers of the appended section: backups: is base+1, s3: base+2, its first field base+3
     let s3 = |fields: &str| format!("{base}backups:\n  s3:\n{fields}");
@@ -1321,15 +1255,7 @@ fn backups_s3_errors_name_field_and_line_and_credentials_reach_control_planes_on
     fs::write(&y, s3(full)).unwrap();
     fs::write(&creds, "access_key_id: AKIDEXAMPLE\nsecret_access_key: wJalr/K7MDENG+bPxRfi\n").unwrap();
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
-    let render = |out: &Path| {
-        common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&y)
-            .arg("--out")
-            .arg(out)
-            .output()
-            .unwrap()
-    };
+    let render = |out: &Path| common::cloud_init_all(&y, out);
     let o = render(&t.path().join("o"));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("chmod 600") && !stderr(&o).contains("wJalr"), "{}", stderr(&o));
@@ -1465,17 +1391,7 @@ fn first_control_plane_boots_into_a_cluster_restored_from_a_snapshot() {
     );
     // the restored member serves the data of before, alone, under this node's name
     let pki = root.join("etc/kubernetes/pki");
-    let ctl = |args: &[&str]| {
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{node_ip}:2379"))
-            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
-            .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let ctl = |args: &[&str]| common::etcdctl_as_apiserver(&pki, &node_ip, args);
     let g = ctl(&["get", "/registry/configmaps/default/survivor", "--print-value-only"]);
     ok(&g);
     assert_eq!(String::from_utf8_lossy(&g.stdout).trim(), "still here");

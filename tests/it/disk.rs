@@ -3,10 +3,9 @@
 //! symlink) written into the noble-shaped fixture base.
 use crate::common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixture::{self, sh, Fixture};
+use crate::common::fixture::{self, debugfs, read_range, sh, Fixture};
 use imgbuild::build::{build, Built, Compose, Step};
 use imgbuild::layer::{Content, Entry, Kind};
 use imgbuild::plan::{BuildPlan, PlanOptions};
@@ -80,25 +79,6 @@ fn build_into(fx: &Fixture, plan: &BuildPlan, out: &str) -> Built {
     build(plan, &fx.fetched(plan), &fx.dir.path().join(out), &steps, &Reporter::silent()).unwrap()
 }
 
-fn debugfs(spec: &str, req: &str) -> String {
-    let out = sh(Command::new("debugfs").arg("-R").arg(req).arg(spec));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn to_raw(img: &Path, dir: &Path) -> PathBuf {
-    let raw = dir.join(format!("{}.raw", img.file_name().unwrap().to_string_lossy()));
-    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
-    raw
-}
-
-fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).unwrap();
-    let mut b = vec![0u8; len as usize];
-    f.read_exact_at(&mut b, off).unwrap();
-    b
-}
-
 #[test]
 fn both_roles_write_every_layer_file_and_keep_other_partitions() {
     let fx = fixture::noble_fixture();
@@ -125,20 +105,20 @@ fn both_roles_write_every_layer_file_and_keep_other_partitions() {
         let sum = std::fs::read_to_string(&out.checksum).unwrap();
         assert_eq!(sum, format!("{}  {stem}.qcow2\n", fixture::sha256_file(&out.image)));
 
-        let raw = to_raw(&out.image, fx.dir.path());
+        let raw = fixture::to_raw(&out.image, fx.dir.path().join(format!("{stem}.qcow2.raw")));
         // Every partition but root is byte-identical to the base, and so is the GPT.
         for part in [14, 15, 16] {
             let pp = fx.base.part(part);
             assert!(
-                range(&raw, pp.offset, pp.len) == range(&fx.base.raw, pp.offset, pp.len),
+                read_range(&raw, pp.offset, pp.len) == read_range(&fx.base.raw, pp.offset, pp.len),
                 "partition {part} changed"
             );
         }
-        assert!(range(&raw, 0, 2048 * 512) == range(&fx.base.raw, 0, 2048 * 512), "GPT changed");
+        assert!(read_range(&raw, 0, 2048 * 512) == read_range(&fx.base.raw, 0, 2048 * 512), "GPT changed");
         let len = std::fs::metadata(&raw).unwrap().len();
         assert_eq!(len, std::fs::metadata(&fx.base.raw).unwrap().len());
         assert!(
-            range(&raw, len - 34 * 512, 34 * 512) == range(&fx.base.raw, len - 34 * 512, 34 * 512),
+            read_range(&raw, len - 34 * 512, 34 * 512) == read_range(&fx.base.raw, len - 34 * 512, 34 * 512),
             "backup GPT changed"
         );
         let root = fx.base.part(1);

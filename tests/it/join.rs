@@ -62,22 +62,14 @@ impl World {
         // a loopback /24 of its own per test and process: etcd binds IP:2379/2380
         let net = format!("127.{}.{}", 60 + net_index, std::process::id() % 250 + 1);
         let dir = t.path().join("cluster");
-        let out = common::bin()
-            .args(["cluster", "init", "--name", "jt", "--endpoint", &format!("{net}.10:6443")])
-            .args(["--control-planes", &control_planes.to_string(), "--workers", "1", "--external-lb"])
-            .arg("--dir")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        ok(&out);
+        common::cluster_init(&dir)
+            .name("jt")
+            .endpoint(&format!("{net}.10:6443"))
+            .nodes(control_planes, 1)
+            .external_lb()
+            .ok();
         let seeds = t.path().join("seeds");
-        let out = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(dir.join("cluster.yaml"))
-            .arg("--out")
-            .arg(&seeds)
-            .output()
-            .unwrap();
+        let out = common::cloud_init_all(dir.join("cluster.yaml"), &seeds);
         ok(&out);
         for i in 1..=control_planes {
             let node = format!("jt-cp-{i}");
@@ -170,16 +162,11 @@ impl World {
 
     /// real etcdctl with the first control plane's etcd client certificate
     fn etcdctl(&self, args: &[&str]) -> Output {
-        let pki = self.root("jt-cp-1").join("etc/kubernetes/pki");
-        Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints=https://{}:2379", self.ip("jt-cp-1")))
-            .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
-            .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
-            .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
-            .args(args)
-            .output()
-            .unwrap()
+        common::etcdctl_as_apiserver(
+            &self.root("jt-cp-1").join("etc/kubernetes/pki"),
+            &self.ip("jt-cp-1"),
+            args,
+        )
     }
 
     /// (id, status, name, peer URLs, is learner) of every etcd member.

@@ -42,26 +42,12 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let t = tempfile::tempdir().unwrap();
-        let o = common::bin()
-            .args([
-                "cluster",
-                "init",
-                "--name",
-                "demo",
-                "--endpoint",
-                "127.0.0.1:6443",
-                "--node-cidr",
-                "10.0.0.0/24",
-                "--interface",
-                "ens3",
-                "--dns",
-                "10.0.0.2",
-            ])
-            .args(["--control-planes", "1", "--workers", "1", "--external-lb", "--dir"])
-            .arg(t.path().join("c"))
-            .output()
-            .unwrap();
-        ok(&o);
+        common::cluster_init(t.path().join("c"))
+            .endpoint("127.0.0.1:6443")
+            .lan()
+            .nodes(1, 1)
+            .external_lb()
+            .ok();
         let o = common::bin()
             .args(["cluster", "kubeconfig", "--cluster"])
             .arg(t.path().join("c/cluster.yaml"))
@@ -252,14 +238,8 @@ fn render_node(cluster: &Path, node: &str, out: &Path) -> Output {
 }
 
 fn kubeadm_token(user_data: &str) -> String {
-    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    let f = doc["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/kubeadm.yaml")
-        .unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(f["content"].as_str().unwrap())
+    let kubeadm = &common::write_files(user_data)["/etc/imgbuild/kubeadm.yaml"].1;
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(kubeadm)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     match docs[0]["kind"].as_str() {
@@ -350,13 +330,7 @@ fn token_create_posts_a_bootstrap_token_secret_and_the_new_seed_joins() {
 
     // The new node's seed carries the new token; the first control plane keeps the initial one.
     let out = c.p("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--all", "--seed", "none", "--out"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(c.yaml(), &out);
     ok(&o);
     let ud = fs::read_to_string(out.join("demo-worker-2/user-data")).unwrap();
     assert_eq!(kubeadm_token(&ud), token);
@@ -481,8 +455,7 @@ fn token_create_refuses_bad_input_with_exit_2() {
     )
     .unwrap();
     let o = token_create(&c, &insecure, &[]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("insecure-skip-tls-verify"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "insecure-skip-tls-verify");
     // an expired join token is refused by cloud-init, not used
     let exp = imgbuild::cluster::token::rfc3339(time::OffsetDateTime::now_utc() - time::Duration::hours(1));
     fs::write(
@@ -490,13 +463,7 @@ fn token_create_refuses_bad_input_with_exit_2() {
         format!("{{\"token\": \"abcdef.0123456789abcdef\", \"expiration\": \"{exp}\"}}"),
     )
     .unwrap();
-    let o = common::bin()
-        .args(["cloud-init", "--cluster"])
-        .arg(c.yaml())
-        .args(["--all", "--seed", "none", "--out"])
-        .arg(c.p("seeds"))
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(c.yaml(), c.p("seeds"));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("expired at"), "{}", stderr(&o));
 }
@@ -579,25 +546,12 @@ fn bootstrap_finds_etcd_with_a_real_kubectl() {
         },
     };
     let t = tempfile::tempdir().unwrap();
-    let o = common::bin()
-        .args([
-            "cluster",
-            "init",
-            "--name",
-            "kt",
-            "--endpoint",
-            "127.0.0.1:6443",
-            "--control-planes",
-            "3",
-            "--workers",
-            "0",
-            "--external-lb",
-            "--dir",
-        ])
-        .arg(t.path().join("c"))
-        .output()
-        .unwrap();
-    ok(&o);
+    common::cluster_init(t.path().join("c"))
+        .name("kt")
+        .endpoint("127.0.0.1:6443")
+        .nodes(3, 0)
+        .external_lb()
+        .ok();
     let c = Cluster { t };
     let pods = json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": [
         {"metadata": {"name": "etcd-kt-cp-1", "namespace": "kube-system",

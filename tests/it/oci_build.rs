@@ -17,17 +17,6 @@ use crate::common::http::Fault;
 use crate::common::registry::{image, layer, Registry, TestImage};
 use imgbuild::manifest::Manifest;
 
-fn inspect(image: &Path) -> Manifest {
-    let o = common::bin()
-        .env("PATH", fixture::path_with_sbin())
-        .args(["inspect", "--json"])
-        .arg(image)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "inspect: {}", stderr(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 fn built(o: &Output) -> PathBuf {
     assert!(o.status.success(), "build: {}", stderr(o));
     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
@@ -54,7 +43,7 @@ fn the_fixture_images_are_embedded_listed_and_counted_in_the_identity() {
         let o = fixture::build(&fx, role, &["--output", out.to_str().unwrap()]);
         let img = built(&o);
         assert!(stderr(&o).contains("images: 6 image(s)"), "{}", stderr(&o));
-        let m = inspect(&img);
+        let m = fixture::inspect(&img);
         // The recipe's add-on images, each at its pinned index digest with its layers.
         let names: Vec<&str> = m.images.iter().map(|i| i.reference.as_str()).collect();
         assert_eq!(names.len(), 6, "{names:?}");
@@ -189,7 +178,7 @@ fn images_come_from_the_registry_by_digest_with_shared_layers_once() {
         "{}",
         stderr(&o)
     );
-    let m = inspect(&img);
+    let m = fixture::inspect(&img);
     let mine: Vec<_> = m.images.iter().filter(|i| i.reference.starts_with("registry.test/")).collect();
     assert_eq!(mine.len(), 2);
     assert_eq!(mine[0].digest, a.digest());
@@ -244,8 +233,7 @@ fn a_missing_arch_a_tampered_blob_and_an_interrupted_download() {
         Some("[amd64, arm64]"),
     );
     let o = build_with(&fx, &reg, &r, &fx.cache, &d.join("out-arm"), &["--arch", "arm64"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("no linux/arm64 image (it has: linux/amd64)"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "no linux/arm64 image (it has: linux/amd64)");
 
     // An interrupted layer download resumes with Range at the blob storage.
     let layer_digest = {

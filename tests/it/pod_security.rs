@@ -100,35 +100,14 @@ fn admission_configuration_enforces_baseline_and_audits_restricted() {
 fn kubeadm_points_the_apiserver_at_the_baked_admission_configuration() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "0", "--dir"])
-        .arg(&dir)
-        .env("IMGBUILD_TEST_SEED", "pod-security")
-        .output()
-        .unwrap();
-    common::ok(&o);
+    common::cluster_init(&dir).external_lb().nodes(1, 0).seed("pod-security").ok();
     let out = d.path().join("seeds");
-    let o = common::bin()
-        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-        .arg(dir.join("cluster.yaml"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = common::cloud_init_all(dir.join("cluster.yaml"), &out);
     common::ok(&o);
-    let ud: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
-    let kubeadm = ud["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"].as_str().is_some_and(|p| p.ends_with("kubeadm.yaml")))
-        .expect("kubeadm config in user-data");
-    let docs: Vec<serde_yaml::Value> =
-        serde_yaml::Deserializer::from_str(kubeadm["content"].as_str().unwrap())
-            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-            .collect();
+    let kubeadm = common::node_file(&out, "demo-cp-1", "/etc/imgbuild/kubeadm.yaml");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&kubeadm)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect();
     let cc = docs.iter().find(|d| d["kind"] == "ClusterConfiguration").unwrap();
     let file = cc["apiServer"]["extraArgs"]["admission-control-config-file"].as_str().unwrap();
     // The file is in the control-plane image at that path…

@@ -134,14 +134,7 @@ fn lock_pins_the_profile_charts_and_the_plan_installs_them_in_order() {
 // --- cluster.yaml: addons.profiles ------------------------------------------------------
 
 fn cluster(dir: &Path, addons: &str) -> PathBuf {
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(dir.join("c"))
-        .output()
-        .unwrap();
-    common::ok(&o);
-    let c = dir.join("c/cluster.yaml");
+    let c = common::cluster_init(dir.join("c")).external_lb().nodes(1, 1).ok();
     let text = std::fs::read_to_string(&c).unwrap();
     let text = match text.find("\naddons:\n") {
         Some(i) => format!("{}\naddons:\n{addons}{}", &text[..i], &text[i + "\naddons:\n".len()..]),
@@ -552,12 +545,7 @@ fn cluster_init_generates_the_admin_passwords_once_and_never_into_cluster_yaml()
         assert!(!bad.status.success());
     }
     // A second `cluster init` into the same directory keeps every secret as it was.
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(d.path().join("c"))
-        .output()
-        .unwrap();
+    let o = common::cluster_init(d.path().join("c")).external_lb().nodes(1, 1).output();
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
     let after: Vec<Vec<u8>> =
         [GRAFANA_FILE, ARGOCD_FILE].iter().map(|f| std::fs::read(secrets.join(f)).unwrap()).collect();

@@ -6,15 +6,7 @@ use crate::common::{self, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::fixture::{self, sh, BaseSpec, Fixture};
-
-fn range(p: &Path, off: u64, len: u64) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(p).unwrap();
-    let mut b = vec![0u8; len as usize];
-    f.read_exact_at(&mut b, off).unwrap();
-    b
-}
+use crate::common::fixture::{self, read_range, sh, BaseSpec, Fixture};
 
 fn build_ok(fx: &Fixture, out: &str, extra: &[&str]) -> (PathBuf, String) {
     let dir = fx.dir.path().join(out);
@@ -45,7 +37,7 @@ fn assert_grown(fx: &Fixture, image: &Path, size: u64) {
         let (a, b) = (fx.base.part(n), parts.iter().find(|p| p.number == n).copied().unwrap());
         assert_eq!(a, b, "partition {n} moved");
         assert!(
-            range(&raw, a.offset, a.len) == range(&fx.base.raw, a.offset, a.len),
+            read_range(&raw, a.offset, a.len) == read_range(&fx.base.raw, a.offset, a.len),
             "partition {n} changed"
         );
     }
@@ -84,8 +76,7 @@ fn recipe_disk_size_is_the_default_and_bad_sizes_are_refused() {
     for (size, msg) in [("8X", "invalid disk size"), ("100M", "smaller than the base image")] {
         let out = fx.dir.path().join("bad");
         let o = fixture::build(&fx, "worker", &["--disk-size", size, "--output", out.to_str().unwrap()]);
-        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-        assert!(stderr(&o).contains(msg), "{}", stderr(&o));
+        common::exits_with(&o, 2, msg);
     }
 }
 
@@ -98,8 +89,7 @@ fn a_layer_that_does_not_fit_grows_the_disk_or_names_disk_size() {
 
     let out = fx.dir.path().join("fixed");
     let o = fixture::build(&fx, "control-plane", &["--disk-size", "128M", "--output", out.to_str().unwrap()]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not enough free space in the root filesystem"), "{}", stderr(&o));
+    common::exits_with(&o, 2, "not enough free space in the root filesystem");
     assert!(stderr(&o).contains("--disk-size"), "{}", stderr(&o));
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "a failed build leaves nothing behind");
 

@@ -134,14 +134,7 @@ fn installer_index_puts_storage_after_the_recipe_add_ons_and_before_the_backend(
 fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    let o = common::bin()
-        .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-        .args(["--control-planes", "1", "--workers", "1", "--dir"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    common::ok(&o);
-    let cluster = dir.join("cluster.yaml");
+    let cluster = common::cluster_init(&dir).external_lb().nodes(1, 1).ok();
     let base = std::fs::read_to_string(&cluster).unwrap();
     let with = |values: &str| {
         let text = if base.contains("\naddons:\n") {
@@ -152,26 +145,13 @@ fn storage_overrides_from_cluster_yaml_are_checked_and_delivered() {
         std::fs::write(&cluster, text).unwrap();
         let out = d.path().join("out");
         let _ = std::fs::remove_dir_all(&out);
-        let o = common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&cluster)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = common::cloud_init_all(&cluster, &out);
         (o, out)
     };
     let (o, out) = with("      storageClass:\n        default: false\n");
     common::ok(&o);
-    let ud: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
-    let f = ud["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/addons/local-path.yaml")
-        .expect("local-path values in user-data");
-    assert!(f["content"].as_str().unwrap().contains("default: false"));
+    let f = common::node_file(&out, "demo-cp-1", "/etc/imgbuild/addons/local-path.yaml");
+    assert!(f.contains("default: false"));
 
     let (o, _) = with("      storageClass:\n        reclaimPolicy: Recycle\n");
     assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
@@ -191,15 +171,7 @@ fn a_csi_profile_leaves_exactly_one_default_storageclass() {
     let Some(helm) = tool("helm") else { return };
     let d = tempfile::tempdir().unwrap();
     let dir = d.path().join("c");
-    common::ok(
-        &common::bin()
-            .args(["cluster", "init", "--name", "demo", "--endpoint", "10.0.0.10:6443", "--external-lb"])
-            .args(["--control-planes", "1", "--workers", "1", "--dir"])
-            .arg(&dir)
-            .output()
-            .unwrap(),
-    );
-    let cluster = dir.join("cluster.yaml");
+    let cluster = common::cluster_init(&dir).external_lb().nodes(1, 1).ok();
     let text = std::fs::read_to_string(&cluster).unwrap().replacen(
         "\naddons:\n",
         "\naddons:\n  profiles: [hcloud]\n",
@@ -211,26 +183,8 @@ fn a_csi_profile_leaves_exactly_one_default_storageclass() {
         .unwrap();
     std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = d.path().join("out");
-    common::ok(
-        &common::bin()
-            .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
-            .arg(&cluster)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap(),
-    );
-    let ud: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("demo-cp-1/user-data")).unwrap()).unwrap();
-    let values = ud["write_files"]
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/imgbuild/addons/local-path.yaml")
-        .expect("local-path values")["content"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    common::ok(&common::cloud_init_all(&cluster, &out));
+    let values = common::node_file(&out, "demo-cp-1", "/etc/imgbuild/addons/local-path.yaml");
     let (_, docs) = render(&helm, &values);
     let classes: Vec<_> = docs.iter().filter(|d| d["kind"] == "StorageClass").collect();
     assert_eq!(classes.len(), 1);

@@ -5,112 +5,14 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
 
+use crate::common::fulcio::{b64, ca, leaf, sign, Chain, Leaf, IDENTITY, ISSUER, SIGNED};
 use crate::common::http::Server;
-use base64::Engine;
-use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
-};
-
-const IDENTITY: &str = "krel-staging@k8s-releng-prod.iam.gserviceaccount.com";
-const ISSUER: &str = "https://accounts.google.com";
-/// 2024-07-16T00:00:00Z, the leaf's notBefore.
-const SIGNED: i64 = 1721088000;
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(cn: &str, parent: Option<&Ca>, from: (i32, u8, u8), to: (i32, u8, u8)) -> Ca {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::OrganizationName, "sigstore.dev");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-    p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
-    let cert = match parent {
-        None => p.self_signed(&key).unwrap(),
-        Some(pa) => p.signed_by(&key, &pa.cert, &pa.key).unwrap(),
-    };
-    Ca { cert, key }
-}
-
-/// DER UTF8String, as Fulcio encodes the .1.8 extension.
-fn utf8string(s: &str) -> Vec<u8> {
-    assert!(s.len() < 128);
-    let mut v = vec![0x0c, s.len() as u8];
-    v.extend_from_slice(s.as_bytes());
-    v
-}
-
-struct Leaf<'a> {
-    identity: &'a str,
-    issuer_v1: Option<&'a str>,
-    issuer_v2: Option<&'a str>,
-    code_signing: bool,
-    not_before: i64,
-}
-
-impl Default for Leaf<'_> {
-    fn default() -> Self {
-        Leaf {
-            identity: IDENTITY,
-            issuer_v1: Some(ISSUER),
-            issuer_v2: Some(ISSUER),
-            code_signing: true,
-            not_before: SIGNED,
-        }
-    }
-}
-
-/// A 10-minute Fulcio-style leaf (P-256) issued by `by`; returns (PEM, key).
-fn leaf(by: &Ca, l: &Leaf) -> (String, KeyPair) {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.subject_alt_names = vec![SanType::Rfc822Name(l.identity.try_into().unwrap())];
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    if l.code_signing {
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
-    }
-    if let Some(i) = l.issuer_v1 {
-        p.custom_extensions
-            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 1], i.into()));
-    }
-    if let Some(i) = l.issuer_v2 {
-        p.custom_extensions
-            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 8], utf8string(i)));
-    }
-    let start = rcgen::date_time_ymd(1970, 1, 1) + Duration::from_secs(l.not_before as u64);
-    p.not_before = start;
-    p.not_after = start + Duration::from_secs(600);
-    (p.signed_by(&key, &by.cert, &by.key).unwrap().pem(), key)
-}
-
-/// ECDSA P-256 / SHA-256, ASN.1 DER, as cosign signs blobs.
-fn sign(key: &KeyPair, blob: &[u8]) -> Vec<u8> {
-    let rng = ring::rand::SystemRandom::new();
-    let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
-        &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-        &key.serialize_der(),
-        &rng,
-    )
-    .unwrap();
-    kp.sign(&rng, blob).unwrap().as_ref().to_vec()
-}
-
-fn b64(b: &[u8]) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD.encode(b).into_bytes()
-}
+use crate::common::text;
 
 struct Fixture {
     dir: tempfile::TempDir,
-    root: Ca,
-    inter: Ca,
+    ca: Chain,
     trust: PathBuf,
     blob: Vec<u8>,
 }
@@ -118,12 +20,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let root = ca("sigstore", None, (2021, 1, 1), (2035, 1, 1));
-        let inter = ca("sigstore-intermediate", Some(&root), (2022, 1, 1), (2031, 1, 1));
+        let ca = Chain::new();
         let trust = dir.path().join("trust.pem");
-        std::fs::write(&trust, format!("{}{}", inter.cert.pem(), root.cert.pem())).unwrap();
+        std::fs::write(&trust, ca.trust_pem()).unwrap();
         let blob: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
-        Fixture { dir, root, inter, trust, blob }
+        Fixture { dir, ca, trust, blob }
     }
 
     /// Write blob, blob.sig and blob.cert (dl.k8s.io encodings) under `name`.
@@ -137,7 +38,7 @@ impl Fixture {
 
     /// A correctly signed blob for the given leaf options.
     fn signed(&self, name: &str, l: &Leaf) -> PathBuf {
-        let (pem, key) = leaf(&self.inter, l);
+        let (pem, key) = leaf(&self.ca.inter, l);
         let sig = sign(&key, &self.blob);
         self.publish(name, &self.blob, &pem, &sig)
     }
@@ -151,14 +52,6 @@ impl Fixture {
 
 fn code(o: &Output) -> i32 {
     o.status.code().unwrap_or(-1)
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn assert_rejected(o: &Output, needle: &str) {
@@ -180,7 +73,7 @@ fn good_signature_is_accepted_and_recorded() {
     assert_eq!(rec["not_after"], SIGNED + 600);
     let sha = imgbuild::types::Sha256::of(&f.blob);
     assert_eq!(rec["file_sha256"], sha.as_str());
-    let root_der = f.root.cert.der().to_vec();
+    let root_der = f.ca.root.cert.der().to_vec();
     assert_eq!(rec["root_sha256"], imgbuild::types::Sha256::of(&root_der).as_str());
 
     // Only the legacy (.1.1) or only the new (.1.8) issuer extension: both forms work.
@@ -192,7 +85,7 @@ fn good_signature_is_accepted_and_recorded() {
 
     // Plain PEM certificate and raw DER signature given explicitly; a trusted signing
     // time inside the 10-minute window is accepted, one outside is not.
-    let (pem, key) = leaf(&f.inter, &Leaf::default());
+    let (pem, key) = leaf(&f.ca.inter, &Leaf::default());
     let sig = sign(&key, &f.blob);
     let d = f.dir.path();
     std::fs::write(d.join("x.pem"), &pem).unwrap();
@@ -244,12 +137,12 @@ fn wrong_identity_issuer_chain_or_blob_is_exit_3() {
     // ...even when the attacker's intermediate is in the bundle: its claimed root's
     // key did not sign it, so the chain still fails.
     let bundle = f.dir.path().join("bad-trust.pem");
-    std::fs::write(&bundle, format!("{}{}", evil_inter.cert.pem(), f.root.cert.pem())).unwrap();
+    std::fs::write(&bundle, format!("{}{}", evil_inter.cert.pem(), f.ca.root.cert.pem())).unwrap();
     let o = common::bin().arg("verify-blob").arg(&file).arg("--trust-root").arg(&bundle).output().unwrap();
     assert_rejected(&o, "does not chain to the trust root");
     // A bundle with only an intermediate has no anchor: a correct leaf is refused too.
     let good = f.signed("anchorless", &Leaf::default());
-    std::fs::write(&bundle, f.inter.cert.pem()).unwrap();
+    std::fs::write(&bundle, f.ca.inter.cert.pem()).unwrap();
     let o = common::bin().arg("verify-blob").arg(&good).arg("--trust-root").arg(&bundle).output().unwrap();
     assert_rejected(&o, "does not chain to the trust root");
 
@@ -261,8 +154,8 @@ fn wrong_identity_issuer_chain_or_blob_is_exit_3() {
     assert_rejected(&f.verify(&file, &[]), "does not verify over the file");
 
     // Signature by a different key than the certificate's.
-    let (pem, _) = leaf(&f.inter, &Leaf::default());
-    let (_, other_key) = leaf(&f.inter, &Leaf::default());
+    let (pem, _) = leaf(&f.ca.inter, &Leaf::default());
+    let (_, other_key) = leaf(&f.ca.inter, &Leaf::default());
     let file = f.publish("swap", &f.blob, &pem, &sign(&other_key, &f.blob));
     assert_rejected(&f.verify(&file, &[]), "does not verify over the file");
 

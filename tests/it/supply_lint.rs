@@ -1,7 +1,7 @@
 //! `imgbuild lint`: a real cluster (`cluster init` + `cloud-init --seed none`), then one
 //! broken copy per error class; each finding must name its node and file. The paths
 //! class runs against a worker image built from the noble-shaped fixture.
-use crate::common;
+use crate::common::{self, ok, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -14,38 +14,13 @@ fn run(args: &[&str]) -> Output {
     common::bin().env(imgbuild::cluster::pki::TEST_SEED_ENV, SEED).args(args).output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", text(o));
-}
-
 /// `cluster init` + rendered user-data for every node, in `dir/name`.
 fn cluster(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
-    ok(&run(&[
-        "cluster",
-        "init",
-        "--name",
-        "demo",
-        "--endpoint",
-        "10.0.0.10:6443",
-        "--node-cidr",
-        "10.0.0.0/24",
-        "--vip-interface",
-        "ens3",
-        "--dns",
-        "10.0.0.2",
-        "--dir",
-        d.to_str().unwrap(),
-    ]));
-    let y = d.join("cluster.yaml");
+    let y = common::cluster_init(&d)
+        .args(["--node-cidr", "10.0.0.0/24", "--vip-interface", "ens3", "--dns", "10.0.0.2"])
+        .seed(SEED)
+        .ok();
     ok(&run(&[
         "cloud-init",
         "--cluster",

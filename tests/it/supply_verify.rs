@@ -1,6 +1,6 @@
 //! `imgbuild verify IMAGE` and `imgbuild build --check-reproducible` on the
 //! noble-shaped fixture base (real debugfs, e2fsck, qemu-img), served over loopback.
-use crate::common;
+use crate::common::{self, text};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -10,14 +10,6 @@ use imgbuild::build::{Compose, Step};
 use imgbuild::layer::Content;
 use imgbuild::plan::{BuildPlan, PlanOptions};
 use imgbuild::types::{Arch, OutFormat, Role};
-
-fn text(o: &Output) -> String {
-    format!(
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn verify(image: &Path) -> Output {
     common::bin()
@@ -101,64 +93,6 @@ fn reproducible_build_then_verify_and_tampering() {
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
 }
 
-/// A test Fulcio-like chain (rcgen) and Fulcio-style leaves for the release identity.
-struct TestFulcio {
-    root: rcgen::Certificate,
-    inter: rcgen::Certificate,
-    inter_key: rcgen::KeyPair,
-}
-
-impl TestFulcio {
-    fn new() -> TestFulcio {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        let ca = |cn: &str| {
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-            p.not_before = rcgen::date_time_ymd(2021, 1, 1);
-            p.not_after = rcgen::date_time_ymd(2031, 1, 1);
-            p
-        };
-        let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let root = ca("test-sigstore").self_signed(&root_key).unwrap();
-        let inter_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let inter = ca("test-sigstore-intermediate").signed_by(&inter_key, &root, &root_key).unwrap();
-        TestFulcio { root, inter, inter_key }
-    }
-
-    fn trust_pem(&self) -> String {
-        format!("{}{}", self.inter.pem(), self.root.pem())
-    }
-
-    /// (`.sig`, `.cert`) as dl.k8s.io publishes them, signing `blob`.
-    fn sign(&self, blob: &[u8]) -> (Vec<u8>, Vec<u8>) {
-        use base64::Engine;
-        use rcgen::{CertificateParams, CustomExtension, ExtendedKeyUsagePurpose, KeyPair, SanType};
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        let id = imgbuild::verify::cosign::K8S_RELEASE_IDENTITY;
-        p.subject_alt_names = vec![SanType::Rfc822Name(id.try_into().unwrap())];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
-        let iss = imgbuild::verify::cosign::K8S_RELEASE_ISSUER;
-        p.custom_extensions
-            .push(CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 57264, 1, 1], iss.into()));
-        p.not_before = rcgen::date_time_ymd(2024, 7, 16);
-        p.not_after = p.not_before + std::time::Duration::from_secs(600);
-        let cert = p.signed_by(&key, &self.inter, &self.inter_key).unwrap();
-        let rng = ring::rand::SystemRandom::new();
-        let kp = ring::signature::EcdsaKeyPair::from_pkcs8(
-            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
-            &key.serialize_der(),
-            &rng,
-        )
-        .unwrap();
-        let sig = kp.sign(&rng, blob).unwrap();
-        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b).into_bytes();
-        (b64(sig.as_ref()), b64(cert.pem().as_bytes()))
-    }
-}
-
 #[test]
 fn cosign_signatures_are_verified_at_build_and_recorded() {
     let fx = fixture::noble_fixture();
@@ -177,13 +111,13 @@ fn cosign_signatures_are_verified_at_build_and_recorded() {
     assert!(text(&o).contains("no signature published"), "{}", text(&o));
     assert!(!out0.join("ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2").exists());
 
-    let ca = TestFulcio::new();
+    let ca = common::fulcio::Chain::new();
     let trust = fx.dir.path().join("fulcio.pem");
     std::fs::write(&trust, ca.trust_pem()).unwrap();
     let signed = ["kubeadm", "kubelet", "kubectl"];
     for n in signed {
         let b = &fx.blobs[n];
-        let (sig, cert) = ca.sign(&std::fs::read(&b.path).unwrap());
+        let (sig, cert) = ca.sign_published(&std::fs::read(&b.path).unwrap());
         fx.server.add_bytes(&format!("{}.sig", b.url_path), sig);
         fx.server.add_bytes(&format!("{}.cert", b.url_path), cert);
     }
@@ -237,7 +171,7 @@ fn cosign_signatures_are_verified_at_build_and_recorded() {
     }
 
     // kubelet's signature is over other bytes: the build stops with exit 3, no image.
-    let (sig, cert) = ca.sign(b"not the kubelet");
+    let (sig, cert) = ca.sign_published(b"not the kubelet");
     let kubelet = &fx.blobs["kubelet"].url_path;
     fx.server.add_bytes(&format!("{kubelet}.sig"), sig);
     fx.server.add_bytes(&format!("{kubelet}.cert"), cert);

@@ -447,7 +447,6 @@ struct Img {
 /// A real qcow2 (Glance checks the format of what it stores) with pseudo-random content,
 /// plus the sidecars `imgbuild build` writes.
 fn make_image(dir: &Path, seed: u64, mib: usize) -> Img {
-    let raw = dir.join(format!("src-{seed}.raw"));
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut data = vec![0u8; mib << 20];
     for b in data.iter_mut() {
@@ -456,37 +455,10 @@ fn make_image(dir: &Path, seed: u64, mib: usize) -> Img {
         x ^= x << 17;
         *b = x as u8;
     }
-    std::fs::write(&raw, &data).unwrap();
     let sub = dir.join(format!("out-{seed}"));
     std::fs::create_dir_all(&sub).unwrap();
-    let path = sub.join("k8s-worker-amd64.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&path)
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    std::fs::remove_file(&raw).unwrap();
+    let (path, sha256) = common::stand_in_image(&sub, &data);
     let bytes = std::fs::read(&path).unwrap();
-    let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
-    std::fs::write(sub.join("k8s-worker-amd64.qcow2.sha256"), format!("{sha256}  k8s-worker-amd64.qcow2\n"))
-        .unwrap();
-    let manifest = json!({
-        "imgbuild_version": "0.1.0",
-        "recipe": "k8s",
-        "recipe_digest": "0".repeat(64),
-        "role": "worker",
-        "arch": "amd64",
-        "kubernetes_version": "v1.30.3",
-        "inputs_digest": "1".repeat(64),
-        "base": {"name": "ubuntu", "version": "24.04", "urls": ["https://example.invalid/u.img"],
-                 "sha256": "2".repeat(64)},
-        "artifacts": [],
-        "files": []
-    });
-    std::fs::write(sub.join("k8s-worker-amd64.manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap())
-        .unwrap();
     let name = format!("k8s-worker-amd64-{}", &sha256[..12]);
     Img { path, bytes, sha256, name }
 }

@@ -207,7 +207,6 @@ struct Image {
 
 fn image(seed: u8) -> Image {
     let dir = tempfile::tempdir().expect("tempdir");
-    let raw = dir.path().join("payload.raw");
     let mut bytes = vec![0u8; 24 << 20];
     // Non-zero 64 KiB blocks every 192 KiB: a qcow2 of about 8 MiB.
     for (i, chunk) in bytes.chunks_mut(64 << 10).enumerate() {
@@ -217,29 +216,7 @@ fn image(seed: u8) -> Image {
             }
         }
     }
-    std::fs::write(&raw, &bytes).expect("write");
-    let path = dir.path().join("k8s-worker-amd64.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&path)
-        .status()
-        .expect("qemu-img");
-    assert!(st.success());
-    std::fs::remove_file(&raw).expect("rm");
-    let sha256 = imgbuild::types::Sha256::of_file(&path).expect("hash").to_string();
-    std::fs::write(
-        dir.path().join("k8s-worker-amd64.qcow2.sha256"),
-        format!("{sha256}  k8s-worker-amd64.qcow2\n"),
-    )
-    .expect("write");
-    let manifest = serde_json::json!({
-        "imgbuild_version": "0.1.0", "recipe": "k8s", "recipe_digest": "0".repeat(64),
-        "role": "worker", "arch": "amd64", "kubernetes_version": "v1.30.3", "inputs_digest": "1".repeat(64),
-        "base": {"name": "ubuntu-24.04", "version": "20240821", "urls": [], "sha256": "2".repeat(64)},
-        "artifacts": [], "files": [],
-    });
-    std::fs::write(dir.path().join("k8s-worker-amd64.manifest.json"), manifest.to_string()).expect("write");
+    let (path, sha256) = common::stand_in_image(dir.path(), &bytes);
     let size = std::fs::metadata(&path).expect("stat").len();
     let info = ImageInfo {
         path: path.clone(),

@@ -800,8 +800,7 @@ fn unknown_storage_and_storage_without_import_exit_2() {
     let img = image();
     let fp = pve.fingerprint.clone();
     let missing = upload(&pve, &img.path, Some(&fp), Some(&good_token()), &["--pve-storage", "nosuch"]);
-    assert_eq!(missing.status.code(), Some(2), "{}", stderr(&missing));
-    assert!(stderr(&missing).contains("storage \"nosuch\" does not exist"), "{}", stderr(&missing));
+    common::exits_with(&missing, 2, "storage \"nosuch\" does not exist");
 
     let no_import = upload(&pve, &img.path, Some(&fp), Some(&good_token()), &["--pve-storage", "backup"]);
     assert_eq!(no_import.status.code(), Some(2), "{}", stderr(&no_import));
@@ -822,8 +821,7 @@ fn a_vmid_held_by_another_guest_exits_2_before_anything_is_sent() {
         Some(&good_token()),
         &["--pve-template", "9001", "--pve-bridge", "none"],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("VMID 9001 is already used by VM \"db-1\""), "{}", stderr(&out));
+    common::exits_with(&out, 2, "VMID 9001 is already used by VM \"db-1\"");
     assert!(!pve.sequence().iter().any(|r| r.starts_with("POST /nodes/pve1/qemu")), "{:?}", pve.sequence());
     // Checked before anything is sent.
     assert!(out.stdout.is_empty());
@@ -871,13 +869,11 @@ fn missing_sidecars_and_unsupported_formats_exit_2() {
     let sum_bytes = std::fs::read(&sum).unwrap();
     std::fs::remove_file(&sum).unwrap();
     let out = upload(&pve, &img.path, Some(&pve.fingerprint), Some(&good_token()), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&sum.display().to_string()), "{}", stderr(&out));
+    common::exits_with(&out, 2, &sum.display().to_string());
     std::fs::write(&sum, sum_bytes).unwrap();
     std::fs::remove_file(&man).unwrap();
     let out = upload(&pve, &img.path, Some(&pve.fingerprint), Some(&good_token()), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&man.display().to_string()), "{}", stderr(&out));
+    common::exits_with(&out, 2, &man.display().to_string());
 
     // vhdx is not a PVE import format: refused before any request.
     let img = image();
@@ -889,8 +885,7 @@ fn missing_sidecars_and_unsupported_formats_exit_2() {
     )
     .unwrap();
     let out = upload(&pve, &vhdx, Some(&pve.fingerprint), Some(&good_token()), &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot import vhdx"), "{}", stderr(&out));
+    common::exits_with(&out, 2, "cannot import vhdx");
     assert!(pve.log().is_empty(), "{:?}", pve.sequence());
 }
 
@@ -914,8 +909,7 @@ fn a_connection_cut_mid_upload_is_retried_from_the_start() {
     let pve = Pve::start();
     pve.state.lock().unwrap().cut_uploads = 10;
     let out = upload(&pve, &img.path, Some(&pve.fingerprint), Some(&good_token()), &["--pve-retries", "1"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("upload failed after 2 attempt(s)"), "{}", stderr(&out));
+    common::exits_with(&out, 1, "upload failed after 2 attempt(s)");
     assert_eq!(pve.log().iter().filter(|r| r.path.ends_with("/upload")).count(), 2);
 }
 
@@ -957,8 +951,7 @@ fn a_checksum_mismatch_reported_by_pve_exits_3() {
     pve.state.lock().unwrap().corrupt = true;
     let img = image();
     let out = upload(&pve, &img.path, Some(&pve.fingerprint), Some(&good_token()), &[]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("checksum mismatch"), "{}", stderr(&out));
+    common::exits_with(&out, 3, "checksum mismatch");
     assert!(out.stdout.is_empty());
     assert!(!pve.state.lock().unwrap().files.contains_key(&format!("local:import/{}", img.file)));
 }

@@ -156,19 +156,42 @@ impl Fixture {
 
 /// Run a command, panicking with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Output {
-    let out = cmd.env("PATH", path_with_sbin()).output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    super::run_ok(cmd.env("PATH", path_with_sbin()))
 }
 
 /// PATH plus /usr/sbin and /sbin (where e2fsprogs, sgdisk and mkfs.vfat live).
 pub fn path_with_sbin() -> String {
     format!("{}:/usr/sbin:/sbin", std::env::var("PATH").unwrap_or_default())
+}
+
+/// `qemu-img convert` of `img` (any format qemu-img detects) to the raw image `raw`.
+pub fn to_raw(img: &Path, raw: PathBuf) -> PathBuf {
+    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
+    raw
+}
+
+/// `len` bytes of file `p` from offset `off`.
+pub fn read_range(p: &Path, off: u64, len: u64) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(p).unwrap();
+    let mut b = vec![0u8; len as usize];
+    f.read_exact_at(&mut b, off).unwrap();
+    b
+}
+
+/// What debugfs prints for the request `req` on the file system `spec`
+/// (`image?offset=N`), read-only.
+pub fn debugfs(spec: &str, req: &str) -> String {
+    String::from_utf8_lossy(&sh(Command::new("debugfs").arg("-R").arg(req).arg(spec)).stdout).into_owned()
+}
+
+/// `imgbuild inspect --json` of a built image, which must succeed: its manifest, each
+/// file re-verified.
+pub fn inspect(image: &Path) -> imgbuild::manifest::Manifest {
+    let o =
+        super::bin().env("PATH", path_with_sbin()).args(["inspect", "--json"]).arg(image).output().unwrap();
+    assert!(o.status.success(), "inspect {}: {}", image.display(), super::stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 pub fn sha256_file(p: &Path) -> String {

@@ -1,10 +1,14 @@
 //! Shared test support. Each integration test file does `mod common;`.
 
+pub mod cluster;
 pub mod fixture;
+pub mod fulcio;
 pub mod gpg;
 pub mod hostile;
 pub mod http;
 pub mod registry;
+
+pub use cluster::cluster_init;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
@@ -57,10 +61,10 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// Run `c`, which must succeed: the command and its stderr otherwise.
+/// Run `c`, which must succeed: the command and its output otherwise.
 pub fn run_ok(c: &mut std::process::Command) -> std::process::Output {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{c:?} failed: {}", text(&out));
     out
 }
 
@@ -88,20 +92,76 @@ pub fn transcript(o: &std::process::Output, tmp: &std::path::Path) -> String {
     t
 }
 
+/// A command's stdout and stderr, labelled, for an assertion's message or a `contains`.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `o` exited with `code` and its stderr says `needle` (the stderr shown when not).
+#[track_caller]
+pub fn exits_with(o: &std::process::Output, code: i32, needle: &str) {
+    assert_eq!(o.status.code(), Some(code), "{}", stderr(o));
+    assert!(stderr(o).contains(needle), "{}", stderr(o));
+}
+
 pub fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `imgbuild cloud-init --all --seed none` of `cluster` into `out`: every node's
+/// user-data in its own directory, no seed images. The result, whatever it is.
+pub fn cloud_init_all(
+    cluster: impl AsRef<std::path::Path>,
+    out: impl AsRef<std::path::Path>,
+) -> std::process::Output {
+    bin()
+        .args(["cloud-init", "--all", "--seed", "none", "--cluster"])
+        .arg(cluster.as_ref())
+        .arg("--out")
+        .arg(out.as_ref())
+        .output()
+        .unwrap()
+}
+
+/// A `#cloud-config`'s `write_files`: path -> (permissions, content); every entry must
+/// have all three.
+pub fn write_files(user_data: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
+    let s = |f: &serde_yaml::Value, k: &str| {
+        f[k].as_str().unwrap_or_else(|| panic!("write_files entry without {k}: {f:?}")).to_string()
+    };
+    doc["write_files"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|f| (s(f, "path"), (s(f, "permissions"), s(f, "content"))))
+        .collect()
+}
+
+/// [`write_files`] of `node`'s user-data in a `cloud-init --out` directory.
+pub fn node_files(out: &std::path::Path, node: &str) -> std::collections::BTreeMap<String, (String, String)> {
+    write_files(&std::fs::read_to_string(out.join(node).join("user-data")).unwrap())
+}
+
+/// The content of the file at `path` that `node`'s user-data writes.
+pub fn node_file(out: &std::path::Path, node: &str, path: &str) -> String {
+    let mut files = node_files(out, node);
+    files.remove(path).unwrap_or_else(|| panic!("{node}'s user-data writes no {path}")).1
 }
 
 /// Write a `#cloud-config`'s `write_files` under `root` (path, permissions, content), as
 /// cloud-init would on the node: the root a bootstrap script runs against.
 pub fn write_files_to(user_data: &str, root: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
-    let doc: serde_yaml::Value = serde_yaml::from_str(user_data).unwrap();
-    for f in doc["write_files"].as_sequence().unwrap() {
-        let p = root.join(f["path"].as_str().unwrap().trim_start_matches('/'));
+    for (path, (permissions, content)) in write_files(user_data) {
+        let p = root.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, f["content"].as_str().unwrap()).unwrap();
-        let mode = u32::from_str_radix(f["permissions"].as_str().unwrap(), 8).unwrap();
+        std::fs::write(&p, content).unwrap();
+        let mode = u32::from_str_radix(&permissions, 8).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 }
@@ -127,6 +187,53 @@ pub fn run_limited(c: &mut std::process::Command, limit: std::time::Duration) ->
     }
 }
 
+/// `openssl req` arguments for a new certificate request with a new P-256 key, unencrypted.
+pub const OPENSSL_NEW_P256: [&str; 7] =
+    ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+
+/// A built worker image's stand-in for the upload tests, in `dir`: the raw `payload` as a
+/// real qcow2 (hypervisors check the format of what they store), `k8s-worker-amd64.qcow2`,
+/// with the sidecars `imgbuild build` writes next to it (`<image>.sha256` and
+/// `k8s-worker-amd64.manifest.json`). Returns the image's path and SHA-256 (hex).
+pub fn stand_in_image(dir: &std::path::Path, payload: &[u8]) -> (std::path::PathBuf, String) {
+    let raw = dir.join("payload.raw");
+    std::fs::write(&raw, payload).unwrap();
+    let path = dir.join("k8s-worker-amd64.qcow2");
+    run_ok(
+        std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&path),
+    );
+    std::fs::remove_file(&raw).unwrap();
+    let sha256 = imgbuild::types::Sha256::of_file(&path).unwrap().to_string();
+    std::fs::write(dir.join("k8s-worker-amd64.qcow2.sha256"), format!("{sha256}  k8s-worker-amd64.qcow2\n"))
+        .unwrap();
+    let manifest = serde_json::json!({
+        "imgbuild_version": "0.1.0", "recipe": "k8s", "recipe_digest": "0".repeat(64),
+        "role": "worker", "arch": "amd64", "kubernetes_version": "v1.30.3", "inputs_digest": "1".repeat(64),
+        "base": {"name": "ubuntu-24.04", "version": "20240821", "urls": [], "sha256": "2".repeat(64)},
+        "artifacts": [], "files": [],
+    });
+    std::fs::write(dir.join("k8s-worker-amd64.manifest.json"), manifest.to_string()).unwrap();
+    (path, sha256)
+}
+
+/// Real etcdctl (API v3) against the member at `https://{ip}:2379`, authenticated the way
+/// a control plane's API server is: the etcd CA and kubeadm's apiserver-etcd-client
+/// certificate under `pki` (a node's /etc/kubernetes/pki).
+pub fn etcdctl_as_apiserver(pki: &std::path::Path, ip: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{ip}:2379"))
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!("--cert={}", pki.join("apiserver-etcd-client.crt").display()))
+        .arg(format!("--key={}", pki.join("apiserver-etcd-client.key").display()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// openssl signs a leaf certificate (P-256 key, `subject`, extensions `ext`, `days`) with
 /// the CA `ca_crt`/`ca_key` in `dir`; returns (certificate, key) paths.
 pub fn openssl_sign(
@@ -141,21 +248,7 @@ pub fn openssl_sign(
     let run = |args: &[&str]| {
         ok(&std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap())
     };
-    run(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        subject,
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-    ]);
+    run(&[&OPENSSL_NEW_P256[..], &["-subj", subject, "-keyout", "key.pem", "-out", "req.csr"]].concat());
     std::fs::write(dir.join("ext"), ext).unwrap();
     let days = days.to_string();
     run(&[
