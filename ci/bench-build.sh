@@ -244,6 +244,8 @@ convert() {
 status=0
 echo "profile: $profile; base: 3.5 GiB virtual, $(du -m "$base" | cut -f1) MiB qcow2"
 for role in $roles; do
+  # The warm-up also keeps the archives' members in the cache (what a user's first build
+  # does): the timed builds are warm ones.
   echo "bench-build: $role: warm-up" >&2
   build "$role" qcow2
   convert

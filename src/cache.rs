@@ -7,6 +7,9 @@
 //!   checked (device, inode, size, mtime and ctime with nanoseconds).
 //! - `partial/<hex>`: an unfinished download, kept so a retry or a later run resumes
 //!   it with an HTTP `Range` request. Never visible under a digest name.
+//! - `members/<archive hex>/`: members inflated from a verified archive, each named by
+//!   its sha256 with a `<hex>.stamp` beside it, and `index` (+ `index.stamp`): the
+//!   archive's entries with the digests of the kept members, written last.
 //! - `locks/<hex>`: one lock file per digest (`flock`); whoever holds it owns
 //!   `partial/<hex>`. Lock files are never deleted: deleting one while another
 //!   process waits on it would let two processes own the same partial file.
@@ -84,7 +87,7 @@ impl Cache {
             Some(d) => d.to_path_buf(),
             None => default_dir(),
         };
-        for sub in ["sha256", "stamps", "partial", "locks"] {
+        for sub in ["sha256", "stamps", "partial", "locks", "members"] {
             fs_err::create_dir_all(root.join(sub))?;
         }
         Ok(Cache { root })
@@ -106,26 +109,35 @@ impl Cache {
     /// The blob's path when it is in the cache and still holds what its name says
     /// (see the module docs); `Ok(None)` when it is not there.
     pub fn lookup(&self, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
-        let path = self.blob_path(sha);
-        let io = |what, e| CacheError::from(PathIo::at(what, &path)(e));
-        let meta = match std::fs::symlink_metadata(&path) {
+        self.trusted(&self.blob_path(sha), &self.stamp_path(sha), sha)
+    }
+
+    /// `path` when it holds content with sha256 `sha`: trusted as is while its inode
+    /// matches the stamp at `stamp`, else hashed again (and re-stamped). A symlink, a
+    /// non-regular file or other content is removed (with its stamp) and an error.
+    fn trusted(&self, path: &Path, stamp: &Path, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
+        let io = |what, e| CacheError::from(PathIo::at(what, path)(e));
+        let evict = |why: String| {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_file(stamp);
+            CacheError::Tampered { path: path.to_path_buf(), expected: sha.clone(), why }
+        };
+        let meta = match std::fs::symlink_metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io("reading", e)),
         };
         if !meta.file_type().is_file() {
             let what = if meta.file_type().is_symlink() { "a symlink" } else { "not a regular file" };
-            return Err(self.evict(sha, format!("is {what}; the cache never follows symlinks")));
+            return Err(evict(format!("is {what}; the cache never follows symlinks")));
         }
-        if std::fs::read_to_string(self.stamp_path(sha)).is_ok_and(|s| s == stamp_of(&meta)) {
-            return Ok(Some(path));
+        if std::fs::read_to_string(stamp).is_ok_and(|s| s == stamp_of(&meta)) {
+            return Ok(Some(path.to_path_buf()));
         }
         // No stamp yet (an older cache, a copied-in blob) or the inode changed: hash it.
-        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
             Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(self.evict(sha, "became a symlink".into()))
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(evict("became a symlink".into())),
             Err(e) => return Err(io("opening", e)),
         };
         let opened = f.metadata().map_err(|e| io("reading", e))?;
@@ -140,10 +152,10 @@ impl Cache {
         }
         let actual = Sha256::from_hasher(h);
         if &actual != sha {
-            return Err(self.evict(sha, format!("now holds content with sha256 {actual}")));
+            return Err(evict(format!("now holds content with sha256 {actual}")));
         }
-        self.write_stamp(sha, &opened).map_err(|e| io("stamping", e))?;
-        Ok(Some(path))
+        write_stamp(stamp, &opened).map_err(|e| io("stamping", e))?;
+        Ok(Some(path.to_path_buf()))
     }
 
     /// Remove an untrustworthy blob (and its stamp); the error to return.
@@ -156,12 +168,8 @@ impl Cache {
 
     /// Record the blob's inode as it is now verified (temp file + rename).
     fn write_stamp(&self, sha: &Sha256, meta: &std::fs::Metadata) -> std::io::Result<()> {
-        let dir = self.root.join("stamps");
-        fs_err::create_dir_all(&dir)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
-        std::io::Write::write_all(&mut tmp, stamp_of(meta).as_bytes())?;
-        tmp.persist(self.stamp_path(sha)).map_err(|e| e.error)?;
-        Ok(())
+        fs_err::create_dir_all(self.root.join("stamps"))?;
+        write_stamp(&self.stamp_path(sha), meta)
     }
 
     /// Store bytes the caller verified against `sha` (temp file + rename + stamp).
@@ -186,6 +194,96 @@ impl Cache {
             return Err(self.evict(sha, format!("now holds content with sha256 {}", Sha256::of(&b))));
         }
         Ok(Some(b))
+    }
+
+    /// Where the members inflated from the verified archive `archive` are kept.
+    fn members_dir(&self, archive: &Sha256) -> PathBuf {
+        self.root.join("members").join(archive.as_str())
+    }
+
+    /// The member index imgbuild wrote for the verified archive `archive` (see
+    /// [`Cache::put_member_index`]), while its inode still matches the stamp written with
+    /// it. An index that changed since cannot be checked against anything (it is derived
+    /// from the archive, not pinned): it is removed and `Ok(None)` returned, so the caller
+    /// derives it again from the archive.
+    pub fn member_index(&self, archive: &Sha256) -> Result<Option<Vec<u8>>, CacheError> {
+        let dir = self.members_dir(archive);
+        let (path, stamp) = (dir.join("index"), dir.join("index.stamp"));
+        let io = |what, e| CacheError::from(PathIo::at(what, &path)(e));
+        let mut f = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.drop_index(archive);
+                return Ok(None);
+            }
+            Err(e) => return Err(io("opening", e)),
+        };
+        let meta = f.metadata().map_err(|e| io("reading", e))?;
+        if !meta.file_type().is_file() || !std::fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_of(&meta))
+        {
+            self.drop_index(archive);
+            return Ok(None);
+        }
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).map_err(|e| io("reading", e))?;
+        Ok(Some(b))
+    }
+
+    /// Forget the member index of `archive` (its members stay: each is checked by its own
+    /// digest when used).
+    pub fn drop_index(&self, archive: &Sha256) {
+        let dir = self.members_dir(archive);
+        let _ = std::fs::remove_file(dir.join("index"));
+        let _ = std::fs::remove_file(dir.join("index.stamp"));
+    }
+
+    /// The member with sha256 `sha` inflated from the verified archive `archive`, trusted
+    /// as [`Cache::lookup`] trusts a blob (a changed one is hashed again; other content is
+    /// an integrity failure and removed); `Ok(None)` when it is not there.
+    pub fn member(&self, archive: &Sha256, sha: &Sha256) -> Result<Option<PathBuf>, CacheError> {
+        let dir = self.members_dir(archive);
+        self.trusted(&dir.join(sha.as_str()), &dir.join(format!("{sha}.stamp")), sha)
+    }
+
+    /// A temp file (beside the members of `archive`, removed when dropped) to inflate a
+    /// member into, for [`Cache::put_member`].
+    pub fn staging(&self, archive: &Sha256) -> std::io::Result<tempfile::NamedTempFile> {
+        let dir = self.members_dir(archive);
+        fs_err::create_dir_all(&dir)?;
+        tempfile::NamedTempFile::new_in(dir)
+    }
+
+    /// Publish a staged member of `archive` whose bytes the caller hashed to `sha`:
+    /// written to disk, renamed under its digest, stamped. Its path.
+    pub fn put_member(
+        &self,
+        archive: &Sha256,
+        sha: &Sha256,
+        staged: tempfile::NamedTempFile,
+    ) -> std::io::Result<PathBuf> {
+        let dir = self.members_dir(archive);
+        fs_err::create_dir_all(&dir)?;
+        // On disk before it is named: a crash must not leave a stamped member whose
+        // blocks never reached the disk.
+        staged.as_file().sync_data()?;
+        let path = dir.join(sha.as_str());
+        staged.persist(&path).map_err(|e| e.error)?;
+        write_stamp(&dir.join(format!("{sha}.stamp")), &fs_err::symlink_metadata(&path)?)?;
+        Ok(path)
+    }
+
+    /// Write the member index of `archive` (after its members: an index names only
+    /// published members) with its stamp.
+    pub fn put_member_index(&self, archive: &Sha256, bytes: &[u8]) -> std::io::Result<()> {
+        let dir = self.members_dir(archive);
+        fs_err::create_dir_all(&dir)?;
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        tmp.as_file().sync_data()?;
+        let path = dir.join("index");
+        tmp.persist(&path).map_err(|e| e.error)?;
+        write_stamp(&dir.join("index.stamp"), &fs_err::symlink_metadata(&path)?)
     }
 
     /// Where an unfinished download of this digest is kept.
@@ -230,6 +328,15 @@ impl Cache {
             _ => Ok(()),
         }
     }
+}
+
+/// Record `meta` (a file as it is now verified) at `stamp` (temp file + rename).
+fn write_stamp(stamp: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    let dir = stamp.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, stamp_of(meta).as_bytes())?;
+    tmp.persist(stamp).map_err(|e| e.error)?;
+    Ok(())
 }
 
 fn default_dir() -> PathBuf {
@@ -316,6 +423,42 @@ mod tests {
         assert_eq!(c.lookup(&sha).unwrap(), Some(blob.clone()));
         let stamp = std::fs::read_to_string(c.stamp_path(&sha)).unwrap();
         assert_eq!(stamp, stamp_of(&std::fs::symlink_metadata(&blob).unwrap()));
+    }
+
+    /// Kept archive members are trusted as blobs are (a changed one is an integrity
+    /// failure and removed); a member index that changed since it was written is not
+    /// used (and removed): the caller derives it again from the archive.
+    #[test]
+    fn members_and_their_index_are_trusted_only_as_written() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let c = Cache::open(Some(dir.path())).unwrap();
+        let archive = Sha256::of(b"containerd.tar.gz");
+        assert!(c.member_index(&archive).unwrap().is_none());
+        c.put_member_index(&archive, b"{\"entries\":[]}").unwrap();
+        assert_eq!(c.member_index(&archive).unwrap().as_deref(), Some(&b"{\"entries\":[]}"[..]));
+        let index = c.members_dir(&archive).join("index");
+        std::fs::write(&index, b"{\"entries\":[1]}").unwrap();
+        assert!(c.member_index(&archive).unwrap().is_none());
+        assert!(!index.exists(), "a changed index is removed");
+
+        let sha = Sha256::of(b"ctr");
+        let mut staged = c.staging(&archive).unwrap();
+        staged.write_all(b"ctr").unwrap();
+        let p = c.put_member(&archive, &sha, staged).unwrap();
+        assert_eq!(p, c.members_dir(&archive).join(sha.as_str()));
+        let mut names: Vec<String> = std::fs::read_dir(c.members_dir(&archive))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [sha.to_string(), format!("{sha}.stamp")], "no temp file is left");
+        assert_eq!(c.member(&archive, &sha).unwrap(), Some(p.clone()));
+        assert!(c.member(&archive, &Sha256::of(b"runc")).unwrap().is_none());
+        std::fs::write(&p, b"cts").unwrap();
+        let e = c.member(&archive, &sha).unwrap_err();
+        assert_eq!(e.code(), Code::Integrity, "{e}");
+        assert!(!p.exists(), "a changed member is removed");
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub fn compose<'a>(
 /// come from (mirrors, offline, the cache), as fetch does for the downloads.
 pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
     vec![
-        Box::new(Artifacts),
+        // The cache the signatures come from is the build's cache: archive members are kept there.
+        Box::new(Artifacts { cache: signatures.cache.clone() }),
         Box::new(Files),
         Box::new(Hardening),
         Box::new(Addons),
@@ -87,14 +88,23 @@ pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
 }
 
 /// Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm, charts).
-pub struct Artifacts;
+/// Archive members are kept in `cache` (inflated by the first build only), else
+/// inflated into the build's workdir.
+pub struct Artifacts {
+    pub cache: Option<crate::cache::Cache>,
+}
 
 impl Step for Artifacts {
     fn name(&self) -> &'static str {
         "artifacts"
     }
     fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
-        Ok(crate::layer::artifacts::install(&mut cx.layer, cx.plan, cx.fetched, cx.work)?)
+        use crate::layer::artifacts::{install, Members};
+        let members = match &self.cache {
+            Some(c) => Members::Cache(c),
+            None => Members::Dir(cx.work),
+        };
+        Ok(install(&mut cx.layer, cx.plan, cx.fetched, members)?)
     }
 }
 

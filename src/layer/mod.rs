@@ -40,6 +40,9 @@ pub enum LayerError {
     Extract { artifact: String, member: String, source: std::io::Error },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
+    /// An archive member kept in the cache no longer holds what its digest says.
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl Classify for LayerError {
@@ -54,6 +57,7 @@ impl Classify for LayerError {
             LayerError::Extract { .. } | LayerError::MissingDownload(_) | LayerError::Io { .. } => {
                 Code::Runtime
             }
+            LayerError::Cache(e) => e.code(),
         }
     }
 }

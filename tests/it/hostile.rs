@@ -312,6 +312,24 @@ fn a_destination_through_a_base_symlink_names_the_symlink() {
     }
 }
 
+/// Tampers with a cache entry: edit(entry, a file to link it to).
+type CacheEdit = fn(&Path, &Path);
+
+/// How a cache entry is tampered with: (what, edit).
+fn cache_edits() -> [(&'static str, CacheEdit); 2] {
+    [
+        ("edited", |entry, _| {
+            let mut b = std::fs::read(entry).unwrap();
+            b[0] ^= 0x20;
+            std::fs::write(entry, b).unwrap();
+        }),
+        ("symlink", |entry, target| {
+            std::fs::remove_file(entry).unwrap();
+            std::os::unix::fs::symlink(target, entry).unwrap();
+        }),
+    ]
+}
+
 /// "A present blob is a verified blob" let an edited cache entry, or one replaced by a
 /// symlink to /etc/passwd, into the image with exit 0 while the SBOM showed the pinned
 /// digest. Now: exit 3 naming the entry, nothing written, the entry removed, and the
@@ -332,26 +350,8 @@ fn a_tampered_cache_entry_is_an_integrity_failure() {
     let blob = fx.cache.join("sha256").join(&fx.blobs["kubelet"].sha256);
     let passwd = fx.dir.path().join("passwd");
     std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    type Edit<'a> = (&'a str, Box<dyn Fn() + 'a>);
-    let edits: [Edit; 2] = [
-        (
-            "edited",
-            Box::new(|| {
-                let mut b = std::fs::read(&blob).unwrap();
-                b[0] ^= 0x20;
-                std::fs::write(&blob, b).unwrap();
-            }),
-        ),
-        (
-            "symlink",
-            Box::new(|| {
-                std::fs::remove_file(&blob).unwrap();
-                std::os::unix::fs::symlink(&passwd, &blob).unwrap();
-            }),
-        ),
-    ];
-    for (what, edit) in edits {
-        edit();
+    for (what, edit) in cache_edits() {
+        edit(&blob, &passwd);
         let o = build();
         assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
         assert!(stderr(&o).contains(&format!("cache entry {}", blob.display())), "{what}: {}", stderr(&o));
@@ -362,6 +362,97 @@ fn a_tampered_cache_entry_is_an_integrity_failure() {
         assert!(o.status.success(), "{what}: the next run downloads it again: {}", stderr(&o));
         assert_eq!(fixture::sha256_file(&blob), fx.blobs["kubelet"].sha256);
         std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+/// Archive members are kept in the cache (`members/<archive sha256>/`): the first build
+/// inflates them, a warm build installs them as they are (same inodes, same image). A
+/// member edited or replaced by a symlink is an integrity failure like any cache entry
+/// (exit 3, nothing written, the entry removed; the next run inflates it again); an
+/// index that changed since it was written is derived from the archive again.
+#[test]
+fn archive_members_in_the_cache_are_reused_and_checked() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixture::noble_fixture();
+    let out = fx.dir.path().join("out");
+    let build = || {
+        run_limited(
+            imgbuild()
+                .args(["build", "--role", "control-plane", "--output", out.to_str().unwrap()])
+                .args(fx.source_args()),
+            Duration::from_secs(120),
+        )
+    };
+    let image_sha = || {
+        let sums = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".qcow2.sha256"))
+            .unwrap();
+        std::fs::read_to_string(sums).unwrap()
+    };
+    let dir = fx.cache.join("members").join(&fx.blobs["containerd"].sha256);
+    // Every kept member (name = digest) and the index, by inode.
+    let inodes = || -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| !e.file_name().to_string_lossy().ends_with(".stamp"))
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().ino()))
+            .collect();
+        v.sort();
+        v
+    };
+    let o = build();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let first = image_sha();
+    let kept = inodes();
+    // The fixture's containerd archive: bin/{containerd,containerd-shim-runc-v2,ctr}.
+    assert_eq!(kept.len(), 4, "three members and the index: {kept:?}");
+    for (name, _) in kept.iter().filter(|(n, _)| n != "index") {
+        assert_eq!(&fixture::sha256_file(&dir.join(name)), name, "a member is named by its digest");
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index")).unwrap()).unwrap();
+    assert_eq!(index["archive"], fx.blobs["containerd"].sha256.as_str());
+    for archive in ["etcd", "helm", "cni-plugins", "crictl"] {
+        assert!(fx.cache.join("members").join(&fx.blobs[archive].sha256).join("index").exists(), "{archive}");
+    }
+
+    std::fs::remove_dir_all(&out).unwrap();
+    let o = build();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(inodes(), kept, "the warm build inflated the archive again");
+    assert_eq!(image_sha(), first, "the same image from cached members");
+
+    // An index changed since it was written is derived again (and the image is the same).
+    std::fs::remove_dir_all(&out).unwrap();
+    let mut ix = std::fs::read(dir.join("index")).unwrap();
+    ix.push(b'\n');
+    std::fs::write(dir.join("index"), ix).unwrap();
+    let o = build();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image_sha(), first);
+    assert_ne!(inodes(), kept, "the archive was inflated again");
+    let kept = inodes();
+
+    let (name, _) = kept.iter().find(|(n, _)| n != "index").unwrap().clone();
+    let member = dir.join(&name);
+    let passwd = fx.dir.path().join("passwd");
+    std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+    for (what, edit) in cache_edits() {
+        std::fs::remove_dir_all(&out).unwrap();
+        edit(&member, &passwd);
+        let o = build();
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        assert!(stderr(&o).contains(&format!("cache entry {}", member.display())), "{what}: {}", stderr(&o));
+        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "{what}: output written");
+        assert!(std::fs::symlink_metadata(&member).is_err(), "{what}: entry kept");
+        assert!(passwd.exists());
+        let o = build();
+        assert!(o.status.success(), "{what}: the next run inflates it again: {}", stderr(&o));
+        assert_eq!(fixture::sha256_file(&member), name);
+        assert_eq!(image_sha(), first, "{what}");
     }
 }
 

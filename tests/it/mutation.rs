@@ -446,7 +446,9 @@ fn run_case(w: &World, case: &Case, dir: &Path) -> (Result<i32, String>, String)
             std::fs::write(dir.join("recipe.yaml.lock"), serde_json::to_vec_pretty(&lock).unwrap()).unwrap();
         }
     }
-    let skip: Vec<PathBuf> = [out.clone()]
+    // Archive members the build keeps in the cache are derived from verified archives,
+    // like stamps from verified blobs: a build may add them.
+    let skip: Vec<PathBuf> = [out.clone(), cache.join("members")]
         .into_iter()
         .chain(added.iter().flat_map(|(sha, p)| [p.clone(), cache.join("stamps").join(sha)]))
         .collect();
