@@ -241,6 +241,7 @@ for s in "${scenarios[@]}"; do
   [ "$r" = PASS ] && grep -q '^SKIP' "$dir/log" 2>/dev/null && sed -n 's/^SKIP/  '"$s"': SKIP/p' "$dir/log"
   sed -n 's/^packages:/  '"$s"': packages:/p' "$dir/log" 2>/dev/null || true
   sed -n 's/^images:/  '"$s"': images:/p' "$dir/log" 2>/dev/null || true
+  sed -n 's/^addons:/  '"$s"': addons:/p' "$dir/log" 2>/dev/null || true
   if [ "$r" != PASS ]; then
     echo "---- $s: $r"
     grep -a '^FAIL' "$dir/log" || true

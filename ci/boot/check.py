@@ -17,6 +17,12 @@
   check.py firewall BOOTDIR CIDR... [--not CIDR]...
                                               -> the live cluster_v4/v6 sets cover each CIDR
                                                  (and none of the --not ones: the defaults)
+  check.py addons RECDIR RECIPE CLUSTER_DIR USER_DATA IMAGE_ADDONS
+                                              -> the add-on installer applied every release
+                                                 of the recipe and the cluster's profiles in
+                                                 order, each profile's Secret before its
+                                                 chart, imgbuild's files; one default
+                                                 StorageClass
   check.py secrets RAW OFFSET NEEDLES [--allow PREFIX]...
                                               -> no needle (one per line) in the ext4 at
                                                  OFFSET of raw disk RAW outside PREFIX paths
@@ -609,6 +615,289 @@ def cmd_secrets(raw, offset, needles_file, opts):
     return failed
 
 
+# ------------------------------------------------------------------ add-ons
+
+# The charts imgbuild embeds itself (docs/addons.md), installed after every recipe add-on:
+# the default StorageClass's chart before the backend (which may claim a volume), and with
+# the gitops profile the backend's Argo CD Application after them (Argo CD's CRDs first).
+EMBEDDED_AFTER = ["local-path", "backend"]
+GITOPS_APP = "backend-app"
+# The Secret each profile's chart reads (names and keys of the pinned charts' values:
+# grafana 8.3 admin.existingSecret, the collector's extraEnvs secretKeyRef, Argo CD's
+# argocd-secret, openstack-cinder-csi 2.30 secret.name / cloud.conf) and what it must
+# hold, from the cluster directory.
+def profile_secrets(cluster_dir, spec, on):
+    import yaml
+
+    sec = os.path.join(cluster_dir, "secrets")
+    out = {}
+    if "logging" in on:
+        token = ((spec.get("addons") or {}).get("logging") or {}).get("token")
+        out["logging"] = ("logging-otlp", {"authorization": f"Api-Token {token}"})
+    if "monitoring" in on:
+        g = yaml.safe_load(read(os.path.join(sec, "grafana-admin.yaml")))
+        out["monitoring"] = ("grafana-admin", {"admin-user": g["user"], "admin-password": g["password"]})
+    if "gitops" in on:
+        a = yaml.safe_load(read(os.path.join(sec, "argocd-admin.yaml")))
+        out["gitops"] = ("argocd-secret", {"admin.password": a["bcrypt"]})
+    if "cinder" in on:
+        out["cinder"] = ("cinder-csi-cloud-config", {"cloud.conf": read(os.path.join(sec, "cinder-cloud.conf"))})
+    return out
+
+
+def merge_values(base, over):
+    """Helm's coalescing of values files: maps merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge_values(base.get(k), v) if k in base else v
+        return out
+    return over
+
+
+def standin_default_classes(chart, values):
+    """Default StorageClasses a profile's CSI chart creates with VALUES. The real charts
+    cannot be downloaded here, so the stand-in renders nothing: read the switch the way the
+    pinned chart's templates read it (openstack-cinder-csi 2.30 storageclass.yaml,
+    proxmox-csi-plugin 0.2 storageClass[].annotations, hcloud-csi 2.17
+    storageClasses[].defaultStorageClass). None: no rule for this chart."""
+    if chart == "openstack-cinder-csi":
+        sc = values.get("storageClass") or {}
+        if not sc.get("enabled"):
+            return []
+        return [f"csi-cinder-sc-{k}" for k in ("delete", "retain") if (sc.get(k) or {}).get("isDefault")]
+    if chart == "proxmox-csi-plugin":
+        return [c.get("name") for c in values.get("storageClass") or []
+                if (c.get("annotations") or {}).get("storageclass.kubernetes.io/is-default-class") == "true"]
+    if chart == "hcloud-csi":
+        return [c.get("name") for c in values.get("storageClasses") or [] if c.get("defaultStorageClass")]
+    # The other charts of the recipe create no StorageClass upstream.
+    if chart in ("cilium", "metrics-server", "ingress-nginx", "kube-prometheus-stack",
+                 "opentelemetry-collector", "argo-cd"):
+        return []
+    return None
+
+
+def cmd_addons(recdir, recipe_path, cluster_dir, userdata_path, image_dir):
+    """What the add-on installer applied on the first control plane, from the stand-ins'
+    records (calls.log; inputs.log: the sha256 of every file helm and kubectl read):
+    every release the recipe and the cluster's profiles ask for, in order; each profile's
+    Secret applied right before its chart; the values files and charts exactly the ones
+    imgbuild made; exactly one default StorageClass in what the charts render."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tarfile
+    import tempfile
+
+    import yaml
+
+    recipe = yaml.safe_load(read(recipe_path))
+    spec = yaml.safe_load(read(os.path.join(cluster_dir, "cluster.yaml")))
+    addons_spec = spec.get("addons") or {}
+    on = addons_spec.get("profiles") or []
+    # The files user-data writes, by path (plain content, as imgbuild renders it).
+    ud = yaml.safe_load(read(userdata_path))
+    written = {f["path"]: f.get("content", "") for f in ud.get("write_files") or []}
+    sha = lambda b: hashlib.sha256(b if isinstance(b, bytes) else b.encode()).hexdigest()  # noqa: E731
+
+    calls = []
+    for line in read(os.path.join(recdir, "calls.log")).splitlines():
+        f = line.split()
+        if len(f) >= 2:
+            calls.append((f[0], f[1], f[2:]))
+    inputs = {}
+    p = os.path.join(recdir, "inputs.log")
+    for line in (read(p) if os.path.exists(p) else "").splitlines():
+        f = line.split(None, 3)
+        if len(f) == 4:
+            inputs.setdefault((f[0], f[1]), {})[f[3]] = f[2]
+
+    # The expected releases: the recipe's add-ons whose profile is on (or that have
+    # none), the CNI first, then by order; then the embedded charts.
+    rows = [a for a in recipe["addons"] if not a.get("profile") or a["profile"] in on]
+    rows.sort(key=lambda a: (not a.get("cni"), a["order"]))
+    want = [a["release"] for a in rows] + EMBEDDED_AFTER + ([GITOPS_APP] if "gitops" in on else [])
+    by_release = {a["release"]: a for a in recipe["addons"]}
+    upgrades = [(i, c) for i, c in enumerate(calls) if c[1] == "helm" and c[2][:2] == ["upgrade", "--install"]]
+    got = [c[2][2] for _, c in upgrades]
+    (ok if got == want else fail)(
+        f"add-on installer order (helm upgrade --install): {' '.join(got)}" + ("" if got == want else f"; want {' '.join(want)}")
+    )
+    profile_releases = [a["release"] for a in rows if a.get("profile")]
+    core = [a["release"] for a in rows if not a.get("profile")]
+    if on:
+        last_core = max((got.index(r) for r in core if r in got), default=-1)
+        firsts = [got.index(r) for r in profile_releases if r in got]
+        (ok if firsts and min(firsts) > last_core and len(firsts) == len(profile_releases) else fail)(
+            f"profiles {', '.join(on)}: releases {' '.join(profile_releases)} installed after the core add-ons {' '.join(core)}"
+        )
+    else:
+        fail("the cluster turns no profile on: the boot test cannot show the profiles")
+
+    def values_of(t, args):
+        files = opt_values(args, "--values")
+        seen = inputs.get((t, "helm"), {})
+        merged, problems = {}, []
+        for path in files:
+            if path.startswith("/usr/share/imgbuild/addons/"):
+                local = os.path.join(image_dir, path[len("/usr/share/imgbuild/addons/"):])
+                text = read(local) if os.path.exists(local) else None
+            else:
+                text = written.get(path)
+            if text is None:
+                problems.append(f"{path}: neither in the image nor written by user-data")
+                continue
+            if seen.get(path) != sha(text):
+                problems.append(f"{path}: helm read sha256 {seen.get(path)}, imgbuild made {sha(text)[:16]}…")
+            merged = merge_values(merged, yaml.safe_load(text) or {})
+        return files, merged, problems
+
+    # Each chart: the file helm got is the image's, its values files are the image's and
+    # user-data's, byte for byte; rendered offline (`helm template`) before the install.
+    rendered_first, digests_ok = [], True
+    for n, (i, (t, _, args)) in enumerate(upgrades):
+        release, chart = args[2], args[3]
+        if not any(c[1] == "helm" and c[2][:2] == ["template", release] for c in calls[:i]):
+            rendered_first.append(release)
+        local = os.path.join(image_dir, os.path.basename(chart))
+        seen = inputs.get((t, "helm"), {}).get(chart)
+        if not os.path.exists(local) or seen != sha(open(local, "rb").read()):
+            fail(f"{release}: helm got chart {chart} with sha256 {seen}, not the image's")
+            digests_ok = False
+        _, _, problems = values_of(t, args)
+        for pr in problems:
+            fail(f"{release}: {pr}")
+            digests_ok = False
+    if digests_ok:
+        ok(f"every chart and values file helm read is the one imgbuild made ({len(upgrades)} releases, sha256)")
+    (fail if rendered_first else ok)(
+        "every release rendered offline (helm template) before its install"
+        + (f"; not: {rendered_first}" if rendered_first else "")
+    )
+
+    # Each profile's Secret: written by user-data, right for the cluster, applied by the
+    # installer after the previous release and before the profile's own chart.
+    import base64
+
+    for prof, (name, keys) in profile_secrets(cluster_dir, spec, on).items():
+        path = f"/etc/imgbuild/addons/secrets/{prof}.yaml"
+        release = next((a["release"] for a in rows if a.get("profile") == prof), None)
+        ns = by_release.get(release, {}).get("namespace")
+        text = written.get(path)
+        doc = yaml.safe_load(text) if text else None
+        data = (doc or {}).get("data") or {}
+        good = (doc or {}).get("kind") == "Secret" and doc["metadata"].get("name") == name \
+            and doc["metadata"].get("namespace") == ns \
+            and all(base64.b64decode(data.get(k, "")).decode(errors="replace") == v for k, v in keys.items())
+        (ok if good else fail)(
+            f"{prof}: user-data writes {path}: Secret {name} in {ns} holding the cluster's {', '.join(keys)}"
+        )
+        # The installer applies it before EACH release of the profile (gitops: Argo CD
+        # and the backend's Application), each time the same bytes.
+        releases = [a["release"] for a in rows if a.get("profile") == prof] + ([GITOPS_APP] if prof == "gitops" else [])
+        applied = [
+            (j, c) for j, c in enumerate(calls)
+            if c[1] == "kubectl" and "apply" in c[2] and path in opt_values(c[2], "-f")
+        ]
+        for rel in releases:
+            if rel not in got:
+                fail(f"{prof}: release {rel} not installed, its Secret not checked")
+                continue
+            pos = got.index(rel)
+            hi = upgrades[pos][0]
+            lo = upgrades[pos - 1][0] if pos > 0 else -1
+            ins = [j for j, c in applied if lo < j < hi and inputs.get((c[0], "kubectl"), {}).get(path) == sha(text or "")]
+            (ok if len(ins) == 1 else fail)(
+                f"{prof}: kubectl apply -f {path} (the same bytes) right before helm installs {rel}"
+                + ("" if len(ins) == 1 else f" (applied at calls {[j for j, _ in applied]}, release at {hi})")
+            )
+        (ok if len(applied) == len(releases) else fail)(
+            f"{prof}: its Secret applied {len(applied)} time(s), once per release of the profile ({len(releases)})"
+        )
+
+    # The logging profile's destination: a values file from user-data (the endpoint), the
+    # header taken from the Secret's environment variable, never the token itself.
+    if "logging" in on:
+        lg = addons_spec.get("logging") or {}
+        t, _, args = upgrades[got.index("logging")][1] if "logging" in got else (None, None, [])
+        path = "/etc/imgbuild/addons/logging.yaml"
+        _, merged, problems = values_of(t, args) if t else ([], {}, ["not installed"])
+        exp = (((merged.get("config") or {}).get("exporters") or {}).get("otlphttp")) or {}
+        header = (exp.get("headers") or {}).get("Authorization")
+        leaks = [p for p, text in written.items()
+                 if lg.get("token") in text and not p.startswith("/etc/imgbuild/addons/secrets/")]
+        (ok if path in opt_values(args, "--values") and not problems and exp.get("endpoint") == lg.get("endpoint")
+         and header == "${env:OTLP_AUTHORIZATION}" and not leaks else fail)(
+            f"logging: helm got {path} (the same bytes as user-data's) with the cluster's OTLP endpoint; "
+            f"the header from the Secret's variable ({header}), the token in no other file" + (f": {leaks}" if leaks else "")
+        )
+    if "gitops" in on:
+        g = addons_spec.get("gitops") or {}
+        pa, pb = (got.index(r) if r in got else -1 for r in ("argocd", GITOPS_APP))
+        t, _, args = upgrades[pb][1] if pb >= 0 else (None, None, [])
+        _, merged, problems = values_of(t, args) if t else ([], {}, ["not installed"])
+        (ok if 0 <= pa < pb and not problems and merged.get("repoURL") == g.get("repo_url") else fail)(
+            f"gitops: {GITOPS_APP} (the backend's Application, repoURL {merged.get('repoURL')}) installed after argocd"
+        )
+
+    # The default StorageClass of the installed set: every release rendered by a REAL helm
+    # with the chart and values the installer gave it; a stand-in chart (the profile charts
+    # cannot be downloaded here) by its values switch.
+    helm = shutil.which("helm")
+    if not helm:
+        msg = "no helm on PATH: the installed charts cannot be rendered (ci/test.sh puts one there)"
+        if os.environ.get("CI"):
+            fail(msg)
+            return failed
+        print(f"SKIP {msg}")
+        return failed
+    defaults, notes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n, (i, (t, _, args)) in enumerate(upgrades):
+            release, chart, ns = args[2], args[3], (opt_values(args, "--namespace") or ["default"])[0]
+            local = os.path.join(image_dir, os.path.basename(chart))
+            files, merged, _ = values_of(t, args)
+            with tarfile.open(local) as tf:
+                top = next(m for m in tf.getmembers() if m.name.count("/") == 1 and m.name.endswith("/Chart.yaml"))
+                meta = yaml.safe_load(tf.extractfile(top).read())
+            if meta.get("description") == "imgbuild test stand-in":
+                got_classes = standin_default_classes(meta["name"], merged)
+                if got_classes is None:
+                    fail(f"{release}: stand-in chart {meta['name']} has no StorageClass rule in check.py")
+                    continue
+                defaults += got_classes
+                if got_classes:
+                    notes.append(f"{', '.join(got_classes)} ({meta['name']} stand-in, from its values)")
+                continue
+            vargs = []
+            for k, path in enumerate(files):
+                vf = os.path.join(tmp, f"{n}-{k}.yaml")
+                with open(vf, "w") as f:
+                    f.write(read(os.path.join(image_dir, os.path.basename(path)))
+                            if path.startswith("/usr/share/") else written.get(path, ""))
+                vargs += ["--values", vf]
+            r = subprocess.run([helm, "template", release, local, "--namespace", ns, "--kube-version", "1.30.3", *vargs],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                fail(f"{release}: helm template failed: {r.stderr.strip()[:300]}")
+                continue
+            for d in yaml.safe_load_all(r.stdout):
+                if isinstance(d, dict) and d.get("kind") == "StorageClass":
+                    ann = (d.get("metadata") or {}).get("annotations") or {}
+                    is_def = ann.get("storageclass.kubernetes.io/is-default-class") == "true"
+                    notes.append(f"{d['metadata']['name']} ({meta['name']} rendered by helm, default {str(is_def).lower()})")
+                    if is_def:
+                        defaults.append(d["metadata"]["name"])
+    csi = [p for p in on if p in ("cinder", "proxmox", "hcloud")]
+    (ok if len(defaults) == 1 else fail)(
+        f"exactly one default StorageClass in the installed set: {defaults} ({'; '.join(notes)})"
+        + (f"; the {csi[0]} profile's, local-path's turned off" if csi else "")
+    )
+    print(f"addons: {counts['ok']} ok, {counts['FAIL']} failed; releases: {' '.join(got)}")
+    return failed
+
+
 def main():
     a = sys.argv[1:]
     if not a:
@@ -629,6 +918,8 @@ def main():
         sys.exit(cmd_network(a[1], a[2:]))
     if a[0] == "firewall":
         sys.exit(cmd_firewall(a[1], a[2:]))
+    if a[0] == "addons":
+        sys.exit(cmd_addons(*a[1:6]))
     if a[0] == "secrets":
         sys.exit(cmd_secrets(a[1], a[2], a[3], a[4:]))
     sys.exit(__doc__)

@@ -8,6 +8,11 @@
 //!   the boot test's bootable Debian-made one), linked into the mirror;
 //! - every artifact is a stand-in ([`crate::standin`]), or a real file the caller gives
 //!   (the boot test's real containerd and runc);
+//! - a chart `imgbuild lock` pins from its repository (`chart.repo`, no `urls`: the
+//!   profiles' charts) stays unpinned in the test recipe; a stand-in package with the same
+//!   name and version is listed in a test `index.yaml` at the repository's URL, or, for an
+//!   `oci://` repository, stored as `helm push` stores it in the test registry's listing
+//!   (`images.json`), so `lock --profile` pins it the ordinary way;
 //! - `packages:` is dropped, or pointed at a signed test archive ([`crate::archive`]);
 //! - every container image becomes a small two-arch TEST image under the same name
 //!   ([`test_image`]); a reference that pins a digest pins the test image's instead.
@@ -238,12 +243,42 @@ pub fn make(recipe: &Value, base: &Path, opts: &Options, out: &Path) -> Result<M
     if !opts.keep_recipe_images {
         test.as_mapping_mut().context("a mapping")?.remove("images");
     }
-    let (images, registries) = test_images(&mut test, &opts.image_blobs, opts.busybox.as_deref())?;
+    let (mut images, mut registries) = test_images(&mut test, &opts.image_blobs, opts.busybox.as_deref())?;
+    // Helm repositories of the unpinned charts: repository URL -> index entries.
+    let mut indexes: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
 
     for art in test["artifacts"].as_sequence_mut().into_iter().flatten() {
         let name = art["name"].as_str().context("an artifact without a name")?.to_string();
         if art["urls"].is_null() {
-            continue; // a profile's chart, pinned by the lock: not in a build without --profile
+            // A chart pinned by `imgbuild lock` from its repository (the profiles' charts):
+            // the test recipe leaves it unpinned, the mirror serves a stand-in package in
+            // that repository, so `lock --profile` resolves it the ordinary way.
+            let Some(repo) = art["chart"]["repo"].as_str() else {
+                bail!("artifact {name} has neither urls nor chart.repo");
+            };
+            let version = standin::version_of(art);
+            let data = standin::chart(&name, &version);
+            let sha = sha256_hex(&data);
+            let (url_path, path) = if let Some(path) = repo.strip_prefix("oci://") {
+                let (entry, blob_url) = oci_chart(path, &name, &version, &data)?;
+                entry.image.write_blobs(&opts.image_blobs)?;
+                registries.push(path.split('/').next().unwrap_or_default().to_string());
+                images.push(entry);
+                (blob_url, opts.image_blobs.join(&sha))
+            } else {
+                let file = format!("{name}-{version}.tgz");
+                let (h, url_path) =
+                    place(&www, &[format!("{}/{file}", repo.trim_end_matches('/'))], Some(&data), None)?;
+                hosts.extend(h);
+                indexes
+                    .entry(repo.trim_end_matches('/').to_string())
+                    .or_default()
+                    .push(index_entry(&name, &version, &sha, &file));
+                let path = www.join(url_path.trim_start_matches('/'));
+                (url_path, path)
+            };
+            blobs.insert(name, Blob { path, sha256: sha, url_path });
+            continue;
         }
         let urls = urls_of(art, ARCH);
         let data = match opts.real.get(&name) {
@@ -273,6 +308,12 @@ pub fn make(recipe: &Value, base: &Path, opts: &Options, out: &Path) -> Result<M
         blobs.insert(name, Blob { path, sha256: sha, url_path });
     }
 
+    for (repo, entries) in &indexes {
+        let (h, _) = place(&www, &[format!("{repo}/index.yaml")], Some(&helm_index(entries)?), None)?;
+        hosts.extend(h);
+    }
+    registries.sort();
+    registries.dedup();
     hosts.sort();
     hosts.dedup();
     let recipe_path = out.join("test-recipe.yaml");
@@ -303,6 +344,43 @@ pub fn make(recipe: &Value, base: &Path, opts: &Options, out: &Path) -> Result<M
         write(p, serde_json::to_string_pretty(&listing)?.as_bytes())?;
     }
     Ok(Mirror { www, recipe: test, recipe_path, blobs, hosts, registries, images })
+}
+
+/// The `created`/`generated` time of the test indexes (the fixed tar mtime).
+const INDEX_TIME: &str = "2024-08-21T00:00:00Z";
+
+/// One chart version as `helm repo index` lists it: a URL relative to the repository
+/// (helm's default) and the package's sha256 as `digest`.
+fn index_entry(name: &str, version: &str, sha: &str, file: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v2", "created": INDEX_TIME, "description": standin::CHART_DESCRIPTION,
+        "digest": sha, "name": name, "urls": [file], "version": version,
+    })
+}
+
+/// A repository's `index.yaml` (apiVersion v1, entries by chart name).
+fn helm_index(entries: &[serde_json::Value]) -> Result<Vec<u8>> {
+    let mut by_name: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for e in entries {
+        by_name.entry(e["name"].as_str().unwrap_or_default().to_string()).or_default().push(e.clone());
+    }
+    let doc = serde_json::json!({"apiVersion": "v1", "entries": by_name, "generated": INDEX_TIME});
+    Ok(serde_yaml::to_string(&doc)?.into_bytes())
+}
+
+/// A chart as `helm push` stores it in a registry under `<path>/<name>:<version>` (a `+`
+/// in the version written `_`): an OCI manifest whose config is the chart's metadata
+/// ([`oci::HELM_CONFIG`]) and whose one layer is the `.tgz` ([`oci::HELM_CHART_LAYER`]);
+/// returns it and the upstream URL path of the layer (`/<registry>/v2/<repo>/blobs/<digest>`).
+fn oci_chart(path: &str, name: &str, version: &str, tgz: &[u8]) -> Result<(ImageEntry, String)> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v2", "name": name, "version": version, "description": standin::CHART_DESCRIPTION,
+    }))?;
+    let image = oci::single(oci::HELM_CONFIG, &config, &[(oci::HELM_CHART_LAYER, tgz)]);
+    let repo = format!("{}/{name}", path.trim_end_matches('/'));
+    let (host, rest) = repo.split_once('/').context("oci://REGISTRY/PATH")?;
+    let url_path = format!("/{host}/v2/{rest}/blobs/{}", oci::sha256(tgz));
+    Ok((ImageEntry { repo, tag: Some(version.replace('+', "_")), image }, url_path))
 }
 
 fn tar_members(tgz: &[u8]) -> Result<Vec<String>> {

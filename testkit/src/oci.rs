@@ -14,6 +14,10 @@ pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 pub const DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// What `helm push` writes (helm `pkg/registry`): a chart's metadata as the config, the
+/// `.tgz` as the one layer.
+pub const HELM_CONFIG: &str = "application/vnd.cncf.helm.config.v1+json";
+pub const HELM_CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
 
 /// `sha256:<hex>` of `b` (an OCI digest).
 pub fn sha256(b: &[u8]) -> String {
@@ -83,6 +87,21 @@ impl TestImage {
         }
         Ok(())
     }
+}
+
+/// A single OCI manifest (no platform) with config `config` of type `config_type` and the
+/// layers `(media type, bytes)`, as an artifact (a Helm chart) is stored.
+pub fn single(config_type: &str, config: &[u8], layers: &[(&str, &[u8])]) -> TestImage {
+    let m = serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": config_type, "digest": sha256(config), "size": config.len()},
+        "layers": layers.iter().map(|(t, b)| serde_json::json!({"mediaType": t, "digest": sha256(b), "size": b.len()})).collect::<Vec<_>>(),
+    });
+    let m = serde_json::to_vec_pretty(&m).expect("manifest JSON");
+    let pushed =
+        Pushed { media_type: OCI_MANIFEST.into(), digest: sha256(&m), bytes: m.clone(), arch: String::new() };
+    let blobs = std::iter::once(config.to_vec()).chain(layers.iter().map(|(_, b)| b.to_vec())).collect();
+    TestImage { blobs, manifests: vec![pushed], top: m, top_media_type: OCI_MANIFEST.into() }
 }
 
 /// An image with one manifest per `(arch, layers)`; `docker` picks Docker v2 media types,

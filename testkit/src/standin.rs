@@ -139,19 +139,29 @@ pub fn tarball(files: &[(String, Vec<u8>, u32)], dirs: bool) -> Vec<u8> {
     gzip(&tar.into_inner().expect("in-memory tar"))
 }
 
-/// A minimal, valid Helm chart package named `name` at `version`.
+/// The `description` of every stand-in chart (how a check tells it from a real one).
+pub const CHART_DESCRIPTION: &str = "imgbuild test stand-in";
+
+/// A minimal, valid Helm chart package named `name` at `version`: it renders nothing.
 pub fn chart(name: &str, version: &str) -> Vec<u8> {
     let files = [
         (
             format!("{name}/Chart.yaml"),
-            format!(
-                "apiVersion: v2\nname: {name}\nversion: {version}\ndescription: imgbuild test stand-in\n"
-            ),
+            format!("apiVersion: v2\nname: {name}\nversion: {version}\ndescription: {CHART_DESCRIPTION}\n"),
         ),
         (format!("{name}/values.yaml"), "{}\n".to_string()),
         (format!("{name}/templates/NOTES.txt"), "imgbuild test stand-in chart\n".to_string()),
     ];
     tarball(&files.map(|(p, t)| (p, t.into_bytes(), 0o644)), false)
+}
+
+/// The `version:` of artifact `art` as text (YAML may read `1.16` as a number).
+pub fn version_of(art: &Value) -> String {
+    match &art["version"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => "0.0.0".into(),
+    }
 }
 
 /// The stand-in download of artifact `art` for `arch`: a tarball of the members its
@@ -175,12 +185,7 @@ pub fn pack(art: &Value, arch: &str, standin: &Standin) -> Result<Vec<u8>> {
         return Ok(tarball(&files, true));
     }
     if is_tar {
-        let version = match &art["version"] {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => "0.0.0".into(),
-        };
-        return Ok(chart(name, &version));
+        return Ok(chart(name, &version_of(art)));
     }
     Ok(standin.bytes(name))
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use imgbuild_testkit::mirror::{self, Packages};
 use imgbuild_testkit::standin::{self, Standin};
-use imgbuild_testkit::{archive, cache, sha256_file, sha256_hex};
+use imgbuild_testkit::{archive, cache, oci, sha256_file, sha256_hex};
 use serde_yaml::Value;
 
 fn default_recipe() -> Value {
@@ -206,14 +206,50 @@ fn the_mirror_serves_every_url_and_the_test_recipe_pins_what_it_serves() {
         .iter()
         .flat_map(|a| a["images"].as_sequence().unwrap().iter().map(|i| i.as_str().unwrap()))
         .collect();
-    assert_eq!(listing.len(), tops + addon_refs.len());
+    // The charts `lock` pins from a repository (the profiles'): unpinned in the test recipe,
+    // a stand-in package in the repository's index.yaml, or a chart in the registry listing.
+    let unpinned: Vec<&Value> =
+        r["artifacts"].as_sequence().unwrap().iter().filter(|a| a["urls"].is_null()).collect();
+    assert_eq!(unpinned.len(), 6, "one chart per profile");
+    let mut oci_charts = 0;
+    for a in &unpinned {
+        let (name, version) = (a["name"].as_str().unwrap(), a["version"].as_str().unwrap());
+        let repo = a["chart"]["repo"].as_str().unwrap();
+        assert!(a["sha256"].is_null(), "{name}: left to the lock");
+        let blob = &m.blobs[name];
+        assert_eq!(sha256_file(&blob.path).unwrap(), blob.sha256);
+        if let Some(path) = repo.strip_prefix("oci://") {
+            oci_charts += 1;
+            let e = m.images.iter().find(|e| e.repo == format!("{path}/{name}")).unwrap();
+            assert_eq!(e.tag.as_deref(), Some(version));
+            let man: serde_json::Value = serde_json::from_slice(&e.image.top).unwrap();
+            assert_eq!(man["config"]["mediaType"], oci::HELM_CONFIG);
+            assert_eq!(man["layers"][0]["mediaType"], oci::HELM_CHART_LAYER);
+            assert_eq!(man["layers"][0]["digest"], format!("sha256:{}", blob.sha256));
+            assert!(regs_has(&out, path.split('/').next().unwrap()));
+            continue;
+        }
+        let host_path = repo.split_once("://").unwrap().1;
+        let index: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(m.www.join(host_path).join("index.yaml")).unwrap())
+                .unwrap();
+        let entry = &index["entries"][name][0];
+        assert_eq!(
+            (entry["version"].as_str(), entry["digest"].as_str()),
+            (Some(version), Some(blob.sha256.as_str()))
+        );
+        let file = m.www.join(host_path).join(entry["urls"][0].as_str().unwrap());
+        assert_eq!(sha256_file(&file).unwrap(), blob.sha256, "{name}: the index's URL serves the package");
+        assert!(hosts.lines().any(|h| repo.starts_with(h)), "{repo} not in hosts.txt");
+    }
+    assert_eq!(listing.len(), tops + addon_refs.len() + oci_charts);
     assert_eq!(m.images.len(), listing.len());
     for r in &addon_refs {
         let (repo, _, digest) = mirror::split_ref(r);
         let e = m.images.iter().find(|e| e.repo == repo).unwrap();
         assert_eq!(digest.as_deref(), Some(e.image.digest().as_str()), "{r}");
     }
-    for e in &m.images {
+    for e in m.images.iter().filter(|e| e.image.top_media_type != oci::OCI_MANIFEST) {
         let hex = e.image.digest()["sha256:".len()..].to_string();
         assert_eq!(sha256_file(&out.join("images/blobs").join(&hex)).unwrap(), hex);
         for b in &e.image.blobs {
@@ -350,4 +386,8 @@ fn real_apt_get_accepts_the_archive() {
     // apt names it with the epoch escaped: hello-testkit_1%3a1.2-3_amd64.deb
     let got = std::fs::read(apt.join("dl/hello-testkit_1%3a1.2-3_amd64.deb")).unwrap();
     assert_eq!(got, std::fs::read(&deb).unwrap());
+}
+
+fn regs_has(out: &Path, host: &str) -> bool {
+    std::fs::read_to_string(out.join("registries.txt")).unwrap().lines().any(|l| l == host)
 }

@@ -329,3 +329,70 @@ fn lock_pins_the_proxmox_profile_chart_from_its_oci_registry() {
     let a = plan.addons.iter().find(|a| a.release == "proxmox-csi").unwrap();
     assert_eq!((a.namespace.as_str(), a.profile), ("csi-proxmox", Some(imgbuild::types::Profile::Proxmox)));
 }
+
+/// The test world serves every profile chart the way its repository does (testkit: a
+/// stand-in package listed in the repository's index.yaml; proxmox-csi-plugin pushed to a
+/// REAL registry as `helm push` stores it): `lock --profile` pins each to the stand-in's
+/// digest through `--mirror`, exactly as it pins the real ones, and the control-plane plan
+/// with the profiles carries them. This is the path ci/boot-test.sh takes.
+#[test]
+fn lock_pins_every_profile_chart_from_the_test_worlds_repositories() {
+    let fx = common::fixture::noble_fixture();
+    let Some(reg) = common::registry::Registry::start() else { return };
+    let mut pushed = 0;
+    for e in fx.images.iter().filter(|e| e.image.top_media_type == common::registry::OCI_MANIFEST) {
+        let config =
+            serde_json::from_slice::<serde_json::Value>(&e.image.top).unwrap()["config"]["mediaType"].clone();
+        if config != imgbuild::chart::repo::HELM_CONFIG {
+            continue;
+        }
+        let (_, path) = e.repo.split_once('/').unwrap();
+        reg.push_image(path, e.tag.as_deref().unwrap(), &e.image);
+        pushed += 1;
+    }
+    assert_eq!(pushed, 1, "the test world publishes proxmox-csi-plugin in a registry");
+    let mut cmd = common::bin();
+    cmd.args(["lock", "--json"]).args(fx.source_args()).args(["--mirror", &reg.mirror_for("ghcr.io")]);
+    for p in imgbuild::types::Profile::ALL {
+        cmd.args(["--profile", p.as_str()]);
+    }
+    common::ok(&cmd.output().unwrap());
+    let lock: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.recipe.with_extension("yaml.lock")).unwrap())
+            .unwrap();
+    let charts = lock["charts"].as_array().unwrap();
+    let unpinned: Vec<&serde_yaml::Value> =
+        fx.recipe_value["artifacts"].as_sequence().unwrap().iter().filter(|a| a["urls"].is_null()).collect();
+    assert_eq!(charts.len(), unpinned.len(), "{charts:#?}");
+    assert_eq!(unpinned.len(), 6, "one chart per profile");
+    for a in unpinned {
+        let (name, version, repo) = (
+            a["name"].as_str().unwrap(),
+            a["version"].as_str().unwrap(),
+            a["chart"]["repo"].as_str().unwrap(),
+        );
+        let c = charts.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name} not in the lock"));
+        let sha = &fx.blobs[name].sha256;
+        assert_eq!(c["sha256"], sha.as_str(), "{name}");
+        assert_eq!(c["version"], version, "{name}");
+        let want = match repo.strip_prefix("oci://") {
+            Some(p) => {
+                let (host, path) = p.split_once('/').unwrap();
+                format!("https://{host}/v2/{path}/{name}/blobs/sha256:{sha}")
+            }
+            None => format!("{repo}/{name}-{version}.tgz"),
+        };
+        assert_eq!(c["url"], want, "{name}");
+    }
+    let lr = imgbuild::recipe::load(Some(&fx.recipe)).unwrap();
+    let o = PlanOptions {
+        recipe_path: Some(fx.recipe.clone()),
+        profiles: imgbuild::types::Profile::ALL.to_vec(),
+        ..PlanOptions::new(Role::ControlPlane, Arch::Amd64)
+    };
+    let plan = BuildPlan::resolve(&lr, &o).unwrap();
+    for c in charts {
+        let item = plan.artifacts.iter().find(|i| c["name"] == i.name.as_str()).unwrap();
+        assert_eq!(item.sha256.as_str(), c["sha256"].as_str().unwrap());
+    }
+}

@@ -112,6 +112,9 @@ pub struct Fixture {
     pub mirrors: Vec<String>,
     /// A cache dir for builds (shared by builds of this fixture).
     pub cache: PathBuf,
+    /// What a registry of the test world holds: the add-on test images and the charts
+    /// published only in a registry (their blobs are in the cache already).
+    pub images: Vec<imgbuild_testkit::mirror::ImageEntry>,
 }
 
 impl Fixture {
@@ -388,6 +391,7 @@ pub fn fixture_with(spec: &BaseSpec) -> Fixture {
         blobs: m.blobs,
         mirrors,
         cache,
+        images: m.images,
     }
 }
 
