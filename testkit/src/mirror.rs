@@ -103,6 +103,19 @@ pub struct Mirror {
     pub images: Vec<ImageEntry>,
 }
 
+/// The `host/path` a repository name stands for, as docker and imgbuild read it: a first
+/// component that is no host (no `.` or `:`, not `localhost`) means Docker Hub, and a
+/// one-component name its `library/`.
+pub fn registry_repo(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            name.to_string()
+        }
+        Some(_) => format!("docker.io/{name}"),
+        None => format!("docker.io/library/{name}"),
+    }
+}
+
 /// `host/path:tag@digest` -> (`host/path`, tag, digest).
 pub fn split_ref(r: &str) -> (String, Option<String>, Option<String>) {
     let (name, digest) = match r.split_once('@') {
@@ -469,17 +482,19 @@ pub fn test_images(
     let busybox = busybox.map(|b| oci::layer(&[("bin/busybox", b)]));
     for (r, addon) in refs {
         let text = r.as_str().context("an image reference is a string")?.to_string();
-        let (repo, tag, pinned) = split_ref(&text);
+        let (named, tag, pinned) = split_ref(&text);
+        let repo = registry_repo(&named);
         registries.push(repo.split('/').next().unwrap_or_default().to_string());
         let img = test_image(&repo, tag.as_deref(), busybox.as_ref());
         img.write_blobs(blob_dir)?;
+        let repo_as_written = named;
         if pinned.is_some() || addon {
             // The core charts pin the upstream index digest: pin the test image's. A
             // profile's images are tags upstream (`lock` resolves them online); pinned here
             // too, so that a test world without a registry builds them from the cache.
             *r = match &tag {
-                Some(t) => format!("{repo}:{t}@{}", img.digest()),
-                None => format!("{repo}@{}", img.digest()),
+                Some(t) => format!("{repo_as_written}:{t}@{}", img.digest()),
+                None => format!("{repo_as_written}@{}", img.digest()),
             }
             .into();
         }
