@@ -467,7 +467,7 @@ impl BuildPlan {
             Some(s) => Some(crate::types::size::parse(s).map_err(PlanError::DiskSize)?),
             None => None,
         };
-        let wanted = r.images_for(role);
+        let wanted = r.images_for(role, &o.profiles);
         let locked = match wanted.is_empty() {
             true => Vec::new(),
             false => lockfile::read_images(lr, &lockfile::lock_path(lr, o.recipe_path.as_deref()))?,

@@ -83,11 +83,18 @@ pub struct Recipe {
 impl Recipe {
     /// The images a `role` carries, in recipe order: `images:` entries for the role,
     /// then each add-on's images (every role: the add-ons' DaemonSets run on every node
-    /// and their Deployments may be scheduled on any), each reference once.
-    pub fn images_for(&self, role: Role) -> Vec<ImageRef> {
+    /// and their Deployments may be scheduled on any), each reference once. A profile's
+    /// add-on counts only when the build carries that profile (`profiles`), for workers
+    /// too: its node agents (node-exporter, the log collector, a CSI node plugin) run there.
+    pub fn images_for(&self, role: Role, profiles: &[Profile]) -> Vec<ImageRef> {
         let mut out: Vec<ImageRef> = Vec::new();
         let top = self.images.iter().filter(|i| i.roles.contains(&role)).map(|i| i.reference.clone());
-        let addons = self.addons.iter().flat_map(|a| a.images.iter()).filter_map(|s| ImageRef::parse(s).ok());
+        let addons = self
+            .addons
+            .iter()
+            .filter(|a| a.profile.is_none_or(|p| profiles.contains(&p)))
+            .flat_map(|a| a.images.iter())
+            .filter_map(|s| ImageRef::parse(s).ok());
         for i in top.chain(addons) {
             if !out.contains(&i) {
                 out.push(i);
@@ -96,10 +103,10 @@ impl Recipe {
         out
     }
 
-    /// Every image of the recipe (any role), each once.
-    pub fn all_images(&self) -> Vec<ImageRef> {
-        let mut out = self.images_for(Role::ControlPlane);
-        for i in self.images_for(Role::Worker) {
+    /// Every image of the recipe (any role) with the add-ons of `profiles`, each once.
+    pub fn all_images(&self, profiles: &[Profile]) -> Vec<ImageRef> {
+        let mut out = self.images_for(Role::ControlPlane, profiles);
+        for i in self.images_for(Role::Worker, profiles) {
             if !out.contains(&i) {
                 out.push(i);
             }
@@ -748,23 +755,34 @@ fn validate_addons(r: &Recipe) -> Result<(), (String, String)> {
     validate_images(r)
 }
 
-/// `images:` checks: roles given once each, no image listed twice (add-on images
-/// included), and no two images claiming one `name:tag` in containerd.
-fn validate_images(r: &Recipe) -> Result<(), (String, String)> {
-    let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    let mut tags: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut claim = |path: String, i: &ImageRef| -> Result<(), (String, String)> {
+/// What the images listed so far claim: each reference, and each `name:tag` in containerd.
+#[derive(Clone, Default)]
+struct Claims {
+    seen: BTreeMap<String, String>,
+    tags: BTreeMap<String, (String, String)>,
+}
+
+impl Claims {
+    fn claim(&mut self, path: String, i: &ImageRef) -> Result<(), (String, String)> {
         let key = i.to_string();
-        if let Some(first) = seen.insert(key.clone(), path.clone()) {
+        if let Some(first) = self.seen.insert(key.clone(), path.clone()) {
             return Err((path, format!("{key} is already listed at {first}")));
         }
         if let Some(t) = i.tagged_name() {
-            if let Some((first, other)) = tags.insert(t.clone(), (path.clone(), key.clone())) {
+            if let Some((first, other)) = self.tags.insert(t.clone(), (path.clone(), key.clone())) {
                 return Err((path, format!("{key} and {other} ({first}) would both be {t} in containerd")));
             }
         }
         Ok(())
-    };
+    }
+}
+
+/// `images:` checks: roles given once each, no image listed twice (add-on images
+/// included), and no two images claiming one `name:tag` in containerd. Two profiles may
+/// list the same image (the CSI drivers share sidecars): each is checked against the core
+/// images and its own, since a build carries the images of the profiles it names only.
+fn validate_images(r: &Recipe) -> Result<(), (String, String)> {
+    let mut core = Claims::default();
     for (k, img) in r.images.iter().enumerate() {
         let p = format!("images[{k}]");
         if img.roles.is_empty() {
@@ -776,13 +794,21 @@ fn validate_images(r: &Recipe) -> Result<(), (String, String)> {
         if roles.len() != img.roles.len() {
             return Err((format!("{p}.roles"), "a role is listed twice".into()));
         }
-        claim(format!("{p}.ref"), &img.reference)?;
+        core.claim(format!("{p}.ref"), &img.reference)?;
     }
-    for (i, a) in r.addons.iter().enumerate() {
+    let mut profiles: BTreeMap<Profile, Claims> = BTreeMap::new();
+    // The core add-ons first, wherever they stand, so that every profile is checked
+    // against all of them.
+    let core_first = r.addons.iter().enumerate().filter(|(_, a)| a.profile.is_none());
+    for (i, a) in core_first.chain(r.addons.iter().enumerate().filter(|(_, a)| a.profile.is_some())) {
+        let claims = match a.profile {
+            None => &mut core,
+            Some(p) => profiles.entry(p).or_insert_with(|| core.clone()),
+        };
         for (j, s) in a.images.iter().enumerate() {
             let p = format!("addons[{i}].images[{j}]");
             let img = ImageRef::parse(s).map_err(|e| (p.clone(), e))?;
-            claim(p, &img)?;
+            claims.claim(p, &img)?;
         }
     }
     Ok(())
@@ -889,8 +915,28 @@ mod tests {
         let e = addon_err("    namespace: csi-proxmox", "    namespace: storage");
         assert!(e.contains("addons[7].namespace") && e.contains("csi-proxmox"), "{e}");
         // The core add-ons list their images; a profile's may leave them to the pinned chart.
-        let e = addon_err("    profile: gitops\n", "");
-        assert!(e.contains("addons[5].images"), "{e}");
+        let r = load(None).unwrap().text;
+        let without_images = |after: &str| {
+            let at = r.find(after).unwrap();
+            let images = at + r[at..].find("    images:\n").unwrap();
+            let end = images + r[images..].find("\n\n").unwrap();
+            format!("{}    images: []{}", &r[..images], &r[end..])
+        };
+        let e = parse(&without_images("  - artifact: metrics-server\n"), "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("addons[1].images") && e.contains("list the images"), "{e}");
+        parse(&without_images("    profile: gitops\n"), "t.yaml")
+            .expect("a profile's add-on may list no images");
+        // Two profiles may list one image (the CSI drivers' sidecars); one profile may not twice.
+        let e = addon_err(
+            "      - registry.k8s.io/sig-storage/csi-attacher:v4.9.0",
+            "      - registry.k8s.io/sig-storage/csi-attacher:v4.9.0\n      - docker.io/hetznercloud/hcloud-csi-driver:v2.17.0",
+        );
+        assert!(e.contains("addons[8].images") && e.contains("already listed"), "{e}");
+        let e = addon_err(
+            "      - docker.io/hetznercloud/hcloud-csi-driver:v2.17.0",
+            "      - docker.io/hetznercloud/hcloud-csi-driver:v2.17.0\n      - quay.io/cilium/cilium:v1.16.1@sha256:0b4a3ab41a4760d86b7fc945b8783747ba27f29dac30dd434d94f2c9e3679f39",
+        );
+        assert!(e.contains("addons[8].images") && e.contains("addons[0].images"), "{e}");
         let e = addon_err("    profile: gitops\n", "    profile: tracing\n");
         assert!(e.contains("addons[5].profile") || e.contains("tracing"), "{e}");
         let e = addon_err("  - artifact: metrics-server", "  - artifact: nope");
@@ -912,7 +958,7 @@ mod tests {
     #[test]
     fn roles_get_what_may_run_on_them() {
         let r = load(None).unwrap().recipe;
-        let names = |role| r.images_for(role).iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let names = |role| r.images_for(role, &[]).iter().map(|i| i.to_string()).collect::<Vec<_>>();
         let cp = names(Role::ControlPlane);
         let w = names(Role::Worker);
         for kubeadm in ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"] {
@@ -929,7 +975,39 @@ mod tests {
         // The charts' digests stay as the recipe pins them.
         let cilium = "@sha256:0b4a3ab41a4760d86b7fc945b8783747ba27f29dac30dd434d94f2c9e3679f39";
         assert!(w.iter().any(|i| i.ends_with(cilium)));
-        assert_eq!(r.all_images().len(), cp.len() + w.iter().filter(|i| !cp.contains(i)).count());
+        assert_eq!(r.all_images(&[]).len(), cp.len() + w.iter().filter(|i| !cp.contains(i)).count());
+    }
+
+    /// A profile's images come with the profile only, on both roles (its node agents run on
+    /// workers), and every turned-on profile adds at least one.
+    #[test]
+    fn profile_images_come_with_their_profile_only() {
+        let r = load(None).unwrap().recipe;
+        let names =
+            |role, p: &[Profile]| r.images_for(role, p).iter().map(|i| i.to_string()).collect::<Vec<_>>();
+        let core = names(Role::Worker, &[]);
+        assert!(!core.iter().any(|i| i.contains("node-exporter") || i.contains("opentelemetry")), "{core:?}");
+        for p in [
+            Profile::Monitoring,
+            Profile::Logging,
+            Profile::Gitops,
+            Profile::Cinder,
+            Profile::Proxmox,
+            Profile::Hcloud,
+        ] {
+            for role in [Role::ControlPlane, Role::Worker] {
+                let with = names(role, &[p]);
+                let without = names(role, &[]);
+                assert!(with.len() > without.len(), "{p}: no images of its own");
+                assert!(without.iter().all(|i| with.contains(i)), "{p}: core images kept");
+            }
+        }
+        let w = names(Role::Worker, &[Profile::Monitoring, Profile::Logging]);
+        assert!(w.iter().any(|i| i.contains("prometheus/node-exporter:")), "{w:?}");
+        assert!(w.iter().any(|i| i.contains("opentelemetry-collector-k8s:")), "{w:?}");
+        let all = r.all_images(&[Profile::Cinder]);
+        assert!(all.iter().any(|i| i.to_string().contains("cinder-csi-plugin:")));
+        assert!(!r.all_images(&[]).iter().any(|i| i.to_string().contains("cinder-csi-plugin:")));
     }
 
     #[test]

@@ -61,9 +61,13 @@ s.serve_forever()' "$work/mirror/www" "$work/mirror/port" &
     mirror_args+=(--mirror "$h=http://127.0.0.1:$port/${h#*://}")
   done <"$work/mirror/hosts.txt"
   start_registry
-  # Each upstream registry's API under /v2/<host>/ of the test registry.
+  # Each upstream registry's API under /v2/<host>/ of the test registry (Docker Hub's API
+  # is registry-1.docker.io).
+  local api
   while read -r h; do
-    mirror_args+=(--mirror "https://$h/v2/=http://127.0.0.1:$registry_port/v2/$h/")
+    api=$h
+    [ "$h" = docker.io ] && api=registry-1.docker.io
+    mirror_args+=(--mirror "https://$api/v2/=http://127.0.0.1:$registry_port/v2/$h/")
   done <"$work/mirror/registries.txt"
 
   # The recipe's packages the ordinary way: the verified base into the cache (its dpkg

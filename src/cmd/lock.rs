@@ -39,14 +39,14 @@ pub struct LockArgs {
     /// Print JSON ({"lock": PATH}) instead of the path
     #[arg(long)]
     pub json: bool,
-    /// Also pin the charts of this add-on profile (repeatable; the core add-ons' always)
+    /// Also pin the charts and images of this add-on profile (repeatable; the core add-ons' always)
     #[arg(long = "profile", value_enum)]
     pub profiles: Vec<crate::types::Profile>,
 }
 
 pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     let lr = recipe::load(a.recipe.as_deref())?;
-    let images = lr.recipe.all_images();
+    let images = lr.recipe.all_images(&a.profiles);
     let mirrors = super::fetch::mirrors(&a.mirrors)?;
     let charts = resolve_charts(&lr, &a.profiles, &mirrors, rep)?;
     if lr.recipe.packages.is_none() && images.is_empty() && charts.is_empty() {

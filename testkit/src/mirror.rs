@@ -103,6 +103,19 @@ pub struct Mirror {
     pub images: Vec<ImageEntry>,
 }
 
+/// The `host/path` a repository name stands for, as docker and imgbuild read it: a first
+/// component that is no host (no `.` or `:`, not `localhost`) means Docker Hub, and a
+/// one-component name its `library/`.
+pub fn registry_repo(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            name.to_string()
+        }
+        Some(_) => format!("docker.io/{name}"),
+        None => format!("docker.io/library/{name}"),
+    }
+}
+
 /// `host/path:tag@digest` -> (`host/path`, tag, digest).
 pub fn split_ref(r: &str) -> (String, Option<String>, Option<String>) {
     let (name, digest) = match r.split_once('@') {
@@ -443,7 +456,8 @@ pub fn test_images(
     blob_dir: &Path,
     busybox: Option<&[u8]>,
 ) -> Result<(Vec<ImageEntry>, Vec<String>)> {
-    let mut refs: Vec<&mut Value> = Vec::new();
+    // (reference, whether an add-on lists it)
+    let mut refs: Vec<(&mut Value, bool)> = Vec::new();
     let (top, addons) = {
         let m = test.as_mapping_mut().context("a mapping")?;
         let mut top = None;
@@ -458,25 +472,29 @@ pub fn test_images(
         (top, addons)
     };
     for i in top.and_then(Value::as_sequence_mut).into_iter().flatten() {
-        refs.push(&mut i["ref"]);
+        refs.push((&mut i["ref"], false));
     }
     for a in addons.and_then(Value::as_sequence_mut).into_iter().flatten() {
-        refs.extend(a["images"].as_sequence_mut().into_iter().flatten());
+        refs.extend(a["images"].as_sequence_mut().into_iter().flatten().map(|r| (r, true)));
     }
     let mut entries = Vec::new();
     let mut registries = Vec::new();
     let busybox = busybox.map(|b| oci::layer(&[("bin/busybox", b)]));
-    for r in refs {
+    for (r, addon) in refs {
         let text = r.as_str().context("an image reference is a string")?.to_string();
-        let (repo, tag, pinned) = split_ref(&text);
+        let (named, tag, pinned) = split_ref(&text);
+        let repo = registry_repo(&named);
         registries.push(repo.split('/').next().unwrap_or_default().to_string());
         let img = test_image(&repo, tag.as_deref(), busybox.as_ref());
         img.write_blobs(blob_dir)?;
-        if pinned.is_some() {
-            // The charts pin the upstream index digest: pin the test image's.
+        let repo_as_written = named;
+        if pinned.is_some() || addon {
+            // The core charts pin the upstream index digest: pin the test image's. A
+            // profile's images are tags upstream (`lock` resolves them online); pinned here
+            // too, so that a test world without a registry builds them from the cache.
             *r = match &tag {
-                Some(t) => format!("{repo}:{t}@{}", img.digest()),
-                None => format!("{repo}@{}", img.digest()),
+                Some(t) => format!("{repo_as_written}:{t}@{}", img.digest()),
+                None => format!("{repo_as_written}@{}", img.digest()),
             }
             .into();
         }

@@ -245,8 +245,8 @@ fn the_mirror_serves_every_url_and_the_test_recipe_pins_what_it_serves() {
     assert_eq!(listing.len(), tops + addon_refs.len() + oci_charts);
     assert_eq!(m.images.len(), listing.len());
     for r in &addon_refs {
-        let (repo, _, digest) = mirror::split_ref(r);
-        let e = m.images.iter().find(|e| e.repo == repo).unwrap();
+        let (repo, tag, digest) = mirror::split_ref(r);
+        let e = m.images.iter().find(|e| e.repo == mirror::registry_repo(&repo) && e.tag == tag).unwrap();
         assert_eq!(digest.as_deref(), Some(e.image.digest().as_str()), "{r}");
     }
     for e in m.images.iter().filter(|e| e.image.top_media_type != oci::OCI_MANIFEST) {

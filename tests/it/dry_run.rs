@@ -86,3 +86,29 @@ fn dry_run_checks_what_the_build_would_refuse() {
     assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid disk size \"8X\""));
 }
+
+/// A worker built with a profile carries that profile's images (its node agents run on
+/// every node) and no other profile's; without a profile, none.
+#[test]
+fn a_profiles_images_come_with_the_profile_on_a_worker_too() {
+    let d = tempfile::tempdir().unwrap();
+    let images = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["build", "--dry-run", "--json", "--role", "worker", "--arch", "amd64"];
+        args.extend_from_slice(extra);
+        let plan: serde_json::Value = serde_json::from_str(&stdout(&run(d.path(), &args))).unwrap();
+        plan["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["reference"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let core = images(&[]);
+    let with = images(&["--profile", "logging", "--profile", "cinder"]);
+    assert!(core.iter().all(|i| with.contains(i)), "{with:?}");
+    let added: Vec<&String> = with.iter().filter(|i| !core.contains(i)).collect();
+    assert!(added.iter().any(|i| i.contains("/otel/opentelemetry-collector-k8s:0.99.0")), "{added:?}");
+    assert!(added.iter().any(|i| i.contains("/provider-os/cinder-csi-plugin:v1.30.3")), "{added:?}");
+    assert!(!with.iter().any(|i| i.contains("node-exporter") || i.contains("argocd")), "{with:?}");
+    assert!(!core.iter().any(|i| i.contains("opentelemetry") || i.contains("cinder")), "{core:?}");
+}
