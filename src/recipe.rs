@@ -987,14 +987,7 @@ mod tests {
             |role, p: &[Profile]| r.images_for(role, p).iter().map(|i| i.to_string()).collect::<Vec<_>>();
         let core = names(Role::Worker, &[]);
         assert!(!core.iter().any(|i| i.contains("node-exporter") || i.contains("opentelemetry")), "{core:?}");
-        for p in [
-            Profile::Monitoring,
-            Profile::Logging,
-            Profile::Gitops,
-            Profile::Cinder,
-            Profile::Proxmox,
-            Profile::Hcloud,
-        ] {
+        for p in Profile::ALL {
             for role in [Role::ControlPlane, Role::Worker] {
                 let with = names(role, &[p]);
                 let without = names(role, &[]);
