@@ -727,6 +727,17 @@ def check(src, work, imgbuild, helm, kv):
                             r.setdefault("host", []).append(f"{who}: hostPort {port['hostPort']}/{port.get('protocol', 'TCP')}")
         for img in operator_images(docs):
             r["images"].add(img + " (config reloader, started by the operator)")
+    # The recipe preloads what the render deploys: each profile's `images:` are exactly the
+    # images of its render (a new chart version or changed values must update them).
+    listed = {}
+    for a in recipe["addons"]:
+        if a.get("profile"):
+            listed.setdefault(a["profile"], set()).update(a.get("images") or [])
+    for p, r in report.items():
+        want = {i.split(" ")[0] for i in r["images"]}
+        have = listed.get(p, set())
+        if want != have:
+            fail(p, f"the recipe's images are not the render's: missing {sorted(want - have)}, not deployed {sorted(have - want)}")
     for p, r in report.items():
         print(f"\n## {p}")
         print("images:")
