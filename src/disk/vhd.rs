@@ -165,6 +165,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::qemu::testing as qemu;
 
     /// Data lands at its offset, holes stay holes, the footer follows the disk, the
     /// digest is the file's; qemu-img reads the VHD's size and bytes back.
@@ -198,27 +199,12 @@ mod tests {
         // Only the three data clusters take space.
         let used = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&out).unwrap()) * 512;
         assert!(used <= 4 * CLUSTER + 4096, "{used} bytes allocated");
-        if crate::tools::for_test("qemu-img").is_none() {
-            assert!(std::env::var_os("CI").is_none(), "qemu-img is required in CI");
-            eprintln!("qemu-img missing; qemu-img part skipped");
+        if !qemu::have_qemu_img() {
             return;
         }
-        let info = std::process::Command::new("qemu-img")
-            .args(["info", "--output=json", "-f", "vpc"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let info = qemu::info(&out, Some("vpc"));
         assert_eq!(info["virtual-size"].as_u64(), Some(size), "{info}");
-        let raw = d.path().join("a.raw");
-        let st = std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "vpc", "-O", "raw"])
-            .arg(&out)
-            .arg(&raw)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        assert!(std::fs::read(&raw).unwrap() == bytes[..size as usize]);
+        assert!(qemu::guest_bytes(&out, "vpc") == bytes[..size as usize]);
     }
 
     /// Going on from a prefix digest gives the digest of the whole file, whether the
@@ -283,9 +269,7 @@ mod tests {
     /// time stamp, unique id and checksum (qemu-img's are the clock and random).
     #[test]
     fn footer_matches_qemu_img() {
-        if crate::tools::for_test("qemu-img").is_none() {
-            assert!(std::env::var_os("CI").is_none(), "qemu-img is required in CI");
-            eprintln!("qemu-img missing; skipped");
+        if !qemu::have_qemu_img() {
             return;
         }
         let d = tempfile::tempdir().unwrap();

@@ -390,34 +390,21 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
-
-    fn have_qemu_img() -> bool {
-        let found = crate::tools::for_test("qemu-img").is_some();
-        if !found {
-            assert!(std::env::var_os("CI").is_none(), "qemu-img is required in CI");
-            eprintln!("qemu-img missing; skipped");
-        }
-        found
-    }
+    use crate::disk::qemu::testing as qemu;
 
     use crate::disk::stream::test_pattern as pattern;
 
     /// `qemu-img check` of the vmdk at `p` is clean; its guest bytes (`qemu-img convert`).
     fn checked_guest_bytes(p: &std::path::Path) -> Vec<u8> {
-        let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(p).output().unwrap();
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
-        let raw = p.with_extension("raw");
-        let st = Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(p).arg(&raw).status().unwrap();
-        assert!(st.success());
-        std::fs::read(&raw).unwrap()
+        qemu::check(p, "vmdk");
+        qemu::guest_bytes(p, "vmdk")
     }
 
     /// `qemu-img check` clean and streamOptimized, qemu reads every byte back as
     /// written, the same bytes for 1 and 3 threads, the layout the spec asks for.
     #[test]
     fn stream_optimized_is_clean_deterministic_and_reads_back() {
-        if !have_qemu_img() {
+        if !qemu::have_qemu_img() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -441,23 +428,13 @@ mod tests {
         assert_eq!(bytes.len() as u64, n1);
         assert!(bytes == std::fs::read(&three).unwrap(), "thread count changed the output");
 
-        let check = Command::new("qemu-img").args(["check", "-f", "vmdk"]).arg(&one).output().unwrap();
-        let report = String::from_utf8_lossy(&check.stdout);
-        assert!(check.status.success() && report.contains("No errors were found"), "{report}");
-        let info = Command::new("qemu-img")
-            .args(["info", "--output=json", "-f", "vmdk"])
-            .arg(&one)
-            .output()
-            .unwrap();
-        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        let report = qemu::check(&one, "vmdk");
+        assert!(report.contains("No errors were found"), "{report}");
+        let info = qemu::info(&one, Some("vmdk"));
         assert_eq!(info["virtual-size"].as_u64(), Some(size));
         assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}");
         assert_eq!(info["format-specific"]["data"]["extents"][0]["compressed"], true, "{info}");
-        let raw = d.path().join("o.raw");
-        let st =
-            Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&one).arg(&raw).status().unwrap();
-        assert!(st.success());
-        let got = std::fs::read(&raw).unwrap();
+        let got = qemu::guest_bytes(&one, "vmdk");
         assert_eq!(got.len() as u64, size);
         let mut want = vec![0u8; (last + 1) as usize * CLUSTER as usize];
         for &g in &clusters {
@@ -487,7 +464,7 @@ mod tests {
     /// A span with no data gets no grain table; the disk still reads as zeros there.
     #[test]
     fn empty_spans_have_no_grain_table() {
-        if !have_qemu_img() {
+        if !qemu::have_qemu_img() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -574,7 +551,7 @@ mod tests {
     /// Mixed grains through qemu: clean, and the guest bytes as written.
     #[test]
     fn mixed_grains_read_back_through_qemu() {
-        if !have_qemu_img() {
+        if !qemu::have_qemu_img() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
