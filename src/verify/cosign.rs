@@ -124,12 +124,24 @@ pub fn decode_certificate(data: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Decode a `.sig` file: base64 of the DER ECDSA signature (or the raw DER).
+/// Raw DER is recognised by its SEQUENCE header spanning exactly the file and taken
+/// untrimmed: a signature's last bytes may well be 0x0a or 0x20.
 pub fn decode_signature(data: &[u8]) -> Result<Vec<u8>, String> {
-    let t = data.trim_ascii();
-    if t.first() == Some(&0x30) && !t.iter().all(|b| b.is_ascii_graphic()) {
-        return Ok(t.to_vec());
+    if is_der_sequence(data) {
+        return Ok(data.to_vec());
     }
-    b64(t).map_err(|e| format!("not base64: {e}"))
+    b64(data.trim_ascii()).map_err(|e| format!("not base64: {e}"))
+}
+
+/// A DER SEQUENCE (short or one-byte long length form, enough for any ECDSA
+/// signature) whose length is the rest of `d`. Base64 text never starts this way:
+/// a signature's base64 starts with `M`.
+fn is_der_sequence(d: &[u8]) -> bool {
+    match d {
+        [0x30, n, rest @ ..] if *n < 0x80 => rest.len() == usize::from(*n),
+        [0x30, 0x81, n, rest @ ..] => *n >= 0x80 && rest.len() == usize::from(*n),
+        _ => false,
+    }
 }
 
 fn b64(t: &[u8]) -> Result<Vec<u8>, base64::DecodeError> {
@@ -502,6 +514,22 @@ mod tests {
     fn undecodable_inputs_are_errors() {
         assert!(decode_certificate(b"%%% not base64").is_err());
         assert!(decode_signature(b"%%%").is_err());
+    }
+
+    #[test]
+    fn raw_der_signatures_keep_trailing_whitespace_bytes() {
+        // r and s chosen so the DER ends in a newline or a space byte, which trimming
+        // would cut off; base64 with surrounding whitespace still decodes.
+        for last in [0x0a, 0x20, 0x09, 0x41] {
+            let mut der = vec![0x30, 0x08, 0x02, 0x02, 0x01, 0x0a, 0x02, 0x02, 0x01, last];
+            assert_eq!(decode_signature(&der).unwrap(), der);
+            let text = format!("\n {}\n", base64::engine::general_purpose::STANDARD.encode(&der));
+            assert_eq!(decode_signature(text.as_bytes()).unwrap(), der);
+            der.push(0x0a);
+            assert!(decode_signature(&der).is_err(), "a DER header not spanning the file is not raw DER");
+        }
+        let long: Vec<u8> = [0x30, 0x81, 0x80].into_iter().chain(std::iter::repeat_n(0x0a, 0x80)).collect();
+        assert_eq!(decode_signature(&long).unwrap(), long);
         assert!(TrustRoot::from_pem(b"", "t").is_err());
     }
 }
