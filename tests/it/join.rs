@@ -120,7 +120,10 @@ impl World {
             .env("IMGBUILD_BACKOFF_INITIAL", "1")
             .env("IMGBUILD_BACKOFF_MAX", "2")
             .env("IMGBUILD_RETRY_BUDGET_SECONDS", "150")
-            .env("IMGBUILD_JOIN_LOCK_TTL", "3")
+            // short, for the lock of a killed machine to expire soon, yet long enough
+            // that etcdctl's keepalive (every TTL/3) survives a loaded machine: a lease
+            // lost mid-join would let two joins overlap
+            .env("IMGBUILD_JOIN_LOCK_TTL", "10")
             .env("IMGBUILD_SYSTEMCTL", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
