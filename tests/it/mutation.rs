@@ -568,7 +568,8 @@ fn save_failure(name: &str, seed: u64, n: u64, case: &Case, log: &str, why: &str
 #[test]
 fn mutated_inputs_never_crash_hang_or_write_outside_the_output() {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let number = |k: &str| env(k).map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{k}={v}: not a number")));
+    let number =
+        |k: &str| env(k).map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{k}={v}: not a number")));
     // a time budget only when asked for: how many cases fit would depend on the machine
     let budget = number("IMGBUILD_MUTATION_SECS").map(Duration::from_secs);
     let rounds = number("IMGBUILD_MUTATION_ROUNDS").unwrap_or(DEFAULT_ROUNDS);
