@@ -833,7 +833,7 @@ fn scheduled_snapshot_saves_verifies_and_keeps_the_newest() {
             .env("IMGBUILD_ETCD_ENDPOINT", w.url(1))
             .env("IMGBUILD_ETCDUTL", "etcdutl-not-installed")
             .env("IMGBUILD_NOW", (t0 + offset).to_string())
-            .env("IMGBUILD_SNAPSHOT_TIMEOUT", "8")
+            .env("IMGBUILD_SNAPSHOT_TIMEOUT", "60")
             .output()
             .unwrap()
     };
@@ -1021,7 +1021,7 @@ fn scheduled_snapshot_uploads_to_s3_and_keeps_it_when_refused() {
                 .env("IMGBUILD_ETCD_ENDPOINT", w.url(1))
                 .env("IMGBUILD_ETCDUTL", "etcdutl-not-installed")
                 .env("IMGBUILD_NOW", (t0 + offset).to_string())
-                .env("IMGBUILD_SNAPSHOT_TIMEOUT", "8")
+                .env("IMGBUILD_SNAPSHOT_TIMEOUT", "60")
                 .env("IMGBUILD_S3_TIMEOUT", "20"),
             Duration::from_secs(120),
         )
@@ -1056,7 +1056,11 @@ fn scheduled_snapshot_uploads_to_s3_and_keeps_it_when_refused() {
 
     // a wrong secret: the server refuses the signature; the new local snapshot stays
     let env = root.join("etc/imgbuild/backup-s3.env");
-    let wrong = format!("{}x", &s3.writer.1[..s3.writer.1.len() - 1]);
+    // the last character changed: moto's random secrets end in any of 64 characters,
+    // `x` among them, so no fixed replacement is always different
+    let (head, last) = s3.writer.1.split_at(s3.writer.1.len() - 1);
+    let wrong = format!("{head}{}", if last == "x" { "y" } else { "x" });
+    assert_ne!(wrong, s3.writer.1);
     fs::write(
         &env,
         format!("IMGBUILD_S3_ACCESS_KEY_ID={}\nIMGBUILD_S3_SECRET_ACCESS_KEY={wrong}\n", s3.writer.0),
