@@ -253,7 +253,7 @@ fn command_lines(cli: &clap::Command, text: &str) -> Vec<(usize, String)> {
             }
             // An inline span such as `build --profile monitoring`: a top-level command with flags.
             let first = words.first().copied().unwrap_or_default();
-            if line.prose.len() > 0
+            if !line.prose.is_empty()
                 && words.iter().any(|w| w.starts_with("--"))
                 && cli.find_subcommand(first).is_some()
                 && first != "cloud-init"
