@@ -183,7 +183,7 @@ fn check_command_line(cli: &clap::Command, words: &[&str], bad: &mut Vec<String>
         if ends_command(word) {
             break;
         }
-        // A line continuation or a placeholder ends nothing; a value is skipped.
+        // A line continuation is not a word; values and positionals are skipped below.
         if *word == "\\" {
             continue;
         }
@@ -251,7 +251,8 @@ fn command_lines(cli: &clap::Command, text: &str) -> Vec<(usize, String)> {
                     out.push((code.0, words[i + 1..].join(" ")));
                 }
             }
-            // An inline span such as `build --profile monitoring`: a top-level command with flags.
+            // An inline span such as `build --profile monitoring`: a top-level command with
+            // flags. Not `cloud-init`: in prose that is as often cloud-init's own CLI.
             let first = words.first().copied().unwrap_or_default();
             if !line.prose.is_empty()
                 && words.iter().any(|w| w.starts_with("--"))
