@@ -528,7 +528,11 @@ fn sigint_during_debugfs_leaves_nothing_in_tmpdir() {
         }
         std::thread::sleep(Duration::from_millis(1));
     };
-    assert!(hit, "never saw debugfs running");
+    if !hit {
+        let _ = child.kill();
+        let o = child.wait_with_output().unwrap();
+        panic!("never saw debugfs running; the build ended {:?}:\n{}", o.status, stderr(&o));
+    }
     sh(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
