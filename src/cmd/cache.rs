@@ -140,15 +140,22 @@ fn row(out: &mut dyn Write, e: &Entry) -> std::io::Result<()> {
 fn existing(dir: Option<&Path>, access: Access, rep: &Reporter, no_wait: bool) -> Result<Option<Cache>> {
     let root = Cache::dir(dir);
     match std::fs::symlink_metadata(&root) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading cache directory {}", root.display())),
-        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading cache directory {}", root.display())),
+        Ok(_) => open(dir, access, rep, no_wait).map(Some),
     }
+}
+
+/// Open (and create) the cache `--cache-dir` names for `access`. While another process
+/// uses it in a conflicting way (a prune, or builds while pruning), say so on stderr and
+/// wait; with `no_wait`, refuse instead (exit 1).
+pub(super) fn open(dir: Option<&Path>, access: Access, rep: &Reporter, no_wait: bool) -> Result<Cache> {
+    let root = Cache::dir(dir);
+    let who = match access {
+        Access::Exclusive => "another imgbuild process (a build, fetch or lock)",
+        Access::Shared => "`imgbuild cache prune`",
+    };
     let mut busy = |lock: &Path| {
-        let who = match access {
-            Access::Exclusive => "a build or fetch",
-            Access::Shared => "`imgbuild cache prune`",
-        };
         if no_wait {
             return Err(std::io::Error::other(format!(
                 "the cache is in use by {who} (it holds {}); run again when it is done",
@@ -162,9 +169,8 @@ fn existing(dir: Option<&Path>, access: Access, rep: &Reporter, no_wait: bool) -
         ));
         Ok(())
     };
-    let c = Cache::open_as(dir, access, &mut busy)
-        .with_context(|| format!("opening cache directory {}", root.display()))?;
-    Ok(Some(c))
+    Cache::open_as(dir, access, &mut busy)
+        .with_context(|| format!("opening cache directory {}", root.display()))
 }
 
 fn list(a: &ListArgs, rep: &Reporter) -> Result<()> {
