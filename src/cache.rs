@@ -916,4 +916,167 @@ mod tests {
         rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
         t.join().unwrap();
     }
+
+    /// A member index as the layer writes it, read by a test reader: `name=hex` lines.
+    fn test_index(_archive: &Sha256, b: &[u8]) -> Option<Vec<(Sha256, String)>> {
+        let text = std::str::from_utf8(b).ok()?;
+        text.lines()
+            .map(|l| l.split_once('=').and_then(|(n, h)| Some((Sha256::parse(h).ok()?, n.to_string()))))
+            .collect()
+    }
+
+    /// A cache with a kept and a dropped blob, a kept archive's members (one its index
+    /// names, one it does not, a staging temp file), a dropped archive's members, a
+    /// half-written member dir, partial downloads, signatures, stale stamps and locks.
+    fn populated(dir: &Path) -> (Cache, Sha256, Sha256) {
+        use std::io::Write;
+        let c = Cache::open_as(Some(dir), Access::Exclusive, &mut |_| Ok(())).unwrap();
+        let (keep, drop) = (Sha256::of(b"keep"), Sha256::of(b"drop"));
+        c.put(&keep, b"keep", "artifact kept v1").unwrap();
+        c.put(&drop, b"drop", "artifact dropped v1").unwrap();
+        for archive in [&keep, &drop] {
+            let (m1, m2) = (Sha256::of(b"m1"), Sha256::of(b"m2"));
+            for (m, b) in [(&m1, b"m1"), (&m2, b"m2")] {
+                let mut t = c.staging(archive).unwrap();
+                t.write_all(b).unwrap();
+                c.put_member(archive, m, t).unwrap();
+            }
+            c.put_member_index(archive, format!("bin/one={m1}\n").as_bytes()).unwrap();
+            c.staging(archive).unwrap().keep().unwrap();
+        }
+        let half = c.members_dir(&Sha256::of(b"half"));
+        std::fs::create_dir_all(&half).unwrap();
+        std::fs::write(half.join(Sha256::of(b"m3").as_str()), b"m3").unwrap();
+        std::fs::create_dir_all(c.members_dir(&Sha256::of(b"empty"))).unwrap();
+        for sha in [&keep, &drop] {
+            std::fs::write(c.partial_path(sha), b"par").unwrap();
+            drop_lock(c.lock(sha).unwrap());
+            std::fs::create_dir_all(dir.join("cosign")).unwrap();
+            std::fs::write(dir.join("cosign").join(format!("{sha}.sig")), b"sig").unwrap();
+        }
+        std::fs::write(c.stamp_path(&Sha256::of(b"gone")), b"imgbuild-stamp-v1 0 0 0 0.0 0.0\n").unwrap();
+        tempfile::NamedTempFile::new_in(dir.join("partial")).unwrap().keep().unwrap();
+        std::fs::write(dir.join("sha256").join("not-a-digest"), b"x").unwrap();
+        std::fs::write(dir.join("README"), b"the user's own file").unwrap();
+        (c, keep, drop)
+    }
+
+    fn drop_lock(_l: BlobLock) {}
+
+    /// Everything under `dir`, relative, sorted.
+    fn tree(dir: &Path) -> Vec<String> {
+        fn walk(root: &Path, d: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+                if p.is_dir() {
+                    walk(root, &p, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn scan_names_what_stamps_and_indexes_say() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, keep, _) = populated(dir.path());
+        let inv = c.scan(&test_index).unwrap();
+        let find = |kind: EntryKind, pred: &dyn Fn(&Entry) -> bool| {
+            inv.entries.iter().filter(|e| e.kind == kind && pred(e)).cloned().collect::<Vec<_>>()
+        };
+        let blob = find(EntryKind::Blob, &|e| e.sha256.as_ref() == Some(&keep));
+        assert_eq!(blob.len(), 1);
+        assert_eq!((blob[0].what.as_str(), blob[0].size), ("artifact kept v1", 4));
+        let named = find(EntryKind::Member, &|e| e.archive.as_ref() == Some(&keep));
+        let mut whats: Vec<&str> = named.iter().map(|e| e.what.as_str()).collect();
+        whats.sort();
+        assert_eq!(whats, ["bin/one of artifact kept v1", "member of artifact kept v1, not in its index"]);
+        let sig = find(EntryKind::Signature, &|e| e.sha256.as_ref() == Some(&keep));
+        assert_eq!(sig[0].what, "cosign signature of artifact kept v1");
+        // Unknown: the stray file in sha256/, the temp files; the user's README too.
+        let unknown: Vec<String> = find(EntryKind::Unknown, &|_| true)
+            .iter()
+            .map(|e| e.path.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert!(unknown.contains(&"README".to_string()) && unknown.contains(&"sha256/not-a-digest".into()));
+        assert_eq!(inv.member_dirs.len(), 4);
+        let half = inv.member_dirs.iter().find(|d| d.archive == Sha256::of(b"half")).unwrap();
+        assert!(half.indexed.is_none(), "a member dir without an index names nothing");
+    }
+
+    /// Prune keeps the kept blob with its stamp, lock, partial, signature and the members
+    /// its index names; everything else goes (the user's own file at the top stays). A dry
+    /// run reports the same and changes nothing; removals run index before members and
+    /// blob before stamp, so an interrupted prune leaves nothing a build would misread.
+    #[test]
+    fn prune_keeps_exactly_what_is_named_and_in_a_safe_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, keep, drop) = populated(dir.path());
+        let keep_set = BTreeSet::from([keep.clone()]);
+        let before = tree(dir.path());
+        let dry = c.prune(&keep_set, &test_index, true).unwrap();
+        assert_eq!(tree(dir.path()), before, "a dry run removes nothing");
+        let removed = c.prune(&keep_set, &test_index, false).unwrap();
+        let paths = |v: &[Entry]| v.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+        assert_eq!(paths(&dry), paths(&removed));
+        let m1 = Sha256::of(b"m1");
+        let mut want = vec![
+            USE_LOCK.to_string(),
+            "README".to_string(),
+            "cosign".to_string(),
+            format!("cosign/{keep}.sig"),
+            "locks".to_string(),
+            format!("locks/{keep}"),
+            "members".to_string(),
+            format!("members/{keep}"),
+            format!("members/{keep}/index"),
+            format!("members/{keep}/index.stamp"),
+            format!("members/{keep}/{m1}"),
+            format!("members/{keep}/{m1}.stamp"),
+            "partial".to_string(),
+            format!("partial/{keep}"),
+            "sha256".to_string(),
+            format!("sha256/{keep}"),
+            "stamps".to_string(),
+            format!("stamps/{keep}"),
+        ];
+        want.sort();
+        assert_eq!(tree(dir.path()), want);
+        assert!(removed.iter().any(|e| e.kind == EntryKind::Blob && e.sha256.as_ref() == Some(&drop)));
+        let pos = |p: PathBuf| removed.iter().position(|e| e.path == p).unwrap();
+        let dm = c.members_dir(&drop);
+        assert!(pos(dm.join("index")) < pos(dm.join(m1.as_str())), "the index goes first");
+        assert!(pos(c.blob_path(&drop)) < pos(c.stamp_path(&drop)), "the blob before its stamp");
+        assert!(
+            c.prune(&keep_set, &test_index, false).unwrap().is_empty(),
+            "a second prune has nothing to do"
+        );
+    }
+
+    /// Prune needs the cache to itself; a shared user waits for it and it for them.
+    #[test]
+    fn prune_needs_exclusive_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Cache::open(Some(dir.path())).unwrap();
+        let e = shared.prune(&BTreeSet::new(), &test_index, false).unwrap_err();
+        assert!(e.to_string().contains(USE_LOCK), "{e}");
+        let mut told = Vec::new();
+        let refused = Cache::open_as(Some(dir.path()), Access::Exclusive, &mut |p| {
+            told.push(p.to_path_buf());
+            Err(std::io::Error::other("busy"))
+        });
+        assert!(refused.is_err());
+        assert_eq!(told, [dir.path().join(USE_LOCK)]);
+        drop(shared);
+        let ex = Cache::open_as(Some(dir.path()), Access::Exclusive, &mut |_| panic!("free")).unwrap();
+        assert!(Cache::open_as(Some(dir.path()), Access::Shared, &mut |_| Err(std::io::Error::other(
+            "busy"
+        )))
+        .is_err());
+        drop(ex);
+    }
 }
