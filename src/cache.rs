@@ -586,7 +586,10 @@ impl Cache {
             let size = disk_size(&path, &meta)?;
             inv.entries.push(match hex(&name).filter(|_| meta.is_file()) {
                 Some(sha) => {
-                    let w = format!("unfinished download (resumed by the next fetch) of {}", what(&sha));
+                    let w = match self.label(&sha) {
+                        Some(l) => format!("unfinished download of {l} (the next fetch resumes it)"),
+                        None => "unfinished download (the next fetch resumes it)".into(),
+                    };
                     entry(EntryKind::Partial, Some(sha), None, size, w, path)
                 }
                 None => entry(EntryKind::Unknown, None, None, size, "unfinished write".into(), path),

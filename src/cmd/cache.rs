@@ -182,6 +182,9 @@ fn list(a: &ListArgs, rep: &Reporter) -> Result<()> {
     let shown: Vec<&Entry> = inv.entries.iter().filter(|e| !e.kind.is_bookkeeping()).collect();
     let data = Listing { cache: &root, totals: Totals::of(&inv.entries), entries: shown };
     super::emit(a.json, &data, |out| {
+        if !data.entries.is_empty() {
+            writeln!(out, "{:<9} {:<64} {:>10}  WHAT", "KIND", "SHA256", "SIZE")?;
+        }
         for e in &data.entries {
             row(out, e)?;
         }
@@ -222,7 +225,9 @@ fn prune(a: &PruneArgs, rep: &Reporter) -> Result<()> {
             for (lr, path) in &recipes {
                 let (needs, unpinned) = crate::build::cache_needs(lr, *path, &cache)?;
                 for why in unpinned {
-                    rep.warn(format_args!("warning: not pinned, nothing kept for it: {why}"));
+                    rep.warn(format_args!(
+                        "warning: the cache keeps nothing for what the lock does not pin: {why}"
+                    ));
                 }
                 keep.extend(needs);
             }

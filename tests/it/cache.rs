@@ -146,6 +146,13 @@ fn prune_keeps_exactly_what_the_new_pin_needs() {
         }
     }
 
+    // The table: a header, one row per entry, the totals.
+    let text = cache(&["list"], &fx.cache);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let row = text.lines().find(|l| l.contains(fx.blobs["kubelet"].sha256.as_str())).unwrap_or_default();
+    assert!(row.starts_with("blob ") && row.ends_with("  artifact kubelet v1.30.3"), "{text}");
+    assert!(text.starts_with("KIND ") && text.lines().last().unwrap().starts_with("total: "), "{text}");
+
     // Debris of an interrupted build: a member dir with a member but no index, and a
     // staging temp file beside a kept archive's members.
     let half = fx.cache.join("members").join(Sha256::of(b"some archive").as_str());
