@@ -17,7 +17,8 @@ pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
 pub struct SourceArgs {
     #[command(flatten)]
     pub target: super::recipe::TargetArgs,
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else
+    /// ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Never touch the network; fail naming what the cache lacks
