@@ -30,7 +30,7 @@ pub enum PlanError {
     /// A `chart:` artifact the lock does not pin yet (the message says which and how).
     #[error("{0}")]
     ChartNotLocked(String),
-    #[error("--compress applies to qcow2 output (vmdk and ova are always compressed; {0} is not)")]
+    #[error("--compress applies to qcow2 output only, not {0} (vmdk and ova are always compressed)")]
     Compress(OutFormat),
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -77,6 +77,15 @@ pub struct ItemKey {
 impl Item {
     pub fn key(&self) -> ItemKey {
         ItemKey { kind: self.kind, name: self.name.clone() }
+    }
+
+    /// What the download is, in a few words (the cache keeps it beside the blob).
+    pub fn describe(&self) -> String {
+        match self.kind {
+            // Named by its digest: the image it belongs to says more.
+            ItemKind::Image => format!("image blob of {}", self.version),
+            k => format!("{k} {} {}", self.name, self.version),
+        }
     }
 }
 
@@ -730,5 +739,22 @@ mod tests {
         let e = BuildPlan::resolve(&r, &o).unwrap_err();
         assert_eq!(e.code(), Code::Input);
         assert!(e.to_string().contains("\"8X\""), "{e}");
+    }
+
+    #[test]
+    fn compress_is_refused_for_every_format_but_qcow2_with_a_message_that_fits() {
+        let r = crate::recipe::load(None).unwrap();
+        let mut o = PlanOptions::new(Role::Worker, Arch::Amd64);
+        o.compress = true;
+        assert!(BuildPlan::resolve(&r, &o).is_ok());
+        for format in [OutFormat::Raw, OutFormat::Vmdk, OutFormat::Ova, OutFormat::Vhd, OutFormat::Vhdx] {
+            o.format = format;
+            let e = BuildPlan::resolve(&r, &o).unwrap_err();
+            assert_eq!(e.code(), Code::Input);
+            assert_eq!(
+                e.to_string(),
+                format!("--compress applies to qcow2 output only, not {format} (vmdk and ova are always compressed)")
+            );
+        }
     }
 }
