@@ -150,7 +150,7 @@ impl World {
                 return;
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(30),
+                t0.elapsed() < Duration::from_secs(120),
                 "etcd {i} did not become healthy: {}",
                 fs::read_to_string(self.p(&format!("etcd-{i}.log"))).unwrap_or_default()
             );

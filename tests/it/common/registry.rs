@@ -155,7 +155,7 @@ impl Drop for Registry {
 fn answers_as_registry(port: u16, token_port: u16) -> bool {
     use std::io::{Read, Write};
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
         return false;
     }
@@ -204,7 +204,7 @@ impl Registry {
                 .spawn()
                 .expect("start docker-registry");
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
+            while t0.elapsed() < Duration::from_secs(120) {
                 if answers_as_registry(port, tokens.port) {
                     return Some(Registry { port, dir, tokens, storage, child, signer });
                 }
