@@ -12,8 +12,14 @@ pub use cluster::cluster_init;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
+    // The default download cache (`cloud-init` and `lint` check add-on values against the
+    // charts in it) is this test process's own, empty one: the user's ~/.cache/imgbuild
+    // would make verdicts depend on what this machine fetched before.
+    static XDG_CACHE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
-    c.env_remove("IMGBUILD_CACHE_DIR").env_remove("IMGBUILD_MIRROR");
+    c.env_remove("IMGBUILD_CACHE_DIR")
+        .env_remove("IMGBUILD_MIRROR")
+        .env("XDG_CACHE_HOME", XDG_CACHE.get_or_init(|| process_tempdir("xdg-cache")));
     c
 }
 
