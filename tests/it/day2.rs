@@ -44,20 +44,22 @@ fn sign(dir: &Path, ca: &Path, ca_name: &str, subject: &str, ext: &str) -> (Path
 struct World {
     t: tempfile::TempDir,
     net: String,
+    /// keeps `net` this process's own (see `common::loopback_net`)
+    _net_lock: fs::File,
     etcds: Mutex<BTreeMap<String, Child>>,
 }
 
 impl World {
     fn new(net_index: u8) -> World {
         let t = tempfile::tempdir().unwrap();
-        let net = format!("127.{}.{}", 90 + net_index, std::process::id() % 250 + 1);
+        let (net, _net_lock) = common::loopback_net(90 + net_index);
         common::cluster_init(t.path().join("c"))
             .name("et")
             .endpoint("127.0.0.1:6443")
             .nodes(3, 1)
             .external_lb()
             .ok();
-        World { t, net, etcds: Mutex::default() }
+        World { t, net, _net_lock, etcds: Mutex::default() }
     }
     fn p(&self, rel: &str) -> PathBuf {
         self.t.path().join(rel)
