@@ -169,8 +169,7 @@ pub fn path_with_sbin() -> String {
 
 /// `qemu-img convert` of `img` (any format qemu-img detects) to the raw image `raw`.
 pub fn to_raw(img: &Path, raw: PathBuf) -> PathBuf {
-    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
-    raw
+    imgbuild_testkit::qemu::to_raw(img, None, raw)
 }
 
 /// `len` bytes of file `p` from offset `off`.
