@@ -569,8 +569,9 @@ where
     // A whole number of clusters, as qemu leaves it.
     f.set_len(host * OUT_CS)?;
     drop(f);
-    // The tables are at the front, so the hash reads the file once more.
-    Ok(crate::types::Sha256::of_file(out)?.as_str().to_string())
+    // The tables are at the front and hold where each compressed cluster landed, so
+    // the file is read once more for its digest.
+    super::stream::hash_file(out)
 }
 
 /// One guest cluster of a compressed image: how it is stored and its bytes.
