@@ -7,7 +7,7 @@
 #
 # Usage: ci/boot-test.sh [SCENARIO...]     (default: all but "base")
 #   scenarios: worker (+ second boot of the same disk), cp-init, cp-join, late-join,
-#              broken-seed, base (boots the bare test base: harness self-check)
+#              broken-seed, cp-restore, base (boots the bare test base: harness self-check)
 # Env: IMGBUILD_TEST_CACHE   cache dir (base image, test apt archive, QEMU) [~/.cache/imgbuild-test]
 #      BOOT_TEST_WORK        keep everything in this dir (default: temp dir, removed on success)
 #      BOOT_TEST_JOBS        boots in parallel [2]       BOOT_TEST_TIMEOUT  seconds per boot [900]

@@ -30,7 +30,7 @@ pub enum PlanError {
     /// A `chart:` artifact the lock does not pin yet (the message says which and how).
     #[error("{0}")]
     ChartNotLocked(String),
-    #[error("--compress applies to qcow2 output (vmdk and ova are always compressed; {0} is not)")]
+    #[error("--compress applies to qcow2 output only, not {0} (vmdk and ova are always compressed)")]
     Compress(OutFormat),
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -730,5 +730,22 @@ mod tests {
         let e = BuildPlan::resolve(&r, &o).unwrap_err();
         assert_eq!(e.code(), Code::Input);
         assert!(e.to_string().contains("\"8X\""), "{e}");
+    }
+
+    #[test]
+    fn compress_is_refused_for_every_format_but_qcow2_with_a_message_that_fits() {
+        let r = crate::recipe::load(None).unwrap();
+        let mut o = PlanOptions::new(Role::Worker, Arch::Amd64);
+        o.compress = true;
+        assert!(BuildPlan::resolve(&r, &o).is_ok());
+        for format in [OutFormat::Raw, OutFormat::Vmdk, OutFormat::Ova, OutFormat::Vhd, OutFormat::Vhdx] {
+            o.format = format;
+            let e = BuildPlan::resolve(&r, &o).unwrap_err();
+            assert_eq!(e.code(), Code::Input);
+            assert_eq!(
+                e.to_string(),
+                format!("--compress applies to qcow2 output only, not {format} (vmdk and ova are always compressed)")
+            );
+        }
     }
 }

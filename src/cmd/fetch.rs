@@ -17,7 +17,8 @@ pub const MIRROR_ENV: &str = "IMGBUILD_MIRROR";
 pub struct SourceArgs {
     #[command(flatten)]
     pub target: super::recipe::TargetArgs,
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else
+    /// ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Never touch the network; fail naming what the cache lacks
@@ -37,7 +38,7 @@ impl SourceArgs {
         let c = Cache::open(self.cache_dir.as_deref());
         c.with_context(|| match &self.cache_dir {
             Some(d) => format!("opening cache directory {}", d.display()),
-            None => "opening the cache directory ($IMGBUILD_CACHE_DIR or ~/.cache/imgbuild)".into(),
+            None => "opening the cache directory ($IMGBUILD_CACHE_DIR, $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild)".into(),
         })
     }
 

@@ -27,7 +27,8 @@ pub struct LockArgs {
     /// Rewrite a URL prefix: FROM=TO (repeatable)
     #[arg(long = "mirror", value_name = "FROM=TO")]
     pub mirrors: Vec<String>,
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else
+    /// ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// The base image's /var/lib/dpkg/status, instead of reading it from the cached base image

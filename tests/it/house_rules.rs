@@ -131,3 +131,22 @@ fn rust_version_covers_every_locked_dependency() {
     let newer: Vec<_> = msrv_deps.iter().filter(|(_, rv)| rust_version(rv) > rust_version(&ours)).collect();
     assert!(newer.is_empty(), "rust-version {ours} is older than these locked dependencies need: {newer:?}");
 }
+
+/// The container image (`Containerfile`, built by CI) compiles imgbuild with a Rust no older
+/// than the declared rust-version: cargo refuses an older one.
+#[test]
+fn the_containers_rust_is_at_least_the_rust_version() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo().join("Cargo.toml")).unwrap()).unwrap();
+    let ours = manifest["package"]["rust-version"].as_str().expect("Cargo.toml declares rust-version");
+    let c = std::fs::read_to_string(repo().join("Containerfile")).unwrap();
+    let from = c
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .expect("the Containerfile builds FROM rust:<version>-…");
+    let tag = from.split(|ch: char| !(ch.is_ascii_digit() || ch == '.')).next().unwrap();
+    assert!(
+        rust_version(tag) >= rust_version(ours),
+        "Containerfile builds with Rust {tag}, older than rust-version {ours}"
+    );
+}

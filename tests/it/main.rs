@@ -19,6 +19,7 @@ mod cluster_images;
 mod cluster_registries;
 mod day2;
 mod disk;
+mod docs;
 mod dry_run;
 mod fetch;
 mod formats;
