@@ -657,14 +657,12 @@ impl<W: Write> Placer<W> {
 mod tests {
     use super::*;
     use crate::disk::qemu::testing::{self as qemu, have_qemu_img};
-    use std::process::Command;
 
     /// Written images pass `qemu-img check`, read back equal through qemu-img and
     /// through [`Reader`], and hash to what the writer reported.
     #[test]
     fn writer_output_is_clean_and_reads_back() {
         if !have_qemu_img() {
-            eprintln!("qemu-img missing; skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -715,7 +713,6 @@ mod tests {
     #[test]
     fn compressed_writer_is_clean_deterministic_and_reads_back() {
         if !have_qemu_img() {
-            eprintln!("qemu-img missing; skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -774,7 +771,6 @@ mod tests {
     #[test]
     fn reads_compressed_images() {
         if !have_qemu_img() {
-            eprintln!("qemu-img missing; skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -789,14 +785,7 @@ mod tests {
         std::fs::write(&raw, &data).unwrap();
         for ct in ["zlib", "zstd"] {
             let q = d.path().join(format!("{ct}.qcow2"));
-            let st = Command::new("qemu-img")
-                .args(["convert", "-c", "-O", "qcow2", "-o"])
-                .arg(format!("compression_type={ct}"))
-                .arg(&raw)
-                .arg(&q)
-                .status()
-                .unwrap();
-            assert!(st.success());
+            qemu::run(&format!("convert -c -O qcow2 -o compression_type={ct}"), &[&raw, &q]);
             let r = Reader::open(&q).unwrap().unwrap();
             assert!(matches!(r.loc(0), Loc::Compressed { .. }), "{ct}");
             let mut got = vec![1u8; data.len()];
@@ -860,7 +849,6 @@ mod tests {
     #[test]
     fn random_edits_end_without_panic() {
         if !have_qemu_img() {
-            eprintln!("qemu-img missing; skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -875,14 +863,10 @@ mod tests {
         let mut inputs = vec![std::fs::read(&plain).unwrap()];
         for ct in ["zlib", "zstd"] {
             let q = d.path().join(format!("{ct}.qcow2"));
-            let st = Command::new("qemu-img")
-                .args(["convert", "-c", "-O", "qcow2", "-o"])
-                .arg(format!("compression_type={ct},cluster_size=4096"))
-                .arg(&raw)
-                .arg(&q)
-                .status()
-                .unwrap();
-            assert!(st.success());
+            qemu::run(
+                &format!("convert -c -O qcow2 -o compression_type={ct},cluster_size=4096"),
+                &[&raw, &q],
+            );
             inputs.push(std::fs::read(&q).unwrap());
         }
         let p = d.path().join("m.qcow2");
@@ -913,26 +897,13 @@ mod tests {
     #[test]
     fn rejects_what_it_cannot_read() {
         if !have_qemu_img() {
-            eprintln!("qemu-img missing; skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
         let base = d.path().join("b.qcow2");
         let top = d.path().join("t.qcow2");
-        assert!(Command::new("qemu-img")
-            .args(["create", "-f", "qcow2"])
-            .arg(&base)
-            .arg("1M")
-            .status()
-            .unwrap()
-            .success());
-        assert!(Command::new("qemu-img")
-            .args(["create", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&base)
-            .arg(&top)
-            .status()
-            .unwrap()
-            .success());
+        qemu::run("create -f qcow2 -o size=1M", &[&base]);
+        qemu::run("create -f qcow2 -F qcow2 -b", &[&base, &top]);
         let e = Reader::open(&top).unwrap().unwrap_err();
         assert!(matches!(&e, Unreadable::Unsupported(m) if m.contains("backing")), "{e}");
         std::fs::write(d.path().join("x"), b"not an image at all").unwrap();

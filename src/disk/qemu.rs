@@ -44,7 +44,7 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
 /// the testkit's, which the integration tests use too.
 #[cfg(test)]
 pub(crate) mod testing {
-    pub use imgbuild_testkit::qemu::{check, guest_bytes, info, to_raw};
+    pub use imgbuild_testkit::qemu::{check, guest_bytes, info, run, to_raw};
 
     /// Whether qemu-img is here ([`crate::tools::for_test`]: required when CI is set,
     /// else a loud skip).

@@ -1,16 +1,24 @@
-//! qemu-img as the reference reader of the images imgbuild writes: one set of calls for
-//! the writers' unit tests (through `imgbuild::disk::qemu::testing`) and the integration
-//! tests. These are test assertions: each panics with qemu-img's output when qemu-img
+//! qemu-img as the reference reader of the images imgbuild writes (and, through [`run`],
+//! qemu's own writer for images to compare with): one set of calls for the writers' unit
+//! tests (through `imgbuild::disk::qemu::testing`) and the integration tests. These are test assertions: each panics with qemu-img's output when qemu-img
 //! refuses the image. Whether qemu-img is installed is the caller's question (the unit
 //! tests skip loudly outside CI; the integration fixture needs it anyway).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn qemu_img(args: &[&str], paths: &[&Path]) -> Output {
+fn qemu_img(args: &str, paths: &[&Path]) -> Output {
     let mut c = Command::new("qemu-img");
-    c.args(args).args(paths).env("LC_ALL", "C");
+    c.args(args.split_whitespace()).args(paths).env("LC_ALL", "C");
     c.output().unwrap_or_else(|e| panic!("running {c:?}: {e}"))
+}
+
+/// Run `qemu-img ARGS PATHS…` (`args` split at spaces, the paths after them), which must
+/// succeed, e.g. qemu's own writer making a reference image to compare with; its output.
+pub fn run(args: &str, paths: &[&Path]) -> Output {
+    let o = qemu_img(args, paths);
+    assert!(o.status.success(), "qemu-img {args} {paths:?}: {}", text(&o));
+    o
 }
 
 fn text(o: &Output) -> String {
@@ -20,7 +28,7 @@ fn text(o: &Output) -> String {
 /// `qemu-img check -f fmt` of `p` finds no errors; its report. vpc (VHD) is a format
 /// qemu-img has no check for: it must say so (exit 63), which is all there is to assert.
 pub fn check(p: &Path, fmt: &str) -> String {
-    let o = qemu_img(&["check", "-f", fmt], &[p]);
+    let o = qemu_img(&format!("check -f {fmt}"), &[p]);
     let report = text(&o);
     if fmt == "vpc" {
         assert!(
@@ -41,37 +49,19 @@ pub fn check(p: &Path, fmt: &str) -> String {
 /// `qemu-img info --output=json` of `p`, in the format given or (`None`) the one
 /// qemu-img probes.
 pub fn info(p: &Path, fmt: Option<&str>) -> serde_json::Value {
-    let mut args = vec!["info", "--output=json"];
-    if let Some(f) = fmt {
-        args.extend(["-f", f]);
-    }
-    let o = qemu_img(&args, &[p]);
-    assert!(o.status.success(), "qemu-img info {}: {}", p.display(), text(&o));
+    let o = run(&format!("info --output=json {}", fmt.map(|f| format!("-f {f}")).unwrap_or_default()), &[p]);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("qemu-img info {}: {e}", p.display()))
 }
 
 /// `qemu-img compare`: `a` (format `fa`) and `b` (format `fb`) hold the same guest bytes.
 pub fn same_guest(a: &Path, fa: &str, b: &Path, fb: &str) {
-    let o = qemu_img(&["compare", "-f", fa, "-F", fb], &[a, b]);
-    assert!(
-        o.status.success(),
-        "qemu-img compare {} ({fa}) {} ({fb}): {}",
-        a.display(),
-        b.display(),
-        text(&o)
-    );
+    run(&format!("compare -f {fa} -F {fb}"), &[a, b]);
 }
 
 /// `qemu-img convert -O raw` of `img` (format `fmt`, or probed with `None`) to the raw
 /// file `raw`; returns `raw`.
 pub fn to_raw(img: &Path, fmt: Option<&str>, raw: PathBuf) -> PathBuf {
-    let mut args = vec!["convert"];
-    if let Some(f) = fmt {
-        args.extend(["-f", f]);
-    }
-    args.extend(["-O", "raw"]);
-    let o = qemu_img(&args, &[img, &raw]);
-    assert!(o.status.success(), "qemu-img convert {}: {}", img.display(), text(&o));
+    run(&format!("convert {} -O raw", fmt.map(|f| format!("-f {f}")).unwrap_or_default()), &[img, &raw]);
     raw
 }
 

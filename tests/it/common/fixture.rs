@@ -282,7 +282,7 @@ pub fn make_base(dir: &Path, spec: &BaseSpec) -> Base {
     mke2fs(&raw, p(1), &spec.root_fs, &spec.root_label, &root);
 
     let qcow2 = dir.join("base.qcow2");
-    sh(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2));
+    imgbuild_testkit::qemu::run("convert -f raw -O qcow2", &[&raw, &qcow2]);
     Base { raw, qcow2, parts }
 }
 
