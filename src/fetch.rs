@@ -426,9 +426,9 @@ async fn fetch_one(ctx: Arc<Ctx>, item: Item) -> Result<PathBuf, FetchError> {
                 if actual == item.sha256 {
                     let size = part.len;
                     drop(part);
-                    let (cache, sha) = (ctx.cache.clone(), item.sha256.clone());
+                    let (cache, sha, what) = (ctx.cache.clone(), item.sha256.clone(), item.describe());
                     let blob = blocking(&item, "publishing the verified download", move || {
-                        cache.commit(&sha, &lock)
+                        cache.commit(&sha, &lock, &what)
                     })
                     .await?;
                     let secs = start.elapsed().as_secs_f64();

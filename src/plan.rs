@@ -78,6 +78,15 @@ impl Item {
     pub fn key(&self) -> ItemKey {
         ItemKey { kind: self.kind, name: self.name.clone() }
     }
+
+    /// What the download is, in a few words (the cache keeps it beside the blob).
+    pub fn describe(&self) -> String {
+        match self.kind {
+            // Named by its digest: the image it belongs to says more.
+            ItemKind::Image => format!("image blob of {}", self.version),
+            k => format!("{k} {} {}", self.name, self.version),
+        }
+    }
 }
 
 /// `from`/`to` with template variables expanded.

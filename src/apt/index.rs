@@ -143,14 +143,14 @@ fn fetch_verified(url: &str, l: &inrelease::Listed, src: &Source<'_>) -> Result<
         });
     }
     if let Some(c) = src.cache {
-        store(c, &l.sha256, &bytes)?;
+        store(c, &l.sha256, &bytes, &format!("apt index {}", crate::net::redact(url)))?;
     }
     Ok(Some(bytes))
 }
 
-/// Put verified bytes into the cache under their digest.
-pub fn store(cache: &Cache, sha: &Sha256, bytes: &[u8]) -> Result<(), AptError> {
-    cache.put(sha, bytes).map_err(super::io(cache.blob_path(sha).display().to_string()))?;
+/// Put verified bytes into the cache under their digest; `what` names them.
+pub fn store(cache: &Cache, sha: &Sha256, bytes: &[u8], what: &str) -> Result<(), AptError> {
+    cache.put(sha, bytes, what).map_err(super::io(cache.blob_path(sha).display().to_string()))?;
     Ok(())
 }
 

@@ -183,9 +183,22 @@ pub fn resolve_images(
     }
     let docs: Vec<&Item> = plan.image_items().iter().collect();
     crate::fetch::fetch(&docs, cache, opts, rep)?;
+    read_image_blobs(plan, cache, true)
+}
+
+/// Read each resolved image's (verified, cached) top document and platform manifest, so
+/// its config and layers become downloads of the plan. With `required`, a document
+/// missing from the cache is an error (a build fetched them all just before); without,
+/// the image is left as it is (what the cache alone can tell).
+fn read_image_blobs(plan: &mut BuildPlan, cache: &Cache, required: bool) -> Result<()> {
+    let arch = plan.arch;
     for i in 0..plan.images.len() {
         let img = &plan.images[i];
         let Some(r) = img.resolved.clone().filter(|r| r.config.is_none()) else { continue };
+        if !required && [&r.digest, &r.manifest.digest].iter().any(|d| !cache.blob_path(d.sha256()).exists())
+        {
+            continue;
+        }
         let image = img.reference.to_string();
         let read = |d: &Digest| {
             cache
@@ -225,4 +238,79 @@ pub fn resolve_images(
         plan.resolve_image(i, r);
     }
     Ok(())
+}
+
+/// Complete the plan's images as far as the cache alone tells, without the network:
+/// an image without a lock entry from its cached documents (as a build resolves a pinned
+/// digest), then every resolved image's config and layers from its cached manifest. An
+/// image whose documents are not cached keeps only what the lock names.
+pub fn resolve_images_cached(plan: &mut BuildPlan, cache: &Cache) -> Result<()> {
+    let cached = |d: &Digest| cache.read_verified(d.sha256());
+    for i in 0..plan.images.len() {
+        if plan.images[i].resolved.is_some() {
+            continue;
+        }
+        let reference = plan.images[i].reference.clone();
+        if let Some(l) = crate::oci::lock::resolve_cached(&reference, plan.arch, &cached)? {
+            if let Some(r) = ResolvedImage::from_lock(&l, plan.arch, ImageSource::Cache) {
+                plan.resolve_image(i, r);
+            }
+        }
+    }
+    read_image_blobs(plan, cache, false)
+}
+
+/// Every digest a build of recipe `lr` (at `recipe_path`, `None`: embedded) needs from the
+/// cache, for every arch it pins, every role, and every add-on profile: what `imgbuild
+/// fetch` puts there for those plans (the plan's downloads, the images' configs and
+/// layers as far as their manifests are cached). Signatures and archive members are
+/// kept by the digest of their artifact. What the lock file does not pin needs nothing
+/// from the cache, as `build --offline` cannot use the cache for it either; each such
+/// thing is returned with the reason, for the caller to say so: a profile whose chart the
+/// lock does not pin (profiles are planned one at a time, so the others still count),
+/// Ubuntu packages without a lock file (each build resolves them afresh).
+pub fn cache_needs(
+    lr: &LoadedRecipe,
+    recipe_path: Option<&Path>,
+    cache: &Cache,
+) -> Result<(std::collections::BTreeSet<Sha256>, Vec<String>)> {
+    use crate::types::{Profile, Role};
+    let mut keep = std::collections::BTreeSet::new();
+    let mut unpinned = Vec::new();
+    for &arch in &lr.recipe.arches {
+        for role in Role::ALL {
+            let choices = std::iter::once(None).chain(Profile::ALL.into_iter().map(Some));
+            for profile in choices {
+                let o = crate::plan::PlanOptions {
+                    recipe_path: recipe_path.map(Path::to_path_buf),
+                    profiles: profile.into_iter().collect(),
+                    ..crate::plan::PlanOptions::new(role, arch)
+                };
+                let mut plan = match BuildPlan::resolve(lr, &o) {
+                    Err(crate::plan::PlanError::ChartNotLocked(why)) if profile.is_some() => {
+                        if !unpinned.contains(&why) {
+                            unpinned.push(why);
+                        }
+                        continue;
+                    }
+                    r => r?,
+                };
+                if let PackagePlan::Unresolved { lock_file, .. } = &plan.packages {
+                    let why = format!(
+                        "{}: the recipe's Ubuntu packages: without its lock file {} each build resolves \
+                         them afresh (and `build --offline` refuses); run `{}` to pin them",
+                        lr.origin,
+                        lock_file.display(),
+                        crate::lockfile::rerun_hint(recipe_path)
+                    );
+                    if !unpinned.contains(&why) {
+                        unpinned.push(why);
+                    }
+                }
+                resolve_images_cached(&mut plan, cache)?;
+                keep.extend(plan.items().map(|i| i.sha256.clone()));
+            }
+        }
+    }
+    Ok((keep, unpinned))
 }

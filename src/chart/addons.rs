@@ -318,3 +318,26 @@ pub fn tsv(index: &[IndexEntry]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ImageRef;
+
+    /// The embedded charts install on every cluster, so the images they deploy must be
+    /// embedded (and pinned by `lock`) like kubeadm's: else nodes pull them at install time.
+    #[test]
+    fn the_embedded_charts_images_are_in_the_default_recipes_images() {
+        let r = crate::recipe::load(None).unwrap().recipe;
+        let storage: Vec<ImageRef> = storage_images().iter().map(|s| ImageRef::parse(s).unwrap()).collect();
+        assert_eq!(storage.len(), 2, "provisioner and helper image: {storage:?}");
+        for role in [Role::ControlPlane, Role::Worker] {
+            let carried = r.images_for(role, &[]);
+            for i in &storage {
+                assert!(carried.contains(i), "{role:?} does not carry {i}");
+            }
+        }
+        let backend = ImageRef::parse(&backend_image().unwrap()).unwrap();
+        assert!(r.images_for(Role::Worker, &[]).contains(&backend));
+    }
+}

@@ -68,7 +68,10 @@ pub fn charts_for(l: &ClusterPlan, recipe: Option<&Path>) -> anyhow::Result<Char
     let mut opts = crate::plan::PlanOptions::new(Role::ControlPlane, Arch::Amd64);
     opts.recipe_path = recipe.map(Path::to_path_buf);
     let plan = crate::plan::BuildPlan::resolve(&lr, &opts)?;
-    let cache = crate::cache::Cache::open(None).ok();
+    // Not worth waiting for a `cache prune` (it may take long, and this prints nothing
+    // while it waits): the charts are then checked as if they were not cached.
+    let busy = &mut |_: &Path| Err(std::io::Error::other("a cache prune is running"));
+    let cache = crate::cache::Cache::open_as(None, crate::cache::Access::Shared, busy).ok();
     Ok(Charts::load(&plan, cache.as_ref())?)
 }
 

@@ -83,7 +83,7 @@ pub fn run(a: &BuildArgs, rep: &Reporter) -> Result<()> {
     // Before fetch starts its threads, so they all leave the signals to the guard.
     disk::interrupt::guard();
     tools::require(&[tools::DEBUGFS, tools::E2FSCK, tools::RESIZE2FS, tools::QEMU_IMG])?;
-    let cache = s.cache()?;
+    let cache = s.cache(rep)?;
     let opts = s.fetch_options()?;
     crate::build::resolve_packages(&mut plan, &lr, s.target.recipe.as_deref(), &cache, &opts, rep)?;
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cache::Cache;
 use crate::fetch::{FetchError, FetchOptions, Mirror, MAX_JOBS};
@@ -33,13 +33,10 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
-    /// The cache named by `--cache-dir`, else `$IMGBUILD_CACHE_DIR`, else the XDG default.
-    pub fn cache(&self) -> Result<Cache> {
-        let c = Cache::open(self.cache_dir.as_deref());
-        c.with_context(|| match &self.cache_dir {
-            Some(d) => format!("opening cache directory {}", d.display()),
-            None => "opening the cache directory ($IMGBUILD_CACHE_DIR, $XDG_CACHE_HOME/imgbuild or ~/.cache/imgbuild)".into(),
-        })
+    /// The cache named by `--cache-dir`, else `$IMGBUILD_CACHE_DIR`, else the XDG default,
+    /// used shared (waiting, with a message, while a `cache prune` runs).
+    pub fn cache(&self, rep: &Reporter) -> Result<Cache> {
+        super::cache::open(self.cache_dir.as_deref(), crate::cache::Access::Shared, rep, false)
     }
 
     /// `--mirror`s first, then `$IMGBUILD_MIRROR`; bad input is exit 2.
@@ -77,7 +74,7 @@ pub fn run(a: &FetchArgs, rep: &Reporter) -> Result<()> {
     let opts = a.source.fetch_options()?;
     let t = &a.source.target;
     let mut plan = BuildPlan::resolve(&t.load()?, &t.plan_options())?;
-    let cache = a.source.cache()?;
+    let cache = a.source.cache(rep)?;
     crate::build::resolve_images(&mut plan, &cache, &opts, rep)?;
     let items: Vec<&Item> = plan.items().collect();
     let fetched = crate::fetch::fetch(&items, &cache, &opts, rep)?;

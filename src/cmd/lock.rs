@@ -2,7 +2,7 @@
 //! `<recipe>.lock`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 
@@ -72,7 +72,7 @@ pub fn run(a: &LockArgs, rep: &Reporter) -> Result<()> {
     if !images.is_empty() {
         let reg = crate::oci::registry::Registry::new(mirrors.clone());
         // Pinned images whose documents a build already fetched need no registry.
-        let cache = open_cache(a)?;
+        let cache = open_cache(a, rep)?;
         let cached = |d: &crate::types::Digest| cache.read_verified(d.sha256());
         lock.images = crate::oci::lock::resolve_all(&reg, &images, &arches, &cached)?;
         for l in &lock.images {
@@ -95,7 +95,7 @@ fn lock_packages(
     rep: &Reporter,
 ) -> Result<BTreeMap<String, lockfile::ArchLock>> {
     let key = lock::recipe_key(p, a.recipe.as_deref())?;
-    let cache = open_cache(a)?;
+    let cache = open_cache(a, rep)?;
     let override_status = match &a.base_status {
         Some(f) => Some(std::fs::read_to_string(f).map_err(io(f.display().to_string()))?),
         None => None,
@@ -163,7 +163,7 @@ fn resolve_charts(
     Ok(out)
 }
 
-fn open_cache(a: &LockArgs) -> Result<Cache> {
-    Ok(Cache::open(a.cache_dir.as_deref())
-        .map_err(io(format!("opening the cache {:?}", a.cache_dir.as_deref().unwrap_or(Path::new("~")))))?)
+/// The cache, used shared (waiting, with a message, while a `cache prune` runs).
+fn open_cache(a: &LockArgs, rep: &Reporter) -> Result<Cache> {
+    super::cache::open(a.cache_dir.as_deref(), crate::cache::Access::Shared, rep, false)
 }

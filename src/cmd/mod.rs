@@ -5,6 +5,7 @@
 //! knows about the command line.
 
 mod build;
+mod cache;
 mod chart;
 mod cloud_init;
 mod cluster;
@@ -62,6 +63,9 @@ pub enum Cmd {
     Recipe(recipe::RecipeCmd),
     /// Download and verify everything a role image needs into the cache
     Fetch(fetch::FetchArgs),
+    /// See the download cache, or prune it to what some recipes need
+    #[command(subcommand)]
+    Cache(cache::CacheCmd),
     /// Build a role image: verified base + Kubernetes layer + hardening
     Build(build::BuildArgs),
     /// Read and re-verify the manifest inside an image
@@ -122,6 +126,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Recipe(c) => recipe::run(&c),
         Cmd::Fetch(a) => fetch::run(&a, &rep),
+        Cmd::Cache(c) => cache::run(&c, &rep),
         Cmd::Build(a) => build::run(&a, &rep),
         Cmd::Inspect(a) => inspect::run(&a),
         Cmd::Cluster(c) => cluster::run(&c, &rep),

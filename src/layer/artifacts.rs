@@ -181,19 +181,33 @@ fn archive_files(
         .collect()
 }
 
+/// The member index `bytes` of `archive` when it is one of this version for this
+/// archive; else `None`.
+fn parse_index(archive: &Sha256, bytes: &[u8]) -> Option<MemberIndex> {
+    serde_json::from_slice::<MemberIndex>(bytes)
+        .ok()
+        .filter(|ix| ix.imgbuild_member_index == INDEX_VERSION && ix.archive == *archive)
+}
+
+/// The members the member index `bytes` of `archive` names, each with its entry name;
+/// `None` when a build would not use the index (`cache::IndexReader`, for `cache list`
+/// and `cache prune`).
+pub fn index_members(archive: &Sha256, bytes: &[u8]) -> Option<Vec<(Sha256, String)>> {
+    let ix = parse_index(archive, bytes)?;
+    Some(ix.entries.into_iter().filter_map(|e| Some((e.sha256?, e.name))).collect())
+}
+
 /// The member index of `archive` in the cache, when imgbuild wrote it (its stamp
 /// matches) and it is one of this version for this archive; else `None`, and the
 /// archive is inflated again.
 fn cached_index(cache: &Cache, archive: &Sha256) -> Option<MemberIndex> {
     // An index that cannot be read is derived again: nothing of it was used.
     let bytes = cache.member_index(archive).ok()??;
-    match serde_json::from_slice::<MemberIndex>(&bytes) {
-        Ok(ix) if ix.imgbuild_member_index == INDEX_VERSION && ix.archive == *archive => Some(ix),
-        _ => {
-            cache.drop_index(archive);
-            None
-        }
+    let ix = parse_index(archive, &bytes);
+    if ix.is_none() {
+        cache.drop_index(archive);
     }
+    ix
 }
 
 /// The `picks` of `entries` as installed files from the cache's members of `item`'s

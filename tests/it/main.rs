@@ -9,6 +9,7 @@ mod addon_values;
 mod apt;
 mod apt_real;
 mod build;
+mod cache;
 mod chart;
 mod chart_pinning;
 mod cli_manual;
