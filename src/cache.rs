@@ -108,6 +108,8 @@ pub const USE_LOCK: &str = "cache.lock";
 pub struct Cache {
     root: PathBuf,
     access: Access,
+    /// False when this user may only read the cache (see `open_as`).
+    writable: bool,
     /// The open `cache.lock`, locked as `access` says; released when the last clone drops.
     _held: Arc<File>,
 }
@@ -139,13 +141,17 @@ impl Cache {
             fs_err::create_dir_all(root.join(sub))?;
         }
         let path = root.join(USE_LOCK);
-        let (file, path) = fs_err::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)?
-            .into_parts();
+        let rw = fs_err::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path);
+        // A cache this user may only read (another account's, a read-only volume) can
+        // still serve builds: flock(2) works on a read-only descriptor. Pruning needs
+        // to write, so it keeps the error.
+        let (opened, writable) = match rw {
+            Err(e) if access == Access::Shared && read_only(&e) => {
+                (fs_err::File::open(&path).map_err(|_| e)?, false)
+            }
+            r => (r?, true),
+        };
+        let (file, path) = opened.into_parts();
         let failed = |e: std::io::Error| {
             std::io::Error::new(e.kind(), format!("failed to lock `{}`: {e}", path.display()))
         };
@@ -167,7 +173,7 @@ impl Cache {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
         }
-        Ok(Cache { root, access, _held: Arc::new(file) })
+        Ok(Cache { root, access, writable, _held: Arc::new(file) })
     }
 
     /// The cache directory `open` would use for `dir` (`--cache-dir`), without opening it.
@@ -176,6 +182,12 @@ impl Cache {
             Some(d) => d.to_path_buf(),
             None => default_dir(),
         }
+    }
+
+    /// Whether this process may write into the cache; a read-only cache still serves
+    /// verified blobs, but derived data (archive members) goes elsewhere.
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 
     pub fn root(&self) -> &Path {
@@ -239,7 +251,12 @@ impl Cache {
         if &actual != sha {
             return Err(evict(format!("now holds content with sha256 {actual}")));
         }
-        write_stamp(stamp, &opened, label_in(stamp).as_deref()).map_err(|e| io("stamping", e))?;
+        match write_stamp(stamp, &opened, label_in(stamp).as_deref()) {
+            // Just hashed, so trusted now; a cache this user cannot write is hashed again
+            // next time instead of failing (see `open_as`).
+            Err(e) if read_only(&e) => {}
+            r => r.map_err(|e| io("stamping", e))?,
+        }
         Ok(Some(path.to_path_buf()))
     }
 
@@ -763,6 +780,11 @@ impl Cache {
 
 /// Record `meta` (a file as it is now verified) at `stamp` (temp file + rename), with
 /// what the file is when known (one line: control characters become spaces).
+/// The error of writing into a cache this user may only read.
+fn read_only(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+}
+
 fn write_stamp(stamp: &Path, meta: &std::fs::Metadata, what: Option<&str>) -> std::io::Result<()> {
     let dir = stamp.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;

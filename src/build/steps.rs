@@ -88,8 +88,8 @@ pub fn default_steps(signatures: &SignatureSource) -> Vec<Box<dyn Step>> {
 }
 
 /// Recipe artifacts: kubeadm/kubelet/kubectl, containerd, runc, CNI, crictl (+ etcd, helm, charts).
-/// Archive members are kept in `cache` (inflated by the first build only), else
-/// inflated into the build's workdir.
+/// Archive members are kept in `cache` (inflated by the first build only), else (no
+/// cache, or one this user may only read) inflated into the build's workdir.
 pub struct Artifacts {
     pub cache: Option<crate::cache::Cache>,
 }
@@ -101,8 +101,8 @@ impl Step for Artifacts {
     fn apply(&self, cx: &mut Compose<'_>) -> Result<()> {
         use crate::layer::artifacts::{install, Members};
         let members = match &self.cache {
-            Some(c) => Members::Cache(c),
-            None => Members::Dir(cx.work),
+            Some(c) if c.writable() => Members::Cache(c),
+            _ => Members::Dir(cx.work),
         };
         Ok(install(&mut cx.layer, cx.plan, cx.fetched, members)?)
     }

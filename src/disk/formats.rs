@@ -163,9 +163,14 @@ where
     }
     f.write_all_at(&head, 0).map_err(io("writing"))?;
     drop(f);
-    // The headers come first and were written last: the archive is read once more.
-    let sha = crate::types::Sha256::of_file(dst).map_err(io("hashing"))?;
-    Ok(sha.as_str().to_string())
+    // The archive is read once more for its digest. It cannot be hashed as it is
+    // written: SHA-256 takes the bytes front to back, and the ones ahead of the vmdk
+    // (the descriptor's `ovf:size`, the manifest's digest, the vmdk member's tar header
+    // with its size) are known only once the vmdk is compressed, whatever the member
+    // order. Hashing the vmdk a second time without reading it back would mean holding
+    // all of it in memory or compressing it twice. SHA-256 is what that pass costs: the
+    // reading (from the page cache) runs beside it on another thread.
+    super::stream::hash_file(dst).map_err(io("hashing"))
 }
 
 fn xml_escape(s: &str) -> String {
@@ -279,6 +284,53 @@ mod tests {
             x.contains("<Name>a&amp;b&lt;c&gt;</Name>") && x.contains("ovf:href=\"a&amp;b.vmdk\""),
             "{x}"
         );
+    }
+
+    /// The digest the OVA writer returns is the sha256 of the archive on disk, the same
+    /// for two writes; the archive holds the descriptor, the manifest and the vmdk, in
+    /// that order; the manifest's lines are its members' digests and the descriptor
+    /// names the vmdk's length (an empty disk too: the layout guard holds for both).
+    #[test]
+    fn ova_digest_is_the_archives_and_its_manifest_the_members() {
+        use std::io::Read;
+        let d = tempfile::tempdir().unwrap();
+        let st = Stamp { seed: "s", source_date_epoch: 1_724_198_400, name: "n", ahead: None };
+        let cs = super::super::stream::CLUSTER;
+        let fill = |first: u64, n: u64, buf: &mut [u8]| {
+            for i in 0..n {
+                super::super::stream::test_pattern(
+                    first + i,
+                    &mut buf[(i * cs) as usize..((i + 1) * cs) as usize],
+                );
+            }
+            Ok(())
+        };
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        for clusters in [vec![], vec![0u64, 1, 2, 3, 40, 41, 79]] {
+            let (a, b) = (d.path().join("a.ova"), d.path().join("b.ova"));
+            let digest = write_stream(OutFormat::Ova, false, &a, &st, 80 * cs, &clusters, fill).unwrap();
+            let bytes = std::fs::read(&a).unwrap();
+            assert_eq!(digest, sha(&bytes), "{clusters:?}");
+            assert_eq!(
+                write_stream(OutFormat::Ova, false, &b, &st, 80 * cs, &clusters, fill).unwrap(),
+                digest
+            );
+            assert!(bytes == std::fs::read(&b).unwrap(), "two writes differ");
+            let mut members = Vec::new();
+            for e in tar::Archive::new(&bytes[..]).entries().unwrap() {
+                let mut e = e.unwrap();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                members.push((e.path().unwrap().to_string_lossy().into_owned(), data));
+            }
+            let names: Vec<&str> = members.iter().map(|m| m.0.as_str()).collect();
+            assert_eq!(names, ["n.ovf", "n.mf", "n-disk1.vmdk"]);
+            let (ovf, mf, vmdk) = (&members[0].1, &members[1].1, &members[2].1);
+            let want = format!("SHA256(n.ovf)= {}\nSHA256(n-disk1.vmdk)= {}\n", sha(ovf), sha(vmdk));
+            assert_eq!(String::from_utf8_lossy(mf), want);
+            let ovf = String::from_utf8_lossy(ovf);
+            assert!(ovf.contains(&format!("ovf:size=\"{}\"", vmdk.len())), "{ovf}");
+        }
     }
 
     /// The descriptor is as long for any vmdk size: the OVA's layout is fixed up front.

@@ -40,50 +40,15 @@ pub fn to_raw(src: &Path, fmt: BaseFormat, dst: &Path) -> Result<(), DiskError> 
     Ok(())
 }
 
-/// qemu-img as the reference reader of the writers' output (the writers' unit tests).
+/// qemu-img as the reference reader of the writers' output (the writers' unit tests):
+/// the testkit's, which the integration tests use too.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::path::Path;
-    use std::process::Command;
+    pub use imgbuild_testkit::qemu::{check, guest_bytes, info, run, to_raw};
 
     /// Whether qemu-img is here ([`crate::tools::for_test`]: required when CI is set,
     /// else a loud skip).
     pub fn have_qemu_img() -> bool {
         crate::tools::for_test("qemu-img").is_some()
-    }
-
-    /// `qemu-img check -f fmt` of `p` is clean; its report.
-    pub fn check(p: &Path, fmt: &str) -> String {
-        let o = Command::new("qemu-img").args(["check", "-f", fmt]).arg(p).output().unwrap();
-        let report = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(o.status.success(), "{report}{}", String::from_utf8_lossy(&o.stderr));
-        report
-    }
-
-    /// `qemu-img info --output=json` of `p`, the format given or (`None`) probed.
-    pub fn info(p: &Path, fmt: Option<&str>) -> serde_json::Value {
-        let mut c = Command::new("qemu-img");
-        c.args(["info", "--output=json"]);
-        if let Some(f) = fmt {
-            c.args(["-f", f]);
-        }
-        let o = c.arg(p).output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        serde_json::from_slice(&o.stdout).unwrap()
-    }
-
-    /// The guest bytes qemu-img reads from `p` in format `fmt` (converted to raw beside it).
-    pub fn guest_bytes(p: &Path, fmt: &str) -> Vec<u8> {
-        let raw = p.with_extension("guest.raw");
-        let st = Command::new("qemu-img")
-            .args(["convert", "-f", fmt, "-O", "raw"])
-            .arg(p)
-            .arg(&raw)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let b = std::fs::read(&raw).unwrap();
-        std::fs::remove_file(&raw).unwrap();
-        b
     }
 }

@@ -276,13 +276,7 @@ mod tests {
         let raw = d.path().join("z.raw");
         std::fs::File::create(&raw).unwrap().set_len(24 << 20).unwrap();
         let q = d.path().join("z.vhd");
-        let st = std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed,force_size=on"])
-            .arg(&raw)
-            .arg(&q)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        qemu::run("convert -f raw -O vpc -o subformat=fixed,force_size=on", &[&raw, &q]);
         let theirs = std::fs::read(&q).unwrap();
         let mut theirs: [u8; 512] = theirs[theirs.len() - 512..].try_into().unwrap();
         let mut ours = fixed_footer(24 << 20, 0, "s");

@@ -499,13 +499,7 @@ mod tests {
         }
         let d = tempfile::tempdir().unwrap();
         let q = d.path().join("q.vhdx");
-        let st = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "vhdx", "-o", "subformat=dynamic,block_size=33554432"])
-            .arg(&q)
-            .arg("64M")
-            .status()
-            .unwrap();
-        assert!(st.success());
+        qemu::run("create -q -f vhdx -o subformat=dynamic,block_size=33554432,size=64M", &[&q]);
         let theirs = items(&std::fs::read(&q).unwrap());
         let out = d.path().join("o.vhdx");
         write(&out, 64 * MIB, &[], "s", fill).unwrap();

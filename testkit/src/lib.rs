@@ -10,7 +10,9 @@
 //!   recipe pinning what the mirror serves, with the recipe's packages pointed at a test
 //!   archive and its container images replaced by test images;
 //! - [`cache`]: the boot test's cache of expensive inputs, keyed by their hash and by this
-//!   crate's own source (a changed builder never reuses an old result).
+//!   crate's own source (a changed builder never reuses an old result);
+//! - [`qemu`]: qemu-img as the reference reader of the images imgbuild writes (check,
+//!   info, compare, convert to raw), for the writers' unit tests and the integration tests.
 //!
 //! The bootable Debian-made base of the boot test stays ci/boot/build-base.sh (mmdebstrap:
 //! no Rust twin); the small noble-shaped base of the Rust tests is tests/it/common/fixture.rs.
@@ -19,6 +21,7 @@ pub mod archive;
 pub mod cache;
 pub mod mirror;
 pub mod oci;
+pub mod qemu;
 pub mod standin;
 
 use std::path::Path;

@@ -314,3 +314,53 @@ fn prune_waits_for_builds_and_builds_for_a_prune() {
     // It goes on once the prune is done (and fails: the cache is empty, it is offline).
     assert_eq!(finish(child), Some(1));
 }
+
+/// A cache this user may read but not write (a shared cache another account fills, a
+/// read-only volume) still serves an offline build: the cache lock is then held on a
+/// read-only descriptor. Root can write anywhere, so the build runs as `nobody`.
+#[test]
+fn a_cache_this_user_cannot_write_serves_an_offline_build() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root: this test needs root to run a build as nobody"
+        );
+        eprintln!("SKIPPED: not root, cannot run a build as another user");
+        return;
+    }
+    let fx = fixture::noble_fixture();
+    let first = fx.dir.path().join("first");
+    common::ok(&fixture::build(&fx, "worker", &["--output", first.to_str().unwrap()]));
+    // Readable by everyone, writable by root only.
+    let status = Command::new("chmod").arg("-R").arg("a+rX,go-w").arg(fx.dir.path()).status().unwrap();
+    assert!(status.success());
+    let home = fx.dir.path().join("nobody");
+    std::fs::create_dir(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = home.join("out");
+    let o = common::bin()
+        .env("PATH", fixture::path_with_sbin())
+        .env("HOME", &home)
+        .env("TMPDIR", &home)
+        .arg("build")
+        .args(["--role", "worker", "--offline", "--output", out.to_str().unwrap()])
+        .args(fx.source_args())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    common::ok(&o);
+    let image = "ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2";
+    assert_eq!(fixture::sha256_file(&first.join(image)), fixture::sha256_file(&out.join(image)));
+    // The same user cannot prune it, and says which file it could not open.
+    let o = common::bin()
+        .args(["cache", "prune", "--all", "--cache-dir", fx.cache.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    common::exits_with(&o, 1, "cache.lock");
+}

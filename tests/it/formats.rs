@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::common::fixture::{self, sh};
+use imgbuild_testkit::qemu;
 
 const STEM: &str = "ubuntu-24.04-k8s-v1.30.3-worker-amd64";
 /// `source_date_epoch` of the embedded recipe the fixture copies.
@@ -20,30 +21,6 @@ fn build(fx: &fixture::Fixture, format: &str, out: &Path) -> PathBuf {
     let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
     assert_eq!(image, out.join(format!("{STEM}.{format}")));
     image
-}
-
-fn qemu_info(fmt: &str, p: &Path) -> serde_json::Value {
-    let o = sh(Command::new("qemu-img").args(["info", "--output=json", "-f", fmt]).arg(p));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
-/// `qemu-img check` must pass; vpc has no check in qemu-img, which says so (exit 63).
-fn qemu_check(fmt: &str, p: &Path) {
-    let o = Command::new("qemu-img").args(["check", "-f", fmt]).arg(p).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
-    if fmt == "vpc" {
-        assert!(
-            o.status.success() || (o.status.code() == Some(63) && text.contains("does not support checks")),
-            "{text}"
-        );
-    } else {
-        assert!(o.status.success() && text.contains("No errors were found"), "{fmt}: {text}");
-    }
-}
-
-fn same_guest(fa: &str, a: &Path, fb: &str, b: &Path) {
-    let o = Command::new("qemu-img").args(["compare", "-f", fa, "-F", fb]).arg(a).arg(b).output().unwrap();
-    assert!(o.status.success(), "{a:?} vs {b:?}: {}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
 }
 
 /// Members of a tar in order: name → (header, bytes).
@@ -76,29 +53,28 @@ fn every_format_builds_reproducibly_and_qemu_img_reads_it() {
         images.insert(format, x);
     }
     let reference = build(&fx, "qcow2", &a.join("qcow2"));
-    let vsize = qemu_info("qcow2", &reference)["virtual-size"].as_u64().unwrap();
+    let vsize = qemu::info(&reference, Some("qcow2"))["virtual-size"].as_u64().unwrap();
 
     // vmdk: streamOptimized on an LSI Logic adapter, same guest bytes as the qcow2.
     let vmdk = &images["vmdk"];
-    let info = qemu_info("vmdk", vmdk);
+    let info = qemu::info(vmdk, Some("vmdk"));
     assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}");
     assert_eq!(info["virtual-size"].as_u64(), Some(vsize));
-    qemu_check("vmdk", vmdk);
-    same_guest("qcow2", &reference, "vmdk", vmdk);
+    qemu::check(vmdk, "vmdk");
+    qemu::same_guest(&reference, "qcow2", vmdk, "vmdk");
 
     // vhdx: qemu-img finds the format by its magic (no -f), dynamic with 32 MiB blocks.
     let vhdx = &images["vhdx"];
-    let o = sh(Command::new("qemu-img").args(["info", "--output=json"]).arg(vhdx));
-    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let info = qemu::info(vhdx, None);
     assert_eq!(info["format"], "vhdx", "{info}");
     assert_eq!(info["cluster-size"].as_u64(), Some(32 << 20), "{info}");
-    assert_eq!(qemu_info("vhdx", vhdx)["virtual-size"].as_u64(), Some(vsize));
-    qemu_check("vhdx", vhdx);
-    same_guest("qcow2", &reference, "vhdx", vhdx);
+    assert_eq!(qemu::info(vhdx, Some("vhdx"))["virtual-size"].as_u64(), Some(vsize));
+    qemu::check(vhdx, "vhdx");
+    qemu::same_guest(&reference, "qcow2", vhdx, "vhdx");
 
     // vhd: fixed (the disk, then a 512-byte footer), whole MiB, footer checksum valid.
     let vhd = &images["vhd"];
-    let info = qemu_info("vpc", vhd);
+    let info = qemu::info(vhd, Some("vpc"));
     assert_eq!(info["virtual-size"].as_u64(), Some(vsize));
     assert_eq!(vsize % (1 << 20), 0);
     assert_eq!(std::fs::metadata(vhd).unwrap().len(), vsize + 512);
@@ -112,8 +88,8 @@ fn every_format_builds_reproducibly_and_qemu_img_reads_it() {
         foot.iter().enumerate().filter(|(i, _)| !(64..68).contains(i)).map(|(_, &b)| b as u32).sum::<u32>();
     assert_eq!(u32::from_be_bytes(foot[64..68].try_into().unwrap()), !sum, "footer checksum");
     drop(bytes);
-    qemu_check("vpc", vhd);
-    same_guest("qcow2", &reference, "vpc", vhd);
+    qemu::check(vhd, "vpc");
+    qemu::same_guest(&reference, "qcow2", vhd, "vpc");
 
     // ova: .ovf first, then .mf, then the vmdk; fixed headers; the OVF names the disk.
     let ova = &images["ova"];
@@ -132,10 +108,10 @@ fn every_format_builds_reproducibly_and_qemu_img_reads_it() {
     let disk = &members[2].2;
     let extracted = fx.dir.path().join(&disk_name);
     std::fs::write(&extracted, disk).unwrap();
-    let info = qemu_info("vmdk", &extracted);
+    let info = qemu::info(&extracted, Some("vmdk"));
     assert_eq!(info["format-specific"]["data"]["create-type"], "streamOptimized", "{info}");
-    qemu_check("vmdk", &extracted);
-    same_guest("qcow2", &reference, "vmdk", &extracted);
+    qemu::check(&extracted, "vmdk");
+    qemu::same_guest(&reference, "qcow2", &extracted, "vmdk");
 
     let ovf_text = std::str::from_utf8(&members[0].2).unwrap();
     let doc = roxmltree::Document::parse(ovf_text).unwrap();
@@ -224,12 +200,12 @@ fn vhd_of_an_unaligned_base_is_rounded_up_to_a_mib() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let vhd = out.join(format!("{STEM}.vhd"));
-    let vsize = qemu_info("vpc", &vhd)["virtual-size"].as_u64().unwrap();
+    let vsize = qemu::info(&vhd, Some("vpc"))["virtual-size"].as_u64().unwrap();
     assert_eq!(vsize, (len + 64 * 1024).div_ceil(1 << 20) << 20);
     assert!(stderr(&o).contains("a VHD must be a whole number of MiB"), "{}", stderr(&o));
     // The grown GPT is valid: its backup header sits at the new last sector.
     let raw = fx.dir.path().join("vhd.raw");
-    sh(Command::new("qemu-img").args(["convert", "-f", "vpc", "-O", "raw"]).arg(&vhd).arg(&raw));
+    qemu::to_raw(&vhd, Some("vpc"), raw.clone());
     let v = sh(Command::new("sgdisk").arg("-v").arg(&raw));
     assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"), "{v:?}");
 }
@@ -249,13 +225,6 @@ fn inspect_refuses_a_tar_that_is_not_an_ova() {
     let o = common::bin().arg("inspect").arg(&p).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("not an OVA"), "{}", stderr(&o));
-}
-
-/// `qemu-img convert -O raw` of `img` (format `fmt`) into `dir`.
-fn to_raw(fmt: &str, img: &Path, dir: &Path) -> PathBuf {
-    let raw = dir.join(format!("{}.raw", img.file_name().unwrap().to_string_lossy()));
-    sh(Command::new("qemu-img").args(["convert", "-f", fmt, "-O", "raw"]).arg(img).arg(&raw));
-    raw
 }
 
 /// Two files hold the same bytes (compared a MiB at a time).
@@ -287,12 +256,16 @@ fn streamed_formats_hold_the_qcow2_builds_disk_on_both_paths() {
     let disk_of = |format: &str, img: &Path, tag: &str| -> PathBuf {
         let dir = d.join(format!("raw-{tag}-{format}"));
         std::fs::create_dir_all(&dir).unwrap();
+        let raw = |fmt: &str, img: &Path| {
+            let name = format!("{}.raw", img.file_name().unwrap().to_string_lossy());
+            qemu::to_raw(img, Some(fmt), dir.join(name))
+        };
         match format {
             "qcow2" | "vmdk" | "vhdx" => {
-                qemu_check(format, img);
-                to_raw(format, img, &dir)
+                qemu::check(img, format);
+                raw(format, img)
             }
-            "vhd" => to_raw("vpc", img, &dir),
+            "vhd" => raw("vpc", img),
             _ => {
                 // GNU tar reads the archive as the tar crate does, without a warning.
                 let t = sh(Command::new("tar").arg("-tvf").arg(img));
@@ -301,8 +274,8 @@ fn streamed_formats_hold_the_qcow2_builds_disk_on_both_paths() {
                 let members = tar_members(img);
                 let vmdk = dir.join(&members[2].0);
                 std::fs::write(&vmdk, &members[2].2).unwrap();
-                qemu_check("vmdk", &vmdk);
-                to_raw("vmdk", &vmdk, &dir)
+                qemu::check(&vmdk, "vmdk");
+                raw("vmdk", &vmdk)
             }
         }
     };

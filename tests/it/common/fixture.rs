@@ -170,8 +170,7 @@ pub fn path_with_sbin() -> String {
 
 /// `qemu-img convert` of `img` (any format qemu-img detects) to the raw image `raw`.
 pub fn to_raw(img: &Path, raw: PathBuf) -> PathBuf {
-    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(img).arg(&raw));
-    raw
+    imgbuild_testkit::qemu::to_raw(img, None, raw)
 }
 
 /// `len` bytes of file `p` from offset `off`.
@@ -284,7 +283,7 @@ pub fn make_base(dir: &Path, spec: &BaseSpec) -> Base {
     mke2fs(&raw, p(1), &spec.root_fs, &spec.root_label, &root);
 
     let qcow2 = dir.join("base.qcow2");
-    sh(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2));
+    imgbuild_testkit::qemu::run("convert -f raw -O qcow2", &[&raw, &qcow2]);
     Base { raw, qcow2, parts }
 }
 
