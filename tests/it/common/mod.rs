@@ -60,8 +60,8 @@ pub fn without_images(recipe_text: &str) -> String {
 
 /// A loopback /24 `127.<second>.<n>` that no other test process on this machine uses
 /// while the returned lock is held: etcd members bind fixed ports (2379, 2380) on their
-/// addresses, and two test runs at once (or a run and a leftover) must not meet there.
-/// `n` starts from the process id, so concurrent runs rarely even probe the same one.
+/// addresses, and two test runs at once must not meet there. `n` starts from the process
+/// id, so that an etcd a killed run left behind is rarely met either (its lock is gone).
 pub fn loopback_net(second: u8) -> (String, std::fs::File) {
     // shared by every test process of this machine; the empty lock files stay (removing
     // one another process may be opening would let two processes lock different files)
