@@ -40,7 +40,17 @@ pub fn cached(
     marker: &str,
     build: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let dest = root().join(kind).join(key(inputs)?);
+    cached_in(&root(), kind, inputs, marker, build)
+}
+
+fn cached_in(
+    root: &Path,
+    kind: &str,
+    inputs: &[&Path],
+    marker: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dest = root.join(kind).join(key(inputs)?);
     if dest.join(marker).is_file() {
         eprintln!("{kind}: cached {}", dest.display());
         return Ok(dest);
@@ -50,8 +60,21 @@ pub fn cached(
     let tmp = tempfile::Builder::new().prefix(".build-").tempdir_in(parent)?;
     let t = std::time::Instant::now();
     build(tmp.path())?;
+    // Another process (a second boot-test run on this machine) may have built the same
+    // key meanwhile: a complete dir is kept and used, never removed under its readers;
+    // only an incomplete leftover (no marker) makes way for ours.
+    if dest.join(marker).is_file() {
+        eprintln!("{kind}: built meanwhile by another process: {}", dest.display());
+        return Ok(dest);
+    }
     let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(tmp.keep(), &dest).with_context(|| format!("renaming into {}", dest.display()))?;
+    let built = tmp.keep();
+    if let Err(e) = std::fs::rename(&built, &dest) {
+        let _ = std::fs::remove_dir_all(&built);
+        if !dest.join(marker).is_file() {
+            return Err(e).with_context(|| format!("renaming into {}", dest.display()));
+        }
+    }
     eprintln!("{kind}: built {} in {:.0}s", dest.display(), t.elapsed().as_secs_f64());
     Ok(dest)
 }
@@ -79,4 +102,34 @@ pub fn debs_in(dir: &Path) -> Result<Vec<PathBuf>> {
     v.retain(|p| p.extension().is_some_and(|e| e == "deb"));
     v.sort();
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two processes building one key: the second to finish uses the first one's
+    /// complete dir (still readable there) and leaves no temp dir behind.
+    #[test]
+    fn a_dir_built_meanwhile_by_another_process_is_used_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let first = cached_in(root.path(), "k", &[], "done", |d| {
+            // the other process completes while this one builds
+            let other =
+                cached_in(root.path(), "k", &[], "done", |o| Ok(std::fs::write(o.join("done"), "other")?))?;
+            std::fs::write(d.join("done"), "mine")?;
+            assert_eq!(std::fs::read_to_string(other.join("done"))?, "other");
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(first.join("done")).unwrap(), "other");
+        let left: Vec<_> =
+            std::fs::read_dir(first.parent().unwrap()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, [first.file_name().unwrap()], "a temp dir was left");
+        // An incomplete leftover (no marker) is replaced.
+        std::fs::remove_file(first.join("done")).unwrap();
+        let again =
+            cached_in(root.path(), "k", &[], "done", |d| Ok(std::fs::write(d.join("done"), "new")?)).unwrap();
+        assert_eq!(std::fs::read_to_string(again.join("done")).unwrap(), "new");
+    }
 }

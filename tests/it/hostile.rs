@@ -477,7 +477,8 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             out.push(e.path());
-            if e.file_type().unwrap().is_dir() {
+            // polled while a build creates and removes files: an entry may be gone already
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
                 out.extend(tree(&e.path()));
             }
         }

@@ -51,6 +51,8 @@ fn tools_present() -> bool {
 struct World {
     t: tempfile::TempDir,
     net: String,
+    /// keeps `net` this process's own (see `common::loopback_net`)
+    _net_lock: fs::File,
     state: PathBuf,
     /// Bootstraps still running (process group ids), killed if the test panics.
     running: std::cell::RefCell<Vec<i32>>,
@@ -60,7 +62,7 @@ impl World {
     fn new(control_planes: u32, net_index: u8) -> World {
         let t = tempfile::tempdir().unwrap();
         // a loopback /24 of its own per test and process: etcd binds IP:2379/2380
-        let net = format!("127.{}.{}", 60 + net_index, std::process::id() % 250 + 1);
+        let (net, _net_lock) = common::loopback_net(60 + net_index);
         let dir = t.path().join("cluster");
         common::cluster_init(&dir)
             .name("jt")
@@ -78,7 +80,7 @@ impl World {
         }
         let state = t.path().join("state");
         fs::create_dir_all(state.join("nodes")).unwrap();
-        World { t, net, state, running: Default::default() }
+        World { t, net, _net_lock, state, running: Default::default() }
     }
 
     /// A new disk for `node` (a replacement machine): its root as cloud-init writes it.
@@ -120,7 +122,10 @@ impl World {
             .env("IMGBUILD_BACKOFF_INITIAL", "1")
             .env("IMGBUILD_BACKOFF_MAX", "2")
             .env("IMGBUILD_RETRY_BUDGET_SECONDS", "150")
-            .env("IMGBUILD_JOIN_LOCK_TTL", "3")
+            // short, for the lock of a killed machine to expire soon, yet long enough
+            // that etcdctl's keepalive (every TTL/3) survives a loaded machine: a lease
+            // lost mid-join would let two joins overlap
+            .env("IMGBUILD_JOIN_LOCK_TTL", "10")
             .env("IMGBUILD_SYSTEMCTL", "true")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

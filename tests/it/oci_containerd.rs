@@ -75,7 +75,7 @@ fn containerd() -> Option<Containerd> {
     let c = Containerd { child, sock, dir };
     let t0 = Instant::now();
     while !c.ctr(&["version"]).status.success() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "containerd did not start: {}", c.log());
+        assert!(t0.elapsed() < Duration::from_secs(120), "containerd did not start: {}", c.log());
         std::thread::sleep(Duration::from_millis(100));
     }
     Some(c)

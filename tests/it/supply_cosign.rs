@@ -208,3 +208,26 @@ fn published_next_to_the_url_and_fail_closed_without_trust_root() {
     assert_eq!(code(&o), 3, "{}", text(&o));
     assert!(text(&o).contains("does not chain to the trust root"), "{}", text(&o));
 }
+
+/// A signature whose DER ends in an ASCII whitespace byte (0x09, 0x0a, 0x0c, 0x0d, 0x20:
+/// about one random signature in 50) verifies, published base64 or as the raw DER: the
+/// raw bytes are never trimmed. Such signatures are searched for here, not hoped for.
+#[test]
+fn a_signature_ending_in_a_whitespace_byte_verifies_base64_and_raw() {
+    let f = Fixture::new();
+    let (pem, key) = leaf(&f.ca.inter, &Leaf::default());
+    for last in [0x0a, 0x20] {
+        // one signature in 256 ends so: not finding one in 20,000 has odds of e^-78
+        let sig = (0..20_000)
+            .map(|_| sign(&key, &f.blob))
+            .find(|s| s.last() == Some(&last))
+            .expect("a signature ending in the byte");
+        let name = format!("ends-{last:02x}");
+        let file = f.publish(&name, &f.blob, &pem, &sig);
+        let o = f.verify(&file, &[]);
+        assert_eq!(code(&o), 0, "base64 of a signature ending in {last:#04x}: {}", text(&o));
+        std::fs::write(f.dir.path().join(format!("{name}.sig")), &sig).unwrap();
+        let o = f.verify(&file, &[]);
+        assert_eq!(code(&o), 0, "raw DER ending in {last:#04x}: {}", text(&o));
+    }
+}

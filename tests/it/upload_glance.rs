@@ -106,63 +106,88 @@ fn py_main(python: &str, module: &str, argv0: &str, args: &[&str]) -> Command {
 }
 
 fn start_glance(python: &str, dir: &Path) -> Glance {
-    let port = common::free_port();
     let store = dir.join("images");
     std::fs::create_dir_all(&store).unwrap();
     let paste = dir.join("glance-api-paste.ini");
     std::fs::write(&paste, PASTE_INI).unwrap();
     let conf = dir.join("glance-api.conf");
-    let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nworkers = 0\nenabled_backends = fs:file\n\
-             [database]\nconnection = sqlite:///{d}/glance.sqlite\n\
-             [paste_deploy]\nflavor =\nconfig_file = {paste}\n\
-             [glance_store]\ndefault_backend = fs\n\
-             [fs]\nfilesystem_store_datadir = {store}\n\
-             [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n\
-             [os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n",
-            paste = paste.display(),
-            store = store.display(),
-        ),
-    )
-    .unwrap();
     let conf_s = conf.to_str().unwrap();
-    let sync =
-        py_main(python, "glance.cmd.manage", "glance-manage", &["--config-file", conf_s, "db", "sync"])
+    // glance-api cannot be handed a bound socket: it is told a port that was free a moment
+    // ago, which another test's server may take before glance binds it (glance then gives
+    // up after 30 s). Such a start is retried on a new port.
+    for attempt in 1..=3 {
+        let port = common::free_port();
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "[DEFAULT]\nbind_host = 127.0.0.1\nbind_port = {port}\nworkers = 0\nenabled_backends = fs:file\n\
+                 [database]\nconnection = sqlite:///{d}/glance.sqlite\n\
+                 [paste_deploy]\nflavor =\nconfig_file = {paste}\n\
+                 [glance_store]\ndefault_backend = fs\n\
+                 [fs]\nfilesystem_store_datadir = {store}\n\
+                 [os_glance_staging_store]\nfilesystem_store_datadir = {d}/staging\n\
+                 [os_glance_tasks_store]\nfilesystem_store_datadir = {d}/tasks\n",
+                paste = paste.display(),
+                store = store.display(),
+            ),
+        )
+        .unwrap();
+        if attempt == 1 {
+            let sync = py_main(
+                python,
+                "glance.cmd.manage",
+                "glance-manage",
+                &["--config-file", conf_s, "db", "sync"],
+            )
             .output()
             .unwrap();
-    assert!(sync.status.success(), "glance-manage db sync: {}", String::from_utf8_lossy(&sync.stderr));
-    let log = dir.join("glance-api.log");
-    let child = py_main(python, "glance.cmd.api", "glance-api", &["--config-file", conf_s])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(dir.join("glance-api.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let mut g = Glance { child, port, store, log };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(Some(st)) = g.child.try_wait() {
-            let err = std::fs::read_to_string(dir.join("glance-api.err")).unwrap_or_default();
-            panic!("glance-api exited ({st}): {err}");
+            assert!(
+                sync.status.success(),
+                "glance-manage db sync: {}",
+                String::from_utf8_lossy(&sync.stderr)
+            );
         }
-        if let Ok(v) = http_json(port, "GET", "/v2/images", None) {
-            if v["images"].is_array() {
-                break;
+        let log = dir.join("glance-api.log");
+        let err_log = dir.join("glance-api.err");
+        let child = py_main(python, "glance.cmd.api", "glance-api", &["--config-file", conf_s])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(&err_log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut g = Glance { child, port, store: store.clone(), log };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(Some(st)) = g.child.try_wait() {
+                let err = std::fs::read_to_string(&err_log).unwrap_or_default();
+                let log = std::fs::read_to_string(&g.log).unwrap_or_default();
+                if attempt < 3 && format!("{err}{log}").contains("Could not bind to") {
+                    eprintln!(
+                        "glance-api: port {port} was taken meanwhile (attempt {attempt}); another port"
+                    );
+                    break;
+                }
+                panic!("glance-api exited ({st}): {err}");
             }
+            // only glance answers this with an image list: not another test's server
+            // that took the port
+            if let Ok(v) = http_json(port, "GET", "/v2/images", None) {
+                if v["images"].is_array() {
+                    return g;
+                }
+            }
+            assert!(Instant::now() < deadline, "glance-api did not answer within 120 s");
+            std::thread::sleep(Duration::from_millis(300));
         }
-        assert!(Instant::now() < deadline, "glance-api did not answer within 120 s");
-        std::thread::sleep(Duration::from_millis(300));
     }
-    let _ = &g.log;
-    g.port = port;
-    g
+    unreachable!("the last attempt returns or panics")
 }
 
 /// A one-shot HTTP/1.1 request straight to glance-api (test-side checks).
 fn http_json(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    // bounded: whatever holds the port may accept and never answer
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         s,

@@ -132,7 +132,7 @@ impl Daemon {
             if self.virsh(&["uri"]).status.success() {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "libvirtd did not answer:\n{}", self.log());
+            assert!(t0.elapsed() < Duration::from_secs(120), "libvirtd did not answer:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -159,7 +159,8 @@ impl Fixture {
 
 /// Run a command, panicking with its output when it fails.
 pub fn sh(cmd: &mut Command) -> Output {
-    super::run_ok(cmd.env("PATH", path_with_sbin()))
+    // tests read these tools' messages: the same (untranslated) ones whatever the locale
+    super::run_ok(cmd.env("PATH", path_with_sbin()).env("LC_ALL", "C"))
 }
 
 /// PATH plus /usr/sbin and /sbin (where e2fsprogs, sgdisk and mkfs.vfat live).

@@ -12,8 +12,14 @@ pub use cluster::cluster_init;
 
 /// The imgbuild binary under test.
 pub fn bin() -> std::process::Command {
+    // The default download cache (`cloud-init` and `lint` check add-on values against the
+    // charts in it) is this test process's own, empty one: the user's ~/.cache/imgbuild
+    // would make verdicts depend on what this machine fetched before.
+    static XDG_CACHE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_imgbuild"));
-    c.env_remove("IMGBUILD_CACHE_DIR").env_remove("IMGBUILD_MIRROR");
+    c.env_remove("IMGBUILD_CACHE_DIR")
+        .env_remove("IMGBUILD_MIRROR")
+        .env("XDG_CACHE_HOME", XDG_CACHE.get_or_init(|| process_tempdir("xdg-cache")));
     c
 }
 
@@ -50,6 +56,29 @@ pub fn without_images(recipe_text: &str) -> String {
     m.remove("images");
     m.remove("addons");
     serde_yaml::to_string(&v).expect("YAML")
+}
+
+/// A loopback /24 `127.<second>.<n>` that no other test process on this machine uses
+/// while the returned lock is held: etcd members bind fixed ports (2379, 2380) on their
+/// addresses, and two test runs at once must not meet there. `n` starts from the process
+/// id, so that an etcd a killed run left behind is rarely met either (its lock is gone).
+pub fn loopback_net(second: u8) -> (String, std::fs::File) {
+    // shared by every test process of this machine; the empty lock files stay (removing
+    // one another process may be opening would let two processes lock different files)
+    let dir = std::env::temp_dir().join("imgbuild-test-nets");
+    std::fs::create_dir_all(&dir).unwrap();
+    // like /tmp itself: every user's test runs take part (only the owner can chmod)
+    let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o1777));
+    let start = std::process::id() % 250;
+    for i in 0..250 {
+        let n = (start + i) % 250 + 1;
+        let lock = dir.join(format!("127.{second}.{n}.lock"));
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock).unwrap();
+        if f.try_lock().is_ok() {
+            return (format!("127.{second}.{n}"), f);
+        }
+    }
+    panic!("every 127.{second}.N/24 is in use by another test process");
 }
 
 /// A loopback port free right now, for a real server that must be told its port (it can

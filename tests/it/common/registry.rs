@@ -149,6 +149,22 @@ impl Drop for Registry {
     }
 }
 
+/// Whether the server on `port` is this registry: `GET /v2/` answers 401 naming our
+/// token endpoint. A bare connect could reach another test's server that took the port
+/// between [`super::free_port`] and the registry's own bind.
+fn answers_as_registry(port: u16, token_port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = s.take(64 << 10).read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    answer.starts_with("HTTP/1.") && answer.contains(&format!("127.0.0.1:{token_port}/token"))
+}
+
 impl Registry {
     /// Start one; `None` when docker-registry is missing (see [`docker_registry`]).
     pub fn start() -> Option<Registry> {
@@ -188,8 +204,8 @@ impl Registry {
                 .spawn()
                 .expect("start docker-registry");
             let t0 = Instant::now();
-            while t0.elapsed() < Duration::from_secs(10) {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            while t0.elapsed() < Duration::from_secs(120) {
+                if answers_as_registry(port, tokens.port) {
                     return Some(Registry { port, dir, tokens, storage, child, signer });
                 }
                 if let Ok(Some(_)) = child.try_wait() {
