@@ -25,7 +25,8 @@ pub enum CacheCmd {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else
+    /// ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Print JSON instead of a table
@@ -35,7 +36,8 @@ pub struct ListArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PruneArgs {
-    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else ~/.cache/imgbuild)
+    /// Cache directory (default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else
+    /// ~/.cache/imgbuild)
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Keep what this recipe (with its lock file) needs (repeatable; default: the
