@@ -778,13 +778,13 @@ impl Cache {
     }
 }
 
-/// Record `meta` (a file as it is now verified) at `stamp` (temp file + rename), with
-/// what the file is when known (one line: control characters become spaces).
 /// The error of writing into a cache this user may only read.
 fn read_only(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
 }
 
+/// Record `meta` (a file as it is now verified) at `stamp` (temp file + rename), with
+/// what the file is when known (one line: control characters become spaces).
 fn write_stamp(stamp: &Path, meta: &std::fs::Metadata, what: Option<&str>) -> std::io::Result<()> {
     let dir = stamp.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
