@@ -72,6 +72,8 @@ pub struct LintOptions {
     pub target: Vec<Target>,
     /// The recipe the control-plane image was built from (default: the embedded one).
     pub recipe: Option<PathBuf>,
+    /// The download cache holding the add-on charts (default: [`crate::cache::Cache::dir`]).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// One problem, with what it concerns.
@@ -467,7 +469,7 @@ pub fn lint(a: &LintOptions) -> Result<Report> {
         false => None,
     };
     // The add-on values of the spec against their charts' schemas (in Rust, no helm).
-    let charts = crate::cloudinit::addon_values::charts_for(&l, a.recipe.as_deref())?;
+    let charts = crate::cloudinit::addon_values::charts_for(&l, a.recipe.as_deref(), a.cache_dir.as_deref())?;
     // The profiles' admin credentials: lint never writes secrets; without the files (a
     // cluster directory older than them) it checks with throwaway ones and says so.
     let admin = match crate::cloudinit::addon_values::needs_admin(&l) {

@@ -56,8 +56,13 @@ pub fn needs_admin(l: &ClusterPlan) -> bool {
 
 /// What the spec's values are checked against: the backend chart always; the recipe's
 /// add-ons (default: the embedded recipe) when the spec overrides any of them (a CSI
-/// profile overrides local-path's default flag), their charts from the download cache.
-pub fn charts_for(l: &ClusterPlan, recipe: Option<&Path>) -> anyhow::Result<Charts> {
+/// profile overrides local-path's default flag), their charts from the download cache
+/// (`cache_dir`, else the default one).
+pub fn charts_for(
+    l: &ClusterPlan,
+    recipe: Option<&Path>,
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Charts> {
     let overrides = l.spec.addons.as_ref().is_some_and(|a| a.enabled && !a.values.is_empty())
         || profiles_on(l).iter().any(|p| p.is_csi());
     if !overrides {
@@ -71,7 +76,7 @@ pub fn charts_for(l: &ClusterPlan, recipe: Option<&Path>) -> anyhow::Result<Char
     // Not worth waiting for a `cache prune` (it may take long, and this prints nothing
     // while it waits): the charts are then checked as if they were not cached.
     let busy = &mut |_: &Path| Err(std::io::Error::other("a cache prune is running"));
-    let cache = crate::cache::Cache::open_as(None, crate::cache::Access::Shared, busy).ok();
+    let cache = crate::cache::Cache::open_as(cache_dir, crate::cache::Access::Shared, busy).ok();
     Ok(Charts::load(&plan, cache.as_ref())?)
 }
 

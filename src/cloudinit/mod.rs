@@ -66,6 +66,8 @@ pub struct CloudInitOptions {
     /// The recipe the control-plane image was built from (its add-ons; default: the
     /// embedded one).
     pub recipe: Option<PathBuf>,
+    /// The download cache holding the add-on charts (default: [`crate::cache::Cache::dir`]).
+    pub cache_dir: Option<PathBuf>,
     /// Disaster recovery: the first control plane restores etcd from this snapshot.
     pub restore: Option<render::Restore>,
     /// NoCloud vendor-data put next to every node's user-data (and into its seed).
@@ -97,7 +99,7 @@ pub fn write(a: &CloudInitOptions, rep: &Reporter) -> Result<()> {
         Some(p) => Some(seed::read_vendor_data(p)?),
         None => None,
     };
-    let charts = addon_values::charts_for(&loaded, a.recipe.as_deref())?;
+    let charts = addon_values::charts_for(&loaded, a.recipe.as_deref(), a.cache_dir.as_deref())?;
     // A cluster directory from before the profiles' admin credentials: made once, now.
     let admin = match addon_values::needs_admin(&loaded) {
         true => {

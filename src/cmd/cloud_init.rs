@@ -30,6 +30,10 @@ pub struct CloudInitArgs {
     /// its add-ons (default: the embedded recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Download cache whose add-on charts the overrides are checked against (default:
+    /// $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
     /// Disaster recovery: the first control plane fetches this etcd snapshot (http/https) and
     /// restores it before `kubeadm init` (see docs/disaster-recovery.md)
     #[arg(long, requires = "restore_sha256")]
@@ -50,6 +54,7 @@ pub fn run(a: &CloudInitArgs, rep: &Reporter) -> Result<()> {
         out: a.out.clone(),
         seed: a.seed,
         recipe: a.recipe.clone(),
+        cache_dir: a.cache_dir.clone(),
         restore: match (&a.restore_url, &a.restore_sha256) {
             (Some(url), Some(sha256)) => Some(Restore { url: url.clone(), sha256: sha256.clone() }),
             _ => None,

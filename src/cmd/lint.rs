@@ -32,6 +32,10 @@ pub struct LintArgs {
     /// its add-ons (default: the embedded recipe)
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Download cache whose add-on charts the overrides are checked against (default:
+    /// $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild)
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl LintArgs {
@@ -43,6 +47,7 @@ impl LintArgs {
             root_label: self.root_label.clone(),
             target: self.target.clone(),
             recipe: self.recipe.clone(),
+            cache_dir: self.cache_dir.clone(),
         }
     }
 }

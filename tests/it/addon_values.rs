@@ -236,6 +236,29 @@ fn add_on_overrides_are_checked_against_the_charts_schema_from_the_cache() {
         "{e}"
     );
 
+    // the same verdict with the cache named by --cache-dir instead, from cloud-init and
+    // from lint (the default cache, the test process's own, holds no chart)
+    let by_flag = |cmd: &[&str]| {
+        common::bin()
+            .args(cmd)
+            .arg("--cluster")
+            .arg(&c)
+            .arg("--recipe")
+            .arg(&recipe)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap()
+    };
+    let out = t.path().join("o1-flag");
+    for o in [
+        by_flag(&["cloud-init", "--all", "--seed", "none", "--out", out.to_str().unwrap()]),
+        by_flag(&["lint"]),
+    ] {
+        assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+        assert!(common::text(&o).contains("addons.values.cilium.operator.replicas"), "{}", common::text(&o));
+    }
+
     // a valid override is written for the installer, next to the backend's values
     fs::write(&c, &pristine).unwrap();
     spec("    cilium:\n      operator:\n        replicas: 3\n");
