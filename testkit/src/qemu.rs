@@ -1,4 +1,4 @@
-//! qemu-img as the reference reader of the images imgbuild writes (and, through [`run`],
+//! qemu-img as the reference reader of the images imgbuild writes (and, through [`convert`] and [`run`],
 //! qemu's own writer for images to compare with): one set of calls for the writers' unit
 //! tests (through `imgbuild::disk::qemu::testing`) and the integration tests. These are test assertions: each panics with qemu-img's output when qemu-img
 //! refuses the image. Whether qemu-img is installed is the caller's question (the unit
@@ -49,20 +49,47 @@ pub fn check(p: &Path, fmt: &str) -> String {
 /// `qemu-img info --output=json` of `p`, in the format given or (`None`) the one
 /// qemu-img probes.
 pub fn info(p: &Path, fmt: Option<&str>) -> serde_json::Value {
-    let o = run(&format!("info --output=json {}", fmt.map(|f| format!("-f {f}")).unwrap_or_default()), &[p]);
+    let o = run(&format!("info --output=json {}", fmt_flag(fmt)), &[p]);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("qemu-img info {}: {e}", p.display()))
 }
 
-/// `qemu-img compare`: `a` (format `fa`) and `b` (format `fb`) hold the same guest bytes.
+/// `qemu-img map --output=json` of `p` (format `fmt`, or probed with `None`): the
+/// extents of the guest disk and where they lie in the file.
+pub fn map(p: &Path, fmt: Option<&str>) -> serde_json::Value {
+    let o = run(&format!("map --output=json {}", fmt_flag(fmt)), &[p]);
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("qemu-img map {}: {e}", p.display()))
+}
+
+/// `qemu-img compare`: `a` (format `fa`) and `b` (format `fb`) hold the same guest bytes
+/// (exit 0, which qemu-img reports as "Images are identical").
 pub fn same_guest(a: &Path, fa: &str, b: &Path, fb: &str) {
-    run(&format!("compare -f {fa} -F {fb}"), &[a, b]);
+    let o = run(&format!("compare -f {fa} -F {fb}"), &[a, b]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Images are identical"),
+        "qemu-img compare {} {}: {}",
+        a.display(),
+        b.display(),
+        text(&o)
+    );
+}
+
+/// `qemu-img convert` of `img` (format `fmt`, or probed with `None`) to `out` in format
+/// `out_fmt`, `opts` (e.g. `-c -o compression_type=zstd`, or "") going to qemu's writer;
+/// returns `out`.
+pub fn convert(img: &Path, fmt: Option<&str>, out_fmt: &str, opts: &str, out: PathBuf) -> PathBuf {
+    run(&format!("convert {} -O {out_fmt} {opts}", fmt_flag(fmt)), &[img, &out]);
+    out
 }
 
 /// `qemu-img convert -O raw` of `img` (format `fmt`, or probed with `None`) to the raw
 /// file `raw`; returns `raw`.
 pub fn to_raw(img: &Path, fmt: Option<&str>, raw: PathBuf) -> PathBuf {
-    run(&format!("convert {} -O raw", fmt.map(|f| format!("-f {f}")).unwrap_or_default()), &[img, &raw]);
-    raw
+    convert(img, fmt, "raw", "", raw)
+}
+
+/// `-f FMT`, or nothing to let qemu-img probe the format.
+fn fmt_flag(fmt: Option<&str>) -> String {
+    fmt.map(|f| format!("-f {f}")).unwrap_or_default()
 }
 
 /// The guest bytes qemu-img reads from `p` in format `fmt` (converted to raw beside it).

@@ -537,8 +537,7 @@ fn build_installs_the_packages_into_the_image() {
     }
 
     // Read the image offline.
-    let raw = d.join("image.raw");
-    run_ok(Command::new("qemu-img").args(["convert", "-O", "raw", &image2]).arg(&raw));
+    let raw = imgbuild_testkit::qemu::to_raw(Path::new(&image2), None, d.join("image.raw"));
     let part = common::fixture::read_parts(&raw).into_iter().find(|p| p.number == 1).unwrap();
     let spec = format!("{}?offset={}", raw.display(), part.offset);
     let cat = |p: &str| {
@@ -852,8 +851,7 @@ fn lock_reads_the_base_status_from_the_cached_base_image() {
         raw.display()
     ));
     sh(&format!("sgdisk -n 1:2048:43007 -c 1:root {}", raw.display()));
-    let qcow = d.join("disk.qcow2");
-    sh(&format!("qemu-img convert -f raw -O qcow2 {} {}", raw.display(), qcow.display()));
+    let qcow = imgbuild_testkit::qemu::convert(&raw, Some("raw"), "qcow2", "", d.join("disk.qcow2"));
     let bytes = std::fs::read(&qcow).unwrap();
     let digest = sha256(&bytes);
     let cache = d.join("cache");

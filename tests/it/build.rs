@@ -1,6 +1,7 @@
 //! `imgbuild build` end to end over loopback HTTP from the noble-shaped fixture, and
 //! its error paths.
 use crate::common::{self, stderr};
+use imgbuild_testkit::qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,8 +38,7 @@ fn both_roles_build_over_http_and_verify() {
             PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
         };
         assert_eq!(image, out_dir.join(format!("ubuntu-24.04-k8s-v1.30.3-{role}-amd64.qcow2")));
-        let check = sh(Command::new("qemu-img").arg("check").arg(&image));
-        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+        qemu::check(&image, "qcow2");
 
         // inspect re-verifies every file and prints the manifest.
         let m = fixture::inspect(&image);
@@ -127,7 +127,7 @@ fn two_builds_give_the_same_sha256_and_a_flipped_byte_fails_inspect() {
 fn base_that_is_neither_qcow2_nor_raw_is_refused() {
     let fx = fixture::noble_fixture();
     let vmdk = fx.dir.path().join("base.vmdk");
-    sh(Command::new("qemu-img").args(["convert", "-O", "vmdk"]).arg(&fx.base.raw).arg(&vmdk));
+    qemu::convert(&fx.base.raw, None, "vmdk", "", vmdk.clone());
     let recipe = fx.recipe_with_base(&vmdk);
     let out = fx.dir.path().join("out");
     let o = common::bin()
@@ -146,7 +146,7 @@ fn base_that_is_neither_qcow2_nor_raw_is_refused() {
     assert!(stderr(&ins).contains("not built by imgbuild"), "{}", stderr(&ins));
     // A format inspect does not read (vdi) is refused by its magic bytes.
     let vdi = fx.dir.path().join("base.vdi");
-    sh(Command::new("qemu-img").args(["convert", "-O", "vdi"]).arg(&fx.base.raw).arg(&vdi));
+    qemu::convert(&fx.base.raw, None, "vdi", "", vdi.clone());
     let ins = common::bin().env("PATH", fixture::path_with_sbin()).arg("inspect").arg(&vdi).output().unwrap();
     assert_eq!(ins.status.code(), Some(2));
     // What inspect is given is an image to read, not a base image.
@@ -269,10 +269,13 @@ fn walk(d: &Path) -> Vec<PathBuf> {
 fn fast_path_and_raw_working_copy_write_the_same_disk() {
     let fx = fixture::noble_fixture();
     let zstd = fx.dir.path().join("base-zstd.qcow2");
-    sh(Command::new("qemu-img")
-        .args(["convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd,cluster_size=32768"])
-        .arg(&fx.base.raw)
-        .arg(&zstd));
+    qemu::convert(
+        &fx.base.raw,
+        Some("raw"),
+        "qcow2",
+        "-c -o compression_type=zstd,cluster_size=32768",
+        zstd.clone(),
+    );
     // The plain base first: recipe_with_base serves the other base at the same URLs.
     for name in ["plain", "grown", "zstd"] {
         let zstd_recipe = (name == "zstd").then(|| fx.recipe_with_base(&zstd));
@@ -294,16 +297,8 @@ fn fast_path_and_raw_working_copy_write_the_same_disk() {
         assert!(log.contains("converting base (qcow2) to a raw working copy"), "{name}: {log}");
         let (img, log) = build("qcow2");
         assert!(log.contains("base read in place"), "{name}: {log}");
-        let check = sh(Command::new("qemu-img").arg("check").arg(&img));
-        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"), "{name}");
-        let cmp = Command::new("qemu-img")
-            .args(["compare", "-f", "qcow2", "-F", "raw"])
-            .arg(&img)
-            .arg(&slow_img)
-            .output()
-            .unwrap();
-        assert!(cmp.status.success(), "{name}: {}", String::from_utf8_lossy(&cmp.stdout));
-        assert!(String::from_utf8_lossy(&cmp.stdout).contains("Images are identical"), "{name}");
+        qemu::check(&img, "qcow2");
+        qemu::same_guest(&img, "qcow2", &slow_img, "raw");
         // The sidecar's digest is the digest of the file (hashed while written).
         let sum = std::fs::read_to_string(img.with_extension("qcow2.sha256")).unwrap();
         assert_eq!(sum.split_whitespace().next().unwrap(), fixture::sha256_file(&img), "{name}");
@@ -337,17 +332,10 @@ fn compressed_qcow2_is_the_same_disk_smaller_and_reproducible() {
     // (another base digest: another manifest in the image)
     let (raw2, _) = build("raw2", &["--format", "raw", "--recipe", raw_base.to_str().unwrap()]);
     for (img, raw) in [(&a, &raw), (&c, &raw2)] {
-        let check = sh(Command::new("qemu-img").arg("check").arg(img));
-        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"), "{img:?}");
-        let info = sh(Command::new("qemu-img").arg("info").arg(img));
-        assert!(String::from_utf8_lossy(&info.stdout).contains("compression type: zstd"), "{img:?}");
-        let cmp = Command::new("qemu-img")
-            .args(["compare", "-f", "qcow2", "-F", "raw"])
-            .arg(img)
-            .arg(raw)
-            .output()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&cmp.stdout).contains("Images are identical"), "{img:?}");
+        qemu::check(img, "qcow2");
+        let info = qemu::info(img, Some("qcow2"));
+        assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd", "{img:?}: {info}");
+        qemu::same_guest(img, "qcow2", raw, "raw");
         let sum = std::fs::read_to_string(img.with_extension("qcow2.sha256")).unwrap();
         assert_eq!(sum.split_whitespace().next().unwrap(), fixture::sha256_file(img));
     }

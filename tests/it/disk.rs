@@ -11,6 +11,7 @@ use imgbuild::layer::{Content, Entry, Kind};
 use imgbuild::plan::{BuildPlan, PlanOptions};
 use imgbuild::reporter::Reporter;
 use imgbuild::types::{Arch, OutFormat, Role};
+use imgbuild_testkit::qemu;
 
 const UNIT: &str = "[Unit]\nDescription=containerd\n[Service]\nExecStart=/usr/local/bin/containerd\n\
 [Install]\nWantedBy=multi-user.target\n";
@@ -100,8 +101,7 @@ fn both_roles_write_every_layer_file_and_keep_other_partitions() {
             assert!(names.contains(&want), "{want} missing in {names:?}");
         }
         assert_eq!(names.len(), 4, "temp files left behind: {names:?}");
-        let check = sh(Command::new("qemu-img").arg("check").arg(&out.image));
-        assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"));
+        qemu::check(&out.image, "qcow2");
         let sum = std::fs::read_to_string(&out.checksum).unwrap();
         assert_eq!(sum, format!("{}  {stem}.qcow2\n", fixture::sha256_file(&out.image)));
 
@@ -172,13 +172,10 @@ fn two_builds_are_bit_identical_in_every_format() {
         assert_eq!(a.image_sha256, b.image_sha256, "{fmt} differs between builds");
         let (a, b) = (a.outputs, b.outputs);
         if fmt != OutFormat::Raw {
-            let check = sh(Command::new("qemu-img").args(["check", "-f", fmt.as_str()]).arg(&a.image));
-            assert!(String::from_utf8_lossy(&check.stdout).contains("No errors were found"), "{check:?}");
+            qemu::check(&a.image, fmt.as_str());
         }
         // Same guest content as the qcow2 build, whatever the container format.
-        let cmp =
-            sh(Command::new("qemu-img").args(["compare", "-F", fmt.as_str()]).arg(&q.image).arg(&a.image));
-        assert!(String::from_utf8_lossy(&cmp.stdout).contains("Images are identical"));
+        qemu::same_guest(&q.image, "qcow2", &a.image, fmt.as_str());
         assert_eq!(std::fs::read(&a.sbom).unwrap(), std::fs::read(&b.sbom).unwrap());
         assert_eq!(std::fs::read(&a.manifest).unwrap(), std::fs::read(&b.manifest).unwrap());
     }

@@ -23,8 +23,13 @@ fn edited_base(fx: &Fixture, name: &str, edit: impl Fn(&Path)) -> (PathBuf, Path
     let raw = fx.dir.path().join(format!("{name}.raw"));
     std::fs::copy(&fx.base.raw, &raw).unwrap();
     edit(&raw);
-    let qcow2 = fx.dir.path().join(format!("{name}.qcow2"));
-    sh(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&qcow2));
+    let qcow2 = imgbuild_testkit::qemu::convert(
+        &raw,
+        Some("raw"),
+        "qcow2",
+        "",
+        fx.dir.path().join(format!("{name}.qcow2")),
+    );
     (raw, qcow2)
 }
 

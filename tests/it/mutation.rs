@@ -281,9 +281,8 @@ fn deb(w: &World, r: &mut ChaCha8Rng, _: u64) -> Case {
 }
 
 fn qemu_map(qcow2: &Path) -> Vec<(u64, u64, u64)> {
-    let o = sh(Command::new("qemu-img").args(["map", "--output=json"]).arg(qcow2));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
+    imgbuild_testkit::qemu::map(qcow2, None)
+        .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["data"].as_bool() == Some(true))

@@ -2,6 +2,7 @@
 //! moves to the new end, partition 1 (last on disk) and its ext4 fill the new space,
 //! nothing else changes; a layer that does not fit grows the disk or fails clearly.
 use crate::common::{self, stderr};
+use imgbuild_testkit::qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,11 +21,8 @@ fn build_ok(fx: &Fixture, out: &str, extra: &[&str]) -> (PathBuf, String) {
 /// Check a grown image: GPT valid with partition 1 ending at the new end, ext4
 /// clean and filling the partition, other partitions byte-identical to the base.
 fn assert_grown(fx: &Fixture, image: &Path, size: u64) {
-    let info = sh(Command::new("qemu-img").args(["info", "--output=json"]).arg(image));
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(v["virtual-size"].as_u64(), Some(size));
-    let raw = image.with_extension("grown.raw");
-    sh(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(image).arg(&raw));
+    assert_eq!(qemu::info(image, None)["virtual-size"].as_u64(), Some(size));
+    let raw = qemu::to_raw(image, None, image.with_extension("grown.raw"));
     let verify = sh(Command::new("sgdisk").arg("-v").arg(&raw));
     assert!(String::from_utf8_lossy(&verify.stdout).contains("No problems found"), "{:?}", verify);
     let parts = fixture::read_parts(&raw);
@@ -98,9 +96,7 @@ fn a_layer_that_does_not_fit_grows_the_disk_or_names_disk_size() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("growing the disk"), "{}", stderr(&o));
     let image = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    let info = sh(Command::new("qemu-img").args(["info", "--output=json"]).arg(&image));
-    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    let size = v["virtual-size"].as_u64().unwrap();
+    let size = qemu::info(&image, None)["virtual-size"].as_u64().unwrap();
     assert!(size > 128 << 20);
     assert_grown(&fx, &image, size);
 }

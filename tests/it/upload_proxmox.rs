@@ -555,14 +555,13 @@ fn image() -> Image {
     let raw = dir.path().join("disk.raw");
     // 3 MiB of data: the upload spans many stream chunks.
     std::fs::write(&raw, common::fixture::pseudo_random(b"upload-proxmox", 3 << 20)).unwrap();
-    let path = dir.path().join("k8s-v1.30-worker-amd64.qcow2");
-    let out = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(&path)
-        .output()
-        .expect("qemu-img (qemu-utils) is needed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let path = imgbuild_testkit::qemu::convert(
+        &raw,
+        Some("raw"),
+        "qcow2",
+        "",
+        dir.path().join("k8s-v1.30-worker-amd64.qcow2"),
+    );
     std::fs::remove_file(&raw).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let sha256 = hex::encode(Sha256::digest(&bytes));

@@ -282,8 +282,7 @@ pub fn make_base(dir: &Path, spec: &BaseSpec) -> Base {
     .unwrap();
     mke2fs(&raw, p(1), &spec.root_fs, &spec.root_label, &root);
 
-    let qcow2 = dir.join("base.qcow2");
-    imgbuild_testkit::qemu::run("convert -f raw -O qcow2", &[&raw, &qcow2]);
+    let qcow2 = imgbuild_testkit::qemu::convert(&raw, Some("raw"), "qcow2", "", dir.join("base.qcow2"));
     Base { raw, qcow2, parts }
 }
 

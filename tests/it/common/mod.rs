@@ -227,13 +227,8 @@ pub const OPENSSL_NEW_P256: [&str; 7] =
 pub fn stand_in_image(dir: &std::path::Path, payload: &[u8]) -> (std::path::PathBuf, String) {
     let raw = dir.join("payload.raw");
     std::fs::write(&raw, payload).unwrap();
-    let path = dir.join("k8s-worker-amd64.qcow2");
-    run_ok(
-        std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&path),
-    );
+    let path =
+        imgbuild_testkit::qemu::convert(&raw, Some("raw"), "qcow2", "", dir.join("k8s-worker-amd64.qcow2"));
     std::fs::remove_file(&raw).unwrap();
     let sha256 = imgbuild::types::Sha256::of_file(&path).unwrap().to_string();
     std::fs::write(dir.join("k8s-worker-amd64.qcow2.sha256"), format!("{sha256}  k8s-worker-amd64.qcow2\n"))
