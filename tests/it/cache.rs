@@ -334,6 +334,20 @@ fn a_cache_this_user_cannot_write_serves_an_offline_build() {
     let fx = fixture::noble_fixture();
     let first = fx.dir.path().join("first");
     common::ok(&fixture::build(&fx, "worker", &["--output", first.to_str().unwrap()]));
+    // nobody may not reach the binary where cargo built it (a checkout under /root).
+    let exe = fx.dir.path().join("imgbuild");
+    std::fs::copy(env!("CARGO_BIN_EXE_imgbuild"), &exe).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut c = Command::new(&exe);
+        c.env_clear()
+            .env("PATH", fixture::path_with_sbin())
+            .env("HOME", fx.dir.path().join("nobody"))
+            .env("TMPDIR", fx.dir.path().join("nobody"))
+            .args(args)
+            .uid(65534)
+            .gid(65534);
+        c.output().unwrap()
+    };
     // Readable by everyone, writable by root only.
     let status = Command::new("chmod").arg("-R").arg("a+rX,go-w").arg(fx.dir.path()).status().unwrap();
     assert!(status.success());
@@ -341,26 +355,14 @@ fn a_cache_this_user_cannot_write_serves_an_offline_build() {
     std::fs::create_dir(&home).unwrap();
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = home.join("out");
-    let o = common::bin()
-        .env("PATH", fixture::path_with_sbin())
-        .env("HOME", &home)
-        .env("TMPDIR", &home)
-        .arg("build")
-        .args(["--role", "worker", "--offline", "--output", out.to_str().unwrap()])
-        .args(fx.source_args())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let mut args = vec!["build", "--role", "worker", "--offline", "--output", out.to_str().unwrap()];
+    let source = fx.source_args();
+    args.extend(source.iter().map(String::as_str));
+    let o = as_nobody(&args);
     common::ok(&o);
     let image = "ubuntu-24.04-k8s-v1.30.3-worker-amd64.qcow2";
     assert_eq!(fixture::sha256_file(&first.join(image)), fixture::sha256_file(&out.join(image)));
     // The same user cannot prune it, and says which file it could not open.
-    let o = common::bin()
-        .args(["cache", "prune", "--all", "--cache-dir", fx.cache.to_str().unwrap()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    let o = as_nobody(&["cache", "prune", "--all", "--cache-dir", fx.cache.to_str().unwrap()]);
     common::exits_with(&o, 1, "cache.lock");
 }
