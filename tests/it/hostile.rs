@@ -351,22 +351,36 @@ fn a_tampered_cache_entry_is_an_integrity_failure() {
     };
     let o = build();
     assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::remove_dir_all(&out).unwrap();
     let blob = fx.cache.join("sha256").join(&fx.blobs["kubelet"].sha256);
+    each_tampering_is_refused_then_repaired(&fx, &build, &out, &blob, &fx.blobs["kubelet"].sha256, &|_| {});
+}
+
+/// Tamper with the cache entry `entry` in each way of [`cache_edits`]: the build is exit 3
+/// naming it, writes nothing into `out`, removes the entry and never its target; the next
+/// build succeeds and puts back content with sha256 `sha`; `also(what)` checks more then.
+fn each_tampering_is_refused_then_repaired(
+    fx: &Fixture,
+    build: &dyn Fn() -> Output,
+    out: &Path,
+    entry: &Path,
+    sha: &str,
+    also: &dyn Fn(&str),
+) {
     let passwd = fx.dir.path().join("passwd");
     std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
     for (what, edit) in cache_edits() {
-        edit(&blob, &passwd);
+        std::fs::remove_dir_all(out).unwrap();
+        edit(entry, &passwd);
         let o = build();
         assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
-        assert!(stderr(&o).contains(&format!("cache entry {}", blob.display())), "{what}: {}", stderr(&o));
-        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "{what}: output written");
-        assert!(std::fs::symlink_metadata(&blob).is_err(), "{what}: entry kept");
+        assert!(stderr(&o).contains(&format!("cache entry {}", entry.display())), "{what}: {}", stderr(&o));
+        assert!(!out.exists() || std::fs::read_dir(out).unwrap().count() == 0, "{what}: output written");
+        assert!(std::fs::symlink_metadata(entry).is_err(), "{what}: entry kept");
         assert!(passwd.exists());
         let o = build();
-        assert!(o.status.success(), "{what}: the next run downloads it again: {}", stderr(&o));
-        assert_eq!(fixture::sha256_file(&blob), fx.blobs["kubelet"].sha256);
-        std::fs::remove_dir_all(&out).unwrap();
+        assert!(o.status.success(), "{what}: the next run fetches or inflates it again: {}", stderr(&o));
+        assert_eq!(fixture::sha256_file(entry), sha);
+        also(what);
     }
 }
 
@@ -443,22 +457,9 @@ fn archive_members_in_the_cache_are_reused_and_checked() {
 
     let (name, _) = kept.iter().find(|(n, _)| n != "index").unwrap().clone();
     let member = dir.join(&name);
-    let passwd = fx.dir.path().join("passwd");
-    std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
-    for (what, edit) in cache_edits() {
-        std::fs::remove_dir_all(&out).unwrap();
-        edit(&member, &passwd);
-        let o = build();
-        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
-        assert!(stderr(&o).contains(&format!("cache entry {}", member.display())), "{what}: {}", stderr(&o));
-        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "{what}: output written");
-        assert!(std::fs::symlink_metadata(&member).is_err(), "{what}: entry kept");
-        assert!(passwd.exists());
-        let o = build();
-        assert!(o.status.success(), "{what}: the next run inflates it again: {}", stderr(&o));
-        assert_eq!(fixture::sha256_file(&member), name);
-        assert_eq!(image_sha(), first, "{what}");
-    }
+    each_tampering_is_refused_then_repaired(&fx, &build, &out, &member, &name, &|what| {
+        assert_eq!(image_sha(), first, "{what}")
+    });
 }
 
 /// The pids of running processes whose parent is `parent` and whose command is `name`.
