@@ -238,16 +238,7 @@ impl Cache {
             Err(e) => return Err(io("opening", e)),
         };
         let opened = f.metadata().map_err(|e| io("reading", e))?;
-        let mut h = <sha2::Sha256 as sha2::Digest>::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| io("reading", e))?;
-            if n == 0 {
-                break;
-            }
-            sha2::Digest::update(&mut h, &buf[..n]);
-        }
-        let actual = Sha256::from_hasher(h);
+        let (actual, _) = Sha256::of_reader(&mut f, |_| {}).map_err(|e| io("reading", e))?;
         if &actual != sha {
             return Err(evict(format!("now holds content with sha256 {actual}")));
         }
